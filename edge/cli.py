@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The `edge` command line: thin wrappers that parse arguments and call into the package."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edge.config import Config, load_config
+from edge.errors import EdgeError
+from edge.log import configure_logging
+from edge.secrets.contents import StoreContents
+from edge.secrets.keys import generate_key
+from edge.supervisor import STATE_DIR_MODE, open_store, run_core
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge",
+        description="An edge runtime that delivers AWS Secrets Manager secrets to devices.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--config", "-c", required=True, type=Path, help="path to the core's TOML config"
+        )
+        return p
+
+    init = with_config(sub.add_parser("init", help="create the state directory and the core key"))
+    init.add_argument(
+        "--key-type",
+        choices=("ec", "rsa"),
+        default="ec",
+        help="kind of core key to create (default: ec, P-256)",
+    )
+    init.add_argument(
+        "--rsa-bits", type=int, default=2048, help="RSA key size, 2048 or more (default: 2048)"
+    )
+
+    with_config(sub.add_parser("run", help="run the core in the foreground until SIGINT/SIGTERM"))
+
+    secrets = sub.add_parser("secrets", help="inspect the local secret store")
+    secrets_sub = secrets.add_subparsers(
+        dest="secrets_command", required=True, metavar="SUBCOMMAND"
+    )
+    listing = with_config(
+        secrets_sub.add_parser(
+            "list", help="list deployed secrets, labels and version ids (never values)"
+        )
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `edge` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        configure_logging(level=config.log.level, fmt=config.log.format)
+        if args.command == "init":
+            return _init(config, key_type=args.key_type, rsa_bits=args.rsa_bits)
+        if args.command == "run":
+            return _run(config)
+        if args.command == "secrets":
+            return _secrets_list(config, as_json=args.json)
+    except EdgeError as exc:
+        print(f"edge: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return EXIT_USER_ERROR  # pragma: no cover - argparse rejects unknown commands first
+
+
+def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
+    state_dir = config.core.state_dir
+    if state_dir.exists():
+        if state_dir.stat().st_mode & 0o077:
+            state_dir.chmod(STATE_DIR_MODE)
+            print(f"tightened {state_dir} to mode {STATE_DIR_MODE:04o}")
+        else:
+            print(f"state directory {state_dir} exists")
+    else:
+        state_dir.mkdir(mode=STATE_DIR_MODE, parents=True)
+        # mkdir's mode is filtered by the umask; make sure it is exactly 0700.
+        state_dir.chmod(STATE_DIR_MODE)
+        print(f"created state directory {state_dir}")
+    key_path = config.core.private_key
+    if key_path.exists():
+        print(f"core key {key_path} exists; kept it")
+    else:
+        key_path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        key = generate_key(key_path, kind="rsa" if key_type == "rsa" else "ec", rsa_bits=rsa_bits)
+        print(f"created core key {key_path} ({key.algorithm}, fingerprint {key.fingerprint})")
+    return 0
+
+
+def _run(config: Config) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_core(config, stop=stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _secrets_list(config: Config, *, as_json: bool) -> int:
+    contents = open_store(config).load() or StoreContents()
+    listing = secrets_listing(contents)
+    if as_json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    deployment = listing["Deployment"]
+    if deployment:
+        print(
+            f"Deployment {deployment['DeploymentId']} ({deployment['DeploymentType']}), "
+            f"group {deployment['GroupId']} version {deployment['GroupVersionId']}"
+        )
+    if not listing["Secrets"]:
+        print("No secrets in the store.")
+        return 0
+    rows = [("ResourceId", "Name", "StagingLabel", "VersionId", "ARN")]
+    for s in listing["Secrets"]:
+        rows.extend(
+            (s["ResourceId"], s["Name"], label, vid, s["ARN"])
+            for label, vid in s["StagingLabels"].items()
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
+    return 0
+
+
+def secrets_listing(contents: StoreContents) -> dict[str, Any]:
+    """What `edge secrets list --json` prints: ids, labels and versions, never a value."""
+    dep = contents.deployment
+    return {
+        "Deployment": None if dep is None else dep.to_plain(),
+        "Secrets": [
+            {
+                "ResourceId": s.resource_id,
+                "ARN": s.arn,
+                "Name": s.name,
+                "StagingLabels": dict(s.labels),
+                "Versions": [
+                    {
+                        "VersionId": v.version_id,
+                        "VersionStages": list(v.version_stages),
+                        "CreatedDate": datetime.fromtimestamp(v.created_date, UTC).isoformat(),
+                        "Type": "SecretString" if v.secret_string is not None else "SecretBinary",
+                    }
+                    for v in s.versions.values()
+                ],
+            }
+            for s in sorted(contents.secrets.values(), key=lambda s: s.resource_id)
+        ],
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

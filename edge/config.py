@@ -1,0 +1,289 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The core's TOML configuration: parsed into frozen dataclasses, validated, clear errors.
+
+Every key is documented in `config.example.toml`. Unknown keys and wrong types are errors that
+name the key, because a typo in a field device's config must not silently fall back to a default.
+Relative paths are resolved against the directory of the config file, so a config and its state
+can be moved together.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from edge.errors import ConfigError
+
+DEFAULT_MQTT_PORT = 1883
+DEFAULT_MQTTS_PORT = 8883
+#: AWS IoT's limit for thing names; the name is also a topic level and the MQTT client id.
+MAX_THING_NAME_LENGTH = 128
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSettings:
+    """`[core]`: who this core is and where it keeps its state."""
+
+    thing_name: str
+    state_dir: Path
+    private_key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """`[mqtt]`: the broker the core takes deployments from."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+    topic_prefix: str = "edge"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_id: str | None = None
+    keepalive_seconds: int = 60
+    reconnect_max_seconds: float = 30.0
+
+    def deployments_topic(self, thing_name: str) -> str:
+        """Topic the core subscribes to for deployment documents."""
+        return f"{self.topic_prefix}/things/{thing_name}/deployments"
+
+    def status_topic(self, thing_name: str) -> str:
+        """Topic the core publishes deployment status documents to."""
+        return f"{self.topic_prefix}/things/{thing_name}/deployments/status"
+
+
+@dataclass(frozen=True, slots=True)
+class AwsSettings:
+    """`[aws]`: where Secrets Manager is; credentials come from botocore's usual chain."""
+
+    region: str
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """`[fetch]`: how secrets are fetched during a deployment."""
+
+    concurrency: int = 16
+    deadline_seconds: float = 120.0
+    max_attempts: int = 5
+    use_batch: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """`[log]`: structured log output on stderr."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    core: CoreSettings
+    mqtt: MqttSettings
+    aws: AwsSettings
+    fetch: FetchConfig
+    log: LogSettings
+
+
+class _Section:
+    """Reads one TOML table, type-checking each key and remembering which were used."""
+
+    def __init__(self, path: Path, name: str, table: object) -> None:
+        self.path = path
+        self.name = name
+        if not isinstance(table, dict):
+            raise ConfigError(str(path), "must be a table", key=f"[{name}]")
+        self.table: dict[str, Any] = table
+        self.used: set[str] = set()
+
+    def _get(self, key: str, kind: type[_T], what: str) -> _T | None:
+        self.used.add(key)
+        if key not in self.table:
+            return None
+        value = self.table[key]
+        # bool is an int subclass in Python; TOML keeps them apart, so must we.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(
+                str(self.path), f"must be {what}, not {type(value).__name__}", key=self.key(key)
+            )
+        return value
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}"
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(str(self.path), problem, key=self.key(key))
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self._get(key, str, "a string")
+        if value is None:
+            if required:
+                raise self.error(key, "is required")
+            return default
+        if not value.strip():
+            raise self.error(key, "must not be empty")
+        return value
+
+    def integer(self, key: str, default: int, *, low: int, high: int) -> int:
+        value = self._get(key, int, "an integer")
+        if value is None:
+            return default
+        if not low <= value <= high:
+            raise self.error(key, f"must be between {low} and {high}, not {value}")
+        return value
+
+    def number(self, key: str, default: float, *, low: float, high: float) -> float:
+        self.used.add(key)
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number, not {type(value).__name__}")
+        if not low <= value <= high:
+            raise self.error(key, f"must be between {low:g} and {high:g}, not {value}")
+        return float(value)
+
+    def boolean(self, key: str, *, default: bool) -> bool:
+        value = self._get(key, bool, "true or false")
+        return default if value is None else value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def path_value(self, key: str, default: Path | None = None) -> Path | None:
+        value = self.string(key)
+        if value is None:
+            return default
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "is not a known key (see config.example.toml)")
+
+
+_SECTIONS = ("core", "mqtt", "aws", "fetch", "log")
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or a key is unknown, missing or wrong.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no such file; copy config.example.toml to start") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"can't be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"is not valid TOML: {exc}") from None
+    return parse_config(raw, path=path.resolve())
+
+
+def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
+    """Validate an already-parsed TOML document (see `load_config`)."""
+    for name in raw:
+        if name not in _SECTIONS:
+            raise ConfigError(
+                str(path), "is not a known section (see config.example.toml)", key=f"[{name}]"
+            )
+    sections = {name: _Section(path, name, raw.get(name, {})) for name in _SECTIONS}
+    config = Config(
+        path=path,
+        core=_core(sections["core"]),
+        mqtt=_mqtt(sections["mqtt"]),
+        aws=_aws(sections["aws"]),
+        fetch=_fetch(sections["fetch"]),
+        log=_log(sections["log"]),
+    )
+    for section in sections.values():
+        section.finish()
+    return config
+
+
+def _core(s: _Section) -> CoreSettings:
+    thing_name = s.string("thing_name", required=True)
+    assert thing_name is not None  # noqa: S101 - required=True guarantees it; narrows the type
+    # Thing names become MQTT topic levels: wildcards or separators would cross-talk.
+    if any(ch in thing_name for ch in "/+#") or len(thing_name) > MAX_THING_NAME_LENGTH:
+        raise s.error("thing_name", "must be at most 128 characters without '/', '+' or '#'")
+    state_dir = s.path_value("state_dir", s.path.parent / "state")
+    assert state_dir is not None  # noqa: S101 - has a default
+    private_key = s.path_value("private_key", state_dir / "core.key")
+    assert private_key is not None  # noqa: S101 - has a default
+    return CoreSettings(thing_name=thing_name, state_dir=state_dir, private_key=private_key)
+
+
+def _mqtt(s: _Section) -> MqttSettings:
+    url = s.string("url", f"mqtt://127.0.0.1:{DEFAULT_MQTT_PORT}")
+    assert url is not None  # noqa: S101 - has a default
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+        raise s.error("url", f"must look like mqtt://host:port or mqtts://host:port, not {url!r}")
+    try:
+        port = parts.port or (DEFAULT_MQTTS_PORT if parts.scheme == "mqtts" else DEFAULT_MQTT_PORT)
+    except ValueError:
+        raise s.error("url", f"has an invalid port: {url!r}") from None
+    prefix = s.string("topic_prefix", "edge")
+    assert prefix is not None  # noqa: S101 - has a default
+    if any(ch in prefix for ch in "+#") or prefix.startswith("/") or prefix.endswith("/"):
+        raise s.error("topic_prefix", "must not contain '+' or '#' nor start or end with '/'")
+    tls = parts.scheme == "mqtts"
+    ca_file, cert_file, key_file = (s.path_value(k) for k in ("ca_file", "cert_file", "key_file"))
+    if not tls and (ca_file or cert_file or key_file):
+        raise s.error("url", "ca_file, cert_file and key_file need an mqtts:// url")
+    if (cert_file is None) != (key_file is None):
+        raise s.error("cert_file", "cert_file and key_file go together")
+    return MqttSettings(
+        url=url,
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        topic_prefix=prefix,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        client_id=s.string("client_id"),
+        keepalive_seconds=s.integer("keepalive_seconds", 60, low=5, high=3600),
+        reconnect_max_seconds=s.number("reconnect_max_seconds", 30.0, low=0.1, high=3600),
+    )
+
+
+def _aws(s: _Section) -> AwsSettings:
+    region = s.string("region", required=True)
+    assert region is not None  # noqa: S101 - required=True guarantees it
+    endpoint_url = s.string("endpoint_url")
+    if endpoint_url is not None and urlsplit(endpoint_url).scheme not in {"http", "https"}:
+        raise s.error("endpoint_url", f"must be an http:// or https:// URL, not {endpoint_url!r}")
+    return AwsSettings(region=region, endpoint_url=endpoint_url)
+
+
+def _fetch(s: _Section) -> FetchConfig:
+    return FetchConfig(
+        concurrency=s.integer("concurrency", 16, low=1, high=256),
+        deadline_seconds=s.number("deadline_seconds", 120.0, low=0.1, high=86400),
+        max_attempts=s.integer("max_attempts", 5, low=1, high=20),
+        use_batch=s.boolean("use_batch", default=True),
+    )
+
+
+def _log(s: _Section) -> LogSettings:
+    level = s.choice("level", "info", ("debug", "info", "warning", "error"))
+    fmt = s.choice("format", "console", ("console", "json"))
+    return LogSettings(level=level, format=fmt)  # type: ignore[arg-type]

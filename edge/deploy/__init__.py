@@ -1,0 +1,1 @@
+"""Deployments: intake over MQTT, the lifecycle, durable bookkeeping."""

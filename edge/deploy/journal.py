@@ -1,0 +1,103 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Durable bookkeeping for deployments: an inbox of received documents and a history of outcomes.
+
+The MQTT client acknowledges a QoS 1 message as soon as it is handed to us, so a crash after
+that would lose the deployment. The inbox closes that gap: each document is written to disk
+(atomically) before anything else happens, and deleted only once its outcome is recorded in the
+history. On start, whatever is left in the inbox is applied again, in arrival order.
+
+The history lets a redelivered deployment (same DeploymentId) be answered with its final status
+instead of being fetched again. Neither file holds a secret value: deployment documents carry
+ARNs and ids only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.fsutil import atomic_replace, fsync_dir
+
+#: How many outcomes to remember. Redeliveries come within minutes; 256 covers months of
+#: deployments to one core at any sane rate while keeping the file tiny.
+HISTORY_LIMIT = 256
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a small private file so that a crash leaves either the old or the new content."""
+    atomic_replace(path, data)
+    fsync_dir(path.parent)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """A received deployment document waiting to be applied."""
+
+    path: Path
+    payload: bytes
+
+
+class Inbox:
+    """Received deployment documents, on disk until their outcome is recorded."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+    def put(self, payload: bytes) -> InboxEntry:
+        """Persist a document; names sort in arrival order."""
+        path = self.directory / f"{time.time_ns():020d}.msg"
+        write_atomically(path, payload)
+        return InboxEntry(path, payload)
+
+    def pending(self) -> list[InboxEntry]:
+        """Documents left over from before a restart, oldest first."""
+        entries = []
+        for path in sorted(self.directory.glob("*.msg")):
+            with contextlib.suppress(OSError):
+                entries.append(InboxEntry(path, path.read_bytes()))
+        return entries
+
+    def done(self, entry: InboxEntry) -> None:
+        """Forget a document whose outcome is recorded."""
+        with contextlib.suppress(FileNotFoundError):
+            entry.path.unlink()
+
+
+class History:
+    """Final statuses of recent deployments, by DeploymentId, persisted as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            for doc in raw if isinstance(raw, list) else []:
+                if isinstance(doc, dict) and isinstance(doc.get("DeploymentId"), str):
+                    self._entries[doc["DeploymentId"]] = doc
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError):
+            # A damaged history only costs us duplicate detection; never block the core on it.
+            self._entries.clear()
+
+    def get(self, deployment_id: str) -> dict[str, Any] | None:
+        """The final status document of a deployment, if it was seen."""
+        return self._entries.get(deployment_id)
+
+    def record(self, status: dict[str, Any]) -> None:
+        """Remember a final status document and persist the history."""
+        self._entries[status["DeploymentId"]] = status
+        self._entries.move_to_end(status["DeploymentId"])
+        while len(self._entries) > HISTORY_LIMIT:
+            self._entries.popitem(last=False)
+        write_atomically(self.path, json.dumps(list(self._entries.values()), indent=1).encode())
+
+    def latest(self) -> dict[str, Any] | None:
+        """The most recently recorded status document."""
+        return next(reversed(self._entries.values()), None)

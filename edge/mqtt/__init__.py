@@ -1,0 +1,1 @@
+"""The MQTT connection of the core."""

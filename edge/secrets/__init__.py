@@ -1,0 +1,1 @@
+"""Secrets: fetching from Secrets Manager, the encrypted local store, the core key."""

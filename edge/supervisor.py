@@ -1,0 +1,125 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Wires the core together in one TaskGroup: MQTT link, deployment agent, graceful stop.
+
+Start-up order matters: the state directory and key are checked and the store is loaded
+*before* any network is touched, so a core with no network at all still comes up with every
+secret it had (offline start), and a damaged store stops the core with one clear error
+instead of being overwritten by the next deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+from structlog.typing import FilteringBoundLogger
+
+from edge.config import Config
+from edge.deploy.agent import DeploymentAgent
+from edge.deploy.journal import History, Inbox
+from edge.errors import EdgeError, InsecurePermissionsError
+from edge.log import REDACTOR, get_logger
+from edge.mqtt.link import MqttLink
+from edge.secrets.contents import StoreContents
+from edge.secrets.fetch import AwsSecretSource, FetchSettings
+from edge.secrets.keys import CoreKey
+from edge.secrets.store import STORE_FILE_NAME, SecretStore
+
+STATE_DIR_MODE = 0o700
+#: On a requested stop, how long to wait for queued status documents to reach the broker.
+#: Long enough for a healthy broker, short enough for a systemd stop timeout.
+STOP_FLUSH_SECONDS = 3.0
+
+
+class StateDirMissingError(EdgeError):
+    """The state directory does not exist yet."""
+
+    def __init__(self, path: Path, config_path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"state directory {path} does not exist; run `edge init --config {config_path}`"
+        )
+
+
+def check_state_dir(path: Path, config_path: Path) -> None:
+    """Refuse a missing state directory, or one that others can enter."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise StateDirMissingError(path, config_path) from None
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise InsecurePermissionsError(str(path), mode, STATE_DIR_MODE)
+
+
+def open_store(config: Config) -> SecretStore:
+    """Check the state directory and key, and return the store (not yet loaded)."""
+    check_state_dir(config.core.state_dir, config.path)
+    key = CoreKey.load(config.core.private_key)
+    return SecretStore(path=config.core.state_dir / STORE_FILE_NAME, key=key)
+
+
+async def run_core(
+    config: Config, *, stop: asyncio.Event | None = None, logger: FilteringBoundLogger | None = None
+) -> None:
+    """Run the core until `stop` is set or the task is cancelled."""
+    log = logger or get_logger("core", thing_name=config.core.thing_name)
+    store = open_store(config)
+    contents = await store.aload() or StoreContents()
+    REDACTOR.update(contents.values())
+    log.info(
+        "core.store_loaded",
+        path=str(store.path),
+        secrets=len(contents.secrets),
+        deployment_id=contents.deployment.deployment_id if contents.deployment else None,
+    )
+    state_dir = config.core.state_dir
+    mqtt = config.mqtt
+    thing = config.core.thing_name
+    settings = FetchSettings(
+        concurrency=config.fetch.concurrency,
+        deadline_seconds=config.fetch.deadline_seconds,
+        max_attempts=config.fetch.max_attempts,
+        use_batch=config.fetch.use_batch,
+    )
+    async with AwsSecretSource(
+        region=config.aws.region, endpoint_url=config.aws.endpoint_url, settings=settings
+    ) as source:
+        link: MqttLink | None = None
+
+        def publish_status(payload: bytes) -> None:
+            assert link is not None  # noqa: S101 - set before any deployment can run
+            link.publish(mqtt.status_topic(thing), payload, qos=1)
+
+        agent = DeploymentAgent(
+            store=store,
+            source=source,
+            inbox=Inbox(state_dir / "inbox"),
+            history=History(state_dir / "deployments.json"),
+            publish_status=publish_status,
+            contents=contents,
+        )
+        link = MqttLink(
+            settings=mqtt,
+            client_id=mqtt.client_id or f"edge-core-{thing}",
+            subscriptions=[mqtt.deployments_topic(thing)],
+            on_message=agent.receive,
+        )
+        log.info(
+            "core.started", pid=os.getpid(), mqtt=mqtt.url, topic=mqtt.deployments_topic(thing)
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(link.run(), name="mqtt-link"),
+                    tg.create_task(agent.run(), name="deployment-agent"),
+                ]
+                if stop is not None:
+                    await stop.wait()
+                    await link.flush(within=STOP_FLUSH_SECONDS)
+                    for task in tasks:
+                        task.cancel()
+        finally:
+            log.info("core.stopped")

@@ -1,0 +1,62 @@
+"""Shared fixtures: real Mosquitto and moto servers, started once per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.support.services import (
+    AWS_TEST_ENV,
+    TEST_REGION,
+    Mosquitto,
+    MotoServer,
+    run_mosquitto,
+    run_moto,
+)
+
+
+@pytest.fixture(autouse=True)
+def _aws_test_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point every botocore chain at fake credentials, never at a developer's real ones."""
+    for key, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """Moto's Secrets Manager (and S3) in server mode on a free loopback port."""
+    saved = {k: os.environ.get(k) for k in AWS_TEST_ENV}
+    os.environ.update(AWS_TEST_ENV)
+    try:
+        with run_moto(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+            yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    """The session's moto server, emptied for this test."""
+    moto_server.reset()
+    return moto_server
+
+
+@pytest.fixture
+def sm(moto: MotoServer):
+    """A boto3 Secrets Manager client on the test's moto server, to arrange secrets."""
+    return boto3.client("secretsmanager", region_name=TEST_REGION, endpoint_url=moto.url)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto broker of this test's own, on a free loopback port."""
+    with run_mosquitto(tmp_path / "mosquitto") as b:
+        yield b

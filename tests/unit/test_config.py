@@ -1,0 +1,98 @@
+"""Config parsing: defaults, path resolution, and errors that name the offending key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import load_config
+from edge.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+MINIMAL = """
+[core]
+thing_name = "core-1"
+[aws]
+region = "eu-west-1"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "core.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
+    """Only thing_name and region are required; everything else has a working default."""
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.core.state_dir == tmp_path / "state"
+    assert config.core.private_key == tmp_path / "state" / "core.key"
+    assert config.mqtt.url == "mqtt://127.0.0.1:1883"
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("127.0.0.1", 1883, False)
+    assert config.mqtt.deployments_topic("core-1") == "edge/things/core-1/deployments"
+    assert config.mqtt.status_topic("core-1") == "edge/things/core-1/deployments/status"
+    assert config.aws.endpoint_url is None
+    assert config.fetch.concurrency == 16
+    assert config.log.format == "console"
+
+
+def test_example_config_is_valid() -> None:
+    """config.example.toml, shipped in the repo, parses as it is."""
+    config = load_config(REPO / "config.example.toml")
+    assert config.core.thing_name == "edge-core-1"
+    assert config.aws.endpoint_url == "http://127.0.0.1:5000"
+
+
+def test_mqtts_url_takes_tls_files_relative_to_the_config(tmp_path: Path) -> None:
+    """An mqtts:// url defaults to port 8883 and resolves certificate paths next to the file."""
+    text = MINIMAL + '[mqtt]\nurl = "mqtts://broker.example"\nca_file = "certs/ca.pem"\n'
+    config = load_config(write(tmp_path, text))
+    assert config.mqtt.port == 8883
+    assert config.mqtt.tls
+    assert config.mqtt.ca_file == tmp_path / "certs" / "ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (MINIMAL + "[core.extra]\n", "core.extra"),
+        (
+            MINIMAL.replace('thing_name = "core-1"', 'thing_name = "core-1"\nthing = "x"'),
+            "core.thing",
+        ),
+        (MINIMAL + "[fetch]\nconcurrency = '16'\n", "fetch.concurrency"),
+        (MINIMAL + "[fetch]\nconcurrency = 0\n", "fetch.concurrency"),
+        (MINIMAL + "[fetch]\nuse_batch = 1\n", "fetch.use_batch"),
+        (MINIMAL + "[fetch]\ndeadline_seconds = true\n", "fetch.deadline_seconds"),
+        (MINIMAL + '[mqtt]\nurl = "http://x"\n', "mqtt.url"),
+        (MINIMAL + '[mqtt]\nurl = "mqtt://x:99999"\n', "mqtt.url"),
+        (MINIMAL + '[mqtt]\nca_file = "ca.pem"\n', "mqtt.url"),
+        (MINIMAL + '[mqtt]\ntopic_prefix = "a/#"\n', "mqtt.topic_prefix"),
+        (MINIMAL + '[log]\nlevel = "loud"\n', "log.level"),
+        (MINIMAL + "[bogus]\n", "[bogus]"),
+        ("[core]\nthing_name = 'a/b'\n[aws]\nregion='x'\n", "core.thing_name"),
+        ("[core]\n[aws]\nregion='x'\n", "core.thing_name"),
+        ("[core]\nthing_name = 'a'\n", "aws.region"),
+        (
+            '[core]\nthing_name = "a"\n[aws]\nregion = "x"\nendpoint_url = "ftp://x"\n',
+            "aws.endpoint_url",
+        ),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, named: str) -> None:
+    """Unknown keys, wrong types and bad values are errors that name the key."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert named in str(info.value)
+    assert str(tmp_path / "core.toml") in str(info.value)
+
+
+def test_missing_and_malformed_files_are_clear_errors(tmp_path: Path) -> None:
+    """A missing file and a file that isn't TOML each get a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[core\n"))
