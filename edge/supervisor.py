@@ -91,7 +91,9 @@ async def run_core(
 
         def publish_status(payload: bytes) -> None:
             assert link is not None  # noqa: S101 - set before any deployment can run
-            link.publish(mqtt.status_topic(thing), payload, qos=1)
+            # Retained, so the control plane learns the latest status whenever it looks,
+            # without a daemon of its own listening all the time.
+            link.publish(mqtt.status_topic(thing), payload, qos=1, retain=True)
 
         agent = DeploymentAgent(
             store=store,

@@ -38,6 +38,7 @@ class OutgoingMessage:
     topic: str
     payload: bytes
     qos: int = 1
+    retain: bool = False
 
 
 def backoff_delays(initial: float, maximum: float) -> Callable[[int], float]:
@@ -90,9 +91,9 @@ class MqttLink:
             timeout=10,
         )
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message; it is sent now if connected, else as soon as the broker is back."""
-        self._outbox.append(OutgoingMessage(topic, payload, qos))
+        self._outbox.append(OutgoingMessage(topic, payload, qos, retain))
         self._drained.clear()
         self._outbox_ready.set()
 
@@ -157,7 +158,9 @@ class MqttLink:
                 item = self._outbox[0]
                 # Only dropped from the outbox once the broker has acknowledged it (QoS 1);
                 # a disconnect mid-publish leaves it at the head for the next session.
-                await self._client.publish(item.topic, item.payload, qos=item.qos)
+                await self._client.publish(
+                    item.topic, item.payload, qos=item.qos, retain=item.retain
+                )
                 self._outbox.popleft()
             self._outbox_ready.clear()
             self._drained.set()
