@@ -85,6 +85,16 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeploymentSettings:
+    """`[deployments]`: whose signed deployment documents the core accepts."""
+
+    #: Public keys (PEM, Ed25519) whose signatures are trusted, e.g. `edge cloud init`'s .pub.
+    trusted_keys: tuple[Path, ...] = ()
+    #: Development only: also accept unsigned documents (logged loudly).
+    allow_unsigned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -94,6 +104,7 @@ class Config:
     aws: AwsSettings
     fetch: FetchConfig
     log: LogSettings
+    deployments: DeploymentSettings = DeploymentSettings()
 
 
 class _Section:
@@ -175,7 +186,7 @@ class _Section:
             raise self.error(unknown[0], "is not a known key (see config.example.toml)")
 
 
-_SECTIONS = ("core", "mqtt", "aws", "fetch", "log")
+_SECTIONS = ("core", "mqtt", "aws", "fetch", "log", "deployments")
 
 
 def load_config(path: Path | str) -> Config:
@@ -211,6 +222,7 @@ def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
         aws=_aws(sections["aws"]),
         fetch=_fetch(sections["fetch"]),
         log=_log(sections["log"]),
+        deployments=_deployments(sections["deployments"]),
     )
     for section in sections.values():
         section.finish()
@@ -287,3 +299,23 @@ def _log(s: _Section) -> LogSettings:
     level = s.choice("level", "info", ("debug", "info", "warning", "error"))
     fmt = s.choice("format", "console", ("console", "json"))
     return LogSettings(level=level, format=fmt)  # type: ignore[arg-type]
+
+
+def _deployments(s: _Section) -> DeploymentSettings:
+    paths = s._get("trusted_keys", list, "a list of paths")  # noqa: SLF001 - same module
+    keys: list[Path] = []
+    for index, item in enumerate(paths or []):
+        if not isinstance(item, str) or not item.strip():
+            raise s.error("trusted_keys", f"entry {index} must be a non-empty path string")
+        p = Path(item).expanduser()
+        keys.append(p if p.is_absolute() else (s.path.parent / p).resolve())
+    return DeploymentSettings(
+        trusted_keys=tuple(keys), allow_unsigned=s.boolean("allow_unsigned", default=False)
+    )
+
+
+# The control plane's config (`edge cloud`, edge/cloud/config.py) has the same [mqtt] and [aws]
+# tables with the same meaning; these names let it parse them with the very same code.
+Section = _Section
+parse_mqtt_section = _mqtt
+parse_aws_section = _aws

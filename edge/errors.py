@@ -22,6 +22,10 @@ class ConfigError(EdgeError):
         super().__init__(f"{where}: {problem}")
 
 
+class UsageError(EdgeError):
+    """A command-line argument is wrong in a way argparse can't see (bad JSON, say)."""
+
+
 # --- the group model -------------------------------------------------------------------------
 
 
@@ -154,3 +158,226 @@ class FetchDeadlineError(SecretFetchError):
             f"({done} of {total} versions fetched); check the network to Secrets Manager "
             f"or raise [fetch] deadline_seconds"
         )
+
+
+# --- the worker IPC ---------------------------------------------------------------------------
+
+
+class ProtocolError(EdgeError):
+    """Base for violations of the IPC frame protocol; raise a subclass, never this class.
+
+    The split follows h11: `RemoteProtocolError` means the peer sent something we can't accept
+    (its bug, or an attack), `LocalProtocolError` means this process tried to send something the
+    protocol forbids (our bug). Callers treat the first as "close that connection, log once and
+    keep serving" and the second as a defect.
+    """
+
+    def __init__(self, problem: str) -> None:
+        if type(self) is ProtocolError:
+            raise TypeError(
+                "ProtocolError is abstract: raise LocalProtocolError or RemoteProtocolError"
+            )
+        self.problem = problem
+        super().__init__(problem)
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to send an event the protocol does not allow in its current state."""
+
+
+class FrameTooLargeError(LocalProtocolError):
+    """An event this side tried to send would not fit in one frame."""
+
+    def __init__(self, frame_type: str, size: int, limit: int) -> None:
+        self.frame_type = frame_type
+        self.size = size
+        self.limit = limit
+        super().__init__(f"a {frame_type} frame of {size} bytes exceeds the {limit}-byte limit")
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that are not a valid frame, or a frame not allowed in this state."""
+
+
+class IpcServerError(EdgeError):
+    """The core's IPC socket can't be set up safely (its directory, path or an old socket)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"IPC socket {path}: {problem}")
+
+
+class IpcError(EdgeError):
+    """Base for errors a worker's IPC client raises."""
+
+
+class IpcConnectionError(IpcError):
+    """The core could not be reached, or the connection to it broke during a call."""
+
+    def __init__(self, socket_path: str, problem: str) -> None:
+        self.socket_path = socket_path
+        self.problem = problem
+        super().__init__(f"can't talk to the core at {socket_path}: {problem}")
+
+
+class IpcCallError(IpcError):
+    """The core answered a call with an error, in Greengrass V1's `{Status, Message}` form."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"{status}: {message}")
+
+
+class IpcTimeoutError(IpcCallError):
+    """No answer came within the call's timeout (status 408, as V1's IPC reported it)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(408, f"the core did not answer within {timeout:g} s")
+
+
+# --- signed deployments ----------------------------------------------------------------------
+
+
+class SignatureError(EdgeError):
+    """Base for deployment documents refused before parsing: their origin can't be trusted.
+
+    Nothing in such a document is believed, not even its DeploymentId, so the core only logs
+    these; see `edge.signing.open_envelope`.
+    """
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"deployment rejected: {problem}")
+
+
+class EnvelopeMalformedError(SignatureError):
+    """The payload claims to be a signed envelope but breaks the envelope format."""
+
+
+class UnsignedDeploymentError(SignatureError):
+    """An unsigned document reached a core that accepts only signed ones."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the document is not signed; deploy with `edge cloud create-deployment`, or set "
+            "[deployments] allow_unsigned = true on a development core"
+        )
+
+
+class UntrustedKeyError(SignatureError):
+    """The envelope is signed with a key that is not among the core's trusted keys."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(
+            f"the document is signed with key {key_id}, which is not in [deployments] trusted_keys"
+        )
+
+
+class BadSignatureError(SignatureError):
+    """The signature does not verify: the document was altered or forged."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(
+            f"the signature does not verify against trusted key {key_id}; the document was "
+            f"altered or forged"
+        )
+
+
+class WrongThingError(SignatureError):
+    """The envelope was signed for another core."""
+
+    def __init__(self, expected: str, got: str) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(f"the document was signed for thing {got!r}, not for this core")
+
+
+class StaleDeploymentError(EdgeError):
+    """A signed document is older than the deployment the core's store was built from (replay)."""
+
+    def __init__(self, deployment_id: str, created_at: str, applied_created_at: str) -> None:
+        self.deployment_id = deployment_id
+        self.created_at = created_at
+        self.applied_created_at = applied_created_at
+        super().__init__(
+            f"deployment {deployment_id} was created at {created_at}, before the deployment "
+            f"this core applied last ({applied_created_at}); an old document is never applied "
+            f"again: create a new deployment"
+        )
+
+
+class SigningKeyError(EdgeError):
+    """A signing or trusted public key file is missing, unreadable or not an Ed25519 key."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"signing key {path}: {problem}")
+
+
+# --- the control plane (`edge cloud`) --------------------------------------------------------
+
+
+class CloudError(EdgeError):
+    """Base for errors of the control plane's commands."""
+
+
+class CloudUsageError(CloudError):
+    """A command-line argument is missing, malformed or contradicts another."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        self.option = option
+        self.problem = problem
+        super().__init__(f"{option}: {problem}")
+
+
+class NotFoundError(CloudError):
+    """A definition, group, version or deployment named on the command line does not exist."""
+
+    def __init__(self, what: str, ident: str, hint: str) -> None:
+        self.what = what
+        self.ident = ident
+        super().__init__(f"{what} {ident!r} does not exist; {hint}")
+
+
+class DefinitionInvalidError(CloudError):
+    """A definition version or group version failed validation; names the offending entry."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        self.what = what
+        self.problem = problem
+        super().__init__(f"invalid {what}: {problem}")
+
+
+class CloudDatabaseError(CloudError):
+    """The control plane's SQLite database can't be opened, migrated or written."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"database {path}: {problem}")
+
+
+class BrokerError(CloudError):
+    """The MQTT broker could not be reached, or refused a publish or subscription."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = url
+        self.detail = detail
+        super().__init__(
+            f"could not talk to the MQTT broker at {url}: {detail}; check [mqtt] url in the "
+            f"control plane's config"
+        )
+
+
+class ArtifactError(CloudError):
+    """A function package could not be read or stored in S3."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"function package: {problem}")

@@ -10,6 +10,7 @@ instead of being overwritten by the next deployment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -26,6 +27,9 @@ from edge.secrets.contents import StoreContents
 from edge.secrets.fetch import AwsSecretSource, FetchSettings
 from edge.secrets.keys import CoreKey
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
+from edge.signing import DeploymentTrust
+from edge.workers.s3 import S3CodeReader
+from edge.workers.workload import Workload
 
 STATE_DIR_MODE = 0o700
 #: On a requested stop, how long to wait for queued status documents to reach the broker.
@@ -84,10 +88,19 @@ async def run_core(
         max_attempts=config.fetch.max_attempts,
         use_batch=config.fetch.use_batch,
     )
-    async with AwsSecretSource(
-        region=config.aws.region, endpoint_url=config.aws.endpoint_url, settings=settings
-    ) as source:
+    deployments_topic = mqtt.deployments_topic(thing)
+    async with contextlib.AsyncExitStack() as stack:
+        source = await stack.enter_async_context(
+            AwsSecretSource(
+                region=config.aws.region, endpoint_url=config.aws.endpoint_url, settings=settings
+            )
+        )
+        read_s3 = await stack.enter_async_context(
+            S3CodeReader(region=config.aws.region, endpoint_url=config.aws.endpoint_url)
+        )
         link: MqttLink | None = None
+        agent: DeploymentAgent | None = None
+        workload: Workload | None = None
 
         def publish_status(payload: bytes) -> None:
             assert link is not None  # noqa: S101 - set before any deployment can run
@@ -95,6 +108,36 @@ async def run_core(
             # without a daemon of its own listening all the time.
             link.publish(mqtt.status_topic(thing), payload, qos=1, retain=True)
 
+        def publish_cloud(topic: str, payload: bytes) -> None:
+            assert link is not None  # noqa: S101 - set before any worker runs
+            link.publish(topic, payload, qos=0)
+
+        async def set_cloud_subscriptions(topics: list[str]) -> None:
+            assert link is not None  # noqa: S101
+            await link.set_extra_subscriptions(topics)
+
+        async def on_message(topic: str, payload: bytes) -> None:
+            assert agent is not None  # noqa: S101
+            assert workload is not None  # noqa: S101
+            if topic == deployments_topic:
+                await agent.receive(topic, payload)
+            else:
+                await workload.router.from_cloud(topic, payload)
+
+        link = MqttLink(
+            settings=mqtt,
+            client_id=mqtt.client_id or f"edge-core-{thing}",
+            subscriptions=[deployments_topic],
+            on_message=on_message,
+        )
+        workload = await stack.enter_async_context(
+            Workload(
+                state_dir=state_dir,
+                publish_cloud=publish_cloud,
+                set_cloud_subscriptions=set_cloud_subscriptions,
+                read_s3=read_s3,
+            )
+        )
         agent = DeploymentAgent(
             store=store,
             source=source,
@@ -102,16 +145,15 @@ async def run_core(
             history=History(state_dir / "deployments.json"),
             publish_status=publish_status,
             contents=contents,
+            hooks=workload,
+            trust=DeploymentTrust.load(
+                thing,
+                config.deployments.trusted_keys,
+                allow_unsigned=config.deployments.allow_unsigned,
+            ),
         )
-        link = MqttLink(
-            settings=mqtt,
-            client_id=mqtt.client_id or f"edge-core-{thing}",
-            subscriptions=[mqtt.deployments_topic(thing)],
-            on_message=agent.receive,
-        )
-        log.info(
-            "core.started", pid=os.getpid(), mqtt=mqtt.url, topic=mqtt.deployments_topic(thing)
-        )
+        await workload.restore(contents)
+        log.info("core.started", pid=os.getpid(), mqtt=mqtt.url, topic=deployments_topic)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [

@@ -10,24 +10,56 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 from edge.deploy.journal import History, Inbox, InboxEntry
 from edge.deploy.state import DeploymentEvent, DeploymentState, next_state
-from edge.errors import DeploymentInvalidError, EdgeError
+from edge.errors import DeploymentInvalidError, EdgeError, SignatureError, StaleDeploymentError
 from edge.log import REDACTOR, get_logger
 from edge.model import Deployment, DeploymentType, parse_deployment
 from edge.secrets.contents import DeploymentRecord, StoreContents
 from edge.secrets.source import SecretSource
 from edge.secrets.store import SecretStore
+from edge.signing import DeploymentTrust, check_fresh
 
 Publisher = Callable[[bytes], None]
-Listener = Callable[[StoreContents], None]
+
+
+class Prepared(Protocol):
+    """What a workload prepared for a deployment: at least where each function's code is."""
+
+    @property
+    def code_dirs(self) -> Mapping[str, Path]:
+        """Qualified function ARN -> unpacked code directory."""
+        ...
+
+
+_P = TypeVar("_P", bound=Prepared)
+
+
+class DeploymentHooks(Protocol[_P]):
+    """The group's running part (functions, routes), switched with the store."""
+
+    async def prepare(self, deployment: Deployment) -> _P:
+        """Get everything ready without changing what runs; raise EdgeError to fail."""
+        ...
+
+    async def activate(self, contents: StoreContents, prepared: _P) -> None:
+        """Switch to the new deployment (after the store rotated)."""
+        ...
+
+
+#: Logged at start and for every unsigned document when [deployments] allow_unsigned is true.
+_UNSIGNED_WARNING = (
+    "UNSIGNED DEPLOYMENTS ARE ACCEPTED: anyone who can publish to this core's deployments topic "
+    "can deploy to it; set [deployments] allow_unsigned = false outside development"
+)
 
 #: DeploymentType reported for a document too broken to say which type it was.
 _UNKNOWN_TYPE = "Unknown"
@@ -54,7 +86,11 @@ def status_document(
     return doc
 
 
-def build_contents(deployment: Deployment, secrets: StoreContents | None = None) -> StoreContents:
+def build_contents(
+    deployment: Deployment,
+    secrets: StoreContents | None = None,
+    code_dirs: Mapping[str, Path] | None = None,
+) -> StoreContents:
     """The store a deployment produces (empty for a ResetDeployment)."""
     record = DeploymentRecord(
         deployment_id=deployment.deployment_id,
@@ -65,7 +101,12 @@ def build_contents(deployment: Deployment, secrets: StoreContents | None = None)
     )
     if deployment.deployment_type is DeploymentType.RESET or secrets is None:
         return StoreContents(deployment=record)
-    return StoreContents(deployment=record, group=deployment.raw_group, secrets=secrets.secrets)
+    return StoreContents(
+        deployment=record,
+        group=deployment.raw_group,
+        secrets=secrets.secrets,
+        code_dirs={arn: str(path) for arn, path in (code_dirs or {}).items()},
+    )
 
 
 class DeploymentAgent:
@@ -80,16 +121,28 @@ class DeploymentAgent:
         history: History,
         publish_status: Publisher,
         contents: StoreContents,
-        on_applied: Listener | None = None,
+        hooks: DeploymentHooks[Any] | None = None,
         logger: FilteringBoundLogger | None = None,
+        trust: DeploymentTrust | None = None,
     ) -> None:
         self._store = store
         self._source = source
         self._inbox = inbox
         self._history = history
         self._publish = publish_status
-        self._on_applied = on_applied
+        self._hooks = hooks
         self._log = logger or get_logger("deploy")
+        # Whose signatures to accept (edge.signing). None: payloads are plain documents, for
+        # embedding and tests; `run_core` always passes the [deployments] settings.
+        self._trust = trust
+        if trust is not None and trust.allow_unsigned:
+            self._log.warning("deploy.unsigned_allowed", warning=_UNSIGNED_WARNING)
+        elif trust is not None and not trust.keys:
+            self._log.warning(
+                "deploy.no_trusted_keys",
+                warning="every deployment will be rejected; set "
+                "[deployments] trusted_keys to the control plane's public key",
+            )
         self._queue: asyncio.Queue[InboxEntry] = asyncio.Queue()
         self.contents = contents
         #: Set whenever the queue is empty and nothing is being applied (for tests and demo).
@@ -121,12 +174,42 @@ class DeploymentAgent:
                     self.idle.set()
 
     async def _handle(self, payload: bytes) -> None:
+        if self._trust is not None:
+            try:
+                opened = self._trust.open(payload)
+            except SignatureError as exc:
+                # No status: nothing in an unverified document is believed, not its DeploymentId
+                # either; a Failure recorded under an id someone chose would pre-empt (through
+                # the history) the genuine deployment with that id.
+                self._log.warning("deploy.signature_rejected", error=str(exc), size=len(payload))
+                return
+            if opened.key_id is None:
+                self._log.warning("deploy.unsigned_accepted", warning=_UNSIGNED_WARNING)
+            payload = opened.document
         try:
             deployment = parse_deployment(payload)
         except DeploymentInvalidError as exc:
             self._reject(payload, exc)
             return
         previous = self._history.get(deployment.deployment_id)
+        applied = self.contents.deployment
+        try:
+            check_fresh(
+                deployment.deployment_id,
+                deployment.created_at,
+                None if applied is None else applied.created_at,
+            )
+        except StaleDeploymentError as exc:
+            # Its id is genuine (signed): one never seen gets a Failure saying why; a replay of
+            # one already handled only gets this line, so it can't rewrite the retained status.
+            self._log.warning(
+                "deploy.replay_rejected", deployment_id=deployment.deployment_id, error=str(exc)
+            )
+            if previous is None:
+                state = next_state(DeploymentState.RECEIVED, DeploymentEvent.FAIL)
+                dep_type = deployment.deployment_type.value
+                self._finish(status_document(deployment.deployment_id, dep_type, state, str(exc)))
+            return
         if previous is not None:
             # A redelivery (QoS 1 is at-least-once): answer with the outcome we already had.
             self._log.info(
@@ -159,13 +242,8 @@ class DeploymentAgent:
             "deploy.started", type=dep_type, group_id=deployment.group_id, secrets=len(resources)
         )
         try:
-            if deployment.deployment_type is DeploymentType.RESET or not resources:
-                fetched = StoreContents()
-            else:
-                fetched = StoreContents(secrets=await self._source.fetch(resources))
-                # Mask new values before anything else can mention them.
-                REDACTOR.update([*self.contents.values(), *fetched.values()])
-            contents = build_contents(deployment, fetched)
+            fetched, prepared = await _both(self._fetch(deployment), self._prepare(deployment))
+            contents = build_contents(deployment, fetched, prepared.code_dirs if prepared else None)
             await self._store.asave(contents)
         except Exception as exc:  # noqa: BLE001 - every failure must end in a Failure status
             if isinstance(exc, EdgeError):
@@ -180,11 +258,28 @@ class DeploymentAgent:
             return
         self.contents = contents
         REDACTOR.update(contents.values())
-        if self._on_applied is not None:
-            self._on_applied(contents)
+        if self._hooks is not None and prepared is not None:
+            # The store is the source of truth from here on: a failure to start a worker is
+            # the worker's problem (it is retried), not the deployment's.
+            try:
+                await self._hooks.activate(contents, prepared)
+            except Exception:  # noqa: BLE001 - logged; the deployment itself is applied
+                self._log.exception("deploy.activate_failed")
         state = next_state(state, DeploymentEvent.SUCCEED)
         self._log.info("deploy.complete", secrets=len(contents.secrets))
         self._finish(status_document(deployment.deployment_id, dep_type, state))
+
+    async def _fetch(self, deployment: Deployment) -> StoreContents:
+        resources = deployment.group.secret_resources
+        if deployment.deployment_type is DeploymentType.RESET or not resources:
+            return StoreContents()
+        fetched = StoreContents(secrets=await self._source.fetch(resources))
+        # Mask new values before anything else can mention them.
+        REDACTOR.update([*self.contents.values(), *fetched.values()])
+        return fetched
+
+    async def _prepare(self, deployment: Deployment) -> Prepared | None:
+        return None if self._hooks is None else await self._hooks.prepare(deployment)
 
     def _finish(self, status: dict[str, Any]) -> None:
         try:
@@ -204,3 +299,21 @@ def _peek_type(payload: bytes) -> str:
     value = doc.get("DeploymentType") if isinstance(doc, dict) else None
     valid = {t.value for t in DeploymentType}
     return value if isinstance(value, str) and value in valid else _UNKNOWN_TYPE
+
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+
+
+async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+    """Run two steps concurrently; the first failure cancels the other and is raised as is."""
+    a = asyncio.ensure_future(first)
+    b = asyncio.ensure_future(second)
+    try:
+        await asyncio.gather(a, b)
+    except BaseException:
+        for task in (a, b):
+            task.cancel()
+        await asyncio.gather(a, b, return_exceptions=True)
+        raise
+    return a.result(), b.result()

@@ -75,6 +75,7 @@ class MqttLink:
     ) -> None:
         self._settings = settings
         self._subscriptions = tuple(subscriptions)
+        self._extra: tuple[str, ...] = ()
         self._on_message = on_message
         self._log = logger or get_logger("mqtt")
         self._outbox: deque[OutgoingMessage] = deque()
@@ -105,6 +106,22 @@ class MqttLink:
                     await self._drained.wait()
         return not self._outbox
 
+    async def set_extra_subscriptions(self, topics: Sequence[str]) -> None:
+        """Subscribe to these filters besides the fixed ones (now, and after every reconnect)."""
+        wanted = tuple(dict.fromkeys(topics))
+        old, self._extra = set(self._extra), wanted
+        if not self.connected.is_set():
+            return  # the next session subscribes to them
+        try:
+            for topic in wanted:
+                if topic not in old:
+                    await self._client.subscribe(topic, qos=1)
+            for topic in old - set(wanted):
+                await self._client.unsubscribe(topic)
+        except aiomqtt.MqttError as exc:
+            # The reconnect loop resubscribes everything in `_extra` when it is back.
+            self._log.warning("mqtt.subscribe_failed", error=str(exc))
+
     @property
     def pending(self) -> int:
         """Messages waiting in the outbox."""
@@ -133,7 +150,7 @@ class MqttLink:
             await asyncio.sleep(wait)
 
     async def _session(self) -> None:
-        for topic in self._subscriptions:
+        for topic in (*self._subscriptions, *self._extra):
             await self._client.subscribe(topic, qos=1)
         self.connected.set()
         self._log.info(

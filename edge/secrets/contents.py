@@ -94,6 +94,9 @@ class StoreContents:
     group: dict[str, Any] = field(default_factory=dict)
     #: Resource id -> secret.
     secrets: dict[str, LocalSecret] = field(default_factory=dict)
+    #: Qualified function ARN -> directory its code was unpacked into, so a restarted core
+    #: can start its functions again without the network.
+    code_dirs: dict[str, str] = field(default_factory=dict)
 
     def values(self) -> list[str | bytes]:
         """Every secret value held, for redaction of logs and worker output."""
@@ -117,6 +120,7 @@ def to_plain(contents: StoreContents) -> dict[str, Any]:
         "format": CONTENTS_FORMAT,
         "deployment": None if dep is None else dep.to_plain(),
         "group": contents.group,
+        "code_dirs": contents.code_dirs,
         "secrets": {
             rid: {
                 "ARN": s.arn,
@@ -192,7 +196,15 @@ def _from_plain(plain: object) -> StoreContents:
             labels=labels,
             versions=versions,
         )
-    return StoreContents(deployment=deployment, group=group, secrets=secrets)
+    code_dirs = plain.get("code_dirs") or {}
+    if not isinstance(code_dirs, dict):
+        raise TypeError("code_dirs is not a map")
+    return StoreContents(
+        deployment=deployment,
+        group=group,
+        secrets=secrets,
+        code_dirs={str(k): str(v) for k, v in code_dirs.items()},
+    )
 
 
 def _optional(value: object, kind: type[_V]) -> _V | None:

@@ -2,110 +2,26 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import secrets
 import signal
 import stat
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.core import (
     CoreProcess,
-    Operator,
     edge_cli,
     iter_files,
     secret_resource,
     write_config,
 )
-from tests.support.services import Mosquitto, MotoServer, free_port
+from tests.support.env import Env
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.network
-
-
-@dataclass
-class Env:
-    """One test's world: broker, Secrets Manager, a configured core and an operator."""
-
-    root: Path
-    broker: Mosquitto
-    moto: MotoServer
-    sm: Any
-    config: Path
-    core: CoreProcess
-    operator: Operator
-    values: list[str] = field(default_factory=list)
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def store_path(self) -> Path:
-        return self.state_dir / "secrets.store"
-
-    def create_secret(self, name: str, *, binary: bool = False) -> tuple[str, str, str | bytes]:
-        """Create a secret with a random value; return (ARN, VersionId, value)."""
-        if binary:
-            value: str | bytes = secrets.token_bytes(24)
-            resp = self.sm.create_secret(Name=name, SecretBinary=value)
-            self.values.append(base64.b64encode(value).decode())
-        else:
-            value = f"pw-{secrets.token_urlsafe(18)}"
-            resp = self.sm.create_secret(Name=name, SecretString=value)
-            self.values.append(value)
-        return resp["ARN"], resp["VersionId"], value
-
-    def add_labelled_version(self, arn: str, label: str) -> tuple[str, str]:
-        """Put a new version carrying only `label`; return (VersionId, value)."""
-        value = f"old-{secrets.token_urlsafe(18)}"
-        resp = self.sm.put_secret_value(SecretId=arn, SecretString=value, VersionStages=[label])
-        self.values.append(value)
-        return resp["VersionId"], value
-
-    def listing(self) -> dict[str, Any]:
-        result = edge_cli("secrets", "list", "--config", str(self.config), "--json")
-        assert result.returncode == 0, result.stderr
-        self.cli_output.append(result.stdout + result.stderr)
-        return json.loads(result.stdout)
-
-    cli_output: list[str] = field(default_factory=list)
-
-    def all_output(self) -> str:
-        return self.core.log_text() + "".join(self.cli_output)
-
-
-@pytest.fixture
-def env(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Iterator[Env]:
-    """A core process (initialised, running, subscribed) and an operator on the test's broker."""
-    thing = f"core-{uuid.uuid4().hex[:8]}"
-    config = write_config(
-        tmp_path / "core.toml", thing_name=thing, mqtt_url=broker.url, endpoint_url=moto.url
-    )
-    init = edge_cli("init", "--config", str(config))
-    assert init.returncode == 0, init.stderr
-    core = CoreProcess(config=config, log_path=tmp_path / "core.log")
-    operator = Operator(port=broker.port, prefix="edge", thing=thing)
-    e = Env(
-        root=tmp_path, broker=broker, moto=moto, sm=sm, config=config, core=core, operator=operator
-    )
-    core.start()
-    core.wait_for_event("mqtt.connected")
-    operator.connect()
-    yield e
-    operator.close()
-    if core.proc is not None:
-        core.stop()
-    # The rule every feature keeps: no secret value in any log or CLI output, ever.
-    output = e.all_output()
-    for value in e.values:
-        assert value not in output, "a secret value leaked into the logs"
 
 
 def test_deploys_string_and_binary_secrets_with_extra_labels(env: Env) -> None:

@@ -45,8 +45,12 @@ def write_config(
     mqtt_url: str,
     endpoint_url: str,
     extra: str = "",
+    deployments: str = "allow_unsigned = true",
 ) -> Path:
-    """Write a core config file for a test."""
+    """Write a core config file for a test; `deployments` is the [deployments] table's body.
+
+    By default the core accepts unsigned documents, so that `Operator` can deploy by hand.
+    """
     path.write_text(
         f"""
 [core]
@@ -68,6 +72,9 @@ deadline_seconds = 30
 [log]
 level = "debug"
 format = "json"
+
+[deployments]
+{deployments}
 {extra}
 """
     )
@@ -157,6 +164,7 @@ class Operator:
     statuses: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
     seen: list[dict[str, Any]] = field(default_factory=list)
     client: paho.Client | None = None
+    watchers: list[paho.Client] = field(default_factory=list)
 
     @property
     def deployments_topic(self) -> str:
@@ -187,10 +195,33 @@ class Operator:
         self.client = client
 
     def close(self) -> None:
+        for watcher in self.watchers:
+            watcher.loop_stop()
+            watcher.disconnect()
+        self.watchers.clear()
         if self.client is not None:
             self.client.loop_stop()
             self.client.disconnect()
             self.client = None
+
+    def subscribe(self, topic_filter: str) -> queue.Queue[tuple[str, Any]]:
+        """Collect (topic, JSON payload) of messages on a filter, from a client of its own."""
+        received: queue.Queue[tuple[str, Any]] = queue.Queue()
+        ready: queue.Queue[bool] = queue.Queue()
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:8]}")
+        client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
+        client.on_subscribe = lambda *_: ready.put(True)
+        client.on_message = lambda _c, _u, msg: received.put((msg.topic, json.loads(msg.payload)))
+        client.connect("127.0.0.1", self.port, keepalive=10)
+        client.loop_start()
+        ready.get(timeout=10)
+        self.watchers.append(client)
+        return received
+
+    def publish(self, topic: str, message: Any) -> None:
+        """Publish a JSON message on any topic (as the cloud would)."""
+        assert self.client is not None
+        self.client.publish(topic, json.dumps(message), qos=1).wait_for_publish(10)
 
     def publish_raw(self, payload: bytes | str) -> None:
         assert self.client is not None
@@ -204,6 +235,7 @@ class Operator:
         deployment_type: str = "NewDeployment",
         functions: list[dict[str, Any]] | None = None,
         deployment_id: str | None = None,
+        subscriptions: list[dict[str, Any]] | None = None,
     ) -> str:
         """Publish a deployment document; return its DeploymentId."""
         dep_id = deployment_id or str(uuid.uuid4())
@@ -217,7 +249,7 @@ class Operator:
                 "Resources": resources or [],
                 "Functions": functions or [],
                 "Connectors": [],
-                "Subscriptions": [],
+                "Subscriptions": subscriptions or [],
             },
         }
         self.publish_raw(json.dumps(doc))

@@ -1,0 +1,354 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Deployments: resolve a group version into the core's document, sign it, publish it, track it.
+
+The document is exactly what the core parses (`edge.model.parse_deployment`), and the builder
+runs that very parser on it before signing, so a deployment the control plane sends is one the
+core can read. Each function gets `FunctionConfiguration.Handler` and `.Code {Uri, Sha256}` from
+its published package (`publish-function`), unless its configuration already names its Code.
+
+Deployment types, as in AWS:
+
+* NewDeployment deploys `--group-version-id`, or the group's latest version.
+* Redeployment repeats the deployment named by `--deployment-id`: the same group version,
+  resolved and signed again under a *new* DeploymentId (as AWS gives a redeployment its own id),
+  so the core fetches every secret again: the way to roll out a rotated secret.
+* ResetDeployment removes the group from its core; it carries no group, and is addressed to the
+  core of the given (or latest) group version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from sqlite3 import Connection, Row
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.cloud.config import CloudConfig
+from edge.cloud.db import Database
+from edge.cloud.groups import group_version_row, latest_version_id, resolve_group, validate_group
+from edge.cloud.ids import Arns, new_id, precise_timestamp, timestamp
+from edge.cloud.publish import CloudMqtt
+from edge.cloud.status import (
+    BUILDING,
+    FAILURE,
+    FINAL,
+    PEEK_SECONDS,
+    Progress,
+    add_event,
+    follow,
+    peek_retained,
+    status_output,
+)
+from edge.errors import (
+    BrokerError,
+    CloudUsageError,
+    DefinitionInvalidError,
+    DeploymentInvalidError,
+    NotFoundError,
+)
+from edge.model import DeploymentType, parse_deployment
+from edge.model.fields import entry_label
+from edge.signing import seal
+
+DEPLOYMENT_TYPES: Final = tuple(t.value for t in DeploymentType)
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A resolved deployment, ready to sign."""
+
+    document: bytes
+    thing_name: str
+    group_version_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What create-deployment was asked for."""
+
+    group_id: str
+    deployment_type: str
+    group_version_id: str | None = None
+    redeploy_of: str | None = None
+
+
+def _fill_code(conn: Connection, functions: list[Any]) -> list[Any]:
+    """Return the functions with Handler and Code from their published packages.
+
+    Raises:
+        DefinitionInvalidError: A function has neither published code nor a Code of its own.
+    """
+    filled = []
+    for index, fn in enumerate(functions):
+        fn_copy = json.loads(json.dumps(fn))
+        config = fn_copy.setdefault("FunctionConfiguration", {})
+        if "Code" not in config:
+            row = conn.execute(
+                "SELECT handler, uri, sha256 FROM function_code WHERE function_arn = ?",
+                (fn_copy["FunctionArn"],),
+            ).fetchone()
+            if row is None:
+                raise DefinitionInvalidError(
+                    "deployment",
+                    f"{entry_label('Functions', index, fn)}: function "
+                    f"{fn_copy['FunctionArn']} has no published code; run `edge cloud "
+                    f"publish-function --function-arn {fn_copy['FunctionArn']} --zip-file "
+                    f"fileb://PACKAGE.zip --handler MODULE.FUNCTION` first",
+                )
+            config["Handler"] = row["handler"]
+            config["Code"] = {"Uri": row["uri"], "Sha256": row["sha256"]}
+        filled.append(fn_copy)
+    return filled
+
+
+def build_document(
+    conn: Connection,
+    *,
+    group_id: str,
+    group_version_id: str,
+    deployment_type: str,
+    deployment_id: str,
+    created_at: str,
+) -> Built:
+    """Resolve a group version into the deployment document its core parses.
+
+    Raises:
+        NotFoundError: The group version, or a definition version it names, is gone.
+        DefinitionInvalidError: It names no core, a function has no code, or the result is
+            not a document the core would accept.
+    """
+    row = group_version_row(conn, group_id, group_version_id)
+    resolved = resolve_group(conn, json.loads(row["body"]))
+    if resolved.thing_name is None:
+        raise DefinitionInvalidError(
+            "deployment",
+            f"group version {group_version_id} names no core definition version, so there is "
+            f"no core to deploy to; create a group version with --core-definition-version-arn",
+        )
+    document: dict[str, Any] = {
+        "DeploymentId": deployment_id,
+        "DeploymentType": deployment_type,
+        "GroupId": group_id,
+        "GroupVersionId": group_version_id,
+        "CreatedAt": created_at,
+    }
+    if deployment_type != DeploymentType.RESET.value:
+        # Checked when the version was created; checked again because definitions can't change
+        # but published code can, and it costs nothing next to a deployment.
+        validate_group(resolved)
+        group = dict(resolved.group)
+        group["Functions"] = _fill_code(conn, group["Functions"])
+        document["Group"] = group
+    payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    try:
+        parse_deployment(payload)
+    except DeploymentInvalidError as exc:
+        raise DefinitionInvalidError("deployment", exc.problem) from None
+    return Built(payload, resolved.thing_name, group_version_id)
+
+
+def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
+    """Return (group version id, deployment redeployed) for a request.
+
+    Raises:
+        CloudUsageError: The options don't fit the deployment type.
+        NotFoundError: The group, version or redeployed deployment does not exist.
+    """
+    latest = latest_version_id(conn, request.group_id)
+    if request.deployment_type == DeploymentType.REDEPLOY.value:
+        if request.redeploy_of is None:
+            raise CloudUsageError(
+                "--deployment-id", "is required for a Redeployment: the deployment to repeat"
+            )
+        previous = _deployment_row(conn, request.group_id, request.redeploy_of)
+        version: str = previous["group_version_id"]
+        if request.group_version_id not in {None, version}:
+            raise CloudUsageError(
+                "--group-version-id",
+                f"deployment {request.redeploy_of} deployed group version {version}; a "
+                f"Redeployment repeats it (use a NewDeployment to deploy another version)",
+            )
+        return version, request.redeploy_of
+    if request.redeploy_of is not None:
+        raise CloudUsageError("--deployment-id", "is only for --deployment-type Redeployment")
+    version_id = request.group_version_id or latest
+    if version_id is None:
+        raise CloudUsageError(
+            "--group-version-id",
+            f"group {request.group_id} has no version yet; run `edge cloud create-group-version`",
+        )
+    return version_id, None
+
+
+def _deployment_row(conn: Connection, group_id: str, deployment_id: str) -> Row:
+    row: Row | None = conn.execute(
+        "SELECT * FROM deployments WHERE id = ? AND group_id = ?", (deployment_id, group_id)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(
+            "deployment",
+            deployment_id,
+            f"`edge cloud list-deployments --group-id {group_id}` lists the group's deployments",
+        )
+    return row
+
+
+async def create_deployment(
+    config: CloudConfig,
+    db: Database,
+    signing_key: Ed25519PrivateKey,
+    request: Request,
+    *,
+    wait_seconds: float | None = None,
+    on_created: Callable[[dict[str, Any]], None] | None = None,
+    on_change: Progress | None = None,
+) -> Row | None:
+    """Build, sign, record and publish a deployment; with `wait_seconds`, follow it to the end.
+
+    Args:
+        config: The control plane's config.
+        db: Its database.
+        signing_key: The key to sign with.
+        request: What to deploy.
+        wait_seconds: Follow the core's reports for at most this long (None: don't).
+        on_created: Called with `{DeploymentArn, DeploymentId}` once the broker has the document.
+        on_change: Called with the status output after each transition while waiting.
+
+    Returns:
+        With `wait_seconds`, the deployment's final row, or None if time ran out first.
+
+    Raises:
+        CloudUsageError, NotFoundError, DefinitionInvalidError: Nothing was published.
+        BrokerError: The broker can't be reached (nothing recorded) or refused the publish
+            (the deployment is recorded as a Failure saying so).
+    """
+    arns = Arns(config.aws.region, config.cloud.account_id)
+    deployment_id, created_at = new_id(), precise_timestamp()
+    with db.read() as conn:
+        version_id, redeploy_of = _pick_version(conn, request)
+        built = build_document(
+            conn,
+            group_id=request.group_id,
+            group_version_id=version_id,
+            deployment_type=request.deployment_type,
+            deployment_id=deployment_id,
+            created_at=created_at,
+        )
+    envelope = seal(built.document, signing_key=signing_key, thing_name=built.thing_name)
+    mqtt = config.mqtt
+    async with CloudMqtt(mqtt) as client:
+        if wait_seconds is not None:
+            # Subscribed before publishing, so not even a fast core's first report is missed.
+            await client.subscribe(mqtt.status_topic(built.thing_name))
+        now = timestamp()
+        with db.write() as conn:
+            conn.execute(
+                "INSERT INTO deployments (id, group_id, group_version_id, arn, deployment_type,"
+                " redeployment_of, thing_name, created_at, status, updated_at, envelope)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    deployment_id,
+                    request.group_id,
+                    version_id,
+                    arns.deployment(request.group_id, deployment_id),
+                    request.deployment_type,
+                    redeploy_of,
+                    built.thing_name,
+                    created_at,
+                    BUILDING,
+                    now,
+                    envelope,
+                ),
+            )
+            add_event(conn, deployment_id, BUILDING, now, None)
+        try:
+            await client.publish(mqtt.deployments_topic(built.thing_name), envelope)
+        except BrokerError as exc:
+            with db.write() as conn:
+                message = f"not published: {exc}"
+                conn.execute(
+                    "UPDATE deployments SET status = ?, error_message = ?, updated_at = ?"
+                    " WHERE id = ?",
+                    (FAILURE, message, timestamp(), deployment_id),
+                )
+                add_event(conn, deployment_id, FAILURE, timestamp(), message)
+            raise
+        if on_created is not None:
+            on_created(
+                {
+                    "DeploymentArn": arns.deployment(request.group_id, deployment_id),
+                    "DeploymentId": deployment_id,
+                }
+            )
+        if wait_seconds is None:
+            return None
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        return await follow(
+            client,
+            db,
+            deployment_id=deployment_id,
+            thing_name=built.thing_name,
+            deadline=deadline,
+            on_change=on_change,
+        )
+
+
+async def get_deployment_status(
+    config: CloudConfig,
+    db: Database,
+    group_id: str,
+    deployment_id: str,
+    *,
+    on_broker_error: Callable[[BrokerError], None] | None = None,
+) -> dict[str, Any]:
+    """get-deployment-status: the recorded status, refreshed from the retained report if open.
+
+    A broker that can't be reached is reported through `on_broker_error` and the recorded
+    status is answered anyway.
+    """
+    with db.read() as conn:
+        row = _deployment_row(conn, group_id, deployment_id)
+    if row["status"] not in FINAL:
+        thing = row["thing_name"]
+        try:
+            async with CloudMqtt(config.mqtt) as client:
+                await peek_retained(
+                    client,
+                    db,
+                    thing_name=thing,
+                    topic=config.mqtt.status_topic(thing),
+                    deadline=asyncio.get_running_loop().time() + PEEK_SECONDS,
+                )
+        except BrokerError as exc:
+            if on_broker_error is not None:
+                on_broker_error(exc)
+        with db.read() as conn:
+            row = _deployment_row(conn, group_id, deployment_id)
+    return status_output(row)
+
+
+def list_deployments(db: Database, group_id: str) -> dict[str, Any]:
+    """list-deployments: the group's deployments, newest first."""
+    with db.read() as conn:
+        latest_version_id(conn, group_id)  # raises NotFoundError for an unknown group
+        rows = conn.execute(
+            "SELECT d.*, g.arn AS group_arn FROM deployments AS d JOIN groups AS g"
+            " ON g.id = d.group_id WHERE d.group_id = ? ORDER BY d.created_at DESC, d.rowid DESC",
+            (group_id,),
+        ).fetchall()
+    return {
+        "Deployments": [
+            {
+                "CreatedAt": r["created_at"],
+                "DeploymentArn": r["arn"],
+                "DeploymentId": r["id"],
+                "DeploymentType": r["deployment_type"],
+                "GroupArn": r["group_arn"],
+            }
+            for r in rows
+        ]
+    }

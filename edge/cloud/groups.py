@@ -1,0 +1,229 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Groups and group versions: which definition versions make up what a core runs.
+
+A group version names one version of each kind of definition by ARN. Before one is stored,
+the whole group is assembled from those versions and validated with the group model
+(`edge.model.parse_group`, the very code the core runs on every deployment), plus the one rule
+the model can't judge because it doesn't know the group's functions by ARN: a subscription
+naming a function that is not in the group. A group version that is stored can be deployed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from sqlite3 import Connection, Row
+from typing import Any, Final
+
+from edge.cloud.db import Database
+from edge.cloud.definitions import (
+    KINDS,
+    check_cores,
+    check_subscriptions,
+    definition_info,
+    resolve_version,
+    version_info,
+)
+from edge.cloud.ids import Arns, new_id, parse_version_arn, timestamp
+from edge.errors import (
+    CloudUsageError,
+    DefinitionInvalidError,
+    DeploymentInvalidError,
+    NotFoundError,
+)
+from edge.model import parse_group
+from edge.model.fields import quoted
+
+#: The group version keys, in the order the AWS CLI documents them, with their kinds.
+GROUP_VERSION_KEYS: Final = {kind.group_key: kind for kind in KINDS.values()}
+#: Keys of AWS's group versions that edge does not support (devices, loggers).
+_UNSUPPORTED_KEYS: Final = frozenset({"DeviceDefinitionVersionArn", "LoggerDefinitionVersionArn"})
+#: The four lists of the group a deployment carries, as the core parses it.
+GROUP_LISTS: Final = ("Resources", "Functions", "Connectors", "Subscriptions")
+_HINT: Final = "`edge cloud list-groups` lists them"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedGroup:
+    """A group version with its definition versions looked up."""
+
+    #: `{"Resources", "Functions", "Connectors", "Subscriptions"}`, as a deployment carries it.
+    group: dict[str, list[Any]]
+    #: The core's thing name (None: the group version names no core definition version).
+    thing_name: str | None
+
+
+def option_name(key: str) -> str:
+    """The CLI option of a group version key: ResourceDefinitionVersionArn -> --resource-…-arn."""
+    noun = key.removesuffix("DefinitionVersionArn").lower()
+    return f"--{noun}-definition-version-arn"
+
+
+def check_refs(refs: object) -> dict[str, str]:
+    """Check the shape of a group version (`--initial-version`, or the options), return it.
+
+    Raises:
+        CloudUsageError: Not an object of known keys with string values.
+    """
+    if not isinstance(refs, dict):
+        raise CloudUsageError("group version", "must be a JSON object of definition version ARNs")
+    for key, value in refs.items():
+        if key in _UNSUPPORTED_KEYS:
+            raise CloudUsageError(key, "devices and loggers are not supported by edge")
+        if key not in GROUP_VERSION_KEYS:
+            known = ", ".join(GROUP_VERSION_KEYS)
+            raise CloudUsageError(key, f"is not a key of a group version ({known})")
+        if not isinstance(value, str) or not value:
+            raise CloudUsageError(key, "must be an ARN string")
+    return dict(refs)
+
+
+def resolve_group(conn: Connection, refs: dict[str, str]) -> ResolvedGroup:
+    """Look up every version a group version names and assemble the group.
+
+    Raises:
+        CloudUsageError: An ARN is not a definition version ARN of the right kind.
+        NotFoundError: An ARN names no stored version.
+    """
+    group: dict[str, list[Any]] = {name: [] for name in GROUP_LISTS}
+    thing_name: str | None = None
+    for key, arn in refs.items():
+        kind = GROUP_VERSION_KEYS[key]
+        parsed = parse_version_arn(arn)
+        if parsed is None or parsed.kind != kind.segment:
+            raise CloudUsageError(
+                option_name(key), f"{quoted(arn)} is not a {kind.label} version ARN"
+            )
+        items = resolve_version(conn, kind, arn).get(kind.list_key, [])
+        if kind.segment == "cores":
+            thing_name = check_cores(items)
+        else:
+            group[kind.list_key] = items
+    return ResolvedGroup(group=group, thing_name=thing_name)
+
+
+def validate_group(resolved: ResolvedGroup) -> None:
+    """Validate a whole group with the group model and the subscription rule.
+
+    Raises:
+        DefinitionInvalidError: A rule is broken; the message names the offending entry.
+    """
+    try:
+        parsed = parse_group(resolved.group)
+    except DeploymentInvalidError as exc:
+        raise DefinitionInvalidError("group version", exc.problem) from None
+    check_subscriptions(
+        resolved.group["Subscriptions"],
+        function_arns={fn.function_arn for fn in parsed.functions},
+        what="group version",
+    )
+
+
+def _group_row(conn: Connection, group_id: str) -> Row:
+    row: Row | None = conn.execute("SELECT * FROM groups WHERE id = ?", (group_id,)).fetchone()
+    if row is None:
+        raise NotFoundError("group", group_id, _HINT)
+    return row
+
+
+def group_version_row(conn: Connection, group_id: str, version_id: str) -> Row:
+    """Return a stored group version (with `parent_id`), or raise NotFoundError."""
+    row: Row | None = conn.execute(
+        "SELECT *, group_id AS parent_id FROM group_versions WHERE group_id = ? AND id = ?",
+        (group_id, version_id),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(
+            "group version",
+            version_id,
+            f"`edge cloud list-group-versions --group-id {group_id}` lists its versions",
+        )
+    return row
+
+
+def latest_version_id(conn: Connection, group_id: str) -> str | None:
+    """The id of a group's latest version (None if it has none)."""
+    latest: str | None = _group_row(conn, group_id)["latest_version_id"]
+    return latest
+
+
+def _insert_version(conn: Connection, arns: Arns, group_id: str, refs: dict[str, str]) -> Row:
+    """Validate and add a group version (inside a write transaction); make it the latest."""
+    validate_group(resolve_group(conn, refs))
+    (seq,) = conn.execute(
+        "SELECT coalesce(max(seq), 0) + 1 FROM group_versions WHERE group_id = ?", (group_id,)
+    ).fetchone()
+    version_id, now = new_id(), timestamp()
+    conn.execute(
+        "INSERT INTO group_versions (id, group_id, seq, arn, created_at, body)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            version_id,
+            group_id,
+            seq,
+            arns.group_version(group_id, version_id),
+            now,
+            json.dumps(refs),
+        ),
+    )
+    conn.execute(
+        "UPDATE groups SET latest_version_id = ?, updated_at = ? WHERE id = ?",
+        (version_id, now, group_id),
+    )
+    return group_version_row(conn, group_id, version_id)
+
+
+def create_group(db: Database, arns: Arns, *, name: str, initial: object | None) -> dict[str, Any]:
+    """create-group: a new group, with its first version if `initial` is given."""
+    refs = None if initial is None else check_refs(initial)
+    group_id, now = new_id(), timestamp()
+    with db.write() as conn:
+        conn.execute(
+            "INSERT INTO groups (id, name, arn, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (group_id, name, arns.group(group_id), now, now),
+        )
+        if refs is not None:
+            _insert_version(conn, arns, group_id, refs)
+        return definition_info(_group_row(conn, group_id))
+
+
+def create_group_version(
+    db: Database, arns: Arns, group_id: str, refs: dict[str, str]
+) -> dict[str, Any]:
+    """create-group-version: validate the whole group, then store the version."""
+    checked = check_refs(refs)
+    with db.write() as conn:
+        _group_row(conn, group_id)
+        return version_info(_insert_version(conn, arns, group_id, checked))
+
+
+def get_group(db: Database, group_id: str) -> dict[str, Any]:
+    """get-group."""
+    with db.read() as conn:
+        return definition_info(_group_row(conn, group_id))
+
+
+def get_group_version(db: Database, group_id: str, version_id: str) -> dict[str, Any]:
+    """get-group-version, with its Definition (the definition version ARNs)."""
+    with db.read() as conn:
+        _group_row(conn, group_id)
+        return version_info(group_version_row(conn, group_id, version_id), with_definition=True)
+
+
+def list_groups(db: Database) -> dict[str, Any]:
+    """list-groups, oldest first."""
+    with db.read() as conn:
+        rows = conn.execute("SELECT * FROM groups ORDER BY created_at, rowid").fetchall()
+    return {"Groups": [definition_info(r) for r in rows]}
+
+
+def list_group_versions(db: Database, group_id: str) -> dict[str, Any]:
+    """list-group-versions, newest first."""
+    with db.read() as conn:
+        _group_row(conn, group_id)
+        rows = conn.execute(
+            "SELECT *, group_id AS parent_id FROM group_versions WHERE group_id = ?"
+            " ORDER BY seq DESC",
+            (group_id,),
+        ).fetchall()
+    return {"Versions": [version_info(r) for r in rows]}

@@ -1,0 +1,197 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Deployment status: what cores report, recorded as transitions in the control plane's database.
+
+A deployment starts as `Building` (created and published, not yet acknowledged). Cores report
+`InProgress`, then `Success` or `Failure`, on their status topic, *retained*, so the control
+plane needs no daemon: `create-deployment --wait` follows the reports live, and
+`get-deployment-status` of an unfinished deployment reads the retained report. Every transition
+seen is recorded (the deployment's row, plus one `deployment_events` row per transition).
+
+Status documents come from the network, so they are parsed defensively: bounded, typed, only
+recorded for a deployment this control plane made *for the thing whose topic it came on*, and
+never moved backwards (a late `InProgress` can't undo a `Success`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from sqlite3 import Connection, Row
+from typing import Any, Final
+
+from edge.cloud.db import Database
+from edge.cloud.ids import timestamp
+from edge.cloud.publish import CloudMqtt
+
+BUILDING: Final = "Building"
+IN_PROGRESS: Final = "InProgress"
+SUCCESS: Final = "Success"
+FAILURE: Final = "Failure"
+FINAL: Final = frozenset({SUCCESS, FAILURE})
+#: Order of the states; a report is recorded only if it moves a deployment forward.
+_RANK: Final = {BUILDING: 0, IN_PROGRESS: 1, SUCCESS: 2, FAILURE: 2}
+#: A status document is a few hundred bytes; anything far bigger is not one.
+MAX_STATUS_BYTES: Final = 64 * 1024
+#: Longest ErrorMessage kept; the core's messages are one line of at most a few hundred chars.
+MAX_ERROR_LENGTH: Final = 4096
+#: How long `get-deployment-status` waits for the retained status of an unfinished deployment.
+#: The broker sends a retained message right after the subscription, so this is only reached
+#: when the topic has none.
+PEEK_SECONDS: Final = 2.0
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """A validated status document from a core."""
+
+    deployment_id: str
+    status: str
+    updated_at: str
+    error_message: str | None = None
+
+
+def parse_status(payload: bytes) -> StatusReport | None:
+    """Parse a status document; None if it isn't one (ignored, never an error)."""
+    if len(payload) > MAX_STATUS_BYTES:
+        return None
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    dep_id, status, updated = (
+        doc.get(k) for k in ("DeploymentId", "DeploymentStatus", "UpdatedAt")
+    )
+    error = doc.get("ErrorMessage")
+    if not (isinstance(dep_id, str) and isinstance(updated, str) and status in _RANK):
+        return None
+    if status == BUILDING or (error is not None and not isinstance(error, str)):
+        return None
+    return StatusReport(
+        deployment_id=dep_id,
+        status=status,
+        updated_at=_printable(updated)[:64],
+        error_message=None if error is None else _printable(error)[:MAX_ERROR_LENGTH],
+    )
+
+
+def _printable(text: str) -> str:
+    """Replace control characters: the text is printed on operators' terminals."""
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
+
+
+def record(conn: Connection, thing_name: str, report: StatusReport) -> Row | None:
+    """Record a report (inside a write transaction) if it moves its deployment forward.
+
+    Args:
+        conn: The connection, in a write transaction.
+        thing_name: The thing whose status topic the report came on.
+        report: The report.
+
+    Returns:
+        The deployment's updated row, or None if nothing was recorded (unknown deployment,
+        another thing's deployment, or not a step forward).
+    """
+    row = conn.execute(
+        "SELECT * FROM deployments WHERE id = ? AND thing_name = ?",
+        (report.deployment_id, thing_name),
+    ).fetchone()
+    if row is None or _RANK[report.status] <= _RANK.get(row["status"], 0):
+        return None
+    conn.execute(
+        "UPDATE deployments SET status = ?, error_message = ?, updated_at = ? WHERE id = ?",
+        (report.status, report.error_message, report.updated_at, report.deployment_id),
+    )
+    add_event(conn, report.deployment_id, report.status, report.updated_at, report.error_message)
+    updated: Row = conn.execute(
+        "SELECT * FROM deployments WHERE id = ?", (report.deployment_id,)
+    ).fetchone()
+    return updated
+
+
+def add_event(
+    conn: Connection, deployment_id: str, status: str, updated_at: str, error: str | None
+) -> None:
+    """Append a transition to a deployment's history."""
+    (seq,) = conn.execute(
+        "SELECT coalesce(max(seq), 0) + 1 FROM deployment_events WHERE deployment_id = ?",
+        (deployment_id,),
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO deployment_events"
+        " (deployment_id, seq, status, error_message, updated_at, recorded_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (deployment_id, seq, status, error, updated_at, timestamp()),
+    )
+
+
+def status_output(row: Row) -> dict[str, Any]:
+    """get-deployment-status's answer, with AWS's key names."""
+    out: dict[str, Any] = {
+        "DeploymentStatus": row["status"],
+        "DeploymentType": row["deployment_type"],
+        "UpdatedAt": row["updated_at"],
+    }
+    if row["error_message"]:
+        out["ErrorMessage"] = row["error_message"]
+    return out
+
+
+async def follow(
+    mqtt: CloudMqtt,
+    db: Database,
+    *,
+    deployment_id: str,
+    thing_name: str,
+    deadline: float,
+    on_change: Progress | None = None,
+) -> Row | None:
+    """Record reports from an already-subscribed status topic until the deployment is final.
+
+    Reports about other deployments of this thing (the retained one of an earlier deployment,
+    say) are recorded too, and otherwise ignored.
+
+    Args:
+        mqtt: A connection subscribed to the thing's status topic.
+        db: The database to record in.
+        deployment_id: The deployment to wait for.
+        thing_name: The thing whose topic is subscribed.
+        deadline: Event loop time to stop at.
+        on_change: Called with the status output after each recorded transition of the
+            deployment.
+
+    Returns:
+        The deployment's final row, or None if the deadline passed first.
+    """
+    while (message := await mqtt.next_message(deadline=deadline)) is not None:
+        report = parse_status(message.payload)
+        if report is None:
+            continue
+        with db.write() as conn:
+            row = record(conn, thing_name, report)
+        if row is None or report.deployment_id != deployment_id:
+            continue
+        if on_change is not None:
+            on_change(status_output(row))
+        if row["status"] in FINAL:
+            return row
+    return None
+
+
+async def peek_retained(
+    mqtt: CloudMqtt, db: Database, *, thing_name: str, topic: str, deadline: float
+) -> None:
+    """Subscribe to a status topic and record the retained report there, if any."""
+    await mqtt.subscribe(topic)
+    while (message := await mqtt.next_message(deadline=deadline)) is not None:
+        report = parse_status(message.payload)
+        if report is not None:
+            with db.write() as conn:
+                record(conn, thing_name, report)
+        if message.retained:
+            # The broker keeps one retained message per topic: there is nothing more to read.
+            return

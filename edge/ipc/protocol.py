@@ -1,0 +1,794 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The IPC wire protocol, sans-IO: length-prefixed msgpack frames, typed events, one state table.
+
+Theory of operation (after h11): a `Connection` is a pure state machine that never touches a
+socket. Whoever owns the socket feeds it the bytes that arrived (`receive_data`, `b""` for EOF),
+pulls typed events out (`next_event`) until it says `NEED_DATA`, and turns outgoing events into
+bytes (`send`) that it writes itself. The same code therefore runs under the core's asyncio
+server, inside a worker's blocking client, and in tests that feed it one byte at a time.
+
+Frame format::
+
+    +------------------------+---------------------------------------------+
+    | length: uint32, big-   | msgpack map (bin type for bytes), `length`  |
+    | endian, of the payload | bytes: {"type": "<tag>", <field>: <value>…} |
+    +------------------------+---------------------------------------------+
+
+The map holds exactly the event's dataclass fields plus "type" (`hello`, `welcome`, `goodbye`,
+`request`, `response`, `invoke`, `invoke_result`). Unknown or missing fields, wrong field types,
+msgpack extension types and anything longer than `MAX_FRAME_SIZE` are refused, so a peer can
+only ever hand the core the seven shapes below.
+
+Two conversations use this format:
+
+* A worker's connection to the core's socket. The client (role `CLIENT`) sends `Hello` with its
+  token and waits for `Welcome` (or `Goodbye` if refused); then it sends `Request`s and gets a
+  `Response` for each, matched by `request_id`, possibly out of order.
+* The process manager's control channel to one worker (a socketpair the child inherits). It is
+  private by construction, so there is no handshake: the manager (role `MANAGER`) sends
+  `Invoke`, the worker (role `WORKER`) answers `InvokeResult` with the same `invocation_id`.
+
+Either side may send `Goodbye` at any time; after it, the conversation is over.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, NoReturn, TypeAlias
+
+import msgpack
+
+from edge.errors import FrameTooLargeError, LocalProtocolError, RemoteProtocolError
+
+# --- limits and vocabulary --------------------------------------------------------------------
+
+#: Largest frame payload accepted or sent, in bytes. The biggest thing a frame must carry is an
+#: invocation payload or its result: Greengrass V1 capped messages between local functions at
+#: 128 KB, and a secret value is at most 64 KiB in Secrets Manager (its SecretBinary grows by a
+#: third as base64). 1 MiB leaves 8x headroom over V1's largest legal message while bounding what
+#: one connection can make the core buffer (the length is checked before a byte of the payload
+#: is stored), so 100 misbehaving connections cost at most ~100 MiB, not gigabytes.
+MAX_FRAME_SIZE: Final = 1024 * 1024
+#: Size of the length prefix in front of every frame.
+HEADER_SIZE: Final = 4
+#: Tokens are random strings the manager generates (e.g. 43 chars of `token_urlsafe(32)`); the
+#: cap only keeps a hostile Hello from making the core hash a megabyte.
+MAX_TOKEN_LENGTH: Final = 512
+#: Request ids are unsigned and fit an int64, the widest integer msgpack carries in every
+#: implementation a future worker might use.
+MAX_REQUEST_ID: Final = 2**63 - 1
+#: Operation names are short dotted identifiers; the cap keeps junk out of logs and metrics.
+MAX_OP_LENGTH: Final = 128
+
+OP_GET_SECRET_VALUE: Final = "secretsmanager.get_secret_value"  # noqa: S105 - an op name
+OP_INVOKE: Final = "lambda.invoke"
+OP_PUBLISH: Final = "iotdata.publish"
+#: The operations the core serves; anything else is answered with status 400.
+KNOWN_OPS: Final = frozenset({OP_GET_SECRET_VALUE, OP_INVOKE, OP_PUBLISH})
+
+#: The statuses Greengrass V1's IPC put in its `{"Status": …, "Message": …}` error payloads.
+ERROR_STATUSES: Final = frozenset({400, 403, 404, 408, 413, 500})
+#: Lambda's invocation types that Greengrass V1 supported.
+INVOCATION_TYPES: Final = frozenset({"RequestResponse", "Event"})
+#: Lambda's `FunctionError` values; "" means the handler returned normally.
+FUNCTION_ERRORS: Final = frozenset({"", "Handled", "Unhandled"})
+
+_HEADER = struct.Struct(">I")
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def _check_str(value: object, name: str, *, max_length: int | None = None) -> None:
+    if type(value) is not str or not value:
+        raise LocalProtocolError(f"{name} must be a non-empty str")
+    if max_length is not None and len(value) > max_length:
+        raise LocalProtocolError(f"{name} is longer than {max_length} characters")
+
+
+def _check_int(value: object, name: str, *, minimum: int, maximum: int = MAX_REQUEST_ID) -> None:
+    # `type(...) is int` refuses bool, which msgpack would carry as a different type.
+    if type(value) is not int or not minimum <= value <= maximum:
+        raise LocalProtocolError(f"{name} must be an int in [{minimum}, {maximum}]")
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame of a worker's connection: who it claims to be.
+
+    Attributes:
+        token: The random token the manager gave this worker at spawn. Never logged.
+        pid: The worker's process id, informational (the core trusts `SO_PEERCRED`, not this).
+    """
+
+    TAG: ClassVar[str] = "hello"
+    token: str
+    pid: int
+
+    def __post_init__(self) -> None:
+        """Check the field types and bounds."""
+        _check_str(self.token, "Hello.token", max_length=MAX_TOKEN_LENGTH)
+        _check_int(self.pid, "Hello.pid", minimum=1)
+
+    def __repr__(self) -> str:
+        """Never show the token: reprs end up in logs and tracebacks."""
+        return f"Hello(token=****, pid={self.pid})"
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the frame's msgpack map."""
+        return {"type": self.TAG, "token": self.token, "pid": self.pid}
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The core accepted a worker's Hello.
+
+    Attributes:
+        function_arn: The function the core identified the worker as.
+    """
+
+    TAG: ClassVar[str] = "welcome"
+    function_arn: str
+
+    def __post_init__(self) -> None:
+        """Check the field types."""
+        _check_str(self.function_arn, "Welcome.function_arn")
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the frame's msgpack map."""
+        return {"type": self.TAG, "function_arn": self.function_arn}
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """The sender is closing the connection; nothing follows.
+
+    Attributes:
+        reason: Why, for the peer's error message (never a secret or a token).
+    """
+
+    TAG: ClassVar[str] = "goodbye"
+    reason: str
+
+    def __post_init__(self) -> None:
+        """Check the field types."""
+        if type(self.reason) is not str:
+            raise LocalProtocolError("Goodbye.reason must be a str")
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the frame's msgpack map."""
+        return {"type": self.TAG, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A worker asks the core to perform an operation.
+
+    Attributes:
+        request_id: Chosen by the client, unique among its requests in flight; the Response
+            carries it back.
+        op: One of the `OP_*` names (the core answers others with status 400).
+        args: The operation's arguments, e.g. `{"SecretId": …, "VersionStage": …}`.
+    """
+
+    TAG: ClassVar[str] = "request"
+    request_id: int
+    op: str
+    args: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        """Check the field types (inline rather than with the helpers: this is the hot path)."""
+        request_id, op = self.request_id, self.op
+        if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
+            raise LocalProtocolError(f"Request.request_id must be an int in [0, {MAX_REQUEST_ID}]")
+        if type(op) is not str or not op or len(op) > MAX_OP_LENGTH:
+            raise LocalProtocolError(f"Request.op must be a str of 1 to {MAX_OP_LENGTH} characters")
+        if type(self.args) is not dict:
+            raise LocalProtocolError("Request.args must be a map")
+
+    def __repr__(self) -> str:
+        """Show argument names only: a payload may hold anything."""
+        return f"Request(request_id={self.request_id}, op={self.op!r}, args={sorted(self.args)})"
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the frame's msgpack map."""
+        return {"type": self.TAG, "request_id": self.request_id, "op": self.op, "args": self.args}
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The core's answer to one Request: a result, or a V1-style error.
+
+    Use `Response.success` and `Response.failure` rather than the constructor.
+
+    Attributes:
+        request_id: The Request's id.
+        ok: True for a result, False for an error.
+        result: The operation's result (for a secret: `ARN`, `Name`, `SecretString`, …) when
+            `ok`, else None.
+        error: `{"Status": 400|403|404|408|413|500, "Message": str}` when not `ok`, else None.
+    """
+
+    TAG: ClassVar[str] = "response"
+    request_id: int
+    ok: bool
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+    def __post_init__(self) -> None:
+        """Check the field types and that exactly one of result and error is set."""
+        request_id = self.request_id
+        if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
+            raise LocalProtocolError(f"Response.request_id must be an int in [0, {MAX_REQUEST_ID}]")
+        if self.ok is True:
+            if type(self.result) is not dict or self.error is not None:
+                raise LocalProtocolError("a successful Response has a result map and no error")
+        elif self.ok is False:
+            error = self.error
+            if (
+                self.result is not None
+                or type(error) is not dict
+                or len(error) != 2  # noqa: PLR2004 - exactly Status and Message
+                or type(error.get("Status")) is not int
+                or error["Status"] not in ERROR_STATUSES
+                or type(error.get("Message")) is not str
+            ):
+                raise LocalProtocolError(
+                    "a failed Response has no result and an error map of exactly Status "
+                    f"(one of {sorted(ERROR_STATUSES)}) and Message (str)"
+                )
+        else:
+            raise LocalProtocolError("Response.ok must be a bool")
+
+    @classmethod
+    def success(cls, request_id: int, result: dict[str, Any]) -> Response:
+        """Build the answer to a request that succeeded."""
+        return cls(request_id, True, result, None)  # noqa: FBT003 - positional is the fast path
+
+    @classmethod
+    def failure(cls, request_id: int, status: int, message: str) -> Response:
+        """Build a V1-style error answer; `message` must never contain a secret value."""
+        return cls(request_id, False, None, {"Status": status, "Message": message})  # noqa: FBT003
+
+    def __repr__(self) -> str:
+        """Show result keys only: a result may hold a secret value."""
+        detail = f"result={sorted(self.result)}" if self.result is not None else f"{self.error}"
+        return f"Response(request_id={self.request_id}, ok={self.ok}, {detail})"
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the frame's msgpack map."""
+        return {
+            "type": self.TAG,
+            "request_id": self.request_id,
+            "ok": self.ok,
+            "result": self.result,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """The manager asks a worker to run its handler once (control channel only).
+
+    Attributes:
+        invocation_id: Unique among the worker's invocations in flight (V1's request id).
+        function_arn: The qualified ARN of the function being invoked.
+        payload: The event, as the caller's bytes (usually JSON).
+        client_context: Base64 of the caller's client context JSON, or "".
+        invocation_type: "RequestResponse" or "Event".
+        deadline_ms: When the invocation times out, in milliseconds on `time.monotonic()`'s
+            clock (CLOCK_MONOTONIC, shared by every process on the host and immune to wall-clock
+            jumps), for `context.get_remaining_time_in_millis()`.
+    """
+
+    TAG: ClassVar[str] = "invoke"
+    invocation_id: str
+    function_arn: str
+    payload: bytes
+    client_context: str
+    invocation_type: str
+    deadline_ms: int
+
+    def __post_init__(self) -> None:
+        """Check the field types and vocabularies."""
+        _check_str(self.invocation_id, "Invoke.invocation_id", max_length=128)
+        _check_str(self.function_arn, "Invoke.function_arn")
+        if type(self.payload) is not bytes:
+            raise LocalProtocolError("Invoke.payload must be bytes")
+        if type(self.client_context) is not str:
+            raise LocalProtocolError("Invoke.client_context must be a str")
+        if type(self.invocation_type) is not str or self.invocation_type not in INVOCATION_TYPES:
+            raise LocalProtocolError(
+                f"Invoke.invocation_type must be one of {sorted(INVOCATION_TYPES)}"
+            )
+        _check_int(self.deadline_ms, "Invoke.deadline_ms", minimum=0)
+
+    def __repr__(self) -> str:
+        """Show the payload's size only."""
+        return (
+            f"Invoke(invocation_id={self.invocation_id!r}, function_arn={self.function_arn!r}, "
+            f"payload=<{len(self.payload)} bytes>, invocation_type={self.invocation_type!r}, "
+            f"deadline_ms={self.deadline_ms})"
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the frame's msgpack map."""
+        return {
+            "type": self.TAG,
+            "invocation_id": self.invocation_id,
+            "function_arn": self.function_arn,
+            "payload": self.payload,
+            "client_context": self.client_context,
+            "invocation_type": self.invocation_type,
+            "deadline_ms": self.deadline_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeResult:
+    """A worker's answer to one Invoke (control channel only).
+
+    Attributes:
+        invocation_id: The Invoke's id.
+        payload: What the handler returned (JSON bytes), or the error document.
+        function_error: "" on success, "Handled" or "Unhandled" as in Lambda's `FunctionError`.
+    """
+
+    TAG: ClassVar[str] = "invoke_result"
+    invocation_id: str
+    payload: bytes
+    function_error: str
+
+    def __post_init__(self) -> None:
+        """Check the field types and vocabularies."""
+        _check_str(self.invocation_id, "InvokeResult.invocation_id", max_length=128)
+        if type(self.payload) is not bytes:
+            raise LocalProtocolError("InvokeResult.payload must be bytes")
+        if type(self.function_error) is not str or self.function_error not in FUNCTION_ERRORS:
+            raise LocalProtocolError(
+                f"InvokeResult.function_error must be one of {sorted(FUNCTION_ERRORS)}"
+            )
+
+    def __repr__(self) -> str:
+        """Show the payload's size only."""
+        return (
+            f"InvokeResult(invocation_id={self.invocation_id!r}, "
+            f"payload=<{len(self.payload)} bytes>, function_error={self.function_error!r})"
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the frame's msgpack map."""
+        return {
+            "type": self.TAG,
+            "invocation_id": self.invocation_id,
+            "payload": self.payload,
+            "function_error": self.function_error,
+        }
+
+
+Event: TypeAlias = Hello | Welcome | Goodbye | Request | Response | Invoke | InvokeResult
+EVENT_TYPES: Final[tuple[type[Event], ...]] = (
+    Hello,
+    Welcome,
+    Goodbye,
+    Request,
+    Response,
+    Invoke,
+    InvokeResult,
+)
+_BY_TAG: Final[dict[str, type[Event]]] = {cls.TAG: cls for cls in EVENT_TYPES}
+
+
+class Sentinel(enum.Enum):
+    """What `Connection.next_event` returns when it has no event."""
+
+    #: Feed more bytes with `receive_data`, then ask again.
+    NEED_DATA = "NEED_DATA"
+    #: The conversation is over (Goodbye, or EOF between frames); nothing more will come.
+    CLOSED = "CLOSED"
+
+
+NEED_DATA: Final = Sentinel.NEED_DATA
+CLOSED: Final = Sentinel.CLOSED
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def _refuse_ext(code: int, _data: bytes) -> object:
+    # Extension types would hand the core objects (timestamps, custom types) no handler expects.
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+def encode(event: Event, *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
+    """Return the frame (length prefix and msgpack payload) for an event, without any state check.
+
+    Prefer `Connection.send`, which also enforces the conversation's rules.
+
+    Raises:
+        FrameTooLargeError: The payload would exceed `max_frame_size`.
+        LocalProtocolError: A field holds a value msgpack can't encode.
+    """
+    try:
+        payload = msgpack.packb(event.to_wire(), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"a {event.TAG} frame can't be encoded: {exc}") from None
+    return _frame(event, payload, max_frame_size)
+
+
+def _frame(event: Event, payload: bytes, max_frame_size: int) -> bytes:
+    size = len(payload)
+    if size > max_frame_size:
+        raise FrameTooLargeError(event.TAG, size, max_frame_size)
+    return _HEADER.pack(size) + payload
+
+
+def decode(payload: bytes | bytearray | memoryview) -> Event:
+    """Turn one frame's msgpack payload (without the length prefix) into an event.
+
+    Raises:
+        RemoteProtocolError: The payload is not valid msgpack, not a map, has an unknown type or
+            fields that don't match it. The message never quotes the payload.
+    """
+    # Every element takes at least one byte, so the frame's length bounds every count; msgpack
+    # then never allocates more than the frame could describe.
+    n = len(payload)
+    try:
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n,
+            max_ext_len=0,
+            ext_hook=_refuse_ext,
+        )
+    except (ValueError, TypeError) as exc:  # every msgpack decoding error is a ValueError
+        raise RemoteProtocolError(f"frame is not valid msgpack ({type(exc).__name__})") from None
+    if type(obj) is not dict:
+        raise RemoteProtocolError("frame is not a msgpack map")
+    tag = obj.pop("type", None)
+    cls = _BY_TAG.get(tag) if type(tag) is str else None
+    if cls is None:
+        raise RemoteProtocolError("frame has a missing or unknown type")
+    try:
+        return cls(**obj)
+    except TypeError:
+        # Unknown or missing keyword arguments: don't echo the peer's key names.
+        raise RemoteProtocolError(f"{cls.TAG} frame has unknown or missing fields") from None
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(f"{cls.TAG} frame is invalid: {exc.problem}") from None
+
+
+# --- the state machine ------------------------------------------------------------------------
+
+
+class Role(enum.Enum):
+    """Which end of which conversation a `Connection` is."""
+
+    #: A worker on the core's socket.
+    CLIENT = "client"
+    #: The core on its socket.
+    SERVER = "server"
+    #: The process manager on a worker's control channel.
+    MANAGER = "manager"
+    #: The worker runtime on its control channel.
+    WORKER = "worker"
+
+
+class State(enum.Enum):
+    """Where a conversation is."""
+
+    #: Nothing exchanged yet (core socket only).
+    START = "START"
+    #: Hello sent (client) or received (server); Welcome or Goodbye comes next.
+    HANDSHAKE = "HANDSHAKE"
+    #: Requests and responses (or invocations and results) flow.
+    OPEN = "OPEN"
+    #: Goodbye sent or received, or EOF between frames.
+    CLOSED = "CLOSED"
+    #: The peer broke the protocol; the connection is useless.
+    ERROR = "ERROR"
+
+
+class _Dir(enum.Enum):
+    SEND = "send"
+    RECEIVE = "receive"
+
+
+_INITIAL_STATE: Final = {
+    Role.CLIENT: State.START,
+    Role.SERVER: State.START,
+    Role.MANAGER: State.OPEN,
+    Role.WORKER: State.OPEN,
+}
+
+#: (role, state, direction, event type) -> next state. Anything missing is illegal: a
+#: LocalProtocolError when sending, a RemoteProtocolError when receiving.
+TRANSITIONS: Final[dict[tuple[Role, State, _Dir, type[Event]], State]] = {
+    (Role.CLIENT, State.START, _Dir.SEND, Hello): State.HANDSHAKE,
+    (Role.CLIENT, State.HANDSHAKE, _Dir.RECEIVE, Welcome): State.OPEN,
+    (Role.CLIENT, State.OPEN, _Dir.SEND, Request): State.OPEN,
+    (Role.CLIENT, State.OPEN, _Dir.RECEIVE, Response): State.OPEN,
+    (Role.SERVER, State.START, _Dir.RECEIVE, Hello): State.HANDSHAKE,
+    (Role.SERVER, State.HANDSHAKE, _Dir.SEND, Welcome): State.OPEN,
+    (Role.SERVER, State.OPEN, _Dir.RECEIVE, Request): State.OPEN,
+    (Role.SERVER, State.OPEN, _Dir.SEND, Response): State.OPEN,
+    (Role.MANAGER, State.OPEN, _Dir.SEND, Invoke): State.OPEN,
+    (Role.MANAGER, State.OPEN, _Dir.RECEIVE, InvokeResult): State.OPEN,
+    (Role.WORKER, State.OPEN, _Dir.RECEIVE, Invoke): State.OPEN,
+    (Role.WORKER, State.OPEN, _Dir.SEND, InvokeResult): State.OPEN,
+    # Goodbye ends any live conversation, in either direction.
+    **{
+        (role, state, direction, Goodbye): State.CLOSED
+        for role in Role
+        for state in (State.START, State.HANDSHAKE, State.OPEN)
+        for direction in _Dir
+    },
+}
+
+# Which event opens an exchange that a later event must close, per role and direction: its id
+# enters the connection's in-flight set when the opener passes and leaves it with the answer.
+_OPENS: Final = {
+    (Role.CLIENT, _Dir.SEND): Request,
+    (Role.SERVER, _Dir.RECEIVE): Request,
+    (Role.MANAGER, _Dir.SEND): Invoke,
+    (Role.WORKER, _Dir.RECEIVE): Invoke,
+}
+_CLOSES: Final = {
+    (Role.CLIENT, _Dir.RECEIVE): Response,
+    (Role.SERVER, _Dir.SEND): Response,
+    (Role.MANAGER, _Dir.RECEIVE): InvokeResult,
+    (Role.WORKER, _Dir.SEND): InvokeResult,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _RoleRules:
+    """One role's slice of TRANSITIONS, shaped for one dict lookup (by type) per event."""
+
+    send: dict[State, dict[type[Event], State]]
+    receive: dict[State, dict[type[Event], State]]
+    opens_on_send: type[Event] | None
+    closes_on_send: type[Event] | None
+    opens_on_receive: type[Event] | None
+    closes_on_receive: type[Event] | None
+    #: The field that names an exchange: `request_id` or `invocation_id`.
+    id_field: str
+
+
+def _rules_for(role: Role) -> _RoleRules:
+    tables: dict[_Dir, dict[State, dict[type[Event], State]]] = {
+        d: {state: {} for state in State} for d in _Dir
+    }
+    for (r, state, d, kind), new in TRANSITIONS.items():
+        if r is role:
+            tables[d][state][kind] = new
+    return _RoleRules(
+        send=tables[_Dir.SEND],
+        receive=tables[_Dir.RECEIVE],
+        opens_on_send=_OPENS.get((role, _Dir.SEND)),
+        closes_on_send=_CLOSES.get((role, _Dir.SEND)),
+        opens_on_receive=_OPENS.get((role, _Dir.RECEIVE)),
+        closes_on_receive=_CLOSES.get((role, _Dir.RECEIVE)),
+        id_field="request_id" if role in (Role.CLIENT, Role.SERVER) else "invocation_id",
+    )
+
+
+_RULES: Final = {role: _rules_for(role) for role in Role}
+
+
+class Connection:
+    """One end of one IPC conversation, as a pure state machine (h11 style).
+
+    The owner of the socket loops: `next_event()`; on `NEED_DATA` read from the socket and pass
+    the bytes to `receive_data` (`b""` at EOF); handle the event; write what `send` returns.
+    Between two `receive_data` calls, call `next_event` until it returns `NEED_DATA`: the
+    buffer then never holds more than one incomplete frame (at most `MAX_FRAME_SIZE` +
+    `HEADER_SIZE` bytes) plus the latest read.
+
+    Not thread-safe: one owner at a time (the blocking client holds a lock around it).
+
+    Args:
+        role: Which end this is; it decides which events may be sent and received when.
+        max_frame_size: The largest frame payload accepted and sent (tests use smaller values).
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_eof",
+        "_error",
+        "_in_flight",
+        "_max_frame_size",
+        "_may_receive",
+        "_may_send",
+        "_packer",
+        "_role",
+        "_rules",
+        "_state",
+    )
+
+    def __init__(self, role: Role, *, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self._role = role
+        self._rules = _RULES[role]
+        self._max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+        self._in_flight: set[int | str] = set()
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._set_state(_INITIAL_STATE[role])
+
+    @property
+    def role(self) -> Role:
+        """Which end of the conversation this is."""
+        return self._role
+
+    @property
+    def state(self) -> State:
+        """Where the conversation is."""
+        return self._state
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes wait in the buffer (at most one frame's worth plus a read)."""
+        return len(self._buffer)
+
+    @property
+    def in_flight(self) -> frozenset[int | str]:
+        """Ids of requests (or invocations) sent or received and not yet answered."""
+        return frozenset(self._in_flight)
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes read from the socket; `b""` means the peer closed its end (EOF).
+
+        Data that arrives after the conversation ended (CLOSED or ERROR) is dropped, so a peer
+        that keeps writing after a protocol error can't make the buffer grow.
+
+        Raises:
+            LocalProtocolError: Data passed after EOF was already signalled (the caller's bug).
+        """
+        if self._state is State.CLOSED or self._state is State.ERROR:
+            return
+        if self._eof:
+            raise LocalProtocolError("received data after EOF")
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | Sentinel:
+        """Parse the next event out of the received bytes.
+
+        State effects: a returned event has advanced the state (e.g. the server's first
+        `Hello` moves START -> HANDSHAKE; a `Goodbye` moves any state to CLOSED) and its bytes
+        have left the buffer; a `Request` (or `Invoke`) id received by the answering side
+        enters the in-flight set, an answer received by the asking side removes it.
+        `NEED_DATA` changes nothing. EOF between frames moves to CLOSED and returns `CLOSED`,
+        as does every call after the conversation ended. A protocol error moves to ERROR,
+        empties the buffer, and the same error is raised again by every later call.
+
+        Returns:
+            An event, `NEED_DATA` (feed more bytes), or `CLOSED`.
+
+        Raises:
+            RemoteProtocolError: The peer announced a length of 0 or over the limit (detected
+                from the 4-byte prefix alone, before the payload is buffered), sent an
+                undecodable or invalid frame, a frame not allowed in this state (e.g. a
+                Request before Hello), an answer to an id not in flight or a reused id, or
+                closed the connection mid-frame.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._state is State.CLOSED:
+            return CLOSED
+        buffer = self._buffer
+        available = len(buffer)
+        if available >= HEADER_SIZE:
+            (size,) = _HEADER.unpack_from(buffer)
+            if size == 0 or size > self._max_frame_size:
+                self._fail(
+                    f"peer announced a frame of {size} bytes; frames are 1 to "
+                    f"{self._max_frame_size} bytes"
+                )
+            end = HEADER_SIZE + size
+            if available >= end:
+                payload = buffer[HEADER_SIZE:end]
+                # Deleting from the front of a bytearray is amortised O(1) in CPython.
+                del buffer[:end]
+                try:
+                    event = decode(payload)
+                except RemoteProtocolError as exc:
+                    self._fail(exc.problem)
+                self._received(event)
+                return event
+        if self._eof:
+            if available:
+                self._fail("peer closed the connection in the middle of a frame")
+            self._set_state(State.CLOSED)
+            return CLOSED
+        return NEED_DATA
+
+    def send(self, event: Event) -> bytes:
+        """Return the bytes that carry `event`, after checking it may be sent now.
+
+        State effects: the state advances as for a received event (the client's `Hello`
+        moves START -> HANDSHAKE, a `Goodbye` moves to CLOSED); a Request (or Invoke) id
+        enters the in-flight set and its answer's id leaves it. Nothing changes if it raises.
+
+        Raises:
+            FrameTooLargeError: The frame would exceed the frame size limit (e.g. an
+                invocation payload that is too large); a LocalProtocolError subclass.
+            LocalProtocolError: The event is not allowed in this state or for this role, an
+                answer's id is not in flight, a request's id already is, or a field holds a
+                value msgpack can't encode (e.g. a datetime in a result).
+        """
+        kind = type(event)
+        new_state = self._may_send.get(kind)
+        if new_state is None:
+            raise LocalProtocolError(
+                f"can't send a {event.TAG} frame as {self._role.value} in state {self._state.value}"
+            )
+        # A Packer of our own saves building one per frame (packb does); msgpack resets its
+        # buffer when packing fails, so a refused event leaves it clean.
+        try:
+            payload = self._packer.pack(event.to_wire())
+        except (TypeError, ValueError, OverflowError) as exc:
+            # msgpack names the offending type, never the value.
+            raise LocalProtocolError(f"a {event.TAG} frame can't be encoded: {exc}") from None
+        data = _frame(event, payload, self._max_frame_size)
+        rules = self._rules
+        if kind is rules.opens_on_send:
+            key = getattr(event, rules.id_field)
+            if key in self._in_flight:
+                raise LocalProtocolError(f"{event.TAG} id {key!r} is already in flight")
+            self._in_flight.add(key)
+        elif kind is rules.closes_on_send:
+            key = getattr(event, rules.id_field)
+            if key not in self._in_flight:
+                raise LocalProtocolError(f"{event.TAG} answers id {key!r}, which is not in flight")
+            self._in_flight.remove(key)
+        if new_state is not self._state:
+            self._set_state(new_state)
+        return data
+
+    def _received(self, event: Event) -> None:
+        """Apply the state rules to an event that arrived (see `next_event`)."""
+        kind = type(event)
+        new_state = self._may_receive.get(kind)
+        if new_state is None:
+            expected = "a hello frame first" if self._state is State.START else "another frame"
+            self._fail(
+                f"a {event.TAG} frame is not allowed from the peer in state "
+                f"{self._state.value}; expected {expected}"
+            )
+        rules = self._rules
+        if kind is rules.opens_on_receive:
+            key = getattr(event, rules.id_field)
+            if key in self._in_flight:
+                self._fail(f"{event.TAG} id reused while still in flight")
+            self._in_flight.add(key)
+        elif kind is rules.closes_on_receive:
+            key = getattr(event, rules.id_field)
+            if key not in self._in_flight:
+                self._fail(f"{event.TAG} answers an id that is not in flight")
+            self._in_flight.remove(key)
+        if new_state is not self._state:
+            self._set_state(new_state)
+
+    def _set_state(self, state: State) -> None:
+        self._state = state
+        self._may_send = self._rules.send[state]
+        self._may_receive = self._rules.receive[state]
+
+    def _fail(self, problem: str) -> NoReturn:
+        """Enter ERROR for good and raise; the buffer is dropped so it can't grow any more."""
+        self._set_state(State.ERROR)
+        self._buffer = bytearray()
+        self._error = RemoteProtocolError(problem)
+        raise self._error

@@ -1,0 +1,1 @@
+"""Lambda workers: specs, the process manager, and the in-child runtime."""

@@ -1,0 +1,164 @@
+"""Greengrass V1's `IPCClient`, implemented over the edge core's msgpack IPC.
+
+`greengrasssdk` routes everything through `Lambda.Client._invoke_internal`, which calls
+`post_work(function_arn, payload, client_context, invocation_type)` and then
+`get_work_result(function_arn, invocation_id)`. V1 sent both to the daemon over HTTP; here
+`post_work` makes one IPC call, chosen by the target ARN (the secrets manager and router system
+functions become native operations), and keeps the answer until `get_work_result` collects it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from typing import Any
+
+from edge.ipc.client import IpcCallError, IpcClient, IpcConnectionError
+from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_INVOKE, OP_PUBLISH
+
+_client_lock = threading.Lock()
+_shared_client: IpcClient | None = None
+
+
+class IPCException(Exception):  # noqa: N818 - V1's name, imported by greengrasssdk
+    """Raised when the core can't be reached or refuses the call."""
+
+
+class WorkItem:
+    """V1's unit of work (kept for code that imports it)."""
+
+    def __init__(self, invocation_id: str, payload: bytes, client_context: str) -> None:
+        self.invocation_id = invocation_id
+        self.payload = payload
+        self.client_context = client_context
+
+
+class GetWorkResultOutput:
+    """What `get_work_result` returns: the function's answer and its error kind ('' if none)."""
+
+    def __init__(self, payload: bytes, invocation_id: str = "", func_err: str = "") -> None:
+        self.payload = payload
+        self.invocation_id = invocation_id
+        self.func_err = func_err
+
+
+def _client() -> IpcClient:
+    """One connection per worker process, shared by every SDK client in it."""
+    global _shared_client  # noqa: PLW0603 - a process-wide connection is the point
+    with _client_lock:
+        if _shared_client is None:
+            socket_path = os.environ.get("EDGE_IPC_SOCKET")
+            token = os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+            if not socket_path or not token:
+                raise IPCException("not running under an edge core (EDGE_IPC_SOCKET is not set)")
+            _shared_client = IpcClient(socket_path, token)
+        return _shared_client
+
+
+class IPCClient:
+    """The subset of V1's IPC client that `greengrasssdk` calls."""
+
+    def __init__(self, endpoint: str = "localhost", port: int | None = None) -> None:
+        # endpoint and port addressed V1's HTTP daemon; the core's socket comes from the env.
+        self.endpoint = endpoint
+        self.port = port
+        self._results: dict[str, GetWorkResultOutput] = {}
+        self._lock = threading.Lock()
+
+    def post_work(
+        self,
+        function_arn: str,
+        payload: bytes,
+        client_context: str | bytes = "",
+        invocation_type: str = "RequestResponse",
+    ) -> str:
+        """Send work to a function (or a system function); return an invocation id."""
+        context = client_context.decode() if isinstance(client_context, bytes) else client_context
+        data = payload.encode() if isinstance(payload, str) else bytes(payload or b"")
+        if function_arn == os.environ.get("SECRETS_MANAGER_FUNCTION_ARN"):
+            output = self._secrets_manager(data)
+        elif function_arn == os.environ.get("ROUTER_FUNCTION_ARN"):
+            output = self._publish(data, context)
+        else:
+            output = self._invoke(function_arn, data, context, invocation_type)
+        invocation_id = os.urandom(16).hex()
+        if invocation_type != "Event":
+            output.invocation_id = invocation_id
+            with self._lock:
+                self._results[invocation_id] = output
+        return invocation_id
+
+    def get_work_result(self, function_arn: str, invocation_id: str) -> GetWorkResultOutput:  # noqa: ARG002 - V1 signature
+        """Collect the answer to an earlier `post_work`."""
+        with self._lock:
+            output = self._results.pop(invocation_id, None)
+        if output is None:
+            raise IPCException(f"no result for invocation {invocation_id}")
+        return output
+
+    def _secrets_manager(self, data: bytes) -> GetWorkResultOutput:
+        try:
+            request = json.loads(data.decode("utf-8"))
+        except ValueError:
+            return _error_payload(400, "the request is not JSON")
+        if not isinstance(request, dict):
+            return _error_payload(400, "the request is not a JSON object")
+        try:
+            result = _call(OP_GET_SECRET_VALUE, request)
+        except IpcCallError as exc:
+            # V1's secrets manager function answered errors in the payload, not as FunctionError.
+            return _error_payload(exc.status, exc.message)
+        return GetWorkResultOutput(json.dumps(result).encode())
+
+    def _publish(self, data: bytes, context: str) -> GetWorkResultOutput:
+        custom = _decode_client_context(context).get("custom", {})
+        args = {
+            "Topic": custom.get("subject", ""),
+            "Payload": data,
+            "QueueFullPolicy": custom.get("queueFullPolicy", ""),
+        }
+        try:
+            _call(OP_PUBLISH, args)
+        except IpcCallError as exc:
+            raise IPCException(f"publish failed ({exc.status}): {exc.message}") from None
+        return GetWorkResultOutput(b"")
+
+    def _invoke(
+        self, function_arn: str, data: bytes, context: str, invocation_type: str
+    ) -> GetWorkResultOutput:
+        args = {
+            "FunctionName": function_arn,
+            "Payload": data,
+            "ClientContext": context,
+            "InvocationType": invocation_type,
+        }
+        try:
+            result = _call(OP_INVOKE, args)
+        except IpcCallError as exc:
+            raise IPCException(f"invoke failed ({exc.status}): {exc.message}") from None
+        return GetWorkResultOutput(
+            bytes(result.get("Payload") or b""), func_err=str(result.get("FunctionError") or "")
+        )
+
+
+def _call(op: str, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return _client().call(op, args)
+    except IpcConnectionError as exc:
+        raise IPCException(str(exc)) from None
+
+
+def _error_payload(status: int, message: str) -> GetWorkResultOutput:
+    return GetWorkResultOutput(json.dumps({"Status": status, "Message": message}).encode())
+
+
+def _decode_client_context(context: str) -> dict[str, Any]:
+    if not context:
+        return {}
+    try:
+        decoded = json.loads(base64.b64decode(context))
+    except ValueError:
+        return {}
+    return decoded if isinstance(decoded, dict) else {}

@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`edge invoke`: call a deployed function through the running core's IPC, as an operator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edge.errors import EdgeError, IpcCallError, IpcConnectionError
+from edge.ipc.client import IpcClient
+from edge.ipc.protocol import OP_INVOKE
+from edge.workers.workload import ADMIN_TOKEN_FILE
+
+#: Longest a CLI invocation waits; a function's own Timeout ends it sooner.
+INVOKE_TIMEOUT_SECONDS = 900.0
+
+
+class CoreNotRunningError(EdgeError):
+    """`edge invoke` found no running core for this config."""
+
+    def __init__(self, state_dir: Path, detail: str) -> None:
+        self.state_dir = state_dir
+        super().__init__(
+            f"no running core found for state directory {state_dir} ({detail}); "
+            f"start it with `edge run --config ...`"
+        )
+
+
+def invoke_function(
+    state_dir: Path, function_arn: str, payload: bytes, *, invocation_type: str = "RequestResponse"
+) -> dict[str, Any]:
+    """Invoke a function on the running core; return `{"Payload", "FunctionError"}`."""
+    ipc_dir = state_dir / "ipc"
+    try:
+        token = (ipc_dir / ADMIN_TOKEN_FILE).read_text().strip()
+    except FileNotFoundError:
+        raise CoreNotRunningError(state_dir, "its operator token is missing") from None
+    except PermissionError:
+        raise CoreNotRunningError(
+            state_dir, "its operator token is not readable by this user"
+        ) from None
+    client = IpcClient(str(ipc_dir / "core.sock"), token)
+    try:
+        return client.call(
+            OP_INVOKE,
+            {
+                "FunctionName": function_arn,
+                "Payload": payload,
+                "ClientContext": "",
+                "InvocationType": invocation_type,
+            },
+            timeout=INVOKE_TIMEOUT_SECONDS,
+        )
+    except IpcConnectionError as exc:
+        raise CoreNotRunningError(state_dir, exc.problem) from None
+    except IpcCallError as exc:
+        raise InvokeRefusedError(function_arn, exc.status, exc.message) from None
+    finally:
+        client.close()
+
+
+class InvokeRefusedError(EdgeError):
+    """The core refused the invocation (unknown function, bad arguments)."""
+
+    def __init__(self, function_arn: str, status: int, message: str) -> None:
+        self.function_arn = function_arn
+        self.status = status
+        super().__init__(f"the core refused to invoke {function_arn} ({status}): {message}")

@@ -1,0 +1,309 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One worker process: spawn it, talk to it over its control channel, watch it, kill it.
+
+The child gets one end of a socketpair as EDGE_CONTROL_FD; invocations go out as `Invoke`
+frames and answers come back as `InvokeResult`. Its stdout and stderr are read line by line
+into the core's structured log, tagged with the function; the log's redaction masks every
+secret value the core holds before anything is written. Its resident memory is sampled and
+the process is killed when it exceeds the function's MemorySize (an RSS watch, never an
+address-space rlimit, which breaks Python's allocator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from structlog.typing import FilteringBoundLogger
+
+from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
+from edge.workers.spec import FunctionSpec
+
+SECRETS_MANAGER_FUNCTION_ARN = "arn:aws:lambda:::function:GGSecretManager:1"
+ROUTER_FUNCTION_ARN = "arn:aws:lambda:::function:GGRouter:1"
+SHADOW_FUNCTION_ARN = "arn:aws:lambda:::function:GGShadowService:1"
+#: The newest SDK interface the core speaks (greengrasssdk 1.6 declares 1.5).
+GGC_MAX_INTERFACE_VERSION = "1.5"
+#: How often the resident set is sampled; a 100 ms window lets a runaway allocation overshoot
+#: by at most what it can allocate in that time, at ~0.1 % of a core for the reads.
+RSS_POLL_SECONDS = 0.1
+_COMPAT_DIR = Path(__file__).resolve().parent / "compat"
+_EDGE_ROOT = Path(__file__).resolve().parents[2]
+_RESERVED_ENV = frozenset(
+    {
+        "MY_FUNCTION_ARN",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "SECRETS_MANAGER_FUNCTION_ARN",
+        "ROUTER_FUNCTION_ARN",
+        "SHADOW_FUNCTION_ARN",
+        "GGC_MAX_INTERFACE_VERSION",
+        "EDGE_IPC_SOCKET",
+        "EDGE_CONTROL_FD",
+        "EDGE_HANDLER",
+        "EDGE_MEMORY_KB",
+        "PYTHONPATH",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an invocation produced: a payload and V1's FunctionError ('', Handled, Unhandled)."""
+
+    payload: bytes
+    function_error: str = ""
+
+
+class WorkerGoneError(Exception):
+    """The worker died, was killed, or broke the protocol while an invocation waited."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def worker_environment(
+    spec: FunctionSpec, *, token: str, socket_path: Path, code_dir: Path, control_fd: int
+) -> dict[str, str]:
+    """The V1 environment of a worker, plus what the runtime needs to start."""
+    paths = [str(code_dir), str(_COMPAT_DIR), str(_EDGE_ROOT)]
+    # `-S` skips site (and ~2.5 MB of resident memory); the core's libraries (msgpack, the
+    # SDK) are found through their directories instead. A bundled SDK wins: code_dir is first.
+    for key in ("purelib", "platlib"):
+        site = sysconfig.get_paths()[key]
+        if site not in paths:
+            paths.append(site)
+    env = {k: v for k, v in spec.variables.items() if k not in _RESERVED_ENV}
+    env.update(
+        {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": os.pathsep.join(paths),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "MY_FUNCTION_ARN": spec.function_arn,
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN": token,
+            "SECRETS_MANAGER_FUNCTION_ARN": SECRETS_MANAGER_FUNCTION_ARN,
+            "ROUTER_FUNCTION_ARN": ROUTER_FUNCTION_ARN,
+            "SHADOW_FUNCTION_ARN": SHADOW_FUNCTION_ARN,
+            "GGC_MAX_INTERFACE_VERSION": GGC_MAX_INTERFACE_VERSION,
+            "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(max(1, spec.memory_kb // 1024)),
+            "EDGE_IPC_SOCKET": str(socket_path),
+            "EDGE_CONTROL_FD": str(control_fd),
+            "EDGE_HANDLER": spec.handler,
+            "EDGE_MEMORY_KB": str(spec.memory_kb),
+        }
+    )
+    return env
+
+
+def _drop_privileges(uid: int, gid: int) -> Callable[[], None]:
+    """A preexec function that switches the child to uid/gid with no supplementary groups."""
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return drop
+
+
+def resident_kb(pid: int) -> int | None:
+    """The process's resident set size in KB, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:  # noqa: PTH123 - hot loop
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return 0
+
+
+class WorkerProcess:
+    """A running worker; one invocation at a time (the caller serialises)."""
+
+    def __init__(
+        self,
+        *,
+        spec: FunctionSpec,
+        code_dir: Path,
+        token: str,
+        socket_path: Path,
+        logger: FilteringBoundLogger,
+    ) -> None:
+        self.spec = spec
+        self.code_dir = code_dir
+        self.token = token
+        self.socket_path = socket_path
+        self._log = logger.bind(function_arn=spec.function_arn)
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._conn = Connection(Role.MANAGER)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.kill_reason: str | None = None
+        self.exited = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid once started."""
+        return None if self.proc is None else self.proc.pid
+
+    async def start(self) -> None:
+        """Spawn the child and start reading its output and watching its memory."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            env = worker_environment(
+                self.spec,
+                token=self.token,
+                socket_path=self.socket_path,
+                code_dir=self.code_dir,
+                control_fd=child.fileno(),
+            )
+            run_as = self.spec.run_as if os.geteuid() == 0 else None
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-S",
+                "-m",
+                "edge.workers.runtime",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=self.code_dir,
+                pass_fds=(child.fileno(),),
+                # uvloop's subprocess_exec takes no user/group arguments; preexec_fn works with
+                # both loops (the child runs no Python threads before exec).
+                preexec_fn=_drop_privileges(run_as.uid, run_as.gid) if run_as else None,
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        assert self.proc.stdout is not None  # noqa: S101 - PIPE was asked for
+        assert self.proc.stderr is not None  # noqa: S101
+        self._tasks = [
+            asyncio.create_task(
+                self._pump(self.proc.stdout, "stdout"), name=f"out-{self.proc.pid}"
+            ),
+            asyncio.create_task(
+                self._pump(self.proc.stderr, "stderr"), name=f"err-{self.proc.pid}"
+            ),
+            asyncio.create_task(self._watch_memory(), name=f"rss-{self.proc.pid}"),
+            asyncio.create_task(self._wait_exit(), name=f"wait-{self.proc.pid}"),
+        ]
+        self._log.info(
+            "worker.started",
+            pid=self.proc.pid,
+            pinned=self.spec.pinned,
+            memory_kb=self.spec.memory_kb,
+        )
+
+    async def invoke(self, invoke: Invoke) -> Outcome:
+        """Send one invocation and wait for its result (the caller applies the timeout)."""
+        if self._writer is None or self._reader is None or self.exited.is_set():
+            raise WorkerGoneError(self._gone_reason())
+        try:
+            self._writer.write(self._conn.send(invoke))
+            await self._writer.drain()
+            while True:
+                event = self._conn.next_event()
+                if event is NEED_DATA:
+                    data = await self._reader.read(65536)
+                    self._conn.receive_data(data)
+                    if not data:
+                        raise WorkerGoneError(await self._exit_reason())
+                    continue
+                if isinstance(event, InvokeResult) and event.invocation_id == invoke.invocation_id:
+                    return Outcome(event.payload, event.function_error)
+                raise WorkerGoneError("the worker answered out of turn")
+        except (ConnectionError, OSError) as exc:
+            raise WorkerGoneError(await self._exit_reason()) from exc
+
+    async def _exit_reason(self) -> str:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await self.exited.wait()
+        return self._gone_reason()
+
+    def _gone_reason(self) -> str:
+        if self.kill_reason:
+            return self.kill_reason
+        code = None if self.proc is None else self.proc.returncode
+        if code is None:
+            return "the worker closed its channel"
+        if code < 0:
+            return f"the worker was killed by signal {-code}"
+        if code == 3:  # noqa: PLR2004 - runtime.EXIT_HANDLER_LOAD_FAILED, not imported: worker side
+            return f"the handler {self.spec.handler} could not be loaded (see the core's log)"
+        return f"the worker exited with status {code}"
+
+    def kill(self, reason: str) -> None:
+        """Kill the worker's whole process group at once, remembering why."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.kill_reason = self.kill_reason or reason
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def stop(self, *, grace: float = 2.0) -> None:
+        """Close the channel (the runtime exits), then kill if it lingers; reap everything."""
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.exited.wait()
+            self.kill("stopped by the core")
+        await asyncio.shield(self._reap())
+
+    async def _reap(self) -> None:
+        if self.proc is not None:
+            await self.proc.wait()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _wait_exit(self) -> None:
+        assert self.proc is not None  # noqa: S101 - started
+        code = await self.proc.wait()
+        self.exited.set()
+        self._log.info("worker.exited", pid=self.proc.pid, returncode=code, reason=self.kill_reason)
+
+    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
+        while True:
+            line = await stream.readline()
+            if not line:
+                return
+            # The logger's redaction masks secret values before the line is rendered.
+            self._log.info(
+                "worker.output", stream=name, line=line.decode("utf-8", "replace").rstrip("\n")
+            )
+
+    async def _watch_memory(self) -> None:
+        assert self.proc is not None  # noqa: S101 - started
+        limit = self.spec.memory_kb
+        while self.proc.returncode is None:
+            rss = resident_kb(self.proc.pid)
+            if rss is None:
+                return
+            if rss > limit:
+                self._log.warning("worker.memory_exceeded", rss_kb=rss, limit_kb=limit)
+                self.kill(
+                    f"the function exceeded its memory limit of {limit} KB (resident {rss} KB)"
+                )
+                return
+            await asyncio.sleep(RSS_POLL_SECONDS)

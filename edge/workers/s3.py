@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Read function packages from S3 with aiobotocore, bounded in size."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+
+from aiobotocore.session import get_session
+
+from edge.workers.code import MAX_ZIP_BYTES, CodeFetchError
+
+
+class S3CodeReader:
+    """An async context manager owning one S3 client; call it with (bucket, key)."""
+
+    def __init__(self, *, region: str, endpoint_url: str | None = None) -> None:
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._client: Any = None
+        self._context: Any = None
+
+    async def __aenter__(self) -> Self:
+        """Create the client (no network yet)."""
+        self._context = get_session().create_client(
+            "s3", region_name=self._region, endpoint_url=self._endpoint_url
+        )
+        self._client = await self._context.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the client."""
+        if self._context is not None:
+            await self._context.__aexit__(exc_type, exc, tb)
+        self._client = self._context = None
+
+    async def __call__(self, bucket: str, key: str) -> bytes:
+        """Return the object's bytes, refusing anything larger than a Lambda package may be."""
+        response = await self._client.get_object(Bucket=bucket, Key=key)
+        length = int(response.get("ContentLength") or 0)
+        if length > MAX_ZIP_BYTES:
+            raise CodeFetchError(
+                f"s3://{bucket}/{key}", f"the object is larger than {MAX_ZIP_BYTES} bytes"
+            )
+        async with response["Body"] as body:
+            data: bytes = await body.read()
+        return data

@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The group's running part: functions, the IPC that serves them, and message routing.
+
+A deployment goes through two steps here. `prepare` (before the store rotates) reads every
+function's run configuration and fetches, verifies and unpacks its code; anything wrong fails
+the deployment with nothing changed. `activate` (after the store rotated) swaps the secret
+index and grants, the subscriptions, and the workers. `restore` does the same from the store
+at start, without the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from structlog.typing import FilteringBoundLogger
+
+from edge.errors import DeploymentInvalidError
+from edge.fsutil import atomic_replace
+from edge.ipc.server import IpcServer, WorkerIdentity
+from edge.log import get_logger
+from edge.model import Deployment, parse_group
+from edge.secrets.contents import StoreContents
+from edge.workers.code import S3Reader, prepare_code
+from edge.workers.manager import WorkerManager
+from edge.workers.router import Router, parse_routes
+from edge.workers.services import CoreServices
+from edge.workers.spec import FunctionSpec, function_specs
+
+#: Identity of `edge invoke` callers: may invoke functions, holds no secret grants.
+OPERATOR_IDENTITY = "edge:operator"
+#: File (0600, in the 0700 IPC directory) holding the operator token of the running core.
+ADMIN_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name, not a token
+CloudPublisher = Callable[[str, bytes], None]
+SubscriptionSetter = Callable[[list[str]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedWorkload:
+    """A deployment's functions, ready to start: specs and unpacked code directories."""
+
+    specs: tuple[FunctionSpec, ...] = ()
+    code_dirs: Mapping[str, Path] = field(default_factory=dict)
+
+
+class Workload:
+    """Owns the IPC server, the worker manager, the services and the router."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        publish_cloud: CloudPublisher,
+        set_cloud_subscriptions: SubscriptionSetter,
+        read_s3: S3Reader | None = None,
+        logger: FilteringBoundLogger | None = None,
+    ) -> None:
+        self._log = logger or get_logger("workload")
+        self.code_root = state_dir / "functions"
+        self._read_s3 = read_s3
+        self._set_subscriptions = set_cloud_subscriptions
+        self.manager = WorkerManager(
+            socket_path=state_dir / "ipc" / "core.sock",
+            register=self._register,
+            revoke=self._revoke,
+            logger=self._log,
+        )
+        self.router = Router(manager=self.manager, publish_cloud=publish_cloud, logger=self._log)
+        self.services = CoreServices(manager=self.manager, publish=self._publish, logger=self._log)
+        self.admin_token_path = state_dir / "ipc" / ADMIN_TOKEN_FILE
+        self.ipc = IpcServer(
+            socket_path=state_dir / "ipc" / "core.sock", handler=self.services, logger=self._log
+        )
+
+    async def __aenter__(self) -> Self:
+        """Start serving the IPC socket; give local operators (`edge invoke`) a token."""
+        await self.ipc.__aenter__()
+        token = secrets.token_urlsafe(32)
+        self.ipc.register(token, WorkerIdentity(function_arn=OPERATOR_IDENTITY, uid=os.getuid()))
+        await asyncio.to_thread(write_private, self.admin_token_path, token.encode())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop every worker, then the IPC server (removing its socket)."""
+        try:
+            await self.manager.close()
+        finally:
+            self.admin_token_path.unlink(missing_ok=True)
+            await self.ipc.__aexit__(None, None, None)
+
+    def _register(self, token: str, spec: FunctionSpec, pid: int | None) -> None:
+        uid = spec.run_as.uid if spec.run_as is not None else None
+        self.ipc.register(token, WorkerIdentity(function_arn=spec.function_arn, uid=uid, pid=pid))
+
+    def _revoke(self, token: str) -> None:
+        self.ipc.revoke(token)
+
+    async def _publish(self, source: str, topic: str, payload: bytes) -> None:
+        await self.router.from_function(source, topic, payload)
+
+    async def prepare(self, deployment: Deployment) -> PreparedWorkload:
+        """Read run configurations and fetch every function's code (all or nothing)."""
+        specs = function_specs(deployment.group)
+        dirs = await asyncio.gather(
+            *(
+                prepare_code(
+                    s.function_arn, s.code, code_root=self.code_root, read_s3=self._read_s3
+                )
+                for s in specs
+            )
+        )
+        return PreparedWorkload(
+            specs=specs, code_dirs={s.function_arn: d for s, d in zip(specs, dirs, strict=True)}
+        )
+
+    async def activate(self, contents: StoreContents, prepared: PreparedWorkload) -> None:
+        """Switch to a deployment's secrets, grants, routes and workers."""
+        self.services.update(contents, prepared.specs)
+        self.router.update(
+            parse_routes(parse_group(contents.group).subscriptions) if contents.group else ()
+        )
+        await self._set_subscriptions(self.router.cloud_subjects())
+        await self.manager.apply(prepared.specs, prepared.code_dirs)
+
+    async def restore(self, contents: StoreContents) -> None:
+        """Start what the store says was deployed, from code already on disk."""
+        if not contents.group:
+            return
+        try:
+            specs = function_specs(parse_group(contents.group))
+        except DeploymentInvalidError as exc:
+            self._log.warning("workload.restore_failed", error=str(exc))
+            return
+        dirs = {arn: Path(d) for arn, d in contents.code_dirs.items()}
+        runnable = tuple(
+            s for s in specs if s.function_arn in dirs and dirs[s.function_arn].is_dir()
+        )
+        if len(runnable) < len(specs):
+            self._log.warning(
+                "workload.code_missing",
+                functions=[s.function_arn for s in specs if s not in runnable],
+            )
+        await self.activate(contents, PreparedWorkload(specs=runnable, code_dirs=dirs))
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a small 0600 file atomically."""
+    atomic_replace(path, data)

@@ -1,0 +1,578 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The IPC for real: an IpcServer on a Unix socket, blocking clients in threads and processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import structlog.testing
+
+from edge.errors import (
+    IpcCallError,
+    IpcConnectionError,
+    IpcServerError,
+    IpcTimeoutError,
+)
+from edge.ipc.client import IpcClient
+from edge.ipc.protocol import (
+    MAX_FRAME_SIZE,
+    OP_GET_SECRET_VALUE,
+    OP_INVOKE,
+    OP_PUBLISH,
+    Hello,
+    Request,
+    Response,
+    encode,
+)
+from edge.ipc.server import IpcServer, WorkerIdentity
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "worker-token-0123456789abcdef"
+OTHER_TOKEN = "worker-token-fedcba9876543210"
+ARN = "arn:aws:lambda:us-east-1:123456789012:function:reader:1"
+SECRET = "s3cr3t-value-never-logged"
+
+
+class Handler:
+    """A tiny core: secrets answered at once, invocations slow (or never), publish fails."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.never = asyncio.Event()
+
+    def __call__(self, identity: WorkerIdentity, request: Request) -> Any:
+        args = request.args
+        if request.op == OP_GET_SECRET_VALUE:
+            if args.get("SecretId") == "missing":
+                return Response.failure(request.request_id, 404, "no such secret")
+            if args.get("SecretId") == "huge":
+                return Response.success(request.request_id, {"Blob": b"x" * MAX_FRAME_SIZE})
+            return Response.success(
+                request.request_id,
+                {
+                    "Name": args["SecretId"],
+                    "SecretString": SECRET,
+                    "Caller": identity.function_arn,
+                },
+            )
+        if request.op == OP_INVOKE:
+            return self._invoke(request)
+        raise RuntimeError(f"publish exploded with {SECRET}")
+
+    async def _invoke(self, request: Request) -> Response:
+        try:
+            if request.args.get("Forever"):
+                await self.never.wait()
+            await asyncio.sleep(request.args.get("Sleep", 0))
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return Response.success(request.request_id, {"Payload": request.args.get("Payload")})
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Every test's log events; none of them may hold a token or a secret value."""
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+    text = json.dumps(captured, default=repr)
+    for value in (TOKEN, OTHER_TOKEN, SECRET):
+        assert value not in text
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    """A socket path in a short directory: AF_UNIX paths end at 107 bytes, pytest's are long."""
+    base = Path(tempfile.mkdtemp(prefix="edge-ipc-"))
+    try:
+        yield base / "ipc" / "core.sock"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    socket_path: Path, handler: Handler | None = None, **options: Any
+) -> AsyncIterator[IpcServer]:
+    """A running server with TOKEN registered for ARN (this uid, any pid)."""
+    async with IpcServer(
+        socket_path=socket_path, handler=handler or Handler(), **options
+    ) as server:
+        server.register(TOKEN, WorkerIdentity(function_arn=ARN, uid=os.getuid()))
+        yield server
+
+
+async def call(client: IpcClient, op: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """Run a blocking client call in a thread, so the loop keeps serving meanwhile."""
+    return await asyncio.to_thread(client.call, op, args, **kw)
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+async def raw_exchange(socket_path: Path, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Connect without a client, send `data`, return everything read until the server closes."""
+    reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            return await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def frames(data: bytes) -> list[dict[str, Any]]:
+    """Split raw bytes from the server into decoded frames."""
+    out = []
+    while data:
+        (size,) = struct.unpack(">I", data[:4])
+        out.append(msgpack.unpackb(data[4 : 4 + size]))
+        data = data[4 + size :]
+    return out
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+
+async def test_authenticated_call_gets_its_answer(socket_path, logs):
+    """A client with a registered token is welcomed and served with its own identity."""
+    async with serving(socket_path) as server:
+        with IpcClient(str(socket_path), TOKEN) as client:
+            result = await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            assert result == {"Name": "db", "SecretString": SECRET, "Caller": ARN}
+            assert client.function_arn == ARN
+            with pytest.raises(IpcCallError) as info:
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "missing"})
+            assert (info.value.status, info.value.message) == (404, "no such secret")
+        assert server.requests[(OP_GET_SECRET_VALUE, "ok")] == 1
+        assert server.requests[(OP_GET_SECRET_VALUE, "404")] == 1
+        assert server.connections["authenticated"] == 1
+    assert events(logs, "ipc.auth.refused") == []
+
+
+async def test_wrong_token_is_refused_and_logged_once(socket_path, logs):
+    """An unknown token gets a Goodbye (403 for the client), one log line, and no answers."""
+    async with serving(socket_path) as server:
+        with IpcClient(str(socket_path), OTHER_TOKEN) as client:
+            with pytest.raises(IpcCallError) as info:
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            assert info.value.status == 403
+        refused = events(logs, "ipc.auth.refused")
+        assert len(refused) == 1
+        assert refused[0]["problem"] == "unknown or revoked token"
+        assert refused[0]["peer_uid"] == os.getuid()
+        assert server.connections["refused"] == 1
+        assert not server.requests
+
+
+async def test_revoked_token_closes_its_connections_and_is_refused(socket_path, logs):
+    """Revoking a token ends connections opened with it; a new connection is refused."""
+    async with serving(socket_path) as server:
+        with IpcClient(str(socket_path), TOKEN) as client:
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            server.revoke(TOKEN)
+            # The client finds its connection closed, reconnects once, and is refused.
+            with pytest.raises(IpcCallError) as info:
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            assert info.value.status == 403
+        assert len(events(logs, "ipc.connection.revoked")) == 1
+        assert events(logs, "ipc.auth.refused")[0]["problem"] == "unknown or revoked token"
+
+
+async def test_peer_uid_must_match(socket_path, logs):
+    """A token bound to another uid is refused for this process, whatever the token says."""
+    async with serving(socket_path) as server:
+        server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, uid=os.getuid() + 1))
+        with (
+            IpcClient(str(socket_path), OTHER_TOKEN) as client,
+            pytest.raises(IpcCallError) as info,
+        ):
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+        assert info.value.status == 403
+        assert "uid" in events(logs, "ipc.auth.refused")[0]["problem"]
+
+
+async def test_peer_pid_must_be_the_worker_or_a_descendant(socket_path, logs):
+    """A pid-bound token works from that process and its children, not from anyone else."""
+    async with serving(socket_path) as server:
+        server.register(TOKEN, WorkerIdentity(function_arn=ARN, uid=os.getuid(), pid=os.getpid()))
+        with IpcClient(str(socket_path), TOKEN) as client:
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "a"}))["Caller"] == ARN
+        # A child of this process (the worker's own subprocess) may use the token too.
+        out = await run_python(
+            socket_path,
+            "print(IpcClient(path, token).call(OP_GET_SECRET_VALUE, {'SecretId': 'c'})['Caller'])",
+            TOKEN,
+        )
+        assert out.strip() == ARN
+        # A process that is not below the registered pid may not.
+        stranger = subprocess.Popen(["sleep", "30"])
+        try:
+            server.register(
+                OTHER_TOKEN, WorkerIdentity(function_arn=ARN, uid=os.getuid(), pid=stranger.pid)
+            )
+            with (
+                IpcClient(str(socket_path), OTHER_TOKEN) as client,
+                pytest.raises(IpcCallError),
+            ):
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "a"})
+        finally:
+            stranger.kill()
+            stranger.wait()
+        assert "descendants" in events(logs, "ipc.auth.refused")[0]["problem"]
+
+
+async def run_python(socket_path: Path, code: str, token: str) -> str:
+    """Run `code` in a fresh interpreter with `path`, `token` and the client in scope."""
+    prelude = (
+        "import sys\n"
+        "from edge.ipc.client import IpcClient\n"
+        "from edge.ipc.protocol import OP_GET_SECRET_VALUE\n"
+        "path, token = sys.argv[1], sys.argv[2]\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        prelude + code,
+        str(socket_path),
+        token,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_a_second_process_without_the_token_gets_nothing(socket_path, logs):
+    """A process that connects with a guessed token, or none, receives no Welcome or answer."""
+    async with serving(socket_path):
+        code = (
+            "import socket, struct, msgpack\n"
+            "from edge.ipc.protocol import Hello, Request, encode\n"
+            "got = []\n"
+            "for first in (encode(Hello('guess', 1)), b''):\n"
+            "    s = socket.socket(socket.AF_UNIX)\n"
+            "    s.connect(path)\n"
+            "    s.sendall(first + encode(Request(1, 'secretsmanager.get_secret_value',"
+            " {'SecretId': 'db'})))\n"
+            "    data = b''\n"
+            "    while chunk := s.recv(65536):\n"
+            "        data += chunk\n"
+            "    while data:\n"
+            "        (n,) = struct.unpack('>I', data[:4])\n"
+            "        got.append(msgpack.unpackb(data[4:4 + n])['type'])\n"
+            "        data = data[4 + n:]\n"
+            "    s.close()\n"
+            "print(got)\n"
+        )
+        out = await run_python(socket_path, code, "unused")
+    # Only the refusal, and nothing at all without a Hello.
+    assert out.strip() == "['goodbye']"
+    assert len(events(logs, "ipc.auth.refused")) == 1
+    assert len(events(logs, "ipc.protocol.error")) == 1
+
+
+# --- the socket file --------------------------------------------------------------------------
+
+
+async def test_socket_is_0600_in_a_0700_directory_and_removed_on_exit(socket_path):
+    """Only the core's user can reach the socket; exit removes the file; the server is reusable."""
+    server = IpcServer(socket_path=socket_path, handler=Handler())
+    server.register(TOKEN, WorkerIdentity(function_arn=ARN))
+    for _ in range(2):
+        async with server:
+            assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+            assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+            assert stat.S_ISSOCK(socket_path.stat().st_mode)
+            with pytest.raises(RuntimeError, match="not re-entrant"):
+                await server.__aenter__()
+            with IpcClient(str(socket_path), TOKEN) as client:
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "x"})
+        assert not socket_path.exists()
+
+
+async def test_a_looser_directory_is_tightened(socket_path, logs):
+    """An existing socket directory readable by others is set back to 0700, and said so."""
+    socket_path.parent.mkdir(mode=0o755)
+    socket_path.parent.chmod(0o755)
+    async with serving(socket_path):
+        assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+    assert events(logs, "ipc.socket_dir.mode_fixed")[0]["was"] == "0755"
+
+
+async def test_stale_socket_is_replaced_but_a_live_one_is_not(socket_path, logs):
+    """A socket left by a dead core is removed; one a running core listens on is refused."""
+    socket_path.parent.mkdir(mode=0o700)
+    leftover = socket.socket(socket.AF_UNIX)
+    leftover.bind(str(socket_path))
+    leftover.close()  # the file stays, nobody listens
+    async with serving(socket_path):
+        assert len(events(logs, "ipc.socket.stale_removed")) == 1
+        with IpcClient(str(socket_path), TOKEN) as client:
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+        with pytest.raises(IpcServerError, match="another core is listening"):
+            async with IpcServer(socket_path=socket_path, handler=Handler()):
+                pass
+        assert socket_path.exists()  # the live server's socket was left alone
+
+
+async def test_unsafe_paths_are_refused(socket_path):
+    """Too-long paths and non-sockets in the way are errors that say what to do."""
+    long_path = socket_path.parent / ("x" * 120) / "core.sock"
+    with pytest.raises(IpcServerError, match="107 bytes"):
+        async with IpcServer(socket_path=long_path, handler=Handler()):
+            pass
+    socket_path.parent.mkdir(mode=0o700)
+    socket_path.write_text("not a socket")
+    with pytest.raises(IpcServerError, match="other than a socket"):
+        async with IpcServer(socket_path=socket_path, handler=Handler()):
+            pass
+
+
+async def test_exit_removes_the_socket_even_when_cancelled_mid_request(socket_path):
+    """Cancelling the server's owner with a request in flight still cleans up everything."""
+    handler = Handler()
+    started = asyncio.Event()
+    client = IpcClient(str(socket_path), TOKEN)
+
+    async def run_core() -> None:
+        async with serving(socket_path, handler):
+            started.set()
+            await asyncio.Event().wait()
+
+    core = asyncio.create_task(run_core(), name="core")
+    await started.wait()
+    pending = asyncio.create_task(call(client, OP_INVOKE, {"Forever": True}))
+    async with asyncio.timeout(10):
+        while not any(t.get_name().startswith("ipc-request-") for t in asyncio.all_tasks()):
+            await asyncio.sleep(0.01)
+    core.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await core
+    assert not socket_path.exists()
+    assert handler.cancelled.is_set()
+    with pytest.raises(IpcConnectionError, match="shutting down"):
+        await pending
+    client.close()
+
+
+# --- misbehaving peers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("garbage", "problem"),
+    [
+        (b"\xff\xff\xff\xff" + b"x" * 1000, "frames are 1 to"),
+        (struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1", "not valid msgpack"),
+        (encode(Request(1, OP_GET_SECRET_VALUE, {})), "expected a hello frame first"),
+        (encode(Hello(TOKEN, 1)) + struct.pack(">I", 3) + b"\x92\x01\x02", "not a msgpack map"),
+    ],
+    ids=["oversized", "bad-msgpack", "no-hello", "not-a-map"],
+)
+async def test_garbage_closes_only_that_connection(socket_path, logs, garbage, problem):
+    """A peer sending garbage is cut off with one log line; another client keeps working."""
+    async with serving(socket_path) as server:
+        with IpcClient(str(socket_path), TOKEN) as good:
+            await call(good, OP_GET_SECRET_VALUE, {"SecretId": "before"})
+            received = await raw_exchange(socket_path, garbage)
+            assert [f["type"] for f in frames(received)] in ([], ["welcome"])
+            result = await call(good, OP_GET_SECRET_VALUE, {"SecretId": "after"})
+            assert result["Name"] == "after"
+        errors = events(logs, "ipc.protocol.error")
+        assert len(errors) == 1
+        assert problem in errors[0]["problem"]
+        assert server.connections["protocol_error"] == 1
+
+
+async def test_oversized_frame_is_refused_before_it_is_read(socket_path, logs):
+    """A 2 MiB frame is refused from its header; the sender is disconnected mid-stream."""
+    async with serving(socket_path):
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        header = struct.pack(">I", 2 * MAX_FRAME_SIZE)
+        writer.write(header)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert len(events(logs, "ipc.protocol.error")) == 1
+
+
+async def test_silent_connection_is_closed_after_the_hello_timeout(socket_path, logs):
+    """A connection that never says Hello is closed, and logged once."""
+    async with serving(socket_path, hello_timeout=0.2) as server:
+        started = time.monotonic()
+        assert await raw_exchange(socket_path, b"") == b""
+        assert time.monotonic() - started < 3
+        assert server.connections["hello_timeout"] == 1
+    assert len(events(logs, "ipc.hello.timeout")) == 1
+
+
+async def test_unknown_ops_and_handler_failures_are_answered_not_fatal(socket_path, logs):
+    """Unknown ops get 400, a crashing handler 500 (logged); the connection stays usable."""
+    async with serving(socket_path) as server:
+        with IpcClient(str(socket_path), TOKEN) as client:
+            with pytest.raises(IpcCallError) as info:
+                await call(client, "shadow.delete_everything", {})
+            assert info.value.status == 400
+            with pytest.raises(IpcCallError) as info:
+                await call(client, OP_PUBLISH, {"Topic": "t"})
+            assert info.value.status == 500
+            assert SECRET not in info.value.message
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "x"}))["Name"] == "x"
+        assert server.requests[("unknown", "400")] == 1
+        assert server.requests[(OP_PUBLISH, "500")] == 1
+    assert len(events(logs, "ipc.handler.failed")) == 1
+
+
+async def test_frames_over_the_limit_become_413s(socket_path):
+    """Too large a request fails in the client; too large an answer becomes a 413 answer."""
+    async with serving(socket_path):
+        with IpcClient(str(socket_path), TOKEN) as client:
+            with pytest.raises(IpcCallError) as info:
+                await call(client, OP_INVOKE, {"Payload": b"x" * MAX_FRAME_SIZE})
+            assert info.value.status == 413
+            with pytest.raises(IpcCallError) as info:
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "huge"})
+            assert info.value.status == 413
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "x"}))["Name"] == "x"
+
+
+# --- concurrency, timeouts, reconnection -------------------------------------------------------
+
+
+async def test_threads_sharing_a_client_each_get_their_own_answers(socket_path):
+    """8 threads calling at once over one connection each get the answers to their requests."""
+    async with serving(socket_path):
+        with IpcClient(str(socket_path), TOKEN) as client:
+
+            def worker(n: int) -> list[str]:
+                return [
+                    client.call(OP_GET_SECRET_VALUE, {"SecretId": f"t{n}-{i}"})["Name"]
+                    for i in range(200)
+                ]
+
+            results = await asyncio.gather(*(asyncio.to_thread(worker, n) for n in range(8)))
+    for n, names in enumerate(results):
+        assert names == [f"t{n}-{i}" for i in range(200)]
+
+
+async def test_a_slow_invoke_does_not_hold_up_secrets(socket_path):
+    """While one thread waits on a slow invoke, others (same client or not) are served at once."""
+    async with serving(socket_path):
+        with (
+            IpcClient(str(socket_path), TOKEN) as shared,
+            IpcClient(str(socket_path), TOKEN) as other,
+        ):
+            slow = asyncio.create_task(call(shared, OP_INVOKE, {"Sleep": 1.5, "Payload": b"p"}))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await call(shared, OP_GET_SECRET_VALUE, {"SecretId": "same-connection"})
+            await call(other, OP_GET_SECRET_VALUE, {"SecretId": "other-connection"})
+            assert time.monotonic() - started < 1.0
+            assert await slow == {"Payload": b"p"}
+
+
+async def test_timeout_is_a_408_and_the_late_answer_is_dropped(socket_path):
+    """A call that times out raises IpcTimeoutError; the client keeps working afterwards."""
+    async with serving(socket_path):
+        with IpcClient(str(socket_path), TOKEN) as client:
+            with pytest.raises(IpcTimeoutError) as info:
+                await call(client, OP_INVOKE, {"Sleep": 0.5}, timeout=0.1)
+            assert info.value.status == 408
+            await asyncio.sleep(0.6)  # the late answer arrives and must be ignored
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "x"}))["Name"] == "x"
+
+
+async def test_client_reconnects_once_after_the_core_restarts(socket_path):
+    """A connection broken while idle is replaced transparently, for every operation."""
+    with IpcClient(str(socket_path), TOKEN) as client:
+        async with serving(socket_path):
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "before"})
+        with pytest.raises(IpcConnectionError):
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "down"})
+        async with serving(socket_path):
+            assert (await call(client, OP_INVOKE, {"Payload": b"1"}))["Payload"] == b"1"
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "after"})
+
+
+async def test_closed_client_refuses_calls(socket_path):
+    """After close(), calls raise IpcConnectionError instead of reconnecting."""
+    async with serving(socket_path):
+        client = IpcClient(str(socket_path), TOKEN)
+        await call(client, OP_GET_SECRET_VALUE, {"SecretId": "x"})
+        client.close()
+        client.close()
+        with pytest.raises(IpcConnectionError, match="closed"):
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "x"})
+
+
+def test_unreachable_core_is_a_connection_error(socket_path):
+    """No socket at all: IpcConnectionError naming the path, never the token."""
+    client = IpcClient(str(socket_path), TOKEN)
+    with pytest.raises(IpcConnectionError) as info:
+        client.call(OP_GET_SECRET_VALUE, {"SecretId": "x"})
+    assert str(socket_path) in str(info.value)
+    assert TOKEN not in str(info.value)
+    assert TOKEN not in repr(client)
+
+
+def test_worker_side_import_stays_lean():
+    """Importing the client loads neither asyncio nor the core's supervisor side."""
+    code = "import sys, json, edge.ipc.client; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = set(json.loads(out.stdout))
+    forbidden = {
+        "asyncio",
+        "structlog",
+        "edge.ipc.server",
+        "edge.deploy",
+        "edge.supervisor",
+        "edge.log",
+        "aiobotocore",
+        "aiomqtt",
+    }
+    assert not loaded & forbidden
+    assert {"msgpack", "edge.ipc.protocol", "edge.errors"} <= loaded
+
+
+def test_server_runs_under_uvloop(socket_path):
+    """The server works on uvloop's transports too (peer credentials, flow control)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> dict[str, Any]:
+        async with serving(socket_path):
+            with IpcClient(str(socket_path), TOKEN) as client:
+                return await call(client, OP_GET_SECRET_VALUE, {"SecretId": "uv"})
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(main())["Name"] == "uv"
+    finally:
+        loop.close()

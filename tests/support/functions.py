@@ -1,0 +1,23 @@
+"""Function packages for tests: V1 handlers zipped with the unmodified greengrasssdk."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import zipfile
+from pathlib import Path
+
+FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "integration" / "functions"
+
+
+def build_package(path: Path) -> tuple[Path, str]:
+    """Zip app.py with the unmodified greengrasssdk package from PyPI; return (zip, sha256)."""
+    spec = importlib.util.find_spec("greengrasssdk")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    sdk_dir = Path(next(iter(spec.submodule_search_locations)))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(FUNCTIONS_DIR / "app.py", "app.py")
+        for file in sorted(sdk_dir.rglob("*.py")):
+            archive.write(file, f"greengrasssdk/{file.relative_to(sdk_dir).as_posix()}")
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
