@@ -9,6 +9,7 @@ can be moved together.
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ class CoreSettings:
     thing_name: str
     state_dir: Path
     private_key: Path
+    #: Unpacked function code. Outside the 0700 state directory, so workers that run as
+    #: another user (RunAs) can read their code; code is not secret.
+    code_dir: Path = Path("functions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,15 @@ class DeploymentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """`[workers]`: how function worker processes are started."""
+
+    #: The Python that runs workers. Default: the core's own. Set it when workers run as
+    #: another user (RunAs) who can't execute the core's interpreter.
+    python: Path = Path(sys.executable)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -105,6 +118,7 @@ class Config:
     fetch: FetchConfig
     log: LogSettings
     deployments: DeploymentSettings = DeploymentSettings()
+    workers: WorkerSettings = WorkerSettings()
 
 
 class _Section:
@@ -186,7 +200,7 @@ class _Section:
             raise self.error(unknown[0], "is not a known key (see config.example.toml)")
 
 
-_SECTIONS = ("core", "mqtt", "aws", "fetch", "log", "deployments")
+_SECTIONS = ("core", "mqtt", "aws", "fetch", "log", "deployments", "workers")
 
 
 def load_config(path: Path | str) -> Config:
@@ -223,6 +237,7 @@ def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
         fetch=_fetch(sections["fetch"]),
         log=_log(sections["log"]),
         deployments=_deployments(sections["deployments"]),
+        workers=_workers(sections["workers"]),
     )
     for section in sections.values():
         section.finish()
@@ -239,7 +254,11 @@ def _core(s: _Section) -> CoreSettings:
     assert state_dir is not None  # noqa: S101 - has a default
     private_key = s.path_value("private_key", state_dir / "core.key")
     assert private_key is not None  # noqa: S101 - has a default
-    return CoreSettings(thing_name=thing_name, state_dir=state_dir, private_key=private_key)
+    code_dir = s.path_value("code_dir", s.path.parent / "functions")
+    assert code_dir is not None  # noqa: S101 - has a default
+    return CoreSettings(
+        thing_name=thing_name, state_dir=state_dir, private_key=private_key, code_dir=code_dir
+    )
 
 
 def _mqtt(s: _Section) -> MqttSettings:
@@ -319,3 +338,9 @@ def _deployments(s: _Section) -> DeploymentSettings:
 Section = _Section
 parse_mqtt_section = _mqtt
 parse_aws_section = _aws
+
+
+def _workers(s: _Section) -> WorkerSettings:
+    python = s.path_value("python", Path(sys.executable))
+    assert python is not None  # noqa: S101 - has a default
+    return WorkerSettings(python=python)

@@ -133,6 +133,8 @@ async def run_core(
         workload = await stack.enter_async_context(
             Workload(
                 state_dir=state_dir,
+                code_root=config.core.code_dir,
+                python=config.workers.python,
                 publish_cloud=publish_cloud,
                 set_cloud_subscriptions=set_cloud_subscriptions,
                 read_s3=read_s3,

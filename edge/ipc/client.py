@@ -137,8 +137,12 @@ class IpcClient:
         token: str,
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        inherited_fd: int | None = None,
     ) -> None:
         self._socket_path = os.fspath(socket_path)
+        # A socket already connected to the core (RunAs workers get one at spawn); used for the
+        # first connection only: once it breaks there is no path to reconnect through.
+        self._inherited_fd = inherited_fd
         self._token = token
         self._connect_timeout = connect_timeout
         self._closed = False
@@ -247,7 +251,11 @@ class IpcClient:
             budget = min(budget, deadline - time.monotonic())
             if budget <= 0:
                 raise IpcTimeoutError(timeout or 0.0)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        fd, self._inherited_fd = self._inherited_fd, None
+        if fd is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        else:
+            sock = socket.socket(fileno=fd)
         conn = Connection(Role.CLIENT)
         try:
             function_arn = self._handshake(sock, conn, budget)
@@ -276,7 +284,8 @@ class IpcClient:
     def _handshake(self, sock: socket.socket, conn: Connection, budget: float) -> str:
         """Connect, say Hello, return the function ARN from the core's Welcome."""
         sock.settimeout(budget)
-        sock.connect(self._socket_path)
+        if not _is_connected(sock):
+            sock.connect(self._socket_path)
         sock.sendall(conn.send(Hello(self._token, os.getpid())), _SEND_FLAGS)
         while True:
             event = conn.next_event()
@@ -485,3 +494,12 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _is_connected(sock: socket.socket) -> bool:
+    """Whether the socket already has a peer (an inherited socketpair end)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True

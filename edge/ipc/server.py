@@ -231,6 +231,17 @@ class IpcServer:
         self._log.info("ipc.listening", socket=str(path))
         return self
 
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a connected socket whose other end was handed to a worker at spawn.
+
+        Workers that run as another user (RunAs) can't enter the 0700 socket directory, so the
+        manager gives them one end of a socketpair instead. The worker still has to say Hello
+        with its token; `SO_PEERCRED` of a socketpair names the core itself, so register such
+        a worker's identity without uid or pid.
+        """
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: _PeerProtocol(self), sock=sock)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from structlog.typing import FilteringBoundLogger
 from edge.ipc.protocol import Invoke
 from edge.log import get_logger
 from edge.mqtt.link import backoff_delays
-from edge.workers.process import Outcome, WorkerGoneError, WorkerProcess
+from edge.workers.process import Adopter, Outcome, WorkerGoneError, WorkerProcess
 from edge.workers.spec import FunctionSpec
 
 #: First restart delay of a crashed pinned function, doubling up to the cap.
@@ -60,8 +61,12 @@ class FunctionRunner:
         register: TokenRegistrar,
         revoke: TokenRevoker,
         logger: FilteringBoundLogger,
+        python: Path = Path(sys.executable),
+        adopt: Adopter | None = None,
     ) -> None:
         self.spec = spec
+        self._python = python
+        self._adopt = adopt
         self.code_dir = code_dir
         self._socket_path = socket_path
         self._register = register
@@ -99,6 +104,8 @@ class FunctionRunner:
             token=token,
             socket_path=self._socket_path,
             logger=self._log,
+            python=self._python,
+            adopt=self._adopt,
         )
         # Registered before the child exists, so its first SDK call can't race the registration;
         # then bound to its pid so a token copied to another process is useless.
@@ -185,8 +192,12 @@ class WorkerManager:
         register: TokenRegistrar,
         revoke: TokenRevoker,
         logger: FilteringBoundLogger | None = None,
+        python: Path = Path(sys.executable),
+        adopt: Adopter | None = None,
     ) -> None:
         self._socket_path = socket_path
+        self._python = python
+        self._adopt = adopt
         self._register = register
         self._revoke = revoke
         self._log = logger or get_logger("workers")
@@ -217,6 +228,8 @@ class WorkerManager:
                 register=self._register,
                 revoke=self._revoke,
                 logger=self._log,
+                python=self._python,
+                adopt=self._adopt,
             )
             for spec in specs
         }

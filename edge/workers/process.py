@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from structlog.typing import FilteringBoundLogger
 from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
 from edge.workers.spec import FunctionSpec
 
+Adopter = Callable[[socket.socket], Awaitable[None]]
 SECRETS_MANAGER_FUNCTION_ARN = "arn:aws:lambda:::function:GGSecretManager:1"
 ROUTER_FUNCTION_ARN = "arn:aws:lambda:::function:GGRouter:1"
 SHADOW_FUNCTION_ARN = "arn:aws:lambda:::function:GGShadowService:1"
@@ -47,6 +48,7 @@ _RESERVED_ENV = frozenset(
         "GGC_MAX_INTERFACE_VERSION",
         "EDGE_IPC_SOCKET",
         "EDGE_CONTROL_FD",
+        "EDGE_IPC_FD",
         "EDGE_HANDLER",
         "EDGE_MEMORY_KB",
         "PYTHONPATH",
@@ -140,11 +142,15 @@ class WorkerProcess:
         token: str,
         socket_path: Path,
         logger: FilteringBoundLogger,
+        python: Path = Path(sys.executable),
+        adopt: Adopter | None = None,
     ) -> None:
         self.spec = spec
         self.code_dir = code_dir
         self.token = token
         self.socket_path = socket_path
+        self._python = python
+        self._adopt = adopt
         self._log = logger.bind(function_arn=spec.function_arn)
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -162,6 +168,9 @@ class WorkerProcess:
     async def start(self) -> None:
         """Spawn the child and start reading its output and watching its memory."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        run_as = self.spec.run_as if os.geteuid() == 0 else None
+        sdk_parent: socket.socket | None = None
+        sdk_child: socket.socket | None = None
         try:
             env = worker_environment(
                 self.spec,
@@ -170,9 +179,15 @@ class WorkerProcess:
                 code_dir=self.code_dir,
                 control_fd=child.fileno(),
             )
-            run_as = self.spec.run_as if os.geteuid() == 0 else None
+            fds = [child.fileno()]
+            if run_as is not None:
+                # Another uid can't enter the core's 0700 socket directory: hand it a
+                # connected socket instead (the core serves the other end).
+                sdk_parent, sdk_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                env["EDGE_IPC_FD"] = str(sdk_child.fileno())
+                fds.append(sdk_child.fileno())
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
+                str(self._python),
                 "-S",
                 "-m",
                 "edge.workers.runtime",
@@ -181,7 +196,7 @@ class WorkerProcess:
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
                 cwd=self.code_dir,
-                pass_fds=(child.fileno(),),
+                pass_fds=tuple(fds),
                 # uvloop's subprocess_exec takes no user/group arguments; preexec_fn works with
                 # both loops (the child runs no Python threads before exec).
                 preexec_fn=_drop_privileges(run_as.uid, run_as.gid) if run_as else None,
@@ -189,6 +204,13 @@ class WorkerProcess:
             )
         finally:
             child.close()
+            if sdk_child is not None:
+                sdk_child.close()
+        if sdk_parent is not None:
+            if self._adopt is None:
+                sdk_parent.close()
+            else:
+                await self._adopt(sdk_parent)
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         assert self.proc.stdout is not None  # noqa: S101 - PIPE was asked for
         assert self.proc.stderr is not None  # noqa: S101

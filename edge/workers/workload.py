@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +57,15 @@ class Workload:
         self,
         *,
         state_dir: Path,
+        code_root: Path,
         publish_cloud: CloudPublisher,
         set_cloud_subscriptions: SubscriptionSetter,
         read_s3: S3Reader | None = None,
+        python: Path = Path(sys.executable),
         logger: FilteringBoundLogger | None = None,
     ) -> None:
         self._log = logger or get_logger("workload")
-        self.code_root = state_dir / "functions"
+        self.code_root = code_root
         self._read_s3 = read_s3
         self._set_subscriptions = set_cloud_subscriptions
         self.manager = WorkerManager(
@@ -69,6 +73,8 @@ class Workload:
             register=self._register,
             revoke=self._revoke,
             logger=self._log,
+            python=python,
+            adopt=self._adopt,
         )
         self.router = Router(manager=self.manager, publish_cloud=publish_cloud, logger=self._log)
         self.services = CoreServices(manager=self.manager, publish=self._publish, logger=self._log)
@@ -94,8 +100,16 @@ class Workload:
             await self.ipc.__aexit__(None, None, None)
 
     def _register(self, token: str, spec: FunctionSpec, pid: int | None) -> None:
-        uid = spec.run_as.uid if spec.run_as is not None else None
-        self.ipc.register(token, WorkerIdentity(function_arn=spec.function_arn, uid=uid, pid=pid))
+        if spec.run_as is not None and os.geteuid() == 0:
+            # Its connection is the socketpair end the core handed it (see `_adopt`): the
+            # kernel's peer credentials name the core, so only the token identifies it.
+            identity = WorkerIdentity(function_arn=spec.function_arn)
+        else:
+            identity = WorkerIdentity(function_arn=spec.function_arn, uid=os.getuid(), pid=pid)
+        self.ipc.register(token, identity)
+
+    async def _adopt(self, sock: socket.socket) -> None:
+        await self.ipc.adopt(sock)
 
     def _revoke(self, token: str) -> None:
         self.ipc.revoke(token)

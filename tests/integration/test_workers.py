@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -38,8 +39,10 @@ def function(
     timeout: int = 10,
     memory_kb: int = 16384,
     variables: dict[str, str] | None = None,
+    run_as: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """A V1 function object with its code location."""
+    execution = {"Execution": {"RunAs": run_as}} if run_as else {}
     return {
         "Id": name,
         "FunctionArn": function_arn(name),
@@ -54,6 +57,7 @@ def function(
                 "ResourceAccessPolicies": [
                     {"ResourceId": r, "Permission": "ro"} for r in policies or []
                 ],
+                **execution,
             },
         },
     }
@@ -323,3 +327,25 @@ def test_functions_come_back_after_an_offline_restart(env: Env, package: dict[st
     env.core.start()
     env.core.wait_for_event("workers.applied", after=1)
     assert invoke(env, "reader", {"SecretId": "persisted"})["SecretString"] == value
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="RunAs applies only when the core runs as root")
+def test_run_as_drops_to_the_configured_ids_and_still_reaches_the_core(
+    env: Env, package: dict[str, Any]
+) -> None:
+    """A RunAs worker runs with its gid and no extra groups, over a socket the core handed it.
+
+    It can't enter the core's 0700 socket directory, so the core passes it a connected socket.
+    Uid 0 keeps the test independent of whether another user may run this machine's Python and
+    read the checkout (a CI clone lives in a 0700 temporary directory); the gid and the
+    inherited socket prove the same code path a real uid takes.
+    """
+    arn, _, value = env.create_secret("run-as")
+    fn = function("who", "app.whoami", package, policies=["r"], run_as={"Uid": 0, "Gid": 65534})
+    env.operator.wait_status(
+        env.operator.deploy([secret_resource("r", arn)], functions=[fn]), "Success"
+    )
+    answer = invoke(env, "who", {"SecretId": "run-as"})
+    assert (answer["uid"], answer["gid"], answer["groups"]) == (0, 65534, [])
+    assert answer["inherited_ipc"] is True
+    assert answer["secret"] == value

@@ -100,3 +100,14 @@ def echo(event, context):
             payload=json.dumps({"got": event, "subject": context.client_context.custom["subject"]}),
         )
     return {"echo": event}
+
+
+def whoami(event, context):
+    """Reports the identity it runs under and reads a secret through the SDK."""
+    return {
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "groups": os.getgroups(),
+        "inherited_ipc": "EDGE_IPC_FD" in os.environ,
+        "secret": secrets_client.get_secret_value(SecretId=event["SecretId"])["SecretString"],
+    }

@@ -53,7 +53,10 @@ def _client() -> IpcClient:
             token = os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
             if not socket_path or not token:
                 raise IPCException("not running under an edge core (EDGE_IPC_SOCKET is not set)")
-            _shared_client = IpcClient(socket_path, token)
+            inherited = os.environ.get("EDGE_IPC_FD")
+            _shared_client = IpcClient(
+                socket_path, token, inherited_fd=int(inherited) if inherited else None
+            )
         return _shared_client
 
 
