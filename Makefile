@@ -9,23 +9,23 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[demo,test]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-## Run the core against a local Mosquitto and moto, deploy two secrets, list them.
+## The whole story in ~15 s with nothing else installed: an embedded broker (amqtt), Secrets
+## Manager and S3 (moto), a control plane and a core; `$(BIN)/edge demo --keep` keeps it running.
 demo: install
-	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || bash .ci/install-mosquitto
-	$(BIN)/python -m scripts.local_demo
+	$(BIN)/edge demo
 
 ## Lint, type-check and run every test (unit and integration).
 test: install lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check edge tests bench scripts
-	$(BIN)/ruff format --check edge tests bench scripts
+	$(BIN)/ruff check edge connectors tests bench
+	$(BIN)/ruff format --check edge connectors tests bench
 
 typecheck: install
 	$(BIN)/mypy

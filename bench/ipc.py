@@ -20,10 +20,20 @@ request, and the ratio of our throughput to the baseline's with the same number 
 hypervisor's wake-up cost on every message (here ~100 µs instead of a few), and whether the
 kernel co-locates the two processes decides the one-client figures more than the code does.
 
-Targets (issue 3): the native client at least 5x the baseline's throughput at 1 and 4 clients,
-p99 <= 100 us with one client, <= 15 us of core CPU per request.
+`--sdk` adds a third mode, the same call through the unmodified `greengrasssdk` inside real
+functions: it starts Mosquitto and moto's server (tests/support/services.py), a real core
+(`python -m edge run`, uvloop when installed, as deployed), creates the secret in moto, deploys
+it unsigned with one pinned function per client (bench/functions/sdk_loop.py zipped with the
+`greengrasssdk` package from site-packages, granted the secret) and, per run, starts one
+`edge invoke` per client. Each invocation calls `get_secret_value(SecretId=...)` in a loop for
+`--seconds` from a common start time and answers its latencies, its own CPU time and the core's
+CPU ticks (/proc) over the window. The "client" of that mode is the worker process.
 
-Run: `.venv/bin/python bench/ipc.py [--seconds 3] [--clients 1,4] [--repeat 3]`.
+Targets (issue 3): the native client at least 5x the baseline's throughput at 1 and 4 clients,
+p99 <= 100 us with one client, <= 15 us of core CPU per request; through greengrasssdk at least
+3x the baseline's throughput.
+
+Run: `.venv/bin/python bench/ipc.py [--seconds 3] [--clients 1,4] [--repeat 3] [--pin] [--sdk]`.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +62,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edge.ipc.client import IpcClient
 from edge.ipc.protocol import OP_GET_SECRET_VALUE, Request, Response
 
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
 THROUGHPUT_RATIO_TARGET = 5.0
+SDK_THROUGHPUT_RATIO_TARGET = 3.0
 P99_TARGET_US = 100.0
 SERVER_CPU_TARGET_US = 15.0
 SECRET_NAME = "bench/db-password"
@@ -66,7 +80,20 @@ ANSWER: dict[str, Any] = {
 }
 SECRETS = {SECRET_NAME: ANSWER, ANSWER["ARN"]: ANSWER}
 WARMUP_CALLS = 500
-SDK_HOOK = "through greengrasssdk inside a real function"
+TITLES = {
+    "ipc": "native IpcClient",
+    "http": "**baseline**: aiohttp + http.client",
+    "sdk": "greengrasssdk in a function, real core",
+}
+#: The --sdk mode's function: V1 code, zipped with the unmodified greengrasssdk.
+SDK_FUNCTION_FILE = BENCH_DIR / "functions" / "sdk_loop.py"
+SDK_HANDLER = "sdk_loop.function_handler"
+SDK_ACCOUNT = "123456789012"
+SDK_RESOURCE_ID = "bench-secret"
+#: Time between starting the `edge invoke`s and the common start of their loops: each CLI
+#: process needs ~0.7 s of CPU to start, and the handler warms up first.
+SDK_START_SLACK_SECONDS = 2.0
+SDK_START_SLACK_PER_CLIENT = 0.5
 
 
 def parse_args() -> argparse.Namespace:
@@ -85,7 +112,12 @@ def parse_args() -> argparse.Namespace:
         "several clients stay unpinned): takes a hypervisor's cross-CPU wake-up cost out of "
         "the one-client figures",
     )
-    parser.add_argument("--sdk", action="store_true", help=f"also measure {SDK_HOOK}")
+    parser.add_argument(
+        "--sdk",
+        action="store_true",
+        help="also measure the same call through greengrasssdk inside real functions on a real "
+        "core (`edge run` with Mosquitto and moto's server; one function per client)",
+    )
     return parser.parse_args()
 
 
@@ -229,7 +261,7 @@ class Run:
 class Mode:
     """A server and a client count, with its runs."""
 
-    kind: str  # "ipc" or "http"
+    kind: str  # "ipc", "http" or "sdk"
     clients: int
     runs: list[Run] = field(default_factory=list)
 
@@ -311,14 +343,267 @@ def measure(
     )
 
 
+# --- the greengrasssdk mode: a real core, real workers, the unmodified SDK ---------------------
+
+
+def function_arn(index: int) -> str:
+    """The qualified ARN of the `index`-th benchmark function."""
+    return f"arn:aws:lambda:us-east-1:{SDK_ACCOUNT}:function:sdk-loop-{index}:1"
+
+
+def build_sdk_package(path: Path) -> tuple[Path, str]:
+    """Zip the handler with the unmodified greengrasssdk from site-packages; return (zip, sha256).
+
+    As tests/support/functions.build_package does for the tests' app.py.
+    """
+    import hashlib  # noqa: PLC0415 - only this mode needs it
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.find_spec("greengrasssdk")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("greengrasssdk is not installed (pip install -e .)")
+    sdk_dir = Path(next(iter(spec.submodule_search_locations)))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(SDK_FUNCTION_FILE, SDK_FUNCTION_FILE.name)
+        for file in sorted(sdk_dir.rglob("*.py")):
+            archive.write(file, f"greengrasssdk/{file.relative_to(sdk_dir).as_posix()}")
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sdk_function(index: int, code: dict[str, str], timeout_seconds: int) -> dict[str, Any]:
+    """A pinned V1 function object running the benchmark handler, granted the secret."""
+    return {
+        "Id": f"sdk-loop-{index}",
+        "FunctionArn": function_arn(index),
+        "FunctionConfiguration": {
+            "Pinned": True,
+            # Room for the interpreter and SDK (~13 MB) plus the latencies of a long run.
+            "MemorySize": 65536,
+            "Timeout": timeout_seconds,
+            "Handler": SDK_HANDLER,
+            "Code": code,
+            "Environment": {
+                "Variables": {},
+                "ResourceAccessPolicies": [{"ResourceId": SDK_RESOURCE_ID, "Permission": "ro"}],
+            },
+        },
+    }
+
+
+@contextlib.contextmanager
+def affinity(cpus: set[int] | None) -> Iterator[None]:
+    """Run the body with this thread on `cpus` (children started meanwhile inherit them)."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@dataclass
+class SdkCore:
+    """A running core with the benchmark functions deployed."""
+
+    config: Path
+    pid: int
+    functions: int
+    log_path: Path
+
+    def invoke(self, index: int, event: dict[str, Any]) -> subprocess.Popen[str]:
+        """Start `edge invoke` of the `index`-th function (the real CLI, over the core's IPC)."""
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "invoke",
+                "--config",
+                str(self.config),
+                "--function-arn",
+                function_arn(index),
+                "--payload",
+                json.dumps(event),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+
+    def call(self, index: int, event: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Invoke and wait; return the handler's answer."""
+        return finish_invoke(self.invoke(index, event), timeout, self.log_path)
+
+
+def finish_invoke(proc: subprocess.Popen[str], timeout: float, log_path: Path) -> dict[str, Any]:
+    """Wait for an `edge invoke` and decode the function's answer, or fail saying why."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"edge invoke did not finish within {timeout:g} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"edge invoke failed ({proc.returncode}): {err.strip()}\ncore log: {log_path}"
+        )
+    return json.loads(out)
+
+
+@contextlib.contextmanager
+def sdk_core(workdir: Path, functions: int, seconds: float, cpu: int | None) -> Iterator[SdkCore]:
+    """Mosquitto, moto, an initialised `edge run` core, the secret and functions deployed."""
+    # Test-only dependencies (boto3, paho, moto): imported only when --sdk asks for them.
+    try:
+        import boto3  # noqa: PLC0415
+
+        from tests.support.core import (  # noqa: PLC0415
+            CoreProcess,
+            Operator,
+            edge_cli,
+            secret_resource,
+        )
+        from tests.support.services import (  # noqa: PLC0415
+            AWS_TEST_ENV,
+            TEST_REGION,
+            run_mosquitto,
+            run_moto,
+        )
+    except ImportError as exc:
+        raise SystemExit(f"--sdk needs the test extra (pip install -e '.[test]'): {exc}") from None
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        raise SystemExit("--sdk needs Mosquitto (apt-get install mosquitto)")
+
+    root = workdir / "sdk"
+    root.mkdir()
+    with run_mosquitto(root / "mosquitto") as broker, run_moto(root / "moto.log") as moto:
+        sm = boto3.client(
+            "secretsmanager",
+            endpoint_url=moto.url,
+            region_name=TEST_REGION,
+            aws_access_key_id=AWS_TEST_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
+        )
+        arn = sm.create_secret(Name=SECRET_NAME, SecretString=ANSWER["SecretString"])["ARN"]
+        thing = "bench-core"
+        config = root / "core.toml"
+        # As tests/support/core.write_config, but logging at the default level: a benchmark
+        # measures the core as deployed, not with debug events.
+        config.write_text(
+            f'[core]\nthing_name = "{thing}"\nstate_dir = "state"\n\n'
+            f'[mqtt]\nurl = "{broker.url}"\n\n'
+            f'[aws]\nregion = "{TEST_REGION}"\nendpoint_url = "{moto.url}"\n\n'
+            '[log]\nlevel = "info"\nformat = "json"\n\n'
+            "[deployments]\nallow_unsigned = true\n"
+        )
+        init = edge_cli("init", "--config", str(config))
+        if init.returncode != 0:
+            raise RuntimeError(f"edge init failed: {init.stderr}")
+        core = CoreProcess(config=config, log_path=root / "core.log")
+        # With --pin the core (every thread, and the workers it spawns) starts on `cpu`.
+        with affinity(None if cpu is None else {cpu}):
+            core.start()
+        operator = Operator(port=broker.port, prefix="edge", thing=thing)
+        try:
+            core.wait_for_event("mqtt.connected", timeout=30)
+            operator.connect()
+            zip_path, digest = build_sdk_package(root / "sdk_loop.zip")
+            code = {"Uri": zip_path.as_uri(), "Sha256": digest}
+            timeout = int(seconds + SDK_START_SLACK_SECONDS) + 120
+            deployment = operator.deploy(
+                [secret_resource(SDK_RESOURCE_ID, arn)],
+                functions=[sdk_function(i, code, timeout) for i in range(1, functions + 1)],
+            )
+            status = operator.final_status(deployment, timeout=60)
+            if status["DeploymentStatus"] != "Success":
+                raise RuntimeError(f"deployment failed: {status.get('ErrorMessage')}")
+            assert core.proc is not None  # noqa: S101 - started above
+            world = SdkCore(
+                config=config, pid=core.proc.pid, functions=functions, log_path=core.log_path
+            )
+            # A first call of each: the workers are up, granted, and answer as expected.
+            for index in range(1, functions + 1):
+                answer = world.call(
+                    index, {"SecretId": SECRET_NAME, "seconds": 0, "warmup": 10}, timeout=60
+                )
+                if answer["ppid"] != world.pid:
+                    raise RuntimeError("the function's worker is not a child of the core")
+            yield world
+        finally:
+            operator.close()
+            if core.proc is not None:
+                core.stop()
+
+
+def measure_sdk(world: SdkCore, clients: int, seconds: float, *, pin: bool) -> Run:
+    """Invoke `clients` functions at once, each timing its own SDK calls from a common start."""
+    if pin and clients == 1:
+        cpus = sorted(os.sched_getaffinity(world.pid))
+    else:
+        cpus = sorted(os.sched_getaffinity(0))
+    slack = SDK_START_SLACK_SECONDS + SDK_START_SLACK_PER_CLIENT * clients
+    event = {
+        "SecretId": SECRET_NAME,
+        "seconds": seconds,
+        "start_at": time.time() + slack,
+        "warmup": WARMUP_CALLS,
+        "cpus": cpus,
+        "core_pid": world.pid,
+    }
+    procs = [world.invoke(index, event) for index in range(1, clients + 1)]
+    results = [finish_invoke(proc, slack + seconds + 120, world.log_path) for proc in procs]
+    for result in results:
+        if result["late_ms"] > 0:
+            print(
+                f"warning: a function started {result['late_ms']:.0f} ms late; its window was "
+                "shorter (raise SDK_START_SLACK_SECONDS)",
+                file=sys.stderr,
+            )
+    count = sum(r["count"] for r in results)
+    # Merge the copies' histograms at the coarsest width any of them used (100 ns normally):
+    # percentiles are then exact to that width, as the other modes' are to the nanosecond.
+    width = max(r["hist_ns"] for r in results)
+    merged: dict[int, int] = {}
+    for result in results:
+        for key, n in result["hist"].items():
+            bucket = int(key) * result["hist_ns"] // width
+            merged[bucket] = merged.get(bucket, 0) + n
+    buckets = sorted(merged.items())
+
+    def percentile(rank: int) -> float:
+        seen = 0
+        for bucket, n in buckets:
+            seen += n
+            if seen > rank:
+                return bucket * width / 1000
+        raise ValueError(rank)
+
+    ticks_before = min(r["core_ticks"][0] for r in results)
+    ticks_after = max(r["core_ticks"][1] for r in results)
+    core_cpu = (ticks_after - ticks_before) / results[0]["clock_ticks_per_second"]
+    return Run(
+        requests_per_second=sum(r["count"] / (r["window_ns"] / 1e9) for r in results),
+        p50_us=percentile(count // 2),
+        p99_us=percentile(min(count - 1, int(count * 0.99))),
+        server_cpu_us=core_cpu / count * 1e6,
+        client_cpu_us=sum(r["cpu_seconds"] for r in results) / count * 1e6,
+    )
+
+
 def report(args: argparse.Namespace, modes: list[Mode], loops: dict[str, str]) -> None:
     """Print the markdown table and the verdict on each target."""
     pinning = "one client pinned to the server's CPU" if args.pin else "not pinned"
+    core_loop = f"; core (edge run) loop: {loops['sdk']}" if "sdk" in loops else ""
     print(
         f"\n{platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs; {args.seconds:g} s per mode, {args.repeat} run(s), "
         f"median run by throughput shown; {pinning}.\n"
-        f"ipc server loop: {loops['ipc']}; http server loop: {loops['http']}\n"
+        f"ipc server loop: {loops['ipc']}; http server loop: {loops['http']}{core_loop}\n"
     )
     print(
         "| mode | clients | req/s | p50 µs | p99 µs | server CPU µs/req "
@@ -329,13 +614,18 @@ def report(args: argparse.Namespace, modes: list[Mode], loops: dict[str, str]) -
     verdicts: list[str] = []
     for mode in modes:
         run = mode.median
-        title = "native IpcClient" if mode.kind == "ipc" else "**baseline**: aiohttp + http.client"
         ratio = run.requests_per_second / baseline[mode.clients].requests_per_second
         print(
-            f"| {title} | {mode.clients} | {run.requests_per_second:,.0f} | {run.p50_us:.1f} "
-            f"| {run.p99_us:.1f} | {run.server_cpu_us:.1f} | {run.client_cpu_us:.1f} "
-            f"| {ratio:.2f}x |"
+            f"| {TITLES[mode.kind]} | {mode.clients} | {run.requests_per_second:,.0f} "
+            f"| {run.p50_us:.1f} | {run.p99_us:.1f} | {run.server_cpu_us:.1f} "
+            f"| {run.client_cpu_us:.1f} | {ratio:.2f}x |"
         )
+        if mode.kind == "sdk":
+            verdicts.append(
+                f"through greengrasssdk >= {SDK_THROUGHPUT_RATIO_TARGET:g}x baseline at "
+                f"{mode.clients} client(s): {ratio:.2f}x -> "
+                f"{'met' if ratio >= SDK_THROUGHPUT_RATIO_TARGET else 'NOT met'}"
+            )
         if mode.kind != "ipc":
             continue
         verdicts.append(
@@ -352,8 +642,6 @@ def report(args: argparse.Namespace, modes: list[Mode], loops: dict[str, str]) -
                 f"p99 <= {P99_TARGET_US:g} µs with 1 client: {run.p99_us:.1f} -> "
                 f"{'met' if run.p99_us <= P99_TARGET_US else 'NOT met'}"
             )
-    if args.sdk:
-        print(f"| {SDK_HOOK} | - | not yet available | | | | | |")
     print()
     for line in verdicts:
         print(f"- {line}")
@@ -371,28 +659,49 @@ def play_role(role: str, rest: list[str]) -> None:
         run_http_client(int(rest[0]), rest[1], float(rest[2]))
 
 
+def core_loop_name() -> str:
+    """The loop `edge run` uses: uvloop whenever it is importable (edge.cli), else asyncio's."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return "asyncio (default)"
+    return f"uvloop {uvloop.__version__}"
+
+
 def conduct(args: argparse.Namespace, modes: list[Mode], workdir: Path) -> dict[str, str]:
-    """Start both servers, run every mode `--repeat` times (interleaved); return loop names."""
+    """Start the servers, run every mode `--repeat` times (interleaved); return loop names."""
     token = secrets.token_urlsafe(32)
     no_uv = "1" if args.no_uvloop else "0"
     socket_path = str(workdir / "ipc" / "core.sock")
-    with (
-        server("_ipc-server", socket_path, token, no_uv) as (ipc, ipc_info),
-        server("_http-server", token, no_uv) as (web, web_info),
-    ):
+    first_cpu = min(os.sched_getaffinity(0))
+    sdk_clients = max((m.clients for m in modes if m.kind == "sdk"), default=0)
+    with contextlib.ExitStack() as stack:
+        # The core first (its deployment takes a few seconds), pinned from birth with --pin.
+        world = (
+            stack.enter_context(
+                sdk_core(workdir, sdk_clients, args.seconds, first_cpu if args.pin else None)
+            )
+            if sdk_clients
+            else None
+        )
+        ipc, ipc_info = stack.enter_context(server("_ipc-server", socket_path, token, no_uv))
+        web, web_info = stack.enter_context(server("_http-server", token, no_uv))
         if args.pin:
-            first_cpu = min(os.sched_getaffinity(0))
             os.sched_setaffinity(ipc.pid, {first_cpu})
             os.sched_setaffinity(web.pid, {first_cpu})
         for repeat in range(args.repeat):
             for mode in modes:
-                if mode.kind == "ipc":
-                    pid, client = ipc.pid, ["_ipc-client", socket_path, token]
+                if mode.kind == "sdk":
+                    assert world is not None  # noqa: S101 - started above for sdk modes
+                    run = measure_sdk(world, mode.clients, args.seconds, pin=args.pin)
                 else:
-                    pid, client = web.pid, ["_http-client", str(web_info["port"]), token]
-                run = measure(
-                    pid, [*client, str(args.seconds)], mode.clients, args.seconds, pin=args.pin
-                )
+                    if mode.kind == "ipc":
+                        pid, client = ipc.pid, ["_ipc-client", socket_path, token]
+                    else:
+                        pid, client = web.pid, ["_http-client", str(web_info["port"]), token]
+                    run = measure(
+                        pid, [*client, str(args.seconds)], mode.clients, args.seconds, pin=args.pin
+                    )
                 mode.runs.append(run)
                 print(
                     f"run {repeat + 1}/{args.repeat} {mode.kind} x{mode.clients}: "
@@ -401,7 +710,10 @@ def conduct(args: argparse.Namespace, modes: list[Mode], workdir: Path) -> dict[
                     f"client {run.client_cpu_us:.1f} µs/req",
                     file=sys.stderr,
                 )
-        return {"ipc": ipc_info["loop"], "http": web_info["loop"]}
+        loops = {"ipc": ipc_info["loop"], "http": web_info["loop"]}
+        if world is not None:
+            loops["sdk"] = core_loop_name()
+        return loops
 
 
 def main() -> None:
@@ -411,14 +723,13 @@ def main() -> None:
         return
     args = parse_args()
     counts = [int(n) for n in args.clients.split(",")]
-    modes = [Mode(kind, n) for n in counts for kind in ("ipc", "http")]
+    kinds = ("ipc", "http", "sdk") if args.sdk else ("ipc", "http")
+    modes = [Mode(kind, n) for n in counts for kind in kinds]
     workdir = Path(tempfile.mkdtemp(prefix="edge-ipc-bench-"))
     try:
         loops = conduct(args, modes, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if args.sdk:
-        print(f"{SDK_HOOK}: not yet available (needs edge.workers)", file=sys.stderr)
     report(args, modes, loops)
 
 

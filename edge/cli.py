@@ -16,7 +16,7 @@ from typing import Any
 from edge.cloud.cli import main as cloud_main
 from edge.config import Config, load_config
 from edge.errors import EdgeError, UsageError
-from edge.log import configure_logging
+from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging
 from edge.secrets.contents import StoreContents
 from edge.secrets.keys import generate_key
 from edge.supervisor import STATE_DIR_MODE, open_store, run_core
@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge",
         description="An edge runtime that delivers AWS Secrets Manager secrets to devices.",
+        parents=[_global_parser()],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -77,18 +78,55 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    demo = sub.add_parser(
+        "demo",
+        help="play the whole story on this machine: broker, Secrets Manager, cloud, core",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave everything running and print the commands to try; Ctrl-C ends it",
+    )
+    # For tests: the secret's value, so they can prove it is printed nowhere.
+    demo.add_argument("--secret-value", help=argparse.SUPPRESS)
+    return parser
+
+
+def _global_parser() -> argparse.ArgumentParser:
+    """Options valid before or after any command, `edge cloud` included; they override [log]."""
+    parser = argparse.ArgumentParser(prog="edge", add_help=False, allow_abbrev=False)
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="console (coloured on a terminal), json (one object per line), or auto: console "
+        "on a terminal, json otherwise (default: [log] format, itself auto by default)",
+    )
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, help="least severe level logged (default: [log] level)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     """Entry point of the `edge` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The global options are taken out first, wherever they are, so that `edge cloud` (which
+    # has a parser of its own) gets them too.
+    logging_options, argv = _global_parser().parse_known_args(argv)
+    level, fmt = logging_options.log_level, logging_options.log_format
+    if argv[:1] in (["cloud"], ["demo"]):
+        configure_logging(level=level or "info", fmt=fmt or "auto")
     if argv[:1] == ["cloud"]:
         return cloud_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
+        if args.command == "demo":
+            from edge.demo import run_demo  # noqa: PLC0415 - only `edge demo` needs it
+
+            return run_demo(keep=args.keep, secret_value=args.secret_value)
         config = load_config(args.config)
-        configure_logging(level=config.log.level, fmt=config.log.format)
+        configure_logging(level=level or config.log.level, fmt=fmt or config.log.format)
         if args.command == "init":
             return _init(config, key_type=args.key_type, rsa_bits=args.rsa_bits)
         if args.command == "run":

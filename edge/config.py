@@ -85,7 +85,8 @@ class LogSettings:
     """`[log]`: structured log output on stderr."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["console", "json"] = "console"
+    #: "auto": console on a terminal, JSON lines otherwise.
+    format: Literal["auto", "console", "json"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +317,7 @@ def _fetch(s: _Section) -> FetchConfig:
 
 def _log(s: _Section) -> LogSettings:
     level = s.choice("level", "info", ("debug", "info", "warning", "error"))
-    fmt = s.choice("format", "console", ("console", "json"))
+    fmt = s.choice("format", "auto", ("auto", "console", "json"))
     return LogSettings(level=level, format=fmt)  # type: ignore[arg-type]
 
 

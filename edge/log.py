@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
@@ -107,14 +108,53 @@ def _textual_forms(value: str | bytes) -> set[str]:
 REDACTOR = SecretRedactor()
 
 
+#: `[log] format` / `--log-format` values; "auto" picks console on a terminal, JSON elsewhere.
+LOG_FORMATS = ("auto", "console", "json")
+#: `[log] level` / `--log-level` values.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def resolve_format(fmt: str, stream: TextIO) -> str:
+    """Return "console" or "json": "auto" means console on a terminal, JSON lines otherwise.
+
+    A person at a terminal reads coloured lines; a file, a pipe, journald or a container's log
+    driver gets one JSON object per line that tools can parse.
+    """
+    if fmt != "auto":
+        return fmt
+    return "console" if _is_tty(stream) else "json"
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def configure_logging(
-    *, level: str = "info", fmt: str = "console", stream: TextIO | None = None
+    *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None
 ) -> None:
-    """Set up structlog for the process: contextvars first, redaction last before rendering."""
+    """Set up structlog for the process: contextvars first, redaction last before rendering.
+
+    Args:
+        level: "debug", "info", "warning" or "error".
+        fmt: "console" (human-readable, coloured when `stream` is a terminal), "json" (one
+            object per line) or "auto" (console on a terminal, JSON otherwise).
+        stream: Where log lines go (default: stderr).
+    """
+    out = stream or sys.stderr
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        if resolve_format(fmt, out) == "json"
+        else structlog.dev.ConsoleRenderer(
+            # Colour for people at a terminal, unless they opted out (no-color.org).
+            colors=_is_tty(out) and "NO_COLOR" not in os.environ,
+            # format_exc_info renders tracebacks before this; should one reach the renderer,
+            # plain text, never rich's with local variables (a local can hold a secret value;
+            # rich arrives with the demo's broker).
+            exception_formatter=structlog.dev.plain_traceback,
+        )
     )
     structlog.configure(
         processors=[
@@ -128,12 +168,12 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     # Libraries (aiomqtt/paho, botocore) log through stdlib logging: keep them quiet but visible,
     # and through the same redaction.
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.addFilter(_StdlibRedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -58,12 +58,21 @@ _UNQUALIFIED_PARTS = 7  # arn:partition:lambda:region:account:function:name
 
 
 def same_function(a: str, b: str) -> bool:
-    """ARNs equal, or one unqualified and equal to the other without its qualifier."""
+    """ARNs equal, or Lambda ARNs, one unqualified and equal to the other without its qualifier.
+
+    Anything else (a connector's ARN, `cloud`) matches only itself, exactly.
+    """
     if a == b:
         return True
     pa, pb = a.split(":"), b.split(":")
+    if not (_is_lambda(pa) and _is_lambda(pb)):
+        return False
     unqualified = len(pa) == _UNQUALIFIED_PARTS or len(pb) == _UNQUALIFIED_PARTS
     return unqualified and pa[:_UNQUALIFIED_PARTS] == pb[:_UNQUALIFIED_PARTS]
+
+
+def _is_lambda(parts: list[str]) -> bool:
+    return len(parts) >= _UNQUALIFIED_PARTS and parts[2] == "lambda" and parts[5] == "function"
 
 
 def parse_routes(subscriptions: Iterable[Mapping[str, Any]]) -> tuple[Route, ...]:
@@ -135,5 +144,6 @@ class Router:
                 target, payload, client_context=context, invocation_type="Event"
             )
         except UnknownFunctionError:
-            # Connectors are routed here too once they exist; an unknown target is a no-op.
+            # Functions and connectors are both workers the manager knows by ARN; a target
+            # that isn't deployed is a no-op.
             self._log.warning("router.unknown_target", target=target, topic=topic)

@@ -34,15 +34,25 @@ class SecretIndex:
     by_id: Mapping[str, LocalSecret] = field(default_factory=dict)
     #: Qualified function ARN -> resource ids it may read.
     grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: (resource id, version id) -> the answer, built once per deployment: the hot path then
+    #: only looks up and checks. Shared dicts: nothing downstream mutates an answer.
+    answers: Mapping[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, contents: StoreContents, specs: tuple[FunctionSpec, ...]) -> SecretIndex:
         """Index secrets by name and by ARN (exact strings only: no prefix or pattern tricks)."""
         by_id: dict[str, LocalSecret] = {}
+        answers: dict[tuple[str, str], dict[str, Any]] = {}
         for secret in contents.secrets.values():
             by_id[secret.name] = secret
             by_id[secret.arn] = secret
-        return cls(by_id=by_id, grants={s.function_arn: s.readable_resources for s in specs})
+            for version in secret.versions.values():
+                answers[secret.resource_id, version.version_id] = secret_answer(secret, version)
+        return cls(
+            by_id=by_id,
+            grants={s.function_arn: s.readable_resources for s in specs},
+            answers=answers,
+        )
 
 
 class ServiceError(Exception):
@@ -111,7 +121,8 @@ def get_secret_value(
                 f"staging label {label!r} of secret {secret.name!r} is not deployed to this core; "
                 f"add it to AdditionalStagingLabelsToDownload",
             )
-    return secret_answer(secret, version)
+    cached = index.answers.get((secret.resource_id, version.version_id))
+    return cached if cached is not None else secret_answer(secret, version)
 
 
 class CoreServices:

@@ -67,9 +67,12 @@ class FunctionSpec:
 
     @property
     def name(self) -> str:
-        """The function name from its ARN (`…:function:NAME[:qualifier]`)."""
+        """The name in the ARN: `…:function:NAME[:qualifier]` or `…::/connectors/NAME/…`."""
         parts = self.function_arn.split(":")
-        return parts[6] if len(parts) > 6 else self.function_arn  # noqa: PLR2004 - ARN layout
+        if len(parts) > 6:  # noqa: PLR2004 - ARN layout
+            return parts[6]
+        path = parts[-1].split("/")  # a connector: "/connectors/NAME/versions/N"
+        return path[2] if len(path) > 2 and path[1] == "connectors" else self.function_arn  # noqa: PLR2004
 
     @property
     def unqualified_arn(self) -> str:

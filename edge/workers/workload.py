@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The group's running part: functions, the IPC that serves them, and message routing.
+"""The group's running part: functions, connectors, the IPC that serves them, and routing.
 
 A deployment goes through two steps here. `prepare` (before the store rotates) reads every
-function's run configuration and fetches, verifies and unpacks its code; anything wrong fails
-the deployment with nothing changed. `activate` (after the store rotated) swaps the secret
-index and grants, the subscriptions, and the workers. `restore` does the same from the store
-at start, without the network.
+connector's and function's run configuration and fetches, verifies and unpacks the functions'
+code (connectors' code is built in); anything wrong fails the deployment with nothing changed.
+`activate` (after the store rotated) swaps the secret index and grants, the subscriptions, and
+the workers. `restore` does the same from the store at start, without the network.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from edge.log import get_logger
 from edge.model import Deployment, parse_group
 from edge.secrets.contents import StoreContents
 from edge.workers.code import S3Reader, prepare_code
+from edge.workers.connectors import connector_code_dirs, connector_specs
 from edge.workers.manager import WorkerManager
 from edge.workers.router import Router, parse_routes
 from edge.workers.services import CoreServices
@@ -44,10 +45,15 @@ SubscriptionSetter = Callable[[list[str]], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class PreparedWorkload:
-    """A deployment's functions, ready to start: specs and unpacked code directories."""
+    """A deployment's workers, ready to start.
+
+    `specs` and `code_dirs` are the functions and their unpacked code (recorded in the store);
+    `connectors` run from their built-in folders, found again at every start.
+    """
 
     specs: tuple[FunctionSpec, ...] = ()
     code_dirs: Mapping[str, Path] = field(default_factory=dict)
+    connectors: tuple[FunctionSpec, ...] = ()
 
 
 class Workload:
@@ -119,6 +125,8 @@ class Workload:
 
     async def prepare(self, deployment: Deployment) -> PreparedWorkload:
         """Read run configurations and fetch every function's code (all or nothing)."""
+        # Connectors first: checking them is cheap and needs no network.
+        connectors = connector_specs(deployment.group)
         specs = function_specs(deployment.group)
         dirs = await asyncio.gather(
             *(
@@ -129,27 +137,40 @@ class Workload:
             )
         )
         return PreparedWorkload(
-            specs=specs, code_dirs={s.function_arn: d for s, d in zip(specs, dirs, strict=True)}
+            specs=specs,
+            code_dirs={s.function_arn: d for s, d in zip(specs, dirs, strict=True)},
+            connectors=connectors,
         )
 
     async def activate(self, contents: StoreContents, prepared: PreparedWorkload) -> None:
         """Switch to a deployment's secrets, grants, routes and workers."""
-        self.services.update(contents, prepared.specs)
+        workers = (*prepared.specs, *prepared.connectors)
+        self.services.update(contents, workers)
         self.router.update(
             parse_routes(parse_group(contents.group).subscriptions) if contents.group else ()
         )
         await self._set_subscriptions(self.router.cloud_subjects())
-        await self.manager.apply(prepared.specs, prepared.code_dirs)
+        await self.manager.apply(
+            workers, {**prepared.code_dirs, **connector_code_dirs(prepared.connectors)}
+        )
 
     async def restore(self, contents: StoreContents) -> None:
         """Start what the store says was deployed, from code already on disk."""
         if not contents.group:
             return
         try:
-            specs = function_specs(parse_group(contents.group))
+            group = parse_group(contents.group)
+            specs = function_specs(group)
         except DeploymentInvalidError as exc:
             self._log.warning("workload.restore_failed", error=str(exc))
             return
+        try:
+            connectors = connector_specs(group)
+        except DeploymentInvalidError as exc:
+            # The deployed connector is no longer built in (this core was upgraded since):
+            # run the functions rather than nothing; the next deployment reports the problem.
+            self._log.warning("workload.connectors_restore_failed", error=str(exc))
+            connectors = ()
         dirs = {arn: Path(d) for arn, d in contents.code_dirs.items()}
         runnable = tuple(
             s for s in specs if s.function_arn in dirs and dirs[s.function_arn].is_dir()
@@ -159,7 +180,9 @@ class Workload:
                 "workload.code_missing",
                 functions=[s.function_arn for s in specs if s not in runnable],
             )
-        await self.activate(contents, PreparedWorkload(specs=runnable, code_dirs=dirs))
+        await self.activate(
+            contents, PreparedWorkload(specs=runnable, code_dirs=dirs, connectors=connectors)
+        )
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -36,7 +36,7 @@ def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
     assert config.mqtt.status_topic("core-1") == "edge/things/core-1/deployments/status"
     assert config.aws.endpoint_url is None
     assert config.fetch.concurrency == 16
-    assert config.log.format == "console"
+    assert config.log.format == "auto"
 
 
 def test_example_config_is_valid() -> None:

@@ -10,6 +10,7 @@ functions become native operations), and keeps the answer until `get_work_result
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import threading
@@ -20,6 +21,11 @@ from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_INVOKE, OP_PUBLISH
 
 _client_lock = threading.Lock()
 _shared_client: IpcClient | None = None
+# Fixed for the worker's life: read once, not per call (the secrets path is hot).
+_SECRETS_MANAGER_ARN = os.environ.get("SECRETS_MANAGER_FUNCTION_ARN")
+_ROUTER_ARN = os.environ.get("ROUTER_FUNCTION_ARN")
+# Invocation ids only need to be unique within this process.
+_invocation_ids = itertools.count(1)
 
 
 class IPCException(Exception):  # noqa: N818 - V1's name, imported by greengrasssdk
@@ -47,6 +53,8 @@ class GetWorkResultOutput:
 def _client() -> IpcClient:
     """One connection per worker process, shared by every SDK client in it."""
     global _shared_client  # noqa: PLW0603 - a process-wide connection is the point
+    if _shared_client is not None:  # the common case: no lock once connected
+        return _shared_client
     with _client_lock:
         if _shared_client is None:
             socket_path = os.environ.get("EDGE_IPC_SOCKET")
@@ -80,13 +88,13 @@ class IPCClient:
         """Send work to a function (or a system function); return an invocation id."""
         context = client_context.decode() if isinstance(client_context, bytes) else client_context
         data = payload.encode() if isinstance(payload, str) else bytes(payload or b"")
-        if function_arn == os.environ.get("SECRETS_MANAGER_FUNCTION_ARN"):
+        if function_arn == _SECRETS_MANAGER_ARN:
             output = self._secrets_manager(data)
-        elif function_arn == os.environ.get("ROUTER_FUNCTION_ARN"):
+        elif function_arn == _ROUTER_ARN:
             output = self._publish(data, context)
         else:
             output = self._invoke(function_arn, data, context, invocation_type)
-        invocation_id = os.urandom(16).hex()
+        invocation_id = str(next(_invocation_ids))
         if invocation_type != "Event":
             output.invocation_id = invocation_id
             with self._lock:

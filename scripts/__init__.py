@@ -1,1 +1,0 @@
-"""Developer scripts run by the Makefile."""
