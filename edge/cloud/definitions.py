@@ -180,12 +180,19 @@ def check_cores(items: list[Any]) -> str | None:
     return thing
 
 
-def check_subscriptions(items: list[Any], *, function_arns: set[str] | None, what: str) -> None:
+def check_subscriptions(
+    items: list[Any],
+    *,
+    function_arns: set[str] | None,
+    what: str,
+    connector_arns: set[str] | None = None,
+) -> None:
     """Check each subscription's Source and Target names something that can exist.
 
     Args:
         items: The subscriptions (already shape-checked by the group model).
         function_arns: The group's function ARNs; None checks the form only.
+        connector_arns: The group's connector ARNs; None skips the connector check.
         what: Names the object for messages ("group version").
 
     Raises:
@@ -208,6 +215,14 @@ def check_subscriptions(items: list[Any], *, function_arns: set[str] | None, wha
                 raise DefinitionInvalidError(
                     what, f"{where}: {key} {quoted(value)} names no function of the group"
                 )
+            if connector_arns is not None and _is_connector(value) and value not in connector_arns:
+                raise DefinitionInvalidError(
+                    what, f"{where}: {key} {quoted(value)} names no connector of the group"
+                )
+
+
+def _is_connector(arn: str) -> bool:
+    return ":/connectors/" in arn
 
 
 def _is_lambda(arn: str) -> bool:

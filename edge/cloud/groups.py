@@ -120,6 +120,7 @@ def validate_group(resolved: ResolvedGroup) -> None:
     check_subscriptions(
         resolved.group["Subscriptions"],
         function_arns={fn.function_arn for fn in parsed.functions},
+        connector_arns={c.connector_arn for c in parsed.connectors},
         what="group version",
     )
 

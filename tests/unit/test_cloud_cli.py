@@ -324,6 +324,15 @@ INVALID_GROUPS = [
         },
         f'Subscriptions[0] (Id "s1"): Target "{GHOST}" names no function of the group',
     ),
+    (
+        {
+            "function": [function("f", [])],
+            "subscription": [
+                {"Id": "s1", "Source": "cloud", "Subject": "twilio/txt", "Target": CONNECTOR}
+            ],
+        },
+        f'Subscriptions[0] (Id "s1"): Target "{CONNECTOR}" names no connector of the group',
+    ),
 ]
 
 
@@ -347,7 +356,7 @@ def test_a_valid_group_version_is_stored_with_its_arns(cli: Cli) -> None:
         "subscription",
         [
             {"Id": "s1", "Source": "cloud", "Subject": "t", "Target": FUNCTION},
-            {"Id": "s2", "Source": FUNCTION, "Subject": "t", "Target": CONNECTOR},
+            {"Id": "s2", "Source": FUNCTION, "Subject": "t", "Target": "cloud"},
         ],
     )
     group_id = cli.group()
