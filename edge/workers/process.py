@@ -120,15 +120,25 @@ def _drop_privileges(uid: int, gid: int) -> Callable[[], None]:
 
 
 def resident_kb(pid: int) -> int | None:
-    """The process's resident set size in KB, or None if it is gone."""
+    """Resident memory the process owns, in KB (None if it is gone).
+
+    RssAnon + RssShmem: what the worker allocated itself. The interpreter's and libraries'
+    file-backed pages (RssFile, ~7 MB) are shared with the core and every other worker and are
+    not the function's to pay for, as a memory cgroup wouldn't charge them to it either. Kernels
+    without the split (before 4.5) report VmRSS instead.
+    """
+    fields: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:  # noqa: PTH123 - hot loop
             for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                if line.startswith(("RssAnon:", "RssShmem:", "VmRSS:")):
+                    name, value = line.split(":", 1)
+                    fields[name] = int(value.split()[0])
     except (OSError, ValueError):
         return None
-    return 0
+    if "RssAnon" in fields:
+        return fields["RssAnon"] + fields.get("RssShmem", 0)
+    return fields.get("VmRSS", 0)
 
 
 class WorkerProcess:
