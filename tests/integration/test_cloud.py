@@ -22,6 +22,7 @@ import boto3
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.demo.reference import REFERENCE_ARN, REFERENCE_RESOURCES
 from edge.signing import load_signing_key, seal
 from tests.support.core import REPO, CoreProcess, Operator, edge_cli, write_config
 from tests.support.functions import build_package
@@ -31,25 +32,9 @@ pytestmark = pytest.mark.network
 
 ACCOUNT = "123456789012"
 
-# The reference document's command, verbatim but for the secret's ARN (a moto secret's).
-REFERENCE_INITIAL_VERSION = """{
-    "Resources": [
-        {
-            "Id": "my-resource-id",
-            "Name": "MySecretResource",
-            "ResourceDataContainer": {
-                "SecretsManagerSecretResourceData": {
-                    "ARN": "arn:aws:secretsmanager:us-west-2:123456789012:secret:greengrass-SomeSecret-KUj89s",
-                    "AdditionalStagingLabelsToDownload": [
-                        "Label1",
-                        "Label2"
-                    ]
-                }
-            }
-        }
-    ]
-}"""  # noqa: E501 - verbatim from the reference document
-REFERENCE_ARN = "arn:aws:secretsmanager:us-west-2:123456789012:secret:greengrass-SomeSecret-KUj89s"
+# The reference document's command, verbatim but for the secret's ARN (a moto secret's): the
+# demo deploys the same text.
+REFERENCE_INITIAL_VERSION = REFERENCE_RESOURCES
 
 # The reference document's function definition, verbatim.
 REFERENCE_FUNCTIONS = """{
