@@ -22,6 +22,7 @@ import random
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -123,6 +124,16 @@ def message_id(message: dict[str, Any]) -> str | None:
     """The message's `id` if it is a non-empty string; the status echoes it back."""
     value = message.get("id")
     return value if isinstance(value, str) and value else None
+
+
+Handler = Callable[[object, str | None, float, dict[str, str]], dict[str, Any]]
+
+
+def serve(handle: Handler, status_topic: str, event: object, context: Any) -> dict[str, Any]:  # noqa: ANN401 - V1's context object
+    """Run one message through `handle(event, topic, deadline, parameters)`; publish its status."""
+    status = handle(event, subject(context), deadline(context), parameters())
+    publish(status_topic, status)
+    return status
 
 
 def success(request: str | None, payload: dict[str, Any]) -> dict[str, Any]:

@@ -125,9 +125,12 @@ class Config:
 class _Section:
     """Reads one TOML table, type-checking each key and remembering which were used."""
 
-    def __init__(self, path: Path, name: str, table: object) -> None:
+    def __init__(
+        self, path: Path, name: str, table: object, *, example: str = "config.example.toml"
+    ) -> None:
         self.path = path
         self.name = name
+        self.example = example
         if not isinstance(table, dict):
             raise ConfigError(str(path), "must be a table", key=f"[{name}]")
         self.table: dict[str, Any] = table
@@ -198,10 +201,39 @@ class _Section:
     def finish(self) -> None:
         unknown = sorted(set(self.table) - self.used)
         if unknown:
-            raise self.error(unknown[0], "is not a known key (see config.example.toml)")
+            raise self.error(unknown[0], f"is not a known key (see {self.example})")
 
 
+_EXAMPLE = "config.example.toml"
 _SECTIONS = ("core", "mqtt", "aws", "fetch", "log", "deployments", "workers")
+
+
+def read_toml(path: Path | str, *, example: str) -> tuple[dict[str, Any], Path]:
+    """Read a TOML config file; return its tables and its resolved path.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not TOML (the message names `example`).
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), f"no such file; copy {example} to start") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"can't be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"is not valid TOML: {exc}") from None
+    return raw, path.resolve()
+
+
+def open_sections(
+    raw: dict[str, Any], *, path: Path, names: tuple[str, ...], example: str
+) -> dict[str, _Section]:
+    """One reader per known table (absent ones empty); an unknown table is an error."""
+    for name in raw:
+        if name not in names:
+            raise ConfigError(str(path), f"is not a known section (see {example})", key=f"[{name}]")
+    return {name: _Section(path, name, raw.get(name, {}), example=example) for name in names}
 
 
 def load_config(path: Path | str) -> Config:
@@ -210,26 +242,13 @@ def load_config(path: Path | str) -> Config:
     Raises:
         ConfigError: the file is missing, not TOML, or a key is unknown, missing or wrong.
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), "no such file; copy config.example.toml to start") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), f"can't be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"is not valid TOML: {exc}") from None
-    return parse_config(raw, path=path.resolve())
+    raw, resolved = read_toml(path, example=_EXAMPLE)
+    return parse_config(raw, path=resolved)
 
 
 def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
     """Validate an already-parsed TOML document (see `load_config`)."""
-    for name in raw:
-        if name not in _SECTIONS:
-            raise ConfigError(
-                str(path), "is not a known section (see config.example.toml)", key=f"[{name}]"
-            )
-    sections = {name: _Section(path, name, raw.get(name, {})) for name in _SECTIONS}
+    sections = open_sections(raw, path=path, names=_SECTIONS, example=_EXAMPLE)
     config = Config(
         path=path,
         core=_core(sections["core"]),

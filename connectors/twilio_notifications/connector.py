@@ -54,9 +54,7 @@ class Notification:
 
 def function_handler(event: object, context: Any) -> dict[str, Any]:  # noqa: ANN401
     """Serve one request and publish its status on twilio/message/status."""
-    status = handle(event, kit.subject(context), kit.deadline(context), kit.parameters())
-    kit.publish(STATUS_TOPIC, status)
-    return status
+    return kit.serve(handle, STATUS_TOPIC, event, context)
 
 
 def handle(

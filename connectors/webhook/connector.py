@@ -22,9 +22,7 @@ MAX_RETRIES: Final = 5
 
 def function_handler(event: object, context: Any) -> dict[str, Any]:  # noqa: ANN401
     """Deliver one message and publish its status on webhook/status."""
-    status = handle(event, kit.subject(context), kit.deadline(context), kit.parameters())
-    kit.publish(STATUS_TOPIC, status)
-    return status
+    return kit.serve(handle, STATUS_TOPIC, event, context)
 
 
 def handle(

@@ -8,7 +8,6 @@ against the config file's directory; unknown sections and keys are errors that n
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,11 @@ from edge.config import (
     AwsSettings,
     MqttSettings,
     Section,
+    open_sections,
     parse_aws_section,
     parse_mqtt_section,
+    read_toml,
 )
-from edge.errors import ConfigError
 
 #: The account id in ARNs when none is configured: the one AWS's documentation uses.
 DEFAULT_ACCOUNT_ID = "123456789012"
@@ -54,15 +54,6 @@ class CloudConfig:
     aws: AwsSettings
 
 
-class _CloudSection(Section):
-    """A section reader whose unknown-key message points at the control plane's example."""
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            raise self.error(unknown[0], f"is not a known key (see {_EXAMPLE})")
-
-
 _SECTIONS = ("cloud", "mqtt", "aws")
 
 
@@ -72,26 +63,13 @@ def load_cloud_config(path: Path | str) -> CloudConfig:
     Raises:
         ConfigError: The file is missing, not TOML, or a key is unknown, missing or wrong.
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), f"no such file; copy {_EXAMPLE} to start") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), f"can't be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"is not valid TOML: {exc}") from None
-    return parse_cloud_config(raw, path=path.resolve())
+    raw, resolved = read_toml(path, example=_EXAMPLE)
+    return parse_cloud_config(raw, path=resolved)
 
 
 def parse_cloud_config(raw: dict[str, Any], *, path: Path) -> CloudConfig:
     """Validate an already-parsed control-plane TOML document (see `load_cloud_config`)."""
-    for name in raw:
-        if name not in _SECTIONS:
-            raise ConfigError(
-                str(path), f"is not a known section (see {_EXAMPLE})", key=f"[{name}]"
-            )
-    sections = {name: _CloudSection(path, name, raw.get(name, {})) for name in _SECTIONS}
+    sections = open_sections(raw, path=path, names=_SECTIONS, example=_EXAMPLE)
     config = CloudConfig(
         path=path,
         cloud=_cloud(sections["cloud"]),

@@ -26,6 +26,7 @@ from edge.demo.reference import REFERENCE_ARN, REFERENCE_RESOURCES
 from edge.signing import load_signing_key, seal
 from tests.support.core import REPO, CoreProcess, Operator, edge_cli, write_config
 from tests.support.functions import build_package
+from tests.support.reference import REFERENCE_FUNCTIONS
 from tests.support.services import AWS_TEST_ENV, TEST_REGION, Mosquitto, MotoServer
 
 pytestmark = pytest.mark.network
@@ -35,30 +36,6 @@ ACCOUNT = "123456789012"
 # The reference document's command, verbatim but for the secret's ARN (a moto secret's): the
 # demo deploys the same text.
 REFERENCE_INITIAL_VERSION = REFERENCE_RESOURCES
-
-# The reference document's function definition, verbatim.
-REFERENCE_FUNCTIONS = """{
-    "Functions": [
-        {
-            "Id": "MyLambdaFunction",
-            "FunctionArn": "arn:aws:lambda:us-west-2:123456789012:function:myFunction:1",
-            "FunctionConfiguration": {
-                "Pinned": false,
-                "MemorySize": 16384,
-                "Timeout": 10,
-                "Environment": {
-                    "ResourceAccessPolicies": [
-                        {
-                            "ResourceId": "MyApiKey",
-                            "Permission": "ro"
-                        }
-                    ],
-                    "AccessSysfs": true
-                }
-            }
-        }
-    ]
-}"""
 
 
 def write_cloud_config(path: Path, *, broker: Mosquitto, moto: MotoServer) -> Path:

@@ -19,44 +19,8 @@ from edge.model import (
     SecretResource,
     parse_group,
 )
+from tests.support.reference import REFERENCE_ARN, REFERENCE_FUNCTION_JSON, REFERENCE_RESOURCE_JSON
 
-# The secret resource and the function of the V1 "Working with secret resources" page, verbatim.
-REFERENCE_RESOURCE_JSON = """
-{
-    "Id": "my-resource-id",
-    "Name": "MySecretResource",
-    "ResourceDataContainer": {
-        "SecretsManagerSecretResourceData": {
-            "ARN": "arn:aws:secretsmanager:us-west-2:123456789012:secret:greengrass-SomeSecret-KUj89s",
-            "AdditionalStagingLabelsToDownload": [
-                "Label1",
-                "Label2"
-            ]
-        }
-    }
-}
-"""  # noqa: E501 - verbatim from the documentation
-REFERENCE_FUNCTION_JSON = """
-{
-    "Id": "MyLambdaFunction",
-    "FunctionArn": "arn:aws:lambda:us-west-2:123456789012:function:myFunction:1",
-    "FunctionConfiguration": {
-        "Pinned": false,
-        "MemorySize": 16384,
-        "Timeout": 10,
-        "Environment": {
-            "ResourceAccessPolicies": [
-                {
-                    "ResourceId": "MyApiKey",
-                    "Permission": "ro"
-                }
-            ],
-            "AccessSysfs": true
-        }
-    }
-}
-"""
-REFERENCE_ARN = "arn:aws:secretsmanager:us-west-2:123456789012:secret:greengrass-SomeSecret-KUj89s"
 TWILIO_ARN = (
     "arn:aws:secretsmanager:us-west-2:123456789012:secret:greengrass-TwilioAuthToken-ntSlp6"
 )

@@ -23,29 +23,10 @@ from edge.workers.spec import (
     function_spec,
     function_specs,
 )
+from tests.support.reference import REFERENCE_FUNCTION_JSON
 
-# The function of the V1 "Working with secret resources" page, verbatim, plus the Handler and
-# Code that a published function version carries.
-REFERENCE_FUNCTION_JSON = """
-{
-    "Id": "MyLambdaFunction",
-    "FunctionArn": "arn:aws:lambda:us-west-2:123456789012:function:myFunction:1",
-    "FunctionConfiguration": {
-        "Pinned": false,
-        "MemorySize": 16384,
-        "Timeout": 10,
-        "Environment": {
-            "ResourceAccessPolicies": [
-                {
-                    "ResourceId": "MyApiKey",
-                    "Permission": "ro"
-                }
-            ],
-            "AccessSysfs": true
-        }
-    }
-}
-"""
+# The function of the V1 "Working with secret resources" page (REFERENCE_FUNCTION_JSON) gets
+# the Handler and Code that a published function version carries.
 API_KEY_RESOURCE = {
     "Id": "MyApiKey",
     "Name": "MyApiKey",
