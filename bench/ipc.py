@@ -55,12 +55,13 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.ipc.client import IpcClient
-from edge.ipc.protocol import OP_GET_SECRET_VALUE, Request, Response
+from edge.ipc.protocol import OP_GET_SECRET_VALUE
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -137,12 +138,34 @@ def use_loop(no_uvloop: bool) -> str:  # noqa: FBT001 - a command-line switch
     return "asyncio (default)"
 
 
-def answer_secret(_identity: object, request: Request) -> Response:
-    """The benchmark's handler: a synchronous in-memory lookup, as the core's is."""
-    secret = SECRETS.get(request.args.get("SecretId", ""))
-    if secret is None:
-        return Response.failure(request.request_id, 404, "no such secret")
-    return Response.success(request.request_id, secret)
+def core_services() -> Any:
+    """The core's own request handler, holding ANSWER's secret and granting it to "bench".
+
+    The native mode answers with the code the core runs (name/ARN index, access check,
+    answers encoded once per deployment), not with a stand-in.
+    """
+    from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents  # noqa: PLC0415
+    from edge.workers.services import CoreServices  # noqa: PLC0415
+
+    version = SecretVersion(
+        ANSWER["VersionId"],
+        tuple(ANSWER["VersionStages"]),
+        ANSWER["CreatedDate"],
+        secret_string=ANSWER["SecretString"],
+    )
+    secret = LocalSecret(
+        resource_id="bench-secret",
+        arn=ANSWER["ARN"],
+        name=ANSWER["Name"],
+        labels={"AWSCURRENT": version.version_id},
+        versions={version.version_id: version},
+    )
+    contents = StoreContents(secrets={secret.resource_id: secret})
+    grant = SimpleNamespace(function_arn="bench", readable_resources=frozenset({"bench-secret"}))
+    # Only get_secret_value is served here: no worker manager, nothing to publish to.
+    services = CoreServices(manager=None, publish=None)  # type: ignore[arg-type]
+    services.update(contents, (grant,))  # type: ignore[arg-type]
+    return services
 
 
 def run_ipc_server(socket_path: str, token: str, no_uvloop: bool) -> None:  # noqa: FBT001
@@ -155,7 +178,8 @@ def run_ipc_server(socket_path: str, token: str, no_uvloop: bool) -> None:  # no
     loop_name = use_loop(no_uvloop)
 
     async def serve() -> None:
-        async with IpcServer(socket_path=Path(socket_path), handler=answer_secret) as server:
+        handler = core_services()
+        async with IpcServer(socket_path=Path(socket_path), handler=handler) as server:
             server.register(token, WorkerIdentity(function_arn="bench", uid=os.getuid()))
             print(json.dumps({"loop": loop_name}), flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)

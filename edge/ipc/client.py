@@ -45,6 +45,7 @@ from edge.ipc.protocol import (
     MAX_REQUEST_ID,
     NEED_DATA,
     OP_GET_SECRET_VALUE,
+    OP_GET_SECRET_VALUE_V1,
     Connection,
     Goodbye,
     Hello,
@@ -65,7 +66,7 @@ __all__ = [
 
 #: Operations that may be sent again after a connection broke with them in flight: running
 #: them twice has the same effect as once.
-IDEMPOTENT_OPS: Final = frozenset({OP_GET_SECRET_VALUE})
+IDEMPOTENT_OPS: Final = frozenset({OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1})
 #: Seconds allowed for connecting and the Hello/Welcome exchange when a call has no timeout.
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 _READ_SIZE = 65536
@@ -312,7 +313,7 @@ class IpcClient:
         """Send a request; return its link, its id, and whether this thread is the reader."""
         with self._lock:
             link = self._link
-            if link is None or link.broken is not None or link.pid != os.getpid():
+            if link is None or link.broken is not None or (_CHECK_PID and link.pid != os.getpid()):
                 link = self._relink(deadline, timeout)
             request_id = link.next_id
             link.next_id = request_id + 1 if request_id < MAX_REQUEST_ID else 1
@@ -494,6 +495,9 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+# Where the fork hook resets clients in a child, calls needn't ask for their pid (a system call
+# per request) to notice they were forked.
+_CHECK_PID = not hasattr(os, "register_at_fork")
 
 
 def _is_connected(sock: socket.socket) -> bool:

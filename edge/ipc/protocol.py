@@ -14,7 +14,7 @@ Frame format::
     | endian, of the payload | bytes: {"type": "<tag>", <field>: <value>…} |
     +------------------------+---------------------------------------------+
 
-The map holds exactly the event's dataclass fields plus "type" (`hello`, `welcome`, `goodbye`,
+The map holds exactly the event's fields plus "type" (`hello`, `welcome`, `goodbye`,
 `request`, `response`, `invoke`, `invoke_result`). Unknown or missing fields, wrong field types,
 msgpack extension types and anything longer than `MAX_FRAME_SIZE` are refused, so a peer can
 only ever hand the core the seven shapes below.
@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
-from typing import Any, ClassVar, Final, NoReturn, TypeAlias
+from typing import Any, ClassVar, Final, NamedTuple, NoReturn, TypeAlias
 
 import msgpack
 
@@ -63,10 +62,15 @@ MAX_REQUEST_ID: Final = 2**63 - 1
 MAX_OP_LENGTH: Final = 128
 
 OP_GET_SECRET_VALUE: Final = "secretsmanager.get_secret_value"  # noqa: S105 - an op name
+#: The same read in Greengrass V1's own terms, for the `greengrasssdk` compat layer: the
+#: SDK's JSON request as `{"Payload": bytes}`, answered with `{"Payload": <V1's JSON answer>}`
+#: (errors as for OP_GET_SECRET_VALUE). The core parses and encodes the JSON once per request
+#: shape and secret version, so the worker does neither.
+OP_GET_SECRET_VALUE_V1: Final = "secretsmanager.get_secret_value_v1"  # noqa: S105 - an op name
 OP_INVOKE: Final = "lambda.invoke"
 OP_PUBLISH: Final = "iotdata.publish"
 #: The operations the core serves; anything else is answered with status 400.
-KNOWN_OPS: Final = frozenset({OP_GET_SECRET_VALUE, OP_INVOKE, OP_PUBLISH})
+KNOWN_OPS: Final = frozenset({OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1, OP_INVOKE, OP_PUBLISH})
 
 #: The statuses Greengrass V1's IPC put in its `{"Status": …, "Message": …}` error payloads.
 ERROR_STATUSES: Final = frozenset({400, 403, 404, 408, 413, 500})
@@ -94,8 +98,43 @@ def _check_int(value: object, name: str, *, minimum: int, maximum: int = MAX_REQ
         raise LocalProtocolError(f"{name} must be an int in [{minimum}, {maximum}]")
 
 
-@dataclass(frozen=True, slots=True)
-class Hello:
+class _Event:
+    """What the seven frame events share: equality by fields, a field-wise repr, no __dict__.
+
+    Events are values: treat them as read-only once built. They are plain slotted classes
+    rather than frozen dataclasses because they are built twice per request on the hot path
+    (a frozen dataclass assigns every field through `object.__setattr__`, which cost about as
+    much as the rest of decoding), and so that a worker doesn't import `dataclasses` (and with
+    it `inspect`) only for them.
+    """
+
+    __slots__ = ()
+    TAG: ClassVar[str]
+    #: The event's fields, in wire and constructor order.
+    FIELDS: ClassVar[tuple[str, ...]]
+    # Events hold dicts and bytes; like a non-frozen dataclass, they are not hashable.
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        """Events are equal when they are of the same type with equal fields."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.FIELDS)
+
+    def __repr__(self) -> str:
+        """Show every field (subclasses that carry secrets or payloads override this)."""
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.FIELDS)
+        return f"{type(self).__name__}({fields})"
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the frame's msgpack map: "type" and every field."""
+        wire: dict[str, Any] = {"type": self.TAG}
+        for name in self.FIELDS:
+            wire[name] = getattr(self, name)
+        return wire
+
+
+class Hello(_Event):
     """First frame of a worker's connection: who it claims to be.
 
     Attributes:
@@ -103,67 +142,62 @@ class Hello:
         pid: The worker's process id, informational (the core trusts `SO_PEERCRED`, not this).
     """
 
+    __slots__ = ("pid", "token")
     TAG: ClassVar[str] = "hello"
+    FIELDS: ClassVar[tuple[str, ...]] = ("token", "pid")
     token: str
     pid: int
 
-    def __post_init__(self) -> None:
+    def __init__(self, token: str, pid: int) -> None:
         """Check the field types and bounds."""
-        _check_str(self.token, "Hello.token", max_length=MAX_TOKEN_LENGTH)
-        _check_int(self.pid, "Hello.pid", minimum=1)
+        _check_str(token, "Hello.token", max_length=MAX_TOKEN_LENGTH)
+        _check_int(pid, "Hello.pid", minimum=1)
+        self.token = token
+        self.pid = pid
 
     def __repr__(self) -> str:
         """Never show the token: reprs end up in logs and tracebacks."""
         return f"Hello(token=****, pid={self.pid})"
 
-    def to_wire(self) -> dict[str, Any]:
-        """Return the frame's msgpack map."""
-        return {"type": self.TAG, "token": self.token, "pid": self.pid}
 
-
-@dataclass(frozen=True, slots=True)
-class Welcome:
+class Welcome(_Event):
     """The core accepted a worker's Hello.
 
     Attributes:
         function_arn: The function the core identified the worker as.
     """
 
+    __slots__ = ("function_arn",)
     TAG: ClassVar[str] = "welcome"
+    FIELDS: ClassVar[tuple[str, ...]] = ("function_arn",)
     function_arn: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, function_arn: str) -> None:
         """Check the field types."""
-        _check_str(self.function_arn, "Welcome.function_arn")
-
-    def to_wire(self) -> dict[str, Any]:
-        """Return the frame's msgpack map."""
-        return {"type": self.TAG, "function_arn": self.function_arn}
+        _check_str(function_arn, "Welcome.function_arn")
+        self.function_arn = function_arn
 
 
-@dataclass(frozen=True, slots=True)
-class Goodbye:
+class Goodbye(_Event):
     """The sender is closing the connection; nothing follows.
 
     Attributes:
         reason: Why, for the peer's error message (never a secret or a token).
     """
 
+    __slots__ = ("reason",)
     TAG: ClassVar[str] = "goodbye"
+    FIELDS: ClassVar[tuple[str, ...]] = ("reason",)
     reason: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, reason: str) -> None:
         """Check the field types."""
-        if type(self.reason) is not str:
+        if type(reason) is not str:
             raise LocalProtocolError("Goodbye.reason must be a str")
-
-    def to_wire(self) -> dict[str, Any]:
-        """Return the frame's msgpack map."""
-        return {"type": self.TAG, "reason": self.reason}
+        self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(_Event):
     """A worker asks the core to perform an operation.
 
     Attributes:
@@ -173,20 +207,24 @@ class Request:
         args: The operation's arguments, e.g. `{"SecretId": …, "VersionStage": …}`.
     """
 
+    __slots__ = ("args", "op", "request_id")
     TAG: ClassVar[str] = "request"
+    FIELDS: ClassVar[tuple[str, ...]] = ("request_id", "op", "args")
     request_id: int
     op: str
     args: dict[str, Any]
 
-    def __post_init__(self) -> None:
+    def __init__(self, request_id: int, op: str, args: dict[str, Any]) -> None:
         """Check the field types (inline rather than with the helpers: this is the hot path)."""
-        request_id, op = self.request_id, self.op
         if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
             raise LocalProtocolError(f"Request.request_id must be an int in [0, {MAX_REQUEST_ID}]")
         if type(op) is not str or not op or len(op) > MAX_OP_LENGTH:
             raise LocalProtocolError(f"Request.op must be a str of 1 to {MAX_OP_LENGTH} characters")
-        if type(self.args) is not dict:
+        if type(args) is not dict:
             raise LocalProtocolError("Request.args must be a map")
+        self.request_id = request_id
+        self.op = op
+        self.args = args
 
     def __repr__(self) -> str:
         """Show argument names only: a payload may hold anything."""
@@ -194,11 +232,10 @@ class Request:
 
     def to_wire(self) -> dict[str, Any]:
         """Return the frame's msgpack map."""
-        return {"type": self.TAG, "request_id": self.request_id, "op": self.op, "args": self.args}
+        return {"type": "request", "request_id": self.request_id, "op": self.op, "args": self.args}
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(_Event):
     """The core's answer to one Request: a result, or a V1-style error.
 
     Use `Response.success` and `Response.failure` rather than the constructor.
@@ -209,26 +246,36 @@ class Response:
         result: The operation's result (for a secret: `ARN`, `Name`, `SecretString`, …) when
             `ok`, else None.
         error: `{"Status": 400|403|404|408|413|500, "Message": str}` when not `ok`, else None.
+        packed_result: `result` already msgpack-encoded, when the sender has it (answers the
+            core computes once per deployment); the frame then splices these bytes in instead
+            of encoding `result` again. Not a wire field: the receiver gets `result`.
     """
 
+    __slots__ = ("error", "ok", "packed_result", "request_id", "result")
     TAG: ClassVar[str] = "response"
+    FIELDS: ClassVar[tuple[str, ...]] = ("request_id", "ok", "result", "error")
     request_id: int
     ok: bool
     result: dict[str, Any] | None
     error: dict[str, Any] | None
+    packed_result: bytes | None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        request_id: int,
+        ok: bool,  # noqa: FBT001 - a wire field, positional on the fast path
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+    ) -> None:
         """Check the field types and that exactly one of result and error is set."""
-        request_id = self.request_id
         if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
             raise LocalProtocolError(f"Response.request_id must be an int in [0, {MAX_REQUEST_ID}]")
-        if self.ok is True:
-            if type(self.result) is not dict or self.error is not None:
+        if ok is True:
+            if type(result) is not dict or error is not None:
                 raise LocalProtocolError("a successful Response has a result map and no error")
-        elif self.ok is False:
-            error = self.error
+        elif ok is False:
             if (
-                self.result is not None
+                result is not None
                 or type(error) is not dict
                 or len(error) != 2  # noqa: PLR2004 - exactly Status and Message
                 or type(error.get("Status")) is not int
@@ -241,11 +288,27 @@ class Response:
                 )
         else:
             raise LocalProtocolError("Response.ok must be a bool")
+        self.request_id = request_id
+        self.ok = ok
+        self.result = result
+        self.error = error
+        self.packed_result = None
 
     @classmethod
-    def success(cls, request_id: int, result: dict[str, Any]) -> Response:
-        """Build the answer to a request that succeeded."""
-        return cls(request_id, True, result, None)  # noqa: FBT003 - positional is the fast path
+    def success(
+        cls, request_id: int, result: dict[str, Any], packed_result: bytes | None = None
+    ) -> Response:
+        """Build the answer to a request that succeeded.
+
+        Args:
+            request_id: The request's id.
+            result: The result map.
+            packed_result: `msgpack.packb(result, use_bin_type=True)`, if the caller keeps it
+                (the frame then reuses it); it must encode exactly `result`.
+        """
+        response = cls(request_id, True, result, None)  # noqa: FBT003 - positional is the fast path
+        response.packed_result = packed_result
+        return response
 
     @classmethod
     def failure(cls, request_id: int, status: int, message: str) -> Response:
@@ -260,7 +323,7 @@ class Response:
     def to_wire(self) -> dict[str, Any]:
         """Return the frame's msgpack map."""
         return {
-            "type": self.TAG,
+            "type": "response",
             "request_id": self.request_id,
             "ok": self.ok,
             "result": self.result,
@@ -268,8 +331,7 @@ class Response:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Invoke:
+class Invoke(_Event):
     """The manager asks a worker to run its handler once (control channel only).
 
     Attributes:
@@ -283,7 +345,23 @@ class Invoke:
             jumps), for `context.get_remaining_time_in_millis()`.
     """
 
+    __slots__ = (
+        "client_context",
+        "deadline_ms",
+        "function_arn",
+        "invocation_id",
+        "invocation_type",
+        "payload",
+    )
     TAG: ClassVar[str] = "invoke"
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "invocation_id",
+        "function_arn",
+        "payload",
+        "client_context",
+        "invocation_type",
+        "deadline_ms",
+    )
     invocation_id: str
     function_arn: str
     payload: bytes
@@ -291,19 +369,33 @@ class Invoke:
     invocation_type: str
     deadline_ms: int
 
-    def __post_init__(self) -> None:
+    def __init__(  # noqa: PLR0917 - the frame's six fields, positional as on the wire
+        self,
+        invocation_id: str,
+        function_arn: str,
+        payload: bytes,
+        client_context: str,
+        invocation_type: str,
+        deadline_ms: int,
+    ) -> None:
         """Check the field types and vocabularies."""
-        _check_str(self.invocation_id, "Invoke.invocation_id", max_length=128)
-        _check_str(self.function_arn, "Invoke.function_arn")
-        if type(self.payload) is not bytes:
+        _check_str(invocation_id, "Invoke.invocation_id", max_length=128)
+        _check_str(function_arn, "Invoke.function_arn")
+        if type(payload) is not bytes:
             raise LocalProtocolError("Invoke.payload must be bytes")
-        if type(self.client_context) is not str:
+        if type(client_context) is not str:
             raise LocalProtocolError("Invoke.client_context must be a str")
-        if type(self.invocation_type) is not str or self.invocation_type not in INVOCATION_TYPES:
+        if type(invocation_type) is not str or invocation_type not in INVOCATION_TYPES:
             raise LocalProtocolError(
                 f"Invoke.invocation_type must be one of {sorted(INVOCATION_TYPES)}"
             )
-        _check_int(self.deadline_ms, "Invoke.deadline_ms", minimum=0)
+        _check_int(deadline_ms, "Invoke.deadline_ms", minimum=0)
+        self.invocation_id = invocation_id
+        self.function_arn = function_arn
+        self.payload = payload
+        self.client_context = client_context
+        self.invocation_type = invocation_type
+        self.deadline_ms = deadline_ms
 
     def __repr__(self) -> str:
         """Show the payload's size only."""
@@ -313,21 +405,8 @@ class Invoke:
             f"deadline_ms={self.deadline_ms})"
         )
 
-    def to_wire(self) -> dict[str, Any]:
-        """Return the frame's msgpack map."""
-        return {
-            "type": self.TAG,
-            "invocation_id": self.invocation_id,
-            "function_arn": self.function_arn,
-            "payload": self.payload,
-            "client_context": self.client_context,
-            "invocation_type": self.invocation_type,
-            "deadline_ms": self.deadline_ms,
-        }
 
-
-@dataclass(frozen=True, slots=True)
-class InvokeResult:
+class InvokeResult(_Event):
     """A worker's answer to one Invoke (control channel only).
 
     Attributes:
@@ -336,20 +415,25 @@ class InvokeResult:
         function_error: "" on success, "Handled" or "Unhandled" as in Lambda's `FunctionError`.
     """
 
+    __slots__ = ("function_error", "invocation_id", "payload")
     TAG: ClassVar[str] = "invoke_result"
+    FIELDS: ClassVar[tuple[str, ...]] = ("invocation_id", "payload", "function_error")
     invocation_id: str
     payload: bytes
     function_error: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, invocation_id: str, payload: bytes, function_error: str) -> None:
         """Check the field types and vocabularies."""
-        _check_str(self.invocation_id, "InvokeResult.invocation_id", max_length=128)
-        if type(self.payload) is not bytes:
+        _check_str(invocation_id, "InvokeResult.invocation_id", max_length=128)
+        if type(payload) is not bytes:
             raise LocalProtocolError("InvokeResult.payload must be bytes")
-        if type(self.function_error) is not str or self.function_error not in FUNCTION_ERRORS:
+        if type(function_error) is not str or function_error not in FUNCTION_ERRORS:
             raise LocalProtocolError(
                 f"InvokeResult.function_error must be one of {sorted(FUNCTION_ERRORS)}"
             )
+        self.invocation_id = invocation_id
+        self.payload = payload
+        self.function_error = function_error
 
     def __repr__(self) -> str:
         """Show the payload's size only."""
@@ -357,15 +441,6 @@ class InvokeResult:
             f"InvokeResult(invocation_id={self.invocation_id!r}, "
             f"payload=<{len(self.payload)} bytes>, function_error={self.function_error!r})"
         )
-
-    def to_wire(self) -> dict[str, Any]:
-        """Return the frame's msgpack map."""
-        return {
-            "type": self.TAG,
-            "invocation_id": self.invocation_id,
-            "payload": self.payload,
-            "function_error": self.function_error,
-        }
 
 
 Event: TypeAlias = Hello | Welcome | Goodbye | Request | Response | Invoke | InvokeResult
@@ -465,6 +540,15 @@ def decode(payload: bytes | bytearray | memoryview) -> Event:
         raise RemoteProtocolError(f"{cls.TAG} frame is invalid: {exc.problem}") from None
 
 
+# A successful Response's frame around its pre-encoded result: the same map, in the same key
+# order, that packing `Response.to_wire()` gives (a 5-entry fixmap, 0x85).
+_SPLICE_HEAD: Final = (
+    b"\x85" + msgpack.packb("type") + msgpack.packb("response") + msgpack.packb("request_id")
+)
+_SPLICE_MIDDLE: Final = msgpack.packb("ok") + msgpack.packb(True) + msgpack.packb("result")  # noqa: FBT003
+_SPLICE_TAIL: Final = msgpack.packb("error") + msgpack.packb(None)
+
+
 # --- the state machine ------------------------------------------------------------------------
 
 
@@ -548,8 +632,7 @@ _CLOSES: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class _RoleRules:
+class _RoleRules(NamedTuple):
     """One role's slice of TRANSITIONS, shaped for one dict lookup (by type) per event."""
 
     send: dict[State, dict[type[Event], State]]
@@ -737,7 +820,19 @@ class Connection:
         # A Packer of our own saves building one per frame (packb does); msgpack resets its
         # buffer when packing fails, so a refused event leaves it clean.
         try:
-            payload = self._packer.pack(event.to_wire())
+            if type(event) is Response and event.packed_result is not None:
+                # The answer's map was encoded once, when the core built it: splice it in.
+                payload = b"".join(
+                    (
+                        _SPLICE_HEAD,
+                        self._packer.pack(event.request_id),
+                        _SPLICE_MIDDLE,
+                        event.packed_result,
+                        _SPLICE_TAIL,
+                    )
+                )
+            else:
+                payload = self._packer.pack(event.to_wire())
         except (TypeError, ValueError, OverflowError) as exc:
             # msgpack names the offending type, never the value.
             raise LocalProtocolError(f"a {event.TAG} frame can't be encoded: {exc}") from None

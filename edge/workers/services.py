@@ -10,13 +10,22 @@ message names the secret and the function, never a value.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 from structlog.typing import FilteringBoundLogger
 
-from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_INVOKE, OP_PUBLISH, Request, Response
+from edge.ipc.protocol import (
+    OP_GET_SECRET_VALUE,
+    OP_GET_SECRET_VALUE_V1,
+    OP_INVOKE,
+    OP_PUBLISH,
+    Request,
+    Response,
+)
 from edge.ipc.server import WorkerIdentity
 from edge.log import get_logger
 from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
@@ -27,6 +36,26 @@ CURRENT = "AWSCURRENT"
 Publisher = Callable[[str, str, bytes], Awaitable[None]]
 
 
+class SecretAnswer:
+    """One secret version's answer, encoded every way a caller asks for it, once per deployment.
+
+    Attributes:
+        result: V1's GetSecretValue answer map (see `secret_answer`).
+        packed: `result` as msgpack, spliced into the IPC frame as is.
+        v1_result: The answer to the V1 SDK's JSON request: `{"Payload": <result as JSON>}`;
+            the compat layer hands the JSON to `greengrasssdk` untouched.
+        v1_packed: `v1_result` as msgpack.
+    """
+
+    __slots__ = ("packed", "result", "v1_packed", "v1_result")
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        self.result = result
+        self.packed: bytes = msgpack.packb(result, use_bin_type=True)
+        self.v1_result: dict[str, Any] = {"Payload": json.dumps(result).encode()}
+        self.v1_packed: bytes = msgpack.packb(self.v1_result, use_bin_type=True)
+
+
 @dataclass(frozen=True, slots=True)
 class SecretIndex:
     """The store's secrets by every id a caller may use, and who may read what."""
@@ -34,25 +63,34 @@ class SecretIndex:
     by_id: Mapping[str, LocalSecret] = field(default_factory=dict)
     #: Qualified function ARN -> resource ids it may read.
     grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    #: (resource id, version id) -> the answer, built once per deployment: the hot path then
-    #: only looks up and checks. Shared dicts: nothing downstream mutates an answer.
-    answers: Mapping[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: (resource id, version id) -> the answer, built and encoded once per deployment: the hot
+    #: path then only looks up and checks. Shared: nothing downstream mutates an answer.
+    answers: Mapping[tuple[str, str], SecretAnswer] = field(default_factory=dict)
+    #: The V1 SDK's JSON request bytes -> the arguments they parse to. Workers send the same
+    #: few requests over and over, so each is parsed once; bounded, emptied when full.
+    v1_requests: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, contents: StoreContents, specs: tuple[FunctionSpec, ...]) -> SecretIndex:
         """Index secrets by name and by ARN (exact strings only: no prefix or pattern tricks)."""
         by_id: dict[str, LocalSecret] = {}
-        answers: dict[tuple[str, str], dict[str, Any]] = {}
+        answers: dict[tuple[str, str], SecretAnswer] = {}
         for secret in contents.secrets.values():
             by_id[secret.name] = secret
             by_id[secret.arn] = secret
             for version in secret.versions.values():
-                answers[secret.resource_id, version.version_id] = secret_answer(secret, version)
+                answers[secret.resource_id, version.version_id] = SecretAnswer(
+                    secret_answer(secret, version)
+                )
         return cls(
             by_id=by_id,
             grants={s.function_arn: s.readable_resources for s in specs},
             answers=answers,
         )
+
+
+#: How many distinct V1 JSON requests the index remembers the parse of.
+MAX_CACHED_V1_REQUESTS = 1024
 
 
 class ServiceError(Exception):
@@ -85,6 +123,11 @@ def get_secret_value(
     index: SecretIndex, function_arn: str, args: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Answer one `get_secret_value` for a caller, or raise ServiceError."""
+    return find_answer(index, function_arn, args).result
+
+
+def find_answer(index: SecretIndex, function_arn: str, args: Mapping[str, Any]) -> SecretAnswer:
+    """Find the answer a caller may have for `args`, or raise ServiceError saying why not."""
     secret_id = args.get("SecretId")
     if not isinstance(secret_id, str) or not secret_id:
         raise ServiceError(400, "SecretId is required and must be a string")
@@ -122,7 +165,27 @@ def get_secret_value(
                 f"add it to AdditionalStagingLabelsToDownload",
             )
     cached = index.answers.get((secret.resource_id, version.version_id))
-    return cached if cached is not None else secret_answer(secret, version)
+    return cached if cached is not None else SecretAnswer(secret_answer(secret, version))
+
+
+def v1_request_args(index: SecretIndex, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Parse the V1 SDK's JSON request (`args["Payload"]`) into get_secret_value arguments."""
+    payload = args.get("Payload")
+    if not isinstance(payload, bytes):
+        raise ServiceError(400, "the request needs a Payload holding the SDK's JSON request")
+    cache = index.v1_requests
+    parsed = cache.get(payload)
+    if parsed is None:
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            raise ServiceError(400, "the request is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise ServiceError(400, "the request is not a JSON object")
+        if len(cache) >= MAX_CACHED_V1_REQUESTS:
+            cache.clear()
+        cache[payload] = parsed
+    return parsed
 
 
 class CoreServices:
@@ -148,12 +211,22 @@ class CoreServices:
         self, identity: WorkerIdentity, request: Request
     ) -> Response | Awaitable[Response]:
         """Answer one request: secrets synchronously (the hot path), the rest as a coroutine."""
-        if request.op == OP_GET_SECRET_VALUE:
+        op = request.op
+        if op == OP_GET_SECRET_VALUE:
+            index = self.index
             try:
-                answer = get_secret_value(self.index, identity.function_arn, request.args)
+                answer = find_answer(index, identity.function_arn, request.args)
             except ServiceError as exc:
                 return self._failure(identity, request, exc)
-            return Response.success(request.request_id, answer)
+            return Response.success(request.request_id, answer.result, answer.packed)
+        if op == OP_GET_SECRET_VALUE_V1:
+            index = self.index
+            try:
+                args = v1_request_args(index, request.args)
+                answer = find_answer(index, identity.function_arn, args)
+            except ServiceError as exc:
+                return self._failure(identity, request, exc)
+            return Response.success(request.request_id, answer.v1_result, answer.v1_packed)
         return self._answer(identity, request)
 
     def _failure(self, identity: WorkerIdentity, request: Request, exc: ServiceError) -> Response:

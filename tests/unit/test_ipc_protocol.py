@@ -671,3 +671,28 @@ def test_every_live_state_can_say_goodbye() -> None:
                 if r is role and s is state and kind is Goodbye
             ]
             assert ends == [State.CLOSED, State.CLOSED]
+
+
+@given(
+    request_id=st.sampled_from([0, 1, 127, 128, 255, 65536, 2**32, MAX_REQUEST_ID]),
+    result=st.dictionaries(
+        st.text(max_size=8),
+        st.one_of(st.text(), st.binary(), st.integers(-(2**63), 2**63 - 1), st.lists(st.text())),
+        max_size=6,
+    ),
+)
+def test_a_spliced_answer_is_the_same_frame_as_an_encoded_one(
+    request_id: int, result: dict[str, Any]
+) -> None:
+    """An answer sent with its result pre-encoded reaches the client as the same Response."""
+    frames = []
+    for packed in (None, msgpack.packb(result, use_bin_type=True)):
+        server = Connection(Role.SERVER)
+        server.receive_data(encode(Hello("t", 1)))
+        server.next_event()
+        server.send(Welcome("arn"))
+        server.receive_data(encode(Request(request_id, OP_GET_SECRET_VALUE, {})))
+        server.next_event()
+        frames.append(server.send(Response.success(request_id, result, packed)))
+    assert frames[0] == frames[1]
+    assert decode(frames[1][HEADER_SIZE:]) == Response.success(request_id, result)

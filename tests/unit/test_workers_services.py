@@ -4,15 +4,26 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import replace
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from edge.ipc.protocol import OP_GET_SECRET_VALUE_V1, Request, Response
+from edge.ipc.server import WorkerIdentity
 from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
-from edge.workers.services import SecretIndex, ServiceError, get_secret_value
+from edge.workers.services import (
+    MAX_CACHED_V1_REQUESTS,
+    CoreServices,
+    SecretIndex,
+    ServiceError,
+    get_secret_value,
+    v1_request_args,
+)
 from edge.workers.spec import CodeRef, FunctionSpec
 
 SM = "arn:aws:secretsmanager:us-west-2:123456789012:secret:"
@@ -380,3 +391,55 @@ def test_grants_follow_the_specs_given():
     index = SecretIndex.build(store(), (replace(SPECS[1], readable_resources=frozenset()),))
     assert failure({"SecretId": CERT_NAME}, caller=CERT_ONLY, index=index).status == 403
     assert failure({"SecretId": CERT_NAME}, caller=READER, index=index).status == 403
+
+
+def v1_call(payload: bytes, caller: str = READER) -> Response:
+    """Ask CoreServices the way the greengrasssdk compat layer does: the SDK's JSON as is."""
+    services = CoreServices(manager=None, publish=None)  # type: ignore[arg-type]
+    services.index = INDEX
+    request = Request(7, OP_GET_SECRET_VALUE_V1, {"Payload": payload})
+    answer = services(WorkerIdentity(caller), request)
+    assert isinstance(answer, Response)  # secrets are answered synchronously
+    return answer
+
+
+def test_v1_json_requests_get_the_v1_json_answer():
+    """The SDK's own JSON request gets V1's JSON answer, the same as the native read's."""
+    sdk_request = json.dumps({"SecretId": API_KEY_NAME, "VersionId": "", "VersionStage": "Label1"})
+    for _ in range(2):  # the second time from the parsed-request cache
+        answer = v1_call(sdk_request.encode())
+        assert answer.ok
+        assert answer.result is not None
+        native = get_secret_value(
+            INDEX, READER, {"SecretId": API_KEY_NAME, "VersionStage": "Label1"}
+        )
+        assert json.loads(answer.result["Payload"]) == native
+        assert native["SecretString"] == LABEL1_VALUE
+
+
+def test_v1_json_requests_are_access_checked_and_validated():
+    """Refusals and bad JSON come back as V1 errors; a caller without a grant gets nothing."""
+    refused = v1_call(json.dumps({"SecretId": API_KEY_NAME}).encode(), caller=CERT_ONLY)
+    assert refused.error is not None
+    assert refused.error["Status"] == 403
+    assert v1_call(b"{not json").error == {"Status": 400, "Message": "the request is not JSON"}
+    assert v1_call(b"[1, 2]").error == {
+        "Status": 400,
+        "Message": "the request is not a JSON object",
+    }
+    assert v1_call(json.dumps({"SecretId": "nope"}).encode()).error["Status"] == 404  # type: ignore[index]
+
+
+def test_the_parsed_v1_request_cache_stays_bounded():
+    """A worker sending endless distinct requests can't make the core's cache grow past its cap."""
+    index = index_of()
+    for i in range(MAX_CACHED_V1_REQUESTS + 10):
+        v1_request_args(index, {"Payload": json.dumps({"SecretId": f"s{i}"}).encode()})
+    assert len(index.v1_requests) <= MAX_CACHED_V1_REQUESTS
+
+
+def test_answers_are_encoded_once_and_decode_to_the_answer():
+    """The pre-encoded answers the IPC splices in carry exactly the answer's map."""
+    for answer in INDEX.answers.values():
+        assert msgpack.unpackb(answer.packed) == answer.result
+        assert msgpack.unpackb(answer.v1_packed) == answer.v1_result

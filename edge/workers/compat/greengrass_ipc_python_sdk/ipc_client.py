@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from edge.ipc.client import IpcCallError, IpcClient, IpcConnectionError
-from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_INVOKE, OP_PUBLISH
+from edge.ipc.protocol import OP_GET_SECRET_VALUE_V1, OP_INVOKE, OP_PUBLISH
 
 _client_lock = threading.Lock()
 _shared_client: IpcClient | None = None
@@ -110,18 +110,14 @@ class IPCClient:
         return output
 
     def _secrets_manager(self, data: bytes) -> GetWorkResultOutput:
+        # The SDK's JSON goes to the core as is and its JSON answer comes back ready: the core
+        # parses each request shape once and encodes each secret version once, per deployment.
         try:
-            request = json.loads(data.decode("utf-8"))
-        except ValueError:
-            return _error_payload(400, "the request is not JSON")
-        if not isinstance(request, dict):
-            return _error_payload(400, "the request is not a JSON object")
-        try:
-            result = _call(OP_GET_SECRET_VALUE, request)
+            result = _call(OP_GET_SECRET_VALUE_V1, {"Payload": data})
         except IpcCallError as exc:
             # V1's secrets manager function answered errors in the payload, not as FunctionError.
             return _error_payload(exc.status, exc.message)
-        return GetWorkResultOutput(json.dumps(result).encode())
+        return GetWorkResultOutput(result["Payload"])
 
     def _publish(self, data: bytes, context: str) -> GetWorkResultOutput:
         custom = _decode_client_context(context).get("custom", {})
