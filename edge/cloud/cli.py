@@ -26,6 +26,7 @@ from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import DEPLOYMENT_TYPES, Request
 from edge.cloud.groups import GROUP_VERSION_KEYS, option_name
 from edge.cloud.ids import Arns
+from edge.cloud.jsontext import strict_json
 from edge.cloud.keys import init_signing_key
 from edge.cloud.status import FAILURE, SUCCESS
 from edge.errors import BrokerError, CloudUsageError, EdgeError
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("init", "create the signing key (0600) and <signing_key>.pub; print the .pub path")
+    add(
+        "serve",
+        "serve the Greengrass V1 REST API (SigV4) on [cloud] listen until SIGINT/SIGTERM; "
+        "see docs/cloud.md",
+    )
     for kind in KINDS.values():
         _add_definition_commands(add, kind)
     _add_group_commands(add)
@@ -190,6 +196,11 @@ def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "init":
         return _init(config)
+    if command == "serve":
+        # Imported here: aiohttp and botocore's model are only needed by the service.
+        from edge.cloud.serve import run  # noqa: PLC0415
+
+        return run(config)
     arns = Arns(config.aws.region, config.cloud.account_id)
     with Database.open(config.cloud.database) as db:
         if command == "publish-function":
@@ -373,27 +384,7 @@ def read_json_arg(option: str, value: str) -> Any:  # noqa: ANN401 - any JSON va
             raise CloudUsageError(option, f"can't read {path}: {exc}") from None
     elif value.startswith("fileb://"):
         raise CloudUsageError(option, "takes JSON text or file://path, not fileb://")
-    return _strict_json(option, text)
-
-
-def _strict_json(option: str, text: str) -> Any:  # noqa: ANN401 - any JSON value
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result = dict(pairs)
-        if len(result) != len(pairs):
-            keys = [key for key, _ in pairs]
-            repeated = next(key for key in keys if keys.count(key) > 1)
-            raise CloudUsageError(option, f"key {repeated!r} appears twice in one object")
-        return result
-
-    def refuse(name: str) -> None:
-        raise CloudUsageError(option, f"{name} is not a JSON value")
-
-    try:
-        return json.loads(text, object_pairs_hook=unique, parse_constant=refuse)
-    except RecursionError:
-        raise CloudUsageError(option, "is nested too deeply") from None
-    except ValueError as exc:
-        raise CloudUsageError(option, f"is not valid JSON: {exc}") from None
+    return strict_json(option, text)
 
 
 def read_binary_arg(option: str, value: str) -> bytes:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The control plane's TOML configuration (`cloud.toml`): [cloud], [mqtt] and [aws].
+"""The control plane's TOML configuration (`cloud.toml`): [cloud], [cloud.auth], [mqtt] and [aws].
 
 [mqtt] and [aws] mean what they mean in the core's config and are parsed by the same code
 (`edge.config`), so a key that works in one works in the other. Relative paths are resolved
@@ -8,9 +8,10 @@ against the config file's directory; unknown sections and keys are errors that n
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from edge.cloud.ids import is_account_id
 from edge.config import (
@@ -27,6 +28,39 @@ from edge.config import (
 DEFAULT_ACCOUNT_ID = "123456789012"
 #: Where unknown keys send the reader.
 _EXAMPLE = "cloud.example.toml"
+#: Where `edge cloud serve` listens when [cloud] listen is not set: loopback only, so a service
+#: started by hand is not reachable from the network until someone decides it should be.
+DEFAULT_LISTEN: Final = "127.0.0.1:8443"
+#: AWS access key ids are 16-128 word characters (IAM's own rule); ours follow it so that every
+#: SDK's credential handling accepts them.
+_ACCESS_KEY_ID: Final = re.compile(r"\w{16,128}", re.ASCII)
+_LISTEN: Final = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKey:
+    """One `[cloud.auth] keys` entry: an access key id and the file holding its secret key."""
+
+    access_key_id: str
+    secret_access_key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """What `edge cloud serve` needs beyond the commands: where to listen, TLS, who may call."""
+
+    host: str
+    port: int
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    keys: tuple[AccessKey, ...] = ()
+
+    @property
+    def tls(self) -> bool:
+        """Whether the API is served over HTTPS."""
+        return self.tls_cert_file is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +71,7 @@ class CloudSettings:
     signing_key: Path
     artifact_bucket: str | None = None
     account_id: str = DEFAULT_ACCOUNT_ID
+    serve: ServeSettings = ServeSettings(host="127.0.0.1", port=8443)
 
     @property
     def public_key(self) -> Path:
@@ -97,8 +132,64 @@ def _cloud(s: Section) -> CloudSettings:
     if not is_account_id(account_id):
         raise s.error("account_id", f"must be 12 digits, not {account_id!r}")
     return CloudSettings(
-        database=database, signing_key=signing_key, artifact_bucket=bucket, account_id=account_id
+        database=database,
+        signing_key=signing_key,
+        artifact_bucket=bucket,
+        account_id=account_id,
+        serve=_serve(s),
     )
+
+
+def _serve(s: Section) -> ServeSettings:
+    listen = s.string("listen", DEFAULT_LISTEN)
+    assert listen is not None  # noqa: S101 - has a default
+    match = _LISTEN.fullmatch(listen)
+    if match is None or not 0 < int(match["port"]) < 65536:  # noqa: PLR2004 - TCP's port range
+        raise s.error("listen", f"must be HOST:PORT (or [IPv6]:PORT), not {listen!r}")
+    cert, key = s.path_value("tls_cert_file"), s.path_value("tls_key_file")
+    if (cert is None) != (key is None):
+        raise s.error("tls_cert_file", "tls_cert_file and tls_key_file go together")
+    return ServeSettings(
+        host=match["v6"] or match["host"],
+        port=int(match["port"]),
+        tls_cert_file=cert,
+        tls_key_file=key,
+        keys=_auth_keys(s),
+    )
+
+
+def _auth_keys(s: Section) -> tuple[AccessKey, ...]:
+    """`[cloud.auth] keys`: a TOML sub-table of [cloud], read here so its keys are checked too."""
+    s.used.add("auth")
+    auth = s.table.get("auth", {})
+    if not isinstance(auth, dict):
+        raise s.error("auth", "must be a table ([cloud.auth])")
+    unknown = sorted(set(auth) - {"keys"})
+    if unknown:
+        raise s.error(f"auth.{unknown[0]}", f"is not a known key (see {_EXAMPLE})")
+    entries = auth.get("keys", [])
+    if not isinstance(entries, list):
+        raise s.error("auth.keys", "must be an array of {access_key_id, secret_access_key_file}")
+    keys: list[AccessKey] = []
+    for index, entry in enumerate(entries):
+        name = f"auth.keys[{index}]"
+        if not isinstance(entry, dict) or set(entry) != {
+            "access_key_id",
+            "secret_access_key_file",
+        }:
+            raise s.error(name, 'must be {access_key_id = "...", secret_access_key_file = "..."}')
+        ident, file = entry["access_key_id"], entry["secret_access_key_file"]
+        if not isinstance(ident, str) or _ACCESS_KEY_ID.fullmatch(ident) is None:
+            raise s.error(f"{name}.access_key_id", "must be 16-128 of A-Z, a-z, 0-9 and _")
+        if ident in {k.access_key_id for k in keys}:
+            raise s.error(f"{name}.access_key_id", f"{ident!r} is listed twice")
+        if not isinstance(file, str) or not file.strip():
+            raise s.error(f"{name}.secret_access_key_file", "must be a path")
+        path = Path(file).expanduser()
+        keys.append(
+            AccessKey(ident, path if path.is_absolute() else (s.path.parent / path).resolve())
+        )
+    return tuple(keys)
 
 
 def _valid_bucket(name: str) -> bool:

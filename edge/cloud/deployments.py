@@ -331,6 +331,16 @@ async def get_deployment_status(
     return status_output(row)
 
 
+def recorded_status(db: Database, group_id: str, deployment_id: str) -> dict[str, Any]:
+    """get-deployment-status from the database alone, as `edge cloud serve` answers it.
+
+    The service follows every core's status topic and records each report as it arrives, so
+    its database is current without reading the retained report again.
+    """
+    with db.read() as conn:
+        return status_output(_deployment_row(conn, group_id, deployment_id))
+
+
 def list_deployments(db: Database, group_id: str) -> dict[str, Any]:
     """list-deployments: the group's deployments, newest first."""
     with db.read() as conn:

@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The HTTP layer: aiohttp's server, SigV4 on every API request, JSON in and out.
+
+aiohttp because it is already installed (aiobotocore, which the core uses for Secrets Manager,
+depends on it), it is asyncio-native (the service shares one event loop with its MQTT follower
+and the shared async deployment code), and it serves HTTP/1.1 with keep-alive and TLS, which
+is all AWS SDKs need. Each API request is handled in this order: read the body (bounded),
+verify the signature, find the operation in botocore's model, decode and validate its input,
+run it, answer JSON. `GET /health` is the one path that needs no signature.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+from structlog.typing import FilteringBoundLogger
+
+from edge.cloud.serve.auth import SignedRequest, Verifier
+from edge.cloud.serve.errors import INTERNAL, ApiError, from_edge_error
+from edge.cloud.serve.follow import Health
+from edge.cloud.serve.operations import Context, dispatch
+from edge.cloud.serve.routes import Router, decode_input
+from edge.errors import CloudDatabaseError, EdgeError
+
+#: Largest request body accepted. A deployment document (everything a group version holds) is
+#: at most 1 MiB, so no definition version a core could receive is bigger; the margin is JSON
+#: whitespace.
+MAX_BODY_BYTES: Final = 2 * 1024 * 1024
+HEALTH_PATH: Final = "/health"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """Everything a request needs."""
+
+    ctx: Context
+    verifier: Verifier
+    router: Router
+    health: Health
+    log: FilteringBoundLogger
+
+
+def build_app(service: Service) -> web.Application:
+    """The aiohttp application: `/health`, and every other path as the Greengrass API."""
+
+    async def health(_request: web.Request) -> web.Response:
+        return await _health(service)
+
+    async def api(request: web.Request) -> web.Response:
+        return await _api(service, request)
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_get(HEALTH_PATH, health)
+    app.router.add_route("*", "/{path:.*}", api)
+    return app
+
+
+async def _health(service: Service) -> web.Response:
+    try:
+        await service.ctx.db.call(lambda db: db.schema_version)
+        database = "ok"
+    except (CloudDatabaseError, sqlite3.Error, RuntimeError):
+        database = "unavailable"
+    mqtt = "connected" if service.health.mqtt_connected else "disconnected"
+    healthy = database == "ok" and mqtt == "connected"
+    body = {"Status": "ok" if healthy else "degraded", "Database": database, "Mqtt": mqtt}
+    return _json(200 if healthy else 503, body, request_id=str(uuid.uuid4()))
+
+
+async def _api(service: Service, request: web.Request) -> web.Response:
+    request_id = str(uuid.uuid4())
+    path, _, query = request.raw_path.partition("?")
+    fields: dict[str, Any] = {"method": request.method, "path": path}
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await _answer(
+                service, request, path, query, request_id=request_id, fields=fields
+            )
+        except ApiError as exc:
+            response = _error(exc, request_id)
+        except EdgeError as exc:
+            response = _error(from_edge_error(exc), request_id)
+        except Exception:
+            service.log.exception("cloud.api.internal_error", **fields)
+            response = _error(
+                ApiError(
+                    500, INTERNAL, f"internal error; the service's log has request {request_id}"
+                ),
+                request_id,
+            )
+        error = response.headers.get("x-amzn-ErrorType")
+        if error is None:
+            service.log.info("cloud.api.request", status=response.status, **fields)
+        else:
+            service.log.warning("cloud.api.refused", status=response.status, error=error, **fields)
+    return response
+
+
+async def _answer(
+    service: Service,
+    request: web.Request,
+    path: str,
+    query: str,
+    *,
+    request_id: str,
+    fields: dict[str, Any],
+) -> web.Response:
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(
+            413,
+            "RequestEntityTooLargeException",
+            f"the request body is larger than {MAX_BODY_BYTES} bytes",
+        ) from None
+    signed = SignedRequest(
+        method=request.method,
+        path=path,
+        query=query,
+        headers=tuple(request.headers.items()),
+        body=body,
+    )
+    fields["access_key_id"] = service.verifier.verify(signed)
+    match = service.router.match(request.method, path)
+    fields["operation"] = match.route.operation
+    params = decode_input(match, query=query, headers=request.headers, body=body)
+    result = await dispatch(service.ctx, match.route.operation, params)
+    return _json(match.route.status, result, request_id=request_id)
+
+
+def _json(status: int, body: dict[str, Any], *, request_id: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode("utf-8"),
+        content_type="application/json",
+        headers={"x-amzn-RequestId": request_id},
+    )
+
+
+def _error(exc: ApiError, request_id: str) -> web.Response:
+    response = _json(exc.status, {"Message": exc.message}, request_id=request_id)
+    # botocore's rest-json parser takes the code from this header (what follows a ":" is
+    # ignored), and the message from the body.
+    response.headers["x-amzn-ErrorType"] = exc.code
+    return response

@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The service's blocking database work, on one thread that owns one SQLite connection.
+
+SQLite calls block, and a connection may only be used by the thread that opened it, so every
+request's reads and writes go to one worker thread holding one `Database`; the event loop only
+awaits them. One thread is plenty: each call holds the database for milliseconds, and SQLite
+has one writer at a time anyway. Other processes (`edge cloud` commands) use the same file at
+the same time through their own connections; `Database` makes that safe (WAL, IMMEDIATE writes,
+a busy timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TypeVar
+
+from edge.cloud.db import Database
+
+_T = TypeVar("_T")
+
+
+class DatabaseThread:
+    """An async context manager that opens the database on its own thread and runs calls there."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-cloud-db")
+        self._db: Database | None = None
+
+    async def __aenter__(self) -> Self:
+        """Open (and migrate) the database on the worker thread.
+
+        Raises:
+            CloudDatabaseError: It can't be opened.
+        """
+        try:
+            self._db = await self._submit(lambda: Database.open(self._path))
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the connection on its thread, then stop the thread (after calls in flight)."""
+        db, self._db = self._db, None
+        if db is not None:
+            # Shielded: a cancelled shutdown must still close the connection it opened.
+            await asyncio.shield(self._submit(db.close))
+        self._executor.shutdown(wait=True)
+
+    async def call(self, fn: Callable[[Database], _T]) -> _T:
+        """Run `fn(database)` on the database thread and return its result (or raise its error)."""
+        db = self._db
+        if db is None:
+            raise RuntimeError("the database thread is not open")
+        return await self._submit(lambda: fn(db))
+
+    async def _submit(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)

@@ -1,0 +1,242 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The API's operations, each handed to the function its `edge cloud` command calls.
+
+There is one implementation of the control plane: `edge.cloud.definitions`, `.groups` and
+`.deployments`. This table only takes each operation's decoded input (named as in botocore's
+model: `ResourceDefinitionId`, `InitialVersion`, ...) to the same call the CLI makes with its
+options, so a request is validated, stored and answered exactly as the command would be.
+
+Blocking database work runs on the service's database thread. `CreateDeployment` is async in
+the shared code (it publishes over MQTT); it runs on the event loop with a connection of its
+own, and its database transactions are a few milliseconds each and never span an `await`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.typing import FilteringBoundLogger
+
+from edge.cloud import definitions, deployments, groups
+from edge.cloud.config import CloudConfig
+from edge.cloud.db import Database
+from edge.cloud.definitions import KINDS, Kind
+from edge.cloud.deployments import DEPLOYMENT_TYPES, Request
+from edge.cloud.ids import Arns
+from edge.cloud.serve.dbthread import DatabaseThread
+from edge.cloud.serve.errors import bad_request
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What operations work with: the config, the database, the signing key."""
+
+    config: CloudConfig
+    arns: Arns
+    db: DatabaseThread
+    #: A connection for the event loop's thread, for the shared async code (CreateDeployment).
+    loop_db: Database
+    signing_key: Ed25519PrivateKey
+    log: FilteringBoundLogger
+
+
+Result = dict[str, Any]
+Handler = Callable[[Context, dict[str, Any]], Awaitable[Result]]
+
+#: The list each List operation answers with, for pagination.
+_LISTS: Final = ("Definitions", "Versions", "Groups", "Deployments")
+
+
+def _definition_handlers(kind: Kind) -> dict[str, Handler]:
+    title = kind.noun.capitalize()
+    id_key, version_key = f"{title}DefinitionId", f"{title}DefinitionVersionId"
+
+    async def create(ctx: Context, p: dict[str, Any]) -> Result:
+        # `tags` and `AmznClientToken` are accepted and not kept (see docs/cloud.md).
+        return await ctx.db.call(
+            lambda db: definitions.create_definition(
+                db, ctx.arns, kind, name=p.get("Name"), initial=p.get("InitialVersion")
+            )
+        )
+
+    async def create_version(ctx: Context, p: dict[str, Any]) -> Result:
+        body = {k: p[k] for k in (kind.list_key, "DefaultConfig") if k in p}
+        return await ctx.db.call(
+            lambda db: definitions.create_version(db, ctx.arns, kind, p[id_key], body)
+        )
+
+    async def get(ctx: Context, p: dict[str, Any]) -> Result:
+        return await ctx.db.call(lambda db: definitions.get_definition(db, kind, p[id_key]))
+
+    async def get_version(ctx: Context, p: dict[str, Any]) -> Result:
+        return await ctx.db.call(
+            lambda db: definitions.get_version(db, kind, p[id_key], p[version_key])
+        )
+
+    async def list_all(ctx: Context, _p: dict[str, Any]) -> Result:
+        return await ctx.db.call(lambda db: definitions.list_definitions(db, kind))
+
+    async def list_versions(ctx: Context, p: dict[str, Any]) -> Result:
+        return await ctx.db.call(lambda db: definitions.list_versions(db, kind, p[id_key]))
+
+    async def delete(ctx: Context, p: dict[str, Any]) -> Result:
+        await ctx.db.call(lambda db: definitions.delete_definition(db, kind, p[id_key]))
+        return {}
+
+    return {
+        f"Create{title}Definition": create,
+        f"Create{title}DefinitionVersion": create_version,
+        f"Get{title}Definition": get,
+        f"Get{title}DefinitionVersion": get_version,
+        f"List{title}Definitions": list_all,
+        f"List{title}DefinitionVersions": list_versions,
+        f"Delete{title}Definition": delete,
+    }
+
+
+async def _create_group(ctx: Context, p: dict[str, Any]) -> Result:
+    return await ctx.db.call(
+        lambda db: groups.create_group(
+            db, ctx.arns, name=p["Name"], initial=p.get("InitialVersion")
+        )
+    )
+
+
+async def _create_group_version(ctx: Context, p: dict[str, Any]) -> Result:
+    # Device and logger definition version ARNs are passed on for the shared code to refuse.
+    refs = {k: v for k, v in p.items() if k.endswith("DefinitionVersionArn")}
+    return await ctx.db.call(
+        lambda db: groups.create_group_version(db, ctx.arns, p["GroupId"], refs)
+    )
+
+
+async def _get_group(ctx: Context, p: dict[str, Any]) -> Result:
+    return await ctx.db.call(lambda db: groups.get_group(db, p["GroupId"]))
+
+
+async def _get_group_version(ctx: Context, p: dict[str, Any]) -> Result:
+    return await ctx.db.call(
+        lambda db: groups.get_group_version(db, p["GroupId"], p["GroupVersionId"])
+    )
+
+
+async def _list_groups(ctx: Context, _p: dict[str, Any]) -> Result:
+    return await ctx.db.call(groups.list_groups)
+
+
+async def _list_group_versions(ctx: Context, p: dict[str, Any]) -> Result:
+    return await ctx.db.call(lambda db: groups.list_group_versions(db, p["GroupId"]))
+
+
+async def _create_deployment(ctx: Context, p: dict[str, Any]) -> Result:
+    kind = p["DeploymentType"]
+    if kind not in DEPLOYMENT_TYPES:
+        raise bad_request(f"DeploymentType must be one of {', '.join(DEPLOYMENT_TYPES)}")
+    request = Request(
+        group_id=p["GroupId"],
+        deployment_type=kind,
+        group_version_id=p.get("GroupVersionId"),
+        redeploy_of=p.get("DeploymentId"),
+    )
+    created: Result = {}
+    await deployments.create_deployment(
+        ctx.config, ctx.loop_db, ctx.signing_key, request, on_created=created.update
+    )
+    ctx.log.info(
+        "cloud.deployment.created",
+        deployment_id=created["DeploymentId"],
+        group_id=request.group_id,
+        deployment_type=kind,
+    )
+    return created
+
+
+async def _get_deployment_status(ctx: Context, p: dict[str, Any]) -> Result:
+    return await ctx.db.call(
+        lambda db: deployments.recorded_status(db, p["GroupId"], p["DeploymentId"])
+    )
+
+
+async def _list_deployments(ctx: Context, p: dict[str, Any]) -> Result:
+    return await ctx.db.call(lambda db: deployments.list_deployments(db, p["GroupId"]))
+
+
+def _table() -> dict[str, Handler]:
+    table: dict[str, Handler] = {}
+    for kind in KINDS.values():
+        table |= _definition_handlers(kind)
+    return table | {
+        "CreateGroup": _create_group,
+        "CreateGroupVersion": _create_group_version,
+        "GetGroup": _get_group,
+        "GetGroupVersion": _get_group_version,
+        "ListGroups": _list_groups,
+        "ListGroupVersions": _list_group_versions,
+        "CreateDeployment": _create_deployment,
+        "GetDeploymentStatus": _get_deployment_status,
+        "ListDeployments": _list_deployments,
+    }
+
+
+#: Every operation the service implements, by botocore operation name.
+HANDLERS: Final = _table()
+
+
+async def dispatch(ctx: Context, operation: str, params: dict[str, Any]) -> Result:
+    """Run an operation and return its answer, paginated if it is a List.
+
+    Raises:
+        ApiError: The operation is not supported, or the page token is not one we issued.
+        EdgeError: From the shared code; the caller translates it (`errors.from_edge_error`).
+    """
+    handler = HANDLERS.get(operation)
+    if handler is None:
+        raise bad_request(
+            f"{operation} is not supported by edge's control plane (it implements the "
+            f"definitions, groups and deployments that `edge cloud` offers)"
+        )
+    return paginate(await handler(ctx, params), params)
+
+
+def paginate(result: Result, params: dict[str, Any]) -> Result:
+    """Cut a List answer to `MaxResults` items from `NextToken`, adding the next NextToken."""
+    key = next((k for k in _LISTS if k in result), None)
+    if key is None or ("MaxResults" not in params and "NextToken" not in params):
+        return result
+    items: list[Any] = result[key]
+    start = _offset(params.get("NextToken"))
+    size = _page_size(params.get("MaxResults"), len(items))
+    page = dict(result)
+    page[key] = items[start : start + size]
+    if start + size < len(items):
+        page["NextToken"] = base64.urlsafe_b64encode(str(start + size).encode()).decode()
+    return page
+
+
+def _offset(token: object) -> int:
+    if token is None:
+        return 0
+    try:
+        offset = int(base64.urlsafe_b64decode(str(token).encode()).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad_request("NextToken is not a token this service issued") from None
+    if offset < 0:
+        raise bad_request("NextToken is not a token this service issued")
+    return offset
+
+
+def _page_size(value: object, total: int) -> int:
+    if value is None:
+        return max(total, 1)
+    try:
+        size = int(str(value))
+    except ValueError:
+        raise bad_request(f"MaxResults must be a positive integer, not {value!r}") from None
+    if size < 1:
+        raise bad_request(f"MaxResults must be a positive integer, not {value!r}")
+    return size

@@ -1,0 +1,158 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Start and stop the service: keys, TLS, database, HTTP server, status follower, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+from typing import Final
+
+from aiohttp import web
+
+from edge.cloud.config import CloudConfig, ServeSettings
+from edge.cloud.db import Database
+from edge.cloud.ids import Arns
+from edge.cloud.serve.app import Service, build_app
+from edge.cloud.serve.auth import Verifier, load_secret_keys
+from edge.cloud.serve.dbthread import DatabaseThread
+from edge.cloud.serve.follow import Health, follow_statuses
+from edge.cloud.serve.operations import Context
+from edge.cloud.serve.routes import Router
+from edge.errors import ConfigError
+from edge.fsutil import read_private_file
+from edge.log import get_logger
+from edge.signing import load_signing_key
+
+#: Seconds requests in flight get to finish after SIGTERM before their connections close.
+SHUTDOWN_SECONDS: Final = 10.0
+
+
+def run(config: CloudConfig) -> int:
+    """`edge cloud serve`: serve until SIGINT or SIGTERM, then stop cleanly and return 0.
+
+    Raises:
+        EdgeError: The service can't start (no key, unreadable files, port in use, ...).
+    """
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop=stop)
+
+    asyncio.run(main())
+    return 0
+
+
+async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
+    """Run the API and the status follower until `stop` is set.
+
+    Raises:
+        ConfigError: No access key is configured, a key or TLS file is wrong, or the address
+            can't be listened on.
+        InsecurePermissionsError: A secret access key or TLS key file is readable by others.
+        SigningKeyError: The signing key is missing (run `edge cloud init`).
+        CloudDatabaseError: The database can't be opened.
+    """
+    settings = config.cloud.serve
+    where = str(config.path)
+    if not settings.keys:
+        raise ConfigError(
+            where,
+            "lists no access key, so nobody could call the API; add one (see docs/cloud.md)",
+            key="cloud.auth.keys",
+        )
+    secrets = load_secret_keys(settings.keys, config_path=where)
+    signing_key = load_signing_key(config.cloud.signing_key)
+    tls = _tls_context(settings, config_path=where)
+    log = get_logger("cloud.serve")
+    health = Health()
+    async with DatabaseThread(config.cloud.database) as db:
+        loop_db = Database.open(config.cloud.database)
+        try:
+            service = Service(
+                ctx=Context(
+                    config=config,
+                    arns=Arns(config.aws.region, config.cloud.account_id),
+                    db=db,
+                    loop_db=loop_db,
+                    signing_key=signing_key,
+                    log=log,
+                ),
+                verifier=Verifier(keys=secrets, region=config.aws.region),
+                router=Router(),
+                health=health,
+                log=log,
+            )
+            runner = web.AppRunner(
+                build_app(service),
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=SHUTDOWN_SECONDS,
+            )
+            await runner.setup()
+            try:
+                await _listen(runner, settings, tls, config_path=where)
+                log.info(
+                    "cloud.serve.listening",
+                    url=_url(settings),
+                    access_keys=sorted(secrets),
+                    region=config.aws.region,
+                )
+                async with asyncio.TaskGroup() as tasks:
+                    follower = tasks.create_task(
+                        follow_statuses(config.mqtt, db, health=health, log=log),
+                        name="edge-cloud-status-follower",
+                    )
+                    await stop.wait()
+                    follower.cancel()
+            finally:
+                # Shielded: a second signal must not leave the port or requests half-closed.
+                await asyncio.shield(runner.cleanup())
+        finally:
+            loop_db.close()
+    log.info("cloud.serve.stopped")
+
+
+async def _listen(
+    runner: web.AppRunner,
+    settings: ServeSettings,
+    tls: ssl.SSLContext | None,
+    *,
+    config_path: str,
+) -> None:
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ConfigError(
+            config_path,
+            f"can't listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            key="cloud.listen",
+        ) from None
+
+
+def _tls_context(settings: ServeSettings, *, config_path: str) -> ssl.SSLContext | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        # The key must be private like every key file here; the check reads it through fstat.
+        read_private_file(settings.tls_key_file)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            config_path,
+            f"can't use {settings.tls_cert_file} and {settings.tls_key_file}: "
+            f"{getattr(exc, 'strerror', None) or exc}",
+            key="cloud.tls_cert_file",
+        ) from None
+    return context
+
+
+def _url(settings: ServeSettings) -> str:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{'https' if settings.tls else 'http'}://{host}:{settings.port}"
