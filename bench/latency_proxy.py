@@ -4,8 +4,9 @@
 moto answers on loopback in about a millisecond, so it hides what matters on a device: the
 round trip to a regional endpoint (tens of milliseconds), throttling and 5xx answers. This
 proxy puts them back. Every request waits `delay` seconds, then is either answered with an
-injected fault or forwarded to moto. Requests are counted by operation (the `X-Amz-Target`
-header of the AWS JSON protocol), with the most in flight at once, overall and per operation.
+injected fault (an AWS-style error, or a connection dropped without an answer) or forwarded to
+moto. Requests are counted by operation (the `X-Amz-Target` header of the AWS JSON protocol),
+with the most in flight at once, overall and per operation.
 
 Use it as a library::
 
@@ -64,6 +65,10 @@ class Fault:
     remaining: int | None
     #: Seconds to wait on top of the proxy's delay.
     delay: float = 0.0
+    #: The error's `message`, which botocore quotes in its exception text.
+    message: str = "injected by latency_proxy"
+    #: Drop the connection without an answer (a reset mid-request) instead of answering.
+    reset: bool = False
 
     def matches(self, operation: str) -> bool:
         """Tell whether this fault applies to a request for the operation."""
@@ -126,6 +131,7 @@ class LatencyProxy:
         count: int | None = 1,
         operation: str | None = None,
         delay: float = 0.0,
+        message: str = "injected by latency_proxy",
     ) -> None:
         """Answer the next `count` matching requests with an AWS-style error.
 
@@ -135,8 +141,22 @@ class LatencyProxy:
             count: How many requests to fault; None for every one from now on.
             operation: Only requests for this operation; None for all.
             delay: Extra seconds those requests wait.
+            message: The error's message text (a hostile server may echo anything there).
         """
-        self._faults.append(Fault(status, code, operation, count, delay))
+        self._faults.append(Fault(status, code, operation, count, delay, message))
+
+    def reset(self, *, count: int | None = 1, operation: str | None = None) -> None:
+        """Drop the connection of the next `count` matching requests without answering.
+
+        Args:
+            count: How many requests to drop; None for every one from now on.
+            operation: Only requests for this operation; None for all.
+        """
+        self._faults.append(Fault(None, "", operation, count, reset=True))
+
+    def clear_faults(self) -> None:
+        """Forget every pending fault: from now on requests are only delayed and forwarded."""
+        self._faults.clear()
 
     def refuse(self, operation: str, *, code: str = "AccessDeniedException") -> None:
         """Refuse every request for the operation with HTTP 400 and the code, for good."""
@@ -207,9 +227,15 @@ class LatencyProxy:
         try:
             fault = self._take_fault(operation)
             await asyncio.sleep(self.delay + (fault.delay if fault else 0.0))
+            if fault is not None and fault.reset:
+                self.injected[operation] += 1
+                if request.transport is not None:
+                    request.transport.abort()
+                # Nothing reaches the client: the connection is already gone.
+                return web.Response(status=500)
             if fault is not None and fault.status is not None:
                 self.injected[operation] += 1
-                return _error_response(fault.status, fault.code)
+                return _error_response(fault.status, fault.code, fault.message)
             return await self._forward(request, body)
         finally:
             self.in_flight -= 1
@@ -228,9 +254,9 @@ class LatencyProxy:
             return web.Response(status=upstream.status, body=payload, headers=relayed)
 
 
-def _error_response(status: int, code: str) -> web.Response:
+def _error_response(status: int, code: str, message: str) -> web.Response:
     """Build an error as the AWS JSON protocol sends it, which botocore parses by code."""
-    body = json.dumps({"__type": code, "message": "injected by latency_proxy"})
+    body = json.dumps({"__type": code, "message": message})
     return web.Response(
         status=status,
         body=body.encode(),

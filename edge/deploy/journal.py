@@ -36,9 +36,13 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """A received deployment document waiting to be applied."""
+    """A received deployment document waiting to be applied.
 
-    path: Path
+    `path` is None for a document that could not be written to the inbox (a full or read-only
+    disk): it is applied from memory, and a crash before its outcome is recorded loses it.
+    """
+
+    path: Path | None
     payload: bytes
 
 
@@ -64,7 +68,14 @@ class Inbox:
         return entries
 
     def done(self, entry: InboxEntry) -> None:
-        """Forget a document whose outcome is recorded."""
+        """Forget a document whose outcome is recorded.
+
+        Raises:
+            OSError: The file can't be removed (a read-only disk); after the next start it
+                is answered from the history, or applied again if that has no outcome for it.
+        """
+        if entry.path is None:
+            return
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from edge.errors import (
     FetchDeadlineError,
@@ -135,10 +135,16 @@ def _botocore_error_detail(exc: BotoCoreError) -> str:
     """Summarise a transport-level error by type and endpoint.
 
     The messages of some BotoCoreErrors (ResponseParserError) quote the response body, which
-    may hold a secret value; the type name and endpoint URL are all a user needs.
+    may hold a secret value; the type name and endpoint URL are all a user needs, with a hint
+    when nothing could be reached at all (refused, unresolvable or timed-out connections).
     """
     detail = type(exc).__name__
     url = getattr(exc, "kwargs", {}).get("endpoint_url")
+    if url and isinstance(exc, EndpointConnectionError):
+        return (
+            f"can't connect to {url} ({detail}); check [aws] endpoint_url and the network "
+            f"to Secrets Manager"
+        )
     return f"{detail} for {url}" if url else detail
 
 

@@ -11,6 +11,7 @@ the workers. `restore` does the same from the store at start, without the networ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -22,6 +23,7 @@ from typing import Self
 
 from structlog.typing import FilteringBoundLogger
 
+from edge.audit import AuditLog
 from edge.errors import DeploymentInvalidError
 from edge.fsutil import atomic_replace
 from edge.ipc.server import IpcServer, WorkerIdentity
@@ -68,6 +70,7 @@ class Workload:
         set_cloud_subscriptions: SubscriptionSetter,
         read_s3: S3Reader | None = None,
         python: Path = Path(sys.executable),
+        audit: AuditLog | None = None,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
         self._log = logger or get_logger("workload")
@@ -83,7 +86,9 @@ class Workload:
             adopt=self._adopt,
         )
         self.router = Router(manager=self.manager, publish_cloud=publish_cloud, logger=self._log)
-        self.services = CoreServices(manager=self.manager, publish=self._publish, logger=self._log)
+        self.services = CoreServices(
+            manager=self.manager, publish=self._publish, audit=audit, logger=self._log
+        )
         self.admin_token_path = state_dir / "ipc" / ADMIN_TOKEN_FILE
         self.ipc = IpcServer(
             socket_path=state_dir / "ipc" / "core.sock", handler=self.services, logger=self._log
@@ -102,7 +107,9 @@ class Workload:
         try:
             await self.manager.close()
         finally:
-            self.admin_token_path.unlink(missing_ok=True)
+            # A read-only or vanished state dir must not turn a clean stop into a traceback.
+            with contextlib.suppress(OSError):
+                self.admin_token_path.unlink(missing_ok=True)
             await self.ipc.__aexit__(None, None, None)
 
     def _register(self, token: str, spec: FunctionSpec, pid: int | None) -> None:
