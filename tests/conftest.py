@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
+from tests.support.leaks import LEAKS, LeakCheckPlugin
 from tests.support.services import (
     AWS_TEST_ENV,
     TEST_REGION,
@@ -17,6 +19,31 @@ from tests.support.services import (
     run_mosquitto,
     run_moto,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Check the whole session's output for secret values at its end (issue 7, item 8)."""
+    config.pluginmanager.register(LeakCheckPlugin(LEAKS), "edge-leak-check")
+
+
+def _register_sent_secret(params: dict[str, Any], **_: Any) -> None:
+    """Every value a test sends to Secrets Manager becomes a value the leak check looks for."""
+    secret_id = str(params.get("Name") or params.get("SecretId") or "unnamed secret")
+    for key in ("SecretString", "SecretBinary"):
+        value = params.get(key)
+        if isinstance(value, str | bytes) and value:
+            LEAKS.add_secret(value, secret_id)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leak_check(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Scan the session's temporary files; learn every secret value sent through boto3."""
+    LEAKS.add_root(tmp_path_factory.getbasetemp())
+    boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+    boto3.DEFAULT_SESSION.events.register(
+        "before-parameter-build.secrets-manager", _register_sent_secret
+    )
 
 
 @pytest.fixture(autouse=True)

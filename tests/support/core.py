@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.support.leaks import LEAKS
 from tests.support.services import AWS_TEST_ENV, TEST_REGION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 def edge_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `python -m edge ARGS` to completion and return its result."""
     env = {**os.environ, **AWS_TEST_ENV}
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "edge", *args],
         capture_output=True,
         text=True,
@@ -36,6 +38,11 @@ def edge_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
         cwd=REPO,
         check=False,
     )
+    # `edge invoke`'s stdout is the function's own answer: a function may return a secret it
+    # was granted (that is its business); everything else the CLI writes is the core's.
+    shown = result.stderr if args[:1] == ("invoke",) else result.stdout + result.stderr
+    LEAKS.add_output(f"edge {' '.join(args[:2])}", shown)
+    return result
 
 
 def write_config(
@@ -46,8 +53,11 @@ def write_config(
     endpoint_url: str,
     extra: str = "",
     deployments: str = "allow_unsigned = true",
+    mqtt: str = "",
 ) -> Path:
     """Write a core config file for a test; `deployments` is the [deployments] table's body.
+
+    `mqtt` is added to the [mqtt] table (ca_file, cert_file, key_file for an mqtts:// url).
 
     By default the core accepts unsigned documents, so that `Operator` can deploy by hand.
     """
@@ -61,6 +71,7 @@ state_dir = "state"
 url = "{mqtt_url}"
 reconnect_max_seconds = 1.0
 keepalive_seconds = 5
+{mqtt}
 
 [aws]
 region = "{TEST_REGION}"
@@ -165,6 +176,16 @@ class Operator:
     seen: list[dict[str, Any]] = field(default_factory=list)
     client: paho.Client | None = None
     watchers: list[paho.Client] = field(default_factory=list)
+    #: For a TLS listener: trusts the broker's CA and presents a client certificate.
+    tls: ssl.SSLContext | None = None
+
+    def _new_client(self, prefix: str) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{prefix}-{uuid.uuid4().hex[:8]}"
+        )
+        if self.tls is not None:
+            client.tls_set_context(self.tls)
+        return client
 
     @property
     def deployments_topic(self) -> str:
@@ -175,9 +196,7 @@ class Operator:
         return f"{self.prefix}/things/{self.thing}/deployments/status"
 
     def connect(self) -> None:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"operator-{uuid.uuid4().hex[:8]}"
-        )
+        client = self._new_client("operator")
         subscribed = queue.Queue[bool]()
 
         def on_connect(c: paho.Client, *_: Any) -> None:
@@ -208,7 +227,7 @@ class Operator:
         """Collect (topic, JSON payload) of messages on a filter, from a client of its own."""
         received: queue.Queue[tuple[str, Any]] = queue.Queue()
         ready: queue.Queue[bool] = queue.Queue()
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:8]}")
+        client = self._new_client("watch")
         client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
         client.on_subscribe = lambda *_: ready.put(True)
         client.on_message = lambda _c, _u, msg: received.put((msg.topic, json.loads(msg.payload)))

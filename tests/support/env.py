@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.core import CoreProcess, Operator, edge_cli
+from tests.support.leaks import LEAKS
 from tests.support.services import Mosquitto, MotoServer
 
 
@@ -40,10 +41,12 @@ class Env:
             value: str | bytes = secrets.token_bytes(24)
             resp = self.sm.create_secret(Name=name, SecretBinary=value)
             self.values.append(base64.b64encode(value).decode())
+            LEAKS.add_secret(value, name)
         else:
             value = f"pw-{secrets.token_urlsafe(18)}"
             resp = self.sm.create_secret(Name=name, SecretString=value)
             self.values.append(value)
+            LEAKS.add_secret(value, name)
         return resp["ARN"], resp["VersionId"], value
 
     def add_labelled_version(self, arn: str, label: str) -> tuple[str, str]:
@@ -51,6 +54,7 @@ class Env:
         value = f"old-{secrets.token_urlsafe(18)}"
         resp = self.sm.put_secret_value(SecretId=arn, SecretString=value, VersionStages=[label])
         self.values.append(value)
+        LEAKS.add_secret(value, f"{arn} ({label})")
         return resp["VersionId"], value
 
     def listing(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support.leaks import LEAKS
+
 API_VERSION = "2010-04-01"
 _PATH = re.compile(rf"/{API_VERSION}/Accounts/(?P<sid>[^/]+)/(?P<resource>Messages|Calls)\.json")
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
@@ -251,6 +253,7 @@ def _basic_auth(header: str) -> tuple[str, str] | None:
 @contextmanager
 def run_fake_twilio(account_sid: str, auth_token: str) -> Iterator[FakeTwilio]:
     """Start a FakeTwilio on a free loopback port; stop it afterwards."""
+    LEAKS.add_secret(auth_token, f"Twilio auth token of {account_sid}")
     fake = FakeTwilio(account_sid=account_sid, auth_token=auth_token)
     server = LoopbackServer(fake._respond)
     fake._server = server

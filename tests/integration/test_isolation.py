@@ -1,0 +1,286 @@
+"""Isolation (issue 7, item 6): a worker reads its own secrets and nothing else, by any route.
+
+A real core, real workers running the hostile `functions/probe.py` with the unmodified
+greengrasssdk, Mosquitto and moto. Function "alpha" is granted secret A, "beta" secret B; alpha
+tries everything to get B. Every test checks that B's value is in nothing alpha can output
+(its answer, its log lines); the `env` fixture and the session's leak check then check every
+log and CLI output for every value.
+
+Already proven elsewhere, not repeated here:
+- a process on the socket with a wrong token gets nothing, not even a Welcome
+  (test_ipc.py `test_a_second_process_without_the_token_gets_nothing`,
+  `test_wrong_token_is_refused_and_logged_once`; test_workers.py
+  `test_a_stolen_connection_without_the_token_gets_nothing`);
+- a token bound to another uid, or to a pid the caller doesn't descend from, is refused
+  (test_ipc.py `test_peer_uid_must_match`, `test_peer_pid_must_be_the_worker_or_a_descendant`);
+- an ungranted secret is a 403, an unknown one a 404 (test_workers.py
+  `test_v1_code_reads_its_secrets_like_on_greengrass`);
+- the socket is 0600 in a 0700 directory, a looser directory is tightened, not refused
+  (test_ipc.py `test_socket_is_0600_in_a_0700_directory_and_removed_on_exit`,
+  `test_a_looser_directory_is_tightened`); a state directory others can enter stops the core
+  (test_core.py `test_loose_state_dir_is_refused`); the store is 0600 with no plaintext in the
+  state dir (test_core.py `test_store_file_is_private_and_holds_no_plaintext`); a loose key or
+  store file is refused by the loaders (tests/unit/test_keys.py, tests/unit/test_store.py).
+
+What remains is the OS boundary: workers without `RunAs` (and every worker of a non-root core)
+run as the core's own user, and a process of that user can read the core key and the store
+from disk like the core does. Isolation between functions at that level needs `RunAs` with a
+uid of its own per function (see README, "Who can read which secret").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_workers import function, function_arn, invoke
+from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
+from tests.support.env import Env
+from tests.support.functions import build_package
+
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> dict[str, Any]:
+    """The hostile probe (and app.py) packaged as a Code object."""
+    path, digest = build_package(tmp_path / "probe.zip", ("app.py", "probe.py"))
+    return {"Uri": path.as_uri(), "Sha256": digest}
+
+
+def deploy_two(env: Env, probe: dict[str, Any], *, beta_handler: str = "app.function_handler"):
+    """Deploy alpha (granted A, the probe) and beta (granted B, pinned); return both secrets."""
+    arn_a, vid_a, value_a = env.create_secret("team-a/db")
+    arn_b, vid_b, value_b = env.create_secret("team-b/db")
+    functions = [
+        function("alpha", "probe.secret_ids", probe, policies=["a"], timeout=60),
+        function("beta", beta_handler, probe, policies=["b"], pinned=True),
+    ]
+    dep = env.operator.deploy(
+        [secret_resource("a", arn_a), secret_resource("b", arn_b)], functions=functions
+    )
+    env.operator.wait_status(dep, "Success")
+    return (arn_a, vid_a, value_a), (arn_b, vid_b, value_b)
+
+
+def redeploy_alpha(
+    env: Env,
+    probe: dict[str, Any],
+    handler: str,
+    arns: tuple[str, str],
+    beta_handler: str = "app.function_handler",
+) -> None:
+    """Point alpha at another probe handler, keeping everything else as deployed."""
+    functions = [
+        function("alpha", handler, probe, policies=["a"], timeout=60),
+        function("beta", beta_handler, probe, policies=["b"], pinned=True),
+    ]
+    dep = env.operator.deploy(
+        [secret_resource("a", arns[0]), secret_resource("b", arns[1])], functions=functions
+    )
+    env.operator.wait_status(dep, "Success")
+
+
+def assert_not_shown(env: Env, value: str | bytes, *outputs: Any) -> None:
+    """The value is in none of the outputs nor in the core's log (raw or as JSON text)."""
+    text = value if isinstance(value, str) else value.hex()
+    for output in outputs:
+        assert text not in json.dumps(output), "another function's secret reached the worker"
+    assert text not in env.core.log_text()
+
+
+def test_secret_id_tricks_never_reach_another_functions_secret(
+    env: Env, probe: dict[str, Any]
+) -> None:
+    """B's name, ARN, altered ARNs, paths, case, spaces, lookalikes, sizes, B's VersionId: no."""
+    (arn_a, _, value_a), (arn_b, vid_b, value_b) = deploy_two(env, probe)
+    partial_b = arn_b.rsplit("-", 1)[0]  # Secrets Manager accepts this; the core must not
+    tricks = [
+        {"SecretId": "team-b/db"},
+        {"SecretId": arn_b},
+        {"SecretId": partial_b},
+        {"SecretId": partial_b + "-AAAAAA"},
+        {"SecretId": arn_b.upper()},
+        {"SecretId": arn_b.replace("us-east-1", "us-west-2")},
+        {"SecretId": "team-a/../team-b/db"},
+        {"SecretId": "./team-b/db"},
+        {"SecretId": "team-b/db "},
+        {"SecretId": " team-b/db"},
+        {"SecretId": "team-b/db\n"},
+        {"SecretId": "team-b/db\x00"},
+        {"SecretId": "TEAM-B/DB"},
+        {"SecretId": "team-b/DB"},
+        {"SecretId": "team\u2010b/db"},  # a Unicode hyphen
+        {"SecretId": "te\u0430m-b/db"},  # a Cyrillic a
+        {"SecretId": "\uff54eam-b/db"},  # a fullwidth t (NFKC folds it to "t")
+        {"SecretId": "team-b/db\u200b"},  # a zero-width space
+        {"SecretId": "team-*"},
+        {"SecretId": ".*"},
+        {"SecretId": ""},
+        {"Repeat": ["team-b/db", 20000]},  # 180 KB
+        {"Repeat": ["team-b/db", 250000]},  # 2.2 MB: over the IPC frame limit
+        {"SecretId": "team-b/db", "VersionStage": "AWSCURRENT"},
+        {"SecretId": "team-a/db", "VersionStage": "../team-b/db"},
+        # The SDK refuses VersionId itself ("not yet supported", as V1's did): straight to
+        # the socket, with the probe's own token.
+        {"Raw": True, "SecretId": "team-b/db", "VersionId": vid_b},
+        {"Raw": True, "SecretId": "team-a/db", "VersionId": vid_b},  # A's name, B's version
+        {"Raw": True, "SecretId": arn_a, "VersionId": vid_b},
+        {"Raw": True, "SecretId": "team-b/db\x00"},
+        {"Raw": True, "SecretId": ["team-b/db"]},
+        {"Raw": True, "SecretId": {"Name": "team-b/db"}},
+    ]
+    control = {"SecretId": "team-a/db"}
+    results = invoke(env, "alpha", {"attempts": [control, *tricks]})
+    assert results[0]["ok"], results[0]  # the probe does read what it is granted
+    assert results[0]["answer"]["SecretString"] == value_a
+    for attempt, result in zip(tricks, results[1:], strict=True):
+        assert not result["ok"], (str(attempt)[:80], result)
+    errors = [r["error"] for r in results[1:]]
+    # B by its exact name or ARN is a 403 naming the grant to add; the rest are unknown ids.
+    assert "403" in errors[0]
+    assert "403" in errors[1]
+    codes = ("403", "404", "400", "413")
+    odd = [e for e in errors if not any(f"code {c}" in e or f"({c})" in e for c in codes)]
+    assert not odd, odd
+    assert_not_shown(env, value_b, results)
+    refusals = [e for e in env.core.events() if e.get("event") == "ipc.access_denied"]
+    assert {e["function_arn"] for e in refusals} == {function_arn("alpha")}
+
+
+def test_forged_altered_and_lifted_tokens_are_refused(env: Env, probe: dict[str, Any]) -> None:
+    """Random, empty, altered tokens, beta's token read from /proc, the operator's: no B."""
+    (arn_a, _, _), (arn_b, _, value_b) = deploy_two(env, probe)
+    redeploy_alpha(env, probe, "probe.raw_ipc", (arn_a, arn_b))
+    invoke(env, "beta", {"SecretId": "team-b/db"})  # beta runs (pinned) and has connected
+    operator_token = env.state_dir / "ipc" / "operator.token"
+    results = invoke(
+        env,
+        "alpha",
+        {"SecretId": "team-b/db", "operator_token_file": str(operator_token)},
+    )
+    assert results["own"]["ok"] is False
+    assert "403" in results["own"]["error"]  # its own token works, and B isn't its to read
+    lifted = [name for name in results if name.startswith("lifted-")]
+    # As root the probe can read beta's environment: the attack is real, the pid binding holds.
+    if os.geteuid() == 0:
+        assert lifted, results
+    for name, result in results.items():
+        assert not result["ok"], (name, result)
+    for name in ("random", "own-altered", "own-truncated", *lifted):
+        assert "refused" in results[name]["error"], (name, results[name])
+    assert "non-empty" in results["empty"]["error"]  # the client won't even send it
+    # The operator token (as readable as the key to the core's own user) holds no grant.
+    assert "403" in results["operator"]["error"]
+    problems = {e.get("problem") for e in env.core.events() if e.get("event") == "ipc.auth.refused"}
+    assert "unknown or revoked token" in problems
+    if lifted:
+        assert "peer process is not the worker or one of its descendants" in problems
+    assert_not_shown(env, value_b, results)
+
+
+def test_environment_argv_and_the_cores_proc_hold_no_secret(
+    env: Env, probe: dict[str, Any]
+) -> None:
+    """The worker's env has its own token only; its argv and the core's /proc hold no value."""
+    (arn_a, _, value_a), (arn_b, _, value_b) = deploy_two(env, probe)
+    redeploy_alpha(env, probe, "probe.snoop", (arn_a, arn_b))
+    invoke(env, "alpha", {})
+    seen = invoke(env, "alpha", {})
+    own = seen["own_environ"]
+    assert own["MY_FUNCTION_ARN"] == function_arn("alpha")
+    tokens = [k for k, v in own.items() if k == "AWS_CONTAINER_AUTHORIZATION_TOKEN" and v]
+    assert tokens == ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    # Nothing of the core's own environment (its AWS credentials, its config) is passed on.
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(own)
+    assert seen["core_pid"] == env.core.proc.pid
+    assert "edge" in seen["core_cmdline"]
+    for value in (value_a, value_b):
+        assert_not_shown(env, value, seen)
+
+
+def test_invoking_the_other_function_gives_only_what_it_returns(
+    env: Env, probe: dict[str, Any]
+) -> None:
+    """lambda.invoke runs beta as beta: alpha gets beta's answer, never beta's grants.
+
+    A function that returns its secret to whoever invokes it hands it over (its own choice,
+    as on Greengrass); beta here returns only what beta reads for the SecretId it is sent,
+    so alpha asking beta for A is refused (beta isn't granted A) and asking for B is beta's
+    decision, shown by the answer coming back.
+    """
+    (arn_a, _, _), (arn_b, _, value_b) = deploy_two(env, probe, beta_handler="app.context_fields")
+    redeploy_alpha(env, probe, "probe.invoke", (arn_a, arn_b), "app.context_fields")
+    answer = invoke(env, "alpha", {"FunctionName": function_arn("beta"), "Payload": {"x": 1}})
+    assert answer["FunctionError"] == ""
+    assert json.loads(answer["Payload"])["function_name"] == "beta"
+    assert_not_shown(env, value_b, answer)
+
+
+def test_a_worker_cannot_use_another_cores_socket(
+    env: Env, probe: dict[str, Any], tmp_path: Path
+) -> None:
+    """Core 2 runs the same function ARN with secret B; core 1's worker is refused there."""
+    (arn_a, _, _), (arn_b, _, value_b) = deploy_two(env, probe)
+    redeploy_alpha(env, probe, "probe.raw_ipc", (arn_a, arn_b))
+    root2 = tmp_path / "core2"
+    root2.mkdir()
+    thing2 = f"core-{uuid.uuid4().hex[:8]}"
+    config2 = write_config(
+        root2 / "core.toml", thing_name=thing2, mqtt_url=env.broker.url, endpoint_url=env.moto.url
+    )
+    assert edge_cli("init", "--config", str(config2)).returncode == 0
+    core2 = CoreProcess(config=config2, log_path=root2 / "core.log")
+    operator2 = Operator(port=env.broker.port, prefix="edge", thing=thing2)
+    core2.start()
+    try:
+        core2.wait_for_event("mqtt.connected")
+        operator2.connect()
+        # On core 2, "alpha" (the very same ARN) *is* granted B.
+        dep = operator2.deploy(
+            [secret_resource("b", arn_b)],
+            functions=[function("alpha", "app.function_handler", probe, policies=["b"])],
+        )
+        operator2.wait_status(dep, "Success")
+        socket2 = root2 / "state" / "ipc" / "core.sock"
+        assert stat.S_IMODE(socket2.stat().st_mode) == 0o600
+        assert stat.S_IMODE(socket2.parent.stat().st_mode) == 0o700
+        results = invoke(
+            env, "alpha", {"SecretId": "team-b/db", "socket": str(socket2), "use": ["own"]}
+        )
+        assert not results["own"]["ok"]
+        assert "refused" in results["own"]["error"]
+        core2.wait_for_event("ipc.auth.refused", problem="unknown or revoked token")
+        assert value_b not in core2.log_text()
+    finally:
+        operator2.close()
+        if core2.proc is not None:
+            assert core2.stop() == 0
+    assert_not_shown(env, value_b, results)
+
+
+@pytest.mark.parametrize(("target", "mode"), [("secrets.store", 0o644), ("core.key", 0o640)])
+def test_a_loose_store_or_key_stops_the_core_saying_how_to_fix(
+    env: Env, target: str, mode: int
+) -> None:
+    """`edge run` refuses a store or key others can read, with the chmod that fixes it."""
+    arn, _, _ = env.create_secret("perm/check")
+    env.operator.wait_status(env.operator.deploy([secret_resource("r", arn)]), "Success")
+    assert stat.S_IMODE(env.store_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((env.state_dir / "core.key").stat().st_mode) == 0o600
+    assert env.core.stop() == 0
+    path = env.state_dir / target
+    path.chmod(mode)
+    result = edge_cli("run", "--config", str(env.config), timeout=30)
+    assert result.returncode == 2
+    assert f"chmod 0600 {path}" in result.stderr
+    assert "Traceback" not in result.stderr
+    path.chmod(0o600)
+    env.core.start()
+    env.core.wait_for_event("core.store_loaded", after=1)
