@@ -19,8 +19,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/edge demo
 
-## Lint, type-check and run every test (unit and integration).
+## Lint, type-check and run every test (unit and integration). The tests start their own
+## Mosquitto and SoftHSM2 token: each installer does nothing when its package is there.
 test: install lint typecheck
+	bash .ci/install-mosquitto
+	bash .ci/install-softhsm
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: install

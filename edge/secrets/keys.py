@@ -14,6 +14,12 @@ level removed. Every save of the store draws a fresh AES-256 data key, and this 
 Both bind the wrap to caller-supplied associated data (the store header), so a wrapped key can't
 be moved into another header. Other key types and sizes are refused when the key is loaded, with
 a message that says how to fix it, rather than failing obscurely on the first save.
+
+The private key is either a PEM file or a key held in a PKCS#11 token (`[core] private_key =
+"pkcs11:..."`, see `edge.secrets.pkcs11`). Wrapping only ever uses the public key; unwrapping a
+token key decrypts (RSA) or derives the ECDH secret (EC) inside the token, so both kinds of
+private key produce and read the very same wrapped bytes, and a store sealed with a file key
+opens with the same key imported into a token.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from edge.fsutil import (
     read_private_file,
     write_new_file,
 )
+from edge.secrets.pkcs11 import TokenKey, TokenKeyRef, open_token_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,25 +77,34 @@ class CoreKey:
     """The core's private key, as used to wrap and unwrap the store's data keys.
 
     Only EC P-256 and RSA keys of 2048 to 16384 bits are accepted. The key material never
-    appears in `repr` or in any error message.
+    appears in `repr` or in any error message; a token-held key never leaves its token.
     """
 
-    __slots__ = ("_fingerprint", "_private_key")
+    __slots__ = ("_fingerprint", "_private_key", "_public_key")
 
-    def __init__(self, *, private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    def __init__(
+        self, *, private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | TokenKey
+    ) -> None:
         """Wrap a private key object; most code calls `load` or `generate_key` instead.
 
         Args:
-            private_key: An EC P-256 or RSA (2048-16384 bit) private key.
+            private_key: An EC P-256 or RSA (2048-16384 bit) private key, or a key in a
+                PKCS#11 token opened (and checked) by `edge.secrets.pkcs11.open_token_key`.
 
         Raises:
             ValueError: The key is of an unsupported curve or size.
         """
-        problem = _unsupported(private_key)
-        if problem is not None:
-            raise ValueError(problem)
+        public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+        if isinstance(private_key, TokenKey):
+            public = private_key.public_key  # checked when the token key was opened
+        else:
+            problem = _unsupported(private_key)
+            if problem is not None:
+                raise ValueError(problem)
+            public = private_key.public_key()
         self._private_key = private_key
-        spki = private_key.public_key().public_bytes(
+        self._public_key = public
+        spki = self._public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         # 64 bits of SHA-256 are plenty to tell keys apart in a header and in a message; the
@@ -96,20 +112,26 @@ class CoreKey:
         self._fingerprint = hashlib.sha256(spki).hexdigest()[:16]
 
     @classmethod
-    def load(cls, path: Path) -> CoreKey:
-        """Load the core key from an unencrypted PEM file (PKCS#8 or traditional).
+    def load(cls, path: Path | TokenKeyRef) -> CoreKey:
+        """Load the core key from an unencrypted PEM file (PKCS#8 or traditional) or a token.
 
         Args:
-            path: The key file. It must be a regular file with no group or other permissions.
+            path: The key file, which must be a regular file with no group or other
+                permissions; or a key in a PKCS#11 token (`[core] private_key = "pkcs11:..."`),
+                which is found, checked and test-unwrapped inside the token.
 
         Returns:
             The loaded key.
 
         Raises:
             CoreKeyError: The file is missing, unreadable, not a PEM private key, encrypted,
-                or of an unsupported type or size. The message says how to fix it.
-            InsecurePermissionsError: Group or other users have any access to the file.
+                or of an unsupported type or size; or the token, object, PIN or mechanism is
+                missing or wrong. The message says which and how to fix it.
+            InsecurePermissionsError: Group or other users have any access to the file (or
+                to a token key's PIN file).
         """
+        if isinstance(path, TokenKeyRef):
+            return cls(private_key=open_token_key(path))
         where = str(path)
         try:
             data = read_private_file(path, max_size=MAX_KEY_FILE_SIZE)
@@ -122,7 +144,7 @@ class CoreKey:
     @property
     def kind(self) -> KeyKind:
         """The key's family: "ec" or "rsa"."""
-        return "ec" if isinstance(self._private_key, ec.EllipticCurvePrivateKey) else "rsa"
+        return "ec" if isinstance(self._public_key, ec.EllipticCurvePublicKey) else "rsa"
 
     @property
     def algorithm(self) -> str:
@@ -144,15 +166,15 @@ class CoreKey:
         Returns:
             The wrapped key: ECIES point || nonce || ciphertext + tag, or an RSA-OAEP block.
         """
-        key = self._private_key
-        if isinstance(key, rsa.RSAPrivateKey):
+        public = self._public_key
+        if isinstance(public, rsa.RSAPublicKey):
             # The OAEP label is the standard place for associated data (RFC 8017, 7.1).
-            return key.public_key().encrypt(data_key, _oaep(aad))
+            return public.encrypt(data_key, _oaep(aad))
         ephemeral = ec.generate_private_key(ec.SECP256R1())
         point = ephemeral.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
-        kek = _derive_kek(ephemeral.exchange(ec.ECDH(), key.public_key()), point)
+        kek = _derive_kek(ephemeral.exchange(ec.ECDH(), public), point)
         # A random nonce is safe: each KEK is fresh (new ephemeral key) and encrypts once.
         nonce = os.urandom(_NONCE_LEN)
         return point + nonce + AESGCM(kek).encrypt(nonce, data_key, aad)
@@ -170,8 +192,12 @@ class CoreKey:
         Raises:
             ValueError: `wrapped` is malformed, was altered, was wrapped for another key, or
                 `aad` differs. The caller maps this to its own error.
+            CoreKeyError: The key is in a token that is gone, or refuses the login or the
+                operation.
         """
         key = self._private_key
+        if isinstance(key, TokenKey) and key.kind == "rsa":
+            return key.rsa_oaep_decrypt(wrapped, aad)
         if isinstance(key, rsa.RSAPrivateKey):
             # cryptography raises ValueError for any OAEP failure, without saying which check
             # failed (no padding oracle), which is exactly the contract we want.
@@ -182,15 +208,24 @@ class CoreKey:
         nonce = wrapped[_EC_POINT_LEN : _EC_POINT_LEN + _NONCE_LEN]
         # Raises ValueError for bytes that aren't a point on P-256 (invalid-curve attacks).
         ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-        kek = _derive_kek(key.exchange(ec.ECDH(), ephemeral), point)
+        if isinstance(key, TokenKey):
+            shared = key.ecdh(point)  # inside the token
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            shared = key.exchange(ec.ECDH(), ephemeral)
+        else:  # pragma: no cover - kind said "ec"
+            raise TypeError(type(key).__name__)
+        kek = _derive_kek(shared, point)
         try:
             return AESGCM(kek).decrypt(nonce, wrapped[_EC_POINT_LEN + _NONCE_LEN :], aad)
         except InvalidTag as exc:
             raise ValueError("wrapped key does not authenticate") from exc
 
     def __repr__(self) -> str:
-        """Name the key by kind and fingerprint only."""
-        return f"CoreKey(kind={self.kind!r}, fingerprint={self.fingerprint!r})"
+        """Name the key by kind and fingerprint only (and, for a token key, its URI sans PIN)."""
+        where = (
+            f", uri={self._private_key.uri!r}" if isinstance(self._private_key, TokenKey) else ""
+        )
+        return f"CoreKey(kind={self.kind!r}, fingerprint={self.fingerprint!r}{where})"
 
 
 def generate_key(path: Path, *, kind: KeyKind = "ec", rsa_bits: int = MIN_RSA_BITS) -> CoreKey:

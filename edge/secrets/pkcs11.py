@@ -1,0 +1,771 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Core keys held in a PKCS#11 token (an HSM, a TPM's PKCS#11 front end, SoftHSM2).
+
+`[core] private_key = "pkcs11:token=edge;object=core-key?pin-source=file:/etc/edge/pin"` names
+a private key inside a token by an RFC 7512 URI. The store's data key is then *unwrapped inside
+the token*; the private key is never read out (it is normally non-extractable anyway):
+
+* **RSA**: `C_Decrypt` with CKM_RSA_PKCS_OAEP, hash SHA-256, MGF1-SHA-256 and the store header
+  as the OAEP label: exactly what `edge.secrets.keys` does in software. A token that can't do
+  OAEP with SHA-256 and a label (SoftHSM 2.6 only does SHA-1 without one) is refused by name.
+* **EC P-256**: `C_DeriveKey` with CKM_ECDH1_DERIVE (no KDF) computes the ECDH secret with the
+  wrap's ephemeral point inside the token; the secret (not the private key) comes out as a
+  short-lived session object, and HKDF + AES-GCM finish the ECIES unwrap in software.
+
+Wrapping needs only the public key, so saving the store never touches the token. The public key
+comes from `[core] public_key` (a PEM public key or certificate), else from the token: a
+public-key or certificate object with the private key's CKA_ID (or label), else, for RSA, the
+private key's public attributes (modulus and exponent).
+
+Opening a key checks everything up front and then unwraps a test key once, so a missing
+mechanism, a key the token won't use for decryption or a public key that doesn't match fails at
+start (and at `edge init`) with a message naming the token, the object and what is missing,
+rather than when the store is next read.
+
+python-pkcs11 (the `pkcs11` extra) is imported only here, and only when a token key is opened,
+so a core without the extra starts normally with a file key. The untyped corners of that library
+stay inside this module; the rest of `edge` sees `TokenKeyRef` and `TokenKey`.
+
+The PIN is held in memory only while the key is open and never appears in a message, a log line
+or a `repr`: URIs are shown with `pin-value` replaced by `***`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote, unquote_to_bytes
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from edge.errors import CoreKeyError
+from edge.fsutil import read_private_file
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+#: URI scheme of RFC 7512.
+SCHEME = "pkcs11:"
+#: Largest PIN file read: a PIN is a few bytes; a large file is a mistaken path.
+MAX_PIN_FILE_SIZE = 4 * 1024
+#: Largest public key or certificate file read.
+MAX_PUBLIC_KEY_FILE_SIZE = 64 * 1024
+
+# RFC 7512 path attributes we select by, and the query attributes we understand. pin-value and
+# pin-source are also accepted in the path, as OpenSSL's libp11 writes them there.
+_PATH_ATTRS = frozenset(
+    {"token", "manufacturer", "serial", "model", "slot-id", "object", "id", "type"}
+)
+_QUERY_ATTRS = frozenset({"pin-value", "pin-source", "module-path"})
+_PIN_ATTRS = frozenset({"pin-value", "pin-source"})
+# DER of the P-256 OID 1.2.840.10045.3.1.7, as CKA_EC_PARAMS holds it (namedCurve).
+_P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
+_P256_POINT_LEN = 65
+# A self-test data key: any 32 bytes do; the AAD marks them as not a store's.
+_SELF_TEST_AAD = b"edge pkcs11 self-test"
+
+# One operation at a time per process: a PKCS#11 session must not be used by two threads at
+# once, and logins are per token, not per session. Unwraps are rare (store loads), so a single
+# lock costs nothing measurable.
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenKeyRef:
+    """A private key in a PKCS#11 token, as named by `[core] private_key` and friends.
+
+    Built by `parse_token_key_uri`; opening it (`open_token_key`) talks to the token.
+    """
+
+    #: The URI for messages, with any pin-value replaced by `***`.
+    uri: str
+    #: The PKCS#11 module (shared library) to load.
+    module: Path
+    token: str | None = None
+    manufacturer: str | None = None
+    serial: str | None = None
+    model: str | None = None
+    slot_id: int | None = None
+    #: CKA_LABEL of the key.
+    label: str | None = None
+    #: CKA_ID of the key.
+    key_id: bytes | None = None
+    #: The user PIN given inline (`pin-value`); never shown.
+    pin: str | None = field(default=None, repr=False)
+    #: A file holding the user PIN (`pin-source`), read when the key is opened.
+    pin_source: Path | None = None
+    #: A PEM public key or certificate of the key (`[core] public_key`), if configured.
+    public_key: Path | None = None
+
+    def object_name(self) -> str:
+        """Name the key object for messages: "object 'core'", "id 01" or both."""
+        what = []
+        if self.label is not None:
+            what.append(f"object {self.label!r}")
+        if self.key_id is not None:
+            what.append(f"id {self.key_id.hex()}")
+        return " ".join(what)
+
+    def describe(self) -> str:
+        """Say which object in which token, for messages: "object 'core' in token 'edge'"."""
+        where = self.token if self.token is not None else self.serial or "(any)"
+        return f"{self.object_name()} in token {where!r}"
+
+
+def is_pkcs11_uri(text: str) -> bool:
+    """Tell a PKCS#11 URI from a key file path."""
+    return text[: len(SCHEME)].lower() == SCHEME
+
+
+def parse_token_key_uri(  # noqa: C901, PLR0912, PLR0915 - one branch per attribute reads best
+    text: str, *, base_dir: Path, module: Path | None, public_key: Path | None
+) -> TokenKeyRef:
+    """Parse an RFC 7512 PKCS#11 URI naming the core's private key.
+
+    Args:
+        text: The URI, e.g. `pkcs11:token=edge;object=core?pin-source=file:/etc/edge/pin`.
+        base_dir: Relative paths (module-path, pin-source) are resolved against it.
+        module: `[core] pkcs11_module`, if set.
+        public_key: `[core] public_key`, if set.
+
+    Returns:
+        The reference, not yet opened.
+
+    Raises:
+        ValueError: The URI is malformed, names an unsupported attribute, lacks an object, or
+            no module is given. The message never quotes a pin-value.
+    """
+    shown = redact_uri(text)
+    if not is_pkcs11_uri(text):
+        raise ValueError(f"{shown} is not a pkcs11: URI")
+    path_part, _, query_part = text[len(SCHEME) :].partition("?")
+    attrs: dict[str, str] = {}
+    for where, part, sep, known in (
+        ("path", path_part, ";", _PATH_ATTRS | _PIN_ATTRS),
+        ("query", query_part, "&", _QUERY_ATTRS),
+    ):
+        for item in filter(None, part.split(sep)):
+            name, eq, raw = item.partition("=")
+            name = name.lower()
+            if not eq or not raw:
+                raise ValueError(f"{shown}: attribute {name!r} needs a value ({name}=...)")
+            if name not in known:
+                supported = ", ".join(sorted(known))
+                raise ValueError(
+                    f"{shown}: unsupported {where} attribute {name!r}; edge understands "
+                    f"{supported} here"
+                )
+            if name in attrs:
+                raise ValueError(f"{shown}: attribute {name!r} is given twice")
+            attrs[name] = raw
+    if "pin-value" in attrs and "pin-source" in attrs:
+        raise ValueError(f"{shown}: give pin-value or pin-source, not both")
+    if "object" not in attrs and "id" not in attrs:
+        raise ValueError(f"{shown}: name the key with object=<label> and/or id=<%xx bytes>")
+    if attrs.get("type", "private") != "private":
+        raise ValueError(f"{shown}: type must be 'private' (the core key is a private key)")
+
+    def text_attr(name: str) -> str | None:
+        raw = attrs.get(name)
+        if raw is None:
+            return None
+        try:
+            return unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            raise ValueError(f"{shown}: {name} is not percent-encoded UTF-8") from None
+
+    def path_attr(name: str) -> Path | None:
+        value = text_attr(name)
+        if value is None:
+            return None
+        if name == "pin-source":
+            # RFC 7512 makes pin-source a URI; file: is the only scheme that makes sense here.
+            # A bare path is accepted too, as p11-kit and libp11 do.
+            if value.startswith("file://"):
+                value = value[len("file://") :]
+            elif value.startswith("file:"):
+                value = value[len("file:") :]
+            elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value):
+                raise ValueError(f"{shown}: pin-source must be a file: URI or a path")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base_dir / p).resolve()
+
+    slot_id = None
+    if "slot-id" in attrs:
+        raw_slot = text_attr("slot-id") or ""
+        if not raw_slot.isdecimal():
+            raise ValueError(f"{shown}: slot-id must be a decimal number")
+        slot_id = int(raw_slot)
+    key_id = unquote_to_bytes(attrs["id"]) if "id" in attrs else None
+    uri_module = path_attr("module-path")
+    if uri_module is not None and module is not None and uri_module != module:
+        raise ValueError(
+            f"{shown}: module-path {uri_module} differs from [core] pkcs11_module {module}; "
+            "give one of them"
+        )
+    module = uri_module or module
+    if module is None:
+        raise ValueError(
+            f"{shown}: which PKCS#11 module? Set [core] pkcs11_module to its shared library "
+            "(SoftHSM2: /usr/lib/softhsm/libsofthsm2.so) or add ?module-path=... to the URI"
+        )
+    return TokenKeyRef(
+        uri=shown,
+        module=module,
+        token=text_attr("token"),
+        manufacturer=text_attr("manufacturer"),
+        serial=text_attr("serial"),
+        model=text_attr("model"),
+        slot_id=slot_id,
+        label=text_attr("object"),
+        key_id=key_id,
+        pin=text_attr("pin-value"),
+        pin_source=path_attr("pin-source"),
+        public_key=public_key,
+    )
+
+
+def redact_uri(text: str) -> str:
+    """Return a PKCS#11 URI with its pin-value replaced by `***`, safe for any message."""
+    return re.sub(r"(?i)(pin-value=)[^;&?]*", r"\1***", text)
+
+
+# -- the token side ----------------------------------------------------------------------------
+
+
+class TokenKey:
+    """An opened private key in a token: it decrypts and derives there, and only there.
+
+    Built by `open_token_key`, which has already checked that the key works. Each operation opens
+    its own session (and logs in), so a token that was reset or re-plugged in between is simply
+    found again.
+    """
+
+    __slots__ = ("_kind", "_lib", "_pin", "_public_key", "_ref", "_token_label")
+
+    def __init__(
+        self,
+        *,
+        ref: TokenKeyRef,
+        lib: Any,  # noqa: ANN401 - python-pkcs11's lib; kept opaque outside this module
+        token_label: str,
+        pin: str | None,
+        kind: Literal["ec", "rsa"],
+        public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    ) -> None:
+        self._ref = ref
+        self._lib = lib
+        self._token_label = token_label
+        self._pin = pin
+        self._kind: Literal["ec", "rsa"] = kind
+        self._public_key = public_key
+
+    @property
+    def kind(self) -> Literal["ec", "rsa"]:
+        """The key's family: "ec" or "rsa"."""
+        return self._kind
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+        """The key's public half, which is all that wrapping needs."""
+        return self._public_key
+
+    @property
+    def uri(self) -> str:
+        """The key's URI, PIN redacted."""
+        return self._ref.uri
+
+    def rsa_oaep_decrypt(self, ciphertext: bytes, label: bytes) -> bytes:
+        """Decrypt an RSA-OAEP (SHA-256, MGF1-SHA-256) block with `label`, inside the token.
+
+        Raises:
+            ValueError: The block doesn't decrypt (altered, or for another key or label).
+            CoreKeyError: The token is gone, refuses the login, or refuses the operation.
+        """
+        with self._session() as (pkcs11, key):
+            try:
+                return bytes(
+                    key.decrypt(
+                        ciphertext,
+                        mechanism=pkcs11.Mechanism.RSA_PKCS_OAEP,
+                        mechanism_param=(pkcs11.Mechanism.SHA256, pkcs11.MGF.SHA256, label),
+                    )
+                )
+            except _data_errors(pkcs11) as exc:
+                raise ValueError("wrapped key does not decrypt") from exc
+
+    def ecdh(self, peer_point: bytes) -> bytes:
+        """Return the ECDH shared secret (x-coordinate) with an uncompressed P-256 point.
+
+        Raises:
+            ValueError: The token rejects the point.
+            CoreKeyError: The token is gone, refuses the login, or refuses the operation.
+        """
+        with self._session() as (pkcs11, key):
+            attr = pkcs11.Attribute
+            try:
+                secret = key.derive_key(
+                    pkcs11.KeyType.GENERIC_SECRET,
+                    256,
+                    mechanism=pkcs11.Mechanism.ECDH1_DERIVE,
+                    mechanism_param=(pkcs11.KDF.NULL, None, peer_point),
+                    # A session object that we may read: it is the ECDH secret, which protects
+                    # only this one wrap, never the private key. It dies with the session.
+                    template={attr.SENSITIVE: False, attr.EXTRACTABLE: True, attr.TOKEN: False},
+                )
+            except _data_errors(pkcs11) as exc:
+                raise ValueError("the token rejects the wrapped key's point") from exc
+            value = bytes(secret[attr.VALUE])
+            secret.destroy()
+            return value
+
+    @contextmanager
+    def _session(self) -> Iterator[tuple[Any, Any]]:
+        pkcs11 = _import_pkcs11(self._ref)
+        with _lock, _mapped(self._ref, pkcs11, doing="using the key"):
+            token = _find_token(self._ref, self._lib, pkcs11)
+            with token.open(user_pin=self._pin) as session:
+                yield pkcs11, _find_private_key(self._ref, session, pkcs11, pin=self._pin)
+
+    def __repr__(self) -> str:
+        """Name the key by URI (PIN redacted) and kind."""
+        return f"TokenKey(uri={self._ref.uri!r}, kind={self._kind!r})"
+
+
+def open_token_key(ref: TokenKeyRef) -> TokenKey:
+    """Find the key in its token, check it can unwrap, and return it; it never leaves the token.
+
+    Raises:
+        CoreKeyError: python-pkcs11 is missing, the module can't be loaded, no (or more than one)
+            token or object matches, the PIN is wrong or locked, the object is not an RSA or EC
+            P-256 private key, the token lacks the mechanism or the key may not be used for it,
+            there is no public key, or the public key doesn't belong to the private key.
+        InsecurePermissionsError: The pin-source file is readable by group or others.
+    """
+    pkcs11 = _import_pkcs11(ref)
+    pin = _read_pin(ref)
+    with _lock, _mapped(ref, pkcs11, doing="opening the key"):
+        if not ref.module.is_file():
+            raise CoreKeyError(ref.uri, f"PKCS#11 module {ref.module} does not exist")
+        try:
+            lib = pkcs11.lib(str(ref.module))
+        except Exception as exc:  # any failure to load means "not a usable module"
+            raise CoreKeyError(
+                ref.uri, f"PKCS#11 module {ref.module} can't be loaded ({_ckr(exc)})"
+            ) from exc
+        token = _find_token(ref, lib, pkcs11)
+        label = str(token.label)
+        mechanisms = set(token.slot.get_mechanisms())
+        with token.open(user_pin=pin) as session:
+            key = _find_private_key(ref, session, pkcs11, pin=pin)
+            kind = _check_key(ref, key, label, mechanisms, pkcs11)
+            public_key = _public_key(ref, session, key, kind, label, pkcs11)
+    opened = TokenKey(
+        ref=ref, lib=lib, token_label=label, pin=pin, kind=kind, public_key=public_key
+    )
+    _self_test(opened, label)
+    return opened
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _import_pkcs11(ref: TokenKeyRef) -> Any:  # noqa: ANN401 - the module, untyped by design
+    try:
+        import pkcs11  # noqa: PLC0415 - optional extra, imported only for token keys
+    except ImportError:
+        raise CoreKeyError(
+            ref.uri,
+            "keys in a PKCS#11 token need python-pkcs11; install it with "
+            "`pip install 'edge[pkcs11]'`",
+        ) from None
+    return pkcs11
+
+
+def _read_pin(ref: TokenKeyRef) -> str | None:
+    if ref.pin is not None or ref.pin_source is None:
+        return ref.pin
+    try:
+        data = read_private_file(ref.pin_source, max_size=MAX_PIN_FILE_SIZE)
+    except FileNotFoundError:
+        raise CoreKeyError(ref.uri, f"PIN file {ref.pin_source} does not exist") from None
+    except OSError as exc:
+        raise CoreKeyError(
+            ref.uri, f"PIN file {ref.pin_source} can't be read ({exc.strerror})"
+        ) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CoreKeyError(ref.uri, f"PIN file {ref.pin_source} is not UTF-8 text") from None
+    # `echo 1234 > pin` leaves a newline that is not part of the PIN.
+    pin = text.removesuffix("\n").removesuffix("\r")
+    if not pin:
+        raise CoreKeyError(ref.uri, f"PIN file {ref.pin_source} is empty")
+    return pin
+
+
+class _mapped:  # noqa: N801 - used like contextlib's lower-case context managers
+    """Turn python-pkcs11 errors into CoreKeyError messages that say what went wrong."""
+
+    def __init__(self, ref: TokenKeyRef, pkcs11: Any, *, doing: str) -> None:  # noqa: ANN401
+        self._ref = ref
+        self._pkcs11 = pkcs11
+        self._doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None or not isinstance(exc, self._pkcs11.PKCS11Error):
+            return
+        e = self._pkcs11.exceptions
+        ref = self._ref
+        where = ref.describe()
+        if isinstance(exc, e.PinIncorrect):
+            problem = (
+                f"the token rejected the PIN for {where} (CKR_PIN_INCORRECT); check the URI's "
+                "pin-value or pin-source. Tokens lock the PIN after a few wrong tries"
+            )
+        elif isinstance(exc, e.PinLocked):
+            problem = (
+                f"the user PIN of {where} is locked (CKR_PIN_LOCKED); unlock it with the SO PIN"
+            )
+        elif isinstance(exc, e.PinExpired):
+            problem = f"the user PIN of {where} has expired (CKR_PIN_EXPIRED); set a new one"
+        elif isinstance(exc, e.PinLenRange | e.PinInvalid):
+            problem = f"the PIN for {where} is not a valid PIN for this token ({_ckr(exc)})"
+        elif isinstance(exc, e.UserPinNotInitialized):
+            problem = f"the user PIN of {where} was never set (CKR_USER_PIN_NOT_INITIALIZED)"
+        elif isinstance(exc, e.DeviceRemoved | e.TokenNotPresent | e.TokenNotRecognised):
+            problem = f"the token of {where} is not present ({_ckr(exc)}); plug it in"
+        else:
+            problem = f"the token failed while {self._doing} {where} ({_ckr(exc)})"
+        raise CoreKeyError(ref.uri, problem) from exc
+
+
+def _data_errors(pkcs11: Any) -> tuple[type[BaseException], ...]:  # noqa: ANN401
+    e = pkcs11.exceptions
+    # What a token answers for a block or point that is not for this key. SoftHSM says
+    # CKR_GENERAL_ERROR for a bad OAEP block; the self-test at open rules out the other causes.
+    return (
+        e.EncryptedDataInvalid,
+        e.EncryptedDataLenRange,
+        e.DataInvalid,
+        e.DataLenRange,
+        e.GeneralError,
+        e.FunctionFailed,
+        e.DomainParamsInvalid,
+        e.PublicKeyInvalid,
+    )
+
+
+def _ckr(exc: BaseException) -> str:
+    """Name a python-pkcs11 exception by its PKCS#11 return value, e.g. CKR_PIN_INCORRECT."""
+    name = type(exc).__name__
+    if not hasattr(exc, "__module__") or not type(exc).__module__.startswith("pkcs11"):
+        return f"{name}: {exc}"
+    return "CKR_" + re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
+
+
+def _find_token(ref: TokenKeyRef, lib: Any, pkcs11: Any) -> Any:  # noqa: ANN401
+    wanted = {
+        "token": ref.token,
+        "manufacturer": ref.manufacturer,
+        "serial": ref.serial,
+        "model": ref.model,
+    }
+    present: list[str] = []
+    found: list[Any] = []
+    for slot in lib.get_slots(token_present=True):
+        try:
+            token = slot.get_token()
+        except pkcs11.PKCS11Error:
+            continue  # a slot whose token went away between the two calls
+        if not token.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED:
+            continue  # an empty slot (SoftHSM always offers one for a new token)
+        have = {
+            "token": str(token.label),
+            "manufacturer": str(token.manufacturer_id),
+            "serial": bytes(token.serial).decode("ascii", "replace"),
+            "model": str(token.model),
+        }
+        present.append(repr(have["token"]))
+        if ref.slot_id is not None and int(slot.slot_id) != ref.slot_id:
+            continue
+        if all(v is None or have[k] == v for k, v in wanted.items()):
+            found.append(token)
+    if len(found) == 1:
+        return found[0]
+    selector = ";".join(f"{k}={v}" for k, v in wanted.items() if v is not None) or "any token"
+    if not found:
+        tokens = ", ".join(present) or "none"
+        raise CoreKeyError(
+            ref.uri,
+            f"no token matches {selector} in module {ref.module} (tokens present: {tokens})",
+        )
+    raise CoreKeyError(
+        ref.uri,
+        f"{len(found)} tokens match {selector} in module {ref.module}; add serial=... to the "
+        "URI to pick one",
+    )
+
+
+def _find_private_key(ref: TokenKeyRef, session: Any, pkcs11: Any, *, pin: str | None) -> Any:  # noqa: ANN401
+    attr = pkcs11.Attribute
+    template: dict[Any, Any] = {}
+    if ref.label is not None:
+        template[attr.LABEL] = ref.label
+    if ref.key_id is not None:
+        template[attr.ID] = ref.key_id
+    objects = list(session.get_objects(template))
+    private = [o for o in objects if o[attr.CLASS] == pkcs11.ObjectClass.PRIVATE_KEY]
+    where = ref.describe()
+    if len(private) == 1:
+        return private[0]
+    if len(private) > 1:
+        raise CoreKeyError(
+            ref.uri, f"{len(private)} private keys match {where}; add id=... to the URI"
+        )
+    others = [o for o in objects if o[attr.CLASS] != pkcs11.ObjectClass.PUBLIC_KEY]
+    if others:
+        what = _describe_object(others[0], pkcs11)
+        raise CoreKeyError(
+            ref.uri,
+            f"{where} is {what}, not a private key; edge needs an RSA (2048 bits or more) or "
+            "EC P-256 private key",
+        )
+    hint = (
+        "; no PIN was given, and private keys are only visible after login: add "
+        "pin-source=file:... (or pin-value=...) to the URI"
+        if pin is None
+        else ""
+    )
+    raise CoreKeyError(ref.uri, f"there is no private key {where}{hint}")
+
+
+def _describe_object(obj: Any, pkcs11: Any) -> str:  # noqa: ANN401
+    attr = pkcs11.Attribute
+    cls = obj[attr.CLASS]
+    if cls == pkcs11.ObjectClass.SECRET_KEY:
+        return f"a secret key (CKK_{_enum_name(obj[attr.KEY_TYPE])})"
+    return f"an object of class CKO_{_enum_name(cls)}"
+
+
+def _enum_name(value: Any) -> str:  # noqa: ANN401
+    return str(getattr(value, "name", value))
+
+
+def _check_key(
+    ref: TokenKeyRef,
+    key: Any,  # noqa: ANN401
+    token_label: str,
+    mechanisms: set[Any],
+    pkcs11: Any,  # noqa: ANN401
+) -> Literal["ec", "rsa"]:
+    attr = pkcs11.Attribute
+    key_type = key[attr.KEY_TYPE]
+    where = f"object {key[attr.LABEL]!r} in token {token_label!r}"
+    if key_type == pkcs11.KeyType.RSA:
+        bits = int.from_bytes(bytes(key[attr.MODULUS]), "big").bit_length()
+        from edge.secrets.keys import MAX_RSA_BITS, MIN_RSA_BITS  # noqa: PLC0415 - no cycle
+
+        if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
+            raise CoreKeyError(
+                ref.uri,
+                f"{where} is a {bits}-bit RSA key; edge needs {MIN_RSA_BITS} to {MAX_RSA_BITS}",
+            )
+        if pkcs11.Mechanism.RSA_PKCS_OAEP not in mechanisms:
+            raise CoreKeyError(
+                ref.uri,
+                f"token {token_label!r} lacks mechanism CKM_RSA_PKCS_OAEP, which edge needs to "
+                f"unwrap the store's data key with RSA {where}",
+            )
+        if not key[attr.DECRYPT]:
+            raise CoreKeyError(
+                ref.uri, f"{where} may not be used to decrypt (CKA_DECRYPT is false)"
+            )
+        return "rsa"
+    if key_type == pkcs11.KeyType.EC:
+        if bytes(key[attr.EC_PARAMS]) != _P256_PARAMS:
+            raise CoreKeyError(
+                ref.uri, f"{where} is an EC key on a curve other than P-256 (secp256r1)"
+            )
+        if pkcs11.Mechanism.ECDH1_DERIVE not in mechanisms:
+            raise CoreKeyError(
+                ref.uri,
+                f"token {token_label!r} lacks mechanism CKM_ECDH1_DERIVE, which edge needs to "
+                f"unwrap the store's data key with EC {where}",
+            )
+        if not key[attr.DERIVE]:
+            raise CoreKeyError(
+                ref.uri, f"{where} may not be used for key derivation (CKA_DERIVE is false)"
+            )
+        return "ec"
+    raise CoreKeyError(
+        ref.uri,
+        f"{where} is a CKK_{_enum_name(key_type)} private key; edge supports RSA and EC P-256",
+    )
+
+
+def _public_key(  # noqa: PLR0917 - private, called once
+    ref: TokenKeyRef,
+    session: Any,  # noqa: ANN401
+    key: Any,  # noqa: ANN401
+    kind: Literal["ec", "rsa"],
+    token_label: str,
+    pkcs11: Any,  # noqa: ANN401
+) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    where = f"object {key[pkcs11.Attribute.LABEL]!r} in token {token_label!r}"
+    found: ec.EllipticCurvePublicKey | rsa.RSAPublicKey | None
+    if ref.public_key is not None:
+        found = _load_public_key_file(ref, ref.public_key)
+        origin = f"public key file {ref.public_key}"
+    else:
+        found = _public_key_from_token(session, key, kind, pkcs11)
+        origin = "the token's public key"
+        if found is None:
+            raise CoreKeyError(
+                ref.uri,
+                f"the token holds no public key or certificate for {where} (same id or label); "
+                "set [core] public_key to its PEM public key or certificate",
+            )
+    want = rsa.RSAPublicKey if kind == "rsa" else ec.EllipticCurvePublicKey
+    if not isinstance(found, want) or (
+        isinstance(found, ec.EllipticCurvePublicKey) and not isinstance(found.curve, ec.SECP256R1)
+    ):
+        raise CoreKeyError(
+            ref.uri, f"{origin} is not the {kind.upper()} public key of private {where}"
+        )
+    if isinstance(found, rsa.RSAPublicKey):
+        # The modulus is a public attribute of the private key: compare, so a wrong public key
+        # file is named as such rather than showing up as a failed decryption.
+        modulus = int.from_bytes(bytes(key[pkcs11.Attribute.MODULUS]), "big")
+        if found.public_numbers().n != modulus:
+            raise CoreKeyError(ref.uri, f"{origin} does not belong to private {where}")
+    return found
+
+
+def _public_key_from_token(
+    session: Any,  # noqa: ANN401
+    key: Any,  # noqa: ANN401
+    kind: Literal["ec", "rsa"],
+    pkcs11: Any,  # noqa: ANN401
+) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey | None:
+    attr = pkcs11.Attribute
+    key_id = bytes(key[attr.ID] or b"")
+    # Pair by CKA_ID when the key has one (the PKCS#11 convention), else by label.
+    match = {attr.ID: key_id} if key_id else {attr.LABEL: key[attr.LABEL]}
+    for obj in session.get_objects({**match, attr.CLASS: pkcs11.ObjectClass.PUBLIC_KEY}):
+        if kind == "rsa":
+            return rsa.RSAPublicNumbers(
+                int.from_bytes(bytes(obj[attr.PUBLIC_EXPONENT]), "big"),
+                int.from_bytes(bytes(obj[attr.MODULUS]), "big"),
+            ).public_key()
+        point = _ec_point(bytes(obj[attr.EC_POINT]))
+        if point is not None:
+            return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    for obj in session.get_objects({**match, attr.CLASS: pkcs11.ObjectClass.CERTIFICATE}):
+        cert_key = x509.load_der_x509_certificate(bytes(obj[attr.VALUE])).public_key()
+        if isinstance(cert_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            return cert_key
+    if kind == "rsa":
+        # Modulus and exponent are public attributes of an RSA private key, sensitive or not.
+        return rsa.RSAPublicNumbers(
+            int.from_bytes(bytes(key[attr.PUBLIC_EXPONENT]), "big"),
+            int.from_bytes(bytes(key[attr.MODULUS]), "big"),
+        ).public_key()
+    return None
+
+
+def _ec_point(value: bytes) -> bytes | None:
+    """CKA_EC_POINT is a DER OCTET STRING around the point; some tokens give the bare point."""
+    if len(value) == _P256_POINT_LEN and value[0] == 0x04:  # noqa: PLR2004 - uncompressed
+        return value
+    if len(value) == _P256_POINT_LEN + 2 and value[:2] == bytes((0x04, _P256_POINT_LEN)):
+        return value[2:]
+    return None
+
+
+def _load_public_key_file(
+    ref: TokenKeyRef, path: Path
+) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey | None:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_PUBLIC_KEY_FILE_SIZE + 1)
+    except FileNotFoundError:
+        raise CoreKeyError(ref.uri, f"public key file {path} does not exist") from None
+    except OSError as exc:
+        raise CoreKeyError(
+            ref.uri, f"public key file {path} can't be read ({exc.strerror})"
+        ) from exc
+    loaded: object
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            loaded = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            loaded = serialization.load_pem_public_key(data)
+    except ValueError:
+        raise CoreKeyError(
+            ref.uri, f"public key file {path} is not a PEM public key or certificate"
+        ) from None
+    if isinstance(loaded, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        return loaded
+    return None
+
+
+def _self_test(key: TokenKey, token_label: str) -> None:
+    """Wrap a random key with the public key and unwrap it in the token; refuse on failure.
+
+    This is the only reliable mechanism check: tokens list CKM_RSA_PKCS_OAEP whatever hashes
+    and labels they accept, and a configured public key may belong to another private key.
+    """
+    probe = os.urandom(32)
+    where = key._ref.object_name()  # noqa: SLF001 - same module
+    public = key.public_key
+    try:
+        if isinstance(public, rsa.RSAPublicKey):
+            wrapped = public.encrypt(
+                probe,
+                padding.OAEP(
+                    mgf=padding.MGF1(hashes.SHA256()),
+                    algorithm=hashes.SHA256(),
+                    label=_SELF_TEST_AAD,
+                ),
+            )
+            got = key.rsa_oaep_decrypt(wrapped, _SELF_TEST_AAD)
+            want = probe
+        else:
+            ephemeral = ec.generate_private_key(ec.SECP256R1())
+            point = ephemeral.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+            got = key.ecdh(point)
+            want = ephemeral.exchange(ec.ECDH(), public)
+    except (ValueError, CoreKeyError) as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        if key.kind == "rsa":
+            problem = (
+                f"token {token_label!r} can't decrypt RSA-OAEP with SHA-256, MGF1-SHA-256 and "
+                f"a label using {where}: mechanism CKM_RSA_PKCS_OAEP with those parameters "
+                f"failed ({_ckr(cause)}). edge needs a token that supports them (SoftHSM2 2.6 "
+                "offers OAEP with SHA-1 only), or an EC P-256 key with CKM_ECDH1_DERIVE"
+            )
+        else:
+            problem = (
+                f"token {token_label!r} can't derive an ECDH secret with {where}: mechanism "
+                f"CKM_ECDH1_DERIVE (no KDF, extractable generic secret) failed ({_ckr(cause)})"
+            )
+        raise CoreKeyError(key.uri, problem) from exc
+    if got != want:
+        raise CoreKeyError(
+            key.uri,
+            f"the public key ({'[core] public_key' if key._ref.public_key else 'from the token'})"  # noqa: SLF001
+            f" does not belong to private {where} in token {token_label!r}",
+        )
