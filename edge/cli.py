@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge.audit import audit_path, matches, parse_since, read_entries
 from edge.cloud.cli import main as cloud_main
 from edge.config import Config, load_config
 from edge.errors import EdgeError, UsageError
 from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging
 from edge.secrets.contents import StoreContents
-from edge.secrets.keys import generate_key
+from edge.secrets.keys import CoreKey, generate_key
+from edge.secrets.pkcs11 import TokenKeyRef
 from edge.supervisor import STATE_DIR_MODE, open_store, run_core
 from edge.workers.operator import invoke_function
 
@@ -39,7 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         return p
 
-    init = with_config(sub.add_parser("init", help="create the state directory and the core key"))
+    init = with_config(
+        sub.add_parser(
+            "init",
+            help="create the state directory and the core key (or, for a pkcs11: key, check it)",
+        )
+    )
     init.add_argument(
         "--key-type",
         choices=("ec", "rsa"),
@@ -78,6 +85,20 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    audit = with_config(
+        secrets_sub.add_parser(
+            "audit",
+            help="show which function read which secret and label, when, allowed or not "
+            "(never values)",
+        )
+    )
+    audit.add_argument(
+        "--since",
+        help="only reads at or after this time: ISO 8601 (2026-11-28T10:00:00Z) or an age "
+        "such as 90s, 15m, 2h, 7d",
+    )
+    audit.add_argument("--function", help="only this function: its ARN or its name")
+    audit.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
     demo = sub.add_parser(
         "demo",
@@ -133,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             return _run(config)
         if args.command == "invoke":
             return _invoke(config, args.function_arn, args.payload, args.invocation_type)
+        if args.command == "secrets" and args.secrets_command == "audit":
+            return _secrets_audit(
+                config, since=args.since, function=args.function, as_json=args.json
+            )
         if args.command == "secrets":
             return _secrets_list(config, as_json=args.json)
     except EdgeError as exc:
@@ -155,7 +180,14 @@ def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
         state_dir.chmod(STATE_DIR_MODE)
         print(f"created state directory {state_dir}")
     key_path = config.core.private_key
-    if key_path.exists():
+    if isinstance(key_path, TokenKeyRef):
+        # Never generate a key in a token behind the operator's back: check the one named.
+        key = CoreKey.load(key_path)
+        print(
+            f"core key {key_path.uri} is usable ({key.algorithm}, fingerprint "
+            f"{key.fingerprint}); it stays in the token"
+        )
+    elif key_path.exists():
         print(f"core key {key_path} exists; kept it")
     else:
         key_path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
@@ -230,6 +262,41 @@ def _secrets_list(config: Config, *, as_json: bool) -> int:
         print(
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
         )
+    return 0
+
+
+def _secrets_audit(
+    config: Config, *, since: str | None, function: str | None, as_json: bool
+) -> int:
+    since_time = parse_since(since) if since else None
+    entries = [
+        e
+        for e in read_entries(audit_path(config.core.state_dir))
+        if matches(e, since=since_time, function=function)
+    ]
+    if as_json:
+        for entry in entries:
+            print(json.dumps(entry, separators=(",", ":")))
+        return 0
+    if not entries:
+        print("No secret reads recorded" + (" that match." if since or function else "."))
+        return 0
+    rows = [("Last", "Function", "Secret", "Label", "VersionId", "Outcome", "Count")]
+    rows.extend(
+        (
+            str(e.get("last", "")),
+            str(e.get("function_arn", "")),
+            str(e.get("secret_id", "")),
+            str(e.get("label", "")),
+            str(e.get("version_id", "")),
+            str(e.get("outcome", "")),
+            str(e.get("count", "")),
+        )
+        for e in entries
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from edge.errors import ConfigError
+from edge.secrets.pkcs11 import TokenKeyRef, is_pkcs11_uri, parse_token_key_uri
 
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_MQTTS_PORT = 8883
@@ -31,7 +32,9 @@ class CoreSettings:
 
     thing_name: str
     state_dir: Path
-    private_key: Path
+    #: A PEM key file, or a key in a PKCS#11 token (`private_key = "pkcs11:..."`, with
+    #: `pkcs11_module` and `public_key`); a token key's PIN is never in its repr.
+    private_key: Path | TokenKeyRef
     #: Unpacked function code. Outside the 0700 state directory, so workers that run as
     #: another user (RunAs) can read their code; code is not secret.
     code_dir: Path = Path("functions")
@@ -109,6 +112,29 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """`[audit]`: the local log of secret reads (edge/audit.py)."""
+
+    enabled: bool = True
+    #: Seconds between appends of the counted reads to the file.
+    flush_seconds: float = 1.0
+    #: Size in bytes past which the file is rotated.
+    max_bytes: int = 10 * 1024 * 1024
+    #: Rotated files kept (audit.jsonl.1 … .N); 0 keeps none.
+    backups: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """`[metrics]`: the Prometheus endpoint (edge/metrics.py)."""
+
+    #: (host, port) to serve `/metrics` on; None: no endpoint.
+    listen: tuple[str, int] | None = None
+    #: Reads served from a store older than this count as stale reads.
+    stale_after_seconds: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -120,6 +146,8 @@ class Config:
     log: LogSettings
     deployments: DeploymentSettings = DeploymentSettings()
     workers: WorkerSettings = WorkerSettings()
+    audit: AuditSettings = AuditSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 class _Section:
@@ -205,7 +233,7 @@ class _Section:
 
 
 _EXAMPLE = "config.example.toml"
-_SECTIONS = ("core", "mqtt", "aws", "fetch", "log", "deployments", "workers")
+_SECTIONS = ("core", "mqtt", "aws", "fetch", "log", "deployments", "workers", "audit", "metrics")
 
 
 def read_toml(path: Path | str, *, example: str) -> tuple[dict[str, Any], Path]:
@@ -258,6 +286,8 @@ def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
         log=_log(sections["log"]),
         deployments=_deployments(sections["deployments"]),
         workers=_workers(sections["workers"]),
+        audit=_audit(sections["audit"]),
+        metrics=_metrics(sections["metrics"]),
     )
     for section in sections.values():
         section.finish()
@@ -272,13 +302,33 @@ def _core(s: _Section) -> CoreSettings:
         raise s.error("thing_name", "must be at most 128 characters without '/', '+' or '#'")
     state_dir = s.path_value("state_dir", s.path.parent / "state")
     assert state_dir is not None  # noqa: S101 - has a default
-    private_key = s.path_value("private_key", state_dir / "core.key")
-    assert private_key is not None  # noqa: S101 - has a default
+    private_key = _private_key(s, state_dir)
     code_dir = s.path_value("code_dir", s.path.parent / "functions")
     assert code_dir is not None  # noqa: S101 - has a default
     return CoreSettings(
         thing_name=thing_name, state_dir=state_dir, private_key=private_key, code_dir=code_dir
     )
+
+
+def _private_key(s: _Section, state_dir: Path) -> Path | TokenKeyRef:
+    """`private_key`: a key file, or a PKCS#11 URI with `pkcs11_module` and `public_key`."""
+    raw = s.string("private_key")
+    module = s.path_value("pkcs11_module")
+    public_key = s.path_value("public_key")
+    if raw is None or not is_pkcs11_uri(raw):
+        for key in ("pkcs11_module", "public_key"):
+            if key in s.table:
+                raise s.error(key, 'only applies to a private_key = "pkcs11:..." URI')
+        path = s.path_value("private_key", state_dir / "core.key")
+        assert path is not None  # noqa: S101 - has a default
+        return path
+    try:
+        return parse_token_key_uri(
+            raw, base_dir=s.path.parent, module=module, public_key=public_key
+        )
+    except ValueError as exc:
+        # The message quotes the URI with any pin-value masked, never the PIN.
+        raise s.error("private_key", str(exc)) from None
 
 
 def _mqtt(s: _Section) -> MqttSettings:
@@ -364,3 +414,26 @@ def _workers(s: _Section) -> WorkerSettings:
     python = s.path_value("python", Path(sys.executable))
     assert python is not None  # noqa: S101 - has a default
     return WorkerSettings(python=python)
+
+
+def _audit(s: _Section) -> AuditSettings:
+    return AuditSettings(
+        enabled=s.boolean("enabled", default=True),
+        flush_seconds=s.number("flush_seconds", 1.0, low=0.05, high=3600),
+        max_bytes=s.integer("max_bytes", 10 * 1024 * 1024, low=4096, high=2**40),
+        backups=s.integer("backups", 5, low=0, high=100),
+    )
+
+
+def _metrics(s: _Section) -> MetricsSettings:
+    listen = s.string("listen", "")
+    address = None
+    if listen:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:  # noqa: PLR2004
+            raise s.error("listen", f"{listen!r} is not host:port, e.g. 127.0.0.1:9464")
+        address = (host.strip("[]"), int(port))
+    return MetricsSettings(
+        listen=address,
+        stale_after_seconds=s.number("stale_after_seconds", 86400.0, low=1, high=10 * 365 * 86400),
+    )

@@ -13,15 +13,18 @@ import asyncio
 import contextlib
 import os
 import stat
+import time
 from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
 
+from edge.audit import AuditLog, audit_path
 from edge.config import Config
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
 from edge.errors import EdgeError, InsecurePermissionsError
 from edge.log import REDACTOR, get_logger
+from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
 from edge.mqtt.link import MqttLink
 from edge.secrets.contents import StoreContents
 from edge.secrets.fetch import AwsSecretSource, FetchSettings
@@ -65,11 +68,48 @@ def open_store(config: Config) -> SecretStore:
     return SecretStore(path=config.core.state_dir / STORE_FILE_NAME, key=key)
 
 
-async def run_core(
-    config: Config, *, stop: asyncio.Event | None = None, logger: FilteringBoundLogger | None = None
+def fetch_settings(config: Config) -> FetchSettings:
+    """The fetcher's settings from `[fetch]`."""
+    return FetchSettings(
+        concurrency=config.fetch.concurrency,
+        deadline_seconds=config.fetch.deadline_seconds,
+        max_attempts=config.fetch.max_attempts,
+        use_batch=config.fetch.use_batch,
+    )
+
+
+async def _start_metrics(
+    stack: contextlib.AsyncExitStack,
+    config: Config,
+    *,
+    counts: DeploymentCounts,
+    source: AwsSecretSource,
+    workload: Workload,
+    store: SecretStore,
 ) -> None:
-    """Run the core until `stop` is set or the task is cancelled."""
-    log = logger or get_logger("core", thing_name=config.core.thing_name)
+    """Start counting stale reads and, if `[metrics] listen` is set, serve `/metrics`."""
+    with contextlib.suppress(FileNotFoundError):
+        # One stat at start; afterwards each successful deployment restarts the clock.
+        stored_at = store.path.stat().st_mtime
+        workload.services.count_stale_reads(stored_at, config.metrics.stale_after_seconds)
+    if config.metrics.listen is None:
+        return
+    workload.ipc.measure_latency = True
+    collector = CoreCollector(
+        counts=counts,
+        source=source,
+        ipc=workload.ipc,
+        manager=workload.manager,
+        services=workload.services,
+        store=store,
+    )
+    await stack.enter_async_context(MetricsServer(config.metrics.listen, collector))
+
+
+async def _load_store(
+    config: Config, log: FilteringBoundLogger
+) -> tuple[SecretStore, StoreContents]:
+    """Open the store (empty if there is none yet) and mask its values in every log."""
     store = open_store(config)
     contents = await store.aload() or StoreContents()
     REDACTOR.update(contents.values())
@@ -79,22 +119,26 @@ async def run_core(
         secrets=len(contents.secrets),
         deployment_id=contents.deployment.deployment_id if contents.deployment else None,
     )
-    state_dir = config.core.state_dir
-    mqtt = config.mqtt
-    thing = config.core.thing_name
-    settings = FetchSettings(
-        concurrency=config.fetch.concurrency,
-        deadline_seconds=config.fetch.deadline_seconds,
-        max_attempts=config.fetch.max_attempts,
-        use_batch=config.fetch.use_batch,
-    )
+    return store, contents
+
+
+async def run_core(
+    config: Config, *, stop: asyncio.Event | None = None, logger: FilteringBoundLogger | None = None
+) -> None:
+    """Run the core until `stop` is set or the task is cancelled."""
+    log = logger or get_logger("core", thing_name=config.core.thing_name)
+    store, contents = await _load_store(config, log)
+    state_dir, mqtt, thing = config.core.state_dir, config.mqtt, config.core.thing_name
     deployments_topic = mqtt.deployments_topic(thing)
     async with contextlib.AsyncExitStack() as stack:
         source = await stack.enter_async_context(
             AwsSecretSource(
-                region=config.aws.region, endpoint_url=config.aws.endpoint_url, settings=settings
+                region=config.aws.region,
+                endpoint_url=config.aws.endpoint_url,
+                settings=fetch_settings(config),
             )
         )
+        counts = DeploymentCounts()
         read_s3 = await stack.enter_async_context(
             S3CodeReader(region=config.aws.region, endpoint_url=config.aws.endpoint_url)
         )
@@ -104,6 +148,11 @@ async def run_core(
 
         def publish_status(payload: bytes) -> None:
             assert link is not None  # noqa: S101 - set before any deployment can run
+            assert workload is not None  # noqa: S101
+            if counts.status_published(payload) == "Success":
+                # The store was just replaced: its age (for stale-read metrics) starts again.
+                age_limit = config.metrics.stale_after_seconds
+                workload.services.count_stale_reads(time.time(), age_limit)
             # Retained, so the control plane learns the latest status whenever it looks,
             # without a daemon of its own listening all the time.
             link.publish(mqtt.status_topic(thing), payload, qos=1, retain=True)
@@ -130,9 +179,11 @@ async def run_core(
             subscriptions=[deployments_topic],
             on_message=on_message,
         )
+        audit = AuditLog(audit_path(state_dir), config.audit)
         workload = await stack.enter_async_context(
             Workload(
                 state_dir=state_dir,
+                audit=audit,
                 code_root=config.core.code_dir,
                 python=config.workers.python,
                 publish_cloud=publish_cloud,
@@ -140,9 +191,12 @@ async def run_core(
                 read_s3=read_s3,
             )
         )
+        await _start_metrics(
+            stack, config, counts=counts, source=source, workload=workload, store=store
+        )
         agent = DeploymentAgent(
             store=store,
-            source=source,
+            source=TimedSource(source, counts),
             inbox=Inbox(state_dir / "inbox"),
             history=History(state_dir / "deployments.json"),
             publish_status=publish_status,
@@ -161,6 +215,7 @@ async def run_core(
                 tasks = [
                     tg.create_task(link.run(), name="mqtt-link"),
                     tg.create_task(agent.run(), name="deployment-agent"),
+                    tg.create_task(audit.run(), name="audit-log"),
                 ]
                 if stop is not None:
                     await stop.wait()

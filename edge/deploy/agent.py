@@ -156,12 +156,31 @@ class DeploymentAgent:
         self._queue.put_nowait(entry)
 
     async def receive(self, _topic: str, payload: bytes) -> None:
-        """MQTT handler: persist the document first, then queue it for `run`."""
-        entry = await asyncio.to_thread(self._inbox.put, payload)
+        """MQTT handler: persist the document first, then queue it for `run`.
+
+        A document the inbox can't hold (a full or read-only disk) is still applied, from
+        memory: the deployment then fails or succeeds on its own merits and reports so, instead
+        of the error escaping into the MQTT link and stopping the core.
+        """
+        try:
+            entry = await asyncio.to_thread(self._inbox.put, payload)
+        except OSError as exc:
+            self._log.warning(
+                "deploy.inbox_unwritable",
+                path=str(self._inbox.directory),
+                error=exc.strerror or type(exc).__name__,
+            )
+            entry = InboxEntry(None, payload)
         self._enqueue(entry)
 
     async def run(self) -> None:
-        """Apply queued deployments forever, one at a time."""
+        """Report the last recorded outcome again, then apply queued deployments, one by one."""
+        latest = self._history.latest()
+        if latest is not None:
+            # A crash between recording an outcome and the broker acknowledging its status
+            # would otherwise leave that deployment looking InProgress forever: statuses are
+            # retained, so sending the latest one again at start costs nothing.
+            self._publish(json.dumps(latest).encode())
         while True:
             entry = await self._queue.get()
             try:
@@ -169,7 +188,16 @@ class DeploymentAgent:
             except Exception:  # noqa: BLE001 - the core must survive any one bad deployment
                 self._log.exception("deploy.crashed")
             finally:
-                self._inbox.done(entry)
+                try:
+                    self._inbox.done(entry)
+                except OSError as exc:
+                    # Its outcome is already reported; after a restart it is answered from
+                    # the history, or applied again if the history couldn't be written.
+                    self._log.warning(
+                        "deploy.inbox_unremovable",
+                        path=str(entry.path),
+                        error=exc.strerror or type(exc).__name__,
+                    )
                 if self._queue.empty():
                     self.idle.set()
 
@@ -218,6 +246,17 @@ class DeploymentAgent:
                 status=previous.get("DeploymentStatus"),
             )
             self._publish(json.dumps(previous).encode())
+            return
+        if applied is not None and applied.deployment_id == deployment.deployment_id:
+            # The store already holds it: the core died after the rotation and before the
+            # outcome was recorded (the inbox hands it back on start). The store is only saved
+            # on the way to Success and the workers were restored from it, so report that
+            # instead of fetching and rotating the same deployment a second time.
+            self._log.info("deploy.already_applied", deployment_id=deployment.deployment_id)
+            state = next_state(DeploymentState.RECEIVED, DeploymentEvent.START)
+            state = next_state(state, DeploymentEvent.SUCCEED)
+            dep_type = deployment.deployment_type.value
+            self._finish(status_document(deployment.deployment_id, dep_type, state))
             return
         with structlog.contextvars.bound_contextvars(deployment_id=deployment.deployment_id):
             await self._apply(deployment)

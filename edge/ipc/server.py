@@ -20,6 +20,7 @@ connection or any other; answers carry their request id and may go out of order)
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import errno
 import hashlib
@@ -28,6 +29,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -76,6 +78,43 @@ REVOKED_REASON: Final = "this worker's token was revoked"
 # How long shutdown waits for cancelled connection tasks to unwind.
 _SHUTDOWN_GRACE_SECONDS = 5.0
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+#: Upper bounds of the request latency histogram (`IpcServer.latency`), in seconds: answers
+#: from memory take tens of microseconds, invocations up to a function's Timeout.
+LATENCY_BOUNDS_SECONDS: Final = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.01,
+    0.1,
+    1.0,
+    10.0,
+    60.0,
+)
+_LATENCY_BOUNDS_NS: Final = tuple(int(b * 1e9) for b in LATENCY_BOUNDS_SECONDS)
+_now_ns = time.perf_counter_ns
+_bucket = bisect.bisect_left
+
+
+class LatencyHistogram:
+    """Request latencies of one operation: counts per `LATENCY_BOUNDS_SECONDS` bucket."""
+
+    __slots__ = ("count", "counts", "total_ns")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total_ns = 0
+        #: Per bucket (not cumulative); the last one counts what is over the largest bound.
+        self.counts = [0] * (len(_LATENCY_BOUNDS_NS) + 1)
+
+    def observe(self, nanoseconds: int) -> None:
+        """Count one request that took `nanoseconds`."""
+        self.count += 1
+        self.total_ns += nanoseconds
+        self.counts[bisect.bisect_left(_LATENCY_BOUNDS_NS, nanoseconds)] += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +170,8 @@ class IpcServer:
             ops the core doesn't know are counted as "unknown". For Prometheus export.
         connections: Connection events: "accepted", "authenticated", "refused",
             "protocol_error", "hello_timeout", "revoked".
+        latency: Per operation (as in `requests`), how long answers took from the request's
+            frame being parsed to the answer being handed to the transport.
     """
 
     def __init__(
@@ -157,6 +198,10 @@ class IpcServer:
         self._ids = itertools.count(1)
         self.requests: Counter[tuple[str, str]] = Counter()
         self.connections: Counter[str] = Counter()
+        self.latency: dict[str, LatencyHistogram] = {}
+        #: Whether to fill `latency` (two clock reads and a bucket per request: only when
+        #: something exports it).
+        self.measure_latency = False
 
     @property
     def socket_path(self) -> Path:
@@ -370,10 +415,10 @@ class IpcServer:
 
     def _dispatch(self, peer: _PeerProtocol, identity: WorkerIdentity, request: Request) -> None:
         """Answer a request now (synchronous handler result) or from a task of its own."""
+        started = _now_ns() if self.measure_latency else 0
         if request.op not in KNOWN_OPS:
-            self._respond(
-                peer, request, Response.failure(request.request_id, 400, "unknown operation")
-            )
+            failure = Response.failure(request.request_id, 400, "unknown operation")
+            self._respond(peer, request, failure, started)
             return
         try:
             answer = self._handler(identity, request)
@@ -381,23 +426,25 @@ class IpcServer:
             peer.log.exception("ipc.handler.failed", op=request.op)
             answer = _internal_error(request)
         if isinstance(answer, Response):
-            self._respond(peer, request, answer)
+            self._respond(peer, request, answer, started)
             return
-        task = asyncio.ensure_future(self._finish(peer, request, answer))
+        task = asyncio.ensure_future(self._finish(peer, request, answer, started))
         task.set_name(f"ipc-request-{peer.conn_id}-{request.request_id}")
         peer.track(task)
 
     async def _finish(
-        self, peer: _PeerProtocol, request: Request, answer: Awaitable[Response]
+        self, peer: _PeerProtocol, request: Request, answer: Awaitable[Response], started: int
     ) -> None:
         try:
             response = await answer
         except Exception:
             peer.log.exception("ipc.handler.failed", op=request.op)
             response = _internal_error(request)
-        self._respond(peer, request, response)
+        self._respond(peer, request, response, started)
 
-    def _respond(self, peer: _PeerProtocol, request: Request, response: Response) -> None:
+    def _respond(
+        self, peer: _PeerProtocol, request: Request, response: Response, started: int
+    ) -> None:
         if type(response) is not Response or response.request_id != request.request_id:
             peer.log.error("ipc.handler.bad_response", op=request.op)
             response = _internal_error(request)
@@ -422,6 +469,15 @@ class IpcServer:
         outcome = "ok" if response.error is None else str(response.error["Status"])
         self.requests[op, outcome] += 1
         peer.write(data)
+        if started:
+            elapsed = _now_ns() - started
+            histogram = self.latency.get(op)
+            if histogram is None:
+                histogram = self.latency[op] = LatencyHistogram()
+            # LatencyHistogram.observe, inlined: this runs for every request.
+            histogram.count += 1
+            histogram.total_ns += elapsed
+            histogram.counts[_bucket(_LATENCY_BOUNDS_NS, elapsed)] += 1
 
 
 class _PeerProtocol(asyncio.Protocol):

@@ -115,6 +115,8 @@ class SecretStore:
         self._path = path
         self._key = key
         self._log = logger or get_logger("store")
+        #: Successful saves (store rotations) by this object, for metrics.
+        self.rotations = 0
 
     @property
     def path(self) -> Path:
@@ -170,6 +172,7 @@ class SecretStore:
         except OSError as exc:
             # strerror, not str(exc): the latter names our temporary file, which is gone.
             raise StoreWriteError(where, exc.strerror or str(exc)) from exc
+        self.rotations += 1
         try:
             fsync_dir(self._path.parent)
         except OSError as exc:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import msgpack
 from structlog.typing import FilteringBoundLogger
 
+from edge.audit import DENIED, INVALID, NOT_FOUND, AuditLog
 from edge.ipc.protocol import (
     OP_GET_SECRET_VALUE,
     OP_GET_SECRET_VALUE_V1,
@@ -40,6 +43,8 @@ class SecretAnswer:
     """One secret version's answer, encoded every way a caller asks for it, once per deployment.
 
     Attributes:
+        resource_id: The secret resource's id in the group.
+        audit_ids: (name, resource id, version id), as the audit log records a read.
         result: V1's GetSecretValue answer map (see `secret_answer`).
         packed: `result` as msgpack, spliced into the IPC frame as is.
         v1_result: The answer to the V1 SDK's JSON request: `{"Payload": <result as JSON>}`;
@@ -47,10 +52,12 @@ class SecretAnswer:
         v1_packed: `v1_result` as msgpack.
     """
 
-    __slots__ = ("packed", "result", "v1_packed", "v1_result")
+    __slots__ = ("audit_ids", "packed", "resource_id", "result", "v1_packed", "v1_result")
 
-    def __init__(self, result: dict[str, Any]) -> None:
+    def __init__(self, resource_id: str, result: dict[str, Any]) -> None:
+        self.resource_id = resource_id
         self.result = result
+        self.audit_ids = (str(result["Name"]), resource_id, str(result["VersionId"]))
         self.packed: bytes = msgpack.packb(result, use_bin_type=True)
         self.v1_result: dict[str, Any] = {"Payload": json.dumps(result).encode()}
         self.v1_packed: bytes = msgpack.packb(self.v1_result, use_bin_type=True)
@@ -80,7 +87,7 @@ class SecretIndex:
             by_id[secret.arn] = secret
             for version in secret.versions.values():
                 answers[secret.resource_id, version.version_id] = SecretAnswer(
-                    secret_answer(secret, version)
+                    secret.resource_id, secret_answer(secret, version)
                 )
         return cls(
             by_id=by_id,
@@ -89,6 +96,8 @@ class SecretIndex:
         )
 
 
+#: What an error status means in the audit log.
+_AUDIT_OUTCOMES = {403: DENIED, 404: NOT_FOUND}
 #: How many distinct V1 JSON requests the index remembers the parse of.
 MAX_CACHED_V1_REQUESTS = 1024
 
@@ -165,7 +174,9 @@ def find_answer(index: SecretIndex, function_arn: str, args: Mapping[str, Any]) 
                 f"add it to AdditionalStagingLabelsToDownload",
             )
     cached = index.answers.get((secret.resource_id, version.version_id))
-    return cached if cached is not None else SecretAnswer(secret_answer(secret, version))
+    if cached is None:
+        cached = SecretAnswer(secret.resource_id, secret_answer(secret, version))
+    return cached
 
 
 def v1_request_args(index: SecretIndex, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,16 +207,30 @@ class CoreServices:
         *,
         manager: WorkerManager,
         publish: Publisher,
+        audit: AuditLog | None = None,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
         self._manager = manager
         self._publish = publish
+        self._audit = audit
         self._log = logger or get_logger("services")
         self.index = SecretIndex()
+        #: Reads served while the store was older than the staleness limit (for metrics).
+        self.stale_reads = 0
+        self._stale_at = math.inf
 
     def update(self, contents: StoreContents, specs: tuple[FunctionSpec, ...]) -> None:
         """Swap in a new deployment's secrets and grants (one reference assignment)."""
         self.index = SecretIndex.build(contents, specs)
+
+    def count_stale_reads(self, stored_at: float, stale_after: float) -> None:
+        """Count reads from now on once the store written at `stored_at` is `stale_after` old.
+
+        Args:
+            stored_at: When the store was last replaced, wall-clock seconds.
+            stale_after: Seconds after which its secrets count as stale.
+        """
+        self._stale_at = stored_at + stale_after
 
     def __call__(
         self, identity: WorkerIdentity, request: Request
@@ -213,21 +238,53 @@ class CoreServices:
         """Answer one request: secrets synchronously (the hot path), the rest as a coroutine."""
         op = request.op
         if op == OP_GET_SECRET_VALUE:
-            index = self.index
-            try:
-                answer = find_answer(index, identity.function_arn, request.args)
-            except ServiceError as exc:
-                return self._failure(identity, request, exc)
-            return Response.success(request.request_id, answer.result, answer.packed)
+            return self._read(identity, request, request.args, v1=False)
         if op == OP_GET_SECRET_VALUE_V1:
-            index = self.index
             try:
-                args = v1_request_args(index, request.args)
-                answer = find_answer(index, identity.function_arn, args)
+                args = v1_request_args(self.index, request.args)
             except ServiceError as exc:
-                return self._failure(identity, request, exc)
-            return Response.success(request.request_id, answer.v1_result, answer.v1_packed)
+                return self._refused(identity, request, {}, exc)
+            return self._read(identity, request, args, v1=True)
         return self._answer(identity, request)
+
+    def _read(
+        self,
+        identity: WorkerIdentity,
+        request: Request,
+        args: Mapping[str, Any],
+        *,
+        v1: bool,
+    ) -> Response:
+        try:
+            answer = find_answer(self.index, identity.function_arn, args)
+        except ServiceError as exc:
+            return self._refused(identity, request, args, exc)
+        if time.time() > self._stale_at:
+            self.stale_reads += 1
+        if self._audit is not None:
+            stage = args.get("VersionStage")
+            label = stage or ("" if args.get("VersionId") else CURRENT)
+            self._audit.record_read(identity.function_arn, answer.audit_ids, label)
+        if v1:
+            return Response.success(request.request_id, answer.v1_result, answer.v1_packed)
+        return Response.success(request.request_id, answer.result, answer.packed)
+
+    def _refused(
+        self,
+        identity: WorkerIdentity,
+        request: Request,
+        args: Mapping[str, Any],
+        exc: ServiceError,
+    ) -> Response:
+        if self._audit is not None:
+            label = args.get("VersionStage")
+            self._audit.record_unknown(
+                identity.function_arn,
+                _AUDIT_OUTCOMES.get(exc.status, INVALID),
+                args.get("SecretId", ""),
+                label=label if isinstance(label, str) else "",
+            )
+        return self._failure(identity, request, exc)
 
     def _failure(self, identity: WorkerIdentity, request: Request, exc: ServiceError) -> Response:
         if exc.status == 403:  # noqa: PLR2004 - V1's status for a refused read

@@ -1,0 +1,266 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Prometheus metrics of a running core, served at `http://{[metrics] listen}/metrics`.
+
+Nothing here sits on the hot path: the parts keep the plain counters they need anyway (the IPC
+server counts requests and their latencies, the fetcher its API calls, the worker manager its
+restarts, the services the reads served from a stale store), and the collector below turns
+them into metric families when Prometheus scrapes. Only deployment outcomes and fetch timings
+are counted here, from the wrappers the supervisor puts around the status publisher and the
+secret source. Metrics carry ids (function ARNs, operation names), never a value.
+
+prometheus_client renders the exposition format; aiohttp (already there through aiobotocore)
+serves it on the core's own event loop, so no thread is added.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Final, Self
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from structlog.typing import FilteringBoundLogger
+
+from edge.ipc.server import LATENCY_BOUNDS_SECONDS
+from edge.log import get_logger
+
+if TYPE_CHECKING:
+    from edge.ipc.server import IpcServer
+    from edge.model.group import SecretResource
+    from edge.secrets.contents import LocalSecret
+    from edge.secrets.fetch import AwsSecretSource
+    from edge.secrets.store import SecretStore
+    from edge.workers.manager import WorkerManager
+    from edge.workers.services import CoreServices
+
+#: Upper bounds (seconds) of the deployment fetch histogram: from a warm LAN to a slow uplink.
+FETCH_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class DeploymentCounts:
+    """Deployment outcomes and fetch timings, fed by the supervisor's wrappers."""
+
+    def __init__(self) -> None:
+        self.by_status: collections.Counter[str] = collections.Counter()
+        self.fetch_buckets = [0] * len(FETCH_BUCKETS)
+        self.fetch_count = 0
+        self.fetch_sum = 0.0
+        self.fetch_failures = 0
+
+    def status_published(self, payload: bytes) -> str | None:
+        """Count one status document (`{"DeploymentStatus": "InProgress"|"Success"|…, …}`).
+
+        Returns:
+            The status it reports, or None for a document without one.
+        """
+        try:
+            status = json.loads(payload).get("DeploymentStatus")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(status, str):
+            return None
+        self.by_status[status] += 1
+        return status
+
+    def fetch_timed(self, seconds: float, *, ok: bool) -> None:
+        """Count one deployment's fetch and how long it took."""
+        self.fetch_count += 1
+        self.fetch_sum += seconds
+        if not ok:
+            self.fetch_failures += 1
+        for i, bound in enumerate(FETCH_BUCKETS):
+            if seconds <= bound:
+                self.fetch_buckets[i] += 1
+
+
+class TimedSource:
+    """A secret source that reports each fetch's duration and outcome to `DeploymentCounts`."""
+
+    def __init__(self, source: AwsSecretSource, counts: DeploymentCounts) -> None:
+        self._source = source
+        self._counts = counts
+
+    async def fetch(self, resources: Sequence[SecretResource]) -> dict[str, LocalSecret]:
+        """Fetch through the wrapped source, timing it."""
+        started = time.perf_counter()
+        try:
+            result = await self._source.fetch(resources)
+        except BaseException:
+            self._counts.fetch_timed(time.perf_counter() - started, ok=False)
+            raise
+        self._counts.fetch_timed(time.perf_counter() - started, ok=True)
+        return result
+
+
+class CoreCollector:
+    """Reads the core's counters at scrape time (a prometheus_client custom collector)."""
+
+    def __init__(
+        self,
+        *,
+        counts: DeploymentCounts,
+        source: AwsSecretSource,
+        ipc: IpcServer,
+        manager: WorkerManager,
+        services: CoreServices,
+        store: SecretStore,
+    ) -> None:
+        self._counts = counts
+        self._source = source
+        self._ipc = ipc
+        self._manager = manager
+        self._services = services
+        self._store = store
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield every metric family, built from the live counters."""
+        yield from self._deployments()
+        yield from self._ipc_metrics()
+        yield from self._workers()
+
+    def _deployments(self) -> Iterable[Metric]:
+        counts = self._counts
+        deployments = CounterMetricFamily(
+            "edge_deployment_reports",
+            "Deployment status reports published, by status (a redelivered deployment's final "
+            "status is reported again)",
+            labels=["status"],
+        )
+        for status, n in sorted(counts.by_status.items()):
+            deployments.add_metric([status], n)
+        yield deployments
+        yield CounterMetricFamily(
+            "edge_store_rotations", "Times the store was replaced", value=self._store.rotations
+        )
+        calls = CounterMetricFamily(
+            "edge_secret_fetch_calls",
+            "Secrets Manager HTTP requests, retries included, by API operation",
+            labels=["operation"],
+        )
+        for operation, n in sorted(self._source.calls.items()):
+            calls.add_metric([operation], n)
+        yield calls
+        # fetch_timed counts a value in every bucket it fits: the counts are cumulative already.
+        buckets = [(repr(b), n) for b, n in zip(FETCH_BUCKETS, counts.fetch_buckets, strict=True)]
+        buckets.append(("+Inf", counts.fetch_count))
+        yield HistogramMetricFamily(
+            "edge_secret_fetch_seconds",
+            "Time to fetch a deployment's secrets",
+            buckets=buckets,
+            sum_value=counts.fetch_sum,
+        )
+        yield CounterMetricFamily(
+            "edge_secret_fetch_failures",
+            "Deployment fetches that failed",
+            value=counts.fetch_failures,
+        )
+        try:
+            age = time.time() - self._store.path.stat().st_mtime
+        except FileNotFoundError:
+            age = float("nan")
+        yield GaugeMetricFamily(
+            "edge_store_age_seconds", "Seconds since the store was last replaced", value=age
+        )
+
+    def _ipc_metrics(self) -> Iterable[Metric]:
+        ipc = self._ipc
+        requests = CounterMetricFamily(
+            "edge_ipc_requests",
+            "IPC requests answered, by operation and result (ok or the error status)",
+            labels=["op", "result"],
+        )
+        for (op, result), n in sorted(ipc.requests.items()):
+            requests.add_metric([op, result], n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "edge_ipc_request_duration_seconds",
+            "Time from a request's arrival to its answer being written, by operation",
+            labels=["op"],
+        )
+        for op, histogram in sorted(ipc.latency.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip(LATENCY_BOUNDS_SECONDS, histogram.counts, strict=False):
+                cumulative += n
+                buckets.append((repr(bound), cumulative))
+            buckets.append(("+Inf", histogram.count))
+            latency.add_metric([op], buckets, histogram.total_ns / 1e9)
+        yield latency
+        connections = CounterMetricFamily(
+            "edge_ipc_connections", "IPC connection events", labels=["event"]
+        )
+        for event, n in sorted(ipc.connections.items()):
+            connections.add_metric([event], n)
+        yield connections
+        yield CounterMetricFamily(
+            "edge_secret_reads_stale",
+            "Secret reads served from a store older than [metrics] stale_after_seconds",
+            value=self._services.stale_reads,
+        )
+
+    def _workers(self) -> Iterable[Metric]:
+        runners = self._manager.runners
+        running = sum(
+            1 for r in runners.values() if r.worker is not None and not r.worker.exited.is_set()
+        )
+        yield GaugeMetricFamily("edge_workers_running", "Worker processes alive", value=running)
+        restarts = CounterMetricFamily(
+            "edge_worker_restarts",
+            "Restarts of pinned workers since their function was deployed",
+            labels=["function_arn"],
+        )
+        for arn, runner in sorted(runners.items()):
+            restarts.add_metric([arn], runner.restarts)
+        yield restarts
+
+
+class MetricsServer:
+    """Serves `/metrics` (and `/` with a pointer to it) for one collector; a context manager."""
+
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        collector: CoreCollector,
+        *,
+        logger: FilteringBoundLogger | None = None,
+    ) -> None:
+        self._host, self._port = listen
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(collector)
+        self._log = logger or get_logger("metrics")
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> Self:
+        """Start listening."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._log.info("metrics.listening", url=f"http://{self._host}:{self._port}/metrics")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop listening."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
