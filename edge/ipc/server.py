@@ -125,11 +125,20 @@ class WorkerIdentity:
         function_arn: The (qualified) ARN of the function the worker runs.
         uid: If set, the connecting process's uid (`SO_PEERCRED`) must be exactly this.
         pid: If set, the connecting process must be this process or one of its descendants.
+        pid_pending: The worker is being started and its pid is not known yet: a Hello with
+            this token waits (within the Hello timeout) until the identity is registered again
+            with the pid, and is judged against that. Without it, any process of the same uid
+            that read the token (from /proc/<pid>/environ, say) could get in first.
+        adopted_only: Accept the token only on the connection `adopt` was given for it (a
+            worker running as another user, whose socketpair's peer credentials name the core):
+            another worker of that user can't use a stolen token on its own connection.
     """
 
     function_arn: str
     uid: int | None = None
     pid: int | None = None
+    pid_pending: bool = False
+    adopted_only: bool = False
 
 
 class RequestHandler(Protocol):
@@ -192,6 +201,8 @@ class IpcServer:
         # a caller can't steer the digest of its guess toward a registered one (the same
         # reason hmac.compare_digest exists), and the table never holds a token itself.
         self._identities: dict[bytes, WorkerIdentity] = {}
+        # Hellos waiting for their worker's pid (see WorkerIdentity.pid_pending), by digest.
+        self._parked: dict[bytes, list[tuple[_PeerProtocol, Hello]]] = {}
         self._peers: set[_PeerProtocol] = set()
         self._server: asyncio.AbstractServer | None = None
         self._socket_id: tuple[int, int] | None = None
@@ -222,7 +233,12 @@ class IpcServer:
             token: The worker's secret token (never logged or stored in clear).
             identity: The function it stands for and the peer credentials it requires.
         """
-        self._identities[_digest(token)] = identity
+        digest = _digest(token)
+        self._identities[digest] = identity
+        if not identity.pid_pending:
+            for peer, hello in self._parked.pop(digest, ()):
+                if not peer.closing:
+                    self._welcome(peer, hello)
 
     def revoke(self, token: str) -> None:
         """Stop accepting `token`, and close the connections that were opened with it.
@@ -232,7 +248,8 @@ class IpcServer:
         """
         digest = _digest(token)
         self._identities.pop(digest, None)
-        for peer in [p for p in self._peers if p.token_digest == digest]:
+        waiting = [peer for peer, _hello in self._parked.pop(digest, ())]
+        for peer in [p for p in self._peers if p.token_digest == digest] + waiting:
             self.connections["revoked"] += 1
             peer.log.info("ipc.connection.revoked")
             peer.close(REVOKED_REASON)
@@ -276,16 +293,20 @@ class IpcServer:
         self._log.info("ipc.listening", socket=str(path))
         return self
 
-    async def adopt(self, sock: socket.socket) -> None:
-        """Serve a connected socket whose other end was handed to a worker at spawn.
+    async def adopt(self, sock: socket.socket, token: str) -> None:
+        """Serve a connected socket whose other end was handed to the worker owning `token`.
 
         Workers that run as another user (RunAs) can't enter the 0700 socket directory, so the
         manager gives them one end of a socketpair instead. The worker still has to say Hello
-        with its token; `SO_PEERCRED` of a socketpair names the core itself, so register such
-        a worker's identity without uid or pid.
+        with its token, and only that token is accepted on this connection. `SO_PEERCRED` of
+        a socketpair names the core itself, so register such a worker's identity without uid
+        or pid and with `adopted_only`.
         """
         loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(lambda: _PeerProtocol(self), sock=sock)
+        digest = _digest(token)
+        await loop.connect_accepted_socket(
+            lambda: _PeerProtocol(self, adopted_for=digest), sock=sock
+        )
 
     async def __aexit__(
         self,
@@ -386,15 +407,15 @@ class IpcServer:
     def _connection_lost(self, peer: _PeerProtocol) -> None:
         self._peers.discard(peer)
 
-    def _welcome(self, peer: _PeerProtocol, hello: Hello) -> bool:
-        """Decide on a Hello: bind the peer to an identity and say Welcome, or refuse it."""
+    def _welcome(self, peer: _PeerProtocol, hello: Hello) -> bool | None:
+        """Judge a Hello: Welcome (True), refuse (False), or wait for the worker's pid (None)."""
         digest = _digest(hello.token)
         identity = self._identities.get(digest)
-        problem = (
-            "unknown or revoked token"
-            if identity is None
-            else _credentials_problem(identity, peer.peer_pid, peer.peer_uid)
-        )
+        if identity is not None and identity.pid_pending and peer.adopted_for is None:
+            self._parked.setdefault(digest, []).append((peer, hello))
+            return None
+        peer.hello_decided()
+        problem = _identity_problem(identity, peer, digest)
         if identity is None or problem is not None:
             self.connections["refused"] += 1
             peer.log.warning(
@@ -494,8 +515,10 @@ class _PeerProtocol(asyncio.Protocol):
     Connection's buffer.
     """
 
-    def __init__(self, server: IpcServer) -> None:
+    def __init__(self, server: IpcServer, *, adopted_for: bytes | None = None) -> None:
         self._server = server
+        #: For a connection handed to one worker (`IpcServer.adopt`): its token's digest.
+        self.adopted_for = adopted_for
         self.conn_id = next(server._ids)  # noqa: SLF001 - the server's own helper
         self.conn = Connection(Role.SERVER)
         self.log = server._log  # noqa: SLF001
@@ -585,14 +608,22 @@ class _PeerProtocol(asyncio.Protocol):
                     raise LocalProtocolError("request on an unauthenticated connection")
                 server._dispatch(self, identity, event)  # noqa: SLF001
             elif isinstance(event, Hello):
-                if self._hello_timer is not None:
-                    self._hello_timer.cancel()
-                    self._hello_timer = None
-                if not server._welcome(self, event):  # noqa: SLF001
+                if not server._welcome(self, event):  # noqa: SLF001 - refused or waiting
                     return
             else:  # Goodbye or CLOSED: the peer is done
                 self.close()
                 return
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closed or closing."""
+        return self._transport is None or self._transport.is_closing()
+
+    def hello_decided(self) -> None:
+        """The Hello was judged: its deadline no longer applies."""
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
 
     def _hello_expired(self) -> None:
         self._hello_timer = None
@@ -662,6 +693,19 @@ def _peer_credentials(sock: socket.socket | None) -> tuple[int | None, int | Non
         return None, None
     pid, uid, _gid = _PEERCRED.unpack(raw)
     return pid, uid
+
+
+def _identity_problem(
+    identity: WorkerIdentity | None, peer: _PeerProtocol, digest: bytes
+) -> str | None:
+    """Say why this peer may not present this token, or None if it may."""
+    if identity is None:
+        return "unknown or revoked token"
+    if peer.adopted_for is not None and peer.adopted_for != digest:
+        return "another worker's token on a handed-over connection"
+    if identity.adopted_only and peer.adopted_for != digest:
+        return "this worker's token is only valid on the connection handed to it"
+    return _credentials_problem(identity, peer.peer_pid, peer.peer_uid)
 
 
 def _credentials_problem(

@@ -2,33 +2,72 @@
 """The core's one MQTT connection: reconnects forever, resubscribes, and never drops a status.
 
 The broker may be down when the core starts and may go away at any time; the core must keep
-serving from its store meanwhile. `MqttLink.run` re-enters one reusable aiomqtt client (the
-aiomqtt 2.x reconnection idiom) with jittered, capped exponential backoff. Outgoing messages go
-through an outbox that survives disconnections, so a status produced while offline is published
-once the broker is back. The session is persistent (clean_session=False, a stable client id), so
-the broker queues QoS 1 deployments published while the core was offline.
+serving from its store meanwhile. `MqttLink.run` reconnects with jittered, capped exponential
+backoff, with a new aiomqtt client after each lost session (see `run` for why not one client).
+Outgoing messages go through an outbox that survives disconnections, so a status produced while
+offline is published once the broker is back, and once only. The session is persistent
+(clean_session=False, a stable client id), so the broker queues QoS 1 deployments published
+while the core was offline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import ssl
+import stat
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiomqtt
 from structlog.typing import FilteringBoundLogger
 
 from edge.config import MqttSettings
+from edge.errors import ConfigError, InsecurePermissionsError
 from edge.log import get_logger
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 
 #: First retry delay after a lost connection; doubles up to `reconnect_max_seconds`.
 _INITIAL_BACKOFF_SECONDS = 0.5
+#: How long aiomqtt waits for CONNACK, SUBACK and PUBACK. A broker that drops us between the
+#: TLS handshake and CONNACK (a refused client certificate) costs one such wait per attempt.
+_TIMEOUT_SECONDS = 10
+#: What a TLS private key must be, like the core key: nobody else may read it.
+_PRIVATE_KEY_MODE = 0o600
+#: OpenSSL's words for a refused handshake, and what the operator should check for each.
+_TLS_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "certificate required",
+        "the broker requires a client certificate: set [mqtt] cert_file and key_file",
+    ),
+    (
+        "unknown ca",
+        (
+            "the broker does not trust the client certificate: [mqtt] cert_file must be issued "
+            "by a CA the broker trusts"
+        ),
+    ),
+    (
+        "bad certificate",
+        (
+            "the broker rejected the client certificate ([mqtt] cert_file): expired, or not "
+            "issued for client authentication"
+        ),
+    ),
+    (
+        "certificate_verify_failed",
+        (
+            "the broker's certificate is not trusted: [mqtt] ca_file must hold the CA that "
+            "issued it, and the url's host must be in its names"
+        ),
+    ),
+    ("ssl", "the TLS connection to the broker failed; check [mqtt] ca_file, cert_file, key_file"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +91,81 @@ def backoff_delays(initial: float, maximum: float) -> Callable[[int], float]:
 
 
 def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
-    """Build the TLS context for an mqtts:// url (server verification, optional client cert)."""
+    """Build the TLS context for an mqtts:// url (server verification, optional client cert).
+
+    Raises:
+        InsecurePermissionsError: `key_file` is readable or writable by group or others.
+        ConfigError: `ca_file`, `cert_file` or `key_file` is missing, unreadable or not PEM
+            of the right kind, or the key does not belong to the certificate.
+    """
     if not settings.tls:
         return None
-    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    if settings.key_file is not None:
+        _check_key_file(settings.key_file)
+    try:
+        context = ssl.create_default_context(
+            cafile=str(settings.ca_file) if settings.ca_file else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise _tls_file_error("ca_file", settings.ca_file, exc) from None
     if settings.cert_file and settings.key_file:
-        context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+        try:
+            context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise _tls_file_error("cert_file", settings.cert_file, exc) from None
     return context
+
+
+def _check_key_file(path: Path) -> None:
+    """Refuse a TLS private key that other users can read (as the core key is refused)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return  # load_cert_chain reports it, naming the key
+    if mode & 0o077:
+        raise InsecurePermissionsError(str(path), mode, _PRIVATE_KEY_MODE)
+
+
+def _tls_file_error(key: str, path: Path | None, exc: Exception) -> ConfigError:
+    # ssl.SSLError's str() is "[X509: NO_CERTIFICATE_OR_CRL_FOUND] ... (_ssl.c:4149)"; the
+    # reason and the strerror of an OSError are what a person can act on.
+    detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+    what = "ca_file" if key == "ca_file" else "cert_file and key_file"
+    return ConfigError(
+        str(path),
+        f"can't be used as [mqtt] {what}: {detail}; they must be readable PEM files, "
+        "and the key must belong to the certificate",
+    )
+
+
+def explain_connect_error(error: str) -> str | None:
+    """Say in words what to fix for a TLS failure seen while connecting; None if not TLS."""
+    lowered = error.lower()
+    for needle, hint in _TLS_HINTS:
+        if needle in lowered:
+            return hint
+    return None
+
+
+class _ClientErrors(logging.Handler):
+    """Keeps the last error paho-mqtt logged, and passes warnings on to our structured log.
+
+    A broker that refuses the client certificate does so with a TLS alert *after* the
+    handshake (TLS 1.3), while aiomqtt waits for CONNACK: paho only logs the alert, and the
+    connect attempt then ends in a bare "Operation timed out". This is where the cause is.
+    """
+
+    def __init__(self, log: FilteringBoundLogger) -> None:
+        super().__init__(level=logging.WARNING)
+        self._log = log
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Remember an error; log it as a `mqtt.client_log` event."""
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self.last = message
+        self._log.warning("mqtt.client_log", message=message, level_name=record.levelname)
 
 
 class MqttLink:
@@ -82,15 +189,34 @@ class MqttLink:
         self._outbox_ready = asyncio.Event()
         self._drained = asyncio.Event()
         self.connected = asyncio.Event()
-        self._client = aiomqtt.Client(
-            settings.host,
-            settings.port,
-            identifier=client_id,
+        # Not registered with logging.getLogger: one private logger per link, whose handler
+        # catches what paho-mqtt says about a failed connection (see _ClientErrors).
+        self._client_errors = _ClientErrors(self._log)
+        self._client_logger = logging.Logger("edge.mqtt.client", logging.WARNING)  # noqa: LOG001
+        self._client_logger.propagate = False
+        self._client_logger.addHandler(self._client_errors)
+        self._client_id = client_id
+        # Built once, so a bad ca_file, cert_file or key_file stops the core at start.
+        self._tls = tls_context(settings)
+        self._client = self._new_client()
+
+    def _new_client(self) -> aiomqtt.Client:
+        client = aiomqtt.Client(
+            self._settings.host,
+            self._settings.port,
+            identifier=self._client_id,
             clean_session=False,
-            keepalive=settings.keepalive_seconds,
-            tls_context=tls_context(settings),
-            timeout=10,
+            keepalive=self._settings.keepalive_seconds,
+            tls_context=self._tls,
+            timeout=_TIMEOUT_SECONDS,
+            logger=self._client_logger,
         )
+        # paho acknowledges a QoS 1 message as it arrives, before our handler has made it
+        # durable (a deployment goes to the inbox first): a crash in between would lose it,
+        # since the broker never sends an acknowledged message again. `_receive` acknowledges
+        # once the handler returns. aiomqtt 2.x has no public switch for paho's manual_ack.
+        client._client.manual_ack_set(on=True)  # noqa: SLF001
+        return client
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message; it is sent now if connected, else as soon as the broker is back."""
@@ -133,19 +259,40 @@ class MqttLink:
         attempt = 0
         while True:
             error: str | None = None
+            established = False
+            self._client_errors.last = None
             try:
                 async with self._client:
                     attempt = 0
+                    established = True
                     await self._session()
             # The session's tasks run in a TaskGroup, so a lost connection arrives wrapped.
             except* aiomqtt.MqttError as group:
                 error = "; ".join(str(e) for e in group.exceptions)
             finally:
                 self.connected.clear()
+            if established:
+                # After a session, a new client rather than the old one re-entered (aiomqtt's
+                # idiom): paho keeps the unacknowledged QoS 1 publishes of a lost connection
+                # and sends them again on reconnect, and so does the outbox, whose head stays
+                # until acknowledged; with one client, a status in flight at a disconnect
+                # reached the broker twice. The outbox alone redelivers what we send (the
+                # broker, what it sent us). A failed connect has nothing in flight, and
+                # re-entering its client closes the socket it may have left open.
+                self._client = self._new_client()
+            cause = self._client_errors.last
+            if cause and cause not in (error or ""):
+                # aiomqtt's "Operation timed out" hides why; paho logged the real cause.
+                error = f"{cause} ({error})"
             wait = delay(attempt)
             attempt += 1
+            hint = explain_connect_error(error or "") if self._settings.tls else None
             self._log.warning(
-                "mqtt.disconnected", url=self._settings.url, error=error, retry_in=round(wait, 2)
+                "mqtt.disconnected",
+                url=self._settings.url,
+                error=error,
+                retry_in=round(wait, 2),
+                **({"fix": hint} if hint else {}),
             )
             await asyncio.sleep(wait)
 
@@ -167,6 +314,9 @@ class MqttLink:
                 payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
             )
             await self._on_message(message.topic.value, bytes(data))
+            # Handled (for a deployment: in the inbox, fsynced): only now may the broker forget
+            # it. A crash before this line gets the message delivered again on reconnect.
+            self._client._client.ack(message.mid, message.qos)  # noqa: SLF001
 
     async def _drain_outbox(self) -> None:
         while True:

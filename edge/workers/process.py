@@ -27,7 +27,8 @@ from structlog.typing import FilteringBoundLogger
 from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
 from edge.workers.spec import FunctionSpec
 
-Adopter = Callable[[socket.socket], Awaitable[None]]
+#: Serves the core's end of a worker's socketpair, bound to the worker's token.
+Adopter = Callable[[socket.socket, str], Awaitable[None]]
 SECRETS_MANAGER_FUNCTION_ARN = "arn:aws:lambda:::function:GGSecretManager:1"
 ROUTER_FUNCTION_ARN = "arn:aws:lambda:::function:GGRouter:1"
 SHADOW_FUNCTION_ARN = "arn:aws:lambda:::function:GGShadowService:1"
@@ -220,7 +221,7 @@ class WorkerProcess:
             if self._adopt is None:
                 sdk_parent.close()
             else:
-                await self._adopt(sdk_parent)
+                await self._adopt(sdk_parent, self.token)
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         assert self.proc.stdout is not None  # noqa: S101 - PIPE was asked for
         assert self.proc.stderr is not None  # noqa: S101

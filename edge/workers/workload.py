@@ -116,13 +116,17 @@ class Workload:
         if spec.run_as is not None and os.geteuid() == 0:
             # Its connection is the socketpair end the core handed it (see `_adopt`): the
             # kernel's peer credentials name the core, so only the token identifies it.
-            identity = WorkerIdentity(function_arn=spec.function_arn)
+            identity = WorkerIdentity(function_arn=spec.function_arn, adopted_only=True)
         else:
-            identity = WorkerIdentity(function_arn=spec.function_arn, uid=os.getuid(), pid=pid)
+            # Registered twice: before the child exists (so its first call can't race the
+            # registration; its Hello waits) and then bound to its pid.
+            identity = WorkerIdentity(
+                function_arn=spec.function_arn, uid=os.getuid(), pid=pid, pid_pending=pid is None
+            )
         self.ipc.register(token, identity)
 
-    async def _adopt(self, sock: socket.socket) -> None:
-        await self.ipc.adopt(sock)
+    async def _adopt(self, sock: socket.socket, token: str) -> None:
+        await self.ipc.adopt(sock, token)
 
     def _revoke(self, token: str) -> None:
         self.ipc.revoke(token)

@@ -243,6 +243,68 @@ async def test_peer_pid_must_be_the_worker_or_a_descendant(socket_path, logs):
         assert "descendants" in events(logs, "ipc.auth.refused")[0]["problem"]
 
 
+async def test_a_hello_for_a_worker_being_started_waits_for_its_pid(socket_path, logs):
+    """A token registered before its worker exists is judged only once the pid is bound.
+
+    Otherwise a same-uid process that read the new worker's token from /proc/<pid>/environ
+    could get in between the two registrations.
+    """
+    async with serving(socket_path) as server:
+        pending = WorkerIdentity(function_arn=ARN, uid=os.getuid(), pid_pending=True)
+        server.register(OTHER_TOKEN, pending)
+        with IpcClient(str(socket_path), OTHER_TOKEN) as thief:
+            attempt = asyncio.ensure_future(call(thief, OP_GET_SECRET_VALUE, {"SecretId": "a"}))
+            await asyncio.sleep(0.5)
+            assert not attempt.done()  # no Welcome while the pid is unknown
+            worker = subprocess.Popen(["sleep", "30"])
+            try:
+                server.register(
+                    OTHER_TOKEN, WorkerIdentity(function_arn=ARN, uid=os.getuid(), pid=worker.pid)
+                )
+                with pytest.raises(IpcCallError):
+                    await attempt
+            finally:
+                worker.kill()
+                worker.wait()
+        # The real worker (here: this process and its threads) waits, then gets in.
+        server.register(TOKEN, pending)
+        with IpcClient(str(socket_path), TOKEN) as client:
+            call_ = asyncio.ensure_future(call(client, OP_GET_SECRET_VALUE, {"SecretId": "b"}))
+            await asyncio.sleep(0.3)
+            server.register(
+                TOKEN, WorkerIdentity(function_arn=ARN, uid=os.getuid(), pid=os.getpid())
+            )
+            assert (await call_)["Caller"] == ARN
+    assert "descendants" in events(logs, "ipc.auth.refused")[0]["problem"]
+
+
+async def test_a_handed_over_connection_takes_only_its_own_workers_token(socket_path, logs):
+    """RunAs workers get a socketpair: only their token works on it, and only on it."""
+    async with serving(socket_path) as server:
+        server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, adopted_only=True))
+        # Its token over the ordinary socket: refused.
+        with IpcClient(str(socket_path), OTHER_TOKEN) as client, pytest.raises(IpcCallError):
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "a"})
+        # Another worker's token on the connection handed to OTHER_TOKEN's worker: refused.
+        mine, theirs = socket.socketpair()
+        await server.adopt(mine, OTHER_TOKEN)
+        with (
+            IpcClient(str(socket_path), TOKEN, inherited_fd=theirs.detach()) as client,
+            pytest.raises(IpcCallError),
+        ):
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "a"})
+        # Its own token on its own connection: served.
+        mine, theirs = socket.socketpair()
+        await server.adopt(mine, OTHER_TOKEN)
+        with IpcClient(str(socket_path), OTHER_TOKEN, inherited_fd=theirs.detach()) as client:
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "a"}))["Caller"] == ARN
+    problems = [e["problem"] for e in events(logs, "ipc.auth.refused")]
+    assert problems == [
+        "this worker's token is only valid on the connection handed to it",
+        "another worker's token on a handed-over connection",
+    ]
+
+
 async def run_python(socket_path: Path, code: str, token: str) -> str:
     """Run `code` in a fresh interpreter with `path`, `token` and the client in scope."""
     prelude = (
