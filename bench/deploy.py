@@ -15,6 +15,10 @@ Starts its own moto server, creates `--secrets` secrets with `--labels` staging 
 and prints medians over `--repeat` runs as a markdown table, with the speedups of (a) and (b)
 over (c) (target >= 10x) and the rotation's share of a deployment, (d) / ((a) + (d))
 (target < 5%). Run: `.venv/bin/python bench/deploy.py [--secrets 300 --labels 3 ...]`.
+
+`--incremental` measures incremental fetch instead: the API calls (and time) of a redeploy of
+an unchanged group, and of one after 10% of the secrets rotated, each done the old way (a full
+fetch) and the new way (DescribeSecret first, then only the versions the core lacks).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from edge.model import SecretResource
 from edge.secrets.contents import LocalSecret, StoreContents
 from edge.secrets.fetch import AwsSecretSource, FetchSettings
 from edge.secrets.keys import generate_key
+from edge.secrets.source import held_versions
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
 from tests.support.services import AWS_TEST_ENV, TEST_REGION, run_moto
 
@@ -80,6 +85,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="measure the calls incremental fetch saves (redeploy unchanged, 10%% rotated)",
+    )
     parser.add_argument(
         "--inline-proxy",
         action="store_true",
@@ -260,6 +270,74 @@ async def run(
     report(args, modes, rotation)
 
 
+def rotate_some(url: str, resources: list[SecretResource], share: float) -> int:
+    """Give the first `share` of the secrets a new AWSCURRENT version; return how many."""
+    client = boto3.client("secretsmanager", region_name=TEST_REGION, endpoint_url=url)
+    count = max(1, round(len(resources) * share))
+    for i, resource in enumerate(resources[:count]):
+        client.put_secret_value(
+            SecretId=resource.arn, SecretString=f'{{"username": "svc-{i:04d}", "password": "r"}}'
+        )
+    return count
+
+
+async def timed_fetch(
+    url: str, resources: list[SecretResource], *, concurrency: int, held: StoreContents | None
+) -> tuple[float, collections.Counter[str], dict[str, LocalSecret]]:
+    """One fetch by a fresh source: seconds, calls by operation, result."""
+    async with AwsSecretSource(
+        region=TEST_REGION, endpoint_url=url, settings=FetchSettings(concurrency=concurrency)
+    ) as source:
+        started = time.perf_counter()
+        result = await source.fetch(resources, held=held_versions(held) if held else None)
+        return time.perf_counter() - started, source.calls, result
+
+
+async def run_incremental(
+    args: argparse.Namespace, moto_url: str, resources: list[SecretResource]
+) -> None:
+    """Redeploy unchanged, then after 10% rotated: full fetch vs incremental, calls and time."""
+    conc = args.concurrency
+    rows: list[tuple[str, list[float], collections.Counter[str]]] = []
+    async with latency_proxy(moto_url, args.latency_ms, inline=args.inline_proxy) as url:
+        _, _, first = await timed_fetch(url, resources, concurrency=conc, held=None)
+        held = StoreContents(secrets=first)
+        scenarios: list[tuple[str, StoreContents | None]] = [
+            ("unchanged, full fetch (before)", None),
+            ("unchanged, incremental (after)", held),
+        ]
+        for title, base in scenarios:
+            seconds: list[float] = []
+            for _ in range(args.repeat):
+                took, calls, result = await timed_fetch(url, resources, concurrency=conc, held=base)
+                if result != first:
+                    raise SystemExit(f"{title}: fetched something else than the first fetch")
+                seconds.append(took)
+            rows.append((title, seconds, calls))
+        rotated = rotate_some(moto_url, resources, 0.10)
+        for title, base in (
+            (f"{rotated} of {len(resources)} rotated, full fetch (before)", None),
+            (f"{rotated} of {len(resources)} rotated, incremental (after)", held),
+        ):
+            seconds = []
+            for _ in range(args.repeat):
+                took, calls, _result = await timed_fetch(
+                    url, resources, concurrency=conc, held=base
+                )
+                seconds.append(took)
+            rows.append((title, seconds, calls))
+    print(
+        f"\n{args.secrets} secrets x {args.labels} labels, {args.latency_ms:g} ms added per call, "
+        f"concurrency {conc}, batch on, median of {args.repeat} runs; "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs\n"
+    )
+    print("| redeploy | median s | API calls | GetSecretValue + Batch calls |")
+    print("|---|---:|---|---:|")
+    for title, seconds, calls in rows:
+        values = calls["GetSecretValue"] + calls["BatchGetSecretValue"]
+        print(f"| {title} | {statistics.median(seconds):.3f} | {calls_text(calls)} | {values} |")
+
+
 def main() -> None:
     """Start moto, run the benchmark, stop moto."""
     args = parse_args()
@@ -272,7 +350,10 @@ def main() -> None:
             started = time.perf_counter()
             resources = create_secrets(moto.url, args.secrets, args.labels)
             print(f"created {len(resources)} secrets in {time.perf_counter() - started:.1f} s")
-            asyncio.run(run(args, moto.url, resources, workdir))
+            if args.incremental:
+                asyncio.run(run_incremental(args, moto.url, resources))
+            else:
+                asyncio.run(run(args, moto.url, resources, workdir))
 
 
 if __name__ == "__main__":

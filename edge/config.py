@@ -135,6 +135,18 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RefreshConfig:
+    """`[refresh]`: rotation-aware refresh of deployed secrets (edge/secrets/refresh.py)."""
+
+    #: Seconds between checks of the deployed secrets' stages (jittered ±10%); 0: off.
+    interval_seconds: float = 0.0
+    #: Most DescribeSecret requests a second (Secrets Manager allows 50 per account+region).
+    max_calls_per_second: float = 10.0
+    #: Least seconds between two `Refresh: true` hinted refreshes of one secret.
+    hint_min_interval_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -148,6 +160,7 @@ class Config:
     workers: WorkerSettings = WorkerSettings()
     audit: AuditSettings = AuditSettings()
     metrics: MetricsSettings = MetricsSettings()
+    refresh: RefreshConfig = RefreshConfig()
 
 
 class _Section:
@@ -233,7 +246,18 @@ class _Section:
 
 
 _EXAMPLE = "config.example.toml"
-_SECTIONS = ("core", "mqtt", "aws", "fetch", "log", "deployments", "workers", "audit", "metrics")
+_SECTIONS = (
+    "core",
+    "mqtt",
+    "aws",
+    "fetch",
+    "log",
+    "deployments",
+    "workers",
+    "audit",
+    "metrics",
+    "refresh",
+)
 
 
 def read_toml(path: Path | str, *, example: str) -> tuple[dict[str, Any], Path]:
@@ -288,6 +312,7 @@ def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
         workers=_workers(sections["workers"]),
         audit=_audit(sections["audit"]),
         metrics=_metrics(sections["metrics"]),
+        refresh=_refresh(sections["refresh"]),
     )
     for section in sections.values():
         section.finish()
@@ -436,4 +461,16 @@ def _metrics(s: _Section) -> MetricsSettings:
     return MetricsSettings(
         listen=address,
         stale_after_seconds=s.number("stale_after_seconds", 86400.0, low=1, high=10 * 365 * 86400),
+    )
+
+
+def _refresh(s: _Section) -> RefreshConfig:
+    interval = s.number("interval_seconds", 0.0, low=0, high=30 * 86400)
+    if 0 < interval < 1:
+        raise s.error("interval_seconds", f"must be 0 (off) or at least 1, not {interval:g}")
+    return RefreshConfig(
+        interval_seconds=interval,
+        # Secrets Manager's DescribeSecret quota is 50 requests a second per account and region.
+        max_calls_per_second=s.number("max_calls_per_second", 10.0, low=0.1, high=50),
+        hint_min_interval_seconds=s.number("hint_min_interval_seconds", 30.0, low=0, high=86400),
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Self
 
 from aiohttp import web
@@ -37,8 +37,9 @@ from edge.log import get_logger
 if TYPE_CHECKING:
     from edge.ipc.server import IpcServer
     from edge.model.group import SecretResource
-    from edge.secrets.contents import LocalSecret
+    from edge.secrets.contents import LocalSecret, SecretVersion
     from edge.secrets.fetch import AwsSecretSource
+    from edge.secrets.refresh import RefreshCounts
     from edge.secrets.store import SecretStore
     from edge.workers.manager import WorkerManager
     from edge.workers.services import CoreServices
@@ -90,11 +91,16 @@ class TimedSource:
         self._source = source
         self._counts = counts
 
-    async def fetch(self, resources: Sequence[SecretResource]) -> dict[str, LocalSecret]:
+    async def fetch(
+        self,
+        resources: Sequence[SecretResource],
+        *,
+        held: Mapping[str, Mapping[str, SecretVersion]] | None = None,
+    ) -> dict[str, LocalSecret]:
         """Fetch through the wrapped source, timing it."""
         started = time.perf_counter()
         try:
-            result = await self._source.fetch(resources)
+            result = await self._source.fetch(resources, held=held)
         except BaseException:
             self._counts.fetch_timed(time.perf_counter() - started, ok=False)
             raise
@@ -114,7 +120,9 @@ class CoreCollector:
         manager: WorkerManager,
         services: CoreServices,
         store: SecretStore,
+        refresh: RefreshCounts | None = None,
     ) -> None:
+        self._refresh = refresh
         self._counts = counts
         self._source = source
         self._ipc = ipc
@@ -125,6 +133,7 @@ class CoreCollector:
     def collect(self) -> Iterable[Metric]:
         """Yield every metric family, built from the live counters."""
         yield from self._deployments()
+        yield from self._refreshes()
         yield from self._ipc_metrics()
         yield from self._workers()
 
@@ -171,6 +180,23 @@ class CoreCollector:
         yield GaugeMetricFamily(
             "edge_store_age_seconds", "Seconds since the store was last replaced", value=age
         )
+
+    def _refreshes(self) -> Iterable[Metric]:
+        refresh = self._refresh
+        if refresh is None:
+            return
+        for name, doc, value in (
+            ("checks", "Refresh checks of the deployed secrets' stages", refresh.checks),
+            ("rotations", "Store rotations by a refresh (a label moved)", refresh.rotations),
+            ("failures", "Refreshes (or single secret checks) that failed", refresh.failures),
+            ("hints", "Refresh: true reads that triggered a refresh", refresh.hints),
+            (
+                "hints_limited",
+                "Refresh: true reads answered without one (too soon)",
+                refresh.hints_limited,
+            ),
+        ):
+            yield CounterMetricFamily(f"edge_secret_refresh_{name}", doc, value=value)
 
     def _ipc_metrics(self) -> Iterable[Metric]:
         ipc = self._ipc

@@ -29,6 +29,12 @@ from edge.mqtt.link import MqttLink
 from edge.secrets.contents import StoreContents
 from edge.secrets.fetch import AwsSecretSource, FetchSettings
 from edge.secrets.keys import CoreKey
+from edge.secrets.refresh import (
+    RefreshCounts,
+    Refresher,
+    RefreshSettings,
+    refreshed_topic,
+)
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
 from edge.signing import DeploymentTrust
 from edge.workers.s3 import S3CodeReader
@@ -78,6 +84,51 @@ def fetch_settings(config: Config) -> FetchSettings:
     )
 
 
+def refresh_settings(config: Config) -> RefreshSettings:
+    """The refresher's settings from `[refresh]`."""
+    return RefreshSettings(
+        interval_seconds=config.refresh.interval_seconds,
+        max_calls_per_second=config.refresh.max_calls_per_second,
+        hint_min_interval_seconds=config.refresh.hint_min_interval_seconds,
+    )
+
+
+def _refresher(
+    config: Config,
+    *,
+    source: AwsSecretSource,
+    store: SecretStore,
+    agent: DeploymentAgent,
+    workload: Workload,
+    link: MqttLink,
+) -> Refresher:
+    """Build the secret refresher and let `Refresh: true` reads reach it."""
+    services = workload.services
+    topic = refreshed_topic(config.mqtt.topic_prefix, config.core.thing_name)
+
+    def refreshed(new: StoreContents) -> None:
+        # Only the secret index changes: grants, routes and workers stay as deployed.
+        services.refresh_secrets(new)
+        services.count_stale_reads(time.time(), config.metrics.stale_after_seconds)
+
+    def publish(payload: bytes) -> None:
+        # What changed, never a value; not retained: it is an event, not a state.
+        link.publish(topic, payload, qos=1)
+
+    refresher = Refresher(
+        source=source,
+        store=store,
+        holder=agent,
+        gate=agent.gate,
+        settings=refresh_settings(config),
+        publish=publish,
+        on_rotated=refreshed,
+        deadline_seconds=config.fetch.deadline_seconds,
+    )
+    services.refresh_hint = refresher.hint
+    return refresher
+
+
 async def _start_metrics(
     stack: contextlib.AsyncExitStack,
     config: Config,
@@ -86,6 +137,7 @@ async def _start_metrics(
     source: AwsSecretSource,
     workload: Workload,
     store: SecretStore,
+    refresh: RefreshCounts,
 ) -> None:
     """Start counting stale reads and, if `[metrics] listen` is set, serve `/metrics`."""
     with contextlib.suppress(FileNotFoundError):
@@ -102,6 +154,7 @@ async def _start_metrics(
         manager=workload.manager,
         services=workload.services,
         store=store,
+        refresh=refresh,
     )
     await stack.enter_async_context(MetricsServer(config.metrics.listen, collector))
 
@@ -191,9 +244,6 @@ async def run_core(
                 read_s3=read_s3,
             )
         )
-        await _start_metrics(
-            stack, config, counts=counts, source=source, workload=workload, store=store
-        )
         agent = DeploymentAgent(
             store=store,
             source=TimedSource(source, counts),
@@ -208,6 +258,18 @@ async def run_core(
                 allow_unsigned=config.deployments.allow_unsigned,
             ),
         )
+        refresher = _refresher(
+            config, source=source, store=store, agent=agent, workload=workload, link=link
+        )
+        await _start_metrics(
+            stack,
+            config,
+            counts=counts,
+            source=source,
+            workload=workload,
+            store=store,
+            refresh=refresher.counts,
+        )
         await workload.restore(contents)
         log.info("core.started", pid=os.getpid(), mqtt=mqtt.url, topic=deployments_topic)
         try:
@@ -216,6 +278,7 @@ async def run_core(
                     tg.create_task(link.run(), name="mqtt-link"),
                     tg.create_task(agent.run(), name="deployment-agent"),
                     tg.create_task(audit.run(), name="audit-log"),
+                    tg.create_task(refresher.run(), name="secret-refresh"),
                 ]
                 if stop is not None:
                     await stop.wait()

@@ -24,7 +24,8 @@ from edge.errors import DeploymentInvalidError, EdgeError, SignatureError, Stale
 from edge.log import REDACTOR, get_logger
 from edge.model import Deployment, DeploymentType, parse_deployment
 from edge.secrets.contents import DeploymentRecord, StoreContents
-from edge.secrets.source import SecretSource
+from edge.secrets.refresh import RotationGate
+from edge.secrets.source import SecretSource, held_versions
 from edge.secrets.store import SecretStore
 from edge.signing import DeploymentTrust, check_fresh
 
@@ -124,8 +125,11 @@ class DeploymentAgent:
         hooks: DeploymentHooks[Any] | None = None,
         logger: FilteringBoundLogger | None = None,
         trust: DeploymentTrust | None = None,
+        gate: RotationGate | None = None,
     ) -> None:
         self._store = store
+        # Shared with the secret refresher: one store rotation at a time, deployments first.
+        self.gate = gate or RotationGate()
         self._source = source
         self._inbox = inbox
         self._history = history
@@ -259,7 +263,8 @@ class DeploymentAgent:
             self._finish(status_document(deployment.deployment_id, dep_type, state))
             return
         with structlog.contextvars.bound_contextvars(deployment_id=deployment.deployment_id):
-            await self._apply(deployment)
+            async with self.gate.deployment():
+                await self._apply(deployment)
 
     def _reject(self, payload: bytes, exc: DeploymentInvalidError) -> None:
         if exc.deployment_id is None:
@@ -312,7 +317,9 @@ class DeploymentAgent:
         resources = deployment.group.secret_resources
         if deployment.deployment_type is DeploymentType.RESET or not resources:
             return StoreContents()
-        fetched = StoreContents(secrets=await self._source.fetch(resources))
+        # Versions the store holds are immutable in Secrets Manager: the source reuses them.
+        held = held_versions(self.contents)
+        fetched = StoreContents(secrets=await self._source.fetch(resources, held=held))
         # Mask new values before anything else can mention them.
         REDACTOR.update([*self.contents.values(), *fetched.values()])
         return fetched

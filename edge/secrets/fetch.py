@@ -9,6 +9,16 @@ a fetch run as tasks of one `asyncio.TaskGroup`, at most `FetchSettings.concurre
 (one semaphore per source), under one overall deadline. The first failure cancels the rest and
 is raised alone: a deployment gets all of its secrets or none.
 
+Incremental fetch. Given the versions the core already holds (`held`), a fetch first asks
+DescribeSecret where each held secret's labels point (concurrently, under the same semaphore
+and deadline) and downloads only the versions it lacks, by VersionId (exactly the version
+described); `edge.secrets.source.plan_fetch` makes
+that decision. A redeploy of an unchanged group thus costs one DescribeSecret per secret and no
+GetSecretValue or BatchGetSecretValue at all, and no secret value crosses the network. Secrets
+the core holds nothing of are not described: their values must be fetched anyway. Credentials
+without secretsmanager:DescribeSecret (AccessDeniedException) switch the source to the full
+fetch for good, logged once as `fetch.describe.unavailable`.
+
 Retries are botocore's own "standard" mode (aiobotocore awaits its backoff with asyncio.sleep):
 it retries throttling errors, HTTP 500/502/503/504 and connection errors with jittered
 exponential backoff, and a per-client retry quota stops retry storms against a service that is
@@ -38,10 +48,10 @@ from edge.errors import (
     StagingLabelNotFoundError,
 )
 from edge.secrets.contents import SecretVersion
-from edge.secrets.source import AWSCURRENT, local_secret
+from edge.secrets.source import AWSCURRENT, Described, local_secret, plan_fetch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
     from types import TracebackType
 
     from structlog.typing import FilteringBoundLogger
@@ -261,6 +271,13 @@ class _Run:
     received: dict[str, dict[str, SecretVersion]] = field(default_factory=dict)
     #: ARN -> the secret's Name as Secrets Manager answered.
     names: dict[str, str] = field(default_factory=dict)
+    #: ARN -> VersionId -> the wanted labels DescribeSecret placed on that version, which
+    #: the core lacks: fetched by VersionId, exactly the version described.
+    by_version: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def planned(self, arn: str, label: str) -> bool:
+        """Tell whether the pair is fetched by VersionId."""
+        return any(label in labels for labels in self.by_version.get(arn, {}).values())
 
     @property
     def total(self) -> int:
@@ -275,6 +292,11 @@ class _Run:
     def has(self, arn: str, label: str) -> bool:
         """Tell whether the pair has already arrived."""
         return label in self.received.get(arn, {})
+
+    def reuse(self, arn: str, name: str, by_label: Mapping[str, SecretVersion]) -> None:
+        """Take held versions for some of the secret's pairs: no call is needed for them."""
+        self.names.setdefault(arn, name)
+        self.received.setdefault(arn, {}).update(by_label)
 
     def record(self, arn: str, label: str, answer: Mapping[str, Any]) -> None:
         """Keep an answer for the pair, and for every wanted label its version also carries.
@@ -339,6 +361,9 @@ class AwsSecretSource:
         self._log: FilteringBoundLogger = logger or structlog.get_logger("edge.secrets.fetch")
         self._limit = asyncio.Semaphore(settings.concurrency)
         self._batch_available = settings.use_batch
+        #: False once DescribeSecret was refused (AccessDeniedException): from then on every
+        #: fetch downloads every pair, as before incremental fetch.
+        self.describe_available = True
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -381,16 +406,30 @@ class AwsSecretSource:
         """Count one request about to be sent (a botocore `before-send` handler)."""
         self.calls[event_name.rsplit(".", 1)[-1]] += 1
 
-    async def fetch(self, resources: Sequence[SecretResource]) -> dict[str, LocalSecret]:
+    async def fetch(
+        self,
+        resources: Sequence[SecretResource],
+        *,
+        held: Mapping[str, Mapping[str, SecretVersion]] | None = None,
+        described: Mapping[str, Described] | None = None,
+        pace: Callable[[], Awaitable[None]] | None = None,
+    ) -> dict[str, LocalSecret]:
         """Fetch every (ARN, label) pair the resources need, all or nothing.
 
-        `AWSCURRENT` comes from BatchGetSecretValue when `settings.use_batch` and the service
-        allows it; the first refusal switches this source to GetSecretValue for good (logged
-        once as `fetch.batch.unavailable`). Each additional label is one GetSecretValue call,
-        unless an earlier answer showed that label on its version.
+        With `held`, secrets the core holds versions of are described first (unless
+        `described` already says where their labels point) and only the versions it lacks
+        are downloaded; see the module's docstring. `AWSCURRENT` comes from
+        BatchGetSecretValue when `settings.use_batch` and the service allows it; the first
+        refusal switches this source to GetSecretValue for good (logged once as
+        `fetch.batch.unavailable`). Each additional label is one GetSecretValue call, unless
+        an earlier answer showed that label on its version.
 
         Args:
             resources: The group's secret resources.
+            held: ARN -> VersionId -> a version the core holds (immutable, so reusable).
+            described: DescribeSecret answers already at hand, by ARN (the refresher's);
+                these secrets are not described again.
+            pace: Awaited before each DescribeSecret request (a rate limit).
 
         Returns:
             One `LocalSecret` per resource, keyed by `resource_id`.
@@ -414,6 +453,9 @@ class AwsSecretSource:
         deadline = asyncio.timeout(self.settings.deadline_seconds)
         try:
             async with deadline:
+                if held:
+                    await self._reuse_held(run, held, dict(described or {}), pace)
+                reused = run.done
                 await self._fetch_all(run)
         except TimeoutError as exc:
             if not deadline.expired():
@@ -431,6 +473,7 @@ class AwsSecretSource:
         self._log.info(
             "fetch.complete",
             pairs=run.total,
+            reused=reused,
             calls=self.calls.total() - calls_before,
             seconds=round(time.perf_counter() - started, 3),
         )
@@ -438,22 +481,119 @@ class AwsSecretSource:
             r.resource_id: local_secret(r, run.names[r.arn], run.received[r.arn]) for r in resources
         }
 
+    async def _reuse_held(
+        self,
+        run: _Run,
+        held: Mapping[str, Mapping[str, SecretVersion]],
+        described: dict[str, Described],
+        pace: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        """Describe the held secrets not yet described; take the held versions labels are on.
+
+        Raises:
+            SecretFetchError: DescribeSecret failed for a secret other than by being refused
+                (a secret not found or marked for deletion fails the fetch, as before).
+        """
+        unknown = [arn for arn in run.wanted if held.get(arn) and arn not in described]
+        if unknown and self.describe_available:
+            answers, errors = await self.describe(unknown, pace=pace)
+            for arn in unknown:
+                error = errors.get(arn)
+                # A refusal leaves the secret undescribed: it is fetched whole.
+                if error is not None and not isinstance(error, SecretAccessDeniedError):
+                    raise error
+            described.update(answers)
+        plan = plan_fetch(run.wanted, held, described)
+        for arn, by_label in plan.reused.items():
+            run.reuse(arn, described[arn].name, by_label)
+        for arn, labels in plan.missing.items():
+            answer = described.get(arn)
+            if answer is None:
+                continue
+            for label in labels:
+                version_id = answer.version_of(label)
+                if version_id is not None:
+                    versions = run.by_version.setdefault(arn, {})
+                    versions[version_id] = (*versions.get(version_id, ()), label)
+
+    async def describe(
+        self,
+        arns: Sequence[str],
+        *,
+        pace: Callable[[], Awaitable[None]] | None = None,
+    ) -> tuple[dict[str, Described], dict[str, SecretFetchError]]:
+        """Ask DescribeSecret where each secret's labels point, concurrently.
+
+        Every secret is asked independently: one failing doesn't cancel the others. An
+        AccessDeniedException switches the source to full fetches for good
+        (`describe_available` becomes false, logged once as `fetch.describe.unavailable`).
+        The caller bounds the whole with its deadline.
+
+        Args:
+            arns: The secrets to describe (duplicates are asked once).
+            pace: Awaited before each request (a rate limit), outside the concurrency limit.
+
+        Returns:
+            ARN -> answer for the secrets described, and ARN -> error for the others:
+            SecretNotFoundError (no such secret, or marked for deletion),
+            SecretAccessDeniedError, SecretServiceError.
+
+        Raises:
+            RuntimeError: The source is not open.
+        """
+        if self._client is None:
+            raise RuntimeError("use `async with AwsSecretSource(...)` before describing")
+        answers: dict[str, Described] = {}
+        errors: dict[str, SecretFetchError] = {}
+
+        async def one(arn: str) -> None:
+            try:
+                answers[arn] = await self._describe_one(arn, pace)
+            except SecretFetchError as exc:
+                errors[arn] = exc
+
+        async with asyncio.TaskGroup() as tg:
+            for arn in dict.fromkeys(arns):
+                tg.create_task(one(arn), name=f"describe:{arn}")
+        return answers, errors
+
+    async def _describe_one(
+        self, arn: str, pace: Callable[[], Awaitable[None]] | None
+    ) -> Described:
+        """Call DescribeSecret for one secret and read its name and `VersionIdsToStages`."""
+        if pace is not None:
+            await pace()
+        async with self._limit:
+            try:
+                with map_exceptions(arn, operation="DescribeSecret"):
+                    answer: Mapping[str, Any] = await self._client.describe_secret(SecretId=arn)
+            except SecretAccessDeniedError:
+                if self.describe_available:
+                    self.describe_available = False
+                    self._log.warning(
+                        "fetch.describe.unavailable",
+                        code=_ACCESS_DENIED,
+                        fallback="full fetch (GetSecretValue/BatchGetSecretValue)",
+                    )
+                raise
+        if answer.get("DeletedDate") is not None:
+            # Marked for deletion: GetSecretValue would refuse it, and to the operator it is gone.
+            raise SecretNotFoundError(arn)
+        try:
+            stages = {
+                str(version_id): tuple(str(s) for s in labels)
+                for version_id, labels in (answer.get("VersionIdsToStages") or {}).items()
+            }
+        except (TypeError, AttributeError) as exc:
+            raise SecretServiceError(arn, "DescribeSecret: unexpected answer") from exc
+        return Described(name=str(answer.get("Name", "")), stages=stages)
+
     async def _fetch_all(self, run: _Run) -> None:
         """Fetch every pair of the run as tasks of one group; raise the first failure alone."""
         failure: SecretFetchError | None = None
         try:
             async with asyncio.TaskGroup() as tg:
-                arns = list(run.wanted)
-                if self._batch_available:
-                    for start in range(0, len(arns), BATCH_MAX_IDS):
-                        chunk = arns[start : start + BATCH_MAX_IDS]
-                        tg.create_task(self._fetch_batch(run, tg, chunk), name=f"batch:{start}")
-                else:
-                    for arn in arns:
-                        tg.create_task(self._fetch_label(run, arn, AWSCURRENT), name=arn)
-                for arn, labels in run.wanted.items():
-                    for label in labels[1:]:
-                        tg.create_task(self._fetch_label(run, arn, label), name=f"{arn}:{label}")
+                self._spawn(run, tg)
         except* SecretFetchError as group:
             # The TaskGroup cancelled the others when the first task failed; errors are listed
             # in the order they happened. Anything not ours (a bug) propagates as a group.
@@ -465,6 +605,32 @@ class AwsSecretSource:
             # Raised outside the handler so that its context is the botocore error, not the group.
             raise failure
 
+    def _spawn(self, run: _Run, tg: asyncio.TaskGroup) -> None:
+        """Start a task for every call the run still needs: by VersionId, batch, by label."""
+        for arn, versions in run.by_version.items():
+            for version_id, labels in versions.items():
+                tg.create_task(
+                    self._fetch_version(run, arn, version_id, labels),
+                    name=f"{arn}:{version_id}",
+                )
+        arns = [
+            arn
+            for arn in run.wanted
+            if not run.has(arn, AWSCURRENT) and not run.planned(arn, AWSCURRENT)
+        ]
+        if self._batch_available:
+            for start in range(0, len(arns), BATCH_MAX_IDS):
+                chunk = arns[start : start + BATCH_MAX_IDS]
+                tg.create_task(self._fetch_batch(run, tg, chunk), name=f"batch:{start}")
+        else:
+            for arn in arns:
+                tg.create_task(self._fetch_label(run, arn, AWSCURRENT), name=arn)
+        for arn, labels in run.wanted.items():
+            for label in labels[1:]:
+                if run.has(arn, label) or run.planned(arn, label):
+                    continue
+                tg.create_task(self._fetch_label(run, arn, label), name=f"{arn}:{label}")
+
     async def _fetch_label(self, run: _Run, arn: str, label: str) -> None:
         """Fetch one (ARN, label) pair with GetSecretValue, unless it has arrived already."""
         async with self._limit:
@@ -472,6 +638,28 @@ class AwsSecretSource:
                 return
             answer = await self._get_secret_value(arn, label)
         run.record(arn, label, answer)
+
+    async def _fetch_version(
+        self, run: _Run, arn: str, version_id: str, labels: tuple[str, ...]
+    ) -> None:
+        """Fetch the version DescribeSecret placed the labels on, by its VersionId.
+
+        If that version is gone by now (the secret rotated again and the version was
+        removed, or the secret was deleted), the labels are fetched by name instead, which
+        reports a deleted secret precisely.
+        """
+        try:
+            async with self._limit:
+                with map_exceptions(arn):
+                    answer: Mapping[str, Any] = await self._client.get_secret_value(
+                        SecretId=arn, VersionId=version_id
+                    )
+        except (SecretNotFoundError, _InvalidStateError):
+            for label in labels:
+                await self._fetch_label(run, arn, label)
+            return
+        for label in labels:
+            run.record(arn, label, answer)
 
     async def _get_secret_value(self, arn: str, label: str) -> Mapping[str, Any]:
         """Call GetSecretValue for one pair and name the failure precisely."""

@@ -37,6 +37,8 @@ from edge.workers.spec import FunctionSpec
 
 CURRENT = "AWSCURRENT"
 Publisher = Callable[[str, str, bytes], Awaitable[None]]
+#: Refreshes one secret (by resource id) before a `Refresh: true` read; never raises.
+RefreshHint = Callable[[str], Awaitable[bool]]
 
 
 class SecretAnswer:
@@ -215,6 +217,8 @@ class CoreServices:
         self._audit = audit
         self._log = logger or get_logger("services")
         self.index = SecretIndex()
+        #: Set by the supervisor: what a `Refresh: true` read awaits first. None: ignored.
+        self.refresh_hint: RefreshHint | None = None
         #: Reads served while the store was older than the staleness limit (for metrics).
         self.stale_reads = 0
         self._stale_at = math.inf
@@ -222,6 +226,11 @@ class CoreServices:
     def update(self, contents: StoreContents, specs: tuple[FunctionSpec, ...]) -> None:
         """Swap in a new deployment's secrets and grants (one reference assignment)."""
         self.index = SecretIndex.build(contents, specs)
+
+    def refresh_secrets(self, contents: StoreContents) -> None:
+        """Swap in refreshed secrets, keeping the deployment's grants (one assignment)."""
+        index = SecretIndex.build(contents, ())
+        self.index = SecretIndex(by_id=index.by_id, grants=self.index.grants, answers=index.answers)
 
     def count_stale_reads(self, stored_at: float, stale_after: float) -> None:
         """Count reads from now on once the store written at `stored_at` is `stale_after` old.
@@ -238,14 +247,41 @@ class CoreServices:
         """Answer one request: secrets synchronously (the hot path), the rest as a coroutine."""
         op = request.op
         if op == OP_GET_SECRET_VALUE:
-            return self._read(identity, request, request.args, v1=False)
+            args = request.args
+            if args.get("Refresh") is True and self.refresh_hint is not None:
+                return self._refresh_then_read(identity, request, args, self.refresh_hint, v1=False)
+            return self._read(identity, request, args, v1=False)
         if op == OP_GET_SECRET_VALUE_V1:
             try:
                 args = v1_request_args(self.index, request.args)
             except ServiceError as exc:
                 return self._refused(identity, request, {}, exc)
+            if args.get("Refresh") is True and self.refresh_hint is not None:
+                return self._refresh_then_read(identity, request, args, self.refresh_hint, v1=True)
             return self._read(identity, request, args, v1=True)
         return self._answer(identity, request)
+
+    async def _refresh_then_read(
+        self,
+        identity: WorkerIdentity,
+        request: Request,
+        args: Mapping[str, Any],
+        hint: RefreshHint,
+        *,
+        v1: bool,
+    ) -> Response:
+        """Refresh the secret first (rate-limited by the refresher), then answer as usual.
+
+        Only a caller that may read the secret can make the core ask Secrets Manager: the
+        access check runs first. A failed refresh is the refresher's to log; the answer then
+        comes from the store as it is.
+        """
+        try:
+            answer = find_answer(self.index, identity.function_arn, args)
+        except ServiceError as exc:
+            return self._refused(identity, request, args, exc)
+        await hint(answer.resource_id)
+        return self._read(identity, request, args, v1=v1)
 
     def _read(
         self,

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from edge.audit import audit_path
-from tests.integration.test_workers import function, function_arn, invoke
 from tests.support.core import edge_cli, secret_resource
 from tests.support.env import Env
-from tests.support.functions import build_package
+from tests.support.functions import build_package, function, function_arn, invoke
 
 pytestmark = pytest.mark.network
 

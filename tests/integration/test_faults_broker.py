@@ -13,7 +13,6 @@ deployment stays in flight long enough to pull the broker out from under it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import faults
 from tests.support.core import (
     REPO,
     CoreProcess,
@@ -36,8 +36,7 @@ from tests.support.core import (
     write_config,
 )
 from tests.support.env import Env
-from tests.support.functions import build_package
-from tests.support.services import TEST_REGION, Mosquitto, MotoServer, free_port, wait_for_port
+from tests.support.services import Mosquitto, MotoServer, free_port, wait_for_port
 from tests.support.tls import (
     LoggingMosquitto,
     Pki,
@@ -56,7 +55,7 @@ OUTAGE_SECONDS = 4.0
 #: A core refused by the broker waits this long for a CONNACK that never comes, per attempt
 #: (aiomqtt's timeout in edge/mqtt/link.py), before it says why and tries again.
 REFUSED_ATTEMPT_SECONDS = 10
-READER_ARN = f"arn:aws:lambda:{TEST_REGION}:123456789012:function:broker-faults-reader:1"
+READER = "broker-faults-reader"
 
 
 # --- the world of one test ---------------------------------------------------------------------
@@ -328,43 +327,12 @@ def test_broker_dying_with_the_final_status_in_flight_gets_it_once(slow_env: Env
 
 def reader_function(code_zip: Path, resource_ids: list[str]) -> dict[str, Any]:
     """A V1 function (tests/integration/functions/app.py) allowed to read the given resources."""
-    path, digest = build_package(code_zip)
-    return {
-        "Id": "reader",
-        "FunctionArn": READER_ARN,
-        "FunctionConfiguration": {
-            "Pinned": False,
-            "MemorySize": 16384,
-            "Timeout": 10,
-            "Handler": "app.function_handler",
-            "Code": {"Uri": path.as_uri(), "Sha256": digest},
-            "Environment": {
-                "Variables": {},
-                "ResourceAccessPolicies": [
-                    {"ResourceId": r, "Permission": "ro"} for r in resource_ids
-                ],
-            },
-        },
-    }
+    return faults.reader_function(code_zip, resource_ids, name=READER)
 
 
 def read_through_core(env: Env, secret_id: str) -> dict[str, Any]:
     """The reader function asks the running core for a secret (greengrasssdk, IPC socket)."""
-    result = edge_cli(
-        "invoke",
-        "--config",
-        str(env.config),
-        "--function-arn",
-        READER_ARN,
-        "--payload",
-        json.dumps({"SecretId": secret_id}),
-    )
-    # stdout is the function's answer and holds the value on purpose; stderr must not.
-    env.cli_output.append(result.stderr)
-    assert result.returncode == 0, result.stderr
-    answer: dict[str, Any] = json.loads(result.stdout)
-    assert "error" not in answer, answer
-    return answer
+    return faults.read_through_ipc(env, secret_id, name=READER)
 
 
 def test_broker_down_at_rest_core_serves_then_resubscribes_and_deploys(

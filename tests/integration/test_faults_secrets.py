@@ -92,25 +92,31 @@ def test_transient_throttling_5xx_and_resets_are_retried_once_each(
     new_a, _ = rotate(env, arn_a)
     new_b, _ = rotate(env, arn_b)
 
+    # The redeploy is incremental: DescribeSecret for both secrets, then GetSecretValue for the
+    # two new AWSCURRENT versions only (Label1 still names a version the core holds).
     def faults(p: Any) -> None:
-        p.inject(status=429, code="ThrottlingException", count=2, operation="BatchGetSecretValue")
-        p.reset(count=1, operation="BatchGetSecretValue")
+        p.inject(status=429, code="ThrottlingException", count=2, operation="DescribeSecret")
+        p.reset(count=1, operation="DescribeSecret")
         p.inject(status=500, code="InternalFailure", count=1, operation="GetSecretValue")
         p.inject(status=503, code="ServiceUnavailable", count=1, operation="GetSecretValue")
 
     proxy.do(faults)
+    before = proxy.requests()
     started = time.monotonic()
-    status, retried = requests_during(
-        proxy, lambda: deploy_and_wait(env, resources, deployment_type="Redeployment")
-    )
+    status = deploy_and_wait(env, resources, deployment_type="Redeployment")
     assert status["DeploymentStatus"] == "Success", status
     assert time.monotonic() - started < 15
     injected = proxy.do(lambda p: dict(p.injected))
-    assert injected == {"BatchGetSecretValue": 3, "GetSecretValue": 2}
+    assert injected == {"DescribeSecret": 3, "GetSecretValue": 2}
     # Exactly one resend per fault: no retry loop of our own on top of botocore's.
-    assert retried == calls + 5
+    after = proxy.requests()
+    sent = {op: after.get(op, 0) - before.get(op, 0) for op in after}
+    assert {op: n for op, n in sent.items() if n} == {
+        "DescribeSecret": 2 + 3,
+        "GetSecretValue": 2 + 2,
+    }
     complete = [e for e in env.core.events() if e.get("event") == "fetch.complete"]
-    assert [e["calls"] for e in complete] == [calls, calls + 5]
+    assert [e["calls"] for e in complete] == [calls, 4 + 5]
     deployment_id, labels = served(env)
     assert deployment_id == status["DeploymentId"]
     assert labels["a"]["AWSCURRENT"] == new_a
@@ -208,8 +214,9 @@ def test_deadline_expiry_fails_with_nothing_half_applied_then_recovers(
     new_version, _ = rotate(env, arn)
     new_label, _ = env.add_labelled_version(arn, "Label1")
 
-    # AWSCURRENT comes back at once; the extra label's call stalls far beyond the deadline.
-    proxy.do(lambda p: p.inject(status=None, operation="GetSecretValue", delay=60, count=None))
+    # Both versions are new: one of their calls comes back at once, the other stalls far beyond
+    # the deadline.
+    proxy.do(lambda p: p.inject(status=None, operation="GetSecretValue", delay=60, count=1))
     started = time.monotonic()
     failed = deploy_and_wait(env, resources, functions=functions, deployment_type="Redeployment")
     elapsed = time.monotonic() - started

@@ -39,10 +39,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_workers import function, function_arn, invoke
 from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
-from tests.support.functions import build_package
+from tests.support.functions import build_package, function, function_arn, invoke
 
 pytestmark = pytest.mark.network
 

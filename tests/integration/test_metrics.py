@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_workers import function, invoke
 from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
-from tests.support.functions import build_package
+from tests.support.functions import build_package, function, invoke
 from tests.support.services import Mosquitto, MotoServer, free_port
 
 pytestmark = pytest.mark.network

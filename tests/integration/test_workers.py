@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 import sys
@@ -14,71 +13,12 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.support.core import edge_cli, secret_resource
+from tests.support.core import secret_resource
 from tests.support.env import Env
-from tests.support.functions import build_package
+from tests.support.functions import build_package, function, function_arn, invoke
 from tests.support.services import TEST_REGION
 
 pytestmark = pytest.mark.network
-
-ACCOUNT = "123456789012"
-
-
-def function_arn(name: str, version: str = "1") -> str:
-    """A qualified Lambda ARN."""
-    return f"arn:aws:lambda:{TEST_REGION}:{ACCOUNT}:function:{name}:{version}"
-
-
-def function(
-    name: str,
-    handler: str,
-    code: dict[str, Any],
-    *,
-    policies: list[str] | None = None,
-    pinned: bool = False,
-    timeout: int = 10,
-    memory_kb: int = 16384,
-    variables: dict[str, str] | None = None,
-    run_as: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """A V1 function object with its code location."""
-    execution = {"Execution": {"RunAs": run_as}} if run_as else {}
-    return {
-        "Id": name,
-        "FunctionArn": function_arn(name),
-        "FunctionConfiguration": {
-            "Pinned": pinned,
-            "MemorySize": memory_kb,
-            "Timeout": timeout,
-            "Handler": handler,
-            "Code": code,
-            "Environment": {
-                "Variables": variables or {},
-                "ResourceAccessPolicies": [
-                    {"ResourceId": r, "Permission": "ro"} for r in policies or []
-                ],
-                **execution,
-            },
-        },
-    }
-
-
-def invoke(env: Env, name: str, payload: Any, *, expect_error: bool = False) -> Any:
-    """`edge invoke` a function by ARN; return its decoded JSON result."""
-    result = edge_cli(
-        "invoke",
-        "--config",
-        str(env.config),
-        "--function-arn",
-        function_arn(name),
-        "--payload",
-        json.dumps(payload),
-    )
-    if expect_error:
-        assert result.returncode == 1, result
-        return result.stderr
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture

@@ -15,13 +15,11 @@ from typing import Any
 from tests.support.core import CoreProcess, Operator, edge_cli, write_config
 from tests.support.disk import InProcessCore
 from tests.support.env import Env
-from tests.support.functions import build_package
-from tests.support.services import TEST_REGION, Mosquitto, MotoServer
+from tests.support.functions import code_of, function, read_secret
+from tests.support.services import Mosquitto, MotoServer
 
 #: The [fetch] table `write_config` writes, which fault tests replace with their own.
 _DEFAULT_FETCH = "[fetch]\ndeadline_seconds = 30\n"
-
-READER_ARN = f"arn:aws:lambda:{TEST_REGION}:123456789012:function:reader:1"
 
 
 def fetch_table(*, deadline_seconds: float = 15, max_attempts: int = 3) -> str:
@@ -88,45 +86,16 @@ def _core_process(config: Path, log_path: Path) -> CoreProcess:
     return CoreProcess(config=config, log_path=log_path)
 
 
-def reader_function(code_zip: Path, resource_ids: list[str]) -> dict[str, Any]:
+def reader_function(
+    code_zip: Path, resource_ids: list[str], name: str = "reader"
+) -> dict[str, Any]:
     """A V1 function (tests/integration/functions/app.py) that reads the secrets it may."""
-    path, digest = build_package(code_zip)
-    return {
-        "Id": "reader",
-        "FunctionArn": READER_ARN,
-        "FunctionConfiguration": {
-            "Pinned": False,
-            "MemorySize": 16384,
-            "Timeout": 10,
-            "Handler": "app.function_handler",
-            "Code": {"Uri": path.as_uri(), "Sha256": digest},
-            "Environment": {
-                "Variables": {},
-                "ResourceAccessPolicies": [
-                    {"ResourceId": r, "Permission": "ro"} for r in resource_ids
-                ],
-            },
-        },
-    }
+    return function(name, "app.function_handler", code_of(code_zip), policies=resource_ids)
 
 
-def read_through_ipc(env: Env, secret_id: str) -> dict[str, Any]:
+def read_through_ipc(env: Env, secret_id: str, name: str = "reader") -> dict[str, Any]:
     """Have the reader function ask the core for a secret (greengrasssdk over the IPC socket)."""
-    result = edge_cli(
-        "invoke",
-        "--config",
-        str(env.config),
-        "--function-arn",
-        READER_ARN,
-        "--payload",
-        json.dumps({"SecretId": secret_id}),
-    )
-    # stdout is the function's answer, which holds the value on purpose; stderr must not.
-    env.cli_output.append(result.stderr)
-    assert result.returncode == 0, result.stderr
-    answer: dict[str, Any] = json.loads(result.stdout)
-    assert "error" not in answer, answer
-    return answer
+    return read_secret(env, name, secret_id)
 
 
 def rotate(env: Env, arn: str) -> tuple[str, str]:

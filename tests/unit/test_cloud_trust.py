@@ -110,13 +110,17 @@ async def test_a_stale_document_never_seen_gets_a_failure_saying_why(core: Core)
 
 
 async def test_a_replay_of_a_handled_deployment_is_only_logged(core: Core) -> None:
-    """Replaying a document the core already handled publishes nothing, not even its old status."""
-    core.history.record({"DeploymentId": "old", "DeploymentStatus": "Success"})
+    """Replaying a document the core already handled publishes nothing, not even its old status.
+
+    (The one status sent is the agent's start-up re-send of the latest recorded outcome.)
+    """
+    latest = {"DeploymentId": "old", "DeploymentStatus": "Success"}
+    core.history.record(latest)
     with capture_logs() as logs:
         await core.deliver(
             seal(document("old", "2026-11-28T11:00:00Z"), signing_key=KEY, thing_name=THING)
         )
-    assert core.published == []
+    assert core.published == [latest]
     assert [e["event"] for e in logs if e["event"].startswith("deploy.")] == [
         "deploy.replay_rejected"
     ]

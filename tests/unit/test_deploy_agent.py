@@ -24,9 +24,11 @@ class CountingSource(StaticSecretSource):
 
     fetches = 0
 
-    async def fetch(self, resources: Sequence[SecretResource]) -> dict[str, LocalSecret]:
+    async def fetch(
+        self, resources: Sequence[SecretResource], **kwargs: Any
+    ) -> dict[str, LocalSecret]:
         self.fetches += 1
-        return await super().fetch(resources)
+        return await super().fetch(resources, **kwargs)
 
 
 def document(deployment_id: str) -> bytes:

@@ -1,0 +1,1102 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fleet scale: N real cores, one Mosquitto, one moto; one group deployed to all of them.
+
+    .venv/bin/python bench/fleet.py [--cores 200] [--batch 10] [--secrets 2] [--labels 1]
+                                    [--delay-ms 30] [--concurrency 16] [--reserve-mb 4096]
+                                    [--timeout 600] [--keep]
+
+Every core is a real `python -m edge run` with its own thing name, state directory and core key
+(made by `edge init`'s own code), trusting the control plane's signing key. They all talk to one
+Mosquitto (started here, `$SYS` every second) and to one moto server through
+bench/latency_proxy.py, which adds `--delay-ms` to every call (a device's round trip to its
+region) and counts the calls by operation.
+
+How one group reaches N cores: a Greengrass V1 group has exactly one core, so a fleet is one
+group per core. The operator creates the shared definitions once (a resource definition with
+the secrets, a function definition with one on-demand function granted all of them, its code
+published once with `edge cloud publish-function`), then per core a core definition naming its
+thing and a group whose initial version names that core definition and the *shared* resource
+and function definition versions. AWS's Greengrass V1 has no fleet deployment
+(`StartBulkDeployment` takes an S3 file of per-group requests and is refused by edge's control
+plane), so the deployment is N `CreateDeployment` calls, made as a real operator's script makes
+them: boto3 against `edge cloud serve` (the Greengrass V1 REST API), `--concurrency` requests at
+a time. The service also follows every core's status topic, so `GetDeploymentStatus` answers
+from its database.
+
+Measured, once all cores are connected and idle:
+
+* time to all-Success: from the first CreateDeployment sent to the last core's Success seen on
+  the broker, and per core (its CreateDeployment sent to its Success): p50, p90, max;
+* broker messages: a counter client subscribed to `#` at QoS 0 counts every PUBLISH by topic
+  kind (deployments, statuses, other), and `$SYS/broker/publish/messages/*` gives Mosquitto's
+  own totals (these include deliveries to the counter and to the control plane's follower);
+* Secrets Manager calls: the proxy's per-operation counters (S3 reads of function code apart);
+* per-core memory: VmRSS (and PSS) of each `edge run` from /proc, idle and after Success.
+
+Before starting the fleet it starts one core, measures its RSS and caps `--cores` to what
+MemAvailable holds with `--reserve-mb` left for everybody else, saying so. Everything started
+here is stopped on exit, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import ctypes
+import importlib.util
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+PREFIX = "edge"
+KEY_ID = "EDGEFLEETOPERATOR001"
+READER_FILE = BENCH_DIR / "functions" / "read_secrets.py"
+READER_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:read-secrets:1"
+#: Seconds a batch of cores may take to connect; a core starts in ~1.5 s of CPU, ten of them
+#: share two CPUs with whatever else runs.
+CONNECT_TIMEOUT_SECONDS = 120.0
+#: An idle core (keepalives only) uses well under 1% of a CPU; the fleet counts as idle once
+#: all cores together use less than this share of a CPU per core, per second.
+IDLE_CPU_PER_CORE = 0.005
+#: What a core grows by from idle to after the deployment (botocore clients for Secrets
+#: Manager and S3, the store, the unpacked function), as a factor of its idle RSS, used to
+#: decide how many cores fit before any has been deployed. The run prints the real growth.
+DEPLOYED_RSS_FACTOR = 1.3
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+
+
+def parse_args() -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--cores", type=int, default=200, help="cores to run (default 200)")
+    parser.add_argument("--batch", type=int, default=10, help="cores started at a time")
+    parser.add_argument("--secrets", type=int, default=2, help="secrets in the group")
+    parser.add_argument("--labels", type=int, default=1, help="additional labels per secret")
+    parser.add_argument(
+        "--delay-ms", type=float, default=30.0, help="latency added to every call to moto"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="CreateDeployment requests at a time"
+    )
+    parser.add_argument(
+        "--reserve-mb", type=int, default=4096, help="memory to leave free for everything else"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for all-Success"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument("--serve-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cores < 1 or args.batch < 1 or args.concurrency < 1:
+        parser.error("--cores, --batch and --concurrency must be at least 1")
+    return args
+
+
+# --- /proc ------------------------------------------------------------------------------------
+
+
+def meminfo_kb(key: str) -> int:
+    """A field of /proc/meminfo, in kB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name == key:
+            return int(rest.split()[0])
+    raise KeyError(key)
+
+
+def status_kb(pid: int, key: str = "VmRSS") -> int:
+    """A memory field of /proc/PID/status, in kB (0 if the process is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of a process (shared pages divided among their users), in kB."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time every process on the machine used so far (all CPUs, idle and iowait excluded)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+def children_of(pids: set[int]) -> int:
+    """How many processes have one of `pids` as their parent."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rpartition(")")[2].split()[1]) in pids:
+                    count += 1
+    return count
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the benchmark dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# --- services ---------------------------------------------------------------------------------
+
+
+def start_broker(workdir: Path, stack: contextlib.ExitStack) -> Any:
+    """Mosquitto on a free loopback port, publishing `$SYS` every second."""
+    from tests.support.services import Mosquitto, free_port, wait_for_port  # noqa: PLC0415
+
+    workdir.mkdir(parents=True)
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\n"
+        f"persistence true\npersistence_location {workdir}/\n"
+        f"log_dest file {workdir}/mosquitto.log\n"
+    )
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    broker = Mosquitto(port=port, workdir=workdir, proc=proc)
+    stack.callback(broker.stop)
+    wait_for_port(port)
+    return broker
+
+
+class CountingProxy:
+    """bench/latency_proxy.py in a process of its own, asked for its counters over a pipe."""
+
+    def __init__(self, upstream: str, delay_ms: float, log: Path) -> None:
+        with log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "--serve-proxy", upstream, "--delay-ms", str(delay_ms)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        assert self.proc.stdout is not None  # noqa: S101 - PIPE was asked for
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://127.0.0.1:"):
+            self.close()
+            raise RuntimeError(f"latency proxy failed to start; see {log}")
+
+    def _ask(self, command: str) -> dict[str, int]:
+        assert self.proc.stdin is not None  # noqa: S101
+        assert self.proc.stdout is not None  # noqa: S101
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        counts: dict[str, int] = json.loads(self.proc.stdout.readline())
+        return counts
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        self._ask("reset")
+
+    def counts(self) -> dict[str, int]:
+        """Requests so far, by operation (X-Amz-Target's suffix, or the path for S3)."""
+        return self._ask("counts")
+
+    def close(self) -> None:
+        """Stop the proxy (it exits when its stdin closes)."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def serve_proxy(upstream: str, delay_ms: float) -> None:
+    """The proxy process: print the URL, then answer `counts`/`reset` lines on stdin with JSON."""
+    import asyncio  # noqa: PLC0415 - only the proxy process runs an event loop
+
+    from bench.latency_proxy import LatencyProxy  # noqa: PLC0415
+
+    async def run() -> None:
+        async with LatencyProxy(upstream=upstream, delay=delay_ms / 1000) as proxy:
+            print(proxy.url, flush=True)
+            loop = asyncio.get_running_loop()
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                if line.strip() == "reset":
+                    proxy.reset_counts()
+                print(json.dumps(dict(proxy.requests)), flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+# --- the control plane ------------------------------------------------------------------------
+
+
+@dataclass
+class ControlPlane:
+    """`edge cloud serve` and a boto3 Greengrass client signed with its operator key."""
+
+    root: Path
+    config: Path
+    url: str
+    secret: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str) -> str:
+        """Run an `edge cloud` command; return its stdout, or fail with its stderr."""
+        from tests.support.core import edge_cli  # noqa: PLC0415
+
+        result = edge_cli("cloud", "--config", str(self.config), *args)
+        if result.returncode != 0:
+            raise RuntimeError(f"edge cloud {args[0]} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def start(self) -> None:
+        """Start `edge cloud serve` and wait until /health says it is connected."""
+        from tests.support.services import AWS_TEST_ENV  # noqa: PLC0415
+
+        with (self.root / "serve.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "edge", "--log-format", "json", "cloud"),
+                    *("--config", str(self.config), "serve"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **AWS_TEST_ENV},
+                cwd=REPO,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run yet
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.url + "/health", timeout=2) as answer,  # noqa: S310
+            ):
+                if json.loads(answer.read()).get("Mqtt") == "connected":
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"edge cloud serve did not start; see {self.root / 'serve.log'}")
+
+    def stop(self) -> None:
+        """SIGTERM the service and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def client(self, pool: int) -> Any:
+        """A boto3 Greengrass client for the service, with `pool` connections."""
+        import boto3  # noqa: PLC0415
+        from botocore.config import Config  # noqa: PLC0415
+
+        return boto3.client(
+            "greengrass",
+            region_name=REGION,
+            endpoint_url=self.url,
+            aws_access_key_id=KEY_ID,
+            aws_secret_access_key=self.secret,
+            config=Config(max_pool_connections=pool, retries={"mode": "standard"}),
+        )
+
+
+def write_cloud_config(root: Path, *, mqtt_url: str, moto_url: str, port: int) -> Path:
+    """The control plane's config: its database, key, S3 bucket, API port and operator key."""
+    secret_file = root / "operator.secret"
+    secret_file.write_text(secrets.token_urlsafe(30) + "\n")
+    secret_file.chmod(0o600)
+    path = root / "cloud.toml"
+    path.write_text(
+        f'[cloud]\ndatabase = "cloud/edge-cloud.db"\nsigning_key = "cloud/signing.pem"\n'
+        f'artifact_bucket = "edge-artifacts"\naccount_id = "{ACCOUNT}"\n'
+        f'listen = "127.0.0.1:{port}"\n\n[cloud.auth]\n'
+        f'keys = [{{access_key_id = "{KEY_ID}", secret_access_key_file = "operator.secret"}}]\n\n'
+        f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "{PREFIX}"\nreconnect_max_seconds = 1.0\n\n'
+        f'[aws]\nregion = "{REGION}"\nendpoint_url = "{moto_url}"\n'
+    )
+    return path
+
+
+def build_reader_package(path: Path) -> Path:
+    """Zip bench/functions/read_secrets.py with the unmodified greengrasssdk."""
+    spec = importlib.util.find_spec("greengrasssdk")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("greengrasssdk is not installed (pip install -e '.[test]')")
+    sdk_dir = Path(next(iter(spec.submodule_search_locations)))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(READER_FILE, READER_FILE.name)
+        for file in sorted(sdk_dir.rglob("*.py")):
+            archive.write(file, f"greengrasssdk/{file.relative_to(sdk_dir).as_posix()}")
+    return path
+
+
+# --- cores ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Core:
+    """One `edge run` process of the fleet."""
+
+    index: int
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+    connected: bool = False
+    _offset: int = 0
+
+    @property
+    def thing(self) -> str:
+        """The core's thing name."""
+        return f"fleet-core-{self.index:04d}"
+
+    @property
+    def config(self) -> Path:
+        """The core's config file."""
+        return self.root / "core.toml"
+
+    @property
+    def log(self) -> Path:
+        """The core's JSON log."""
+        return self.root / "core.log"
+
+    @property
+    def pid(self) -> int:
+        """The process id of the running core."""
+        assert self.proc is not None  # noqa: S101 - only asked of started cores
+        return self.proc.pid
+
+    def prepare(self, *, mqtt_url: str, endpoint_url: str, trusted_key: Path) -> None:
+        """Write the core's config and run `edge init`'s code: state directory and core key."""
+        from edge.cli import main as edge_main  # noqa: PLC0415
+
+        self.root.mkdir(parents=True)
+        self.config.write_text(
+            f'[core]\nthing_name = "{self.thing}"\nstate_dir = "state"\n\n'
+            f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "{PREFIX}"\n\n'
+            f'[aws]\nregion = "{REGION}"\nendpoint_url = "{endpoint_url}"\n\n'
+            '[log]\nlevel = "info"\nformat = "json"\n\n'
+            f'[deployments]\ntrusted_keys = ["{trusted_key}"]\n'
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            if edge_main(["init", "--config", str(self.config)]) != 0:
+                raise RuntimeError(f"edge init failed for {self.thing}")
+
+    def start(self) -> None:
+        """Start `python -m edge run` with its log in its directory."""
+        from tests.support.services import AWS_TEST_ENV  # noqa: PLC0415
+
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **AWS_TEST_ENV},
+                cwd=REPO,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - started from the main thread
+            )
+
+    def poll_connected(self) -> bool:
+        """Read the log's new lines; True once the core logged `mqtt.connected`."""
+        if not self.connected and self.log.exists():
+            with self.log.open("rb") as log:
+                log.seek(self._offset)
+                data = log.read()
+            end = data.rfind(b"\n") + 1
+            self._offset += end
+            self.connected = b'"mqtt.connected"' in data[:end]
+        return self.connected
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+
+def stop_cores(cores: list[Core]) -> None:
+    """SIGTERM every running core, wait for all, SIGKILL the ones still there after 30 s."""
+    running = [c for c in cores if c.alive()]
+    for core in running:
+        assert core.proc is not None  # noqa: S101
+        core.proc.terminate()
+    deadline = time.monotonic() + 30
+    for core in running:
+        assert core.proc is not None  # noqa: S101
+        try:
+            core.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            core.proc.kill()
+            core.proc.wait(5)
+
+
+def start_batch(batch: list[Core]) -> float:
+    """Start cores and wait until each has connected and subscribed; return the seconds taken."""
+    began = time.monotonic()
+    for core in batch:
+        core.start()
+    while not all(c.poll_connected() for c in batch):
+        dead = [c for c in batch if not c.alive()]
+        if dead:
+            tail = dead[0].log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"core {dead[0].thing} exited at start:\n{tail}")
+        if time.monotonic() - began > CONNECT_TIMEOUT_SECONDS:
+            late = [c.thing for c in batch if not c.connected]
+            raise RuntimeError(f"not connected within {CONNECT_TIMEOUT_SECONDS:g} s: {late}")
+        time.sleep(0.1)
+    return time.monotonic() - began
+
+
+def wait_idle(cores: list[Core], limit: float = 60.0) -> tuple[float, float]:
+    """Wait until the cores together use little CPU; return (seconds waited, CPU s/s per core)."""
+    began = time.monotonic()
+    per_core = 0.0
+    while time.monotonic() - began < limit:
+        before = sum(cpu_seconds(c.pid) for c in cores)
+        time.sleep(2.0)
+        per_core = (sum(cpu_seconds(c.pid) for c in cores) - before) / 2.0 / len(cores)
+        if per_core < IDLE_CPU_PER_CORE:
+            break
+    return time.monotonic() - began, per_core
+
+
+# --- watching the broker ----------------------------------------------------------------------
+
+
+@dataclass
+class Counter:
+    """A client on `#` (QoS 0) that counts messages by kind and notes each core's final status."""
+
+    port: int
+    kinds: collections.Counter[str] = field(default_factory=collections.Counter)
+    sizes: collections.Counter[str] = field(default_factory=collections.Counter)
+    other_topics: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: thing -> (monotonic time, DeploymentStatus, ErrorMessage) of its first final status.
+    finals: dict[str, tuple[float, str, str]] = field(default_factory=dict)
+    #: thing -> how many Success/Failure documents it published.
+    final_count: collections.Counter[str] = field(default_factory=collections.Counter)
+    sys: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    client: Any = None
+
+    def connect(self) -> None:
+        """Connect and subscribe to `#` and to Mosquitto's `$SYS` message counters."""
+        import paho.mqtt.client as paho  # noqa: PLC0415
+        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+        ready = threading.Event()
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-counter-{os.getpid()}")
+        client.on_connect = lambda c, *_: c.subscribe(
+            [("#", 0), ("$SYS/broker/messages/#", 0), ("$SYS/broker/publish/messages/#", 0)]
+        )
+        client.on_subscribe = lambda *_: ready.set()
+        client.on_message = self._on_message
+        client.connect("127.0.0.1", self.port, keepalive=60)
+        client.loop_start()
+        if not ready.wait(10):
+            raise RuntimeError("the counter client could not subscribe")
+        self.client = client
+
+    def close(self) -> None:
+        """Disconnect."""
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
+            self.client = None
+
+    def reset(self) -> None:
+        """Forget what was counted so far (statuses included)."""
+        with self.lock:
+            self.kinds.clear()
+            self.sizes.clear()
+            self.other_topics.clear()
+            self.finals.clear()
+            self.final_count.clear()
+
+    def sys_snapshot(self) -> dict[str, int]:
+        """Mosquitto's `$SYS` counters, at least one `sys_interval` fresh."""
+        time.sleep(2.2)
+        with self.lock:
+            return dict(self.sys)
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        now = time.monotonic()
+        topic: str = msg.topic
+        if topic.startswith("$SYS/"):
+            with contextlib.suppress(ValueError), self.lock:
+                self.sys[topic.removeprefix("$SYS/broker/")] = int(msg.payload)
+            return
+        parts = topic.split("/")
+        things = len(parts) >= 4 and parts[0] == PREFIX and parts[1] == "things"
+        kind = "other"
+        if things and parts[3:] == ["deployments"]:
+            kind = "deployments"
+        elif things and parts[3:] == ["deployments", "status"]:
+            kind = "statuses"
+        with self.lock:
+            self.kinds[kind] += 1
+            self.sizes[kind] += len(msg.payload)
+            if kind == "other":
+                shape = [*parts[:2], "{thing}", *parts[3:]] if things else parts
+                self.other_topics["/".join(shape)] += 1
+            if kind != "statuses":
+                return
+            with contextlib.suppress(ValueError):
+                doc = json.loads(msg.payload)
+                status = doc.get("DeploymentStatus")
+                if status in {"Success", "Failure"}:
+                    self.final_count[parts[2]] += 1
+                    self.finals.setdefault(
+                        parts[2], (now, status, str(doc.get("ErrorMessage", "")))
+                    )
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of values, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+
+
+def fit(wanted: int, rss_kb: int, reserve_mb: int) -> tuple[int, str]:
+    """How many cores fit in MemAvailable minus the reserve, and what to say about it."""
+    available_kb = meminfo_kb("MemAvailable")
+    per_core_kb = rss_kb * DEPLOYED_RSS_FACTOR
+    # + 1: the measured core already runs, inside what MemAvailable no longer counts.
+    room = max(0, int((available_kb - reserve_mb * 1024) // per_core_kb) + 1)
+    text = (
+        f"one idle core: {rss_kb / 1024:.0f} MB RSS (budget {per_core_kb / 1024:.0f} MB after a "
+        f"deployment); MemAvailable {available_kb / 1024:.0f} MB, {reserve_mb} MB kept free: "
+        f"room for {room} cores"
+    )
+    return min(wanted, room), text
+
+
+def in_pool(fn: Callable[[int], Any], items: int, workers: int) -> list[Any]:
+    """Run fn(0..items-1) on a thread pool; return the results in order."""
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, range(items)))
+
+
+class Fleet:
+    """Services, control plane, cores and the measurements of one run."""
+
+    def __init__(self, args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> None:
+        import boto3  # noqa: PLC0415
+
+        from tests.support.services import AWS_TEST_ENV, free_port, run_moto  # noqa: PLC0415
+
+        self.args = args
+        self.root = root
+        self.broker = start_broker(root / "mosquitto", stack)
+        self.moto = stack.enter_context(run_moto(root / "moto.log"))
+        self.proxy = CountingProxy(self.moto.url, args.delay_ms, root / "proxy.log")
+        stack.callback(self.proxy.close)
+        self.sm = boto3.client(
+            "secretsmanager",
+            endpoint_url=self.moto.url,
+            region_name=REGION,
+            aws_access_key_id=AWS_TEST_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
+        )
+        port = free_port()
+        config = write_cloud_config(
+            root, mqtt_url=self.broker.url, moto_url=self.moto.url, port=port
+        )
+        secret = (root / "operator.secret").read_text().strip()
+        self.cloud = ControlPlane(root, config, f"http://127.0.0.1:{port}", secret)
+        stack.callback(self.cloud.stop)
+        self.cores: list[Core] = []
+        stack.callback(lambda: stop_cores(self.cores))
+        self.counter = Counter(self.broker.port)
+        stack.callback(self.counter.close)
+        self.notes: list[str] = []
+
+    def define(self) -> tuple[str, str]:
+        """Secrets in moto; init, publish the function, serve; the shared definitions' ARNs."""
+        self.cloud.cli("init")
+        package = build_reader_package(self.root / "read_secrets.zip")
+        self.cloud.cli(
+            *("publish-function", "--function-arn", READER_ARN),
+            *("--zip-file", f"fileb://{package}", "--handler", "read_secrets.function_handler"),
+        )
+        self.cloud.start()
+        labels = [f"Label{i}" for i in range(1, self.args.labels + 1)]
+        resources = []
+        for i in range(self.args.secrets):
+            arn = self.sm.create_secret(
+                Name=f"fleet/secret-{i}", SecretString=f"v0-{secrets.token_hex(8)}"
+            )["ARN"]
+            for label in labels:
+                self.sm.put_secret_value(
+                    SecretId=arn,
+                    SecretString=f"{label}-{secrets.token_hex(8)}",
+                    VersionStages=[label],
+                )
+            data: dict[str, Any] = {"ARN": arn}
+            if labels:
+                data["AdditionalStagingLabelsToDownload"] = labels
+            resources.append(
+                {
+                    "Id": f"secret-{i}",
+                    "Name": f"fleet-secret-{i}",
+                    "ResourceDataContainer": {"SecretsManagerSecretResourceData": data},
+                }
+            )
+        function = {
+            "Id": "read-secrets",
+            "FunctionArn": READER_ARN,
+            "FunctionConfiguration": {
+                "Pinned": False,
+                "MemorySize": 16384,
+                "Timeout": 10,
+                "Environment": {
+                    "ResourceAccessPolicies": [
+                        {"ResourceId": r["Id"], "Permission": "ro"} for r in resources
+                    ]
+                },
+            },
+        }
+        gg = self.cloud.client(4)
+        created = gg.create_resource_definition(
+            Name="fleet-resources", InitialVersion={"Resources": resources}
+        )
+        functions = gg.create_function_definition(
+            Name="fleet-functions", InitialVersion={"Functions": [function]}
+        )
+        return str(created["LatestVersionArn"]), str(functions["LatestVersionArn"])
+
+    def create_groups(self, count: int, resources: str, functions: str) -> tuple[list[str], float]:
+        """Per core a core definition and a group naming it and the shared versions."""
+        gg = self.cloud.client(self.args.concurrency)
+
+        def one(index: int) -> str:
+            thing = Core(index, self.root).thing
+            core = gg.create_core_definition(
+                Name=f"{thing}-core",
+                InitialVersion={
+                    "Cores": [
+                        {
+                            "Id": thing,
+                            "ThingArn": f"arn:aws:iot:{REGION}:{ACCOUNT}:thing/{thing}",
+                            "CertificateArn": f"arn:aws:iot:{REGION}:{ACCOUNT}:cert/{thing}",
+                            "SyncShadow": False,
+                        }
+                    ]
+                },
+            )
+            group = gg.create_group(
+                Name=f"{thing}-group",
+                InitialVersion={
+                    "CoreDefinitionVersionArn": core["LatestVersionArn"],
+                    "ResourceDefinitionVersionArn": resources,
+                    "FunctionDefinitionVersionArn": functions,
+                },
+            )
+            return str(group["Id"])
+
+        began = time.monotonic()
+        group_ids = in_pool(one, count, self.args.concurrency)
+        return group_ids, time.monotonic() - began
+
+    def start_cores(self, count: int) -> int:
+        """Start one core, size the fleet by its memory, then the rest in batches."""
+        trusted = self.root / "cloud" / "signing.pem.pub"
+        for_core = {"mqtt_url": self.broker.url, "endpoint_url": self.proxy.url}
+        first = Core(0, self.root / "cores" / "0000")
+        first.prepare(**for_core, trusted_key=trusted)
+        self.cores.append(first)
+        start_batch([first])
+        time.sleep(2.0)
+        count, text = fit(count, status_kb(first.pid), self.args.reserve_mb)
+        print(f"memory: {text}")
+        if count < 1:
+            raise SystemExit("fleet: not even one core fits; free memory or lower --reserve-mb")
+        if count < self.args.cores:
+            note = f"--cores {self.args.cores} doesn't fit in memory: running {count} cores"
+            print(f"fleet: {note}", file=sys.stderr)
+            self.notes.append(note)
+        began = time.monotonic()
+        for start in range(1, count, self.args.batch):
+            batch = [
+                Core(i, self.root / "cores" / f"{i:04d}")
+                for i in range(start, min(count, start + self.args.batch))
+            ]
+            for core in batch:
+                core.prepare(**for_core, trusted_key=trusted)
+            self.cores.extend(batch)
+            took = start_batch(batch)
+            print(f"  cores {start:4d}-{batch[-1].index:4d} connected in {took:.1f} s", flush=True)
+        self.startup_seconds = time.monotonic() - began
+        return count
+
+    def deploy(self, group_ids: list[str]) -> dict[str, Any]:
+        """CreateDeployment for every group at once; wait for every core's final status."""
+        gg = self.cloud.client(self.args.concurrency)
+        sent: list[float] = [0.0] * len(group_ids)
+        answered: list[float] = [0.0] * len(group_ids)
+        deployment_ids: list[str] = [""] * len(group_ids)
+
+        def one(index: int) -> None:
+            sent[index] = time.monotonic()
+            created = gg.create_deployment(GroupId=group_ids[index], DeploymentType="NewDeployment")
+            answered[index] = time.monotonic()
+            deployment_ids[index] = str(created["DeploymentId"])
+
+        cpu_before = self.cpu()
+        t0 = time.monotonic()
+        in_pool(one, len(group_ids), self.args.concurrency)
+        published = time.monotonic() - t0
+        deadline = t0 + self.args.timeout
+        while len(self.counter.finals) < len(group_ids) and time.monotonic() < deadline:
+            dead = [c.thing for c in self.cores if not c.alive()]
+            if dead:
+                self.notes.append(f"cores exited during the deployment: {dead}")
+                break
+            time.sleep(0.05)
+        cpu_after, window = self.cpu(), time.monotonic() - t0
+        last_final = max((t for t, _, _ in self.counter.finals.values()), default=time.monotonic())
+        recorded = self.wait_recorded(len(group_ids), deadline)
+        return {
+            "t0": t0,
+            "published": published,
+            "sent": sent,
+            "answered": answered,
+            "deployment_ids": deployment_ids,
+            "all_final": last_final - t0,
+            "recorded_lag": recorded - last_final,
+            "group_ids": group_ids,
+            "cpu": {k: cpu_after[k] - cpu_before[k] for k in cpu_before},
+            "window": window,
+        }
+
+    def wait_recorded(self, count: int, deadline: float) -> float:
+        """Wait until the control plane's database holds every final status; return when."""
+        import sqlite3  # noqa: PLC0415
+
+        database = self.root / "cloud" / "edge-cloud.db"
+        while time.monotonic() < deadline:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+                (final,) = conn.execute(
+                    "SELECT count(*) FROM deployments WHERE status IN ('Success', 'Failure')"
+                ).fetchone()
+            if final >= count:
+                break
+            time.sleep(0.05)
+        return time.monotonic()
+
+    def api_statuses(self, result: dict[str, Any]) -> collections.Counter[str]:
+        """GetDeploymentStatus of every deployment through the API, by status."""
+        gg = self.cloud.client(self.args.concurrency)
+
+        def one(index: int) -> str:
+            answer = gg.get_deployment_status(
+                GroupId=result["group_ids"][index], DeploymentId=result["deployment_ids"][index]
+            )
+            return str(answer["DeploymentStatus"])
+
+        return collections.Counter(in_pool(one, len(result["group_ids"]), self.args.concurrency))
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each part of the run, and by the whole machine."""
+        parts = {
+            "cores": sum(cpu_seconds(c.pid) for c in self.cores if c.proc is not None),
+            "moto": cpu_seconds(self.moto.proc.pid),
+            "latency proxy": cpu_seconds(self.proxy.proc.pid),
+            "mosquitto": cpu_seconds(self.broker.proc.pid),
+            "control plane": cpu_seconds(self.cloud.proc.pid) if self.cloud.proc else 0.0,
+            "benchmark (boto3, counter)": cpu_seconds(os.getpid()),
+        }
+        parts["machine"] = machine_cpu_seconds()
+        return parts
+
+    def memory(self) -> tuple[list[int], list[int]]:
+        """VmRSS and PSS of every running core, in kB."""
+        pids = [c.pid for c in self.cores if c.alive()]
+        return [status_kb(p) for p in pids], [pss_kb(p) for p in pids]
+
+
+def mb(kb: float) -> str:
+    """Return kB as MB text."""
+    return f"{kb / 1024:.1f}"
+
+
+def spread(values: list[float], unit: str = "s", scale: float = 1.0, digits: int = 2) -> str:
+    """Return 'p50 / p90 / max' of values, as text."""
+    p50, p90, top = (
+        v * scale for v in (percentile(values, 0.5), percentile(values, 0.9), max(values))
+    )
+    return f"{p50:.{digits}f} / {p90:.{digits}f} / {top:.{digits}f} {unit}"
+
+
+def per(count: float, n: int) -> str:
+    """Return a count and its share per core, as text."""
+    return f"{count:g} ({count / n:.2f} per core)"
+
+
+Rows = list[tuple[str, str]]
+
+
+def timing_rows(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> Rows:
+    """Set-up, publishing and time-to-Success rows."""
+    n = len(fleet.cores)
+    finals = dict(fleet.counter.finals)
+    by_thing = {c.thing: i for i, c in enumerate(fleet.cores)}
+    per_core = [when - result["sent"][by_thing[t]] for t, (when, _, _) in finals.items()]
+    api = [a - s for a, s in zip(result["answered"], result["sent"], strict=True)]
+    outcome = collections.Counter(status for _, status, _ in finals.values())
+    repeated = sum(1 for count in fleet.counter.final_count.values() if count > 1)
+    rows: Rows = [
+        ("control plane: a core definition + a group per core", f"{extra['setup']:.1f} s"),
+        (
+            f"cores started, {fleet.args.batch} at a time, all connected",
+            f"{extra['startup']:.1f} s",
+        ),
+        ("idle CPU per core before deploying", f"{extra['idle_cpu'] * 1000:.1f} ms/s"),
+        ("all CreateDeployment answered (all published)", f"{result['published']:.2f} s"),
+        ("CreateDeployment latency p50 / p90 / max", spread(api, "ms", 1000, digits=0)),
+        (
+            "**time to all-Success** (first CreateDeployment -> last Success)",
+            f"**{result['all_final']:.2f} s**",
+        ),
+    ]
+    if per_core:
+        rows.append(
+            ("per core: its CreateDeployment -> its Success, p50 / p90 / max", spread(per_core))
+        )
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(outcome.items()))
+    rows += [
+        ("final statuses seen on the broker", f"{summary or 'none'} (of {n})"),
+        ("cores that reported a final status more than once", str(repeated)),
+        (
+            "control plane DB holds every final status, after the last one arrived",
+            f"{result['recorded_lag']:.2f} s",
+        ),
+        (
+            "GetDeploymentStatus of every deployment (API)",
+            ", ".join(f"{k} {v}" for k, v in sorted(extra["api"].items())),
+        ),
+    ]
+    return rows
+
+
+def message_rows(fleet: Fleet, extra: dict[str, Any]) -> Rows:
+    """Broker message rows: the counter's, then Mosquitto's $SYS deltas."""
+    n, counter = len(fleet.cores), fleet.counter
+    rows: Rows = [
+        (
+            f"MQTT PUBLISH: {kind} (counter on `#`)",
+            f"{per(counter.kinds[kind], n)}, {counter.sizes[kind] / 1024:.0f} KiB",
+        )
+        for kind in ("deployments", "statuses", "other")
+    ]
+    before, after = extra["sys_before"], extra["sys_after"]
+    for key, note in SYS_COUNTERS.items():
+        if key in after:
+            rows.append((f"$SYS/broker/{key}{note}", per(after[key] - before.get(key, 0), n)))
+    return rows
+
+
+#: Mosquitto's $SYS counters shown, with what they leave out or add.
+SYS_COUNTERS = {
+    "publish/messages/received": " (2.0.11: not retained ones)",
+    "publish/messages/sent": " (incl. to counter, follower, $SYS)",
+    "messages/received": " (every packet type)",
+    "messages/sent": " (every packet type)",
+}
+
+
+def call_rows(fleet: Fleet, extra: dict[str, Any]) -> Rows:
+    """Secrets Manager (and S3) calls, from the proxy's counters."""
+    n, counts = len(fleet.cores), extra["proxy"]
+    sm = {op: calls for op, calls in counts.items() if not op.startswith("/")}
+    s3 = sum(calls for op, calls in counts.items() if op.startswith("/"))
+    rows: Rows = [(f"Secrets Manager {op}", per(calls, n)) for op, calls in sorted(sm.items())]
+    rows.append(("Secrets Manager calls, all operations", per(sum(sm.values()), n)))
+    rows.append(("S3 GetObject (function code, not Secrets Manager)", per(s3, n)))
+    return rows
+
+
+def cpu_rows(fleet: Fleet, result: dict[str, Any]) -> Rows:
+    """Who used the CPUs from the first CreateDeployment to the last final status."""
+    n, cpu, window = len(fleet.cores), result["cpu"], result["window"]
+    ours = sum(v for k, v in cpu.items() if k != "machine")
+    capacity = window * (os.cpu_count() or 1)
+    rows: Rows = [
+        (
+            f"CPU used in those {window:.1f} s (of {capacity:.0f} CPU-s)",
+            f"{cpu['machine']:.1f} CPU-s, of which not this run's {cpu['machine'] - ours:.1f}",
+        ),
+        ("CPU: the cores, per core", f"{cpu['cores']:.1f} s, {cpu['cores'] / n * 1000:.0f} ms"),
+        ("CPU: control plane, per deployment", f"{cpu['control plane'] * 1000 / n:.0f} ms"),
+    ]
+    parts = ("moto", "latency proxy", "mosquitto", "benchmark (boto3, counter)")
+    rows += [(f"CPU: {k}", f"{cpu[k]:.1f} s") for k in parts]
+    return rows
+
+
+def memory_rows(extra: dict[str, Any]) -> Rows:
+    """Per-core memory rows, idle and after Success."""
+    rows: Rows = []
+    for label, (rss, pss) in (("idle", extra["mem_idle"]), ("after Success", extra["mem_after"])):
+        if rss:
+            rows.append(
+                (
+                    f"core VmRSS {label}: median / max",
+                    f"{mb(statistics.median(rss))} / {mb(max(rss))} MB",
+                )
+            )
+            rows.append((f"core PSS {label}: median", f"{mb(statistics.median(pss))} MB"))
+    rows.append(("processes the cores started (workers)", str(extra["children"])))
+    return rows
+
+
+def report(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Print the summary table and whatever went wrong."""
+    args, n = fleet.args, len(fleet.cores)
+    print()
+    print(
+        f"fleet: {n} cores (`edge run`), one Mosquitto, one moto behind latency_proxy "
+        f"({args.delay_ms:g} ms per call); {os.cpu_count()} CPUs"
+    )
+    print(
+        f"group: {args.secrets} secrets x (AWSCURRENT + {args.labels} more label(s)), one "
+        f"on-demand function granted all; one group per core (the same resource and function "
+        f"definition versions, a core definition each); {n} CreateDeployment calls through "
+        f"`edge cloud serve` (boto3, {args.concurrency} at a time)"
+    )
+    for note in fleet.notes:
+        print(f"note: {note}")
+    with fleet.counter.lock:
+        rows = [
+            *timing_rows(fleet, result, extra),
+            *message_rows(fleet, extra),
+            *call_rows(fleet, extra),
+            *cpu_rows(fleet, result),
+            *memory_rows(extra),
+        ]
+        others = dict(fleet.counter.other_topics)
+        finals = dict(fleet.counter.finals)
+    width = max(len(k) for k, _ in rows)
+    print()
+    print(f"| {'what'.ljust(width)} | value |")
+    print(f"|{'-' * (width + 2)}|---|")
+    for key, value in rows:
+        print(f"| {key.ljust(width)} | {value} |")
+    if others:
+        print(f"other topics: {others}")
+    for thing, (_, status, error) in sorted(finals.items()):
+        if status != "Success":
+            print(f"failure: {thing}: {error}")
+    missing = sorted({c.thing for c in fleet.cores} - set(finals))
+    if missing:
+        print(f"no final status from {len(missing)} cores: {missing[:10]}")
+
+
+def run(args: argparse.Namespace, root: Path) -> int:
+    """The whole benchmark; returns the exit status."""
+    with contextlib.ExitStack() as stack:
+        fleet = Fleet(args, root, stack)
+        print(f"work directory: {root}", flush=True)
+        resources, functions = fleet.define()
+        count = fleet.start_cores(args.cores)
+        group_ids, setup = fleet.create_groups(count, resources, functions)
+        print(f"control plane: {count} core definitions + groups in {setup:.1f} s", flush=True)
+        idle_wait, idle_cpu = wait_idle(fleet.cores)
+        print(f"all {count} cores connected; idle after {idle_wait:.0f} s", flush=True)
+        mem_idle = fleet.memory()
+        fleet.counter.connect()
+        sys_before = fleet.counter.sys_snapshot()
+        fleet.counter.reset()
+        fleet.proxy.reset()
+        print(f"deploying to {count} cores ...", flush=True)
+        result = fleet.deploy(group_ids)
+        extra = {
+            "setup": setup,
+            "startup": fleet.startup_seconds,
+            "idle_cpu": idle_cpu,
+            "proxy": fleet.proxy.counts(),
+            "sys_after": fleet.counter.sys_snapshot(),
+            "sys_before": sys_before,
+            "mem_idle": mem_idle,
+            "mem_after": fleet.memory(),
+            "children": children_of({c.pid for c in fleet.cores if c.alive()}),
+            "api": fleet.api_statuses(result),
+        }
+        report(fleet, result, extra)
+        ok = sum(1 for _, s, _ in fleet.counter.finals.values() if s == "Success") == count
+        return 0 if ok else 1
+
+
+def main() -> int:
+    """Run the benchmark (or, with --serve-proxy, the proxy process it starts)."""
+    args = parse_args()
+    if args.serve_proxy:
+        serve_proxy(args.serve_proxy, args.delay_ms)
+        return 0
+
+    def terminate(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    root = Path(tempfile.mkdtemp(prefix="edge-fleet-"))
+    try:
+        return run(args, root)
+    except KeyboardInterrupt:
+        print("fleet: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
