@@ -24,7 +24,7 @@ demo: install
 test: install lint typecheck
 	bash .ci/install-mosquitto
 	bash .ci/install-softhsm
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2
 
 lint: install
 	$(BIN)/ruff check edge connectors tests bench

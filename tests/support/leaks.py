@@ -147,6 +147,9 @@ class LeakRegistry:
     def scan(self) -> ScanResult:
         """Search every file below the roots (and the captured output) for every value."""
         with self._lock:
+            if self._pending and not self._roots:
+                # Output but no directory yet (a session whose tests made no temp dir).
+                self._roots.append(Path(tempfile.mkdtemp(prefix="edge-leak-check-")))
             for source, data in self._pending:
                 self._append_capture(source, data)
             self._pending.clear()
@@ -248,6 +251,8 @@ class LeakCheckPlugin:
     def __init__(self, registry: LeakRegistry) -> None:
         self.registry = registry
         self.result: ScanResult | None = None
+        #: Under xdist, in the controller: each finished worker's {"summary", "lines"}.
+        self.from_workers: list[dict[str, Any]] | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Record a test's captured stdout, stderr and log (all phases are in teardown's)."""
@@ -258,20 +263,27 @@ class LeakCheckPlugin:
                 self.registry.add_output(f"{report.nodeid} ({title})", content)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Scan; on a hit, say where and fail the session."""
-        started = time.monotonic()
-        self.result = result = self.registry.scan()
-        elapsed = time.monotonic() - started
-        reporter: Any = session.config.pluginmanager.get_plugin("terminalreporter")
-        summary = (
-            f"leak check: {result.patterns} value forms in {result.files} files "
-            f"({result.bytes_scanned / 1e6:.1f} MB) in {elapsed:.1f} s"
-        )
-        if result.short_values:
-            summary += (
-                f"; {result.short_values} values under {MIN_PATTERN_BYTES} bytes not searched"
-            )
-        lines = self.registry.report(result)
+        """Scan; on a hit, say where and fail the session.
+
+        Under pytest-xdist each worker scans what its own tests created and sends its verdict
+        to the controller (`workeroutput`), which reports them all and fails the run.
+        """
+        config = session.config
+        workeroutput = getattr(config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller reports
+            try:
+                summary, lines = self._scan()
+            except Exception as exc:  # noqa: BLE001 - the controller must hear of it, and fail
+                summary, lines = "leak check failed", [f"the leak check failed: {exc!r}"]
+            workeroutput["leak_check"] = {"summary": summary, "lines": lines}
+            return
+        if self.from_workers is not None:  # the xdist controller
+            summaries = [w["summary"] for w in self.from_workers]
+            lines = [line for w in self.from_workers for line in w["lines"]]
+            summary = "; ".join(summaries) or "leak check: no worker reported"
+        else:
+            summary, lines = self._scan()
+        reporter: Any = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             if lines:
                 reporter.write_sep("=", "SECRET VALUES LEAKED", red=True, bold=True)
@@ -280,6 +292,33 @@ class LeakCheckPlugin:
             reporter.write_sep("-", summary)
         if lines:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_testnodedown(self, node: Any) -> None:
+        """Under xdist, in the controller: collect a finished worker's verdict."""
+        verdict = getattr(node, "workeroutput", {}).get("leak_check")
+        if self.from_workers is None:
+            self.from_workers = []
+        if verdict is None:
+            # A worker that died before its scan can't vouch for its files: fail loudly.
+            verdict = {
+                "summary": "a worker sent no leak check",
+                "lines": ["no leak check from a worker"],
+            }
+        self.from_workers.append(verdict)
+
+    def _scan(self) -> tuple[str, list[str]]:
+        started = time.monotonic()
+        self.result = result = self.registry.scan()
+        elapsed = time.monotonic() - started
+        summary = (
+            f"leak check: {result.patterns} value forms in {result.files} files "
+            f"({result.bytes_scanned / 1e6:.1f} MB) in {elapsed:.1f} s"
+        )
+        if result.short_values:
+            summary += (
+                f"; {result.short_values} values under {MIN_PATTERN_BYTES} bytes not searched"
+            )
+        return summary, self.registry.report(result)
 
 
 #: The session's registry (tests/conftest.py wires it to pytest).

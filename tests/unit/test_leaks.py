@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tests.support.leaks import MIN_PATTERN_BYTES, LeakRegistry, value_forms
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,8 +99,15 @@ def test_exempt_files_and_short_values_are_said_not_searched(tmp_path: Path) -> 
     assert result.short_values == 1
 
 
-def test_a_leaking_session_fails_even_when_every_test_passes(tmp_path: Path) -> None:
-    """Run pytest with the plugin on passing tests that leak: exit status 1, ids, no values."""
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_leaking_session_fails_even_when_every_test_passes(
+    tmp_path: Path, workers: list[str]
+) -> None:
+    """Run pytest with the plugin on passing tests that leak: exit status 1, ids, no values.
+
+    Also under pytest-xdist (as `make test` runs), where each worker scans its own files and
+    the controller reports and fails.
+    """
     project = tmp_path / "project"
     project.mkdir()
     (project / "conftest.py").write_text(
@@ -142,6 +151,7 @@ def test_a_leaking_session_fails_even_when_every_test_passes(tmp_path: Path) -> 
             "-p",
             "no:cacheprovider",
             f"--basetemp={tmp_path / 'inner'}",
+            *workers,
             str(project),
         ],
         capture_output=True,
