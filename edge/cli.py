@@ -17,6 +17,7 @@ from edge.audit import audit_path, matches, parse_since, read_entries
 from edge.cloud.cli import main as cloud_main
 from edge.config import Config, load_config
 from edge.errors import EdgeError, UsageError
+from edge.hardening import forbid_memory_access
 from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging
 from edge.secrets.contents import StoreContents
 from edge.secrets.keys import CoreKey, generate_key
@@ -197,6 +198,9 @@ def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
 
 
 def _run(config: Config) -> int:
+    # Before any secret is loaded: no core dumps, and its memory is closed to its own user.
+    forbid_memory_access()
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
