@@ -24,7 +24,12 @@ demo: install
 test: install lint typecheck
 	bash .ci/install-mosquitto
 	bash .ci/install-softhsm
-	$(BIN)/pytest -q -p no:cacheprovider -n 2
+	@# A short base directory: xdist nests each worker's files one level deeper, and the demo's
+	@# IPC socket path must stay under the 107 bytes a Unix socket allows. Kept on failure.
+	@base=$$(mktemp -d /tmp/et-XXXXXX); \
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --basetemp=$$base; status=$$?; \
+	if [ $$status -eq 0 ]; then rm -rf $$base; else echo "test files kept in $$base"; fi; \
+	exit $$status
 
 lint: install
 	$(BIN)/ruff check edge connectors tests bench
