@@ -39,7 +39,6 @@ import argparse
 import collections
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -52,7 +51,6 @@ import sys
 import tempfile
 import time
 import uuid
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -107,15 +105,10 @@ def parse_args() -> argparse.Namespace:
 
 def build_reader_package(path: Path) -> dict[str, str]:
     """Zip the reader with the unmodified greengrasssdk from site-packages; return its Code."""
-    spec = importlib.util.find_spec("greengrasssdk")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("greengrasssdk is not installed (pip install -e '.[test]')")
-    sdk_dir = Path(next(iter(spec.submodule_search_locations)))
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.write(READER_FILE, READER_FILE.name)
-        for file in sorted(sdk_dir.rglob("*.py")):
-            archive.write(file, f"greengrasssdk/{file.relative_to(sdk_dir).as_posix()}")
-    return {"Uri": path.as_uri(), "Sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    from edge.demo.reference import write_v1_package  # noqa: PLC0415
+
+    data = write_v1_package(path, {READER_FILE.name: READER_FILE.read_bytes()})
+    return {"Uri": path.as_uri(), "Sha256": hashlib.sha256(data).hexdigest()}
 
 
 def write_core_config(path: Path, mqtt_url: str, endpoint_url: str) -> Path:

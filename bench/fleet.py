@@ -45,7 +45,6 @@ import collections
 import concurrent.futures
 import contextlib
 import ctypes
-import importlib.util
 import io
 import json
 import os
@@ -59,7 +58,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,14 +364,9 @@ def write_cloud_config(root: Path, *, mqtt_url: str, moto_url: str, port: int) -
 
 def build_reader_package(path: Path) -> Path:
     """Zip bench/functions/read_secrets.py with the unmodified greengrasssdk."""
-    spec = importlib.util.find_spec("greengrasssdk")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("greengrasssdk is not installed (pip install -e '.[test]')")
-    sdk_dir = Path(next(iter(spec.submodule_search_locations)))
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.write(READER_FILE, READER_FILE.name)
-        for file in sorted(sdk_dir.rglob("*.py")):
-            archive.write(file, f"greengrasssdk/{file.relative_to(sdk_dir).as_posix()}")
+    from edge.demo.reference import write_v1_package  # noqa: PLC0415
+
+    write_v1_package(path, {READER_FILE.name: READER_FILE.read_bytes()})
     return path
 
 

@@ -53,7 +53,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,22 +451,13 @@ def function_arn(index: int) -> str:
 
 
 def build_sdk_package(path: Path) -> tuple[Path, str]:
-    """Zip the handler with the unmodified greengrasssdk from site-packages; return (zip, sha256).
-
-    As tests/support/functions.build_package does for the tests' app.py.
-    """
+    """Zip the handler with the unmodified greengrasssdk; return (zip, sha256)."""
     import hashlib  # noqa: PLC0415 - only this mode needs it
-    import importlib.util  # noqa: PLC0415
 
-    spec = importlib.util.find_spec("greengrasssdk")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("greengrasssdk is not installed (pip install -e .)")
-    sdk_dir = Path(next(iter(spec.submodule_search_locations)))
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.write(SDK_FUNCTION_FILE, SDK_FUNCTION_FILE.name)
-        for file in sorted(sdk_dir.rglob("*.py")):
-            archive.write(file, f"greengrasssdk/{file.relative_to(sdk_dir).as_posix()}")
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    from edge.demo.reference import write_v1_package  # noqa: PLC0415
+
+    data = write_v1_package(path, {SDK_FUNCTION_FILE.name: SDK_FUNCTION_FILE.read_bytes()})
+    return path, hashlib.sha256(data).hexdigest()
 
 
 def sdk_function(index: int, code: dict[str, str], timeout_seconds: int) -> dict[str, Any]:

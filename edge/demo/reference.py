@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -110,8 +111,17 @@ class PackageError(EdgeError):
 def build_function_package(path: Path) -> int:
     """Zip the reference handler with the unmodified greengrasssdk; return the zip's size.
 
+    Raises:
+        PackageError: greengrasssdk is not installed.
+    """
+    return len(write_v1_package(path, {"app.py": HANDLER_SOURCE.encode()}))
+
+
+def write_v1_package(path: Path, handlers: Mapping[str, bytes]) -> bytes:
+    """Write a V1 deployment package: the handler files (name -> source) and greengrasssdk.
+
     The SDK comes from this interpreter's site-packages (it is a dependency of edge), as a V1
-    developer bundles it from PyPI into their deployment package.
+    developer bundles it from PyPI into their deployment package. Returns the zip's bytes.
 
     Raises:
         PackageError: greengrasssdk is not installed.
@@ -122,11 +132,12 @@ def build_function_package(path: Path) -> int:
     sdk_dir = Path(next(iter(spec.submodule_search_locations)))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("app.py", HANDLER_SOURCE)
+        for name, source in handlers.items():
+            archive.writestr(name, source)
         for file in sorted(sdk_dir.rglob("*.py")):
             archive.write(file, f"greengrasssdk/{file.relative_to(sdk_dir).as_posix()}")
     path.write_bytes(buffer.getvalue())
-    return len(buffer.getvalue())
+    return buffer.getvalue()
 
 
 def core_definition(thing: str = THING) -> str:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.demo.reference import write_v1_package
 from tests.support.core import edge_cli
 from tests.support.services import TEST_REGION
 
@@ -25,16 +24,8 @@ def build_package(path: Path, modules: tuple[str, ...] = ("app.py",)) -> tuple[P
 
     Returns (zip, sha256). `modules` are file names in tests/integration/functions/.
     """
-    spec = importlib.util.find_spec("greengrasssdk")
-    assert spec is not None
-    assert spec.submodule_search_locations
-    sdk_dir = Path(next(iter(spec.submodule_search_locations)))
-    with zipfile.ZipFile(path, "w") as archive:
-        for module in modules:
-            archive.write(FUNCTIONS_DIR / module, module)
-        for file in sorted(sdk_dir.rglob("*.py")):
-            archive.write(file, f"greengrasssdk/{file.relative_to(sdk_dir).as_posix()}")
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    data = write_v1_package(path, {m: (FUNCTIONS_DIR / m).read_bytes() for m in modules})
+    return path, hashlib.sha256(data).hexdigest()
 
 
 def code_of(path: Path, modules: tuple[str, ...] = ("app.py",)) -> dict[str, str]:
