@@ -23,6 +23,8 @@ DEFAULT_MQTT_PORT = 1883
 DEFAULT_MQTTS_PORT = 8883
 #: AWS IoT's limit for thing names; the name is also a topic level and the MQTT client id.
 MAX_THING_NAME_LENGTH = 128
+#: Where a worker may write unless `[workers] writable_paths` says otherwise (V1 gave /tmp).
+DEFAULT_WRITABLE_PATHS = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))  # noqa: S108
 _T = TypeVar("_T")
 
 
@@ -109,6 +111,14 @@ class WorkerSettings:
     #: The Python that runs workers. Default: the core's own. Set it when workers run as
     #: another user (RunAs) who can't execute the core's interpreter.
     python: Path = Path(sys.executable)
+    #: "auto": confine workers with Landlock where the kernel has it (a warning where not);
+    #: "required": refuse to start a worker unconfined; "off": no confinement.
+    sandbox: Literal["auto", "required", "off"] = "auto"
+    #: Where workers may create and change files (besides /dev/null); subtrees holding a
+    #: hidden or protected path are split around it.
+    writable_paths: tuple[Path, ...] = DEFAULT_WRITABLE_PATHS
+    #: More paths no worker may read or write, besides those the core hides itself.
+    hidden_paths: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,15 +426,9 @@ def _log(s: _Section) -> LogSettings:
 
 
 def _deployments(s: _Section) -> DeploymentSettings:
-    paths = s._get("trusted_keys", list, "a list of paths")  # noqa: SLF001 - same module
-    keys: list[Path] = []
-    for index, item in enumerate(paths or []):
-        if not isinstance(item, str) or not item.strip():
-            raise s.error("trusted_keys", f"entry {index} must be a non-empty path string")
-        p = Path(item).expanduser()
-        keys.append(p if p.is_absolute() else (s.path.parent / p).resolve())
     return DeploymentSettings(
-        trusted_keys=tuple(keys), allow_unsigned=s.boolean("allow_unsigned", default=False)
+        trusted_keys=_path_list(s, "trusted_keys", ()),
+        allow_unsigned=s.boolean("allow_unsigned", default=False),
     )
 
 
@@ -435,10 +439,30 @@ parse_mqtt_section = _mqtt
 parse_aws_section = _aws
 
 
+def _path_list(s: _Section, key: str, default: tuple[Path, ...]) -> tuple[Path, ...]:
+    """A list of paths; relative ones are taken from the config file's directory."""
+    items = s._get(key, list, "a list of paths")  # noqa: SLF001 - same module
+    if items is None:
+        return default
+    paths: list[Path] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip():
+            raise s.error(key, f"entry {index} must be a non-empty path string")
+        p = Path(item).expanduser()
+        paths.append(p if p.is_absolute() else (s.path.parent / p).resolve())
+    return tuple(paths)
+
+
 def _workers(s: _Section) -> WorkerSettings:
     python = s.path_value("python", Path(sys.executable))
     assert python is not None  # noqa: S101 - has a default
-    return WorkerSettings(python=python)
+    sandbox = s.choice("sandbox", "auto", ("auto", "required", "off"))
+    return WorkerSettings(
+        python=python,
+        sandbox=sandbox,  # type: ignore[arg-type]
+        writable_paths=_path_list(s, "writable_paths", DEFAULT_WRITABLE_PATHS),
+        hidden_paths=_path_list(s, "hidden_paths", ()),
+    )
 
 
 def _audit(s: _Section) -> AuditSettings:

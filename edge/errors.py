@@ -95,6 +95,17 @@ class InsecurePermissionsError(EdgeError):
         )
 
 
+class SandboxUnavailableError(EdgeError):
+    """`[workers] sandbox = "required"`, and this kernel can't confine workers."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(
+            f"workers can't be confined: {problem}; run a kernel with Landlock (Linux 5.13+, "
+            'lsm=landlock) or set [workers] sandbox = "auto" to run them unconfined'
+        )
+
+
 # --- fetching from Secrets Manager ---------------------------------------------------------
 
 

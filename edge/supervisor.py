@@ -38,6 +38,7 @@ from edge.secrets.refresh import (
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
 from edge.signing import DeploymentTrust
 from edge.workers.s3 import S3CodeReader
+from edge.workers.sandbox import Sandbox
 from edge.workers.workload import Workload
 
 STATE_DIR_MODE = 0o700
@@ -175,6 +176,21 @@ async def _load_store(
     return store, contents
 
 
+def _worker_sandbox(config: Config, log: FilteringBoundLogger) -> Sandbox:
+    """The workers' confinement; where the kernel can't, say so once, loudly."""
+    sandbox = Sandbox.from_config(config)
+    if sandbox.confines:
+        log.info("workers.sandbox", landlock_abi=sandbox.abi, hidden=len(sandbox.hidden))
+    elif sandbox.mode == "auto":
+        log.warning(
+            "workers.sandbox_unavailable",
+            problem="this kernel has no Landlock: a worker of the core's user can read its "
+            "key and store",
+            fix='run Linux 5.13+ with lsm=landlock, or [workers] sandbox = "required" to refuse',
+        )
+    return sandbox
+
+
 async def run_core(
     config: Config, *, stop: asyncio.Event | None = None, logger: FilteringBoundLogger | None = None
 ) -> None:
@@ -239,6 +255,7 @@ async def run_core(
                 audit=audit,
                 code_root=config.core.code_dir,
                 python=config.workers.python,
+                sandbox=_worker_sandbox(config, log),
                 publish_cloud=publish_cloud,
                 set_cloud_subscriptions=set_cloud_subscriptions,
                 read_s3=read_s3,

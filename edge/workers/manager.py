@@ -24,6 +24,7 @@ from edge.ipc.protocol import Invoke
 from edge.log import get_logger
 from edge.mqtt.link import backoff_delays
 from edge.workers.process import Adopter, Outcome, WorkerGoneError, WorkerProcess
+from edge.workers.sandbox import Sandbox
 from edge.workers.spec import FunctionSpec
 
 #: First restart delay of a crashed pinned function, doubling up to the cap.
@@ -63,9 +64,11 @@ class FunctionRunner:
         logger: FilteringBoundLogger,
         python: Path = Path(sys.executable),
         adopt: Adopter | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.spec = spec
         self._python = python
+        self._sandbox = sandbox
         self._adopt = adopt
         self.code_dir = code_dir
         self._socket_path = socket_path
@@ -106,6 +109,7 @@ class FunctionRunner:
             logger=self._log,
             python=self._python,
             adopt=self._adopt,
+            sandbox=self._sandbox,
         )
         # Registered before the child exists, so its first SDK call can't race the registration;
         # then bound to its pid so a token copied to another process is useless.
@@ -194,9 +198,11 @@ class WorkerManager:
         logger: FilteringBoundLogger | None = None,
         python: Path = Path(sys.executable),
         adopt: Adopter | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self._socket_path = socket_path
         self._python = python
+        self._sandbox = sandbox
         self._adopt = adopt
         self._register = register
         self._revoke = revoke
@@ -230,6 +236,7 @@ class WorkerManager:
                 logger=self._log,
                 python=self._python,
                 adopt=self._adopt,
+                sandbox=self._sandbox,
             )
             for spec in specs
         }

@@ -25,6 +25,7 @@ from pathlib import Path
 from structlog.typing import FilteringBoundLogger
 
 from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
+from edge.workers.sandbox import Sandbox
 from edge.workers.spec import FunctionSpec
 
 #: Serves the core's end of a worker's socketpair, bound to the worker's token.
@@ -52,6 +53,8 @@ _RESERVED_ENV = frozenset(
         "EDGE_IPC_FD",
         "EDGE_HANDLER",
         "EDGE_MEMORY_KB",
+        "EDGE_CODE_DIR",
+        "EDGE_SANDBOX",
         "PYTHONPATH",
     }
 )
@@ -74,12 +77,20 @@ class WorkerGoneError(Exception):
 
 
 def worker_environment(
-    spec: FunctionSpec, *, token: str, socket_path: Path, code_dir: Path, control_fd: int
+    spec: FunctionSpec,
+    *,
+    token: str,
+    socket_path: Path,
+    code_dir: Path,
+    control_fd: int,
+    sandbox_plan: str | None = None,
 ) -> dict[str, str]:
     """The V1 environment of a worker, plus what the runtime needs to start."""
-    paths = [str(code_dir), str(_COMPAT_DIR), str(_EDGE_ROOT)]
+    paths = [str(_COMPAT_DIR), str(_EDGE_ROOT)]
     # `-S` skips site (and ~2.5 MB of resident memory); the core's libraries (msgpack, the
-    # SDK) are found through their directories instead. A bundled SDK wins: code_dir is first.
+    # SDK) are found through their directories instead. code_dir is not on the path yet: the
+    # runtime puts it first (a bundled SDK wins) only once it is confined, so a package's
+    # `edge/` or `json.py` can't stand in for the runtime's own modules before that.
     for key in ("purelib", "platlib"):
         site = sysconfig.get_paths()[key]
         if site not in paths:
@@ -104,8 +115,11 @@ def worker_environment(
             "EDGE_CONTROL_FD": str(control_fd),
             "EDGE_HANDLER": spec.handler,
             "EDGE_MEMORY_KB": str(spec.memory_kb),
+            "EDGE_CODE_DIR": str(code_dir),
         }
     )
+    if sandbox_plan is not None:
+        env["EDGE_SANDBOX"] = sandbox_plan
     return env
 
 
@@ -155,8 +169,10 @@ class WorkerProcess:
         logger: FilteringBoundLogger,
         python: Path = Path(sys.executable),
         adopt: Adopter | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.spec = spec
+        self._sandbox = sandbox
         self.code_dir = code_dir
         self.token = token
         self.socket_path = socket_path
@@ -180,6 +196,8 @@ class WorkerProcess:
         """Spawn the child and start reading its output and watching its memory."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         run_as = self.spec.run_as if os.geteuid() == 0 else None
+        # An explicit RunAs Uid 0 is root with its powers, as on V1; an implicit one is not.
+        root_worker = os.geteuid() == 0 and run_as is None
         sdk_parent: socket.socket | None = None
         sdk_child: socket.socket | None = None
         try:
@@ -189,6 +207,9 @@ class WorkerProcess:
                 socket_path=self.socket_path,
                 code_dir=self.code_dir,
                 control_fd=child.fileno(),
+                sandbox_plan=None
+                if self._sandbox is None
+                else self._sandbox.plan(root_worker=root_worker),
             )
             fds = [child.fileno()]
             if run_as is not None:
@@ -200,6 +221,7 @@ class WorkerProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 str(self._python),
                 "-S",
+                "-P",  # cwd (the function's code) is not put first on sys.path: see above
                 "-m",
                 "edge.workers.runtime",
                 stdin=asyncio.subprocess.DEVNULL,
@@ -279,6 +301,8 @@ class WorkerProcess:
             return f"the worker was killed by signal {-code}"
         if code == 3:  # noqa: PLR2004 - runtime.EXIT_HANDLER_LOAD_FAILED, not imported: worker side
             return f"the handler {self.spec.handler} could not be loaded (see the core's log)"
+        if code == 4:  # noqa: PLR2004 - runtime.EXIT_SANDBOX_FAILED
+            return "the worker could not be confined (see worker.output in the core's log)"
         return f"the worker exited with status {code}"
 
     def kill(self, reason: str) -> None:

@@ -28,6 +28,8 @@ from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
 _READ_SIZE = 65536
 #: Exit status when the handler can't be loaded; the manager reports it on the invocation.
 EXIT_HANDLER_LOAD_FAILED = 3
+#: Exit status when the core asked for confinement and it could not be applied.
+EXIT_SANDBOX_FAILED = 4
 
 
 class ClientContext:
@@ -130,10 +132,34 @@ def serve(
             return
 
 
+def confine_and_open_code() -> None:
+    """Apply the core's confinement plan, then put the function's code first on sys.path.
+
+    In this order, so that nothing from the code directory is imported while the worker is
+    still unconfined.
+    """
+    plan = os.environ.pop("EDGE_SANDBOX", None)
+    if plan:
+        from edge.workers.landlock import confine  # noqa: PLC0415 - only when asked
+
+        confine(json.loads(plan))
+    code_dir = os.environ.get("EDGE_CODE_DIR")
+    if code_dir:
+        sys.path.insert(0, code_dir)
+        # The handler's own Python children see the path a V1 function saw.
+        inherited = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (code_dir, inherited)))
+
+
 def main() -> int:
     """Entry point inside the worker process."""
     sock = socket.socket(fileno=int(os.environ["EDGE_CONTROL_FD"]))
     memory_kb = int(os.environ.get("EDGE_MEMORY_KB", "16384"))
+    try:
+        confine_and_open_code()
+    except Exception as exc:  # noqa: BLE001 - any failure to confine stops the worker
+        print(f"edge: the worker could not be confined: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_SANDBOX_FAILED
     try:
         handler = load_handler(os.environ["EDGE_HANDLER"])
     except Exception:  # noqa: BLE001 - report any import failure, then exit

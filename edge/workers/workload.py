@@ -34,6 +34,7 @@ from edge.workers.code import S3Reader, prepare_code
 from edge.workers.connectors import connector_code_dirs, connector_specs
 from edge.workers.manager import WorkerManager
 from edge.workers.router import Router, parse_routes
+from edge.workers.sandbox import Sandbox
 from edge.workers.services import CoreServices
 from edge.workers.spec import FunctionSpec, function_specs
 
@@ -70,6 +71,7 @@ class Workload:
         set_cloud_subscriptions: SubscriptionSetter,
         read_s3: S3Reader | None = None,
         python: Path = Path(sys.executable),
+        sandbox: Sandbox | None = None,
         audit: AuditLog | None = None,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
@@ -84,6 +86,7 @@ class Workload:
             logger=self._log,
             python=python,
             adopt=self._adopt,
+            sandbox=sandbox,
         )
         self.router = Router(manager=self.manager, publish_cloud=publish_cloud, logger=self._log)
         self.services = CoreServices(

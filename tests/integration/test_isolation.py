@@ -22,28 +22,36 @@ Already proven elsewhere, not repeated here:
   state dir (test_core.py `test_store_file_is_private_and_holds_no_plaintext`); a loose key or
   store file is refused by the loaders (tests/unit/test_keys.py, tests/unit/test_store.py).
 
-What remains is the OS boundary: workers without `RunAs` (and every worker of a non-root core)
-run as the core's own user, and a process of that user can read the core key and the store
-from disk like the core does. Isolation between functions at that level needs `RunAs` with a
-uid of its own per function (see README, "Who can read which secret").
+Below the IPC is the OS: a worker without `RunAs` (and every worker of a non-root core) runs
+as the core's own user. The core confines every worker with Landlock (edge/workers/landlock.py)
+before any function code runs, so that user's files are not the worker's: the tests at the end
+have the probe go around the IPC to the store, the key, the config, the code others run, the
+other processes' /proc and signals, and find every route shut.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import stat
 import uuid
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
+import edge
+from edge.demo.reference import write_v1_package
+from edge.workers.landlock import landlock_abi
 from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
-from tests.support.functions import build_package, function, function_arn, invoke
+from tests.support.functions import FUNCTIONS_DIR, build_package, function, function_arn, invoke
 
 pytestmark = pytest.mark.network
+#: Whether this kernel confines workers (the core's default, `[workers] sandbox = "auto"`).
+LANDLOCK = landlock_abi() > 0
+needs_landlock = pytest.mark.skipif(not LANDLOCK, reason="this kernel has no Landlock to test")
 
 
 @pytest.fixture
@@ -167,16 +175,18 @@ def test_forged_altered_and_lifted_tokens_are_refused(env: Env, probe: dict[str,
     assert results["own"]["ok"] is False
     assert "403" in results["own"]["error"]  # its own token works, and B isn't its to read
     lifted = [name for name in results if name.startswith("lifted-")]
-    # As root the probe can read beta's environment: the attack is real, the pid binding holds.
-    if os.geteuid() == 0:
-        assert lifted, results
+    # Confined, the probe can't read beta's /proc/<pid>/environ nor the state directory, so
+    # it has no other token to try (the pid binding that stops a lifted one is test_ipc's).
+    if LANDLOCK:
+        assert lifted == [], results
+        assert "unreadable" in results.pop("operator-file")["error"]
     for name, result in results.items():
         assert not result["ok"], (name, result)
     for name in ("random", "own-altered", "own-truncated", *lifted):
         assert "refused" in results[name]["error"], (name, results[name])
     assert "non-empty" in results["empty"]["error"]  # the client won't even send it
-    # The operator token (as readable as the key to the core's own user) holds no grant.
-    assert "403" in results["operator"]["error"]
+    if "operator" in results:  # unconfined, the operator token is readable and holds no grant
+        assert "403" in results["operator"]["error"]
     problems = {e.get("problem") for e in env.core.events() if e.get("event") == "ipc.auth.refused"}
     assert "unknown or revoked token" in problems
     if lifted:
@@ -283,3 +293,93 @@ def test_a_loose_store_or_key_stops_the_core_saying_how_to_fix(
     path.chmod(0o600)
     env.core.start()
     env.core.wait_for_event("core.store_loaded", after=1)
+
+
+def _pid_of(env: Env, name: str) -> int:
+    started = [
+        e
+        for e in env.core.events()
+        if e.get("event") == "worker.started" and e.get("function_arn") == function_arn(name)
+    ]
+    return int(started[-1]["pid"])
+
+
+@needs_landlock
+def test_a_confined_worker_cannot_go_around_the_ipc(env: Env, probe: dict[str, Any]) -> None:
+    """The store, key, config and socket directory; code; other processes: every route shut."""
+    (arn_a, _, value_a), (arn_b, _, value_b) = deploy_two(env, probe)
+    redeploy_alpha(env, probe, "probe.disk", (arn_a, arn_b))
+    invoke(env, "beta", {"SecretId": "team-b/db"})  # beta is up; its pid is in the log
+    state = env.state_dir
+    code = next((env.root / "functions").glob("*/probe.py")).parent
+    runtime_dir = Path(edge.__file__).resolve().parent / "workers"
+    site = Path(msgpack.__file__).resolve().parent.parent
+    scratch = Path("/var/tmp") / f"edge-probe-{uuid.uuid4().hex}"
+    hidden = [state / "secrets.store", state / "core.key", env.config, state / "ipc/operator.token"]
+    planted = [
+        code / "app.py",  # beta runs this very file
+        code / "planted.py",
+        runtime_dir / "planted.py",
+        site / "planted.pth",  # would run in every later worker's interpreter
+        state / "inbox" / "planted.json",
+    ]
+    core_pid, beta_pid = env.core.proc.pid, _pid_of(env, "beta")
+    try:
+        seen = invoke(
+            env,
+            "alpha",
+            {
+                "read": [*map(str, hidden), str(code / "probe.py"), "/etc/hostname"],
+                "list": [str(state / "ipc")],
+                "write": [*map(str, planted), str(scratch)],
+                "remove": [str(state / "secrets.store"), str(code / "app.py")],
+                "environ_of": [core_pid, beta_pid],
+                "signal": [core_pid, beta_pid],
+            },
+        )
+        assert scratch.read_text() == "# planted\n"  # the writable default works
+    finally:
+        scratch.unlink(missing_ok=True)
+        for path in planted:
+            if path.name.startswith("planted"):
+                path.unlink(missing_ok=True)
+    allowed = {"read " + str(code / "probe.py"), "read /etc/hostname", "write " + str(scratch)}
+    allowed.add("list " + str(state / "ipc"))  # names only: Landlock can't hide a listing
+    for attempt, result in seen.items():
+        if attempt in allowed:
+            assert result["ok"], (attempt, result)
+        else:
+            assert not result["ok"], (attempt, result)
+            assert "Permission" in result["error"] or "Operation not" in result["error"], result
+    assert (state / "secrets.store").exists()
+    assert "planted" not in (code / "app.py").read_text()
+    # Still served: the core lives, beta still reads its own secret through the IPC.
+    assert invoke(env, "beta", {"SecretId": "team-b/db"})["SecretString"] == value_b
+    env.core.wait_for_event("workers.sandbox", landlock_abi=landlock_abi())
+    for value in (value_a, value_b):
+        assert_not_shown(env, value, seen)
+
+
+def test_a_package_cannot_stand_in_for_the_runtime(env: Env, tmp_path: Path) -> None:
+    """A zip with its own edge/ and json.py: the core's runtime still loads, confined, first."""
+    hijack = b"raise SystemExit('hijacked before the sandbox')\n"
+    zipped = tmp_path / "hijack.zip"
+    data = write_v1_package(
+        zipped,
+        {
+            "app.py": (FUNCTIONS_DIR / "app.py").read_bytes(),
+            "edge/__init__.py": hijack,
+            "edge/workers/__init__.py": hijack,
+            "edge/workers/runtime.py": hijack,
+            "msgpack/__init__.py": hijack,
+        },
+    )
+    code = {"Uri": zipped.as_uri(), "Sha256": hashlib.sha256(data).hexdigest()}
+    arn, _, value = env.create_secret("team-c/db")
+    dep = env.operator.deploy(
+        [secret_resource("c", arn)],
+        functions=[function("gamma", "app.function_handler", code, policies=["c"])],
+    )
+    env.operator.wait_status(dep, "Success")
+    assert invoke(env, "gamma", {"SecretId": "team-c/db"})["SecretString"] == value
+    assert "hijacked" not in env.core.log_text()

@@ -93,11 +93,14 @@ def raw_ipc(event, context):
         "own-truncated": own[:16],
     }
     operator_token = event.get("operator_token_file")
+    results = {}
     if operator_token:
-        tokens["operator"] = Path(operator_token).read_text().strip()
+        try:
+            tokens["operator"] = Path(operator_token).read_text().strip()
+        except OSError as exc:  # confined: the state directory is hidden from workers
+            results["operator-file"] = {"ok": False, "error": f"unreadable: {exc.strerror}"}
     for n, token in enumerate(lifted_tokens()):
         tokens[f"lifted-{n}"] = token
-    results = {}
     for name, token in tokens.items():
         if name not in event.get("use", tokens):
             continue
@@ -145,3 +148,29 @@ def invoke(event, context):
         "FunctionError": response["FunctionError"],
         "Payload": payload.decode("utf-8", "replace"),
     }
+
+
+def _attempt(action):
+    try:
+        value = action()
+    except OSError as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc.strerror}"}
+    return {"ok": True, "value": _plain(value)}
+
+
+def disk(event, context):
+    """Go around the IPC: read the core's files, write code others run, signal the core."""
+    results = {}
+    for path in event["read"]:
+        results["read " + path] = _attempt(lambda p=path: Path(p).read_bytes()[:64].hex())
+    for path in event["list"]:
+        results["list " + path] = _attempt(lambda p=path: sorted(e.name for e in Path(p).iterdir()))
+    for path in event["write"]:
+        results["write " + path] = _attempt(lambda p=path: Path(p).write_text("# planted\n"))
+    for path in event["remove"]:
+        results["remove " + path] = _attempt(lambda p=path: Path(p).unlink())
+    for pid in event["environ_of"]:
+        results[f"environ {pid}"] = _attempt(lambda p=pid: len(_environ_of(p)))
+    for pid in event["signal"]:
+        results[f"signal {pid}"] = _attempt(lambda p=pid: os.kill(p, 0))
+    return results
