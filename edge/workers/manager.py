@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -23,8 +22,7 @@ from structlog.typing import FilteringBoundLogger
 from edge.ipc.protocol import Invoke
 from edge.log import get_logger
 from edge.mqtt.link import backoff_delays
-from edge.workers.process import Adopter, Outcome, WorkerGoneError, WorkerProcess
-from edge.workers.sandbox import Sandbox
+from edge.workers.process import Launch, Outcome, WorkerGoneError, WorkerProcess
 from edge.workers.spec import FunctionSpec
 
 #: First restart delay of a crashed pinned function, doubling up to the cap.
@@ -58,20 +56,14 @@ class FunctionRunner:
         *,
         spec: FunctionSpec,
         code_dir: Path,
-        socket_path: Path,
+        launch: Launch,
         register: TokenRegistrar,
         revoke: TokenRevoker,
         logger: FilteringBoundLogger,
-        python: Path = Path(sys.executable),
-        adopt: Adopter | None = None,
-        sandbox: Sandbox | None = None,
     ) -> None:
         self.spec = spec
-        self._python = python
-        self._sandbox = sandbox
-        self._adopt = adopt
         self.code_dir = code_dir
-        self._socket_path = socket_path
+        self._launch = launch
         self._register = register
         self._revoke = revoke
         self._log = logger.bind(function_arn=spec.function_arn)
@@ -105,11 +97,8 @@ class FunctionRunner:
             spec=self.spec,
             code_dir=self.code_dir,
             token=token,
-            socket_path=self._socket_path,
+            launch=self._launch,
             logger=self._log,
-            python=self._python,
-            adopt=self._adopt,
-            sandbox=self._sandbox,
         )
         # Registered before the child exists, so its first SDK call can't race the registration;
         # then bound to its pid so a token copied to another process is useless.
@@ -192,18 +181,12 @@ class WorkerManager:
     def __init__(
         self,
         *,
-        socket_path: Path,
+        launch: Launch,
         register: TokenRegistrar,
         revoke: TokenRevoker,
         logger: FilteringBoundLogger | None = None,
-        python: Path = Path(sys.executable),
-        adopt: Adopter | None = None,
-        sandbox: Sandbox | None = None,
     ) -> None:
-        self._socket_path = socket_path
-        self._python = python
-        self._sandbox = sandbox
-        self._adopt = adopt
+        self._launch = launch
         self._register = register
         self._revoke = revoke
         self._log = logger or get_logger("workers")
@@ -230,13 +213,10 @@ class WorkerManager:
             spec.function_arn: FunctionRunner(
                 spec=spec,
                 code_dir=code_dirs[spec.function_arn],
-                socket_path=self._socket_path,
+                launch=self._launch,
                 register=self._register,
                 revoke=self._revoke,
                 logger=self._log,
-                python=self._python,
-                adopt=self._adopt,
-                sandbox=self._sandbox,
             )
             for spec in specs
         }

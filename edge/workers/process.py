@@ -61,6 +61,18 @@ _RESERVED_ENV = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class Launch:
+    """How the core starts every worker: its socket, the interpreter, adoption, confinement."""
+
+    #: The core's IPC socket, `{state_dir}/ipc/core.sock`.
+    socket_path: Path
+    python: Path = Path(sys.executable)
+    #: Serves a RunAs worker's pre-connected socket (None: the socket isn't served).
+    adopt: Adopter | None = None
+    sandbox: Sandbox | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What an invocation produced: a payload and V1's FunctionError ('', Handled, Unhandled)."""
 
@@ -165,19 +177,13 @@ class WorkerProcess:
         spec: FunctionSpec,
         code_dir: Path,
         token: str,
-        socket_path: Path,
+        launch: Launch,
         logger: FilteringBoundLogger,
-        python: Path = Path(sys.executable),
-        adopt: Adopter | None = None,
-        sandbox: Sandbox | None = None,
     ) -> None:
         self.spec = spec
-        self._sandbox = sandbox
         self.code_dir = code_dir
         self.token = token
-        self.socket_path = socket_path
-        self._python = python
-        self._adopt = adopt
+        self._launch = launch
         self._log = logger.bind(function_arn=spec.function_arn)
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -204,12 +210,12 @@ class WorkerProcess:
             env = worker_environment(
                 self.spec,
                 token=self.token,
-                socket_path=self.socket_path,
+                socket_path=self._launch.socket_path,
                 code_dir=self.code_dir,
                 control_fd=child.fileno(),
                 sandbox_plan=None
-                if self._sandbox is None
-                else self._sandbox.plan(root_worker=root_worker),
+                if self._launch.sandbox is None
+                else self._launch.sandbox.plan(root_worker=root_worker),
             )
             fds = [child.fileno()]
             if run_as is not None:
@@ -219,7 +225,7 @@ class WorkerProcess:
                 env["EDGE_IPC_FD"] = str(sdk_child.fileno())
                 fds.append(sdk_child.fileno())
             self.proc = await asyncio.create_subprocess_exec(
-                str(self._python),
+                str(self._launch.python),
                 "-S",
                 "-P",  # cwd (the function's code) is not put first on sys.path: see above
                 "-m",
@@ -240,10 +246,10 @@ class WorkerProcess:
             if sdk_child is not None:
                 sdk_child.close()
         if sdk_parent is not None:
-            if self._adopt is None:
+            if self._launch.adopt is None:
                 sdk_parent.close()
             else:
-                await self._adopt(sdk_parent, self.token)
+                await self._launch.adopt(sdk_parent, self.token)
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         assert self.proc.stdout is not None  # noqa: S101 - PIPE was asked for
         assert self.proc.stderr is not None  # noqa: S101

@@ -33,6 +33,7 @@ from edge.secrets.contents import StoreContents
 from edge.workers.code import S3Reader, prepare_code
 from edge.workers.connectors import connector_code_dirs, connector_specs
 from edge.workers.manager import WorkerManager
+from edge.workers.process import Launch
 from edge.workers.router import Router, parse_routes
 from edge.workers.sandbox import Sandbox
 from edge.workers.services import CoreServices
@@ -80,13 +81,15 @@ class Workload:
         self._read_s3 = read_s3
         self._set_subscriptions = set_cloud_subscriptions
         self.manager = WorkerManager(
-            socket_path=state_dir / "ipc" / "core.sock",
+            launch=Launch(
+                socket_path=state_dir / "ipc" / "core.sock",
+                python=python,
+                adopt=self._adopt,
+                sandbox=sandbox,
+            ),
             register=self._register,
             revoke=self._revoke,
             logger=self._log,
-            python=python,
-            adopt=self._adopt,
-            sandbox=sandbox,
         )
         self.router = Router(manager=self.manager, publish_cloud=publish_cloud, logger=self._log)
         self.services = CoreServices(
