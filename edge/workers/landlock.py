@@ -152,8 +152,9 @@ def rules(plan: dict[str, object], abi: int) -> list[tuple[str, int]]:
 def drop_capabilities() -> None:
     """Give up every capability for good, so uid 0 is an ordinary owner of root's files."""
     ctypes, libc = _libc()
-    if libc.prctl(_PR_SET_SECUREBITS, _SECUREBITS_LOCKED_DOWN, 0, 0, 0) != 0:
-        raise ConfinementError(f"securebits: {os.strerror(ctypes.get_errno())}")
+    # Locking the securebits and emptying the bounding set need CAP_SETPCAP, which a hardened
+    # container may lack; no_new_privs below already keeps an exec from gaining anything back.
+    libc.prctl(_PR_SET_SECUREBITS, _SECUREBITS_LOCKED_DOWN, 0, 0, 0)
     cap = 0
     while libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
         cap += 1
@@ -162,6 +163,12 @@ def drop_capabilities() -> None:
     data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable, for both 32-bit halves
     if libc.capset(header, data) != 0:
         raise ConfinementError(f"capset: {os.strerror(ctypes.get_errno())}")
+    _no_new_privs(ctypes, libc)
+
+
+def _no_new_privs(ctypes: ModuleType, libc: Any) -> None:  # noqa: ANN401 - a ctypes CDLL
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise ConfinementError(f"no_new_privs: {os.strerror(ctypes.get_errno())}")
 
 
 def open_rules(rule_list: list[tuple[str, int]]) -> list[tuple[int, int]]:
@@ -201,8 +208,7 @@ def restrict(opened: list[tuple[int, int]], abi: int) -> None:
                 rule = allowed.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder)
                 if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, rule, 0):
                     raise ConfinementError(f"landlock_add_rule: {os.strerror(ctypes.get_errno())}")
-            if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-                raise ConfinementError(f"no_new_privs: {os.strerror(ctypes.get_errno())}")
+            _no_new_privs(ctypes, libc)  # Landlock's condition for an unprivileged process
             if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) != 0:
                 raise ConfinementError(f"landlock_restrict_self: {os.strerror(ctypes.get_errno())}")
         finally:

@@ -175,3 +175,40 @@ def test_a_confined_process_reads_and_writes_only_what_its_plan_says(tmp_path: P
     if os.geteuid() == 0:
         assert seen["caps"] == ["ok", "0000000000000000"]
     assert not (tmp_path / "state" / "new").exists()
+
+
+WITHOUT_SETPCAP = """
+import ctypes, json, os
+from edge.workers import landlock
+libc = ctypes.CDLL(None, use_errno=True)
+# As in a hardened container: uid 0 with what it has now, less CAP_SETPCAP (8).
+held = int(open("/proc/self/status").read().split("CapPrm:")[1].split()[0], 16) & ~(1 << 8)
+low, high = held & 0xFFFFFFFF, held >> 32
+header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+data = (ctypes.c_uint32 * 6)(low, low, 0, high, high, 0)
+assert libc.capset(header, data) == 0, os.strerror(ctypes.get_errno())
+landlock.confine({"landlock": False, "drop_capabilities": True})
+status = dict(
+    line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line
+)
+print(json.dumps({k: status[k].strip() for k in ("CapEff", "CapPrm", "NoNewPrivs")}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only uid 0 has capabilities to drop")
+def test_a_uid0_worker_without_setpcap_still_ends_with_no_capabilities() -> None:
+    """Where CAP_SETPCAP is missing the drop still empties every set and pins no_new_privs."""
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": os.environ["PATH"]}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", WITHOUT_SETPCAP],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(done.stdout) == {
+        "CapEff": "0000000000000000",
+        "CapPrm": "0000000000000000",
+        "NoNewPrivs": "1",
+    }
