@@ -49,7 +49,6 @@ from edge.ipc.protocol import (
     Connection,
     Goodbye,
     Hello,
-    Request,
     Response,
     Role,
     Welcome,
@@ -318,7 +317,7 @@ class IpcClient:
             request_id = link.next_id
             link.next_id = request_id + 1 if request_id < MAX_REQUEST_ID else 1
             try:
-                data = link.conn.send(Request(request_id, op, args))
+                data = link.conn.send_request(request_id, op, args)
             except FrameTooLargeError as exc:
                 raise IpcCallError(
                     413, f"the request is {exc.size} bytes, over the {exc.limit}-byte limit"
@@ -412,6 +411,15 @@ class IpcClient:
                     data = b""
                     problem = f"receiving failed ({getattr(exc, 'strerror', None) or exc})"
                 with self._lock:
+                    # Nearly always the read is exactly the answer this thread waits for.
+                    response = link.conn.receive_response(data) if link.broken is None else None
+                    if response is not None:
+                        if response.request_id == request_id:
+                            link.waiting.discard(request_id)
+                            self._hand_over_reading(link)
+                            return response
+                        self._hand_out(link, response)
+                        continue
                     self._absorb(link, data, problem)
                     if request_id in link.results or link.broken is not None:
                         self._hand_over_reading(link)
@@ -444,6 +452,7 @@ class IpcClient:
                     if event.request_id in link.waiting:
                         link.results[event.request_id] = event
                         handed_out = True
+                    # else: its caller timed out and left; nobody wants it
                 elif type(event) is Goodbye:
                     self._break(link, f"the core closed the connection: {event.reason}")
                     break
@@ -454,6 +463,13 @@ class IpcClient:
             self._break(link, f"the core broke the protocol: {exc.problem}")
         if handed_out and link.idle_waiters:
             self._cond.notify_all()
+
+    def _hand_out(self, link: _Link, response: Response) -> None:
+        """Under the lock: give another thread's answer to it (or drop it if it left)."""
+        if response.request_id in link.waiting:
+            link.results[response.request_id] = response
+            if link.idle_waiters:
+                self._cond.notify_all()
 
     def _break(self, link: _Link, problem: str, *, goodbye: bool = False) -> None:
         """Under the lock: mark the link unusable, wake its waiters, release the socket."""

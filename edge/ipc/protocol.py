@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from typing import Any, ClassVar, Final, NamedTuple, NoReturn, TypeAlias
 
 import msgpack
@@ -249,9 +250,16 @@ class Response(_Event):
         packed_result: `result` already msgpack-encoded, when the sender has it (answers the
             core computes once per deployment); the frame then splices these bytes in instead
             of encoding `result` again. Not a wire field: the receiver gets `result`.
+        replay: Set by a handler whose answer holds for every request with the same bytes
+            (all but the id) from the same connection for as long as the handler's view of the
+            world is unchanged. The core's server then answers such repeats from a cache of
+            its own and calls `replay()` for each instead of the handler: it does what the
+            handler would have done besides answering (count the read, audit it) and returns
+            whether the cached answer still holds (False: the server drops its cache and asks
+            the handler). Needs `packed_result`. Not a wire field.
     """
 
-    __slots__ = ("error", "ok", "packed_result", "request_id", "result")
+    __slots__ = ("error", "ok", "packed_result", "replay", "request_id", "result")
     TAG: ClassVar[str] = "response"
     FIELDS: ClassVar[tuple[str, ...]] = ("request_id", "ok", "result", "error")
     request_id: int
@@ -259,6 +267,7 @@ class Response(_Event):
     result: dict[str, Any] | None
     error: dict[str, Any] | None
     packed_result: bytes | None
+    replay: Callable[[], bool] | None
 
     def __init__(
         self,
@@ -293,10 +302,15 @@ class Response(_Event):
         self.result = result
         self.error = error
         self.packed_result = None
+        self.replay = None
 
     @classmethod
     def success(
-        cls, request_id: int, result: dict[str, Any], packed_result: bytes | None = None
+        cls,
+        request_id: int,
+        result: dict[str, Any],
+        packed_result: bytes | None = None,
+        replay: Callable[[], bool] | None = None,
     ) -> Response:
         """Build the answer to a request that succeeded.
 
@@ -305,9 +319,21 @@ class Response(_Event):
             result: The result map.
             packed_result: `msgpack.packb(result, use_bin_type=True)`, if the caller keeps it
                 (the frame then reuses it); it must encode exactly `result`.
+            replay: See the class's `replay` attribute.
         """
-        response = cls(request_id, True, result, None)  # noqa: FBT003 - positional is the fast path
+        if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
+            raise LocalProtocolError(f"Response.request_id must be an int in [0, {MAX_REQUEST_ID}]")
+        if type(result) is not dict:
+            raise LocalProtocolError("a successful Response has a result map and no error")
+        # The constructor's other checks hold by construction here; skipping them (and its
+        # keyword dispatch) matters on the core's hot path, which builds one per read.
+        response = cls.__new__(cls)
+        response.request_id = request_id
+        response.ok = True
+        response.result = result
+        response.error = None
         response.packed_result = packed_result
+        response.replay = replay
         return response
 
     @classmethod
@@ -547,6 +573,67 @@ _SPLICE_HEAD: Final = (
 )
 _SPLICE_MIDDLE: Final = msgpack.packb("ok") + msgpack.packb(True) + msgpack.packb("result")  # noqa: FBT003
 _SPLICE_TAIL: Final = msgpack.packb("error") + msgpack.packb(None)
+#: How a Request frame's payload starts when msgpack-python packs `Request.to_wire()` (as every
+#: client of ours does): a 4-entry fixmap, "type": "request", then the "request_id" key. The id
+#: follows, then "op" and "args": see `Connection.peek_request`.
+REQUEST_HEAD: Final = (
+    b"\x84" + msgpack.packb("type") + msgpack.packb("request") + msgpack.packb("request_id")
+)
+_REQUEST_ID_AT: Final = len(REQUEST_HEAD)
+_UINT16 = struct.Struct(">H")
+_UINT64 = struct.Struct(">Q")
+
+
+def _canonical_uint_end(data: bytes | bytearray, at: int, limit: int) -> int:
+    """Where the msgpack uint at `data[at]` ends if msgpack-python would pack its value so; else -1.
+
+    Only the shortest encoding counts: an answer that echoes these bytes is then byte for byte
+    what packing the id gives, whoever sent it.
+    """
+    first = data[at]
+    if first < 0x80:  # noqa: PLR2004 - positive fixint
+        return at + 1
+    if first == 0xCC:  # noqa: PLR2004 - uint8
+        end = at + 2
+        ok = end <= limit and data[at + 1] >= 0x80  # noqa: PLR2004
+    elif first == 0xCD:  # noqa: PLR2004 - uint16
+        end = at + 3
+        ok = end <= limit and _UINT16.unpack_from(data, at + 1)[0] > 0xFF  # noqa: PLR2004
+    elif first == 0xCE:  # noqa: PLR2004 - uint32
+        end = at + 5
+        ok = end <= limit and _HEADER.unpack_from(data, at + 1)[0] > 0xFFFF  # noqa: PLR2004
+    elif first == 0xCF:  # noqa: PLR2004 - uint64
+        end = at + 9
+        ok = end <= limit and 0xFFFFFFFF < _UINT64.unpack_from(data, at + 1)[0] <= MAX_REQUEST_ID  # noqa: PLR2004
+    else:
+        return -1
+    return end if ok else -1
+
+
+def request_id_end(payload: bytes | bytearray) -> int:
+    """Where the id ends in a Request payload laid out as msgpack-python packs it; else -1.
+
+    `payload[:request_id_end(payload)]` is then `REQUEST_HEAD` and the id; the rest is the
+    request's op and args, the key of the core's cache of repeated answers.
+    """
+    if len(payload) <= _REQUEST_ID_AT or not payload.startswith(REQUEST_HEAD):
+        return -1
+    return _canonical_uint_end(payload, _REQUEST_ID_AT, len(payload))
+
+
+def response_frame(request_id: bytes, packed_result: bytes) -> bytes:
+    """The frame of a successful Response, from its id as packed msgpack and its packed result.
+
+    The same bytes as `Connection.send` gives for `Response.success(id, result, packed_result)`;
+    the caller checks the size against the frame limit.
+    """
+    size = len(_SPLICE_HEAD) + len(request_id) + _SPLICED_SIZE + len(packed_result)
+    return b"".join(
+        (_HEADER.pack(size), _SPLICE_HEAD, request_id, _SPLICE_MIDDLE, packed_result, _SPLICE_TAIL)
+    )
+
+
+_SPLICED_SIZE: Final = len(_SPLICE_MIDDLE) + len(_SPLICE_TAIL)
 
 
 # --- the state machine ------------------------------------------------------------------------
@@ -664,6 +751,11 @@ def _rules_for(role: Role) -> _RoleRules:
 
 
 _RULES: Final = {role: _rules_for(role) for role in Role}
+# What an OPEN server may receive: `peek_request` tells role and state apart by it at once.
+_SERVER_OPEN: Final = _RULES[Role.SERVER].receive[State.OPEN]
+# And what an OPEN client may send and receive, for its shortcuts.
+_CLIENT_OPEN_SEND: Final = _RULES[Role.CLIENT].send[State.OPEN]
+_CLIENT_OPEN: Final = _RULES[Role.CLIENT].receive[State.OPEN]
 
 
 class Connection:
@@ -687,6 +779,7 @@ class Connection:
         "_eof",
         "_error",
         "_in_flight",
+        "_last_payload",
         "_max_frame_size",
         "_may_receive",
         "_may_send",
@@ -704,6 +797,7 @@ class Connection:
         self._eof = False
         self._error: RemoteProtocolError | None = None
         self._in_flight: set[int | str] = set()
+        self._last_payload = bytearray()
         self._packer = msgpack.Packer(use_bin_type=True)
         self._set_state(_INITIAL_STATE[role])
 
@@ -721,6 +815,16 @@ class Connection:
     def buffered(self) -> int:
         """How many received bytes wait in the buffer (at most one frame's worth plus a read)."""
         return len(self._buffer)
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame payload this connection accepts and sends."""
+        return self._max_frame_size
+
+    @property
+    def last_payload(self) -> bytearray:
+        """The payload (msgpack, no length prefix) of the event `next_event` returned last."""
+        return self._last_payload
 
     @property
     def in_flight(self) -> frozenset[int | str]:
@@ -781,7 +885,7 @@ class Connection:
                 )
             end = HEADER_SIZE + size
             if available >= end:
-                payload = buffer[HEADER_SIZE:end]
+                payload = self._last_payload = buffer[HEADER_SIZE:end]
                 # Deleting from the front of a bytearray is amortised O(1) in CPython.
                 del buffer[:end]
                 try:
@@ -796,6 +900,94 @@ class Connection:
             self._set_state(State.CLOSED)
             return CLOSED
         return NEED_DATA
+
+    def peek_request(self, data: bytes, start: int = 0) -> tuple[int, int] | None:
+        """Find a whole Request frame at `data[start:]` that may be answered without receiving it.
+
+        For the core's cache of repeated answers: the frame must be laid out as msgpack-python
+        packs `Request.to_wire()` (see `request_id_end`), and this connection must be a server
+        that could receive it now: OPEN, nothing buffered (frames are handled in order), its
+        id not in flight. Receiving such a request and sending its answer at once leaves the
+        connection as it was, so the caller may skip both: nothing changes here either way.
+
+        Returns:
+            (where its id ends, where the frame ends), as offsets into `data`; the frame's
+            payload after the id, `data[id_end:frame_end]`, is its op and args. None if there
+            is no such frame (then feed `data[start:]` to `receive_data` as usual).
+        """
+        at = start + HEADER_SIZE
+        id_start = at + _REQUEST_ID_AT
+        if self._may_receive is not _SERVER_OPEN or self._buffer or len(data) <= id_start:
+            return None
+        (size,) = _HEADER.unpack_from(data, start)
+        end = at + size
+        if (
+            size <= _REQUEST_ID_AT
+            or size > self._max_frame_size
+            or end > len(data)
+            or not data.startswith(REQUEST_HEAD, at)
+        ):
+            return None
+        id_end = _canonical_uint_end(data, id_start, end)
+        # Only requests answered by tasks are ever in flight: the set is nearly always empty.
+        if id_end < 0 or (
+            self._in_flight and msgpack.unpackb(data[id_start:id_end]) in self._in_flight
+        ):
+            return None
+        return id_end, end
+
+    def send_request(self, request_id: int, op: str, args: dict[str, Any]) -> bytes:
+        """`send(Request(request_id, op, args))`, without building the event (the hot path).
+
+        The same bytes, checks, state effects and errors.
+        """
+        if (
+            self._may_send is not _CLIENT_OPEN_SEND
+            or type(request_id) is not int
+            or not 0 <= request_id <= MAX_REQUEST_ID
+            or type(op) is not str
+            or not op
+            or len(op) > MAX_OP_LENGTH
+            or type(args) is not dict
+            or request_id in self._in_flight
+        ):
+            # Whatever is wrong, the general path says it in its own words.
+            return self.send(Request(request_id, op, args))
+        try:
+            payload: bytes = self._packer.pack(
+                {"type": "request", "request_id": request_id, "op": op, "args": args}
+            )
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise LocalProtocolError(f"a request frame can't be encoded: {exc}") from None
+        size = len(payload)
+        if size > self._max_frame_size:
+            raise FrameTooLargeError(Request.TAG, size, self._max_frame_size)
+        self._in_flight.add(request_id)
+        return _HEADER.pack(size) + payload
+
+    def receive_response(self, data: bytes) -> Response | None:
+        """Take `data` at once if it is exactly one whole Response frame to a request in flight.
+
+        The same as `receive_data(data)` then `next_event()` returning that Response, in one
+        step (the worker's hot path: a read usually holds exactly the one answer it waits
+        for). Anything else (more or less than one frame, bytes already buffered, another
+        event, an invalid frame, an id not in flight, another role or state) returns None
+        and changes nothing: pass `data` to `receive_data` as usual, which then reports any
+        problem the usual way.
+        """
+        if self._may_receive is not _CLIENT_OPEN or self._buffer:
+            return None
+        size = len(data) - HEADER_SIZE
+        if size <= 0 or size > self._max_frame_size or _HEADER.unpack_from(data)[0] != size:
+            return None
+        try:
+            event = decode(memoryview(data)[HEADER_SIZE:])
+        except RemoteProtocolError:
+            return None
+        if type(event) is not Response or event.request_id not in self._in_flight:
+            return None
+        self._in_flight.remove(event.request_id)
+        return event
 
     def send(self, event: Event) -> bytes:
         """Return the bytes that carry `event`, after checking it may be sent now.

@@ -31,7 +31,7 @@ import stat
 import struct
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,8 +41,10 @@ from structlog.typing import FilteringBoundLogger
 
 from edge.errors import FrameTooLargeError, IpcServerError, LocalProtocolError, RemoteProtocolError
 from edge.ipc.protocol import (
+    HEADER_SIZE,
     KNOWN_OPS,
     NEED_DATA,
+    REQUEST_HEAD,
     Connection,
     Goodbye,
     Hello,
@@ -51,6 +53,8 @@ from edge.ipc.protocol import (
     Role,
     State,
     Welcome,
+    request_id_end,
+    response_frame,
 )
 from edge.log import get_logger
 
@@ -95,6 +99,17 @@ LATENCY_BOUNDS_SECONDS: Final = (
     60.0,
 )
 _LATENCY_BOUNDS_NS: Final = tuple(int(b * 1e9) for b in LATENCY_BOUNDS_SECONDS)
+#: Distinct requests a connection remembers the answer of (`Response.replay`): a worker asks
+#: for its few secrets over and over. Emptied when full, so a worker cycling through more
+#: requests than this only loses the shortcut.
+MAX_REPEATS: Final = 64
+#: Longest request (op and args, packed) whose answer is remembered; the answers themselves
+#: are the handler's own bytes, shared, not copies.
+MAX_REPEAT_KEY_BYTES: Final = 1024
+# A repeated answer's frame around its packed result: the map's keys and fixed values (~40
+# bytes) and the longest packed id (9), rounded up; larger answers are not remembered.
+_REPEAT_FRAME_OVERHEAD = 64
+_ID_START = HEADER_SIZE + len(REQUEST_HEAD)
 _now_ns = time.perf_counter_ns
 _bucket = bisect.bisect_left
 
@@ -148,6 +163,11 @@ class RequestHandler(Protocol):
     no task is created) or an awaitable of one for work that waits (an invocation). Either way
     the response must carry the request's id; use `Response.success` / `Response.failure`.
     An exception becomes a status 500 answer and an `ipc.handler.failed` log event.
+
+    A synchronous answer may carry `Response.replay`: the connection then answers requests
+    with the same bytes (but for the id) from a cache, calling `replay()` instead of the
+    handler, until `replay()` returns False. The handler is then asked again. A handler with
+    an `on_change(callback)` method is given a callback that drops those caches at once.
     """
 
     def __call__(
@@ -213,6 +233,12 @@ class IpcServer:
         #: Whether to fill `latency` (two clock reads and a bucket per request: only when
         #: something exports it).
         self.measure_latency = False
+        # A handler that can say when its answers change (CoreServices: every deployment and
+        # refresh) gets the remembered answers dropped at once, so no connection keeps an old
+        # secret value in memory until its next request; `replay()` checks again anyway.
+        on_change = getattr(handler, "on_change", None)
+        if callable(on_change):
+            on_change(self.drop_repeats)
 
     @property
     def socket_path(self) -> Path:
@@ -253,6 +279,11 @@ class IpcServer:
             self.connections["revoked"] += 1
             peer.log.info("ipc.connection.revoked")
             peer.close(REVOKED_REASON)
+
+    def drop_repeats(self) -> None:
+        """Forget every connection's remembered answers (see `Response.replay`)."""
+        for peer in self._peers:
+            peer.repeats.clear()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -447,7 +478,8 @@ class IpcServer:
             peer.log.exception("ipc.handler.failed", op=request.op)
             answer = _internal_error(request)
         if isinstance(answer, Response):
-            self._respond(peer, request, answer, started)
+            if self._respond(peer, request, answer, started) and answer.replay is not None:
+                peer.remember(request.op, answer.packed_result, answer.replay)
             return
         task = asyncio.ensure_future(self._finish(peer, request, answer, started))
         task.set_name(f"ipc-request-{peer.conn_id}-{request.request_id}")
@@ -465,13 +497,15 @@ class IpcServer:
 
     def _respond(
         self, peer: _PeerProtocol, request: Request, response: Response, started: int
-    ) -> None:
+    ) -> bool:
+        """Send the answer, count it; whether `response` itself went out (not a substitute)."""
         if type(response) is not Response or response.request_id != request.request_id:
             peer.log.error("ipc.handler.bad_response", op=request.op)
             response = _internal_error(request)
         conn = peer.conn
         if conn.state is not State.OPEN:
-            return  # the connection ended while the handler ran: nobody to answer
+            return False  # the connection ended while the handler ran: nobody to answer
+        given = response
         try:
             data = conn.send(response)
         except FrameTooLargeError as exc:
@@ -491,14 +525,19 @@ class IpcServer:
         self.requests[op, outcome] += 1
         peer.write(data)
         if started:
-            elapsed = _now_ns() - started
-            histogram = self.latency.get(op)
-            if histogram is None:
-                histogram = self.latency[op] = LatencyHistogram()
-            # LatencyHistogram.observe, inlined: this runs for every request.
-            histogram.count += 1
-            histogram.total_ns += elapsed
-            histogram.counts[_bucket(_LATENCY_BOUNDS_NS, elapsed)] += 1
+            self._observe(op, started)
+        return response is given
+
+    def _observe(self, op: str, started: int) -> None:
+        """Count a request's latency, from `started` (`perf_counter_ns`) until now."""
+        elapsed = _now_ns() - started
+        histogram = self.latency.get(op)
+        if histogram is None:
+            histogram = self.latency[op] = LatencyHistogram()
+        # LatencyHistogram.observe, inlined: this runs for every request.
+        histogram.count += 1
+        histogram.total_ns += elapsed
+        histogram.counts[_bucket(_LATENCY_BOUNDS_NS, elapsed)] += 1
 
 
 class _PeerProtocol(asyncio.Protocol):
@@ -528,6 +567,9 @@ class _PeerProtocol(asyncio.Protocol):
         self.peer_uid: int | None = None
         #: Requests being handled by tasks (awaitable handler results).
         self.tasks: set[asyncio.Task[None]] = set()
+        #: Answers to repeat (`Response.replay`): a request's op and args as packed (its frame
+        #: after the id) -> (op, the answer's packed result, its replay).
+        self.repeats: dict[bytes, tuple[str, bytes, Callable[[], bool]]] = {}
         self._transport: asyncio.Transport | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
         self._writes_paused = False
@@ -549,9 +591,72 @@ class _PeerProtocol(asyncio.Protocol):
         self._server._connection_made(self)  # noqa: SLF001
 
     def data_received(self, data: bytes) -> None:
-        """Feed the bytes and handle every complete frame."""
+        """Answer repeated requests from the cache, feed the rest, handle every whole frame."""
+        if self.repeats and len(self.tasks) < self._max_concurrent:
+            start = self._answer_repeats(data)
+            if start == len(data):
+                return
+            if start:
+                data = data[start:]
         self.conn.receive_data(data)
         self._process()
+
+    def _answer_repeats(self, data: bytes) -> int:
+        """Answer the frames at the front of `data` that repeat a remembered request.
+
+        The shortcut of this connection's sync path: no decoding, no Request or Response, no
+        handler; the answer frame is spliced from the request's own id bytes and the answer's
+        packed result. `replay()` counts the read as the handler would (audit, staleness) and
+        says whether the answer still holds (a deployment or refresh swapped the handler's
+        index: then every remembered answer goes). Returns how many bytes were answered.
+        """
+        conn = self.conn
+        repeats = self.repeats
+        server = self._server
+        transport = self._transport
+        start = 0
+        size = len(data)
+        while start < size:
+            found = conn.peek_request(data, start)
+            if found is None:
+                return start
+            id_end, end = found
+            entry = repeats.get(data[id_end:end])
+            if entry is None:
+                return start
+            started = _now_ns() if server.measure_latency else 0
+            op, packed, replay = entry
+            try:
+                holds = replay()
+            except Exception:  # the handler's bug: log it; the general path answers (or 500s)
+                self.log.exception("ipc.replay.failed", op=op)
+                holds = False
+            if not holds:
+                repeats.clear()
+                return start
+            if transport is not None and not transport.is_closing():
+                transport.write(response_frame(data[start + _ID_START : id_end], packed))
+            server.requests[op, "ok"] += 1
+            if started:
+                server._observe(op, started)  # noqa: SLF001
+            start = end
+        return start
+
+    def remember(self, op: str, packed_result: bytes | None, replay: Callable[[], bool]) -> None:
+        """Keep the answer just sent, for the request `conn` returned last, to repeat it."""
+        conn = self.conn
+        payload = conn.last_payload
+        id_end = request_id_end(payload)
+        if (
+            packed_result is None
+            or id_end < 0
+            or len(payload) - id_end > MAX_REPEAT_KEY_BYTES
+            or len(packed_result) + _REPEAT_FRAME_OVERHEAD > conn.max_frame_size
+        ):
+            return
+        if len(self.repeats) >= MAX_REPEATS:
+            self.repeats.clear()
+        self.repeats[bytes(payload[id_end:])] = (op, packed_result, replay)
 
     def eof_received(self) -> bool:
         """The peer closed its end: handle what is buffered, then close ours."""
@@ -663,6 +768,8 @@ class _PeerProtocol(asyncio.Protocol):
 
     def close(self, reason: str | None = None) -> None:
         """Say Goodbye if possible, close the connection, cancel this peer's requests."""
+        # A revoked or refused peer gets no more answers, remembered ones included.
+        self.repeats.clear()
         transport = self._transport
         if transport is None or transport.is_closing():
             return

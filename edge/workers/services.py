@@ -222,15 +222,26 @@ class CoreServices:
         #: Reads served while the store was older than the staleness limit (for metrics).
         self.stale_reads = 0
         self._stale_at = math.inf
+        self._on_change: list[Callable[[], None]] = []
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after every index swap: answers given before may no longer hold."""
+        self._on_change.append(callback)
 
     def update(self, contents: StoreContents, specs: tuple[FunctionSpec, ...]) -> None:
         """Swap in a new deployment's secrets and grants (one reference assignment)."""
         self.index = SecretIndex.build(contents, specs)
+        self._changed()
 
     def refresh_secrets(self, contents: StoreContents) -> None:
         """Swap in refreshed secrets, keeping the deployment's grants (one assignment)."""
         index = SecretIndex.build(contents, ())
         self.index = SecretIndex(by_id=index.by_id, grants=self.index.grants, answers=index.answers)
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in self._on_change:
+            callback()
 
     def count_stale_reads(self, stored_at: float, stale_after: float) -> None:
         """Count reads from now on once the store written at `stored_at` is `stale_after` old.
@@ -250,7 +261,7 @@ class CoreServices:
             args = request.args
             if args.get("Refresh") is True and self.refresh_hint is not None:
                 return self._refresh_then_read(identity, request, args, self.refresh_hint, v1=False)
-            return self._read(identity, request, args, v1=False)
+            return self._read(identity, request, args, v1=False, repeatable=True)
         if op == OP_GET_SECRET_VALUE_V1:
             try:
                 args = v1_request_args(self.index, request.args)
@@ -258,7 +269,7 @@ class CoreServices:
                 return self._refused(identity, request, {}, exc)
             if args.get("Refresh") is True and self.refresh_hint is not None:
                 return self._refresh_then_read(identity, request, args, self.refresh_hint, v1=True)
-            return self._read(identity, request, args, v1=True)
+            return self._read(identity, request, args, v1=True, repeatable=True)
         return self._answer(identity, request)
 
     async def _refresh_then_read(
@@ -290,20 +301,46 @@ class CoreServices:
         args: Mapping[str, Any],
         *,
         v1: bool,
+        repeatable: bool = False,
     ) -> Response:
+        """Answer an allowed read (counted and audited) or refuse it.
+
+        With `repeatable`, the answer carries a `replay` (see `Response.replay`): the server may
+        answer the same request bytes on the same connection again without asking, as long
+        as the index this answer came from is the current one. A `Refresh` read never is: each
+        one must reach the refresher.
+        """
+        index = self.index
+        function_arn = identity.function_arn
         try:
-            answer = find_answer(self.index, identity.function_arn, args)
+            answer = find_answer(index, function_arn, args)
         except ServiceError as exc:
             return self._refused(identity, request, args, exc)
+        stage = args.get("VersionStage")
+        label = stage or ("" if args.get("VersionId") else CURRENT)
+        self._count_read(function_arn, answer.audit_ids, label)
+        replay = None
+        if repeatable and not args.get("Refresh"):
+            ids = answer.audit_ids
+
+            def replay() -> bool:
+                # Every deployment and refresh swaps in a new index: an answer (and the access
+                # check behind it) holds exactly as long as the index it came from.
+                if self.index is not index:
+                    return False
+                self._count_read(function_arn, ids, label)
+                return True
+
+        if v1:
+            return Response.success(request.request_id, answer.v1_result, answer.v1_packed, replay)
+        return Response.success(request.request_id, answer.result, answer.packed, replay)
+
+    def _count_read(self, function_arn: str, ids: tuple[str, str, str], label: str) -> None:
+        """Count an allowed read: stale-read metric and audit log."""
         if time.time() > self._stale_at:
             self.stale_reads += 1
         if self._audit is not None:
-            stage = args.get("VersionStage")
-            label = stage or ("" if args.get("VersionId") else CURRENT)
-            self._audit.record_read(identity.function_arn, answer.audit_ids, label)
-        if v1:
-            return Response.success(request.request_id, answer.v1_result, answer.v1_packed)
-        return Response.success(request.request_id, answer.result, answer.packed)
+            self._audit.record_read(function_arn, ids, label)
 
     def _refused(
         self,

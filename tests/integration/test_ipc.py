@@ -18,12 +18,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgpack
 import pytest
 import structlog.testing
 
+from edge.audit import AuditLog, read_entries
 from edge.errors import (
     IpcCallError,
     IpcConnectionError,
@@ -34,6 +36,7 @@ from edge.ipc.client import IpcClient
 from edge.ipc.protocol import (
     MAX_FRAME_SIZE,
     OP_GET_SECRET_VALUE,
+    OP_GET_SECRET_VALUE_V1,
     OP_INVOKE,
     OP_PUBLISH,
     Hello,
@@ -42,6 +45,8 @@ from edge.ipc.protocol import (
     encode,
 )
 from edge.ipc.server import IpcServer, WorkerIdentity
+from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
+from edge.workers.services import CoreServices
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "worker-token-0123456789abcdef"
@@ -638,3 +643,178 @@ def test_server_runs_under_uvloop(socket_path):
         assert loop.run_until_complete(main())["Name"] == "uv"
     finally:
         loop.close()
+
+
+# --- repeated requests answered from the connection's cache ------------------------------------
+
+
+class RepeatHandler:
+    """Answers secrets with a `replay`, counting how often it was asked and replayed."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.replayed = 0
+        self.valid = True
+        self.broken = False
+
+    def __call__(self, _identity: WorkerIdentity, request: Request) -> Response:
+        self.asked += 1
+        result = {"Name": request.args["SecretId"], "SecretString": SECRET, "Asked": self.asked}
+        packed = msgpack.packb(result, use_bin_type=True)
+        if request.args.get("Once"):
+            return Response.success(request.request_id, result, packed)
+        return Response.success(request.request_id, result, packed, self.replay)
+
+    def replay(self) -> bool:
+        if self.broken:
+            raise RuntimeError("replay exploded")
+        if not self.valid:
+            return False
+        self.replayed += 1
+        return True
+
+
+async def test_repeated_requests_are_answered_from_the_cache_and_counted(socket_path):
+    """The same request bytes get the first answer again, replayed and counted, not re-asked."""
+    handler = RepeatHandler()
+    async with serving(socket_path, handler) as server:
+        server.measure_latency = True
+        with IpcClient(str(socket_path), TOKEN) as client:
+            for _ in range(3):
+                assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"}))["Asked"] == 1
+            assert (handler.asked, handler.replayed) == (1, 2)
+            # Other bytes are other requests; answers without a replay are never repeated.
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "api"}))["Asked"] == 2
+            for expected in (3, 4):
+                answer = await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db", "Once": 1})
+                assert answer["Asked"] == expected
+            # The handler's world changed: the cache goes and the handler is asked again.
+            handler.valid = False
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"}))["Asked"] == 5
+            handler.valid = True
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"}))["Asked"] == 5
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "api"}))["Asked"] == 6
+            assert (handler.asked, handler.replayed) == (6, 3)
+            # Each connection has its own cache: a second client is answered by the handler.
+            with IpcClient(str(socket_path), TOKEN) as second:
+                assert (await call(second, OP_GET_SECRET_VALUE, {"SecretId": "db"}))["Asked"] == 7
+        assert server.requests[(OP_GET_SECRET_VALUE, "ok")] == 10
+        assert server.latency[OP_GET_SECRET_VALUE].count == 10
+
+
+async def test_pipelined_repeats_in_one_read_are_all_answered_in_order(socket_path):
+    """Several repeated requests arriving together are each answered, with their own ids."""
+    handler = RepeatHandler()
+    async with serving(socket_path, handler):
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        try:
+            writer.write(encode(Hello(TOKEN, os.getpid())))
+            request = {"SecretId": "db"}
+            writer.write(encode(Request(1, OP_GET_SECRET_VALUE, request)))
+            await writer.drain()
+            await reader.readexactly(struct.unpack(">I", await reader.readexactly(4))[0])
+            first = await reader.readexactly(struct.unpack(">I", await reader.readexactly(4))[0])
+            ids = [2, 300, 70000, 2**40, 5]
+            writer.write(b"".join(encode(Request(i, OP_GET_SECRET_VALUE, request)) for i in ids))
+            await writer.drain()
+            answers = []
+            for _ in ids:
+                size = struct.unpack(">I", await reader.readexactly(4))[0]
+                answers.append(msgpack.unpackb(await reader.readexactly(size)))
+        finally:
+            writer.close()
+    assert [a["request_id"] for a in answers] == ids
+    assert all(a["result"] == msgpack.unpackb(first)["result"] for a in answers)
+    assert (handler.asked, handler.replayed) == (1, len(ids))
+
+
+async def test_a_revoked_tokens_cached_answers_stop(socket_path):
+    """Revoking a token ends its connection, cache and all: nothing more is answered."""
+    handler = RepeatHandler()
+    async with serving(socket_path, handler) as server:
+        with IpcClient(str(socket_path), TOKEN) as client:
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            server.revoke(TOKEN)
+            with pytest.raises(IpcCallError) as info:
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            assert info.value.status == 403
+    assert (handler.asked, handler.replayed) == (1, 1)
+
+
+def store(value: str, version_id: str) -> StoreContents:
+    """A store holding one secret, "db", whose AWSCURRENT version is `value`."""
+    version = SecretVersion(version_id, ("AWSCURRENT",), 1764331200.0, secret_string=value)
+    secret = LocalSecret(
+        resource_id="db-secret",
+        arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf",
+        name="db",
+        labels={"AWSCURRENT": version_id},
+        versions={version_id: version},
+    )
+    return StoreContents(secrets={secret.resource_id: secret})
+
+
+def grant(*resources: str) -> Any:
+    """ARN's function, allowed to read `resources`."""
+    return SimpleNamespace(function_arn=ARN, readable_resources=frozenset(resources))
+
+
+async def test_core_services_answers_change_with_every_index_swap(socket_path, tmp_path):
+    """Rotated values are served after a redeploy or refresh; a withdrawn grant is a 403.
+
+    Every read, from the cache or not, is counted in the audit log and the stale-read metric.
+    """
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    services = CoreServices(manager=None, publish=None, audit=audit)  # type: ignore[arg-type]
+    services.update(store(SECRET, "v1"), (grant("db-secret"),))
+    services.count_stale_reads(0.0, 0.0)  # every read from now on counts as stale
+    v1_request = {"Payload": json.dumps({"SecretId": "db", "VersionStage": ""}).encode()}
+
+    async def value() -> str:
+        return (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"}))["SecretString"]
+
+    async def v1_value() -> str:
+        payload = (await call(client, OP_GET_SECRET_VALUE_V1, v1_request))["Payload"]
+        return json.loads(payload)["SecretString"]
+
+    async with serving(socket_path, services) as server:
+        with IpcClient(str(socket_path), TOKEN) as client:
+            assert [await value() for _ in range(3)] == [SECRET] * 3
+            assert [await v1_value() for _ in range(3)] == [SECRET] * 3
+            (peer,) = server._peers
+            assert len(peer.repeats) == 2
+            # A deployment's Success swaps the index: the rotated value, at once, and no
+            # connection keeps the old answers in memory meanwhile.
+            services.update(store("rotated-value-0001", "v2"), (grant("db-secret"),))
+            assert peer.repeats == {}
+            assert [await value() for _ in range(2)] == ["rotated-value-0001"] * 2
+            assert [await v1_value() for _ in range(2)] == ["rotated-value-0001"] * 2
+            # A refresh swaps it too, keeping the grants.
+            services.refresh_secrets(store("rotated-value-0002", "v3"))
+            assert await value() == "rotated-value-0002"
+            assert await v1_value() == "rotated-value-0002"
+            # A deployment that withdraws the grant: the cached answer is not served any more.
+            services.update(store("rotated-value-0002", "v3"), (grant(),))
+            with pytest.raises(IpcCallError) as info:
+                await value()
+            assert info.value.status == 403
+    assert services.stale_reads == 12
+    await audit.flush()
+    reads = {
+        entry["version_id"]: entry["count"]
+        for entry in read_entries(audit.path)
+        if entry["outcome"] == "allowed"
+    }
+    assert reads == {"v1": 6, "v2": 4, "v3": 2}
+
+
+async def test_a_failing_replay_is_logged_and_the_handler_answers(socket_path, logs):
+    """A replay that raises costs its cache and one log line; the request is still answered."""
+    handler = RepeatHandler()
+    async with serving(socket_path, handler):
+        with IpcClient(str(socket_path), TOKEN) as client:
+            await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            handler.broken = True
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"}))["Asked"] == 2
+    assert len(events(logs, "ipc.replay.failed")) == 1

@@ -26,6 +26,7 @@ from edge.ipc.protocol import (
     MAX_REQUEST_ID,
     NEED_DATA,
     OP_GET_SECRET_VALUE,
+    REQUEST_HEAD,
     TRANSITIONS,
     Connection,
     Event,
@@ -41,6 +42,8 @@ from edge.ipc.protocol import (
     Welcome,
     decode,
     encode,
+    request_id_end,
+    response_frame,
 )
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -696,3 +699,199 @@ def test_a_spliced_answer_is_the_same_frame_as_an_encoded_one(
         frames.append(server.send(Response.success(request_id, result, packed)))
     assert frames[0] == frames[1]
     assert decode(frames[1][HEADER_SIZE:]) == Response.success(request_id, result)
+
+
+# --- the hot paths' shortcuts -----------------------------------------------------------------
+
+#: One request id of every msgpack width, at both ends of each.
+EDGE_IDS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, MAX_REQUEST_ID]
+ARGS = {"SecretId": "db", "VersionStage": "AWSCURRENT"}
+
+
+def server_with(*request_ids: int) -> Connection:
+    """An OPEN server connection that has received (and answered) nothing else."""
+    server = Connection(Role.SERVER)
+    server.receive_data(encode(Hello("t", 1)))
+    server.next_event()
+    server.send(Welcome("arn"))
+    for request_id in request_ids:
+        server.receive_data(encode(Request(request_id, OP_GET_SECRET_VALUE, ARGS)))
+        server.next_event()
+    return server
+
+
+@pytest.mark.parametrize("request_id", EDGE_IDS)
+def test_a_repeated_request_is_found_and_its_spliced_answer_is_the_encoded_one(
+    request_id: int,
+) -> None:
+    """peek_request finds id and key; response_frame gives what send gives; nothing changes."""
+    data = encode(Request(request_id, OP_GET_SECRET_VALUE, ARGS))
+    other = encode(Request(7, OP_GET_SECRET_VALUE, ARGS))
+    server = server_with()
+    found = server.peek_request(data)
+    assert found is not None
+    id_end, end = found
+    assert end == len(data)
+    # The key (op and args) is the same whatever the id; the id bytes are the packed id.
+    other_end = server.peek_request(other)
+    assert other_end is not None
+    assert data[id_end:end] == other[other_end[0] :]
+    assert data[HEADER_SIZE + len(REQUEST_HEAD) : id_end] == msgpack.packb(request_id)
+    assert request_id_end(data[HEADER_SIZE:]) == id_end - HEADER_SIZE
+    assert server.state is State.OPEN
+    assert server.in_flight == frozenset()
+    assert server.buffered == 0
+    # The spliced answer is byte for byte what the state machine sends.
+    result = {"Name": "db", "SecretString": "x"}
+    packed = msgpack.packb(result, use_bin_type=True)
+    server.receive_data(data)
+    assert server.next_event() == Request(request_id, OP_GET_SECRET_VALUE, ARGS)
+    assert bytes(server.last_payload) == data[HEADER_SIZE:]
+    sent = server.send(Response.success(request_id, result, packed))
+    assert response_frame(data[HEADER_SIZE + len(REQUEST_HEAD) : id_end], packed) == sent
+
+
+def test_frames_after_the_first_are_found_at_their_offset() -> None:
+    """Several requests in one read are found one after the other."""
+    first = encode(Request(1, OP_GET_SECRET_VALUE, ARGS))
+    data = first + encode(Request(2, OP_GET_SECRET_VALUE, ARGS))
+    server = server_with()
+    found = server.peek_request(data, len(first))
+    assert found is not None
+    assert found[1] == len(data)
+
+
+@pytest.mark.parametrize(
+    "packed_id",
+    [
+        b"\xcc\x05",  # 5 as uint8: not the shortest form
+        b"\xcd\x00\x80",
+        b"\xce\x00\x00\x01\x00",
+        b"\xcf\x00\x00\x00\x00\x00\x01\x00\x00",
+        b"\xcf\xff\xff\xff\xff\xff\xff\xff\xff",  # over MAX_REQUEST_ID
+        b"\xd0\x05",  # a signed int
+        b"\xff",  # a negative fixint
+        b"\xa1x",  # not an int at all
+    ],
+)
+def test_only_the_canonical_request_layout_is_found(packed_id: bytes) -> None:
+    """Other encodings of the id go the general way, which validates (or refuses) them."""
+    payload = (
+        REQUEST_HEAD
+        + packed_id
+        + msgpack.packb("op")
+        + msgpack.packb(OP_GET_SECRET_VALUE)
+        + msgpack.packb("args")
+        + msgpack.packb(ARGS)
+    )
+    assert request_id_end(payload) == -1
+    assert server_with().peek_request(struct.pack(">I", len(payload)) + payload) is None
+
+
+def test_a_request_in_another_layout_is_not_found() -> None:
+    """Same fields, other key order: a valid request, but not one the shortcut knows."""
+    data = frame({"request_id": 1, "type": "request", "op": OP_GET_SECRET_VALUE, "args": ARGS})
+    server = server_with()
+    assert server.peek_request(data) is None
+    server.receive_data(data)
+    assert server.next_event() == Request(1, OP_GET_SECRET_VALUE, ARGS)
+    assert request_id_end(server.last_payload) == -1
+
+
+def test_requests_are_not_found_when_the_connection_could_not_take_them_now() -> None:
+    """Partial frames, buffered bytes, ids in flight, other roles and states: all None."""
+    data = encode(Request(5, OP_GET_SECRET_VALUE, ARGS))
+    assert server_with().peek_request(data[:-1]) is None
+    assert server_with().peek_request(data[:6]) is None
+    assert server_with(5).peek_request(data) is None  # id 5 is in flight: a protocol error
+    assert server_with(6).peek_request(data) is not None
+    buffered = server_with()
+    buffered.receive_data(data[:3])
+    assert buffered.peek_request(data) is None
+    handshaking = Connection(Role.SERVER)
+    handshaking.receive_data(encode(Hello("t", 1)))
+    handshaking.next_event()
+    assert handshaking.peek_request(data) is None
+    assert open_pair().conn[Role.CLIENT].peek_request(data) is None
+    closed = server_with()
+    closed.send(Goodbye("bye"))
+    assert closed.peek_request(data) is None
+    small = Connection(Role.SERVER, max_frame_size=32)
+    small.receive_data(encode(Hello("t", 1)))
+    small.next_event()
+    small.send(Welcome("arn"))
+    assert len(data) - HEADER_SIZE > small.max_frame_size
+    assert small.peek_request(data) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(request_id=ids, op=st.text(min_size=1, max_size=128), args=arg_maps)
+def test_send_request_is_send_of_a_request(request_id: int, op: str, args: dict[str, Any]) -> None:
+    """The client's shortcut gives the same bytes and state as sending the event."""
+    short, general = open_pair().conn[Role.CLIENT], open_pair().conn[Role.CLIENT]
+    assert short.send_request(request_id, op, args) == general.send(Request(request_id, op, args))
+    assert short.in_flight == general.in_flight == frozenset({request_id})
+
+
+@pytest.mark.parametrize(
+    ("request_id", "op", "args", "error"),
+    [
+        (-1, "op", {}, LocalProtocolError),
+        (True, "op", {}, LocalProtocolError),
+        (1, "", {}, LocalProtocolError),
+        (1, "x" * 129, {}, LocalProtocolError),
+        (1, "op", [], LocalProtocolError),
+        (1, "op", {"when": object()}, LocalProtocolError),
+        (1, "op", {"blob": b"x" * MAX_FRAME_SIZE}, FrameTooLargeError),
+    ],
+)
+def test_send_request_refuses_what_send_refuses(
+    request_id: Any, op: Any, args: Any, error: type[Exception]
+) -> None:
+    """Bad fields, unencodable or oversized requests: the same errors, nothing in flight."""
+    client = open_pair().conn[Role.CLIENT]
+    with pytest.raises(error):
+        client.send_request(request_id, op, args)
+    assert client.in_flight == frozenset()
+    client.send_request(1, "op", {})
+    with pytest.raises(LocalProtocolError, match="already in flight"):
+        client.send_request(1, "op", {})
+    with pytest.raises(LocalProtocolError, match="can't send"):
+        Connection(Role.CLIENT).send_request(1, "op", {})
+
+
+def test_receive_response_takes_exactly_one_answer_in_flight() -> None:
+    """One whole answer to an id in flight is taken; anything else is left to the usual path."""
+    pair = open_pair()
+    client, server = pair.conn[Role.CLIENT], pair.conn[Role.SERVER]
+    for request_id in (1, 2, 3):
+        server.receive_data(client.send_request(request_id, OP_GET_SECRET_VALUE, ARGS))
+        server.next_event()
+    one = server.send(Response.success(1, {"a": 1}))
+    two = server.send(Response.failure(2, 404, "no"))
+    assert client.receive_response(one) == Response.success(1, {"a": 1})
+    assert client.in_flight == frozenset({2, 3})
+    assert client.receive_response(one) is None  # id 1 is no longer in flight
+    assert client.receive_response(two[:-1]) is None
+    assert client.receive_response(two + two) is None
+    assert client.receive_response(encode(Goodbye("bye"))) is None
+    assert client.receive_response(b"\x00\x00\x00\x02\xc1\xc1") is None  # not msgpack
+    assert client.in_flight == frozenset({2, 3})
+    client.receive_data(two[:3])
+    assert client.receive_response(two) is None  # bytes are buffered: order matters
+    client.receive_data(two[3:])
+    assert drain(client) == [Response.failure(2, 404, "no"), NEED_DATA]
+    assert server_with().receive_response(one) is None
+
+
+def test_success_checks_what_it_is_given() -> None:
+    """Response.success's shortcut still refuses a bad id or a result that is not a map."""
+    with pytest.raises(LocalProtocolError):
+        Response.success(-1, {})
+    with pytest.raises(LocalProtocolError):
+        Response.success(1, None)  # type: ignore[arg-type]
+    replay = lambda: True  # noqa: E731
+    response = Response.success(3, {"a": 1}, b"\x81\xa1a\x01", replay)
+    assert response == Response(3, True, {"a": 1}, None)
+    assert (response.packed_result, response.replay) == (b"\x81\xa1a\x01", replay)
+    assert Response(3, True, {}, None).replay is None
