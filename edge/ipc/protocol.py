@@ -573,6 +573,7 @@ _SPLICE_HEAD: Final = (
 )
 _SPLICE_MIDDLE: Final = msgpack.packb("ok") + msgpack.packb(True) + msgpack.packb("result")  # noqa: FBT003
 _SPLICE_TAIL: Final = msgpack.packb("error") + msgpack.packb(None)
+_SPLICED_SIZE: Final = len(_SPLICE_MIDDLE) + len(_SPLICE_TAIL)
 #: How a Request frame's payload starts when msgpack-python packs `Request.to_wire()` (as every
 #: client of ours does): a 4-entry fixmap, "type": "request", then the "request_id" key. The id
 #: follows, then "op" and "args": see `Connection.peek_request`.
@@ -631,9 +632,6 @@ def response_frame(request_id: bytes, packed_result: bytes) -> bytes:
     return b"".join(
         (_HEADER.pack(size), _SPLICE_HEAD, request_id, _SPLICE_MIDDLE, packed_result, _SPLICE_TAIL)
     )
-
-
-_SPLICED_SIZE: Final = len(_SPLICE_MIDDLE) + len(_SPLICE_TAIL)
 
 
 # --- the state machine ------------------------------------------------------------------------

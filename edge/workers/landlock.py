@@ -133,16 +133,21 @@ def partition(root: str, excluded: Iterable[str]) -> tuple[list[str], list[str]]
     return grants, splits
 
 
-def rules(plan: dict[str, object], abi: int) -> list[tuple[str, int]]:
+def _write_rights(abi: int) -> int:
+    """The write rights a kernel of this ABI knows (REFER came with 2, TRUNCATE with 3)."""
+    return _WRITE_V1 | (_REFER if abi >= 2 else 0) | (_TRUNCATE if abi >= 3 else 0)  # noqa: PLR2004
+
+
+def rules(plan: dict[str, Any], abi: int) -> list[tuple[str, int]]:
     """The (path, rights) rules that carry out a plan for a kernel of this ABI."""
-    write = _WRITE_V1 | (_REFER if abi >= 2 else 0) | (_TRUNCATE if abi >= 3 else 0)  # noqa: PLR2004
-    hidden = [str(p) for p in plan.get("hidden", [])]  # type: ignore[attr-defined]
-    protected = [str(p) for p in plan.get("protected", [])]  # type: ignore[attr-defined]
+    write = _write_rights(abi)
+    hidden = [str(p) for p in plan.get("hidden", [])]
+    protected = [str(p) for p in plan.get("protected", [])]
     readable, split = partition("/", [*hidden, "/dev"])
     out = [(path, _READ) for path in readable]
     out += [(path, _READ_DIR) for path in split]
     out += [(path, _READ_FILE) for path in DEVICES_READ]
-    for root in plan.get("writable", []):  # type: ignore[attr-defined]
+    for root in plan.get("writable", []):
         whole, _ = partition(os.path.realpath(str(root)), [*hidden, *protected])
         out += [(path, _READ | write) for path in whole]
     out += [(path, _WRITE_FILE) for path in DEVICES_WRITE]
@@ -190,8 +195,7 @@ def open_rules(rule_list: list[tuple[str, int]]) -> list[tuple[int, int]]:
 def restrict(opened: list[tuple[int, int]], abi: int) -> None:
     """Enforce the rules on this process and every child it will have; closes the fds."""
     ctypes, libc = _libc()
-
-    write = _WRITE_V1 | (_REFER if abi >= 2 else 0) | (_TRUNCATE if abi >= 3 else 0)  # noqa: PLR2004
+    write = _write_rights(abi)
     scoped = _SCOPE_SIGNAL if abi >= 6 else 0  # noqa: PLR2004
     # struct landlock_ruleset_attr grew with the ABI; an older kernel refuses the longer form.
     fields = (_READ | write, 0, scoped) if abi >= 6 else (_READ | write,)  # noqa: PLR2004
@@ -218,7 +222,7 @@ def restrict(opened: list[tuple[int, int]], abi: int) -> None:
             os.close(fd)
 
 
-def confine(plan: dict[str, object]) -> int:
+def confine(plan: dict[str, Any]) -> int:
     """Carry out the core's plan; return the Landlock ABI used (0: capabilities only)."""
     abi = landlock_abi() if plan.get("landlock") else 0
     if plan.get("landlock") and abi == 0 and plan.get("required"):

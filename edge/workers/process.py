@@ -25,7 +25,7 @@ from pathlib import Path
 from structlog.typing import FilteringBoundLogger
 
 from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
-from edge.workers.sandbox import Sandbox
+from edge.workers.sandbox import EDGE_ROOT, Sandbox
 from edge.workers.spec import FunctionSpec
 
 #: Serves the core's end of a worker's socketpair, bound to the worker's token.
@@ -39,7 +39,6 @@ GGC_MAX_INTERFACE_VERSION = "1.5"
 #: by at most what it can allocate in that time, at ~0.1 % of a core for the reads.
 RSS_POLL_SECONDS = 0.1
 _COMPAT_DIR = Path(__file__).resolve().parent / "compat"
-_EDGE_ROOT = Path(__file__).resolve().parents[2]
 _RESERVED_ENV = frozenset(
     {
         "MY_FUNCTION_ARN",
@@ -98,7 +97,7 @@ def worker_environment(
     sandbox_plan: str | None = None,
 ) -> dict[str, str]:
     """The V1 environment of a worker, plus what the runtime needs to start."""
-    paths = [str(_COMPAT_DIR), str(_EDGE_ROOT)]
+    paths = [str(_COMPAT_DIR), str(EDGE_ROOT)]
     # `-S` skips site (and ~2.5 MB of resident memory); the core's libraries (msgpack, the
     # SDK) are found through their directories instead. code_dir is not on the path yet: the
     # runtime puts it first (a bundled SDK wins) only once it is confined, so a package's

@@ -23,8 +23,9 @@ from edge.secrets.pkcs11 import TokenKeyRef
 from edge.workers.landlock import landlock_abi
 
 SandboxMode = Literal["auto", "required", "off"]
-#: Where the worker runtime and its libraries live: read, never written, by any worker.
-_EDGE_ROOT = Path(__file__).resolve().parents[2]
+#: Where the `edge` package (the worker runtime included) is imported from: on every worker's
+#: path, read-only to all of them.
+EDGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _real(path: Path) -> str:
@@ -80,7 +81,7 @@ class Sandbox:
         abi = landlock_abi() if mode != "off" else 0
         if mode == "required" and abi == 0:
             raise SandboxUnavailableError("this kernel has no Landlock")
-        interpreters = {Path(sys.prefix), Path(sys.base_prefix), _EDGE_ROOT}
+        interpreters = {Path(sys.prefix), Path(sys.base_prefix), EDGE_ROOT}
         return cls(
             mode=mode,
             hidden=tuple(sorted({_real(p) for p in hidden})),

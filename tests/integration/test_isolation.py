@@ -51,6 +51,9 @@ from tests.support.functions import FUNCTIONS_DIR, build_package, function, func
 pytestmark = pytest.mark.network
 #: Whether this kernel confines workers (the core's default, `[workers] sandbox = "auto"`).
 LANDLOCK = landlock_abi() > 0
+#: The probe builds megabyte SecretIds, which the SDK copies into JSON: at V1's 16 MB it peaks
+#: within a few hundred KB of the limit and is sometimes killed for memory, not refused.
+PROBE_KB = 65536
 needs_landlock = pytest.mark.skipif(not LANDLOCK, reason="this kernel has no Landlock to test")
 
 
@@ -66,7 +69,9 @@ def deploy_two(env: Env, probe: dict[str, Any], *, beta_handler: str = "app.func
     arn_a, vid_a, value_a = env.create_secret("team-a/db")
     arn_b, vid_b, value_b = env.create_secret("team-b/db")
     functions = [
-        function("alpha", "probe.secret_ids", probe, policies=["a"], timeout=60),
+        function(
+            "alpha", "probe.secret_ids", probe, policies=["a"], timeout=60, memory_kb=PROBE_KB
+        ),
         function("beta", beta_handler, probe, policies=["b"], pinned=True),
     ]
     dep = env.operator.deploy(
@@ -85,7 +90,7 @@ def redeploy_alpha(
 ) -> None:
     """Point alpha at another probe handler, keeping everything else as deployed."""
     functions = [
-        function("alpha", handler, probe, policies=["a"], timeout=60),
+        function("alpha", handler, probe, policies=["a"], timeout=60, memory_kb=PROBE_KB),
         function("beta", beta_handler, probe, policies=["b"], pinned=True),
     ]
     dep = env.operator.deploy(
