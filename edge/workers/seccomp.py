@@ -304,7 +304,15 @@ def install_filter() -> None:
             "(supported: x86_64, aarch64)"
         )
     arch, table = machine
-    insns = program(arch, table)
+    load(program(arch, table), table["seccomp"])
+
+
+def load(insns: list[tuple[int, int, int, int]], seccomp_nr: int) -> None:
+    """Set no_new_privs and install a classic-BPF seccomp program on every thread, for good.
+
+    Raises:
+        SeccompError: the kernel refused no_new_privs or the program.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     code = b"".join(struct.pack("=HBBI", *insn) for insn in insns)
     buffer = ctypes.create_string_buffer(code, len(code))
@@ -312,9 +320,7 @@ def install_filter() -> None:
     fprog = ctypes.create_string_buffer(struct.pack("@HP", len(insns), ctypes.addressof(buffer)))
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise SeccompError(f"no_new_privs: {os.strerror(ctypes.get_errno())}")
-    result = libc.syscall(
-        table["seccomp"], _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_TSYNC, fprog
-    )
+    result = libc.syscall(seccomp_nr, _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_TSYNC, fprog)
     if result > 0:
         raise SeccompError(f"seccomp: thread {result} could not take the filter")
     if result != 0:
