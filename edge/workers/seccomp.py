@@ -12,7 +12,7 @@ binary for every local user. The filter is argument-aware: `chmod 0644` is V1's 
 and passes; a mode with the setuid or setgid bit (06000) gets EPERM, whichever call sets it
 (the chmod family, or open/creat/mknod creating a file with that mode). Also EPERM, whatever
 the arguments: mounting (old and new API), tracing another process or reaching into its
-memory, kexec, bpf, the kernel keyrings, and entering or making namespaces. Creating a
+memory, kexec, bpf, the kernel keyrings, io_uring, and entering or making namespaces. Creating a
 character or block device gets EPERM too; FIFOs and regular files don't.
 
 Denied calls fail with EPERM and never kill: the function sees an ordinary OSError, as it would
@@ -25,7 +25,7 @@ as Docker's default profile does. Any other syscall ABI than the process's own (
 
 Why a hand-written classic BPF program rather than libseccomp: PyPI has no well-kept Python
 binding for it (the official one ships only with the C library's sources); loading the C
-library and a binding would cost a worker's 16 MB budget more than these ~70 instructions;
+library and a binding would cost a worker's 16 MB budget more than these ~60 instructions;
 and Debian 12's libseccomp (2.5.4) predates `fchmodat2` and `open_tree_attr`, which would have
 to be added by number anyway.
 """
@@ -46,6 +46,9 @@ X32_SYSCALL_BIT = 0x40000000
 
 # Syscalls added since Linux 5.1 have one number on every architecture.
 _COMMON = {
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
     "open_tree": 428,
     "move_mount": 429,
     "fsopen": 430,
@@ -141,6 +144,11 @@ DENIED = (
     "request_key",
     "unshare",
     "setns",
+    # io_uring opens files (O_CREAT with any mode) where the filter can't see the arguments,
+    # and has been a rich source of kernel bugs; a kernel with it turned off says EPERM too.
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
 )
 #: ENOSYS: flags in memory the filter can't read; callers fall back to a call it can judge.
 UNJUDGED = ("clone3", "openat2")

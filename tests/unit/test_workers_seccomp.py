@@ -54,7 +54,7 @@ def check(result):
     return result
 
 def sys_call(name, *args):
-    args = [a if isinstance(a, bytes) else ctypes.c_long(a) for a in args]
+    args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
     return check(libc.syscall(ctypes.c_long(table[name]), *args))
 
 # Set-up that needs the powers the filter takes away: a private mount namespace (so nothing
@@ -125,6 +125,7 @@ def attempt(action):
         return exc.errno
     return 0 if result is None else result
 
+IO_URING_PARAMS = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
 actions = {
     "chmod 4755": lambda: os.chmod("own", 0o4755),
     "chmod 2755": lambda: os.chmod("own", 0o2755),
@@ -154,6 +155,7 @@ actions = {
     "keyctl": lambda: sys_call("keyctl", 0, -2, 1) and None,  # the process keyring's id
     "add_key": lambda: sys_call("add_key", b"user", b"edge-test", b"x", 1, -2) and None,
     "bpf map": bpf_map,
+    "io_uring_setup": lambda: os.close(sys_call("io_uring_setup", 1, IO_URING_PARAMS)),
     "clone3": lambda: sys_call("clone3", 0, 0),
     "openat2": lambda: sys_call("openat2", AT_FDCWD, 0, 0, 0),
     "clone CLONE_NEWNS": clone_newns,
@@ -236,7 +238,7 @@ def test_ordinary_modes_chown_and_copies_keep_working(seen) -> None:
 
 @needs_root
 @needs_seccomp
-def test_mounts_namespaces_tracing_keys_bpf_and_devices_are_refused(seen) -> None:
+def test_mounts_namespaces_tracing_keys_bpf_io_uring_and_devices_are_refused(seen) -> None:
     """Each of these works for root without the filter and gets EPERM (not a kill) with it."""
     names = (
         "mount tmpfs",
@@ -249,6 +251,7 @@ def test_mounts_namespaces_tracing_keys_bpf_and_devices_are_refused(seen) -> Non
         "keyctl",
         "add_key",
         "bpf map",
+        "io_uring_setup",
         "mknod char 1,3",
         "mknod block 7,0",
     )
