@@ -367,9 +367,19 @@ def configure_logging(
 
 class _StdlibRedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = REDACTOR.mask(record.getMessage())
-        record.args = None
+        # The handler would format a traceback after this filter, unmasked: it is rendered
+        # here instead, into the message that is masked.
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + _TRACEBACK_FORMATTER.formatException(record.exc_info)
+        if record.stack_info:
+            message += "\n" + record.stack_info
+        record.msg = REDACTOR.mask(message)
+        record.args = record.exc_info = record.exc_text = record.stack_info = None
         return True
+
+
+_TRACEBACK_FORMATTER = logging.Formatter()
 
 
 def get_logger(name: str, **initial: Any) -> FilteringBoundLogger:  # noqa: ANN401

@@ -243,6 +243,29 @@ def test_configured_logger_renders_json_without_values() -> None:
     assert line["detail"] == f"token {MASK} rejected"
 
 
+def test_library_tracebacks_through_stdlib_logging_are_masked() -> None:
+    """A library's logger.exception: its message and the traceback's lines lose the value."""
+    stream = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=stream)
+    pem = _pem()
+
+    def load() -> None:
+        raise ValueError("cannot load " + pem)
+
+    REDACTOR.update([pem])
+    try:
+        try:
+            load()
+        except ValueError:
+            logging.getLogger("somelibrary").exception("failed with %s", pem.splitlines()[1])
+    finally:
+        REDACTOR.update([])
+    text = stream.getvalue()
+    assert f"failed with {MASK}" in text
+    assert f"ValueError: cannot load {MASK}" in text
+    assert not any(line in text for line in pem.splitlines()[1:-1])
+
+
 class _Terminal(io.StringIO):
     """A stream that says it is a terminal."""
 
