@@ -75,30 +75,74 @@ class SecretRedactor:
                 passes a narrower one as its baseline.
         """
         self._index: dict[str, _Bucket] = {}
+        self._forms: FormsOf = forms or masked_forms
+        # Kept between updates by the one thread that updates, never read by `mask`:
         #: Each value held, with its forms.
         self._known: dict[str | bytes, tuple[str, ...]] = {}
-        self._forms: FormsOf = forms or masked_forms
+        #: How many held values have each form (two secrets can share a line).
+        self._holders: dict[str, int] = {}
+        #: The forms held, by index key.
+        self._grouped: dict[str, set[str]] = {}
 
     def update(self, values: Iterable[str | bytes]) -> None:
         """Replace the set of values to mask (call after every store rotation).
 
-        Linear in the number of forms: a value's forms are computed when it first appears
-        and kept while it stays (a refresh that rotates one secret computes one value's), then
-        all are grouped by their first characters.
+        Linear in the forms of the values that came or went, plus a copy of the index: a
+        value's forms are computed when it first appears and kept while it stays, and only the
+        index entries their forms fall under are rebuilt (a refresh that rotates one secret
+        costs that secret's forms, not every secret's).
         """
-        known: dict[str | bytes, tuple[str, ...]] = {}
-        for value in values:
-            forms = known.get(value) or self._known.get(value)
-            if forms is None:
-                forms = tuple(f for f in self._forms(value) if len(f) >= MIN_MASKED_LENGTH)
-            known[value] = forms
-        grouped: dict[str, set[str]] = {}
-        for forms in known.values():
-            for form in forms:
-                grouped.setdefault(form[:MIN_MASKED_LENGTH], set()).add(form)
-        index = {key: _bucket(forms) for key, forms in grouped.items()}
-        self._index = index  # one reference swap: readers see the old or the new index
+        old = self._known
+        known = {value: self._forms_of(value) for value in dict.fromkeys(values)}
+        touched: set[str] = set()
+        for value, forms in old.items():
+            if value not in known:
+                touched.update(self._release(forms))
+        for value, forms in known.items():
+            if value not in old:
+                touched.update(self._hold(forms))
         self._known = known  # values rotated out are forgotten
+        if not touched:
+            return
+        index = dict(self._index)
+        for key in touched:
+            grouped = self._grouped.get(key)
+            if grouped:
+                index[key] = _bucket(grouped)
+            else:
+                index.pop(key, None)
+                self._grouped.pop(key, None)
+        self._index = index  # one reference swap: readers see the old or the new index
+
+    def _forms_of(self, value: str | bytes) -> tuple[str, ...]:
+        forms = self._known.get(value)
+        if forms is None:
+            forms = tuple(f for f in self._forms(value) if len(f) >= MIN_MASKED_LENGTH)
+        return forms
+
+    def _hold(self, forms: tuple[str, ...]) -> Iterator[str]:
+        """Count a new value's forms in; yield the index keys of those not held before."""
+        holders = self._holders
+        for form in forms:
+            count = holders.get(form, 0)
+            holders[form] = count + 1
+            if not count:
+                key = form[:MIN_MASKED_LENGTH]
+                self._grouped.setdefault(key, set()).add(form)
+                yield key
+
+    def _release(self, forms: tuple[str, ...]) -> Iterator[str]:
+        """Count a gone value's forms out; yield the index keys of those no value holds now."""
+        holders = self._holders
+        for form in forms:
+            count = holders[form] - 1
+            if count:
+                holders[form] = count
+            else:
+                del holders[form]
+                key = form[:MIN_MASKED_LENGTH]
+                self._grouped[key].discard(form)
+                yield key
 
     def mask(self, text: str) -> str:
         """Return text with every known secret value replaced by `****`."""

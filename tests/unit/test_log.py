@@ -229,6 +229,22 @@ def test_a_function_error_document_is_masked_and_stays_json() -> None:
     assert pem.splitlines()[1].encode() not in masked
 
 
+_LINES = st.sampled_from(["line-one-of-many", "line-two-of-many", "short", "another-line-x"])
+_VALUES = st.lists(_LINES, min_size=1, max_size=3).map("\n".join)
+
+
+@given(st.lists(st.lists(_VALUES, max_size=4), min_size=1, max_size=5))
+def test_successive_updates_mask_exactly_as_a_fresh_redactor(steps: list[list[str]]) -> None:
+    """Values that come, go and share lines: after each update, as if built from scratch."""
+    redactor = SecretRedactor()
+    probes = {f"<{v}> <{line}>" for step in steps for v in step for line in v.split("\n")}
+    for values in steps:
+        redactor.update(values)
+        fresh = _redactor(*values)
+        for probe in probes:
+            assert redactor.mask(probe) == fresh.mask(probe)
+
+
 def test_configured_logger_renders_json_without_values() -> None:
     """The process-wide logger masks values held by REDACTOR in its JSON output."""
     stream = io.StringIO()
