@@ -14,33 +14,19 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.log import MASK, MIN_JSON_STRING_LENGTH, is_framing
-from tests.support.core import edge_cli, secret_resource
+from tests.support.core import secret_resource
 from tests.support.env import Env
-from tests.support.functions import code_of, function, function_arn
+from tests.support.functions import code_of, function, function_arn, invoke
+from tests.support.tls import pem_of
 
 pytestmark = pytest.mark.network
 
 #: How long a printed line may take to reach the core's log after the invocation returned.
 LOG_WAIT_SECONDS = 20
-
-
-def _pem() -> str:
-    return (
-        ec.generate_private_key(ec.SECP256R1())
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
 
 
 def _create(env: Env, name: str, value: str) -> str:
@@ -63,13 +49,13 @@ def _forbidden(value: str) -> set[str]:
 
 def _deploy(env: Env, tmp_path: Path) -> tuple[str, str, str, str]:
     """Deploy the printer (both secrets) and a caller of it; return the secrets and their ids."""
-    pem = _pem()
+    pem = pem_of().decode()
     credential = json.dumps(
         {
             "username": "admin",
             "password": f"pw-{secrets.token_urlsafe(18)}",
             "host": f"db-{secrets.token_hex(6)}.internal",
-            "private_key": _pem(),
+            "private_key": pem_of().decode(),
         }
     )
     code = code_of(tmp_path / "printer.zip", ("printer.py",))
@@ -83,22 +69,6 @@ def _deploy(env: Env, tmp_path: Path) -> tuple[str, str, str, str]:
     ]
     env.operator.wait_status(env.operator.deploy(resources, functions=functions), "Success")
     return pem, credential, "masking/pem", "masking/json"
-
-
-def _edge_invoke(env: Env, name: str, payload: dict[str, Any]) -> tuple[int, str]:
-    """Run the real `edge invoke` CLI; return its exit status and stdout + stderr."""
-    result = edge_cli(
-        "invoke",
-        "--config",
-        str(env.config),
-        "--function-arn",
-        function_arn(name),
-        "--payload",
-        json.dumps(payload),
-    )
-    # Its stdout is the function's answer, which here carries no value: check it too.
-    env.cli_output.append(result.stdout + result.stderr)
-    return result.returncode, result.stdout + result.stderr
 
 
 def _worker_lines(env: Env, stream: str) -> list[str]:
@@ -122,8 +92,7 @@ def _wait_line(env: Env, stream: str, seen: Callable[[list[str]], bool]) -> list
 
 def _print(env: Env, secret_id: str, how: str) -> list[str]:
     """Have the printer print a secret `how`; return every stdout line logged so far."""
-    status, output = _edge_invoke(env, "printer", {"SecretId": secret_id, "how": how})
-    assert status == 0, output
+    assert invoke(env, "printer", {"SecretId": secret_id, "how": how}) == {"printed": how}
     return _wait_line(env, "stdout", lambda lines: f"done {how}" in lines)
 
 
@@ -173,9 +142,8 @@ def test_a_raised_secret_is_masked_in_the_log_in_edge_invoke_and_for_a_calling_f
         json_id: (f"ValueError: could not use {MASK}", None),
     }
     for secret_id, (message, body) in traced.items():
-        status, output = _edge_invoke(env, "printer", {"SecretId": secret_id, "how": "raise"})
-        assert status == 1
-        error = json.loads(output.split("failed (Handled): ", 1)[1])
+        stderr = invoke(env, "printer", {"SecretId": secret_id, "how": "raise"}, expect_error=True)
+        error = json.loads(stderr.split("failed (Handled): ", 1)[1])
         assert error["errorMessage"] == f"could not use {MASK}"
         assert error["errorType"] == "ValueError"
         # The traceback the worker printed: its message line, then (PEM) each masked line.
@@ -186,9 +154,8 @@ def test_a_raised_secret_is_masked_in_the_log_in_edge_invoke_and_for_a_calling_f
         "FunctionName": function_arn("printer"),
         "Payload": {"SecretId": pem_id, "how": "raise"},
     }
-    status, output = _edge_invoke(env, "caller", event)
-    assert status == 0, output
-    answer = json.loads(output)
+    answer = invoke(env, "caller", event)
+    env.cli_output.append(json.dumps(answer))  # the caller's answer: checked below too
     assert answer["FunctionError"] == "Handled"
     assert answer["Payload"]["errorMessage"] == f"could not use {MASK}"
     relayed = _wait_line(env, "stdout", lambda lines: any(x.startswith("got ") for x in lines))

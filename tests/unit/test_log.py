@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import structlog
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +25,7 @@ from edge.log import (
     get_logger,
     mask_payload,
 )
+from tests.support.tls import pem_of
 
 
 @pytest.fixture(autouse=True)
@@ -82,15 +81,7 @@ def test_no_value_survives_in_any_text(values: list[str], filler: str) -> None:
 
 def _pem() -> str:
     """A fresh PKCS#8 PEM private key, newline-terminated as every PEM writer ends it."""
-    return (
-        ec.generate_private_key(ec.SECP256R1())
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
+    return pem_of().decode()
 
 
 def _redactor(*values: str | bytes) -> SecretRedactor:
