@@ -20,7 +20,7 @@ from pathlib import Path
 from structlog.typing import FilteringBoundLogger
 
 from edge.ipc.protocol import Invoke
-from edge.log import get_logger
+from edge.log import get_logger, mask_payload
 from edge.mqtt.link import backoff_delays
 from edge.workers.process import Launch, Outcome, WorkerGoneError, WorkerProcess
 from edge.workers.spec import FunctionSpec
@@ -134,7 +134,18 @@ class FunctionRunner:
                 await self._ensure_worker()
 
     async def invoke(self, payload: bytes, *, client_context: str = "") -> Outcome:
-        """Run one invocation, enforcing the function's Timeout."""
+        """Run one invocation, enforcing the function's Timeout.
+
+        A failed invocation's answer (V1's errorMessage, errorType and stackTrace, or the
+        core's reason) is masked here, before it reaches any caller: `edge invoke`, another
+        function or a log. A successful answer is the function's own, passed on as it is.
+        """
+        outcome = await self._invoke(payload, client_context)
+        if not outcome.function_error:
+            return outcome
+        return Outcome(mask_payload(outcome.payload), outcome.function_error)
+
+    async def _invoke(self, payload: bytes, client_context: str) -> Outcome:
         async with self._lock:
             if self._closing:
                 return unhandled("the function is being replaced by a new deployment")

@@ -6,7 +6,7 @@ import base64
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge import cli
-from edge.log import MASK, REDACTOR, SecretRedactor, configure_logging, get_logger
+from edge.log import (
+    MASK,
+    MIN_JSON_STRING_LENGTH,
+    MIN_LINE_LENGTH,
+    REDACTOR,
+    SecretRedactor,
+    configure_logging,
+    get_logger,
+    mask_payload,
+)
+from tests.support.tls import pem_of
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +79,163 @@ def test_no_value_survives_in_any_text(values: list[str], filler: str) -> None:
         assert value not in masked or value in MASK + filler + MASK
 
 
+def _pem() -> str:
+    """A fresh PKCS#8 PEM private key, newline-terminated as every PEM writer ends it."""
+    return pem_of().decode()
+
+
+def _redactor(*values: str | bytes) -> SecretRedactor:
+    redactor = SecretRedactor()
+    redactor.update(values)
+    return redactor
+
+
+def test_each_line_of_a_multi_line_value_is_masked_but_not_its_framing() -> None:
+    """A PEM printed line by line shows its BEGIN/END lines and `****` for every body line."""
+    pem = _pem()
+    redactor = _redactor(pem)
+    lines = pem.splitlines()
+    masked = [redactor.mask(line) for line in lines]
+    assert masked[0] == "-----BEGIN PRIVATE KEY-----"
+    assert masked[-1] == "-----END PRIVATE KEY-----"
+    assert masked[1:-1] == [MASK] * (len(lines) - 2)
+    # Within other text, with the CRLF a Windows-made PEM carries, and stripped of it.
+    assert redactor.mask(f"key line: {lines[1]}\r") == f"key line: {MASK}\r"
+    # The whole value in one piece is masked as one.
+    assert redactor.mask(f"[{pem}]") == f"[{MASK}]"
+
+
+def test_short_lines_and_json_punctuation_of_a_multi_line_value_are_not_masked() -> None:
+    """Lines under MIN_LINE_LENGTH and lines of JSON punctuation stay readable elsewhere."""
+    long_line = "x" * MIN_LINE_LENGTH
+    short_line = "y" * (MIN_LINE_LENGTH - 1)
+    redactor = _redactor(f"{{\n  {long_line}\n{short_line}\n  ]}},\n}}")
+    assert redactor.mask(f"a {long_line} b") == f"a {MASK} b"
+    assert redactor.mask(f"a {short_line} b") == f"a {short_line} b"
+    assert redactor.mask("  ]},") == "  ]},"
+    assert redactor.mask("----------------------------") == "----------------------------"
+
+
+def test_each_string_inside_a_json_value_is_masked_wherever_it_shows() -> None:
+    """Re-serialised, repr'd or printed alone, a JSON secret's strings (>= 8) are masked.
+
+    Keys, and strings shorter than MIN_JSON_STRING_LENGTH, are left alone.
+    """
+    password, host = 's3cr\u00e9t-"pass"\\word', "db.internal.example"
+    short = "z" * (MIN_JSON_STRING_LENGTH - 1)
+    document = {"username": short, "connection": {"password": password, "hosts": [host]}}
+    redactor = _redactor(json.dumps(document, indent=2))
+    for printed in (
+        json.dumps(document),
+        json.dumps(document, ensure_ascii=False),
+        json.dumps(document, separators=(",", ":")),
+        repr(document),
+        str(document["connection"]),
+        f"password={password} host={host}",
+    ):
+        masked = redactor.mask(printed)
+        assert password not in masked
+        assert json.dumps(password)[1:-1] not in masked
+        assert repr(password)[1:-1] not in masked
+        assert host not in masked
+    shown = redactor.mask(f"user={short} password={password}")
+    assert shown == f"user={short} password={MASK}"
+    assert redactor.mask("connection lost") == "connection lost"
+
+
+_PRINTERS: dict[str, Callable[[str], str]] = {
+    "json.dumps": json.dumps,
+    "json.dumps unescaped": lambda v: json.dumps(v, ensure_ascii=False),
+    "json.dumps inner": lambda v: json.dumps(v)[1:-1],
+    "repr": repr,
+    "repr inner": lambda v: repr(v)[1:-1],
+    "ascii": ascii,
+    "base64": lambda v: base64.b64encode(v.encode()).decode(),
+    "base64 url-safe": lambda v: base64.urlsafe_b64encode(v.encode()).decode(),
+    "base64 unpadded": lambda v: base64.b64encode(v.encode()).decode().rstrip("="),
+}
+
+
+@pytest.mark.parametrize("printer", sorted(_PRINTERS))
+def test_escaped_repr_and_base64_forms_of_a_value_are_masked(printer: str) -> None:
+    """json.dumps (both ensure_ascii), repr, ascii and base64 of a value print no part of it."""
+    value = "line one of it\nsecond 'line' \"quoted\" \\ caf\u00e9 \u2603 tab\there"
+    pem = _pem()
+    document = json.dumps({"token": "tok-\u00e9\n-abcdefgh"})
+    redactor = _redactor(value, pem, document)
+    show = _PRINTERS[printer]
+    for printed in (value, pem, "tok-\u00e9\n-abcdefgh", *pem.splitlines()[1:-1]):
+        masked = redactor.mask(f"<{show(printed)}>")
+        assert masked in {f"<{MASK}>", f'<"{MASK}">', f"<'{MASK}'>", f"<{MASK}=>", f"<{MASK}==>"}
+
+
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="*"),
+        min_size=4,
+        max_size=60,
+    )
+)
+def test_no_printed_form_of_any_value_survives(value: str) -> None:
+    """Whatever the value (quotes, backslashes, newlines, any script), its forms are masked."""
+    redactor = _redactor(value)
+    for show in _PRINTERS.values():
+        masked = redactor.mask(show(value))
+        assert show(value) not in masked or not show(value)
+
+
+def test_binary_values_are_masked_as_printed_hex_base64_and_decoded_lines() -> None:
+    """A bytes secret: print(value) (its repr), .hex(), base64 and, if text, its lines."""
+    binary = b"\x00\x01binary-secret\xff'\n"
+    pem = _pem().encode()
+    redactor = _redactor(binary, pem)
+    assert redactor.mask(str(binary)) == f'b"{MASK}"'  # repr picks " around a '
+
+    assert redactor.mask(binary.hex()) == MASK
+    assert redactor.mask(base64.urlsafe_b64encode(binary).decode()) == MASK
+    assert redactor.mask(pem.decode().splitlines()[1]) == MASK
+    assert redactor.mask(repr(pem)) == f"b'{MASK}'"
+
+
+def test_a_function_error_document_is_masked_and_stays_json() -> None:
+    """A raised error's message and trace lose the value; it still parses; clean ones unchanged."""
+    pem = _pem()
+    REDACTOR.update([pem, "hunter2-password"])
+    try:
+        error = {
+            "errorMessage": f"bad key {pem} for hunter2-password",
+            "errorType": "ValueError",
+            "stackTrace": ['  File "app.py", line 3\n    raise ValueError(hunter2-password)\n'],
+        }
+        payload = json.dumps(error).encode()
+        masked = mask_payload(payload)
+        clean = json.dumps({"errorMessage": "nothing secret"}).encode()
+        assert mask_payload(clean) is clean
+        assert mask_payload(b"not json: hunter2-password") == f"not json: {MASK}".encode()
+    finally:
+        REDACTOR.update([])
+    answer = json.loads(masked)
+    assert answer["errorMessage"] == f"bad key {MASK} for {MASK}"
+    assert "hunter2-password" not in answer["stackTrace"][0]
+    assert pem.splitlines()[1].encode() not in masked
+
+
+_LINES = st.sampled_from(["line-one-of-many", "line-two-of-many", "short", "another-line-x"])
+_VALUES = st.lists(_LINES, min_size=1, max_size=3).map("\n".join)
+
+
+@given(st.lists(st.lists(_VALUES, max_size=4), min_size=1, max_size=5))
+def test_successive_updates_mask_exactly_as_a_fresh_redactor(steps: list[list[str]]) -> None:
+    """Values that come, go and share lines: after each update, as if built from scratch."""
+    redactor = SecretRedactor()
+    probes = {f"<{v}> <{line}>" for step in steps for v in step for line in v.split("\n")}
+    for values in steps:
+        redactor.update(values)
+        fresh = _redactor(*values)
+        for probe in probes:
+            assert redactor.mask(probe) == fresh.mask(probe)
+
+
 def test_configured_logger_renders_json_without_values() -> None:
     """The process-wide logger masks values held by REDACTOR in its JSON output."""
     stream = io.StringIO()
@@ -81,6 +248,29 @@ def test_configured_logger_renders_json_without_values() -> None:
     line = json.loads(stream.getvalue().strip())
     assert line["event"] == "auth.failed"
     assert line["detail"] == f"token {MASK} rejected"
+
+
+def test_library_tracebacks_through_stdlib_logging_are_masked() -> None:
+    """A library's logger.exception: its message and the traceback's lines lose the value."""
+    stream = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=stream)
+    pem = _pem()
+
+    def load() -> None:
+        raise ValueError("cannot load " + pem)
+
+    REDACTOR.update([pem])
+    try:
+        try:
+            load()
+        except ValueError:
+            logging.getLogger("somelibrary").exception("failed with %s", pem.splitlines()[1])
+    finally:
+        REDACTOR.update([])
+    text = stream.getvalue()
+    assert f"failed with {MASK}" in text
+    assert f"ValueError: cannot load {MASK}" in text
+    assert not any(line in text for line in pem.splitlines()[1:-1])
 
 
 class _Terminal(io.StringIO):
