@@ -15,6 +15,7 @@ from edge.cloud.db import Database
 from edge.cloud.ids import Arns
 from edge.cloud.serve.app import Service, build_app
 from edge.cloud.serve.auth import Verifier, load_secret_keys
+from edge.cloud.serve.connections import IDLE_TIMEOUT_SECONDS, Connections, connection_cap
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.follow import Health, follow_statuses
 from edge.cloud.serve.operations import Context
@@ -26,6 +27,9 @@ from edge.signing import load_signing_key
 
 #: Seconds requests in flight get to finish after SIGTERM before their connections close.
 SHUTDOWN_SECONDS: Final = 10.0
+#: Connections the kernel queues before the service accepts them (aiohttp's default). Accepting
+#: is never held back: past the cap, `connections` makes room or closes the newcomer.
+BACKLOG: Final = 128
 
 
 def run(config: CloudConfig) -> int:
@@ -69,6 +73,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
     tls = _tls_context(settings, config_path=where)
     log = get_logger("cloud.serve")
     health = Health()
+    connections = Connections(cap=connection_cap())
     async with DatabaseThread(config.cloud.database) as db:
         loop_db = Database.open(config.cloud.database)
         try:
@@ -85,21 +90,30 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                 router=Router(),
                 health=health,
                 log=log,
+                connections=connections,
             )
             runner = web.AppRunner(
                 build_app(service),
                 handle_signals=False,
                 access_log=None,
                 shutdown_timeout=SHUTDOWN_SECONDS,
+                # The connection's own deadlines (`connections`) close idle connections; this
+                # is aiohttp's copy of the same rule.
+                keepalive_timeout=IDLE_TIMEOUT_SECONDS,
+                # A request answered before its body was read is closed at once, not drained
+                # for ten seconds (aiohttp's default) reading a body nobody wants.
+                lingering_time=0,
             )
             await runner.setup()
+            listener: asyncio.Server | None = None
             try:
-                await _listen(runner, settings, tls, config_path=where)
+                listener = await _listen(runner, connections, settings, tls, config_path=where)
                 log.info(
                     "cloud.serve.listening",
                     url=_url(settings),
                     access_keys=sorted(secrets),
                     region=config.aws.region,
+                    max_connections=connections.cap,
                 )
                 async with asyncio.TaskGroup() as tasks:
                     follower = tasks.create_task(
@@ -109,6 +123,8 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     await stop.wait()
                     follower.cancel()
             finally:
+                if listener is not None:
+                    listener.close()
                 # Shielded: a second signal must not leave the port or requests half-closed.
                 await asyncio.shield(runner.cleanup())
         finally:
@@ -118,14 +134,29 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
 
 async def _listen(
     runner: web.AppRunner,
+    connections: Connections,
     settings: ServeSettings,
     tls: ssl.SSLContext | None,
     *,
     config_path: str,
-) -> None:
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
+) -> asyncio.Server:
+    """Listen with aiohttp's protocol wrapped in `connections`' deadlines and cap.
+
+    A plain asyncio server rather than aiohttp's TCPSite, which takes aiohttp's protocol
+    factory as it is; the runner still shuts the connections down gracefully at the end.
+    """
+    server = runner.server
+    if server is None:
+        raise RuntimeError("the runner is not set up")
     try:
-        await site.start()
+        return await asyncio.get_running_loop().create_server(
+            lambda: connections.protocol(server()),
+            settings.host,
+            settings.port,
+            ssl=tls,
+            backlog=BACKLOG,
+            reuse_address=True,
+        )
     except OSError as exc:
         raise ConfigError(
             config_path,
