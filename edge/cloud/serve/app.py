@@ -145,13 +145,9 @@ async def _answer(
     request_id: str,
     fields: dict[str, Any],
 ) -> web.Response:
-    head = SignedRequest(
-        method=request.method,
-        path=path,
-        query=query,
-        headers=tuple(request.headers.items()),
-        body=b"",
-    )
+    headers = tuple(request.headers.items())
+    _check_headers(headers)
+    head = SignedRequest(method=request.method, path=path, query=query, headers=headers, body=b"")
     authorized = service.verifier.authorize(head)
     fields["access_key_id"] = authorized.access_key_id
     body = await _read_body(request)
@@ -164,6 +160,19 @@ async def _answer(
         claim = Claim(authorized.signature, int(authorized.expires_at.timestamp()))
     result = await dispatch(service.ctx, match.route.operation, params, claim=claim)
     return _json(match.route.status, result, request_id=request_id)
+
+
+def _check_headers(headers: tuple[tuple[str, str], ...]) -> None:
+    """Refuse a header whose bytes aren't UTF-8 (aiohttp keeps them as lone surrogates).
+
+    No SDK sends one, and such a value can be neither signed over nor logged.
+    """
+    for name, value in headers:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request(f"header {name} is not UTF-8 text") from None
 
 
 async def _read_body(request: web.Request) -> bytes:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import ssl
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edge.cloud.config import CloudConfig, ServeSettings
 from edge.cloud.db import Database
@@ -103,6 +105,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                 # A request answered before its body was read is closed at once, not drained
                 # for ten seconds (aiohttp's default) reading a body nobody wants.
                 lingering_time=0,
+                logger=_http_logger(),
             )
             await runner.setup()
             listener: asyncio.Server | None = None
@@ -163,6 +166,26 @@ async def _listen(
             f"can't listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
             key="cloud.listen",
         ) from None
+
+
+class _NoClientErrors(logging.Filter):
+    """Drop aiohttp's report of a request it could not parse: the client's fault, not ours.
+
+    aiohttp answers such a request 400 itself and logs it with a traceback, one per request, so
+    anyone who can connect could fill the log. Every other record passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to keep the record."""
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+def _http_logger() -> logging.Logger:
+    logger = logging.getLogger("edge.cloud.serve.http")
+    if not any(isinstance(f, _NoClientErrors) for f in logger.filters):
+        logger.addFilter(_NoClientErrors())
+    return logger
 
 
 def _tls_context(settings: ServeSettings, *, config_path: str) -> ssl.SSLContext | None:
