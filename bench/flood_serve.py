@@ -2,13 +2,14 @@
 """Floods against a real `edge cloud serve`: half-sent request heads, unauthenticated bodies.
 
     .venv/bin/python bench/flood_serve.py [--heads 400] [--bodies 600] [--body-mib 2]
-                                          [--concurrency 150] [--samples 30]
+                                          [--concurrency 150] [--samples 30] [--repeat 3]
 
 Starts Mosquitto and `python -m edge cloud serve` on loopback (no moto: nothing here touches
 S3), then for each flood prints the service's RSS (VmRSS from /proc) before, at its peak during
 and after the flood's connections have closed, its most open descriptors, and the median time
 of a signed boto3 `ListGroups` during the flood against the same call with no flood (the
-baseline, measured first in the same run), as a ratio.
+baseline, measured just before each flood in the same run), as a ratio. With `--repeat` above 1
+it runs the pair that many times on the same service and ends with the median of each figure.
 
 * slow heads: `--heads` connections each send half a request head and stop; the signed client
   runs while they are all open (the service closes them after its head timeout);
@@ -248,12 +249,11 @@ def main() -> None:
     parser.add_argument("--body-mib", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=150)
     parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     size = int(args.body_mib * 1024 * 1024)
     with tempfile.TemporaryDirectory() as tmp, service(Path(tmp)) as (pid, port, secret):
         signed_latencies(port, secret, 5)  # warm up: connections, imports, the database
-        baseline = statistics.median(signed_latencies(port, secret, args.samples)) * 1000
-        print(f"baseline: signed ListGroups median {baseline:.1f} ms, no flood")
 
         def heads() -> tuple[Callable[[], bool], Callable[[], str]]:
             socks = half_heads(port, args.heads)
@@ -277,15 +277,33 @@ def main() -> None:
 
             return future.done, finish
 
-        for name, start in (("slow heads", heads), ("unauthenticated bodies", bodies)):
-            row = flood(name, start, pid=pid, port=port, secret=secret, samples=args.samples)
-            print(
-                f"{row['flood']}: RSS {row['rss_before_mib']:.1f} MiB before, "
-                f"{row['rss_peak_mib']:.1f} peak during, {row['rss_after_mib']:.1f} after; "
-                f"{row['fds_peak']} descriptors at peak; signed ListGroups median "
-                f"{row['median_ms']:.1f} ms ({row['median_ms'] / baseline:.2f}x baseline); "
-                f"{row['outcome']}"
-            )
+        rows: list[dict[str, Any]] = []
+        for _ in range(args.repeat):
+            baseline = statistics.median(signed_latencies(port, secret, args.samples)) * 1000
+            print(f"baseline: signed ListGroups median {baseline:.1f} ms, no flood")
+            for name, start in (("slow heads", heads), ("unauthenticated bodies", bodies)):
+                row = flood(name, start, pid=pid, port=port, secret=secret, samples=args.samples)
+                row["ratio"] = row["median_ms"] / baseline
+                rows.append(row)
+                print(_line(row))
+        if args.repeat > 1:
+            print(f"medians of {args.repeat} runs:")
+            for name in ("slow heads", "unauthenticated bodies"):
+                mine = [r for r in rows if r["flood"] == name]
+                median = {k: statistics.median(r[k] for r in mine) for k in _FIGURES}
+                print(_line({"flood": name, "outcome": mine[-1]["outcome"], **median}))
+
+
+_FIGURES = ("rss_before_mib", "rss_peak_mib", "rss_after_mib", "fds_peak", "median_ms", "ratio")
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['flood']}: RSS {row['rss_before_mib']:.1f} MiB before, "
+        f"{row['rss_peak_mib']:.1f} peak during, {row['rss_after_mib']:.1f} after; "
+        f"{row['fds_peak']:.0f} descriptors at peak; signed ListGroups median "
+        f"{row['median_ms']:.1f} ms ({row['ratio']:.2f}x baseline); {row['outcome']}"
+    )
 
 
 if __name__ == "__main__":

@@ -594,7 +594,7 @@ def test_unsigned_and_wrongly_signed_requests_are_refused(served: Served) -> Non
 def test_slow_heads_and_unsigned_bodies_leave_signed_clients_answered(served: Served) -> None:
     """Half-sent requests and unsigned bodies can't keep signed clients or /health out.
 
-    700 connections each send half a request head (more than the service's connection cap):
+    1,500 connections each send half a request head (three times the connection cap):
     meanwhile a signed client creates and lists groups and /health answers, the service never
     holds more descriptors than its cap allows, and it closes every half-sent request itself.
     Then 200 unsigned 2 MiB bodies are each refused with 403 without being read, signed calls
@@ -608,7 +608,7 @@ def test_slow_heads_and_unsigned_bodies_leave_signed_clients_answered(served: Se
     client.create_group(Name="before")
     cap = connection_cap()
 
-    socks = half_heads(port, 700)
+    socks = half_heads(port, 1500)
     try:
         client.create_group(Name="during-heads")
         assert [g["Name"] for g in client.list_groups()["Groups"]] == ["before", "during-heads"]

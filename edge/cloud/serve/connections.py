@@ -43,8 +43,10 @@ IDLE_TIMEOUT_SECONDS: Final = 60.0
 #: read buffer while a body arrives); 512 is far more than a fleet's operators and CI jobs use.
 MAX_CONNECTIONS: Final = 512
 #: Descriptors kept for everything else the service opens: the database (and its WAL and shm
-#: files), the MQTT connection, TLS and log files, a listening socket per address.
-RESERVED_DESCRIPTORS: Final = 64
+#: files), the MQTT connection, TLS and log files, a listening socket per address; and for
+#: connections past the cap between being accepted and being closed: asyncio accepts up to the
+#: listen backlog (128) at a time, and an aborted socket is closed on a later loop turn.
+RESERVED_DESCRIPTORS: Final = 64 + 2 * 128
 
 
 def connection_cap(wanted: int = MAX_CONNECTIONS) -> int:
@@ -170,8 +172,9 @@ class Connections:
         victim = next(c for c in self._open if not c.busy)
         self.evicted += 1
         victim.abort()
-        # abort() reports connection_lost on a later loop turn; forget it now so that the count
-        # stays honest for connections made before then.
+        # abort() closes the socket and reports connection_lost on a later loop turn; forget it
+        # now, so that connections accepted in the same burst don't evict a second victim for
+        # the same slot. Its descriptor is counted in RESERVED_DESCRIPTORS until then.
         self.remove(victim)
 
     def remove(self, conn: Guarded) -> None:
