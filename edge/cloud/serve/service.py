@@ -17,7 +17,12 @@ from edge.cloud.db import Database
 from edge.cloud.ids import Arns
 from edge.cloud.serve.app import Service, build_app
 from edge.cloud.serve.auth import Verifier, load_secret_keys
-from edge.cloud.serve.connections import IDLE_TIMEOUT_SECONDS, Connections, connection_cap
+from edge.cloud.serve.connections import (
+    HEAD_TIMEOUT_SECONDS,
+    IDLE_TIMEOUT_SECONDS,
+    Connections,
+    connection_cap,
+)
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.follow import Health, follow_statuses
 from edge.cloud.serve.operations import Context
@@ -157,6 +162,9 @@ async def _listen(
             settings.host,
             settings.port,
             ssl=tls,
+            # A TLS connection reaches `connections` only once its handshake is done; until
+            # then this is its deadline (asyncio's default is 60 s), the head timeout's twin.
+            ssl_handshake_timeout=HEAD_TIMEOUT_SECONDS if tls is not None else None,
             backlog=BACKLOG,
             reuse_address=True,
         )
