@@ -627,7 +627,10 @@ def test_slow_heads_and_unsigned_bodies_leave_signed_clients_answered(served: Se
             client.list_groups()
             calls += 1
         outcomes = flood.result()
-    assert outcomes["HTTP/1.1 403 Forbidden"] >= 190, outcomes
+    # Each is answered 403 before its body is read; a client still sending when the service
+    # closes may see the reset before the answer.
+    assert set(outcomes) <= {"HTTP/1.1 403 Forbidden", "reset", "closed"}, outcomes
+    assert outcomes["HTTP/1.1 403 Forbidden"] >= 100, outcomes
     rss_after = vm_rss_kib(pid)
     assert rss_after - rss_before < 32 * 1024, (rss_before, rss_after)
     client.create_group(Name="after")
