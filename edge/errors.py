@@ -392,3 +392,18 @@ class ArtifactError(CloudError):
     def __init__(self, problem: str) -> None:
         self.problem = problem
         super().__init__(f"function package: {problem}")
+
+
+class NameInvalidError(CloudUsageError):
+    """A group or definition name breaks the rules: too long, or not printable text."""
+
+
+class SignatureReplayError(CloudError):
+    """A signed API request that changes something arrived again after it was applied."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Signature has already been used: this exact signed request was applied before "
+            "(a replay); sign the request again to repeat it, or give each of two identical "
+            "calls in one second its own AmznClientToken"
+        )

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Final, Self
 
 from edge.cloud.ids import timestamp
-from edge.errors import CloudDatabaseError
+from edge.errors import CloudDatabaseError, SignatureReplayError
 
 #: How long a command waits for another one's write lock before giving up, in seconds. Writes
 #: take milliseconds; a minute covers a machine stalled by swapping without hanging forever.
@@ -123,15 +123,65 @@ MIGRATIONS: Final = (
         );
         """,
     ),
+    Migration(
+        2,
+        "applied request signatures",
+        # One row per signed API request that changed something, until its signature expires:
+        # `edge cloud serve` refuses the same signature again (a replay). Keyed by signature so
+        # that replicas sharing this database refuse each other's replays too.
+        """
+        CREATE TABLE applied_signatures (
+            signature  TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL,
+            applied_at TEXT NOT NULL
+        );
+        CREATE INDEX applied_signatures_by_expiry ON applied_signatures (expires_at);
+        """,
+    ),
 )
+
+
+@dataclass(slots=True)
+class Claim:
+    """A signed request's signature, to record with the first change the request makes.
+
+    `Database.with_claim` hands it to the shared code unseen: the first `write()` transaction
+    inserts it before anything else, so the change and the record of the signature commit or
+    roll back together, and a second request with the same signature fails in its own
+    transaction with `SignatureReplayError`, changing nothing.
+    """
+
+    signature: str
+    #: When the signature stops being accepted anyway (Unix seconds); the row is pruned then.
+    expires_at: int
+    #: Whether a committed transaction holds it.
+    recorded: bool = False
 
 
 class Database:
     """An open control-plane database. Use `open`, then `read()` and `write()` transactions."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, connection: sqlite3.Connection, *, claim: Claim | None = None
+    ) -> None:
         self.path = path
         self._conn = connection
+        self._claim = claim
+
+    def with_claim(self, claim: Claim) -> Database:
+        """This database (the same connection), recording `claim` in its first write.
+
+        Don't close the result: the connection is this object's.
+        """
+        return Database(self.path, self._conn, claim=claim)
+
+    def release(self, claim: Claim) -> None:
+        """Forget a recorded claim: its request failed, so a retry signed the same may pass."""
+        if not claim.recorded:
+            return
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute("DELETE FROM applied_signatures WHERE signature = ?", (claim.signature,))
+        claim.recorded = False
 
     @classmethod
     def open(cls, path: Path, *, migrations: tuple[Migration, ...] = MIGRATIONS) -> Database:
@@ -239,9 +289,16 @@ class Database:
         Raises:
             CloudDatabaseError: The lock could not be had within the busy timeout, or SQLite
                 failed.
+            SignatureReplayError: This database carries a claim (`with_claim`) whose signature
+                is already recorded: the request was applied before.
         """
+        claim = self._claim if self._claim is not None and not self._claim.recorded else None
         with self._transaction("BEGIN IMMEDIATE") as conn:
+            if claim is not None:
+                _record(conn, claim)
             yield conn
+        if claim is not None:
+            claim.recorded = True
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -269,6 +326,18 @@ class Database:
         except sqlite3.Error as exc:
             _rollback(conn)
             raise CloudDatabaseError(str(self.path), f"can't commit: {exc}") from None
+
+
+def _record(conn: sqlite3.Connection, claim: Claim) -> None:
+    """Insert a claim (inside a write transaction), pruning the expired ones first."""
+    conn.execute("DELETE FROM applied_signatures WHERE expires_at < ?", (int(time.time()),))
+    try:
+        conn.execute(
+            "INSERT INTO applied_signatures (signature, expires_at, applied_at) VALUES (?, ?, ?)",
+            (claim.signature, claim.expires_at, timestamp()),
+        )
+    except sqlite3.IntegrityError:
+        raise SignatureReplayError from None
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from edge.cloud.db import Database
 from edge.cloud.ids import Arns, new_id, thing_name_of, timestamp
+from edge.cloud.names import check_name
 from edge.errors import DefinitionInvalidError, DeploymentInvalidError, NotFoundError
 from edge.model import parse_group
 from edge.model.fields import ID_PATTERN, entry_label, quoted
@@ -317,6 +318,7 @@ def create_definition(
     db: Database, arns: Arns, kind: Kind, *, name: str | None, initial: object | None
 ) -> dict[str, Any]:
     """create-X-definition: a new definition, with its first version if `initial` is given."""
+    check_name("--name", name)
     body = None if initial is None else validate_version(kind, initial)
     definition_id, now = new_id(), timestamp()
     with db.write() as conn:

@@ -27,6 +27,7 @@ from edge.cloud.definitions import (
     version_info,
 )
 from edge.cloud.ids import Arns, new_id, parse_version_arn, timestamp
+from edge.cloud.names import check_name
 from edge.errors import (
     CloudUsageError,
     DefinitionInvalidError,
@@ -181,6 +182,7 @@ def _insert_version(conn: Connection, arns: Arns, group_id: str, refs: dict[str,
 
 def create_group(db: Database, arns: Arns, *, name: str, initial: object | None) -> dict[str, Any]:
     """create-group: a new group, with its first version if `initial` is given."""
+    check_name("--name", name)
     refs = None if initial is None else check_refs(initial)
     group_id, now = new_id(), timestamp()
     with db.write() as conn:

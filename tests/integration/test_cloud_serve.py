@@ -8,12 +8,14 @@ moto. Nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import ipaddress
 import json
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -41,6 +43,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bench.flood_serve import half_heads, open_fds, unsigned_bodies, vm_rss_kib, wait_closed
+from edge.cloud.serve.connections import RESERVED_DESCRIPTORS, connection_cap
 from edge.cloud.serve.operations import HANDLERS
 from edge.cloud.serve.routes import operation_names
 from edge.demo.reference import REFERENCE_ARN, REFERENCE_RESOURCES
@@ -270,13 +274,17 @@ def signed_request(
     at: dt.datetime | None = None,
     secret: str | None = None,
     tamper: Callable[[bytes], bytes] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
-    """Sign a request with botocore's SigV4 (at `at`), optionally alter its body, send it."""
+    """Sign a request with botocore's SigV4 (at `at`), optionally alter its body, send it.
+
+    Signed twice with the same arguments and `at`, a request is the same bytes: a replay.
+    """
     request = AWSRequest(
         method=method,
         url=served.url + path,
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
     signer = SigV4Auth(Credentials(KEY_ID, secret or served.secret), "greengrass", TEST_REGION)
     moment = at or dt.datetime.now(dt.UTC)
@@ -581,6 +589,160 @@ def test_unsigned_and_wrongly_signed_requests_are_refused(served: Served) -> Non
     status, _, body = send(urllib.request.Request(served.url + "/health"))  # noqa: S310
     assert status == 200
     assert body == {"Status": "ok", "Database": "ok", "Mqtt": "connected"}
+
+
+def test_slow_heads_and_unsigned_bodies_leave_signed_clients_answered(served: Served) -> None:
+    """Half-sent requests and unsigned bodies can't keep signed clients or /health out.
+
+    1,500 connections each send half a request head (three times the connection cap):
+    meanwhile a signed client creates and lists groups and /health answers, the service never
+    holds more descriptors than its cap allows, and it closes every half-sent request itself.
+    Then 200 unsigned 2 MiB bodies are each refused with 403 without being read, signed calls
+    succeed throughout, and once they are closed the service's memory is back within 32 MiB of
+    where it started (it held none of the bodies).
+    """
+    assert served.service.proc is not None
+    pid = served.service.proc.pid
+    port = int(served.url.rsplit(":", 1)[1])
+    client = served.client()
+    client.create_group(Name="before")
+    cap = connection_cap()
+
+    socks = half_heads(port, 1500)
+    try:
+        client.create_group(Name="during-heads")
+        assert [g["Name"] for g in client.list_groups()["Groups"]] == ["before", "during-heads"]
+        status, _, body = send(urllib.request.Request(served.url + "/health"))  # noqa: S310
+        assert (status, body["Status"]) == (200, "ok")
+        assert open_fds(pid) <= cap + RESERVED_DESCRIPTORS
+    finally:
+        closed = wait_closed(socks, timeout=60)
+    assert closed == len(socks), "the service must close half-sent requests on its own"
+
+    rss_before = vm_rss_kib(pid)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        flood = pool.submit(unsigned_bodies, port, 200, 2 * 1024 * 1024, 50)
+        calls = 0
+        while not flood.done() or calls < 3:
+            client.list_groups()
+            calls += 1
+        outcomes = flood.result()
+    # Each is answered 403 before its body is read; a client still sending when the service
+    # closes may see the reset before the answer.
+    assert set(outcomes) <= {"HTTP/1.1 403 Forbidden", "reset", "closed"}, outcomes
+    assert outcomes["HTTP/1.1 403 Forbidden"] >= 100, outcomes
+    rss_after = vm_rss_kib(pid)
+    assert rss_after - rss_before < 32 * 1024, (rss_before, rss_after)
+    client.create_group(Name="after")
+    status, _, _ = send(urllib.request.Request(served.url + "/health"))  # noqa: S310
+    assert status == 200
+
+
+def test_a_replayed_signed_request_is_refused_and_changes_nothing(served: Served) -> None:
+    """The same signed state-changing request is applied once; a retry after a failure passes.
+
+    A CreateDeployment refused (the group has no version yet) passes when sent again,
+    unchanged, once the group has a version; sent a third time it is refused with 403
+    InvalidSignatureException "Signature has already been used". Replaying the deployment of
+    an older group version after a newer one was deployed is refused too: nothing rolls back.
+    """
+    client = served.client()
+    group = client.create_group(Name="replayed")
+    deploy = f"/greengrass/groups/{group['Id']}/deployments"
+    # Two minutes ago (still valid): boto3's own calls below can't sign the same bytes.
+    moment = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)
+
+    def first_deployment() -> tuple[int, dict[str, str], dict[str, Any]]:
+        body = json.dumps({"DeploymentType": "NewDeployment"}).encode()
+        return signed_request(served, "POST", deploy, body, at=moment)
+
+    status, headers, body = first_deployment()
+    assert (status, headers["x-amzn-ErrorType"]) == (400, "BadRequestException")
+    assert "has no version yet" in body["Message"]
+    served.thing = "replay-core"  # no core runs: a deployment is answered once published
+    core_arn = served.core_definition(client)
+    old_version = client.create_group_version(
+        GroupId=group["Id"], CoreDefinitionVersionArn=core_arn
+    )
+    status, _, created = first_deployment()
+    assert status == 200, created
+    status, headers, body = first_deployment()
+    assert (status, headers["x-amzn-ErrorType"]) == (403, "InvalidSignatureException")
+    assert body["Message"].startswith("Signature has already been used")
+
+    # A deployment of the old version, signed now; then a newer version is deployed.
+    pinned = json.dumps(
+        {"DeploymentType": "NewDeployment", "GroupVersionId": old_version["Version"]}
+    ).encode()
+    status, _, _ = signed_request(served, "POST", deploy, pinned, at=moment)
+    assert status == 200
+    # The same call as the first version's, maybe in the same second, so signed the same: its
+    # own client token (a signed header) makes it another request.
+    new_version = client.create_group_version(
+        GroupId=group["Id"], CoreDefinitionVersionArn=core_arn, AmznClientToken="second"
+    )
+    latest = client.create_deployment(GroupId=group["Id"], DeploymentType="NewDeployment")
+    status, headers, _ = signed_request(served, "POST", deploy, pinned, at=moment)
+    assert (status, headers["x-amzn-ErrorType"]) == (403, "InvalidSignatureException")
+    listed = client.list_deployments(GroupId=group["Id"])["Deployments"]
+    assert len(listed) == 3
+    assert listed[0]["DeploymentId"] == latest["DeploymentId"]
+    assert client.get_group(GroupId=group["Id"])["LatestVersion"] == new_version["Version"]
+
+    # The same for a create: the group exists once. A read may be repeated freely.
+    named = json.dumps({"Name": "once"}).encode()
+    assert signed_request(served, "POST", "/greengrass/groups", named, at=moment)[0] == 200
+    assert signed_request(served, "POST", "/greengrass/groups", named, at=moment)[0] == 403
+    for _ in range(2):
+        assert signed_request(served, "GET", "/greengrass/groups", at=moment)[0] == 200
+    names = [g["Name"] for g in client.list_groups()["Groups"]]
+    assert names.count("once") == 1
+    served.service.wait_for_event("cloud.api.refused", error="InvalidSignatureException")
+
+
+def test_bad_names_and_text_that_is_not_unicode_are_refused(served: Served) -> None:
+    """A lone surrogate, NUL or 100,000 characters in a name gets a 400 naming the rule.
+
+    Raw JSON escapes reach the service as sent; a header whose bytes aren't UTF-8 gets a 400
+    too. Nothing is created, and the service's log holds no traceback (checked at teardown).
+    The CLI refuses the same names.
+    """
+    cases = [
+        (b'{"Name": "\\ud800"}', "Name: holds a lone UTF-16 surrogate"),
+        (
+            json.dumps({"Name": "a\u0000b"}).encode(),
+            "Name: character 2 is U+0000, a control character",
+        ),
+        (
+            json.dumps({"Name": "x" * 100_000}).encode(),
+            "Name: must be at most 128 characters, not 100000",
+        ),
+        (json.dumps({"Name": "tab\there"}).encode(), "Name: character 4 is U+0009"),
+    ]
+    for path in ("/greengrass/groups", "/greengrass/definition/resources"):
+        for body, message in cases:
+            status, headers, answer = signed_request(served, "POST", path, body)
+            assert (status, headers["x-amzn-ErrorType"]) == (400, "BadRequestException"), answer
+            assert message in answer["Message"]
+    status, headers, answer = signed_request(
+        served, "GET", "/greengrass/groups", headers={"X-Amzn-Client-Token": "caf\xe9"}
+    )
+    assert (status, headers["x-amzn-ErrorType"]) == (400, "BadRequestException"), answer
+    assert answer["Message"] == "header X-Amzn-Client-Token is not UTF-8 text"
+    # Bytes that aren't UTF-8 in the request line: aiohttp's own 400, with nothing logged.
+    port = int(served.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /greengrass/groups/\xff HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.0 400 ")
+    client = served.client()
+    assert client.list_groups()["Groups"] == []
+    assert client.list_resource_definitions()["Definitions"] == []
+    # Printable text of any script, with spaces, up to 128 characters, is a name.
+    assert client.create_group(Name="Zone B — 温室 2")["Name"] == "Zone B — 温室 2"
+    assert client.create_group(Name="n" * 128)["Name"] == "n" * 128
+    result = served.cloud("create-group", "--name", "y" * 200)
+    assert result.returncode == 2
+    assert "--name: must be at most 128 characters, not 200" in result.stderr
 
 
 def test_cli_and_service_share_one_database_at_once(with_core: Served) -> None:

@@ -5,14 +5,21 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from edge.cloud.db import MIGRATIONS, Database, Migration
-from edge.cloud.definitions import KINDS, create_definition, create_version, list_versions
+from edge.cloud.db import MIGRATIONS, Claim, Database, Migration
+from edge.cloud.definitions import (
+    KINDS,
+    create_definition,
+    create_version,
+    list_definitions,
+    list_versions,
+)
 from edge.cloud.ids import Arns
-from edge.errors import CloudDatabaseError
+from edge.errors import CloudDatabaseError, SignatureReplayError
 
 ARNS = Arns("us-east-1", "123456789012")
 RESOURCES = KINDS["resource"]
@@ -156,3 +163,60 @@ def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(
             MIGRATIONS
         )
+
+
+def names(db: Database) -> list[str]:
+    return [d["Name"] for d in list_definitions(db, RESOURCES)["Definitions"]]
+
+
+def test_a_claimed_signature_is_applied_once_even_across_connections(tmp_path: Path) -> None:
+    """A signature recorded with its change is refused on another connection, changing nothing.
+
+    Two connections stand for two replicas sharing the database.
+    """
+    path = tmp_path / "cloud.db"
+    expires = int(time.time()) + 300
+    with Database.open(path) as one, Database.open(path) as two:
+        create_definition(
+            one.with_claim(Claim("ab" * 32, expires)), ARNS, RESOURCES, name="a", initial=None
+        )
+        with pytest.raises(SignatureReplayError, match="already been used"):
+            create_definition(
+                two.with_claim(Claim("ab" * 32, expires)), ARNS, RESOURCES, name="a", initial=None
+            )
+        assert names(two) == ["a"]
+        # Another signature is another request.
+        create_definition(
+            two.with_claim(Claim("cd" * 32, expires)), ARNS, RESOURCES, name="b", initial=None
+        )
+        assert names(one) == ["a", "b"]
+
+
+def test_a_claim_whose_change_failed_or_was_released_may_be_used_again(tmp_path: Path) -> None:
+    """A request that failed leaves its signature free, so the same signed retry passes."""
+    expires = int(time.time()) + 300
+    with Database.open(tmp_path / "cloud.db") as db:
+        claim = Claim("ef" * 32, expires)
+        with pytest.raises(CloudDatabaseError), db.with_claim(claim).write() as conn:
+            conn.execute("INSERT INTO nowhere VALUES (1)")
+        assert not claim.recorded
+        create_definition(db.with_claim(claim), ARNS, RESOURCES, name="first", initial=None)
+        assert claim.recorded
+        db.release(claim)
+        retry = Claim("ef" * 32, expires)
+        create_definition(db.with_claim(retry), ARNS, RESOURCES, name="retry", initial=None)
+        assert names(db) == ["first", "retry"]
+
+
+def test_expired_claims_are_pruned_by_the_next_one(tmp_path: Path) -> None:
+    """Signatures past their expiry are deleted when another is recorded: the table stays small."""
+    now = int(time.time())
+    with Database.open(tmp_path / "cloud.db") as db:
+        for index in range(3):
+            with db.with_claim(Claim(f"{index:064x}", now - 1)).write():
+                pass
+        with db.with_claim(Claim("f" * 64, now + 300)).write():
+            pass
+        with db.read() as conn:
+            rows = conn.execute("SELECT signature FROM applied_signatures").fetchall()
+    assert [r["signature"] for r in rows] == ["f" * 64]

@@ -268,3 +268,29 @@ def test_secret_key_files_must_be_private_and_hold_one_line(tmp_path: Path) -> N
 
     with pytest.raises(ConfigError, match="does not exist"):
         load_secret_keys([AccessKey(KEY_ID, tmp_path / "missing")], config_path="cloud.toml")
+
+
+def test_the_key_date_and_scope_are_judged_from_the_head_alone() -> None:
+    """`authorize` needs no body: an unknown key, an old date or another region fail there.
+
+    A request that passes it is then checked over its body; the expiry it reports is the end
+    of the signature's window, and the signature is what identifies the request for replays.
+    """
+    request = sign()
+    head = SignedRequest(request.method, request.path, request.query, request.headers, b"")
+    authorized = verifier().authorize(head)
+    assert authorized.expires_at == NOW + timedelta(minutes=5)
+    assert authorized.signature in dict(request.headers)["Authorization"]
+    assert SECRET not in repr(authorized)
+    verifier().check_signature(request, authorized)
+    with pytest.raises(ApiError, match="does not match"):
+        verifier().check_signature(head, authorized)
+    for bad, code in (
+        (sign(key_id="AKIASTRANGER00000001"), "UnrecognizedClientException"),
+        (sign(at=NOW - timedelta(minutes=6)), "InvalidSignatureException"),
+        (sign(region="eu-west-1"), "InvalidSignatureException"),
+    ):
+        bare = SignedRequest(bad.method, bad.path, bad.query, bad.headers, b"")
+        with pytest.raises(ApiError) as caught:
+            verifier().authorize(bare)
+        assert caught.value.code == code

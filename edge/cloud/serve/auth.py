@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -104,6 +104,21 @@ class _Authorization:
     signature: str
 
 
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    """A request whose Authorization header passed every check that needs no body."""
+
+    access_key_id: str
+    #: The hex signature the client sent: what identifies this exact signed request.
+    signature: str
+    #: When the signature stops being accepted (X-Amz-Date + the window).
+    expires_at: datetime
+    #: What the signature is checked with; out of the repr, which must never show a secret.
+    parsed: _Authorization = field(repr=False)
+    secret: str = field(repr=False)
+    amz_date: str = field(repr=False)
+
+
 class _Recomputer(SigV4Auth):  # type: ignore[misc] # botocore has no type hints
     """botocore's SigV4 signer, canonicalising exactly the headers the client signed.
 
@@ -137,11 +152,26 @@ class Verifier:
         self._clock = clock
 
     def verify(self, request: SignedRequest) -> str:
-        """Return the access key id that signed `request`.
+        """Return the access key id that signed `request` (`authorize`, then `check_signature`).
 
         Raises:
             ApiError: The request is unsigned, malformed, signed by an unknown key, too old or
                 too new, or its signature does not match (see the module's table).
+        """
+        authorized = self.authorize(request)
+        self.check_signature(request, authorized)
+        return authorized.access_key_id
+
+    def authorize(self, request: SignedRequest) -> Authorized:
+        """Check everything but the signature itself: what can be judged before the body.
+
+        The `Authorization` header's form, the access key id (one of ours), `X-Amz-Date`
+        (within the window) and the credential scope (this service and region). A request that
+        fails here is refused before a byte of its body is read, so a client with no key can
+        make the service hold nothing but the request head.
+
+        Raises:
+            ApiError: As `verify`, except for a signature that does not match.
         """
         values = request.header_values("authorization")
         if not values:
@@ -149,7 +179,7 @@ class Verifier:
         if len(values) > 1:
             raise _incomplete("Only one Authorization header is allowed.")
         auth = _parse_authorization(values[0])
-        amz_date = self._check_date(request, auth)
+        amz_date, moment = self._check_date(request, auth)
         secret = self._keys.get(auth.access_key_id)
         if secret is None:
             raise _unrecognized(f"access key id {auth.access_key_id!r} is not one of this service")
@@ -161,13 +191,29 @@ class Verifier:
         missing = [h for h in auth.signed_headers if not request.header_values(h)]
         if missing:
             raise _invalid(f"Signed header {missing[0]!r} is not in the request.")
+        return Authorized(
+            access_key_id=auth.access_key_id,
+            signature=auth.signature,
+            expires_at=moment + MAX_SKEW,
+            parsed=auth,
+            secret=secret,
+            amz_date=amz_date,
+        )
+
+    def check_signature(self, request: SignedRequest, authorized: Authorized) -> None:
+        """Check the signature over the whole request, body included.
+
+        Raises:
+            ApiError: 403 InvalidSignatureException: it does not match (another secret key, or
+                a signed byte changed), or X-Amz-Content-SHA256 is not the body's hash.
+        """
+        auth = authorized.parsed
         self._check_content_sha256(request, auth)
-        expected = _expected_signature(request, auth, secret, amz_date)
+        expected = _expected_signature(request, auth, authorized.secret, authorized.amz_date)
         if not hmac.compare_digest(expected.encode(), auth.signature.encode()):
             raise _invalid(MISMATCH_MESSAGE)
-        return auth.access_key_id
 
-    def _check_date(self, request: SignedRequest, auth: _Authorization) -> str:
+    def _check_date(self, request: SignedRequest, auth: _Authorization) -> tuple[str, datetime]:
         dates = request.header_values("x-amz-date")
         if not dates:
             raise _incomplete(
@@ -194,7 +240,7 @@ class Verifier:
                 f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of "
                 f"date from HTTP: '{auth.date}' != '{amz_date[:8]}', from 'X-Amz-Date'."
             )
-        return amz_date
+        return amz_date, moment
 
     def _check_scope(self, auth: _Authorization) -> None:
         if auth.service != self._service:

@@ -12,13 +12,14 @@ a busy timeout).
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
-from edge.cloud.db import Database
+from edge.cloud.db import Claim, Database
 
 _T = TypeVar("_T")
 
@@ -30,6 +31,16 @@ class DatabaseThread:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-cloud-db")
         self._db: Database | None = None
+        self._claim: Claim | None = None
+
+    def claiming(self, claim: Claim) -> DatabaseThread:
+        """This thread and connection, recording `claim` in the first write (`Database.with_claim`).
+
+        Not a context manager of its own: the original opens and closes the database.
+        """
+        view = copy.copy(self)
+        view._claim = claim  # noqa: SLF001 - a copy of this very object
+        return view
 
     async def __aenter__(self) -> Self:
         """Open (and migrate) the database on the worker thread.
@@ -62,6 +73,9 @@ class DatabaseThread:
         db = self._db
         if db is None:
             raise RuntimeError("the database thread is not open")
+        claim = self._claim
+        if claim is not None:
+            db = db.with_claim(claim)
         return await self._submit(lambda: fn(db))
 
     async def _submit(self, fn: Callable[[], _T]) -> _T:

@@ -21,6 +21,7 @@ from edge.errors import (
     CloudUsageError,
     EdgeError,
     NotFoundError,
+    SignatureReplayError,
 )
 
 BAD_REQUEST: Final = "BadRequestException"
@@ -53,6 +54,10 @@ def from_edge_error(exc: EdgeError) -> ApiError:
             return bad_request(str(exc))
         code = VERSION_NOT_FOUND if exc.what.endswith("version") else ID_NOT_FOUND
         return ApiError(404, code, str(exc))
+    if isinstance(exc, SignatureReplayError):
+        # AWS's code for a signature it won't accept; not retried by SDKs, rightly: the same
+        # bytes would be refused again, and a fresh signature is a new request.
+        return ApiError(403, "InvalidSignatureException", str(exc))
     if isinstance(exc, BrokerError | CloudDatabaseError):
         return ApiError(500, INTERNAL, str(exc))
     if isinstance(exc, CloudUsageError) and exc.option.startswith("--"):

@@ -13,10 +13,12 @@ own, and its database transactions are a few milliseconds each and never span an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,12 +26,13 @@ from structlog.typing import FilteringBoundLogger
 
 from edge.cloud import definitions, deployments, groups
 from edge.cloud.config import CloudConfig
-from edge.cloud.db import Database
+from edge.cloud.db import Claim, Database
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import DEPLOYMENT_TYPES, Request
 from edge.cloud.ids import Arns
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.errors import bad_request
+from edge.errors import CloudDatabaseError
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,12 +190,23 @@ def _table() -> dict[str, Handler]:
 HANDLERS: Final = _table()
 
 
-async def dispatch(ctx: Context, operation: str, params: dict[str, Any]) -> Result:
+async def dispatch(
+    ctx: Context, operation: str, params: dict[str, Any], *, claim: Claim | None = None
+) -> Result:
     """Run an operation and return its answer, paginated if it is a List.
+
+    Args:
+        ctx: The service's context.
+        operation: The botocore operation name.
+        params: Its decoded, validated input.
+        claim: The request's signature, when it may change something: recorded in the same
+            transaction as the change, so the same signed request can't be applied twice. If
+            the operation then fails, the claim is released: a retry signed the same passes.
 
     Raises:
         ApiError: The operation is not supported, or the page token is not one we issued.
         EdgeError: From the shared code; the caller translates it (`errors.from_edge_error`).
+            `SignatureReplayError` when `claim` was recorded by an earlier request.
     """
     handler = HANDLERS.get(operation)
     if handler is None:
@@ -200,7 +214,17 @@ async def dispatch(ctx: Context, operation: str, params: dict[str, Any]) -> Resu
             f"{operation} is not supported by edge's control plane (it implements the "
             f"definitions, groups and deployments that `edge cloud` offers)"
         )
-    return paginate(await handler(ctx, params), params)
+    if claim is None:
+        return paginate(await handler(ctx, params), params)
+    claimed = replace(ctx, db=ctx.db.claiming(claim), loop_db=ctx.loop_db.with_claim(claim))
+    try:
+        return paginate(await handler(claimed, params), params)
+    except Exception:
+        if claim.recorded:
+            # Shielded: the release must not be lost to a cancellation after a failure.
+            with contextlib.suppress(CloudDatabaseError):
+                await asyncio.shield(ctx.db.call(lambda db: db.release(claim)))
+        raise
 
 
 def paginate(result: Result, params: dict[str, Any]) -> Result:

@@ -173,7 +173,33 @@ def _body_document(body: bytes) -> dict[str, Any]:
         raise bad_request(str(exc)) from None
     if not isinstance(document, dict):
         raise bad_request("the request body must be a JSON object")
+    _check_text(document)
     return document
+
+
+def _check_text(document: dict[str, Any]) -> None:
+    """Refuse a string that is not Unicode text: JSON can escape a lone surrogate (U+D800).
+
+    Such a string can't be encoded as UTF-8, so it could be neither stored nor logged; it is
+    refused here naming where it is.
+    """
+    stack: list[tuple[str, object]] = [("", document)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                stack.append((f"{where}.{key}" if where else key, key))
+                stack.append((f"{where}.{key}" if where else key, child))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{index}]", child) for index, child in enumerate(node))
+        elif isinstance(node, str) and not node.isascii():
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request(
+                    f"{where}: holds a lone UTF-16 surrogate (such as \\ud800), which is not "
+                    f"Unicode text"
+                ) from None
 
 
 def _scalar(name: str, member: Any, text: str) -> Any:  # noqa: ANN401 - by the member's type

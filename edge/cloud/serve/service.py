@@ -4,17 +4,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import ssl
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edge.cloud.config import CloudConfig, ServeSettings
 from edge.cloud.db import Database
 from edge.cloud.ids import Arns
 from edge.cloud.serve.app import Service, build_app
 from edge.cloud.serve.auth import Verifier, load_secret_keys
+from edge.cloud.serve.connections import (
+    HEAD_TIMEOUT_SECONDS,
+    IDLE_TIMEOUT_SECONDS,
+    Connections,
+    connection_cap,
+)
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.follow import Health, follow_statuses
 from edge.cloud.serve.operations import Context
@@ -26,6 +34,9 @@ from edge.signing import load_signing_key
 
 #: Seconds requests in flight get to finish after SIGTERM before their connections close.
 SHUTDOWN_SECONDS: Final = 10.0
+#: Connections the kernel queues before the service accepts them (aiohttp's default). Accepting
+#: is never held back: past the cap, `connections` makes room or closes the newcomer.
+BACKLOG: Final = 128
 
 
 def run(config: CloudConfig) -> int:
@@ -69,6 +80,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
     tls = _tls_context(settings, config_path=where)
     log = get_logger("cloud.serve")
     health = Health()
+    connections = Connections(cap=connection_cap())
     async with DatabaseThread(config.cloud.database) as db:
         loop_db = Database.open(config.cloud.database)
         try:
@@ -85,21 +97,31 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                 router=Router(),
                 health=health,
                 log=log,
+                connections=connections,
             )
             runner = web.AppRunner(
                 build_app(service),
                 handle_signals=False,
                 access_log=None,
                 shutdown_timeout=SHUTDOWN_SECONDS,
+                # The connection's own deadlines (`connections`) close idle connections; this
+                # is aiohttp's copy of the same rule.
+                keepalive_timeout=IDLE_TIMEOUT_SECONDS,
+                # A request answered before its body was read is closed at once, not drained
+                # for ten seconds (aiohttp's default) reading a body nobody wants.
+                lingering_time=0,
+                logger=_http_logger(),
             )
             await runner.setup()
+            listener: asyncio.Server | None = None
             try:
-                await _listen(runner, settings, tls, config_path=where)
+                listener = await _listen(runner, connections, settings, tls, config_path=where)
                 log.info(
                     "cloud.serve.listening",
                     url=_url(settings),
                     access_keys=sorted(secrets),
                     region=config.aws.region,
+                    max_connections=connections.cap,
                 )
                 async with asyncio.TaskGroup() as tasks:
                     follower = tasks.create_task(
@@ -109,6 +131,8 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     await stop.wait()
                     follower.cancel()
             finally:
+                if listener is not None:
+                    listener.close()
                 # Shielded: a second signal must not leave the port or requests half-closed.
                 await asyncio.shield(runner.cleanup())
         finally:
@@ -118,20 +142,58 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
 
 async def _listen(
     runner: web.AppRunner,
+    connections: Connections,
     settings: ServeSettings,
     tls: ssl.SSLContext | None,
     *,
     config_path: str,
-) -> None:
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
+) -> asyncio.Server:
+    """Listen with aiohttp's protocol wrapped in `connections`' deadlines and cap.
+
+    A plain asyncio server rather than aiohttp's TCPSite, which takes aiohttp's protocol
+    factory as it is; the runner still shuts the connections down gracefully at the end.
+    """
+    server = runner.server
+    if server is None:
+        raise RuntimeError("the runner is not set up")
     try:
-        await site.start()
+        return await asyncio.get_running_loop().create_server(
+            lambda: connections.protocol(server()),
+            settings.host,
+            settings.port,
+            ssl=tls,
+            # A TLS connection reaches `connections` only once its handshake is done; until
+            # then this is its deadline (asyncio's default is 60 s), the head timeout's twin.
+            ssl_handshake_timeout=HEAD_TIMEOUT_SECONDS if tls is not None else None,
+            backlog=BACKLOG,
+            reuse_address=True,
+        )
     except OSError as exc:
         raise ConfigError(
             config_path,
             f"can't listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
             key="cloud.listen",
         ) from None
+
+
+class _NoClientErrors(logging.Filter):
+    """Drop aiohttp's report of a request it could not parse: the client's fault, not ours.
+
+    aiohttp answers such a request 400 itself and logs it with a traceback, one per request, so
+    anyone who can connect could fill the log. Every other record passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to keep the record."""
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+def _http_logger() -> logging.Logger:
+    logger = logging.getLogger("edge.cloud.serve.http")
+    if not any(isinstance(f, _NoClientErrors) for f in logger.filters):
+        logger.addFilter(_NoClientErrors())
+    return logger
 
 
 def _tls_context(settings: ServeSettings, *, config_path: str) -> ssl.SSLContext | None:
