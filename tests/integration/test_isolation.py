@@ -44,9 +44,17 @@ import pytest
 import edge
 from edge.demo.reference import write_v1_package
 from edge.workers.landlock import landlock_abi
+from edge.workers.sandbox import probe_namespace, probe_seccomp
 from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
-from tests.support.functions import FUNCTIONS_DIR, build_package, function, function_arn, invoke
+from tests.support.functions import (
+    FUNCTIONS_DIR,
+    build_package,
+    code_of,
+    function,
+    function_arn,
+    invoke,
+)
 
 pytestmark = pytest.mark.network
 #: Whether this kernel confines workers (the core's default, `[workers] sandbox = "auto"`).
@@ -55,6 +63,14 @@ LANDLOCK = landlock_abi() > 0
 #: within a few hundred KB of the limit and is sometimes killed for memory, not refused.
 PROBE_KB = 65536
 needs_landlock = pytest.mark.skipif(not LANDLOCK, reason="this kernel has no Landlock to test")
+#: How this core's workers enter their own mount namespace ('' where the kernel won't).
+NAMESPACE = probe_namespace(())[0]
+needs_namespace = pytest.mark.skipif(
+    not NAMESPACE, reason="this kernel gives workers no private mount namespace to test"
+)
+needs_seccomp = pytest.mark.skipif(
+    bool(probe_seccomp()), reason=f"no seccomp filter to test: {probe_seccomp()}"
+)
 
 
 @pytest.fixture
@@ -349,13 +365,14 @@ def test_a_confined_worker_cannot_go_around_the_ipc(env: Env, probe: dict[str, A
             if path.name.startswith("planted"):
                 path.unlink(missing_ok=True)
     allowed = {"read " + str(code / "probe.py"), "read /etc/hostname", "write " + str(scratch)}
-    allowed.add("list " + str(state / "ipc"))  # names only: Landlock can't hide a listing
+    allowed.add("list " + str(state / "ipc"))  # Landlock alone can't hide a listing
+    refusals = ("Permission", "Operation not", "No such file", "Read-only")
     for attempt, result in seen.items():
         if attempt in allowed:
             assert result["ok"], (attempt, result)
         else:
             assert not result["ok"], (attempt, result)
-            assert "Permission" in result["error"] or "Operation not" in result["error"], result
+            assert any(word in result["error"] for word in refusals), result
     assert (state / "secrets.store").exists()
     assert "planted" not in (code / "app.py").read_text()
     # Still served: the core lives, beta still reads its own secret through the IPC.
@@ -388,3 +405,115 @@ def test_a_package_cannot_stand_in_for_the_runtime(env: Env, tmp_path: Path) -> 
     env.operator.wait_status(dep, "Success")
     assert invoke(env, "gamma", {"SecretId": "team-c/db"})["SecretString"] == value
     assert "hijacked" not in env.core.log_text()
+
+
+@needs_namespace
+def test_a_function_can_neither_see_nor_chmod_the_cores_files(
+    env: Env, probe: dict[str, Any]
+) -> None:
+    """A chmod 0755 of the state dir, 0644 of the key and of the store: all fail, unchanged.
+
+    The worker sees an empty read-only mount over the state directory (only the IPC socket is
+    bound back into it) and an empty read-only file over the config: the store isn't there to
+    name, and no cover's mode can change.
+    """
+    (arn_a, _, value_a), (arn_b, _, value_b) = deploy_two(env, probe)
+    redeploy_alpha(env, probe, "probe.modes", (arn_a, arn_b))
+    state, key, store = env.state_dir, env.state_dir / "core.key", env.store_path
+    before = {p: stat.S_IMODE(p.stat().st_mode) for p in (state, key, store, env.config)}
+    assert before[state] == 0o700
+    assert before[key] == before[store] == 0o600
+    seen = invoke(
+        env,
+        "alpha",
+        {
+            "chmod": [
+                [str(state), 0o755],
+                [str(key), 0o644],
+                [str(store), 0o644],
+                [str(env.config), 0o644],
+                [str(state / "ipc"), 0o755],
+                [str(state / "ipc" / "core.sock"), 0o666],
+            ],
+            "stat": [str(store), str(key), str(state / "audit")],
+            "list": [str(state), str(state / "ipc")],
+        },
+    )
+    gone, sealed = "FileNotFoundError: No such file", "OSError: Read-only file system"
+    expected = {
+        f"chmod 755 {state}": sealed,
+        f"chmod 644 {key}": gone,
+        f"chmod 644 {store}": gone,
+        f"chmod 644 {env.config}": sealed,
+        f"chmod 755 {state / 'ipc'}": sealed,
+        f"chmod 666 {state / 'ipc' / 'core.sock'}": sealed,
+        f"stat {store}": gone,
+        f"stat {key}": gone,
+        f"stat {state / 'audit'}": gone,
+    }
+    assert {k: r.get("error", "")[: len(expected.get(k, ""))] for k, r in seen.items()} == {
+        **expected,
+        f"list {state}": "",
+        f"list {state / 'ipc'}": "",
+    }, seen
+    # What it sees of the state directory: the socket it talks to the core through, no more.
+    assert seen["list " + str(state)] == {"ok": True, "value": "['ipc']"}
+    assert seen["list " + str(state / "ipc")] == {"ok": True, "value": "['core.sock']"}
+    after = {p: stat.S_IMODE(p.stat().st_mode) for p in (state, key, store, env.config)}
+    assert after == before
+    # The core goes on: a restart loads the store (a loose one would be refused).
+    assert env.core.stop() == 0
+    env.core.start()
+    env.core.wait_for_event("core.store_loaded", after=1)
+    env.core.wait_for_event("workers.sandbox", namespace=NAMESPACE)
+    for value in (value_a, value_b):
+        assert_not_shown(env, value, seen)
+
+
+@needs_seccomp
+def test_a_function_can_set_no_setuid_or_setgid_bit_anywhere(
+    env: Env, probe: dict[str, Any]
+) -> None:
+    """A chmod 4755 / 2755 of a file it made, or of a root-owned program: EPERM each.
+
+    A worker of a root core without RunAs is uid 0 without capabilities, so it owns root's
+    files: without the seccomp filter it could make any root-owned program setuid.
+    """
+    arn, _, _ = env.create_secret("team-s/db")
+    fn = function("suid", "probe.modes", probe, policies=["s"], timeout=30)
+    env.operator.wait_status(
+        env.operator.deploy([secret_resource("s", arn)], functions=[fn]), "Success"
+    )
+    # In /var/tmp: /tmp holds this test's state dir, so only its other subtrees are writable.
+    own = Path("/var/tmp") / f"edge-suid-{uuid.uuid4().hex}"
+    program = Path("/var/tmp") / f"edge-suid-{uuid.uuid4().hex}"
+    program.write_bytes(Path("/bin/true").read_bytes())
+    program.chmod(0o755)
+    try:
+        seen = invoke(
+            env,
+            "suid",
+            {"own_setuid": str(own), "chmod": [[str(program), 0o4755], [str(program), 0o2755]]},
+        )
+        modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (own, program)}
+    finally:
+        own.unlink(missing_ok=True)
+        program.unlink(missing_ok=True)
+    assert len(seen) == 5, seen
+    for attempt, result in seen.items():
+        assert not result["ok"], (attempt, result)
+        assert "Operation not permitted" in result["error"], (attempt, result)
+    assert modes == {own: stat.S_IMODE(modes[own]) & 0o777, program: 0o755}
+    assert not modes[own] & (stat.S_ISUID | stat.S_ISGID)
+
+
+def test_unmodified_v1_code_still_copies_and_chmods_its_own_files(env: Env, tmp_path: Path) -> None:
+    """shutil.copy, copy2, copytree, chmod 0644 / 0755 and chown of its own files all work."""
+    code = code_of(tmp_path / "app.zip")
+    arn, _, _ = env.create_secret("team-v/db")
+    fn = function("copier", "app.copy_files", code, policies=["v"])
+    env.operator.wait_status(
+        env.operator.deploy([secret_resource("v", arn)], functions=[fn]), "Success"
+    )
+    answer = invoke(env, "copier", {"text": "v1 data"})
+    assert answer == {"copy": "0o644", "copy2": "0o755", "text": "v1 data"}
