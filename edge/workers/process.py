@@ -174,6 +174,8 @@ for index, code in enumerate(sys.argv[1:]):
         print(index, f"{exc.filename}: {exc.strerror}")
         sys.exit(2)
 """
+#: How long the deployment-time check may take per user (an interpreter start and a walk).
+CHECK_TIMEOUT_SECONDS = 60
 _PYTHON_FIX = (
     "set [workers] python to an interpreter that user can execute (not one under a 0700 home "
     "directory), or give the user access to this one"
@@ -230,8 +232,13 @@ async def _check_user(run_as: RunAs, code_dirs: list[Path], python: Path) -> tup
         )
     except OSError as exc:
         return 0, f"can't execute the interpreter {python} ({exc.strerror}): {_PYTHON_FIX}"
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 0, f"can't start the interpreter {python} within {CHECK_TIMEOUT_SECONDS} s"
     said = out.decode("utf-8", "replace").strip()
     if proc.returncode == 0:
         return 0, ""

@@ -55,6 +55,7 @@ from edge.workers.landlock import landlock_abi
 from edge.workers.sandbox import probe_namespace, probe_seccomp
 from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
+from tests.support.faults import fetch_table, running_core
 from tests.support.functions import (
     FUNCTIONS_DIR,
     build_package,
@@ -562,37 +563,24 @@ def core_with(
     tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, *, workers: str, code_dir: str
 ) -> Iterator[Env]:
     """A running core whose config has this [workers] table and [core] code_dir."""
-    thing = f"core-{uuid.uuid4().hex[:8]}"
-    config = write_config(
-        tmp_path / "core.toml",
-        thing_name=thing,
-        mqtt_url=broker.url,
-        endpoint_url=moto.url,
-        extra=f"[workers]\n{workers}\n",
-    )
-    config.write_text(
-        config.read_text().replace(
-            'state_dir = "state"', f'state_dir = "state"\ncode_dir = "{code_dir}"'
+
+    def set_code_dir(state_dir: Path) -> None:
+        config = state_dir.parent / "core.toml"
+        text = config.read_text()
+        config.write_text(
+            text.replace('state_dir = "state"', f'state_dir = "state"\ncode_dir = "{code_dir}"', 1)
         )
-    )
-    assert edge_cli("init", "--config", str(config)).returncode == 0
-    core = CoreProcess(config=config, log_path=tmp_path / "core.log")
-    operator = Operator(port=broker.port, prefix="edge", thing=thing)
-    env = Env(
-        root=tmp_path, broker=broker, moto=moto, sm=sm, config=config, core=core, operator=operator
-    )
-    core.start()
-    try:
-        core.wait_for_event("mqtt.connected")
-        operator.connect()
+
+    with running_core(
+        tmp_path,
+        broker=broker,
+        moto=moto,
+        sm=sm,
+        endpoint_url=moto.url,
+        fetch=f"{fetch_table()}\n[workers]\n{workers}\n",
+        before_init=set_code_dir,
+    ) as env:
         yield env
-    finally:
-        operator.close()
-        if core.proc is not None:
-            core.stop()
-    output = env.all_output()
-    for value in env.values:
-        assert value not in output, "a secret value leaked into the logs"
 
 
 @needs_root
