@@ -7,6 +7,11 @@ into the core's structured log, tagged with the function; the log's redaction ma
 secret value the core holds before anything is written. Its resident memory is sampled and
 the process is killed when it exceeds the function's MemorySize (an RSS watch, never an
 address-space rlimit, which breaks Python's allocator).
+
+A root core runs a worker as its RunAs user, else as `[workers] default_user`, else as uid 0
+without capabilities. Where workers mount their own view (edge/workers/mountns.py) the worker
+switches user itself, after mounting; elsewhere the child is started as that user.
+`check_worker_users` finds out at deployment whether each such user can start its worker.
 """
 
 from __future__ import annotations
@@ -182,11 +187,8 @@ _PYTHON_FIX = (
 )
 
 
-def _user_name(run_as: RunAs, default_user: WorkerUser | None) -> str:
-    if default_user is not None and (run_as.uid, run_as.gid) == (
-        default_user.uid,
-        default_user.gid,
-    ):
+def _user_name(spec: FunctionSpec, run_as: RunAs, default_user: WorkerUser | None) -> str:
+    if spec.run_as is None and default_user is not None:
         return f"[workers] default_user {default_user.name} (uid {run_as.uid})"
     return f"RunAs uid {run_as.uid} gid {run_as.gid}"
 
@@ -210,7 +212,8 @@ async def check_worker_users(
     for (run_as, items), (index, problem) in zip(by_user.items(), problems, strict=True):
         if problem:
             spec = items[index][0]
-            raise WorkerUserError(spec.function_arn, _user_name(run_as, default_user), problem)
+            user = _user_name(spec, run_as, default_user)
+            raise WorkerUserError(spec.function_arn, user, problem)
 
 
 async def _check_user(run_as: RunAs, code_dirs: list[Path], python: Path) -> tuple[int, str]:

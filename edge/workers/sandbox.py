@@ -4,8 +4,10 @@
 The core knows which of its files hold what a worker must never see: the state directory (the
 store, the inbox, the audit log, the socket directory), the core key or its PIN file, the MQTT
 client key, the config, and the AWS credentials botocore reads. `Sandbox.from_config` gathers
-them once; `plan` turns them into the JSON a worker reads from EDGE_SANDBOX and hands to
-`edge.workers.landlock.confine` before any function code runs.
+them once and probes, once, which of the three walls this kernel allows a worker: its own
+mount namespace (tried for real in a throwaway child), Landlock and seccomp; `notices` says
+at start what is missing, and `plan` turns it all into the JSON a worker reads from
+EDGE_SANDBOX and hands to `edge.workers.landlock.confine` before any function code runs.
 """
 
 from __future__ import annotations
