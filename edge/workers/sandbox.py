@@ -70,7 +70,8 @@ _NAMESPACE_FIX = {
     "kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns) "
     "or run the core as root",
 }
-_SECCOMP_FIX = "run a kernel with seccomp filters (CONFIG_SECCOMP_FILTER) and edge whole"
+_SECCOMP_FIX = "run a kernel with seccomp filters (CONFIG_SECCOMP_FILTER)"
+_SECCOMP_MISSING = "the seccomp filter module is missing"
 
 
 def probe_namespace(hidden: tuple[str, ...]) -> tuple[str, str]:
@@ -105,7 +106,7 @@ def probe_seccomp() -> str:
     try:
         module = importlib.import_module("edge.workers.seccomp")
     except ImportError as exc:
-        return f"the seccomp filter module is missing ({exc})"
+        return f"{_SECCOMP_MISSING} ({exc})"
     return "" if module.seccomp_available() else "this kernel has no seccomp filters"
 
 
@@ -189,7 +190,7 @@ class Sandbox:
         if not self.namespace:
             out.append((f"no private mount namespace ({self.namespace_problem})", _namespace_fix()))
         if not self.seccomp:
-            out.append((f"no seccomp filter ({self.seccomp_problem})", _SECCOMP_FIX))
+            out.append((f"no seccomp filter ({self.seccomp_problem})", self._seccomp_fix()))
         return out
 
     @property
@@ -237,6 +238,11 @@ class Sandbox:
             out.append(("info", "workers.default_user", {"user": default_user}))
         return out
 
+    def _seccomp_fix(self) -> str:
+        if self.seccomp_problem.startswith(_SECCOMP_MISSING):
+            return "reinstall edge whole (edge/workers/seccomp.py)"
+        return _SECCOMP_FIX
+
     def _unavailable(self) -> list[Notice]:
         out: list[Notice] = []
         required = '[workers] sandbox = "required" to refuse'
@@ -272,7 +278,7 @@ class Sandbox:
                     {
                         "problem": f"no seccomp filter ({self.seccomp_problem}): a worker may "
                         "set setuid bits on its own files and call mount, ptrace, unshare",
-                        "fix": f"{_SECCOMP_FIX}, or {required}",
+                        "fix": f"{self._seccomp_fix()}, or {required}",
                     },
                 )
             )

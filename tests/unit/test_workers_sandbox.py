@@ -150,7 +150,7 @@ def test_a_confined_process_reads_and_writes_only_what_its_plan_says(tmp_path: P
     """A real child, confined by a plan like the core's: hidden, read-only, writable, no caps."""
     tree(tmp_path, "state/key", "code/app.py", "scratch/.keep")
     sandbox = Sandbox.create(
-        mode="required",
+        mode="auto",
         hidden=(tmp_path / "state",),
         protected=(tmp_path / "code",),
         writable=(tmp_path,),
