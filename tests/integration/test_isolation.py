@@ -38,7 +38,6 @@ import os
 import pwd
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -65,6 +64,7 @@ from tests.support.functions import (
     invoke,
 )
 from tests.support.services import Mosquitto, MotoServer
+from tests.support.users import python_for
 
 pytestmark = pytest.mark.network
 #: Whether this kernel confines workers (the core's default, `[workers] sandbox = "auto"`).
@@ -533,29 +533,6 @@ needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="RunAs and default_user apply only when the core runs as root"
 )
 NOBODY = pwd.getpwnam("nobody")
-
-
-def python_for(user: pwd.struct_passwd) -> str | None:
-    """A Python of this minor version that `user` can run (the test's may be under /root)."""
-    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (sys.executable, shutil.which(minor, path="/usr/local/bin:/usr/bin")):
-        if candidate is None:
-            continue
-        try:
-            done = subprocess.run(
-                [candidate, "-S", "-c", "pass"],
-                user=user.pw_uid,
-                group=user.pw_gid,
-                extra_groups=[],
-                capture_output=True,
-                check=False,
-                cwd="/",
-            )
-        except PermissionError:
-            continue
-        if done.returncode == 0:
-            return candidate
-    return None
 
 
 @contextlib.contextmanager

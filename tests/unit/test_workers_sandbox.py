@@ -10,11 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pwd
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +28,7 @@ from edge.workers import landlock, mountns
 from edge.workers.process import check_worker_users, worker_user
 from edge.workers.sandbox import Sandbox, hidden_paths, probe_namespace
 from edge.workers.spec import CodeRef, FunctionSpec, RunAs
+from tests.support.users import python_for
 
 needs_landlock = pytest.mark.skipif(
     landlock.landlock_abi() == 0, reason="this kernel has no Landlock to test"
@@ -347,51 +352,99 @@ print(json.dumps(out))
 """
 
 
-@needs_namespace
-def test_covers_hide_the_cores_files_and_keep_the_socket(tmp_path: Path) -> None:
-    """A real child in its own namespace: empty sealed covers, the socket alone bound back.
+def run_covered(root: Path, kind: str, *, python: str, user: int | None = None) -> dict[str, Any]:
+    """Lay out a core's files under `root`, run COVERED there (as `user`), return what it saw.
 
-    Nothing changes in the test's own view: the real files, modes and socket are untouched.
+    Also checks that nothing changed in the test's own view: files, modes, the socket.
     """
-    tree(tmp_path, "state/core.key", "state/secrets.store", "core.toml")
-    (tmp_path / "state").chmod(0o700)
-    (tmp_path / "state" / "ipc").mkdir()
+    tree(root, "state/core.key", "state/secrets.store", "core.toml")
+    (root / "state" / "ipc").mkdir()
+    if user is not None:
+        for path in (root, *root.rglob("*")):
+            os.chown(path, user, user)
+    (root / "state").chmod(0o700)
     server = socket.socket(socket.AF_UNIX)
-    server.bind(str(tmp_path / "state" / "ipc" / "core.sock"))
-    probe = os.open(tmp_path / "state" / "ipc" / "core.sock", os.O_PATH)
+    server.bind(str(root / "state" / "ipc" / "core.sock"))
+    server.listen()
+    if user is not None:
+        os.chown(root / "state" / "ipc" / "core.sock", user, user)
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": os.environ["PATH"]}
     try:
         done = subprocess.run(
-            [sys.executable, "-S", "-c", COVERED, str(tmp_path), NAMESPACE],
+            [python, "-S", "-c", COVERED, str(root), kind],
             capture_output=True,
             text=True,
             env=env,
             check=True,
             timeout=60,
-            pass_fds=(probe,) if probe == 3 else (),
+            cwd="/",
+            user=user,
+            group=user,
+            extra_groups=None if user is None else [],
         )
     finally:
-        os.close(probe)
         server.close()
-    seen = json.loads(done.stdout)
+    assert stat.S_IMODE((root / "state").stat().st_mode) == 0o700
+    assert (root / "core.toml").read_text() == "core.toml"
+    assert sorted(p.name for p in (root / "state").iterdir()) == [
+        "core.key",
+        "ipc",
+        "secrets.store",
+    ]
+    seen: dict[str, Any] = json.loads(done.stdout)
+    return seen
+
+
+def assert_covered(seen: dict[str, Any]) -> None:
+    """What COVERED sees in a worker's own view: empty sealed covers, the socket bound back."""
     assert seen["list state"] == ["ok", ["ipc"]]
     assert seen["list ipc"] == ["ok", ["core.sock"]]
     assert seen["stat key"] == ["denied", "No such file or directory"]
     assert seen["read config"] == ["ok", ""]  # Landlock, the second wall, refuses even that
     for name in ("chmod state", "chmod config", "write config", "new in state"):
         assert seen[name] == ["denied", "Read-only file system"], (name, seen[name])
-    if probe == 3:
-        assert seen["socket is one"] == ["ok", True]
+    assert seen["connect"] == ["ok", None]  # the core's very socket, bound back alone
     assert seen["dev null"] == ["ok", 1]  # a device named as hidden is left as it is
-    if NAMESPACE == mountns.AS_USER:
-        assert seen["caps"] == ["ok", "0000000000000000"]  # nothing left to unmount with
-    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
-    assert (tmp_path / "core.toml").read_text() == "core.toml"
-    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [
-        "core.key",
-        "ipc",
-        "secrets.store",
-    ]
+
+
+@needs_namespace
+def test_covers_hide_the_cores_files_and_keep_the_socket(tmp_path: Path) -> None:
+    """A real child in its own namespace, of this test's uid: covers, and the socket reachable."""
+    assert_covered(run_covered(tmp_path, NAMESPACE, python=sys.executable))
+
+
+@needs_root
+def test_a_non_root_core_covers_through_a_user_namespace_and_keeps_no_capability() -> None:
+    """As nobody: a user namespace mapping only its ids; every capability gone after mounting.
+
+    Root runs this test, so the other way (CLONE_NEWUSER, the uid and gid maps, the capability
+    drop) is taken by a child of nobody, in a directory of its own under /var/tmp.
+    """
+    nobody = pwd.getpwnam("nobody")
+    python = python_for(nobody)
+    if python is None:
+        pytest.skip("no Python of this version that nobody can run")
+    probe = subprocess.run(
+        [python, "-S", "-m", "edge.workers.mountns", "probe", mountns.AS_USER],
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        user=nobody.pw_uid,
+        group=nobody.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"this kernel gives nobody no user namespace: {probe.stdout}")
+    root = Path(tempfile.mkdtemp(prefix="edge-userns-", dir="/var/tmp"))
+    try:
+        os.chown(root, nobody.pw_uid, nobody.pw_gid)
+        seen = run_covered(root / "r", mountns.AS_USER, python=python, user=nobody.pw_uid)
+    finally:
+        shutil.rmtree(root)
+    assert_covered(seen)
+    assert seen["caps"] == ["ok", "0000000000000000"]  # nothing left to unmount the covers with
 
 
 def test_a_hidden_file_without_a_hidden_directory_is_refused(tmp_path: Path) -> None:
