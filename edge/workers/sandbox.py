@@ -124,7 +124,7 @@ class Sandbox:
     reachable: tuple[str, ...] = ()
     #: How workers enter their mount namespace (mountns.AS_ROOT or AS_USER), '' where they can't.
     namespace: str = ""
-    #: Why they can't (and the fix), when `namespace` is ''.
+    #: Why they can't, when `namespace` is ''.
     namespace_problem: str = ""
     #: Whether workers install the seccomp filter.
     seccomp: bool = False
@@ -192,11 +192,6 @@ class Sandbox:
         if not self.seccomp:
             out.append((f"no seccomp filter ({self.seccomp_problem})", self._seccomp_fix()))
         return out
-
-    @property
-    def confines(self) -> bool:
-        """Whether workers get Landlock rules (not just a capability drop)."""
-        return self.mode != "off" and self.abi > 0
 
     @property
     def switches_user(self) -> bool:
