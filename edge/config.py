@@ -105,6 +105,15 @@ class DeploymentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerUser:
+    """`[workers] default_user`, looked up: its name (for messages), uid and primary gid."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """`[workers]`: how function worker processes are started."""
 
@@ -119,6 +128,9 @@ class WorkerSettings:
     writable_paths: tuple[Path, ...] = DEFAULT_WRITABLE_PATHS
     #: More paths no worker may read or write, besides those the core hides itself.
     hidden_paths: tuple[Path, ...] = ()
+    #: The unprivileged user a root core runs functions without RunAs as (None: uid 0 with
+    #: every capability dropped).
+    default_user: WorkerUser | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,7 +474,34 @@ def _workers(s: _Section) -> WorkerSettings:
         sandbox=sandbox,  # type: ignore[arg-type]
         writable_paths=_path_list(s, "writable_paths", DEFAULT_WRITABLE_PATHS),
         hidden_paths=_path_list(s, "hidden_paths", ()),
+        default_user=_default_user(s),
     )
+
+
+def _default_user(s: _Section) -> WorkerUser | None:
+    """`default_user`: a user name or uid that this machine knows, never root."""
+    import pwd  # noqa: PLC0415 - only when the key is set
+
+    s.used.add("default_user")
+    value = s.table.get("default_user")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip():
+        raise s.error("default_user", "must be a user name or a uid")
+    try:
+        if isinstance(value, int) or value.isdigit():
+            entry = pwd.getpwuid(int(value))
+        else:
+            entry = pwd.getpwnam(value)
+    except (KeyError, OverflowError):
+        raise s.error(
+            "default_user",
+            f"names no user of this machine ({value!r}): create it "
+            "(useradd --system --no-create-home --shell /usr/sbin/nologin NAME) or remove the key",
+        ) from None
+    if entry.pw_uid == 0:
+        raise s.error("default_user", "must be an unprivileged user, not root")
+    return WorkerUser(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
 def _audit(s: _Section) -> AuditSettings:

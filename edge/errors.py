@@ -98,12 +98,23 @@ class InsecurePermissionsError(EdgeError):
 class SandboxUnavailableError(EdgeError):
     """`[workers] sandbox = "required"`, and this kernel can't confine workers."""
 
-    def __init__(self, problem: str) -> None:
+    def __init__(self, problem: str, fix: str) -> None:
         self.problem = problem
+        self.fix = fix
         super().__init__(
-            f"workers can't be confined: {problem}; run a kernel with Landlock (Linux 5.13+, "
-            'lsm=landlock) or set [workers] sandbox = "auto" to run them unconfined'
+            f"workers can't be confined: {problem}; {fix}, "
+            'or set [workers] sandbox = "auto" to run them with the walls this kernel has'
         )
+
+
+class WorkerUserError(EdgeError):
+    """The user a function's worker would run as can't start it: fails the deployment."""
+
+    def __init__(self, function_arn: str, user: str, problem: str) -> None:
+        self.function_arn = function_arn
+        self.user = user
+        self.problem = problem
+        super().__init__(f"function {function_arn} runs as {user}, who {problem}")
 
 
 # --- fetching from Secrets Manager ---------------------------------------------------------

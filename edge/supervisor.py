@@ -177,17 +177,13 @@ async def _load_store(
 
 
 def _worker_sandbox(config: Config, log: FilteringBoundLogger) -> Sandbox:
-    """The workers' confinement; where the kernel can't, say so once, loudly."""
+    """The workers' confinement; where the kernel lacks a wall, say so once, loudly."""
     sandbox = Sandbox.from_config(config)
-    if sandbox.confines:
-        log.info("workers.sandbox", landlock_abi=sandbox.abi, hidden=len(sandbox.hidden))
-    elif sandbox.mode == "auto":
-        log.warning(
-            "workers.sandbox_unavailable",
-            problem="this kernel has no Landlock: a worker of the core's user can read its "
-            "key and store",
-            fix='run Linux 5.13+ with lsm=landlock, or [workers] sandbox = "required" to refuse',
-        )
+    user = config.workers.default_user
+    for level, event, fields in sandbox.notices(
+        root=os.geteuid() == 0, default_user=None if user is None else user.name
+    ):
+        (log.warning if level == "warning" else log.info)(event, **fields)
     return sandbox
 
 
@@ -256,6 +252,7 @@ async def run_core(
                 code_root=config.core.code_dir,
                 python=config.workers.python,
                 sandbox=_worker_sandbox(config, log),
+                default_user=config.workers.default_user,
                 publish_cloud=publish_cloud,
                 set_cloud_subscriptions=set_cloud_subscriptions,
                 read_s3=read_s3,

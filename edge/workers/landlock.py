@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Confine a worker before any function code runs: Landlock rules and, for uid 0, no capabilities.
+"""Confine a worker before any function code runs: its own mounts, Landlock, its user, seccomp.
 
 Runs inside the worker (`edge.workers.runtime` calls `confine` first thing), so it imports
 nothing from the supervisor side and no dataclasses: V1's 16 MB MemorySize must still fit.
@@ -17,6 +17,9 @@ outside it, nor (ABI 6+) signal one.
 
 A worker that stays uid 0 (a root core without RunAs) also drops every capability first:
 otherwise it could read raw disks, load modules or remount, all of which step around any rule.
+Landlock is the second wall: `edge.workers.mountns` first covers the hidden paths in a mount
+namespace of the worker's own, and `edge.workers.seccomp` last refuses the calls no file rule
+governs (a setuid chmod, mount, ptrace, new namespaces).
 """
 
 from __future__ import annotations
@@ -223,14 +226,43 @@ def restrict(opened: list[tuple[int, int]], abi: int) -> None:
 
 
 def confine(plan: dict[str, Any]) -> int:
-    """Carry out the core's plan; return the Landlock ABI used (0: capabilities only)."""
+    """Carry out the core's plan; return the Landlock ABI used (0: none).
+
+    In this order: the private mount namespace (which needs root's or a new user namespace's
+    powers), the Landlock rules listed and opened (uid 0 may need its powers to enter /home/*),
+    the RunAs user or the capability drop, Landlock enforced, and seccomp last, since it
+    denies the very calls that set up the namespace.
+    """
     abi = landlock_abi() if plan.get("landlock") else 0
     if plan.get("landlock") and abi == 0 and plan.get("required"):
         raise ConfinementError("this kernel has no Landlock (Linux 5.13+ with lsm=landlock)")
-    # Listed and opened before the capabilities go: uid 0 may need them to enter /home/*.
+    if plan.get("namespace"):
+        from edge.workers import mountns  # noqa: PLC0415 - only when asked: a cycle otherwise
+
+        mountns.isolate(plan)
     opened = open_rules(rules(plan, abi)) if abi else []
-    if plan.get("drop_capabilities"):
+    run_as = plan.get("run_as")
+    if run_as:
+        from edge.workers.mountns import switch_user  # noqa: PLC0415
+
+        switch_user(int(run_as[0]), int(run_as[1]))
+        ctypes, libc = _libc()
+        _no_new_privs(ctypes, libc)
+    elif plan.get("drop_capabilities"):
         drop_capabilities()
     if abi:
         restrict(opened, abi)
+    if plan.get("seccomp"):
+        install_seccomp()
     return abi
+
+
+def install_seccomp() -> None:
+    """Install the seccomp filter (edge.workers.seccomp); a missing module fails confinement."""
+    import importlib  # noqa: PLC0415 - only when asked
+
+    try:
+        module = importlib.import_module("edge.workers.seccomp")
+    except ImportError as exc:
+        raise ConfinementError(f"the seccomp filter is missing: {exc}") from exc
+    module.install_filter()

@@ -7,6 +7,11 @@ into the core's structured log, tagged with the function; the log's redaction ma
 secret value the core holds before anything is written. Its resident memory is sampled and
 the process is killed when it exceeds the function's MemorySize (an RSS watch, never an
 address-space rlimit, which breaks Python's allocator).
+
+A root core runs a worker as its RunAs user, else as `[workers] default_user`, else as uid 0
+without capabilities. Where workers mount their own view (edge/workers/mountns.py) the worker
+switches user itself, after mounting; elsewhere the child is started as that user.
+`check_worker_users` finds out at deployment whether each such user can start its worker.
 """
 
 from __future__ import annotations
@@ -18,15 +23,17 @@ import signal
 import socket
 import sys
 import sysconfig
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
 
+from edge.config import WorkerUser
+from edge.errors import WorkerUserError
 from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
 from edge.workers.sandbox import EDGE_ROOT, Sandbox
-from edge.workers.spec import FunctionSpec
+from edge.workers.spec import FunctionSpec, RunAs
 
 #: Serves the core's end of a worker's socketpair, bound to the worker's token.
 Adopter = Callable[[socket.socket, str], Awaitable[None]]
@@ -69,6 +76,17 @@ class Launch:
     #: Serves a RunAs worker's pre-connected socket (None: the socket isn't served).
     adopt: Adopter | None = None
     sandbox: Sandbox | None = None
+    #: Who a root core's workers without RunAs run as (None: uid 0, capabilities dropped).
+    default_user: WorkerUser | None = None
+
+
+def worker_user(spec: FunctionSpec, default_user: WorkerUser | None) -> RunAs | None:
+    """The uid/gid a function's worker runs as (None: the core's own, as it is not root)."""
+    if os.geteuid() != 0:
+        return None
+    if spec.run_as is not None:
+        return spec.run_as
+    return None if default_user is None else RunAs(uid=default_user.uid, gid=default_user.gid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,21 +115,10 @@ def worker_environment(
     sandbox_plan: str | None = None,
 ) -> dict[str, str]:
     """The V1 environment of a worker, plus what the runtime needs to start."""
-    paths = [str(_COMPAT_DIR), str(EDGE_ROOT)]
-    # `-S` skips site (and ~2.5 MB of resident memory); the core's libraries (msgpack, the
-    # SDK) are found through their directories instead. code_dir is not on the path yet: the
-    # runtime puts it first (a bundled SDK wins) only once it is confined, so a package's
-    # `edge/` or `json.py` can't stand in for the runtime's own modules before that.
-    for key in ("purelib", "platlib"):
-        site = sysconfig.get_paths()[key]
-        if site not in paths:
-            paths.append(site)
     env = {k: v for k, v in spec.variables.items() if k not in _RESERVED_ENV}
     env.update(
         {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            "PYTHONPATH": os.pathsep.join(paths),
+            **_base_environment(),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "MY_FUNCTION_ARN": spec.function_arn,
@@ -132,6 +139,122 @@ def worker_environment(
     if sandbox_plan is not None:
         env["EDGE_SANDBOX"] = sandbox_plan
     return env
+
+
+def _base_environment() -> dict[str, str]:
+    """What any worker interpreter needs: PATH, a UTF-8 locale, the runtime's import path."""
+    paths = [str(_COMPAT_DIR), str(EDGE_ROOT)]
+    # `-S` skips site (and ~2.5 MB of resident memory); the core's libraries (msgpack, the
+    # SDK) are found through their directories instead. code_dir is not on the path yet: the
+    # runtime puts it first (a bundled SDK wins) only once it is confined, so a package's
+    # `edge/` or `json.py` can't stand in for the runtime's own modules before that.
+    for key in ("purelib", "platlib"):
+        site = sysconfig.get_paths()[key]
+        if site not in paths:
+            paths.append(site)
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": os.pathsep.join(paths),
+    }
+
+
+#: Run as a worker's user at deployment: the interpreter starts, imports the runtime as a
+#: worker does, and opens every file of the code directories named (exit 2 or 3 says which).
+_CAN_START = """
+import os, sys
+try:
+    import edge.workers.runtime
+except Exception as exc:
+    print(exc)
+    sys.exit(3)
+def fail(exc):
+    raise exc
+for index, code in enumerate(sys.argv[1:]):
+    try:
+        for top, _, names in os.walk(code, onerror=fail):
+            for name in names:
+                os.close(os.open(os.path.join(top, name), os.O_RDONLY))
+    except OSError as exc:
+        print(index, f"{exc.filename}: {exc.strerror}")
+        sys.exit(2)
+"""
+#: How long the deployment-time check may take per user (an interpreter start and a walk).
+CHECK_TIMEOUT_SECONDS = 60
+_PYTHON_FIX = (
+    "set [workers] python to an interpreter that user can execute (not one under a 0700 home "
+    "directory), or give the user access to this one"
+)
+
+
+def _user_name(spec: FunctionSpec, run_as: RunAs, default_user: WorkerUser | None) -> str:
+    if spec.run_as is None and default_user is not None:
+        return f"[workers] default_user {default_user.name} (uid {run_as.uid})"
+    return f"RunAs uid {run_as.uid} gid {run_as.gid}"
+
+
+async def check_worker_users(
+    workers: Iterable[tuple[FunctionSpec, Path]], *, python: Path, default_user: WorkerUser | None
+) -> None:
+    """Check that each worker's user can run `python` and read its code; raise if one can't.
+
+    Raises:
+        WorkerUserError: naming the function, the user, and what to change.
+    """
+    by_user: dict[RunAs, list[tuple[FunctionSpec, Path]]] = {}
+    for spec, code_dir in workers:
+        run_as = worker_user(spec, default_user)
+        if run_as is not None:
+            by_user.setdefault(run_as, []).append((spec, code_dir))
+    problems = await asyncio.gather(
+        *(_check_user(run_as, [d for _, d in items], python) for run_as, items in by_user.items())
+    )
+    for (run_as, items), (index, problem) in zip(by_user.items(), problems, strict=True):
+        if problem:
+            spec = items[index][0]
+            user = _user_name(spec, run_as, default_user)
+            raise WorkerUserError(spec.function_arn, user, problem)
+
+
+async def _check_user(run_as: RunAs, code_dirs: list[Path], python: Path) -> tuple[int, str]:
+    """(index of the worker it concerns, what the user can't do), or (0, '') if nothing."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(python),
+            "-S",
+            "-P",
+            "-c",
+            _CAN_START,
+            *map(str, code_dirs),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=_base_environment(),
+            cwd="/",
+            preexec_fn=_drop_privileges(run_as.uid, run_as.gid),
+        )
+    except OSError as exc:
+        return 0, f"can't execute the interpreter {python} ({exc.strerror}): {_PYTHON_FIX}"
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 0, f"can't start the interpreter {python} within {CHECK_TIMEOUT_SECONDS} s"
+    said = out.decode("utf-8", "replace").strip()
+    if proc.returncode == 0:
+        return 0, ""
+    if proc.returncode == 2:  # noqa: PLR2004 - _CAN_START's exit for unreadable code
+        index, _, problem = said.partition(" ")
+        return int(index), (
+            f"can't read the function's code ({problem}): make [core] code_dir and the "
+            "directories above it readable to that user"
+        )
+    if proc.returncode == 3:  # noqa: PLR2004 - _CAN_START's exit for the core's libraries
+        return 0, f"can't import the core's libraries with {python} ({said}): {_PYTHON_FIX}"
+    last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"status {proc.returncode}"]
+    return 0, f"can't start the interpreter {python} ({last[0]}): {_PYTHON_FIX}"
 
 
 def _drop_privileges(uid: int, gid: int) -> Callable[[], None]:
@@ -200,9 +323,13 @@ class WorkerProcess:
     async def start(self) -> None:
         """Spawn the child and start reading its output and watching its memory."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        run_as = self.spec.run_as if os.geteuid() == 0 else None
+        run_as = worker_user(self.spec, self._launch.default_user)
         # An explicit RunAs Uid 0 is root with its powers, as on V1; an implicit one is not.
         root_worker = os.geteuid() == 0 and run_as is None
+        sandbox = self._launch.sandbox
+        # Where a root worker mounts its own view, it becomes its user only after: a child
+        # started as that user couldn't mount without a user namespace.
+        switched_in_worker = run_as is not None and sandbox is not None and sandbox.switches_user
         sdk_parent: socket.socket | None = None
         sdk_child: socket.socket | None = None
         try:
@@ -213,8 +340,11 @@ class WorkerProcess:
                 code_dir=self.code_dir,
                 control_fd=child.fileno(),
                 sandbox_plan=None
-                if self._launch.sandbox is None
-                else self._launch.sandbox.plan(root_worker=root_worker),
+                if sandbox is None
+                else sandbox.plan(
+                    root_worker=root_worker,
+                    run_as=(run_as.uid, run_as.gid) if run_as is not None else None,
+                ),
             )
             fds = [child.fileno()]
             if run_as is not None:
@@ -237,7 +367,9 @@ class WorkerProcess:
                 pass_fds=tuple(fds),
                 # uvloop's subprocess_exec takes no user/group arguments; preexec_fn works with
                 # both loops (the child runs no Python threads before exec).
-                preexec_fn=_drop_privileges(run_as.uid, run_as.gid) if run_as else None,
+                preexec_fn=_drop_privileges(run_as.uid, run_as.gid)
+                if run_as is not None and not switched_in_worker
+                else None,
                 start_new_session=True,
             )
         finally:

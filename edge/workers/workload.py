@@ -24,6 +24,7 @@ from typing import Self
 from structlog.typing import FilteringBoundLogger
 
 from edge.audit import AuditLog
+from edge.config import WorkerUser
 from edge.errors import DeploymentInvalidError
 from edge.fsutil import atomic_replace
 from edge.ipc.server import IpcServer, WorkerIdentity
@@ -33,7 +34,7 @@ from edge.secrets.contents import StoreContents
 from edge.workers.code import S3Reader, prepare_code
 from edge.workers.connectors import connector_code_dirs, connector_specs
 from edge.workers.manager import WorkerManager
-from edge.workers.process import Launch
+from edge.workers.process import Launch, check_worker_users, worker_user
 from edge.workers.router import Router, parse_routes
 from edge.workers.sandbox import Sandbox
 from edge.workers.services import CoreServices
@@ -73,6 +74,7 @@ class Workload:
         read_s3: S3Reader | None = None,
         python: Path = Path(sys.executable),
         sandbox: Sandbox | None = None,
+        default_user: WorkerUser | None = None,
         audit: AuditLog | None = None,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
@@ -80,12 +82,15 @@ class Workload:
         self.code_root = code_root
         self._read_s3 = read_s3
         self._set_subscriptions = set_cloud_subscriptions
+        self._python = python
+        self._default_user = default_user
         self.manager = WorkerManager(
             launch=Launch(
                 socket_path=state_dir / "ipc" / "core.sock",
                 python=python,
                 adopt=self._adopt,
                 sandbox=sandbox,
+                default_user=default_user,
             ),
             register=self._register,
             revoke=self._revoke,
@@ -119,7 +124,7 @@ class Workload:
             await self.ipc.__aexit__(None, None, None)
 
     def _register(self, token: str, spec: FunctionSpec, pid: int | None) -> None:
-        if spec.run_as is not None and os.geteuid() == 0:
+        if worker_user(spec, self._default_user) is not None:
             # Its connection is the socketpair end the core handed it (see `_adopt`): the
             # kernel's peer credentials name the core, so only the token identifies it.
             identity = WorkerIdentity(function_arn=spec.function_arn, adopted_only=True)
@@ -152,6 +157,17 @@ class Workload:
                 )
                 for s in specs
             )
+        )
+        connector_dirs = connector_code_dirs(connectors)
+        # Another user than the core's (RunAs, default_user) must be able to start its worker:
+        # found out now, the deployment fails saying what to change, with nothing changed.
+        await check_worker_users(
+            [
+                *zip(specs, dirs, strict=True),
+                *((c, connector_dirs[c.function_arn]) for c in connectors),
+            ],
+            python=self._python,
+            default_user=self._default_user,
         )
         return PreparedWorkload(
             specs=specs,

@@ -31,10 +31,17 @@ other processes' /proc and signals, and find every route shut.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import pwd
+import shutil
 import stat
+import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +51,20 @@ import pytest
 import edge
 from edge.demo.reference import write_v1_package
 from edge.workers.landlock import landlock_abi
+from edge.workers.sandbox import probe_namespace, probe_seccomp
 from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
-from tests.support.functions import FUNCTIONS_DIR, build_package, function, function_arn, invoke
+from tests.support.faults import fetch_table, running_core
+from tests.support.functions import (
+    FUNCTIONS_DIR,
+    build_package,
+    code_of,
+    function,
+    function_arn,
+    invoke,
+)
+from tests.support.services import Mosquitto, MotoServer
+from tests.support.users import python_for
 
 pytestmark = pytest.mark.network
 #: Whether this kernel confines workers (the core's default, `[workers] sandbox = "auto"`).
@@ -55,6 +73,14 @@ LANDLOCK = landlock_abi() > 0
 #: within a few hundred KB of the limit and is sometimes killed for memory, not refused.
 PROBE_KB = 65536
 needs_landlock = pytest.mark.skipif(not LANDLOCK, reason="this kernel has no Landlock to test")
+#: How this core's workers enter their own mount namespace ('' where the kernel won't).
+NAMESPACE = probe_namespace(())[0]
+needs_namespace = pytest.mark.skipif(
+    not NAMESPACE, reason="this kernel gives workers no private mount namespace to test"
+)
+needs_seccomp = pytest.mark.skipif(
+    bool(probe_seccomp()), reason=f"no seccomp filter to test: {probe_seccomp()}"
+)
 
 
 @pytest.fixture
@@ -349,13 +375,14 @@ def test_a_confined_worker_cannot_go_around_the_ipc(env: Env, probe: dict[str, A
             if path.name.startswith("planted"):
                 path.unlink(missing_ok=True)
     allowed = {"read " + str(code / "probe.py"), "read /etc/hostname", "write " + str(scratch)}
-    allowed.add("list " + str(state / "ipc"))  # names only: Landlock can't hide a listing
+    allowed.add("list " + str(state / "ipc"))  # Landlock alone can't hide a listing
+    refusals = ("Permission", "Operation not", "No such file", "Read-only")
     for attempt, result in seen.items():
         if attempt in allowed:
             assert result["ok"], (attempt, result)
         else:
             assert not result["ok"], (attempt, result)
-            assert "Permission" in result["error"] or "Operation not" in result["error"], result
+            assert any(word in result["error"] for word in refusals), result
     assert (state / "secrets.store").exists()
     assert "planted" not in (code / "app.py").read_text()
     # Still served: the core lives, beta still reads its own secret through the IPC.
@@ -388,3 +415,220 @@ def test_a_package_cannot_stand_in_for_the_runtime(env: Env, tmp_path: Path) -> 
     env.operator.wait_status(dep, "Success")
     assert invoke(env, "gamma", {"SecretId": "team-c/db"})["SecretString"] == value
     assert "hijacked" not in env.core.log_text()
+
+
+@needs_namespace
+def test_a_function_can_neither_see_nor_chmod_the_cores_files(
+    env: Env, probe: dict[str, Any]
+) -> None:
+    """A chmod 0755 of the state dir, 0644 of the key and of the store: all fail, unchanged.
+
+    The worker sees an empty read-only mount over the state directory (only the IPC socket is
+    bound back into it) and an empty read-only file over the config: the store isn't there to
+    name, and no cover's mode can change.
+    """
+    (arn_a, _, value_a), (arn_b, _, value_b) = deploy_two(env, probe)
+    redeploy_alpha(env, probe, "probe.modes", (arn_a, arn_b))
+    state, key, store = env.state_dir, env.state_dir / "core.key", env.store_path
+    before = {p: stat.S_IMODE(p.stat().st_mode) for p in (state, key, store, env.config)}
+    assert before[state] == 0o700
+    assert before[key] == before[store] == 0o600
+    seen = invoke(
+        env,
+        "alpha",
+        {
+            "chmod": [
+                [str(state), 0o755],
+                [str(key), 0o644],
+                [str(store), 0o644],
+                [str(env.config), 0o644],
+                [str(state / "ipc"), 0o755],
+                [str(state / "ipc" / "core.sock"), 0o666],
+            ],
+            "stat": [str(store), str(key), str(state / "audit")],
+            "list": [str(state), str(state / "ipc")],
+        },
+    )
+    gone, sealed = "FileNotFoundError: No such file", "OSError: Read-only file system"
+    expected = {
+        f"chmod 755 {state}": sealed,
+        f"chmod 644 {key}": gone,
+        f"chmod 644 {store}": gone,
+        f"chmod 644 {env.config}": sealed,
+        f"chmod 755 {state / 'ipc'}": sealed,
+        f"chmod 666 {state / 'ipc' / 'core.sock'}": sealed,
+        f"stat {store}": gone,
+        f"stat {key}": gone,
+        f"stat {state / 'audit'}": gone,
+    }
+    assert {k: r.get("error", "")[: len(expected.get(k, ""))] for k, r in seen.items()} == {
+        **expected,
+        f"list {state}": "",
+        f"list {state / 'ipc'}": "",
+    }, seen
+    # What it sees of the state directory: the socket it talks to the core through, no more.
+    assert seen["list " + str(state)] == {"ok": True, "value": "['ipc']"}
+    assert seen["list " + str(state / "ipc")] == {"ok": True, "value": "['core.sock']"}
+    after = {p: stat.S_IMODE(p.stat().st_mode) for p in (state, key, store, env.config)}
+    assert after == before
+    # The core goes on: a restart loads the store (a loose one would be refused).
+    assert env.core.stop() == 0
+    env.core.start()
+    env.core.wait_for_event("core.store_loaded", after=1)
+    env.core.wait_for_event("workers.sandbox", namespace=NAMESPACE)
+    for value in (value_a, value_b):
+        assert_not_shown(env, value, seen)
+
+
+@needs_seccomp
+def test_a_function_can_set_no_setuid_or_setgid_bit_anywhere(
+    env: Env, probe: dict[str, Any]
+) -> None:
+    """A chmod 4755 / 2755 of a file it made, or of a root-owned program: EPERM each.
+
+    A worker of a root core without RunAs is uid 0 without capabilities, so it owns root's
+    files: without the seccomp filter it could make any root-owned program setuid.
+    """
+    arn, _, _ = env.create_secret("team-s/db")
+    fn = function("suid", "probe.modes", probe, policies=["s"], timeout=30)
+    env.operator.wait_status(
+        env.operator.deploy([secret_resource("s", arn)], functions=[fn]), "Success"
+    )
+    # In /var/tmp: /tmp holds this test's state dir, so only its other subtrees are writable.
+    own = Path("/var/tmp") / f"edge-suid-{uuid.uuid4().hex}"
+    program = Path("/var/tmp") / f"edge-suid-{uuid.uuid4().hex}"
+    program.write_bytes(Path("/bin/true").read_bytes())
+    program.chmod(0o755)
+    try:
+        seen = invoke(
+            env,
+            "suid",
+            {"own_setuid": str(own), "chmod": [[str(program), 0o4755], [str(program), 0o2755]]},
+        )
+        modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (own, program)}
+    finally:
+        own.unlink(missing_ok=True)
+        program.unlink(missing_ok=True)
+    assert len(seen) == 5, seen
+    for attempt, result in seen.items():
+        assert not result["ok"], (attempt, result)
+        assert "Operation not permitted" in result["error"], (attempt, result)
+    assert modes == {own: stat.S_IMODE(modes[own]) & 0o777, program: 0o755}
+    assert not modes[own] & (stat.S_ISUID | stat.S_ISGID)
+
+
+def test_unmodified_v1_code_still_copies_and_chmods_its_own_files(env: Env, tmp_path: Path) -> None:
+    """shutil.copy, copy2, copytree, chmod 0644 / 0755 and chown of its own files all work."""
+    code = code_of(tmp_path / "app.zip")
+    arn, _, _ = env.create_secret("team-v/db")
+    fn = function("copier", "app.copy_files", code, policies=["v"])
+    env.operator.wait_status(
+        env.operator.deploy([secret_resource("v", arn)], functions=[fn]), "Success"
+    )
+    answer = invoke(env, "copier", {"text": "v1 data"})
+    assert answer == {"copy": "0o644", "copy2": "0o755", "text": "v1 data"}
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="RunAs and default_user apply only when the core runs as root"
+)
+NOBODY = pwd.getpwnam("nobody")
+
+
+@contextlib.contextmanager
+def core_with(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, *, workers: str, code_dir: str
+) -> Iterator[Env]:
+    """A running core whose config has this [workers] table and [core] code_dir."""
+
+    def set_code_dir(state_dir: Path) -> None:
+        config = state_dir.parent / "core.toml"
+        text = config.read_text()
+        config.write_text(
+            text.replace('state_dir = "state"', f'state_dir = "state"\ncode_dir = "{code_dir}"', 1)
+        )
+
+    with running_core(
+        tmp_path,
+        broker=broker,
+        moto=moto,
+        sm=sm,
+        endpoint_url=moto.url,
+        fetch=f"{fetch_table()}\n[workers]\n{workers}\n",
+        before_init=set_code_dir,
+    ) as env:
+        yield env
+
+
+@needs_root
+def test_a_root_core_runs_functions_without_run_as_as_its_default_user(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
+) -> None:
+    """`[workers] default_user = "nobody"`: a function without RunAs runs as nobody, no groups.
+
+    It reaches the core over the socket the core hands it (nobody can't enter the socket
+    directory) and reads its secret. The code lives in a directory nobody can read, and the
+    interpreter is one nobody can run: the deployment-time check passes.
+    """
+    python = python_for(NOBODY)
+    if python is None:
+        pytest.skip("no Python of this version that nobody can run (set up as in the README)")
+    code_dir = Path(tempfile.mkdtemp(prefix="edge-code-", dir="/var/tmp"))
+    code_dir.chmod(0o755)
+    try:
+        with core_with(
+            tmp_path,
+            broker,
+            moto,
+            sm,
+            workers=f'python = "{python}"\ndefault_user = "nobody"',
+            code_dir=str(code_dir),
+        ) as env:
+            env.core.wait_for_event("workers.default_user", user="nobody")
+            arn, _, value = env.create_secret("default-user")
+            fn = function("who", "app.whoami", code_of(tmp_path / "app.zip"), policies=["r"])
+            env.operator.wait_status(
+                env.operator.deploy([secret_resource("r", arn)], functions=[fn]), "Success"
+            )
+            answer = invoke(env, "who", {"SecretId": "default-user"})
+            assert (answer["uid"], answer["gid"], answer["groups"]) == (
+                NOBODY.pw_uid,
+                NOBODY.pw_gid,
+                [],
+            )
+            assert answer["inherited_ipc"] is True
+            assert answer["secret"] == value
+    finally:
+        shutil.rmtree(code_dir)
+
+
+@needs_root
+def test_a_deployment_whose_user_cannot_run_the_interpreter_fails_saying_what_to_set(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
+) -> None:
+    """RunAs nobody with [workers] python in a 0700 directory: Failure naming both and the key.
+
+    Nothing of the deployment is applied: the function that ran before still answers.
+    """
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    python = private / "python"
+    python.symlink_to(sys.executable)
+    with core_with(
+        tmp_path, broker, moto, sm, workers=f'python = "{python}"', code_dir="functions"
+    ) as env:
+        code = code_of(tmp_path / "app.zip")
+        env.operator.wait_status(
+            env.operator.deploy(functions=[function("ctx", "app.context_fields", code)]),
+            "Success",
+        )
+        run_as = {"Uid": NOBODY.pw_uid, "Gid": NOBODY.pw_gid}
+        fn = function("ctx", "app.context_fields", code, run_as=run_as)
+        failed = env.operator.final_status(env.operator.deploy(functions=[fn]))
+        assert failed["DeploymentStatus"] == "Failure"
+        message = failed["ErrorMessage"]
+        assert function_arn("ctx") in message
+        assert f"RunAs uid {NOBODY.pw_uid} gid {NOBODY.pw_gid}" in message
+        assert f"can't execute the interpreter {python} (Permission denied)" in message
+        assert "set [workers] python to an interpreter that user can execute" in message
+        assert invoke(env, "ctx", {})["function_name"] == "ctx"

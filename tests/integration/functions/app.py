@@ -5,7 +5,11 @@ Packaged in a zip together with the unmodified `greengrasssdk` from PyPI.
 
 import json
 import os
+import shutil
+import stat
+import tempfile
 import time
+from pathlib import Path
 
 import greengrasssdk
 
@@ -111,3 +115,23 @@ def whoami(event, context):
         "inherited_ipc": "EDGE_IPC_FD" in os.environ,
         "secret": secrets_client.get_secret_value(SecretId=event["SecretId"])["SecretString"],
     }
+
+
+def copy_files(event, context):
+    """Copies and chmods its own files, as V1 code does: shutil.copy, copy2, chmod, chown."""
+    work = Path(tempfile.mkdtemp(prefix="v1-copy-"))
+    source = work / "data.txt"
+    source.write_text(event.get("text", "data"))
+    source.chmod(0o600)
+    copied = Path(shutil.copy(source, work / "copy.txt"))
+    kept = Path(shutil.copy2(source, work / "copy2.txt"))
+    tree = shutil.copytree(work, f"{work}-tree")
+    os.chmod(copied, 0o644)
+    readable = stat.S_IMODE(copied.stat().st_mode)
+    os.chmod(kept, 0o755)  # noqa: S103 - a script of its own, made runnable
+    runnable = stat.S_IMODE(kept.stat().st_mode)
+    os.chown(copied, os.getuid(), os.getgid())
+    text = copied.read_text()
+    shutil.rmtree(work)
+    shutil.rmtree(tree)
+    return {"copy": oct(readable), "copy2": oct(runnable), "text": text}

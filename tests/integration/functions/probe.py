@@ -174,3 +174,29 @@ def disk(event, context):
     for pid in event["signal"]:
         results[f"signal {pid}"] = _attempt(lambda p=pid: os.kill(p, 0))
     return results
+
+
+def modes(event, context):
+    """Change file modes around Landlock, which doesn't govern chmod: the core's files, setuid.
+
+    `chmod`: [path, mode] pairs; `stat` and `list`: paths; `own_setuid`: a file this function
+    creates and then tries to make setuid and setgid, by path and by descriptor.
+    """
+    results = {}
+    for path, mode in event.get("chmod", []):
+        results[f"chmod {mode:o} {path}"] = _attempt(lambda p=path, m=mode: os.chmod(p, m))
+    for path in event.get("stat", []):
+        results["stat " + path] = _attempt(lambda p=path: oct(Path(p).stat().st_mode))
+    for path in event.get("list", []):
+        results["list " + path] = _attempt(lambda p=path: sorted(e.name for e in Path(p).iterdir()))
+    own = event.get("own_setuid")
+    if own:
+        Path(own).write_text("#!/bin/sh\n")
+        results["chmod 4755 own"] = _attempt(lambda: os.chmod(own, 0o4755))  # noqa: S103
+        results["chmod 2755 own"] = _attempt(lambda: os.chmod(own, 0o2755))  # noqa: S103
+        fd = os.open(own, os.O_RDONLY)
+        try:
+            results["fchmod 4755 own"] = _attempt(lambda: os.fchmod(fd, 0o4755))
+        finally:
+            os.close(fd)
+    return results
