@@ -120,10 +120,11 @@ class LogThrottle:
     """At most one warning per event name every `interval` seconds; the rest are counted.
 
     The first occurrence is logged at once with `suppressed=0` and opens a window of
-    `interval` seconds. Occurrences inside the window are only counted; when it ends, one line
-    says how many there were (`suppressed=N`, with the fields of the latest) and a new window
-    opens, until one passes without any. A flood of refused connections thus writes a line
-    every `interval` seconds, not one per connection. Needs a running event loop.
+    `interval` seconds. Occurrences inside the window are only counted; when it ends, the
+    latest of them is logged (its own fields) with `suppressed` = how many others were not,
+    and a new window opens, until one passes without any. Every line is thus one occurrence,
+    the total is the lines plus their `suppressed`, and a flood of refused connections writes
+    a line every `interval` seconds, not one per connection. Needs a running event loop.
 
     Args:
         logger: Where summary lines go (first lines go to the logger passed to `warning`).
@@ -154,19 +155,23 @@ class LogThrottle:
         self._open(event)
 
     def flush(self) -> None:
-        """Close every window now, logging the counts still owed (on shutdown)."""
+        """Close every window now, logging what it still owes (on shutdown)."""
         windows, self._windows = self._windows, {}
         for event, window in windows.items():
             window.timer.cancel()
-            if window.suppressed:
-                self._log.warning(event, suppressed=window.suppressed, **window.fields)
+            self._log_latest(event, window)
 
     def _open(self, event: str) -> None:
         timer = asyncio.get_running_loop().call_later(self._interval, self._close, event)
         self._windows[event] = _Window(timer)
 
     def _close(self, event: str) -> None:
-        window = self._windows.pop(event)
-        if window.suppressed:
-            self._log.warning(event, suppressed=window.suppressed, **window.fields)
+        if self._log_latest(event, self._windows.pop(event)):
             self._open(event)
+
+    def _log_latest(self, event: str, window: _Window) -> bool:
+        """Log the window's latest occurrence, counting the others; whether there was one."""
+        if not window.suppressed:
+            return False
+        self._log.warning(event, suppressed=window.suppressed - 1, **window.fields)
+        return True

@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The IPC socket under attack, on a real `edge run` core: floods before and after login."""
+"""The IPC socket's limits, on the real server over a real socket and on a real `edge run`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -17,16 +19,41 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
+import structlog.testing
 
 from edge.demo.reference import write_v1_package
-from edge.ipc.protocol import MAX_FRAME_SIZE
-from edge.ipc.server import DESCRIPTOR_RESERVE, MAX_CONNECTIONS_PER_WORKER, TOO_MANY_REASON
+from edge.errors import IpcCallError
+from edge.ipc.client import IpcClient
+from edge.ipc.protocol import (
+    MAX_FRAME_SIZE,
+    MAX_HANDSHAKE_FRAME_SIZE,
+    OP_GET_SECRET_VALUE,
+    Hello,
+    encode,
+)
+from edge.ipc.server import (
+    DESCRIPTOR_RESERVE,
+    DESCRIPTORS_REASON,
+    EVICTED_REASON,
+    MAX_CONNECTIONS_PER_WORKER,
+    MAX_UNAUTHENTICATED_CONNECTIONS,
+    TOO_MANY_REASON,
+    WorkerIdentity,
+)
+from tests.integration.test_ipc import (
+    ARN,
+    OTHER_TOKEN,
+    TOKEN,
+    call,
+    events,
+    frames,
+    serving,
+    short_socket_path,
+)
 from tests.support.core import REPO, CoreProcess, edge_cli, secret_resource
 from tests.support.env import Env
 from tests.support.functions import function, function_arn
 from tests.support.services import AWS_TEST_ENV
-
-pytestmark = pytest.mark.network
 
 #: What the floods may add to the core's resident memory, during and after.
 RSS_MARGIN_KB = 20 * 1024
@@ -181,6 +208,7 @@ def wait_until(condition: Any, *, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.network
 def test_a_flood_of_partial_frames_before_login_leaves_the_core_memory_as_it_was(
     env: Env,
 ) -> None:
@@ -245,6 +273,7 @@ def limited_core(env: Env) -> Iterator[Env]:
             core.stop()
 
 
+@pytest.mark.network
 def test_a_function_opening_2000_connections_is_capped_and_a_deployment_still_succeeds(
     limited_core: Env, tmp_path: Path
 ) -> None:
@@ -287,3 +316,182 @@ def test_a_function_opening_2000_connections_is_capped_and_a_deployment_still_su
     assert descriptors.peak < CORE_NOFILE - DESCRIPTOR_RESERVE
     assert descriptors.peak - before < 100, (before, descriptors.peak)
     assert env.core.count("ipc.refused.too_many_for_worker") <= 10
+
+
+# --- the server itself, over a real socket ------------------------------------------------------
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    """A socket path in a short temporary directory."""
+    with short_socket_path() as path:
+        yield path
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Every test's log events."""
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+
+
+async def until(condition: Any, *, timeout: float = 10) -> None:
+    """Wait, serving the loop meanwhile, until `condition()` holds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def raw(path: Path, data: bytes = b"") -> Any:
+    """A connection without a client: send `data`; yields (reader, writer)."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        if data:
+            writer.write(data)
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def read_to_end(reader: asyncio.StreamReader, timeout: float = 5) -> list[dict[str, Any]]:
+    """The frames the server sends until it closes the connection."""
+    async with asyncio.timeout(timeout):
+        return frames(await reader.read())
+
+
+async def first_frame(reader: asyncio.StreamReader, timeout: float = 5) -> dict[str, Any]:
+    """The server's first frame on a connection ({} if it closed without one)."""
+    async with asyncio.timeout(timeout):
+        try:
+            header = await reader.readexactly(4)
+            return frames(header + await reader.readexactly(struct.unpack(">I", header)[0]))[0]
+        except asyncio.IncompleteReadError:
+            return {}
+
+
+async def test_a_frame_over_4_kib_before_login_is_refused_from_its_header(socket_path, logs):
+    """Announcing more than a Hello can be gets the connection closed at once, not buffered."""
+    async with serving(socket_path, hello_timeout=60) as server:
+        header = struct.pack(">I", MAX_HANDSHAKE_FRAME_SIZE + 1)
+        async with raw(socket_path, header + b"x" * 1000) as (reader, _writer):
+            assert await read_to_end(reader) == []
+        assert server.connections["protocol_error"] == 1
+    (error,) = events(logs, "ipc.protocol.error")
+    assert "1 to 4096 bytes before the handshake" in error["problem"]
+
+
+async def test_a_17th_connection_of_one_worker_is_refused_and_its_16_keep_working(socket_path):
+    """One worker's token holds 16 connections; the 17th is told why; closing one frees a slot."""
+    async with serving(socket_path) as server:
+        clients = [IpcClient(str(socket_path), TOKEN) for _ in range(MAX_CONNECTIONS_PER_WORKER)]
+        try:
+            for client in clients:
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            with IpcClient(str(socket_path), TOKEN) as extra, pytest.raises(IpcCallError) as info:
+                await call(extra, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            assert info.value.status == 403
+            assert TOO_MANY_REASON in info.value.message
+            assert server.connections["refused_per_worker"] == 1
+            # Another worker is not affected, and the 16 keep being served.
+            server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, uid=os.getuid()))
+            with IpcClient(str(socket_path), OTHER_TOKEN) as other:
+                await call(other, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+            for client in clients:
+                assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "x"}))["Name"] == "x"
+            clients.pop().close()
+            await until(lambda: server.active_connections == MAX_CONNECTIONS_PER_WORKER - 1)
+            with IpcClient(str(socket_path), TOKEN) as again:
+                await call(again, OP_GET_SECRET_VALUE, {"SecretId": "db"})
+        finally:
+            for client in clients:
+                client.close()
+
+
+async def test_connections_that_never_log_in_are_capped_the_oldest_going_first(socket_path):
+    """Past 64 silent connections the oldest is closed, so a worker still gets in and is served."""
+    async with (
+        serving(socket_path, hello_timeout=60) as server,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        silent = [
+            await stack.enter_async_context(raw(socket_path))
+            for _ in range(MAX_UNAUTHENTICATED_CONNECTIONS)
+        ]
+        await until(lambda: server.active_connections == MAX_UNAUTHENTICATED_CONNECTIONS)
+        await stack.enter_async_context(raw(socket_path))
+        oldest_reader, _ = silent[0]
+        assert await read_to_end(oldest_reader) == [{"type": "goodbye", "reason": EVICTED_REASON}]
+        await until(lambda: server.connections["evicted"] == 1)
+        assert server.active_connections == MAX_UNAUTHENTICATED_CONNECTIONS
+        with IpcClient(str(socket_path), TOKEN) as client:
+            assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "db"}))["Name"] == "db"
+        assert server.connections["evicted"] == 2
+
+
+@pytest.fixture
+def low_descriptor_limit() -> Iterator[int]:
+    """This process's soft RLIMIT_NOFILE set 200 above what it has open; yields that limit."""
+    import resource  # noqa: PLC0415
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = open_descriptors(os.getpid()) + 200
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_connections_are_refused_before_descriptors_run_short(
+    socket_path, low_descriptor_limit
+):
+    """Once connections would leave fewer than 128 descriptors free, new ones are refused.
+
+    The core's own work (here: opening files) still finds the descriptors it needs.
+    """
+    tokens = [f"worker-token-{i:02d}-0123456789abcdef" for i in range(8)]
+    answers: list[str] = []
+    async with serving(socket_path) as server, contextlib.AsyncExitStack() as held:
+        for token in tokens:
+            server.register(token, WorkerIdentity(function_arn=ARN, uid=os.getuid()))
+        for i in range(60):
+            hello = encode(Hello(tokens[i % len(tokens)], os.getpid()))
+            async with contextlib.AsyncExitStack() as attempt:
+                reader, _writer = await attempt.enter_async_context(raw(socket_path, hello))
+                frame = await first_frame(reader)
+                answers.append(frame.get("reason", frame.get("type", "closed")))
+                if frame.get("type") == "welcome":
+                    held.push_async_exit(attempt.pop_all())
+        assert server.connections["refused_descriptors"] >= 1
+        # This process is both ends (the server's connections and the clients holding them);
+        # give or take the listing's own descriptor and a client's end, the reserve is free.
+        assert open_descriptors(os.getpid()) <= low_descriptor_limit - DESCRIPTOR_RESERVE + 3
+        with contextlib.ExitStack() as files:
+            for _ in range(DESCRIPTOR_RESERVE - 8):
+                files.enter_context(Path(os.devnull).open("rb"))
+    assert set(answers) == {"welcome", DESCRIPTORS_REASON}, answers
+    assert answers.index(DESCRIPTORS_REASON) > 10, answers
+
+
+async def test_a_burst_of_1000_refused_connections_logs_a_handful_of_lines_with_counts(
+    socket_path, logs
+):
+    """A thousand wrong tokens write a few warnings, whose counts add up to the thousand."""
+    hello = encode(Hello(OTHER_TOKEN, os.getpid()))
+
+    async def refused() -> None:
+        async with raw(socket_path, hello) as (reader, _writer):
+            await read_to_end(reader, timeout=30)
+
+    async with serving(socket_path) as server:
+        for _ in range(20):
+            await asyncio.gather(*(refused() for _ in range(50)))
+        assert server.connections["refused"] == 1000
+    lines = events(logs, "ipc.auth.refused")
+    assert 2 <= len(lines) <= 5, lines
+    assert len(lines) + sum(line["suppressed"] for line in lines) == 1000
+    assert lines[0]["suppressed"] == 0
+    assert lines[0]["problem"] == "unknown or revoked token"
