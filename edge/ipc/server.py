@@ -518,7 +518,7 @@ class IpcServer:
             else:  # also after a shutdown, which forgot them all
                 self._welcomed.pop(digest, None)
 
-    def warn(self, event: str, peer: _PeerProtocol, **fields: object) -> None:
+    def _warn(self, event: str, peer: _PeerProtocol, **fields: object) -> None:
         """Log a refused or failed connection, at most every few seconds per event name."""
         self._throttle.warning(event, peer.log, **fields)
 
@@ -534,7 +534,7 @@ class IpcServer:
         problem = _identity_problem(identity, peer, digest)
         if identity is None or problem is not None:
             self.connections["refused"] += 1
-            self.warn(
+            self._warn(
                 "ipc.auth.refused",
                 peer,
                 problem=problem,
@@ -545,7 +545,7 @@ class IpcServer:
             return False
         if self._welcomed[digest] >= MAX_CONNECTIONS_PER_WORKER:
             self.connections["refused_per_worker"] += 1
-            self.warn(
+            self._warn(
                 "ipc.refused.too_many_for_worker",
                 peer,
                 function_arn=identity.function_arn,
@@ -789,7 +789,7 @@ class _PeerProtocol(asyncio.Protocol):
             self._handle_events()
         except RemoteProtocolError as exc:
             self._server.connections["protocol_error"] += 1
-            self._server.warn("ipc.protocol.error", self, problem=exc.problem)
+            self._server._warn("ipc.protocol.error", self, problem=exc.problem)  # noqa: SLF001
             self.close()
         except Exception:  # our bug: log it, lose this connection, keep serving the others
             self.log.exception("ipc.connection.crashed")
@@ -832,7 +832,8 @@ class _PeerProtocol(asyncio.Protocol):
     def _hello_expired(self) -> None:
         self._hello_timer = None
         self._server.connections["hello_timeout"] += 1
-        self._server.warn("ipc.hello.timeout", self, seconds=self._server._hello_timeout)  # noqa: SLF001
+        seconds = self._server._hello_timeout  # noqa: SLF001
+        self._server._warn("ipc.hello.timeout", self, seconds=seconds)  # noqa: SLF001
         self.close()
 
     def _update_reading(self) -> None:

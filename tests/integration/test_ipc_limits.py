@@ -61,83 +61,8 @@ RSS_MARGIN_KB = 20 * 1024
 #: connections would exhaust it, as ~19,000 exhausted a core's 20,000.
 CORE_NOFILE = 1024
 
-#: A V1 handler that opens connections to the core's socket with its own worker's token (so
-#: the kernel's peer credentials match: it is the worker), keeps those the core welcomes, then
-#: goes on opening more until told how long to hold. It prints what the core answered.
-FLOOD_SOURCE = b"""
-import json, os, socket, struct, time
-
-import msgpack
-
-
-def _frame(obj):
-    payload = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(payload)) + payload
-
-
-def _first_frame(sock):
-    data = b""
-    try:
-        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return None
-            data += chunk
-    except OSError:
-        return None
-    return msgpack.unpackb(data[4 : 4 + struct.unpack(">I", data[:4])[0]])
-
-
-def _count(answers, key):
-    answers[key] = answers.get(key, 0) + 1
-
-
-def _attempt(path, hello, batch, answers, held):
-    opened = []
-    for _ in range(batch):
-        try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError as exc:
-            _count(answers, "socket failed: " + exc.strerror)
-            continue
-        sock.settimeout(10)
-        try:
-            sock.connect(path)
-            sock.sendall(hello)
-        except OSError as exc:
-            sock.close()
-            _count(answers, "connect failed: " + exc.strerror)
-            continue
-        opened.append(sock)
-    for sock in opened:
-        frame = _first_frame(sock)
-        if frame is None:
-            key = "closed"
-        elif frame["type"] == "goodbye":
-            key = "goodbye: " + frame["reason"]
-        else:
-            key = frame["type"]
-        _count(answers, key)
-        if key == "welcome":
-            held.append(sock)
-        else:
-            sock.close()
-
-
-def flood(event, context):
-    path = os.environ["EDGE_IPC_SOCKET"]
-    token = os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
-    hello = _frame({"type": "hello", "token": token, "pid": os.getpid()})
-    answers, held = {}, []
-    for _ in range(event["connections"] // 50):
-        _attempt(path, hello, 50, answers, held)
-    print("flood " + json.dumps(answers), flush=True)
-    until = time.monotonic() + event["hold_seconds"]
-    while time.monotonic() < until:
-        _attempt(path, hello, 10, {}, held)
-        time.sleep(0.01)
-    return {"held": len(held)}
-"""
+#: A V1 handler that floods the socket with its own worker's token (see its docstring).
+FLOOD_FUNCTION = REPO / "bench" / "functions" / "ipc_flood.py"
 
 
 def rss_kb(pid: int) -> int:
@@ -285,9 +210,9 @@ def test_a_function_opening_2000_connections_is_capped_and_a_deployment_still_su
     env = limited_core
     pid = core_pid(env)
     zipped = tmp_path / "flood.zip"
-    digest = hashlib.sha256(write_v1_package(zipped, {"flood.py": FLOOD_SOURCE}))
-    code = {"Uri": zipped.as_uri(), "Sha256": digest.hexdigest()}
-    flooder = function("flooder", "flood.flood", code, memory_kb=65536, timeout=120)
+    package = write_v1_package(zipped, {"ipc_flood.py": FLOOD_FUNCTION.read_bytes()})
+    code = {"Uri": zipped.as_uri(), "Sha256": hashlib.sha256(package).hexdigest()}
+    flooder = function("flooder", "ipc_flood.flood", code, memory_kb=65536, timeout=120)
     env.operator.wait_status(env.operator.deploy(functions=[flooder]), "Success")
     before = open_descriptors(pid)
 
