@@ -130,10 +130,11 @@ def sampling(pid: int) -> Iterator[Peaks]:
         thread.join(5)
 
 
-def partial_frames(path: str, stop: threading.Event) -> None:
+def partial_frames(path: str, stop: threading.Event, made: list[int]) -> None:
     """Announce a 1 MiB frame, send all but one byte, hang up; until stopped."""
     data = struct.pack(">I", MAX_FRAME_SIZE) + b"x" * (MAX_FRAME_SIZE - 1)
     while not stop.is_set():
+        made[0] += 1
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             try:
@@ -143,10 +144,11 @@ def partial_frames(path: str, stop: threading.Event) -> None:
                 pass  # the core hung up on the header
 
 
-def wrong_tokens(path: str, stop: threading.Event) -> None:
+def wrong_tokens(path: str, stop: threading.Event, made: list[int]) -> None:
     """Say Hello with a token nobody registered, read the Goodbye; until stopped."""
     hello = encode(Hello("not-a-worker-token-0123456789abcdef", os.getpid()))
     while not stop.is_set():
+        made[0] += 1
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             try:
@@ -160,15 +162,18 @@ def wrong_tokens(path: str, stop: threading.Event) -> None:
 
 @contextmanager
 def threads_flooding(
-    target: Callable[[str, threading.Event], None], path: str, n: int
-) -> Iterator[None]:
-    """Run `n` threads of `target` for the body's duration."""
+    target: Callable[[str, threading.Event, list[int]], None], path: str, n: int
+) -> Iterator[list[list[int]]]:
+    """Run `n` threads of `target` for the body's duration; yields their connection counts."""
     stop = threading.Event()
-    threads = [threading.Thread(target=target, args=(path, stop), daemon=True) for _ in range(n)]
+    made = [[0] for _ in range(n)]
+    threads = [
+        threading.Thread(target=target, args=(path, stop, count), daemon=True) for count in made
+    ]
     for thread in threads:
         thread.start()
     try:
-        yield
+        yield made
     finally:
         stop.set()
         for thread in threads:
@@ -224,6 +229,7 @@ class FloodRun:
     warnings: int
     baseline_p50_us: float
     during_p50_us: float
+    connections_per_second: float
     note: str = ""
 
 
@@ -293,6 +299,7 @@ def run_flood(world: bench_ipc.SdkCore, kind: str, args: argparse.Namespace) -> 
         ipc_warnings(world.log_path),
     )
     note = ""
+    rate = 0.0
     with sampling(pid) as peaks:
         if kind == "function":
             hold = bench_ipc.SDK_START_SLACK_SECONDS + bench_ipc.SDK_START_SLACK_PER_CLIENT
@@ -301,9 +308,11 @@ def run_flood(world: bench_ipc.SdkCore, kind: str, args: argparse.Namespace) -> 
             note = ", ".join(f"{n} {key}" for key, n in sorted(answers.items()))
         else:
             target = partial_frames if kind == "partial" else wrong_tokens
-            with threads_flooding(target, socket_path, args.threads):
+            with threads_flooding(target, socket_path, args.threads) as made:
                 time.sleep(0.5)  # the flood is in full swing before the measurement starts
+                started, first = time.monotonic(), sum(m[0] for m in made)
                 during = p50_us(world, args.seconds)
+                rate = (sum(m[0] for m in made) - first) / (time.monotonic() - started)
     time.sleep(SETTLE_SECONDS)
     return FloodRun(
         rss_before_kb=before_rss,
@@ -314,6 +323,7 @@ def run_flood(world: bench_ipc.SdkCore, kind: str, args: argparse.Namespace) -> 
         warnings=ipc_warnings(world.log_path) - before_warnings,
         baseline_p50_us=baseline,
         during_p50_us=during,
+        connections_per_second=rate,
         note=note,
     )
 
@@ -326,20 +336,26 @@ def report(args: argparse.Namespace, runs: dict[str, list[FloodRun]]) -> None:
         f"{args.seconds:g} s per measurement\n"
     )
     print(
-        "| flood | RSS before / peak during / 3 s after (MB) | descriptors before / peak "
-        "| IPC warnings logged | get_secret_value p50, **baseline** (no flood) | during "
-        "| ratio |"
+        "| flood | connections/s | RSS before; peak during, 3 s after (MB) "
+        "| descriptors before / peak | IPC warnings logged "
+        "| get_secret_value p50, **baseline** (no flood) | during | ratio |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for kind, kind_runs in runs.items():
 
         def med(attribute: str, kind_runs: list[FloodRun] = kind_runs) -> float:
             return statistics.median(getattr(run, attribute) for run in kind_runs)
 
+        def growth(attribute: str, kind_runs: list[FloodRun] = kind_runs) -> str:
+            grown = [getattr(run, attribute) - run.rss_before_kb for run in kind_runs]
+            return f"{statistics.median(grown) / 1024:+.1f}"
+
         ratio = statistics.median(r.during_p50_us / r.baseline_p50_us for r in kind_runs)
+        rate = med("connections_per_second")
         print(
-            f"| {kind} | {med('rss_before_kb') / 1024:.0f} / {med('rss_peak_kb') / 1024:.0f} / "
-            f"{med('rss_after_kb') / 1024:.0f} | {med('fds_before'):.0f} / {med('fds_peak'):.0f} "
+            f"| {kind} | {f'{rate:.0f}' if rate else '2,000 at once'} "
+            f"| {med('rss_before_kb') / 1024:.1f}; {growth('rss_peak_kb')}, "
+            f"{growth('rss_after_kb')} | {med('fds_before'):.0f} / {med('fds_peak'):.0f} "
             f"| {med('warnings'):.0f} | {med('baseline_p50_us'):.0f} µs "
             f"| {med('during_p50_us'):.0f} µs | {ratio:.2f}x |"
         )
