@@ -133,6 +133,19 @@ def sampling(pid: int) -> Iterator[Peaks]:
 def partial_frames(path: str, stop: threading.Event, made: list[int]) -> None:
     """Announce a 1 MiB frame, send all but one byte, hang up; until stopped."""
     data = struct.pack(">I", MAX_FRAME_SIZE) + b"x" * (MAX_FRAME_SIZE - 1)
+    connect_and_send(path, data, stop, made, read=False)
+
+
+def wrong_tokens(path: str, stop: threading.Event, made: list[int]) -> None:
+    """Say Hello with a token nobody registered, read the Goodbye; until stopped."""
+    hello = encode(Hello("not-a-worker-token-0123456789abcdef", os.getpid()))
+    connect_and_send(path, hello, stop, made, read=True)
+
+
+def connect_and_send(
+    path: str, data: bytes, stop: threading.Event, made: list[int], *, read: bool
+) -> None:
+    """Connect, send `data`, read until the core hangs up if `read`, close; until stopped."""
     while not stop.is_set():
         made[0] += 1
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -140,24 +153,10 @@ def partial_frames(path: str, stop: threading.Event, made: list[int]) -> None:
             try:
                 sock.connect(path)
                 sock.sendall(data)
-            except OSError:
-                pass  # the core hung up on the header
-
-
-def wrong_tokens(path: str, stop: threading.Event, made: list[int]) -> None:
-    """Say Hello with a token nobody registered, read the Goodbye; until stopped."""
-    hello = encode(Hello("not-a-worker-token-0123456789abcdef", os.getpid()))
-    while not stop.is_set():
-        made[0] += 1
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(10)
-            try:
-                sock.connect(path)
-                sock.sendall(hello)
-                while sock.recv(65536):
+                while read and sock.recv(65536):
                     pass
             except OSError:
-                pass
+                pass  # the core hung up: on a frame's header, that is the point
 
 
 @contextmanager

@@ -117,7 +117,7 @@ class _Window:
 
 
 class LogThrottle:
-    """At most one warning per event name every `interval` seconds; the rest are counted.
+    """At most one warning per event name (and key) every `interval` seconds; the rest counted.
 
     The first occurrence is logged at once with `suppressed=0` and opens a window of
     `interval` seconds. Occurrences inside the window are only counted; when it ends, the
@@ -134,40 +134,48 @@ class LogThrottle:
     def __init__(self, *, logger: FilteringBoundLogger, interval: float) -> None:
         self._log = logger
         self._interval = interval
-        self._windows: dict[str, _Window] = {}
+        self._windows: dict[tuple[str, str | None], _Window] = {}
 
     def warning(
         self,
         event: str,
         logger: FilteringBoundLogger | None = None,
+        *,
+        key: str | None = None,
         **fields: Any,  # noqa: ANN401 - whatever the event carries
     ) -> None:
         """Log `event` with `fields` now, or count it if its window is open.
 
-        `fields` must not hold exceptions or buffers: the latest are kept until the window ends.
+        Args:
+            event: The event name.
+            logger: Where the line goes if it is logged now (a logger with context bound).
+            key: Occurrences of one event with different keys have windows of their own (from
+                a small fixed set: one kind must not hide another).
+            fields: The event's fields; no exceptions or buffers: the latest are kept until
+                the window ends.
         """
-        window = self._windows.get(event)
+        window = self._windows.get((event, key))
         if window is not None:
             window.suppressed += 1
             window.fields = fields
             return
         (logger or self._log).warning(event, suppressed=0, **fields)
-        self._open(event)
+        self._open((event, key))
 
     def flush(self) -> None:
         """Close every window now, logging what it still owes (on shutdown)."""
         windows, self._windows = self._windows, {}
-        for event, window in windows.items():
+        for (event, _key), window in windows.items():
             window.timer.cancel()
             self._log_latest(event, window)
 
-    def _open(self, event: str) -> None:
-        timer = asyncio.get_running_loop().call_later(self._interval, self._close, event)
-        self._windows[event] = _Window(timer)
+    def _open(self, which: tuple[str, str | None]) -> None:
+        timer = asyncio.get_running_loop().call_later(self._interval, self._close, which)
+        self._windows[which] = _Window(timer)
 
-    def _close(self, event: str) -> None:
-        if self._log_latest(event, self._windows.pop(event)):
-            self._open(event)
+    def _close(self, which: tuple[str, str | None]) -> None:
+        if self._log_latest(which[0], self._windows.pop(which)):
+            self._open(which)
 
     def _log_latest(self, event: str, window: _Window) -> bool:
         """Log the window's latest occurrence, counting the others; whether there was one."""

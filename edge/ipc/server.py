@@ -518,9 +518,11 @@ class IpcServer:
             else:  # also after a shutdown, which forgot them all
                 self._welcomed.pop(digest, None)
 
-    def _warn(self, event: str, peer: _PeerProtocol, **fields: object) -> None:
-        """Log a refused or failed connection, at most every few seconds per event name."""
-        self._throttle.warning(event, peer.log, **fields)
+    def _warn(
+        self, event: str, peer: _PeerProtocol, *, key: str | None = None, **fields: object
+    ) -> None:
+        """Log a refused or failed connection, at most every few seconds per event (and key)."""
+        self._throttle.warning(event, peer.log, key=key, **fields)
 
     def _welcome(self, peer: _PeerProtocol, hello: Hello) -> bool | None:
         """Judge a Hello: Welcome (True), refuse (False), or wait for the worker's pid (None)."""
@@ -534,9 +536,12 @@ class IpcServer:
         problem = _identity_problem(identity, peer, digest)
         if identity is None or problem is not None:
             self.connections["refused"] += 1
+            # Each kind of refusal has its own window: a flood of wrong tokens must not hide
+            # the one line about a token presented by the wrong process.
             self._warn(
                 "ipc.auth.refused",
                 peer,
+                key=problem,
                 problem=problem,
                 claimed_pid=hello.pid,
                 function_arn=identity.function_arn if identity else None,
