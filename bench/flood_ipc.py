@@ -8,6 +8,8 @@ times, interleaved with the baseline:
 
   partial   `--threads` threads each connect, announce a 1 MiB frame, send all of it but one
             byte and hang up, again and again: what took a core to 4.6-8.2 GB and kept it;
+  logged-in the same after a Hello with `edge invoke`'s operator token (it binds no pid, so it
+            stands in for a worker's): a frame the core accepts to buffer, a megabyte each;
   refused   `--threads` threads each connect, say Hello with a wrong token, read the Goodbye,
             again and again: the log lines that flood used to write;
   function  `ipc-flood`, a function of the group, opens 2,000 connections with its own token
@@ -57,7 +59,7 @@ FLOOD_ARN = f"arn:aws:lambda:us-east-1:{bench_ipc.SDK_ACCOUNT}:function:ipc-floo
 FLOOD_CONNECTIONS = 2000
 #: How long after a flood stops its "after" RSS is read.
 SETTLE_SECONDS = 3.0
-FLOODS = ("partial", "refused", "function")
+FLOODS = ("partial", "logged-in", "refused", "function")
 
 
 def parse_args() -> argparse.Namespace:
@@ -133,6 +135,14 @@ def sampling(pid: int) -> Iterator[Peaks]:
 def partial_frames(path: str, stop: threading.Event, made: list[int]) -> None:
     """Announce a 1 MiB frame, send all but one byte, hang up; until stopped."""
     data = struct.pack(">I", MAX_FRAME_SIZE) + b"x" * (MAX_FRAME_SIZE - 1)
+    connect_and_send(path, data, stop, made, read=False)
+
+
+def logged_in_partial_frames(path: str, stop: threading.Event, made: list[int]) -> None:
+    """Say Hello with the operator's token, then send a partial 1 MiB frame; until stopped."""
+    token = (Path(path).parent / "operator.token").read_text()
+    hello = encode(Hello(token, os.getpid()))
+    data = hello + struct.pack(">I", MAX_FRAME_SIZE) + b"x" * (MAX_FRAME_SIZE - 1)
     connect_and_send(path, data, stop, made, read=False)
 
 
@@ -306,7 +316,11 @@ def run_flood(world: bench_ipc.SdkCore, kind: str, args: argparse.Namespace) -> 
                 during = p50_us(world, args.seconds)
             note = ", ".join(f"{n} {key}" for key, n in sorted(answers.items()))
         else:
-            target = partial_frames if kind == "partial" else wrong_tokens
+            target = {
+                "partial": partial_frames,
+                "logged-in": logged_in_partial_frames,
+                "refused": wrong_tokens,
+            }[kind]
             with threads_flooding(target, socket_path, args.threads) as made:
                 time.sleep(0.5)  # the flood is in full swing before the measurement starts
                 started, first = time.monotonic(), sum(m[0] for m in made)
