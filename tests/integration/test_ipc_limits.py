@@ -178,9 +178,11 @@ def test_a_flood_of_partial_frames_before_login_leaves_the_core_memory_as_it_was
 class LimitedCore(CoreProcess):
     """A core process started under `prlimit`: its descriptor limit holds from its first step."""
 
+    nofile: tuple[int, int] = (CORE_NOFILE, CORE_NOFILE)
+
     def start(self) -> None:
-        """`CoreProcess.start`, the command run under `prlimit --nofile`."""
-        limit = f"--nofile={CORE_NOFILE}:{CORE_NOFILE}"
+        """`CoreProcess.start`, the command run under `prlimit --nofile=SOFT:HARD`."""
+        limit = f"--nofile={self.nofile[0]}:{self.nofile[1]}"
         command = [sys.executable, "-m", "edge", "run", "--config", str(self.config)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -218,10 +220,14 @@ def test_connections_that_fail_after_login_give_their_memory_back(env: Env) -> N
 
 
 @pytest.fixture
-def limited_core(env: Env) -> Iterator[Env]:
-    """`env`, its core restarted with a descriptor limit of `CORE_NOFILE` (soft and hard)."""
+def limited_core(env: Env, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """`env`, its core restarted with a descriptor limit of `CORE_NOFILE` (soft and hard).
+
+    Parametrize it indirectly with (soft, hard) for other limits.
+    """
     env.core.stop()
     core = LimitedCore(config=env.core.config, log_path=env.core.log_path)
+    core.nofile = getattr(request, "param", core.nofile)
     env.core = core
     core.start()
     try:
@@ -455,3 +461,20 @@ async def test_a_burst_of_1000_refused_connections_logs_a_handful_of_lines_with_
     assert len(lines) + sum(line["suppressed"] for line in lines) == 1000
     assert lines[0]["suppressed"] == 0
     assert lines[0]["problem"] == "unknown or revoked token"
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("limited_core", [(256, 4096)], indirect=True)
+def test_the_core_raises_its_soft_descriptor_limit_to_the_hard_one(limited_core: Env) -> None:
+    """Started with a soft limit of 256 under a hard one of 4096, the core works with 4096.
+
+    The IPC's reserve is counted below the soft limit; a distribution's default soft 1024
+    would refuse workers long before the machine's real limit.
+    """
+    event = limited_core.core.wait_for_event("core.descriptor_limit_raised")
+    assert (event["was"], event["soft"]) == (256, 4096)
+    limits = Path(f"/proc/{core_pid(limited_core)}/limits").read_text()
+    (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+    assert line.split()[3:5] == ["4096", "4096"]
+    listening = limited_core.core.wait_for_event("ipc.listening", after=1)
+    assert listening["descriptor_ceiling"] == 4096 - DESCRIPTOR_RESERVE
