@@ -23,6 +23,7 @@ from edge.config import Config
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
 from edge.errors import EdgeError, InsecurePermissionsError
+from edge.ipc.limits import raise_open_files_limit
 from edge.log import REDACTOR, get_logger
 from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
 from edge.mqtt.link import MqttLink
@@ -187,11 +188,19 @@ def _worker_sandbox(config: Config, log: FilteringBoundLogger) -> Sandbox:
     return sandbox
 
 
-async def run_core(
+def _raise_descriptor_limit(log: FilteringBoundLogger) -> None:
+    """The IPC keeps a reserve of descriptors below the soft limit: make that the hard one."""
+    was, soft = raise_open_files_limit()
+    if soft != was:
+        log.info("core.descriptor_limit_raised", was=was, soft=soft)
+
+
+async def run_core(  # noqa: PLR0915 - the core's wiring, one start-up step after another
     config: Config, *, stop: asyncio.Event | None = None, logger: FilteringBoundLogger | None = None
 ) -> None:
     """Run the core until `stop` is set or the task is cancelled."""
     log = logger or get_logger("core", thing_name=config.core.thing_name)
+    _raise_descriptor_limit(log)
     store, contents = await _load_store(config, log)
     state_dir, mqtt, thing = config.core.state_dir, config.mqtt, config.core.thing_name
     deployments_topic = mqtt.deployments_topic(thing)

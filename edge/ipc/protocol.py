@@ -51,6 +51,12 @@ from edge.errors import FrameTooLargeError, LocalProtocolError, RemoteProtocolEr
 #: one connection can make the core buffer (the length is checked before a byte of the payload
 #: is stored), so 100 misbehaving connections cost at most ~100 MiB, not gigabytes.
 MAX_FRAME_SIZE: Final = 1024 * 1024
+#: Largest frame accepted before the handshake is over (a Hello in, a Welcome or a Goodbye
+#: out). Whoever can reach the socket can send these, token or not, so they must cost little:
+#: the largest legal Hello is its keys, a pid and a token of `MAX_TOKEN_LENGTH` characters of up
+#: to 4 bytes each, about 2.1 KB (ours are ~100 bytes); 4 KiB holds it with room and keeps
+#: what a connection that never logs in can make the core buffer to one read.
+MAX_HANDSHAKE_FRAME_SIZE: Final = 4096
 #: Size of the length prefix in front of every frame.
 HEADER_SIZE: Final = 4
 #: Tokens are random strings the manager generates (e.g. 43 chars of `token_urlsafe(32)`); the
@@ -770,12 +776,15 @@ class Connection:
     Args:
         role: Which end this is; it decides which events may be sent and received when.
         max_frame_size: The largest frame payload accepted and sent (tests use smaller values).
+            Until the handshake is over, frames received are capped at
+            `MAX_HANDSHAKE_FRAME_SIZE` as well.
     """
 
     __slots__ = (
         "_buffer",
         "_eof",
         "_error",
+        "_frame_limit",
         "_in_flight",
         "_last_payload",
         "_max_frame_size",
@@ -793,7 +802,8 @@ class Connection:
         self._max_frame_size = max_frame_size
         self._buffer = bytearray()
         self._eof = False
-        self._error: RemoteProtocolError | None = None
+        # The problem's words only, never the exception: see `_fail`.
+        self._error: str | None = None
         self._in_flight: set[int | str] = set()
         self._last_payload = bytearray()
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -863,23 +873,25 @@ class Connection:
 
         Raises:
             RemoteProtocolError: The peer announced a length of 0 or over the limit (detected
-                from the 4-byte prefix alone, before the payload is buffered), sent an
+                from the 4-byte prefix alone, before the payload is buffered; the limit is
+                `MAX_HANDSHAKE_FRAME_SIZE` until the handshake is over), sent an
                 undecodable or invalid frame, a frame not allowed in this state (e.g. a
                 Request before Hello), an answer to an id not in flight or a reused id, or
                 closed the connection mid-frame.
         """
         if self._error is not None:
-            raise self._error
+            raise RemoteProtocolError(self._error)
         if self._state is State.CLOSED:
             return CLOSED
         buffer = self._buffer
         available = len(buffer)
         if available >= HEADER_SIZE:
             (size,) = _HEADER.unpack_from(buffer)
-            if size == 0 or size > self._max_frame_size:
+            if size == 0 or size > self._frame_limit:
+                when = "" if self._frame_limit == self._max_frame_size else " before the handshake"
                 self._fail(
                     f"peer announced a frame of {size} bytes; frames are 1 to "
-                    f"{self._max_frame_size} bytes"
+                    f"{self._frame_limit} bytes{when}"
                 )
             end = HEADER_SIZE + size
             if available >= end:
@@ -1070,10 +1082,24 @@ class Connection:
         self._state = state
         self._may_send = self._rules.send[state]
         self._may_receive = self._rules.receive[state]
+        # Set here, on the rare state change, so that next_event compares with one attribute.
+        handshaking = state is State.START or state is State.HANDSHAKE
+        self._frame_limit = (
+            min(self._max_frame_size, MAX_HANDSHAKE_FRAME_SIZE)
+            if handshaking
+            else self._max_frame_size
+        )
 
     def _fail(self, problem: str) -> NoReturn:
-        """Enter ERROR for good and raise; the buffer is dropped so it can't grow any more."""
+        """Enter ERROR for good and raise; the buffers are dropped so they can't grow any more.
+
+        Only the problem's words are kept for later calls, and each raise is a new exception:
+        a kept exception would keep its traceback, whose frames hold the failed read's buffer
+        (up to a frame) and this connection in a cycle that only the cyclic GC frees; a flood
+        of failing connections then kept gigabytes.
+        """
         self._set_state(State.ERROR)
         self._buffer = bytearray()
-        self._error = RemoteProtocolError(problem)
-        raise self._error
+        self._last_payload = bytearray()
+        self._error = problem
+        raise RemoteProtocolError(problem)

@@ -9,7 +9,11 @@ that is the worker's or one of its descendants. Only then is the connection welc
 requests passed to the handler, with the caller's `WorkerIdentity`.
 
 A peer that misbehaves (garbage, an oversized frame, a wrong token, silence where a Hello
-belongs) costs one log line and its own connection; every other connection keeps being served.
+belongs) costs its own connection and, at most every few seconds, a log line that counts the
+others; every other connection keeps being served. What strangers can hold is bounded: a small
+frame and a few seconds before login, a few dozen such connections at once, and a reserve of
+file descriptors kept for the core's own work. A worker that logged in may keep its connections
+for life (pinned functions do), but only a few of them.
 
 Handlers answer from memory, so the fast path is synchronous: a handler may return a `Response`
 directly (answered before the next frame is read, with no task created) or an awaitable (run as
@@ -40,6 +44,7 @@ from typing import Final, Protocol, Self, cast
 from structlog.typing import FilteringBoundLogger
 
 from edge.errors import FrameTooLargeError, IpcServerError, LocalProtocolError, RemoteProtocolError
+from edge.ipc.limits import DescriptorBudget, LogThrottle
 from edge.ipc.protocol import (
     HEADER_SIZE,
     KNOWN_OPS,
@@ -67,6 +72,23 @@ SOCKET_DIR_MODE: Final = 0o700
 SOCKET_MODE: Final = 0o600
 #: A connection must say Hello this soon or be closed, so idle strangers hold nothing.
 HELLO_TIMEOUT_SECONDS: Final = 5.0
+#: Connections that have not logged in yet, at most. A worker says Hello the moment it connects
+#: and is judged within the same read, so even a core starting many workers at once has a few
+#: waiting; more are someone holding the socket. Past it, the oldest is closed, not the new
+#: one: a flood that refused newcomers would lock every worker out for as long as it went on,
+#: while one that evicts can only race a worker's Hello, which is already on its way.
+MAX_UNAUTHENTICATED_CONNECTIONS: Final = 64
+#: Logged-in connections one worker's token may hold at once. A worker needs one (its client
+#: multiplexes every thread over it), a few more if it forks or runs several clients: 16 is
+#: plenty, and keeps a function from taking the core's descriptors with its own token.
+MAX_CONNECTIONS_PER_WORKER: Final = 16
+#: File descriptors kept free below the core's limit for its own work (a deployment's files,
+#: the store, MQTT, workers' pipes; a deployment of a few functions needs a few dozen): when
+#: a new connection would leave fewer, it is refused.
+DESCRIPTOR_RESERVE: Final = 128
+#: Seconds between two warnings of the same event about refused or failed connections; those
+#: in between are counted in the next line (see `LogThrottle`).
+REFUSED_LOG_INTERVAL_SECONDS: Final = 10.0
 #: Requests of one connection being handled at once; past it the server stops reading that
 #: connection until one finishes (backpressure instead of an unbounded pile of tasks).
 MAX_CONCURRENT_REQUESTS: Final = 64
@@ -79,6 +101,15 @@ MAX_SOCKET_PATH_BYTES: Final = 107
 REFUSED_REASON: Final = "the core refused this worker's credentials"
 SHUTDOWN_REASON: Final = "the core is shutting down"
 REVOKED_REASON: Final = "this worker's token was revoked"
+TOO_MANY_REASON: Final = (
+    f"this worker already holds {MAX_CONNECTIONS_PER_WORKER} connections to the core, the most "
+    "one worker may; share one client between threads instead of opening more"
+)
+EVICTED_REASON: Final = (
+    "too many connections to the core have not logged in; this one waited longest "
+    "(send the Hello as soon as you connect)"
+)
+DESCRIPTORS_REASON: Final = "the core is short of file descriptors; try again later"
 # How long shutdown waits for cancelled connection tasks to unwind.
 _SHUTDOWN_GRACE_SECONDS = 5.0
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -198,7 +229,9 @@ class IpcServer:
         requests: Answered requests by (op, outcome), outcome "ok" or the error status as text;
             ops the core doesn't know are counted as "unknown". For Prometheus export.
         connections: Connection events: "accepted", "authenticated", "refused",
-            "protocol_error", "hello_timeout", "revoked".
+            "protocol_error", "hello_timeout", "revoked", and the limits' refusals:
+            "refused_descriptors" (the descriptor reserve), "evicted" (the oldest of too many
+            connections not logged in), "refused_per_worker" (a worker's connection cap).
         latency: Per operation (as in `requests`), how long answers took from the request's
             frame being parsed to the answer being handed to the transport.
     """
@@ -224,6 +257,12 @@ class IpcServer:
         # Hellos waiting for their worker's pid (see WorkerIdentity.pid_pending), by digest.
         self._parked: dict[bytes, list[tuple[_PeerProtocol, Hello]]] = {}
         self._peers: set[_PeerProtocol] = set()
+        # Connections not logged in yet, oldest first (a dict keeps insertion order).
+        self._unwelcomed: dict[_PeerProtocol, None] = {}
+        # Logged-in connections per token digest.
+        self._welcomed: Counter[bytes] = Counter()
+        self._descriptors = DescriptorBudget(reserve=DESCRIPTOR_RESERVE)
+        self._throttle = LogThrottle(logger=self._log, interval=REFUSED_LOG_INTERVAL_SECONDS)
         self._server: asyncio.AbstractServer | None = None
         self._socket_id: tuple[int, int] | None = None
         self._ids = itertools.count(1)
@@ -321,7 +360,10 @@ class IpcServer:
             raise
         self._server = server
         self._socket_id = (info.st_dev, info.st_ino)
-        self._log.info("ipc.listening", socket=str(path))
+        self._descriptors.start(len(self._peers))
+        self._log.info(
+            "ipc.listening", socket=str(path), descriptor_ceiling=self._descriptors.ceiling
+        )
         return self
 
     async def adopt(self, sock: socket.socket, token: str) -> None:
@@ -361,6 +403,9 @@ class IpcServer:
             tasks.extend(peer.tasks)
             peer.close(SHUTDOWN_REASON)
         self._peers.clear()
+        self._unwelcomed.clear()
+        self._welcomed.clear()
+        self._throttle.flush()
         self._log.info("ipc.stopped", socket=str(self._socket_path))
         if tasks:
             # Shielded: a second cancellation must not abandon tasks mid-unwind; they were all
@@ -431,12 +476,53 @@ class IpcServer:
 
     # --- serving (called by the connections) -------------------------------------------------
 
-    def _connection_made(self, peer: _PeerProtocol) -> None:
-        self._peers.add(peer)
+    def _connection_made(self, peer: _PeerProtocol, fd: int) -> bool:
+        """Admit a new connection (True), or refuse it at once: descriptors run short (False).
+
+        Connections the core handed over itself (`adopt`) are its own workers': always in.
+        """
         self.connections["accepted"] += 1
+        if peer.adopted_for is None:
+            if self._descriptors.short(fd, len(self._peers)):
+                self.connections["refused_descriptors"] += 1
+                self._throttle.warning(
+                    "ipc.refused.descriptor_reserve",
+                    peer.log,
+                    ceiling=self._descriptors.ceiling,
+                    connections=len(self._peers),
+                )
+                peer.close(DESCRIPTORS_REASON)
+                return False
+            if len(self._unwelcomed) >= MAX_UNAUTHENTICATED_CONNECTIONS:
+                oldest = next(iter(self._unwelcomed))
+                del self._unwelcomed[oldest]
+                self.connections["evicted"] += 1
+                self._throttle.warning(
+                    "ipc.refused.too_many_unauthenticated",
+                    oldest.log,
+                    limit=MAX_UNAUTHENTICATED_CONNECTIONS,
+                )
+                oldest.close(EVICTED_REASON)
+            self._unwelcomed[peer] = None
+        self._peers.add(peer)
+        return True
 
     def _connection_lost(self, peer: _PeerProtocol) -> None:
         self._peers.discard(peer)
+        self._unwelcomed.pop(peer, None)
+        digest = peer.token_digest
+        if digest is not None:
+            left = self._welcomed.get(digest, 0) - 1
+            if left > 0:
+                self._welcomed[digest] = left
+            else:  # also after a shutdown, which forgot them all
+                self._welcomed.pop(digest, None)
+
+    def _warn(
+        self, event: str, peer: _PeerProtocol, *, key: str | None = None, **fields: object
+    ) -> None:
+        """Log a refused or failed connection, at most every few seconds per event (and key)."""
+        self._throttle.warning(event, peer.log, key=key, **fields)
 
     def _welcome(self, peer: _PeerProtocol, hello: Hello) -> bool | None:
         """Judge a Hello: Welcome (True), refuse (False), or wait for the worker's pid (None)."""
@@ -446,17 +532,33 @@ class IpcServer:
             self._parked.setdefault(digest, []).append((peer, hello))
             return None
         peer.hello_decided()
+        self._unwelcomed.pop(peer, None)
         problem = _identity_problem(identity, peer, digest)
         if identity is None or problem is not None:
             self.connections["refused"] += 1
-            peer.log.warning(
+            # Each kind of refusal has its own window: a flood of wrong tokens must not hide
+            # the one line about a token presented by the wrong process.
+            self._warn(
                 "ipc.auth.refused",
+                peer,
+                key=problem,
                 problem=problem,
                 claimed_pid=hello.pid,
                 function_arn=identity.function_arn if identity else None,
             )
             peer.close(REFUSED_REASON)
             return False
+        if self._welcomed[digest] >= MAX_CONNECTIONS_PER_WORKER:
+            self.connections["refused_per_worker"] += 1
+            self._warn(
+                "ipc.refused.too_many_for_worker",
+                peer,
+                function_arn=identity.function_arn,
+                limit=MAX_CONNECTIONS_PER_WORKER,
+            )
+            peer.close(TOO_MANY_REASON)
+            return False
+        self._welcomed[digest] += 1
         peer.identity = identity
         peer.token_digest = digest
         peer.log = peer.log.bind(function_arn=identity.function_arn)
@@ -582,13 +684,15 @@ class _PeerProtocol(asyncio.Protocol):
         """Record the kernel's view of the peer and give it a deadline for its Hello."""
         # A stream server's transport (uvloop's doesn't subclass asyncio.Transport).
         self._transport = cast("asyncio.Transport", transport)
-        self.peer_pid, self.peer_uid = _peer_credentials(transport.get_extra_info("socket"))
+        sock = transport.get_extra_info("socket")
+        self.peer_pid, self.peer_uid = _peer_credentials(sock)
         self.log = self.log.bind(conn=self.conn_id, peer_pid=self.peer_pid, peer_uid=self.peer_uid)
-        self._hello_timer = asyncio.get_running_loop().call_later(
-            self._server._hello_timeout,  # noqa: SLF001
-            self._hello_expired,
-        )
-        self._server._connection_made(self)  # noqa: SLF001
+        fd = sock.fileno() if sock is not None else -1
+        if self._server._connection_made(self, fd):  # noqa: SLF001
+            self._hello_timer = asyncio.get_running_loop().call_later(
+                self._server._hello_timeout,  # noqa: SLF001
+                self._hello_expired,
+            )
 
     def data_received(self, data: bytes) -> None:
         """Answer repeated requests from the cache, feed the rest, handle every whole frame."""
@@ -690,7 +794,7 @@ class _PeerProtocol(asyncio.Protocol):
             self._handle_events()
         except RemoteProtocolError as exc:
             self._server.connections["protocol_error"] += 1
-            self.log.warning("ipc.protocol.error", problem=exc.problem)
+            self._server._warn("ipc.protocol.error", self, problem=exc.problem)  # noqa: SLF001
             self.close()
         except Exception:  # our bug: log it, lose this connection, keep serving the others
             self.log.exception("ipc.connection.crashed")
@@ -733,7 +837,8 @@ class _PeerProtocol(asyncio.Protocol):
     def _hello_expired(self) -> None:
         self._hello_timer = None
         self._server.connections["hello_timeout"] += 1
-        self.log.warning("ipc.hello.timeout", seconds=self._server._hello_timeout)  # noqa: SLF001
+        seconds = self._server._hello_timeout  # noqa: SLF001
+        self._server._warn("ipc.hello.timeout", self, seconds=seconds)  # noqa: SLF001
         self.close()
 
     def _update_reading(self) -> None:

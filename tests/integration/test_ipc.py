@@ -102,14 +102,21 @@ def logs() -> Iterator[list[dict[str, Any]]]:
         assert value not in text
 
 
-@pytest.fixture
-def socket_path() -> Iterator[Path]:
+@contextlib.contextmanager
+def short_socket_path() -> Iterator[Path]:
     """A socket path in a short directory: AF_UNIX paths end at 107 bytes, pytest's are long."""
     base = Path(tempfile.mkdtemp(prefix="edge-ipc-"))
     try:
         yield base / "ipc" / "core.sock"
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    """A socket path in a short temporary directory."""
+    with short_socket_path() as path:
+        yield path
 
 
 @contextlib.asynccontextmanager

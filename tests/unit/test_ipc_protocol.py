@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import struct
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -23,7 +25,9 @@ from edge.ipc.protocol import (
     EVENT_TYPES,
     HEADER_SIZE,
     MAX_FRAME_SIZE,
+    MAX_HANDSHAKE_FRAME_SIZE,
     MAX_REQUEST_ID,
+    MAX_TOKEN_LENGTH,
     NEED_DATA,
     OP_GET_SECRET_VALUE,
     REQUEST_HEAD,
@@ -271,11 +275,13 @@ def test_oversized_length_is_refused_from_the_header_alone() -> None:
 
 def test_buffer_never_exceeds_one_frame_plus_one_read() -> None:
     """Streaming a max-size frame in 64 KiB reads keeps the buffer within the cap."""
-    server = Connection(Role.SERVER)
+    server = open_pair().conn[Role.SERVER]
     # A legal frame of exactly MAX_FRAME_SIZE: a map with one padded string field is refused
-    # as a Hello (unknown field), but only after it was buffered whole, which is the point.
+    # as a Request (unknown field), but only after it was buffered whole, which is the point.
     filler = "x" * (MAX_FRAME_SIZE - 64)
-    payload = msgpack.packb({"type": "hello", "token": "t", "pid": 1, "pad": filler})
+    payload = msgpack.packb(
+        {"type": "request", "request_id": 1, "op": "o", "args": {}, "pad": filler}
+    )
     data = struct.pack(">I", len(payload)) + payload
     peak = 0
     last = range(0, len(data), 65536)[-1]
@@ -290,6 +296,55 @@ def test_buffer_never_exceeds_one_frame_plus_one_read() -> None:
     assert server.buffered == 0
     assert peak <= MAX_FRAME_SIZE + HEADER_SIZE + 65536
     assert len(payload) <= MAX_FRAME_SIZE
+
+
+def test_frames_before_the_handshake_is_over_are_capped_small() -> None:
+    """Until the Welcome, a frame over 4 KiB is refused from its header, with nothing buffered.
+
+    Anyone who can reach the socket may send a Hello, so it can't make the core hold 1 MiB.
+    The longest legal Hello (a token of 4-byte characters) still fits, and after the Welcome
+    frames up to `MAX_FRAME_SIZE` pass again.
+    """
+    client = Connection(Role.CLIENT)
+    client.send(Hello("token-1", 42))
+    for conn in (Connection(Role.SERVER), client):
+        conn.receive_data(struct.pack(">I", MAX_HANDSHAKE_FRAME_SIZE + 1) + b"x" * 60000)
+        with pytest.raises(RemoteProtocolError, match="1 to 4096 bytes before the handshake"):
+            conn.next_event()
+        assert conn.buffered == 0
+        assert conn.state is State.ERROR
+
+    pair = ConnectionPair(Role.CLIENT, Role.SERVER)
+    longest = Hello("\U0001f511" * MAX_TOKEN_LENGTH, MAX_REQUEST_ID)
+    assert len(encode(longest)) <= MAX_HANDSHAKE_FRAME_SIZE
+    assert pair.send(Role.CLIENT, longest) == [longest, NEED_DATA]
+    pair.send(Role.SERVER, Welcome("arn:aws:lambda:us-east-1:1:function:f:1"))
+    big = Request(1, OP_GET_SECRET_VALUE, {"Blob": b"x" * (MAX_FRAME_SIZE - 100)})
+    assert pair.send(Role.CLIENT, big) == [big, NEED_DATA]
+
+
+def test_a_failed_connection_frees_its_buffer_without_the_cyclic_gc() -> None:
+    """A frame cut short keeps nothing alive once the error was handled: no gc.collect needed.
+
+    A connection that kept the exception it raised would keep its traceback, and with it the
+    megabyte it had buffered, until the cyclic GC happened to run.
+    """
+    server = open_pair().conn[Role.SERVER]
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        server.receive_data(struct.pack(">I", MAX_FRAME_SIZE) + b"x" * (MAX_FRAME_SIZE - 1))
+        assert server.next_event() is NEED_DATA
+        server.receive_data(b"")
+        for _ in range(3):  # later calls raise again; nothing of the buffer comes back
+            with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+                server.next_event()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert held < 64 * 1024, held
 
 
 def test_zero_length_frame_is_refused() -> None:
