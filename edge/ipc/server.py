@@ -529,6 +529,9 @@ class IpcServer:
         digest = _digest(hello.token)
         identity = self._identities.get(digest)
         if identity is not None and identity.pid_pending and peer.adopted_for is None:
+            # A worker being started: its token is known, so a flood of strangers must not
+            # evict it while its pid is on the way (the Hello timeout still bounds the wait).
+            self._unwelcomed.pop(peer, None)
             self._parked.setdefault(digest, []).append((peer, hello))
             return None
         peer.hello_decided()

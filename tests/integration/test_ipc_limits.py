@@ -397,6 +397,23 @@ async def test_connections_that_never_log_in_are_capped_the_oldest_going_first(s
         assert server.connections["evicted"] == 2
 
 
+async def test_a_worker_waiting_for_its_pid_is_not_evicted_by_a_flood(socket_path):
+    """A Hello with a starting worker's token outlives 64 silent strangers, then is served."""
+    async with (
+        serving(socket_path, hello_timeout=60) as server,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, pid_pending=True))
+        with IpcClient(str(socket_path), OTHER_TOKEN) as starting:
+            answer = asyncio.create_task(call(starting, OP_GET_SECRET_VALUE, {"SecretId": "db"}))
+            await until(lambda: server.active_connections == 1)
+            for _ in range(MAX_UNAUTHENTICATED_CONNECTIONS + 1):
+                await stack.enter_async_context(raw(socket_path))
+            await until(lambda: server.connections["evicted"] == 1)
+            server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, pid=os.getpid()))
+            assert (await answer)["Name"] == "db"
+
+
 @pytest.fixture
 def low_descriptor_limit() -> Iterator[int]:
     """This process's soft RLIMIT_NOFILE set 200 above what it has open; yields that limit."""
