@@ -22,6 +22,14 @@ class ConfigError(EdgeError):
         super().__init__(f"{where}: {problem}")
 
 
+class ConfigPermissionsError(ConfigError):
+    """The config file can be changed by another user, or read by one while it holds a PIN."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.fix = fix
+        super().__init__(path, f"{problem}; run `{fix}` and start again")
+
+
 class UsageError(EdgeError):
     """A command-line argument is wrong in a way argparse can't see (bad JSON, say)."""
 

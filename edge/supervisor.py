@@ -37,6 +37,7 @@ from edge.secrets.refresh import (
 )
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
 from edge.signing import DeploymentTrust
+from edge.workers.code import LocalCodePolicy
 from edge.workers.s3 import S3CodeReader
 from edge.workers.sandbox import Sandbox
 from edge.workers.workload import Workload
@@ -259,6 +260,7 @@ async def run_core(
                 publish_cloud=publish_cloud,
                 set_cloud_subscriptions=set_cloud_subscriptions,
                 read_s3=read_s3,
+                local_code=LocalCodePolicy.from_config(config),
             )
         )
         agent = DeploymentAgent(

@@ -54,13 +54,17 @@ def write_config(
     extra: str = "",
     deployments: str = "allow_unsigned = true",
     mqtt: str = "",
+    local_code_dirs: tuple[Path, ...] | None = None,
 ) -> Path:
     """Write a core config file for a test; `deployments` is the [deployments] table's body.
 
     `mqtt` is added to the [mqtt] table (ca_file, cert_file, key_file for an mqtts:// url).
 
-    By default the core accepts unsigned documents, so that `Operator` can deploy by hand.
+    By default the core accepts unsigned documents, so that `Operator` can deploy by hand, and
+    file:// code from the config's directory (`[workers] local_code_dirs`), where tests build
+    their packages. The file is 0600, as a config that may hold a PIN must be.
     """
+    code_dirs = (path.parent,) if local_code_dirs is None else local_code_dirs
     path.write_text(
         f"""
 [core]
@@ -86,9 +90,13 @@ format = "json"
 
 [deployments]
 {deployments}
+
+[workers]
+local_code_dirs = {json.dumps([str(d) for d in code_dirs])}
 {extra}
 """
     )
+    path.chmod(0o600)
     return path
 
 
