@@ -90,6 +90,19 @@ class StoreWriteError(StoreError):
         )
 
 
+class StoreSymlinkError(StoreError):
+    """The store file is a symbolic link; the core reads and writes only the file itself."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"secret store {path} is a symbolic link, which the core never follows (whoever "
+            f"placed it could make the core read a file of their choosing); replace the link "
+            f"with the store file itself (`mv` the real file to {path}), or point [core] "
+            f"state_dir at the directory that holds it, and start again"
+        )
+
+
 class InsecurePermissionsError(EdgeError):
     """A file or directory holding secrets is readable or writable by others."""
 
@@ -328,6 +341,26 @@ class StaleDeploymentError(EdgeError):
             f"this core applied last ({applied_created_at}); an old document is never applied "
             f"again: create a new deployment"
         )
+
+
+class SameTimeDeploymentError(StaleDeploymentError):
+    """A signed document claims the applied deployment's CreatedAt under another DeploymentId.
+
+    The control plane gives every deployment its own creation time, so a second id at the same
+    instant is a document built to pass the freshness check, not a newer deployment.
+    """
+
+    def __init__(self, deployment_id: str, created_at: str, applied_id: str) -> None:
+        self.applied_id = applied_id
+        EdgeError.__init__(
+            self,
+            f"deployment {deployment_id} was created at {created_at}, the same instant as "
+            f"deployment {applied_id}, which this core applied last; only a deployment created "
+            f"later is applied: create a new deployment",
+        )
+        self.deployment_id = deployment_id
+        self.created_at = created_at
+        self.applied_created_at = created_at
 
 
 class SigningKeyError(EdgeError):

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,18 @@ from tests.support.leaks import LEAKS
 from tests.support.services import AWS_TEST_ENV, TEST_REGION
 
 REPO = Path(__file__).resolve().parents[2]
+
+_last_created_at = datetime.min.replace(tzinfo=UTC)
+
+
+def next_created_at() -> str:
+    """A CreatedAt later than every one this process made before, as the control plane's are.
+
+    A core refuses a deployment that isn't created after the one it applied last.
+    """
+    global _last_created_at  # noqa: PLW0603 - one sequence for the whole test process
+    _last_created_at = max(datetime.now(UTC), _last_created_at + timedelta(microseconds=1))
+    return _last_created_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def edge_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -271,7 +284,7 @@ class Operator:
             "DeploymentType": deployment_type,
             "GroupId": "group-1",
             "GroupVersionId": uuid.uuid4().hex,
-            "CreatedAt": "2026-11-28T12:00:00Z",
+            "CreatedAt": next_created_at(),
             "Group": {
                 "Resources": resources or [],
                 "Functions": functions or [],
