@@ -95,7 +95,12 @@ class Sampler:
 
 def drops(core: CoreProcess) -> int:
     """Oversized payloads the core has dropped so far (a core without the checks: rejected)."""
-    events = ("mqtt.packet_too_large", "deploy.payload_too_large", "deploy.rejected")
+    events = (
+        "mqtt.packet_too_large",
+        "deploy.payload_too_large",
+        "deploy.signature_rejected",
+        "deploy.rejected",
+    )
     return sum(core.count(name) for name in events)
 
 
