@@ -262,9 +262,12 @@ def _copy_tree(function_arn: str, source: Path, target: Path) -> list[Path]:
     try:
         for top, dirs, names, dir_fd in os.fwalk(source, follow_symlinks=False):
             rel_dir = Path(top).relative_to(source)
-            for name in [*dirs, *names]:
-                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if stat.S_ISLNK(info.st_mode):
+            modes = {
+                name: os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+                for name in [*dirs, *names]
+            }
+            for name, mode in modes.items():
+                if stat.S_ISLNK(mode):
                     raise CodeFetchError(
                         function_arn,
                         f"{Path(top) / name} is a symbolic link; local code may hold only "
@@ -274,8 +277,14 @@ def _copy_tree(function_arn: str, source: Path, target: Path) -> list[Path]:
                 (target / rel_dir / name).mkdir(mode=0o755)
             for name in names:
                 rel = rel_dir / name
-                size = _copy_file(function_arn, dir_fd, name, target / rel, Path(top) / name)
+                # Checked before opening too: opening a device can have effects of its own.
+                size = _copy_file(dir_fd, name, target / rel) if stat.S_ISREG(modes[name]) else None
                 if size is None:
+                    get_logger("workers").warning(
+                        "code.special_file_skipped",
+                        function_arn=function_arn,
+                        path=str(Path(top) / name),
+                    )
                     continue
                 files.append(rel)
                 total += size
@@ -288,15 +297,12 @@ def _copy_tree(function_arn: str, source: Path, target: Path) -> list[Path]:
     return files
 
 
-def _copy_file(function_arn: str, dir_fd: int, name: str, dest: Path, shown: Path) -> int | None:
-    """Copy one regular file (opened without following links); None for a special file."""
+def _copy_file(dir_fd: int, name: str, dest: Path) -> int | None:
+    """Copy one regular file (opened without following links); None if it isn't one (now)."""
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as src:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            get_logger("workers").warning(
-                "code.special_file_skipped", function_arn=function_arn, path=str(shown)
-            )
             return None
         with dest.open("xb") as out:
             shutil.copyfileobj(src, out)

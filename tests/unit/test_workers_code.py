@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import shutil
+import socket
 import stat
 import struct
 import zipfile
@@ -493,14 +494,17 @@ async def test_link_inside_a_copied_directory_is_refused_not_followed(tmp_path, 
 
 
 async def test_special_files_in_a_directory_are_skipped(tmp_path, code_root):
-    """A FIFO in a local directory is skipped (never opened for a blocking read); files copy."""
+    """A FIFO and a socket in a local directory are skipped, never opened; the files copy."""
     source = make_dir(tmp_path / "src")
     os.mkfifo(source / "lib" / "pipe")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(source / "lib" / "sock"))  # the file stays after the close
     directory = await prepare_with_policy(
         ARN, file_ref(source), code_root=code_root, local=policy((source,))
     )
     assert tree(directory) == FILES
     assert not (directory / "lib" / "pipe").exists()
+    assert not (directory / "lib" / "sock").exists()
 
 
 async def test_file_code_naming_a_fifo_is_refused(tmp_path, code_root):
