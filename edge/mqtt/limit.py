@@ -116,7 +116,12 @@ class _PacketLimit:
             data = self._client._sock_recv(size)  # noqa: SLF001
         except BlockingIOError:
             return MQTTErrorCode.MQTT_ERR_AGAIN
-        except OSError:
+        except OSError as err:
+            # Logged as paho does: a TLS alert (a refused client certificate) is only ever
+            # seen here, and edge.mqtt.link reads the cause of a failed connect from this log.
+            self._client._easy_log(  # noqa: SLF001
+                paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err
+            )
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         return data or MQTTErrorCode.MQTT_ERR_CONN_LOST
 

@@ -17,15 +17,13 @@ import pytest
 from edge.mqtt.limit import MAX_PACKET_BYTES
 from edge.signing import MAX_ENVELOPE_BYTES
 from tests.support.core import (
-    CoreProcess,
-    Operator,
     edge_cli,
     iter_files,
     next_created_at,
     secret_resource,
     write_config,
 )
-from tests.support.env import Env
+from tests.support.env import Env, running_env
 from tests.support.functions import build_package, function, read_secret
 from tests.support.services import Mosquitto, MotoServer, free_port
 
@@ -35,31 +33,10 @@ pytestmark = pytest.mark.network
 @pytest.fixture
 def code_env(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Iterator[Env]:
     """A running core whose `[workers] local_code_dirs` are `code/` and, on purpose, `state/`."""
-    thing = f"core-{uuid.uuid4().hex[:8]}"
     (tmp_path / "code").mkdir()
-    config = write_config(
-        tmp_path / "core.toml",
-        thing_name=thing,
-        mqtt_url=broker.url,
-        endpoint_url=moto.url,
-        local_code_dirs=(tmp_path / "code", tmp_path / "state"),
-    )
-    assert edge_cli("init", "--config", str(config)).returncode == 0
-    core = CoreProcess(config=config, log_path=tmp_path / "core.log")
-    operator = Operator(port=broker.port, prefix="edge", thing=thing)
-    env = Env(
-        root=tmp_path, broker=broker, moto=moto, sm=sm, config=config, core=core, operator=operator
-    )
-    core.start()
-    core.wait_for_event("mqtt.connected")
-    operator.connect()
-    yield env
-    operator.close()
-    if core.proc is not None:
-        core.stop()
-    output = env.all_output()
-    for value in env.values:
-        assert value not in output, "a secret value leaked into the logs"
+    dirs = (tmp_path / "code", tmp_path / "state")
+    with running_env(tmp_path, broker, moto, sm, local_code_dirs=dirs) as env:
+        yield env
 
 
 def code_files(env: Env) -> list[str]:
