@@ -145,3 +145,28 @@ def test_config_holding_a_pin_must_be_private(tmp_path: Path) -> None:
     path.write_text(MINIMAL)
     path.chmod(0o644)
     assert load_config(path).core.thing_name == "core-1"
+
+
+def test_a_read_only_mount_skips_the_owner_and_write_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a read-only mount (a container's :ro bind of a host file) nobody can change the file.
+
+    Mounting needs privileges a test may not have, so the mount flag is what is faked.
+    """
+    path = write(tmp_path, MINIMAL)
+    path.chmod(0o664)
+    real = os.fstatvfs
+
+    def read_only(fd: int) -> os.statvfs_result:
+        result = real(fd)
+        fields = list(result)
+        fields[8] |= os.ST_RDONLY  # f_flag
+        return os.statvfs_result(fields)
+
+    monkeypatch.setattr(os, "fstatvfs", read_only)
+    assert load_config(path).core.thing_name == "core-1"
+    key = 'private_key = "pkcs11:token=t;object=k?pin-value=1234"\npkcs11_module = "/x.so"\n'
+    path.write_text(MINIMAL.replace('thing_name = "core-1"\n', f'thing_name = "c"\n{key}'))
+    with pytest.raises(ConfigPermissionsError, match="chmod 0600"):
+        load_config(path)
