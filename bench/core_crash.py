@@ -118,7 +118,9 @@ def write_core_config(path: Path, mqtt_url: str, endpoint_url: str) -> Path:
         f'[mqtt]\nurl = "{mqtt_url}"\nreconnect_max_seconds = 1.0\nkeepalive_seconds = 5\n\n'
         f'[aws]\nregion = "us-east-1"\nendpoint_url = "{endpoint_url}"\n\n'
         '[log]\nlevel = "info"\nformat = "json"\n\n'
-        "[deployments]\nallow_unsigned = true\n"
+        "[deployments]\nallow_unsigned = true\n\n"
+        # Its function packages are written next to it.
+        '[workers]\nlocal_code_dirs = ["."]\n'
     )
     return path
 

@@ -589,7 +589,9 @@ def sdk_core(workdir: Path, functions: int, seconds: float, cpu: int | None) -> 
             f'[mqtt]\nurl = "{broker.url}"\n\n'
             f'[aws]\nregion = "{TEST_REGION}"\nendpoint_url = "{moto.url}"\n\n'
             '[log]\nlevel = "info"\nformat = "json"\n\n'
-            "[deployments]\nallow_unsigned = true\n"
+            "[deployments]\nallow_unsigned = true\n\n"
+            # Its function packages are written next to it.
+            '[workers]\nlocal_code_dirs = ["."]\n'
         )
         init = edge_cli("init", "--config", str(config))
         if init.returncode != 0:

@@ -304,7 +304,9 @@ class Conductor:
             f'[mqtt]\nurl = "{broker.url}"\n\n'
             f'[aws]\nregion = "{TEST_REGION}"\nendpoint_url = "{moto.url}"\n\n'
             '[log]\nlevel = "info"\nformat = "json"\n\n'
-            "[deployments]\nallow_unsigned = true\n"
+            "[deployments]\nallow_unsigned = true\n\n"
+            # Its function packages are written next to it.
+            '[workers]\nlocal_code_dirs = ["."]\n'
         )
         init = edge_cli("init", "--config", str(self.config))
         if init.returncode != 0:

@@ -9,6 +9,8 @@ can be moved together.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -16,13 +18,18 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, ConfigPermissionsError
 from edge.secrets.pkcs11 import TokenKeyRef, is_pkcs11_uri, parse_token_key_uri
 
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_MQTTS_PORT = 8883
 #: AWS IoT's limit for thing names; the name is also a topic level and the MQTT client id.
 MAX_THING_NAME_LENGTH = 128
+#: Mode bits that let users other than the owner change the config file. Whoever can change
+#: it chooses the core's key, broker, trusted signers and code sources, so they are refused.
+_OTHERS_WRITE_BITS = 0o022
+#: Any access by group or others: refused when the file holds a secret (a PKCS#11 pin-value).
+_OTHERS_ANY_BITS = 0o077
 #: Where a worker may write unless `[workers] writable_paths` says otherwise (V1 gave /tmp).
 DEFAULT_WRITABLE_PATHS = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))  # noqa: S108
 _T = TypeVar("_T")
@@ -131,6 +138,8 @@ class WorkerSettings:
     #: The unprivileged user a root core runs functions without RunAs as (None: uid 0 with
     #: every capability dropped).
     default_user: WorkerUser | None = None
+    #: Directories `file://` function code may be copied from (none: `file://` is refused).
+    local_code_dirs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,16 +297,70 @@ def read_toml(path: Path | str, *, example: str) -> tuple[dict[str, Any], Path]:
     Raises:
         ConfigError: the file is missing, unreadable or not TOML (the message names `example`).
     """
+    raw, resolved, _ = _read_toml(path, example=example)
+    return raw, resolved
+
+
+@dataclass(frozen=True, slots=True)
+class _FileFacts:
+    """What the opened config file was: its mode and owner, and whether anyone may change it."""
+
+    info: os.stat_result
+    read_only_mount: bool
+
+
+def _read_toml(path: Path | str, *, example: str) -> tuple[dict[str, Any], Path, _FileFacts]:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:
+            # Checked on the descriptor that is read, so a swapped file can't pass for another.
+            facts = _FileFacts(
+                info=os.fstat(file.fileno()),
+                read_only_mount=bool(os.fstatvfs(file.fileno()).f_flag & os.ST_RDONLY),
+            )
+            raw = tomllib.loads(file.read().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), f"no such file; copy {example} to start") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), f"can't be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"is not valid TOML: {exc}") from None
-    return raw, path.resolve()
+    return raw, path.resolve(), facts
+
+
+def check_config_file(path: Path, facts: _FileFacts, *, holds_secret: bool) -> None:
+    """Refuse a config file that other users can change, or read while it holds a secret.
+
+    The owner and write checks are skipped on a read-only mount (a container's `:ro` bind
+    mount, whose owner is a host user): nobody on this system can change such a file.
+
+    Raises:
+        ConfigPermissionsError: The message names the file, its mode or owner, and the command
+            that fixes it.
+    """
+    mode = stat.S_IMODE(facts.info.st_mode)
+    uid, me = facts.info.st_uid, os.geteuid()
+    if not facts.read_only_mount:
+        if uid not in {me, 0}:
+            raise ConfigPermissionsError(
+                str(path),
+                f"is owned by uid {uid}, neither the core's user (uid {me}) nor root, so that "
+                "user can change what the core trusts",
+                f"chown {me} {path}",
+            )
+        if mode & _OTHERS_WRITE_BITS:
+            raise ConfigPermissionsError(
+                str(path),
+                f"has mode {mode:04o}: other users can change what the core trusts",
+                f"chmod {mode & ~_OTHERS_WRITE_BITS:04o} {path}",
+            )
+    if holds_secret and mode & _OTHERS_ANY_BITS:
+        raise ConfigPermissionsError(
+            str(path),
+            f"has mode {mode:04o} and holds a PIN ([core] private_key's pin-value): other users "
+            "can read it (or use pin-source, a file of its own)",
+            f"chmod 0600 {path}",
+        )
 
 
 def open_sections(
@@ -311,13 +374,20 @@ def open_sections(
 
 
 def load_config(path: Path | str) -> Config:
-    """Read and validate a config file.
+    """Read and validate a config file, and check who else may change or read it.
 
     Raises:
+        ConfigPermissionsError: Another user can change the file (its owner, group or other
+            write bits), or read it while it holds a PIN.
         ConfigError: the file is missing, not TOML, or a key is unknown, missing or wrong.
     """
-    raw, resolved = read_toml(path, example=_EXAMPLE)
-    return parse_config(raw, path=resolved)
+    raw, resolved, facts = _read_toml(path, example=_EXAMPLE)
+    config = parse_config(raw, path=resolved)
+    key = config.core.private_key
+    check_config_file(
+        resolved, facts, holds_secret=isinstance(key, TokenKeyRef) and key.pin is not None
+    )
+    return config
 
 
 def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
@@ -475,6 +545,7 @@ def _workers(s: _Section) -> WorkerSettings:
         writable_paths=_path_list(s, "writable_paths", DEFAULT_WRITABLE_PATHS),
         hidden_paths=_path_list(s, "hidden_paths", ()),
         default_user=_default_user(s),
+        local_code_dirs=_path_list(s, "local_code_dirs", ()),
     )
 
 

@@ -22,6 +22,14 @@ class ConfigError(EdgeError):
         super().__init__(f"{where}: {problem}")
 
 
+class ConfigPermissionsError(ConfigError):
+    """The config file can be changed by another user, or read by one while it holds a PIN."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.fix = fix
+        super().__init__(path, f"{problem}; run `{fix}` and start again")
+
+
 class UsageError(EdgeError):
     """A command-line argument is wrong in a way argparse can't see (bad JSON, say)."""
 
@@ -79,6 +87,19 @@ class StoreWriteError(StoreError):
         self.problem = problem
         super().__init__(
             f"could not write secret store {path}: {problem}; the previous store is unchanged"
+        )
+
+
+class StoreSymlinkError(StoreError):
+    """The store file is a symbolic link; the core reads and writes only the file itself."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"secret store {path} is a symbolic link, which the core never follows (whoever "
+            f"placed it could make the core read a file of their choosing); replace the link "
+            f"with the store file itself (`mv` the real file to {path}), or point [core] "
+            f"state_dir at the directory that holds it, and start again"
         )
 
 
@@ -331,6 +352,26 @@ class StaleDeploymentError(EdgeError):
             f"this core applied last ({applied_created_at}); an old document is never applied "
             f"again: create a new deployment"
         )
+
+
+class SameTimeDeploymentError(StaleDeploymentError):
+    """A signed document claims the applied deployment's CreatedAt under another DeploymentId.
+
+    The control plane gives every deployment its own creation time, so a second id at the same
+    instant is a document built to pass the freshness check, not a newer deployment.
+    """
+
+    def __init__(self, deployment_id: str, created_at: str, applied_id: str) -> None:
+        self.applied_id = applied_id
+        EdgeError.__init__(
+            self,
+            f"deployment {deployment_id} was created at {created_at}, the same instant as "
+            f"deployment {applied_id}, which this core applied last; only a deployment created "
+            f"later is applied: create a new deployment",
+        )
+        self.deployment_id = deployment_id
+        self.created_at = created_at
+        self.applied_created_at = created_at
 
 
 class SigningKeyError(EdgeError):

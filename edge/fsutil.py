@@ -3,9 +3,9 @@
 
 The rules, and why:
 
-* New files are created with ``O_CREAT | O_EXCL`` so we never write through a symlink or into a
-  file someone else prepared (``O_EXCL`` also refuses a dangling symlink), and with mode 0600
-  forced by ``fchmod`` because the umask may only narrow what ``open`` asks for.
+* New files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` so we never write through a
+  symlink or into a file someone else prepared (``O_EXCL`` also refuses a dangling symlink), and
+  with mode 0600 forced by ``fchmod`` because the umask may only narrow what ``open`` asks for.
 * A replacement is written to a temporary file *in the same directory* (``os.replace`` is only
   atomic within one filesystem), fsynced, renamed over the target, and then the directory is
   fsynced so the rename itself survives a power cut. A reader therefore sees the old file or the
@@ -64,7 +64,8 @@ def write_new_file(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) ->
         FileExistsError: `path` already exists (it is left alone).
         OSError: Creating, writing or syncing failed; a file this call created is removed.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, mode)
     try:
         try:
             os.fchmod(fd, mode)
@@ -83,7 +84,9 @@ def write_new_file(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) ->
         raise
 
 
-def read_private_file(path: Path, *, max_size: int | None = None) -> bytes:
+def read_private_file(
+    path: Path, *, max_size: int | None = None, follow_symlinks: bool = True
+) -> bytes:
     """Read a file that holds key material or secrets, refusing it if others can reach it.
 
     The checks are made on the opened descriptor (fstat), not on the path, so the file can't
@@ -92,6 +95,9 @@ def read_private_file(path: Path, *, max_size: int | None = None) -> bytes:
     Args:
         path: The file.
         max_size: Refuse files bigger than this many bytes, if given.
+        follow_symlinks: False: open with O_NOFOLLOW, so a symbolic link at `path` fails with
+            ELOOP. For files the core itself writes (the store): a link there was put by
+            someone else. Key files may be links (a mounted secret volume is made of them).
 
     Returns:
         The whole file.
@@ -102,7 +108,8 @@ def read_private_file(path: Path, *, max_size: int | None = None) -> bytes:
         OSError: It can't be opened or read, is not a regular file (EISDIR/EINVAL), or is
             bigger than `max_size` (EFBIG). `strerror` says which.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    nofollow = 0 if follow_symlinks else os.O_NOFOLLOW
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | nofollow)
     try:
         _check_private(path, os.fstat(fd), max_size)
         file = os.fdopen(fd, "rb")

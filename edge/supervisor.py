@@ -38,6 +38,7 @@ from edge.secrets.refresh import (
 )
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
 from edge.signing import DeploymentTrust
+from edge.workers.code import LocalCodePolicy
 from edge.workers.s3 import S3CodeReader
 from edge.workers.sandbox import Sandbox
 from edge.workers.workload import Workload
@@ -265,6 +266,7 @@ async def run_core(  # noqa: PLR0915 - the core's wiring, one start-up step afte
                 publish_cloud=publish_cloud,
                 set_cloud_subscriptions=set_cloud_subscriptions,
                 read_s3=read_s3,
+                local_code=LocalCodePolicy.from_config(config),
             )
         )
         agent = DeploymentAgent(

@@ -222,6 +222,8 @@ class Demo:
         urls = {"broker_url": self.broker_url, "moto_url": self.moto_url}
         (self.workspace / "cloud.toml").write_text(cloud_config(**urls))
         (self.workspace / "core.toml").write_text(core_config(**urls))
+        # The core refuses a config others can write, and a umask of 002 would make it so.
+        (self.workspace / "core.toml").chmod(0o600)
         edge = self.processes.edge
         public_key = Path(edge("cloud", "--config", "cloud.toml", "init").stdout.strip())
         self.printer.say(f"      the signing key's public half: cloud/{public_key.name}")

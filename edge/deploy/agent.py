@@ -9,6 +9,7 @@ the running state untouched and is reported as a `Failure` whose ErrorMessage sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -20,14 +21,20 @@ from structlog.typing import FilteringBoundLogger
 
 from edge.deploy.journal import History, Inbox, InboxEntry
 from edge.deploy.state import DeploymentEvent, DeploymentState, next_state
-from edge.errors import DeploymentInvalidError, EdgeError, SignatureError, StaleDeploymentError
+from edge.errors import (
+    DeploymentInvalidError,
+    EdgeError,
+    SameTimeDeploymentError,
+    SignatureError,
+    StaleDeploymentError,
+)
 from edge.log import REDACTOR, get_logger
-from edge.model import Deployment, DeploymentType, parse_deployment
+from edge.model import MAX_DOCUMENT_BYTES, Deployment, DeploymentType, parse_deployment
 from edge.secrets.contents import DeploymentRecord, StoreContents
 from edge.secrets.refresh import RotationGate
 from edge.secrets.source import SecretSource, held_versions
 from edge.secrets.store import SecretStore
-from edge.signing import DeploymentTrust, check_fresh
+from edge.signing import MAX_ENVELOPE_BYTES, DeploymentTrust, check_fresh
 
 Publisher = Callable[[bytes], None]
 
@@ -64,6 +71,44 @@ _UNSIGNED_WARNING = (
 
 #: DeploymentType reported for a document too broken to say which type it was.
 _UNKNOWN_TYPE = "Unknown"
+
+#: Received documents waiting to be applied, at most. Each is at most MAX_ENVELOPE_BYTES, so
+#: the queue holds at most ~22 MB. When it is full, `receive` waits for room: the MQTT link
+#: then withholds the QoS 1 acknowledgement of the message in hand (and reads no other), so
+#: the broker keeps it, and nothing is lost. Dropping would lose a genuine deployment that
+#: arrived in a flood; no operator sends 16 deployments to one core faster than it applies them.
+INTAKE_QUEUE_LIMIT = 16
+
+
+def check_not_replayed(deployment: Deployment, applied: DeploymentRecord | None) -> None:
+    """Refuse a document created before the applied one, or at its instant under another id.
+
+    The same DeploymentId at the same instant passes: it is a redelivery, answered from the
+    history. CreatedAt values are compared as instants, so "12:00:00Z" and "12:00:00.000+00:00"
+    are one time.
+
+    Raises:
+        StaleDeploymentError: `deployment` is older than `applied`.
+        SameTimeDeploymentError: It has another id and the same CreatedAt.
+    """
+    if applied is None:
+        return
+    check_fresh(deployment.deployment_id, deployment.created_at, applied.created_at)
+    if deployment.deployment_id == applied.deployment_id:
+        return
+    try:
+        same = _instant(deployment.created_at) == _instant(applied.created_at)
+    except ValueError:
+        return  # as check_fresh: a record that can't be compared refuses nothing
+    if same:
+        raise SameTimeDeploymentError(
+            deployment.deployment_id, deployment.created_at, applied.deployment_id
+        )
+
+
+def _instant(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def utc_now() -> str:
@@ -147,25 +192,31 @@ class DeploymentAgent:
                 warning="every deployment will be rejected; set "
                 "[deployments] trusted_keys to the control plane's public key",
             )
-        self._queue: asyncio.Queue[InboxEntry] = asyncio.Queue()
+        self._queue: asyncio.Queue[InboxEntry] = asyncio.Queue(INTAKE_QUEUE_LIMIT)
+        #: The largest payload worth keeping: a signed envelope, or a bare document when
+        #: signatures aren't checked (embedding and tests).
+        self.max_payload = MAX_DOCUMENT_BYTES if trust is None else MAX_ENVELOPE_BYTES
         self.contents = contents
+        # Left over from before a restart: file names only; each is read when its turn comes.
+        self._backlog = inbox.pending_paths()
         #: Set whenever the queue is empty and nothing is being applied (for tests and demo).
         self.idle = asyncio.Event()
-        self.idle.set()
-        for entry in inbox.pending():
-            self._enqueue(entry)
-
-    def _enqueue(self, entry: InboxEntry) -> None:
-        self.idle.clear()
-        self._queue.put_nowait(entry)
+        if not self._backlog:
+            self.idle.set()
 
     async def receive(self, _topic: str, payload: bytes) -> None:
-        """MQTT handler: persist the document first, then queue it for `run`.
+        """MQTT handler: check the size, persist the document, then queue it for `run`.
 
-        A document the inbox can't hold (a full or read-only disk) is still applied, from
-        memory: the deployment then fails or succeeds on its own merits and reports so, instead
-        of the error escaping into the MQTT link and stopping the core.
+        An oversized payload is dropped and logged before anything is written or queued: no
+        valid deployment is that big, and an unchecked one costs disk and memory. With the
+        queue full this waits for room (see INTAKE_QUEUE_LIMIT). A document the inbox can't
+        hold (a full or read-only disk) is still applied, from memory: the deployment then
+        fails or succeeds on its own merits and reports so, instead of the error escaping into
+        the MQTT link and stopping the core.
         """
+        if len(payload) > self.max_payload:
+            self._log.warning("deploy.payload_too_large", size=len(payload), limit=self.max_payload)
+            return
         try:
             entry = await asyncio.to_thread(self._inbox.put, payload)
         except OSError as exc:
@@ -175,7 +226,8 @@ class DeploymentAgent:
                 error=exc.strerror or type(exc).__name__,
             )
             entry = InboxEntry(None, payload)
-        self._enqueue(entry)
+        self.idle.clear()
+        await self._queue.put(entry)
 
     async def run(self) -> None:
         """Report the last recorded outcome again, then apply queued deployments, one by one."""
@@ -185,25 +237,45 @@ class DeploymentAgent:
             # would otherwise leave that deployment looking InProgress forever: statuses are
             # retained, so sending the latest one again at start costs nothing.
             self._publish(json.dumps(latest).encode())
+        while self._backlog:
+            # Older than anything received since the start: applied first, one in memory at a
+            # time (a core that was flooded before a restart must not read them all at once).
+            path = self._backlog.popleft()
+            entry = await asyncio.to_thread(self._load_backlog, path)
+            if entry is not None:
+                await self._process(entry)
         while True:
-            entry = await self._queue.get()
+            if self._queue.empty():
+                self.idle.set()
+            await self._process(await self._queue.get())
+
+    def _load_backlog(self, path: Path) -> InboxEntry | None:
+        try:
+            return self._inbox.load(path, max_size=self.max_payload)
+        except OSError as exc:
+            self._log.warning(
+                "deploy.inbox_unreadable", path=str(path), error=exc.strerror or str(exc)
+            )
+            with contextlib.suppress(OSError):
+                path.unlink()  # too big or unreadable: it could never be applied
+            return None
+
+    async def _process(self, entry: InboxEntry) -> None:
+        try:
+            await self._handle(entry.payload)
+        except Exception:  # noqa: BLE001 - the core must survive any one bad deployment
+            self._log.exception("deploy.crashed")
+        finally:
             try:
-                await self._handle(entry.payload)
-            except Exception:  # noqa: BLE001 - the core must survive any one bad deployment
-                self._log.exception("deploy.crashed")
-            finally:
-                try:
-                    self._inbox.done(entry)
-                except OSError as exc:
-                    # Its outcome is already reported; after a restart it is answered from
-                    # the history, or applied again if the history couldn't be written.
-                    self._log.warning(
-                        "deploy.inbox_unremovable",
-                        path=str(entry.path),
-                        error=exc.strerror or type(exc).__name__,
-                    )
-                if self._queue.empty():
-                    self.idle.set()
+                self._inbox.done(entry)
+            except OSError as exc:
+                # Its outcome is already reported; after a restart it is answered from
+                # the history, or applied again if the history couldn't be written.
+                self._log.warning(
+                    "deploy.inbox_unremovable",
+                    path=str(entry.path),
+                    error=exc.strerror or type(exc).__name__,
+                )
 
     async def _handle(self, payload: bytes) -> None:
         if self._trust is not None:
@@ -226,11 +298,7 @@ class DeploymentAgent:
         previous = self._history.get(deployment.deployment_id)
         applied = self.contents.deployment
         try:
-            check_fresh(
-                deployment.deployment_id,
-                deployment.created_at,
-                None if applied is None else applied.created_at,
-            )
+            check_not_replayed(deployment, applied)
         except StaleDeploymentError as exc:
             # Its id is genuine (signed): one never seen gets a Failure saying why; a replay of
             # one already handled only gets this line, so it can't rewrite the retained status.

@@ -4,7 +4,8 @@
 The MQTT client acknowledges a QoS 1 message as soon as it is handed to us, so a crash after
 that would lose the deployment. The inbox closes that gap: each document is written to disk
 (atomically) before anything else happens, and deleted only once its outcome is recorded in the
-history. On start, whatever is left in the inbox is applied again, in arrival order.
+history. On start, whatever is left in the inbox is applied again, in arrival order, read one
+document at a time. Only documents that passed the size check reach the inbox.
 
 The history lets a redelivered deployment (same DeploymentId) be answered with its final status
 instead of being fetched again. Neither file holds a secret value: deployment documents carry
@@ -14,9 +15,12 @@ ARNs and ids only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
+import stat
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,13 +63,25 @@ class Inbox:
         write_atomically(path, payload)
         return InboxEntry(path, payload)
 
-    def pending(self) -> list[InboxEntry]:
-        """Documents left over from before a restart, oldest first."""
-        entries = []
-        for path in sorted(self.directory.glob("*.msg")):
-            with contextlib.suppress(OSError):
-                entries.append(InboxEntry(path, path.read_bytes()))
-        return entries
+    def pending_paths(self) -> deque[Path]:
+        """Documents left over from before a restart, oldest first: names only, none read."""
+        return deque(sorted(self.directory.glob("*.msg")))
+
+    def load(self, path: Path, *, max_size: int) -> InboxEntry:
+        """Read one left-over document.
+
+        Raises:
+            OSError: It can't be read, is not a regular file (a link is not followed), or is
+                larger than `max_size` (EFBIG): what an older core accepted unchecked.
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            data = file.read(max_size + 1)
+        if len(data) > max_size:
+            raise OSError(errno.EFBIG, f"more than the {max_size} bytes a document may have")
+        return InboxEntry(path, data)
 
     def done(self, entry: InboxEntry) -> None:
         """Forget a document whose outcome is recorded.

@@ -7,7 +7,8 @@ backoff, with a new aiomqtt client after each lost session (see `run` for why no
 Outgoing messages go through an outbox that survives disconnections, so a status produced while
 offline is published once the broker is back, and once only. The session is persistent
 (clean_session=False, a stable client id), so the broker queues QoS 1 deployments published
-while the core was offline.
+while the core was offline. Packets larger than `edge.mqtt.limit.MAX_PACKET_BYTES` are read past
+and dropped, never held in memory whole.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from structlog.typing import FilteringBoundLogger
 from edge.config import MqttSettings
 from edge.errors import ConfigError, InsecurePermissionsError
 from edge.log import get_logger
+from edge.mqtt.limit import MAX_PACKET_BYTES, limit_packet_size
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 
@@ -216,7 +218,18 @@ class MqttLink:
         # since the broker never sends an acknowledged message again. `_receive` acknowledges
         # once the handler returns. aiomqtt 2.x has no public switch for paho's manual_ack.
         client._client.manual_ack_set(on=True)  # noqa: SLF001
+        limit_packet_size(
+            client._client,  # noqa: SLF001
+            limit=MAX_PACKET_BYTES,
+            dropped=self._packet_dropped,
+        )
         return client
+
+    def _packet_dropped(self, topic: str, size: int) -> None:
+        # Nothing of it was kept: no valid message on any of our topics is that large.
+        self._log.warning(
+            "mqtt.packet_too_large", topic=topic[:200], size=size, limit=MAX_PACKET_BYTES
+        )
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message; it is sent now if connected, else as soon as the broker is back."""

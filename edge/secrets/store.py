@@ -30,6 +30,7 @@ directory fsync (see `edge.fsutil`); a failed save leaves the old file byte-for-
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import struct
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.errors import StoreCorruptError, StoreError, StoreWriteError
+from edge.errors import StoreCorruptError, StoreError, StoreSymlinkError, StoreWriteError
 from edge.fsutil import (
     PRIVATE_FILE_MODE,
     atomic_replace,
@@ -124,8 +125,8 @@ class SecretStore:
         return self._path
 
     def exists(self) -> bool:
-        """Return whether the store file exists (a fresh core has none)."""
-        return self._path.exists()
+        """Return whether the store file exists (a fresh core has none); a link counts."""
+        return os.path.lexists(self._path)
 
     def load(self) -> StoreContents | None:
         """Read and decrypt the store; first remove temporary files a crashed save left.
@@ -221,10 +222,12 @@ class SecretStore:
 
     def _read(self) -> bytes | None:
         try:
-            return read_private_file(self._path)
+            return read_private_file(self._path, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreSymlinkError(str(self._path)) from None
             msg = f"secret store {self._path} can't be read ({exc.strerror or exc})"
             raise StoreError(msg) from exc
 

@@ -31,7 +31,7 @@ from edge.ipc.server import IpcServer, WorkerIdentity
 from edge.log import get_logger
 from edge.model import Deployment, parse_group
 from edge.secrets.contents import StoreContents
-from edge.workers.code import S3Reader, prepare_code
+from edge.workers.code import LocalCodePolicy, S3Reader, prepare_code
 from edge.workers.connectors import connector_code_dirs, connector_specs
 from edge.workers.manager import WorkerManager
 from edge.workers.process import Launch, check_worker_users, worker_user
@@ -72,6 +72,7 @@ class Workload:
         publish_cloud: CloudPublisher,
         set_cloud_subscriptions: SubscriptionSetter,
         read_s3: S3Reader | None = None,
+        local_code: LocalCodePolicy | None = None,
         python: Path = Path(sys.executable),
         sandbox: Sandbox | None = None,
         default_user: WorkerUser | None = None,
@@ -81,6 +82,7 @@ class Workload:
         self._log = logger or get_logger("workload")
         self.code_root = code_root
         self._read_s3 = read_s3
+        self._local_code = local_code
         self._set_subscriptions = set_cloud_subscriptions
         self._python = python
         self._default_user = default_user
@@ -153,7 +155,11 @@ class Workload:
         dirs = await asyncio.gather(
             *(
                 prepare_code(
-                    s.function_arn, s.code, code_root=self.code_root, read_s3=self._read_s3
+                    s.function_arn,
+                    s.code,
+                    code_root=self.code_root,
+                    read_s3=self._read_s3,
+                    local=self._local_code,
                 )
                 for s in specs
             )

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edge.workers.process import resident_kb
-from tests.support.core import edge_cli, secret_resource
+from tests.support.core import edge_cli, next_created_at, secret_resource
 from tests.support.env import Env
 from tests.support.fake_twilio import HttpRequest, LoopbackServer, json_answer, run_fake_twilio
 from tests.support.functions import build_package
@@ -88,7 +88,7 @@ def deploy(
         "DeploymentType": deployment_type,
         "GroupId": "group-1",
         "GroupVersionId": uuid.uuid4().hex,
-        "CreatedAt": "2026-11-28T12:00:00Z",
+        "CreatedAt": next_created_at(),
         "Group": {
             "Resources": resources,
             "Functions": functions or [],

@@ -15,6 +15,7 @@ from tests.support.core import (
     CoreProcess,
     edge_cli,
     iter_files,
+    next_created_at,
     secret_resource,
     write_config,
 )
@@ -118,7 +119,7 @@ def test_bad_documents_are_rejected_and_the_core_keeps_running(env: Env) -> None
         "DeploymentType": "NewDeployment",
         "GroupId": "g",
         "GroupVersionId": "v",
-        "CreatedAt": "2026-11-28T12:00:00Z",
+        "CreatedAt": next_created_at(),
         "Group": {"Resources": [secret_resource("a", "arn:aws:secretsmanager:nope")]},
     }
     env.operator.publish_raw(json.dumps(bad))

@@ -125,6 +125,7 @@ def make_env(
         mqtt_url=broker.url,
         endpoint_url=endpoint_url,
         mqtt=mqtt,
+        local_code_dirs=(root.parent,),  # the tests build their packages beside `root`
     )
     init = edge_cli("init", "--config", str(config))
     assert init.returncode == 0, init.stderr

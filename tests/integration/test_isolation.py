@@ -273,7 +273,11 @@ def test_a_worker_cannot_use_another_cores_socket(
     root2.mkdir()
     thing2 = f"core-{uuid.uuid4().hex[:8]}"
     config2 = write_config(
-        root2 / "core.toml", thing_name=thing2, mqtt_url=env.broker.url, endpoint_url=env.moto.url
+        root2 / "core.toml",
+        thing_name=thing2,
+        mqtt_url=env.broker.url,
+        endpoint_url=env.moto.url,
+        local_code_dirs=(tmp_path,),
     )
     assert edge_cli("init", "--config", str(config2)).returncode == 0
     core2 = CoreProcess(config=config2, log_path=root2 / "core.log")

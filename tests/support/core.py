@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,18 @@ from tests.support.leaks import LEAKS
 from tests.support.services import AWS_TEST_ENV, TEST_REGION
 
 REPO = Path(__file__).resolve().parents[2]
+
+_last_created_at = datetime.min.replace(tzinfo=UTC)
+
+
+def next_created_at() -> str:
+    """A CreatedAt later than every one this process made before, as the control plane's are.
+
+    A core refuses a deployment that isn't created after the one it applied last.
+    """
+    global _last_created_at  # noqa: PLW0603 - one sequence for the whole test process
+    _last_created_at = max(datetime.now(UTC), _last_created_at + timedelta(microseconds=1))
+    return _last_created_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def edge_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -54,13 +67,17 @@ def write_config(
     extra: str = "",
     deployments: str = "allow_unsigned = true",
     mqtt: str = "",
+    local_code_dirs: tuple[Path, ...] | None = None,
 ) -> Path:
     """Write a core config file for a test; `deployments` is the [deployments] table's body.
 
     `mqtt` is added to the [mqtt] table (ca_file, cert_file, key_file for an mqtts:// url).
 
-    By default the core accepts unsigned documents, so that `Operator` can deploy by hand.
+    By default the core accepts unsigned documents, so that `Operator` can deploy by hand, and
+    file:// code from the config's directory (`[workers] local_code_dirs`), where tests build
+    their packages. The file is 0600, as a config that may hold a PIN must be.
     """
+    code_dirs = (path.parent,) if local_code_dirs is None else local_code_dirs
     path.write_text(
         f"""
 [core]
@@ -86,9 +103,13 @@ format = "json"
 
 [deployments]
 {deployments}
+
+[workers]
+local_code_dirs = {json.dumps([str(d) for d in code_dirs])}
 {extra}
 """
     )
+    path.chmod(0o600)
     return path
 
 
@@ -263,7 +284,7 @@ class Operator:
             "DeploymentType": deployment_type,
             "GroupId": "group-1",
             "GroupVersionId": uuid.uuid4().hex,
-            "CreatedAt": "2026-11-28T12:00:00Z",
+            "CreatedAt": next_created_at(),
             "Group": {
                 "Resources": resources or [],
                 "Functions": functions or [],

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.core import CoreProcess, Operator, edge_cli
+from tests.support.core import CoreProcess, Operator, edge_cli, write_config
 from tests.support.leaks import LEAKS
 from tests.support.services import Mosquitto, MotoServer
 
@@ -67,3 +70,45 @@ class Env:
 
     def all_output(self) -> str:
         return self.core.log_text() + "".join(self.cli_output)
+
+
+@contextlib.contextmanager
+def running_env(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, **config: Any
+) -> Iterator[Env]:
+    """A core process (initialised, running, subscribed) and an operator on the test's broker.
+
+    `config` goes to `write_config` (local_code_dirs, say).
+    """
+    thing = f"core-{uuid.uuid4().hex[:8]}"
+    config_path = write_config(
+        tmp_path / "core.toml",
+        thing_name=thing,
+        mqtt_url=broker.url,
+        endpoint_url=moto.url,
+        **config,
+    )
+    init = edge_cli("init", "--config", str(config_path))
+    assert init.returncode == 0, init.stderr
+    core = CoreProcess(config=config_path, log_path=tmp_path / "core.log")
+    operator = Operator(port=broker.port, prefix="edge", thing=thing)
+    e = Env(
+        root=tmp_path,
+        broker=broker,
+        moto=moto,
+        sm=sm,
+        config=config_path,
+        core=core,
+        operator=operator,
+    )
+    core.start()
+    core.wait_for_event("mqtt.connected")
+    operator.connect()
+    yield e
+    operator.close()
+    if core.proc is not None:
+        core.stop()
+    # The rule every feature keeps: no secret value in any log or CLI output, ever.
+    output = e.all_output()
+    for value in e.values:
+        assert value not in output, "a secret value leaked into the logs"

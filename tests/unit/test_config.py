@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from edge.config import load_config
-from edge.errors import ConfigError
+from edge.errors import ConfigError, ConfigPermissionsError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,3 +97,76 @@ def test_missing_and_malformed_files_are_clear_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[core\n"))
+
+
+def test_local_code_dirs_default_to_none_and_resolve_from_the_config(tmp_path: Path) -> None:
+    """`[workers] local_code_dirs` is empty unless set; relative entries are from the file's dir."""
+    assert load_config(write(tmp_path, MINIMAL)).workers.local_code_dirs == ()
+    text = MINIMAL + '[workers]\nlocal_code_dirs = ["code", "/opt/functions"]\n'
+    config = load_config(write(tmp_path, text))
+    assert config.workers.local_code_dirs == (tmp_path / "code", Path("/opt/functions"))
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
+def test_config_others_can_write_is_refused_with_the_chmod(tmp_path: Path, mode: int) -> None:
+    """A config that group or others can write is refused, naming the file, mode and fix."""
+    path = write(tmp_path, MINIMAL)
+    path.chmod(mode)
+    with pytest.raises(ConfigPermissionsError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"{mode:04o}" in message
+    assert f"chmod {mode & 0o755:04o} {path}" in message
+
+
+def test_config_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """A config another user owns (who could rewrite it) is refused, naming the chown."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    path = write(tmp_path, MINIMAL)
+    os.chown(path, 12345, -1)
+    with pytest.raises(ConfigPermissionsError, match=r"owned by uid 12345.*chown 0 "):
+        load_config(path)
+
+
+def test_config_holding_a_pin_must_be_private(tmp_path: Path) -> None:
+    """A config with a PKCS#11 pin-value is refused while others can read it; 0600 passes."""
+    key = 'private_key = "pkcs11:token=t;object=k?pin-value=1234"\npkcs11_module = "/x.so"\n'
+    path = write(tmp_path, MINIMAL.replace('thing_name = "core-1"\n', f'thing_name = "c"\n{key}'))
+    path.chmod(0o644)
+    with pytest.raises(ConfigPermissionsError) as info:
+        load_config(path)
+    assert f"chmod 0600 {path}" in str(info.value)
+    assert "1234" not in str(info.value)
+    path.chmod(0o600)
+    assert load_config(path).core.thing_name == "c"
+    # Without a PIN, a config others can read is fine: it holds nothing secret.
+    path.write_text(MINIMAL)
+    path.chmod(0o644)
+    assert load_config(path).core.thing_name == "core-1"
+
+
+def test_a_read_only_mount_skips_the_owner_and_write_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a read-only mount (a container's :ro bind of a host file) nobody can change the file.
+
+    Mounting needs privileges a test may not have, so the mount flag is what is faked.
+    """
+    path = write(tmp_path, MINIMAL)
+    path.chmod(0o664)
+    real = os.fstatvfs
+
+    def read_only(fd: int) -> os.statvfs_result:
+        result = real(fd)
+        fields = list(result)
+        fields[8] |= os.ST_RDONLY  # f_flag
+        return os.statvfs_result(fields)
+
+    monkeypatch.setattr(os, "fstatvfs", read_only)
+    assert load_config(path).core.thing_name == "core-1"
+    key = 'private_key = "pkcs11:token=t;object=k?pin-value=1234"\npkcs11_module = "/x.so"\n'
+    path.write_text(MINIMAL.replace('thing_name = "core-1"\n', f'thing_name = "c"\n{key}'))
+    with pytest.raises(ConfigPermissionsError, match="chmod 0600"):
+        load_config(path)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import stat
 from pathlib import Path
+
+import pytest
 
 from edge.deploy.journal import HISTORY_LIMIT, History, Inbox
 
@@ -15,10 +19,29 @@ def test_inbox_keeps_documents_in_arrival_order_until_done(tmp_path: Path) -> No
     first = inbox.put(b"one")
     inbox.put(b"two")
     reopened = Inbox(tmp_path / "inbox")
-    assert [e.payload for e in reopened.pending()] == [b"one", b"two"]
+    paths = reopened.pending_paths()
+    assert [reopened.load(p, max_size=10).payload for p in paths] == [b"one", b"two"]
     reopened.done(first)
-    assert [e.payload for e in Inbox(tmp_path / "inbox").pending()] == [b"two"]
+    again = Inbox(tmp_path / "inbox")
+    assert [again.load(p, max_size=10).payload for p in again.pending_paths()] == [b"two"]
     assert stat.S_IMODE((tmp_path / "inbox").stat().st_mode) == 0o700
+
+
+def test_inbox_load_refuses_oversized_links_and_special_files(tmp_path: Path) -> None:
+    """A left-over document over the size limit, a link or a FIFO is an OSError, not a read."""
+    inbox = Inbox(tmp_path / "inbox")
+    big = inbox.put(b"x" * 11)
+    assert big.path is not None
+    with pytest.raises(OSError, match="more than the 10 bytes"):
+        inbox.load(big.path, max_size=10)
+    (tmp_path / "target").write_bytes(b"{}")
+    (inbox.directory / "1.msg").symlink_to(tmp_path / "target")
+    with pytest.raises(OSError, match="symbolic links") as info:
+        inbox.load(inbox.directory / "1.msg", max_size=10)
+    assert info.value.errno == errno.ELOOP
+    os.mkfifo(inbox.directory / "2.msg")
+    with pytest.raises(OSError, match="not a regular file"):
+        inbox.load(inbox.directory / "2.msg", max_size=10)
 
 
 def test_history_answers_redeliveries_after_a_restart(tmp_path: Path) -> None:

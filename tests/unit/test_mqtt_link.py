@@ -1,14 +1,21 @@
-"""The MQTT link's TLS set-up: key permissions, unusable files, and what a refusal means."""
+"""The MQTT link: TLS set-up, key permissions, what a refusal means, and its packet limit."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import subprocess
+import tracemalloc
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from edge.config import MqttSettings
 from edge.errors import ConfigError, InsecurePermissionsError
-from edge.mqtt.link import explain_connect_error, tls_context
+from edge.mqtt.limit import MAX_PACKET_BYTES
+from edge.mqtt.link import MqttLink, explain_connect_error, tls_context
+from tests.support.services import Mosquitto
 from tests.support.tls import make_pki
 
 
@@ -66,3 +73,64 @@ def test_tls_refusals_say_which_setting_to_fix(error: str, names: str) -> None:
 def test_plain_network_errors_get_no_tls_hint() -> None:
     """A refused TCP connection is not a TLS problem and gets no TLS advice."""
     assert explain_connect_error("[Errno 111] Connection refused") is None
+
+
+async def test_an_oversized_packet_is_read_past_acknowledged_and_not_held(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A publish over MAX_PACKET_BYTES never reaches the handler or memory whole; later ones do.
+
+    It is acknowledged, so the broker doesn't send it again when the session resumes.
+    """
+    received: list[tuple[str, bytes]] = []
+    arrived = asyncio.Event()
+
+    async def on_message(topic: str, payload: bytes) -> None:
+        received.append((topic, payload))
+        arrived.set()
+
+    settings = MqttSettings(url=broker.url, host="127.0.0.1", port=broker.port, tls=False)
+
+    def publish(path: Path) -> None:
+        # Another process, so this one's memory holds only what the core's link keeps.
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(broker.port), "-t", "big/t", "-q", "1", "-f", str(path)],
+            check=True,
+            timeout=30,
+        )
+
+    async def session(send: list[Path]) -> list[dict[str, object]]:
+        arrived.clear()
+        link = MqttLink(
+            settings=settings, client_id="limit", subscriptions=["big/t"], on_message=on_message
+        )
+        with capture_logs() as logs:
+            task = asyncio.create_task(link.run())
+            await asyncio.wait_for(link.connected.wait(), 10)
+            for path in send:
+                await asyncio.to_thread(publish, path)
+            await asyncio.wait_for(arrived.wait(), 20)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return logs
+
+    big = 3 * MAX_PACKET_BYTES
+    (tmp_path / "big").write_bytes(b"x" * big)
+    (tmp_path / "small").write_bytes(b"small")
+    (tmp_path / "after").write_bytes(b"after")
+    tracemalloc.start()
+    try:
+        logs = await session([tmp_path / "big", tmp_path / "small"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received == [("big/t", b"small")]
+    dropped = [e for e in logs if e["event"] == "mqtt.packet_too_large"]
+    assert [(e["topic"], e["size"] > big) for e in dropped] == [("big/t", True)]
+    assert peak < big // 4
+
+    # A new session: the broker has forgotten the dropped publish; only the next one comes.
+    logs = await session([tmp_path / "after"])
+    assert received[-1] == ("big/t", b"after")
+    assert not [e for e in logs if e["event"] == "mqtt.packet_too_large"]

@@ -22,6 +22,7 @@ from edge.secrets.refresh import Refresher, RefreshSettings
 from edge.secrets.source import Described, StaticSecretSource
 from edge.secrets.store import SecretStore
 from edge.workers.services import CoreServices, SecretIndex
+from tests.support.core import next_created_at
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf"
 
@@ -42,7 +43,8 @@ def document(deployment_id: str) -> bytes:
             "DeploymentType": "NewDeployment",
             "GroupId": "group-1",
             "GroupVersionId": deployment_id,
-            "CreatedAt": "2026-11-28T12:00:00Z",
+            # Each one later than the last: the agent refuses another id at the same instant.
+            "CreatedAt": next_created_at(),
             "Group": {
                 "Resources": [
                     {

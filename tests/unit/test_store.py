@@ -18,7 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from edge.errors import InsecurePermissionsError, StoreCorruptError, StoreWriteError
+from edge.errors import (
+    InsecurePermissionsError,
+    StoreCorruptError,
+    StoreSymlinkError,
+    StoreWriteError,
+)
 from edge.secrets.contents import (
     DeploymentRecord,
     LocalSecret,
@@ -466,6 +471,36 @@ def test_load_refuses_a_file_others_can_reach(store, mode):
     with pytest.raises(InsecurePermissionsError, match="chmod 0600") as info:
         store.load()
     assert info.value.mode == mode
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_store_that_is_a_symbolic_link_is_refused(tmp_path, ec_key, dangling):
+    """A link at the store's path is never followed, even to a valid store sealed by this key."""
+    elsewhere = SecretStore(path=tmp_path / "elsewhere.store", key=ec_key)
+    if not dangling:
+        elsewhere.save(sample_contents())
+    store = SecretStore(path=tmp_path / STORE_FILE_NAME, key=ec_key)
+    store.path.symlink_to(elsewhere.path)
+    assert store.exists()
+    with pytest.raises(StoreSymlinkError) as info:
+        store.load()
+    message = str(info.value)
+    assert str(store.path) in message
+    assert "symbolic link" in message
+    assert "mv" in message
+    assert store.path.is_symlink()
+
+
+def test_a_save_replaces_a_planted_link_without_writing_through_it(tmp_path, ec_key):
+    """A link planted at the store's path is replaced by the new file; its target is untouched."""
+    target = tmp_path / "victim"
+    target.write_bytes(b"keep me")
+    store = SecretStore(path=tmp_path / STORE_FILE_NAME, key=ec_key)
+    store.path.symlink_to(target)
+    store.save(sample_contents())
+    assert not store.path.is_symlink()
+    assert target.read_bytes() == b"keep me"
+    assert store.load() == sample_contents()
 
 
 # --- failed saves ------------------------------------------------------------------------------

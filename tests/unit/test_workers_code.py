@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
+import os
 import shutil
+import socket
 import stat
 import struct
 import zipfile
@@ -18,10 +21,15 @@ from botocore.exceptions import ClientError
 
 from edge.errors import EdgeError
 from edge.workers import code as code_module
-from edge.workers.code import CodeFetchError, prepare_code
+from edge.workers.code import CodeFetchError, LocalCodePolicy, LocalCodeRefusedError
+from edge.workers.code import prepare_code as prepare_with_policy
 from edge.workers.spec import CodeRef
 
 ARN = "arn:aws:lambda:us-west-2:123456789012:function:sensor:1"
+#: Most tests here are about packages, not about where they may come from: they allow file://
+#: code anywhere. The policy has tests of its own (`# --- where local code may come from`).
+ANYWHERE = LocalCodePolicy.create(allowed=(Path("/"),), hidden=())
+prepare_code = functools.partial(prepare_with_policy, local=ANYWHERE)
 FILES = {
     "function.py": b"def function_handler(event, context):\n    return event\n",
     "lib/__init__.py": b"",
@@ -401,3 +409,103 @@ async def test_s3_reader_own_errors_pass_through(code_root):
             ARN, CodeRef(uri="s3://b/k.zip", sha256="a" * 64), code_root=code_root, read_s3=read_s3
         )
     assert info.value is own
+
+
+# --- where local code may come from -----------------------------------------------------------
+
+
+def policy(allowed: tuple[Path, ...], hidden: tuple[Path, ...] = ()) -> LocalCodePolicy:
+    return LocalCodePolicy.create(allowed=allowed, hidden=hidden)
+
+
+async def refused_local(code: CodeRef, code_root: Path, local: LocalCodePolicy) -> str:
+    """Prepare file:// code the policy must refuse; return the message, check nothing landed."""
+    with pytest.raises(LocalCodeRefusedError) as info:
+        await prepare_with_policy(ARN, code, code_root=code_root, local=local)
+    assert leftovers(code_root) == []
+    return str(info.value)
+
+
+async def test_file_code_is_refused_by_default_naming_the_key(tmp_path, code_root):
+    """With no [workers] local_code_dirs, file:// code is refused; the message names the key."""
+    write_zip(tmp_path / "f.zip")
+    ref = file_ref(tmp_path / "f.zip")
+    with pytest.raises(LocalCodeRefusedError) as without_policy:
+        await prepare_with_policy(ARN, ref, code_root=code_root)
+    message = await refused_local(ref, code_root, LocalCodePolicy())
+    for shown in (str(without_policy.value), message):
+        assert "[workers] local_code_dirs" in shown
+    assert leftovers(code_root) == []
+
+
+async def test_file_code_under_an_allowed_directory_is_used(tmp_path, code_root):
+    """A zip and a directory under a configured local_code_dirs entry are prepared."""
+    allowed = tmp_path / "code-src"
+    allowed.mkdir()
+    data = write_zip(allowed / "f.zip")
+    local = policy((allowed,))
+    zipped = await prepare_with_policy(
+        ARN, file_ref(allowed / "f.zip"), code_root=code_root, local=local
+    )
+    assert zipped == code_root / sha(data)
+    copied = await prepare_with_policy(
+        ARN, file_ref(make_dir(allowed / "dir")), code_root=code_root, local=local
+    )
+    assert tree(copied) == FILES
+
+
+@pytest.mark.parametrize("how", ["dotdot", "link"])
+async def test_dotdot_or_link_out_of_an_allowed_directory_is_refused(tmp_path, code_root, how):
+    """`..` and a symbolic link are resolved first: they can't lead out of the allowed tree."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    write_zip(outside / "f.zip")
+    if how == "dotdot":
+        uri = CodeRef(uri=f"file://{allowed}/../outside/f.zip")
+    else:
+        (allowed / "f.zip").symlink_to(outside / "f.zip")
+        uri = file_ref(allowed / "f.zip")
+    message = await refused_local(uri, code_root, policy((allowed,)))
+    assert "outside [workers] local_code_dirs" in message
+
+
+@pytest.mark.parametrize("where", ["inside", "parent"])
+async def test_hidden_paths_are_refused_even_under_an_allowed_directory(tmp_path, code_root, where):
+    """A hidden path, or a directory that holds one, is refused though local_code_dirs covers it."""
+    state = tmp_path / "state"
+    make_dir(state / "audit", {"audit.jsonl": b"{}\n"})
+    source = state / "audit" if where == "inside" else tmp_path
+    message = await refused_local(file_ref(source), code_root, policy((tmp_path,), (state,)))
+    assert f"reaches {state}" in message
+
+
+async def test_link_inside_a_copied_directory_is_refused_not_followed(tmp_path, code_root):
+    """A symbolic link in a local directory fails the copy naming it; its target isn't read."""
+    secret = make_dir(tmp_path / "state", {"core.key": b"PRIVATE"})
+    source = make_dir(tmp_path / "src")
+    (source / "lib" / "keys").symlink_to(secret)
+    error = await refused(file_ref(source), code_root, local=policy((source,), (secret,)))
+    assert "lib/keys is a symbolic link" in error.problem
+    assert leftovers(code_root) == []
+
+
+async def test_special_files_in_a_directory_are_skipped(tmp_path, code_root):
+    """A FIFO and a socket in a local directory are skipped, never opened; the files copy."""
+    source = make_dir(tmp_path / "src")
+    os.mkfifo(source / "lib" / "pipe")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(source / "lib" / "sock"))  # the file stays after the close
+    directory = await prepare_with_policy(
+        ARN, file_ref(source), code_root=code_root, local=policy((source,))
+    )
+    assert tree(directory) == FILES
+    assert not (directory / "lib" / "pipe").exists()
+    assert not (directory / "lib" / "sock").exists()
+
+
+async def test_file_code_naming_a_fifo_is_refused(tmp_path, code_root):
+    """A file:// URI naming a FIFO is refused at once rather than blocking the deployment."""
+    os.mkfifo(tmp_path / "f.zip")
+    error = await refused(file_ref(tmp_path / "f.zip"), code_root, local=policy((tmp_path,)))
+    assert "not a regular file" in error.problem
