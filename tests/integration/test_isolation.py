@@ -548,9 +548,9 @@ def core_with(
     def set_code_dir(state_dir: Path) -> None:
         config = state_dir.parent / "core.toml"
         text = config.read_text()
-        config.write_text(
-            text.replace('state_dir = "state"', f'state_dir = "state"\ncode_dir = "{code_dir}"', 1)
-        )
+        where = 'state_dir = "state"'
+        text = text.replace(where, f'{where}\ncode_dir = "{code_dir}"', 1)
+        config.write_text(text.replace("[workers]\n", f"[workers]\n{workers}\n", 1))
 
     with running_core(
         tmp_path,
@@ -558,7 +558,7 @@ def core_with(
         moto=moto,
         sm=sm,
         endpoint_url=moto.url,
-        fetch=f"{fetch_table()}\n[workers]\n{workers}\n",
+        fetch=fetch_table(),
         before_init=set_code_dir,
     ) as env:
         yield env
