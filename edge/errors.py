@@ -26,6 +26,15 @@ class UsageError(EdgeError):
     """A command-line argument is wrong in a way argparse can't see (bad JSON, say)."""
 
 
+class MigrationError(EdgeError):
+    """A Greengrass V1 file can't be converted: missing, malformed, or naming what edge lacks."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
 # --- the group model -------------------------------------------------------------------------
 
 
