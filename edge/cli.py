@@ -105,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the control plane's public key ({signing_key}.pub) for [deployments] "
         "trusted_keys; repeat for several",
     )
+    migrate.add_argument(
+        "--role-alias",
+        help="AWS IoT role alias: the core exchanges the thing's certificate for short-lived "
+        'AWS credentials ([aws] credentials = "iot"); with --iot-credentials-endpoint',
+    )
+    migrate.add_argument(
+        "--iot-credentials-endpoint",
+        help="the account's credentials provider host (`aws iot describe-endpoint "
+        "--endpoint-type iot:CredentialProvider`)",
+    )
     migrate.add_argument("--force", action="store_true", help="replace --output if it exists")
 
     secrets = sub.add_parser("secrets", help="inspect the local secret store")
@@ -201,12 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one
 
 
 def _migrate_core(args: argparse.Namespace) -> int:
+    if (args.role_alias is None) != (args.iot_credentials_endpoint is None):
+        raise UsageError("--role-alias and --iot-credentials-endpoint go together")
     conversion = migrate_core(
         greengrass_config=args.greengrass_config,
         output=args.output,
         greengrass_root=args.greengrass_root,
         state_dir=args.state_dir,
         trusted_keys=args.trusted_key,
+        iot_credentials=(args.iot_credentials_endpoint, args.role_alias)
+        if args.role_alias is not None
+        else None,
         force=args.force,
     )
     print(f"wrote {args.output} for thing {conversion.thing_name} in {conversion.region}")

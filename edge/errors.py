@@ -122,6 +122,14 @@ class SecretFetchError(EdgeError):
     """Base for failures to fetch a secret version from Secrets Manager."""
 
 
+class IotCredentialsError(SecretFetchError):
+    """The AWS IoT credentials provider gave no credentials for the core's certificate."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"AWS credentials from the IoT credentials provider: {problem}")
+
+
 class SecretNotFoundError(SecretFetchError):
     """The secret named by a resource does not exist (or was deleted) in Secrets Manager."""
 

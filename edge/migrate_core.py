@@ -226,6 +226,7 @@ def convert_v1_config(
     greengrass_root: Path,
     state_dir: str | None = None,
     trusted_keys: Sequence[Path] = (),
+    iot_credentials: tuple[str, str] | None = None,
 ) -> CoreConversion:
     """Map a parsed V1 `config.json` onto an edge core config.
 
@@ -235,6 +236,8 @@ def convert_v1_config(
         greengrass_root: V1's install root; `coreThing` paths are relative to its `certs/`.
         state_dir: `[core] state_dir` to write; None leaves edge's default.
         trusted_keys: Public keys of the control plane for `[deployments] trusted_keys`.
+        iot_credentials: (credentials provider endpoint, role alias): AWS credentials from the
+            thing's certificate, as V1 had them; None leaves botocore's chain.
 
     Returns:
         The conversion; nothing is written.
@@ -264,6 +267,16 @@ def convert_v1_config(
     c.tls(core_thing, crypto)
     c.core_key(crypto)
     c.put("aws", "region", region)
+    if iot_credentials is not None:
+        c.put("aws", "credentials", "iot")
+        c.put("aws", "iot_credentials_endpoint", iot_credentials[0])
+        c.put("aws", "role_alias", iot_credentials[1])
+    else:
+        c.warnings.append(
+            "no --role-alias: AWS credentials come from botocore's chain (environment, "
+            "~/.aws); pass --role-alias and --iot-credentials-endpoint to exchange the thing's "
+            "certificate for short-lived credentials, as V1 did"
+        )
     c.put("deployments", "trusted_keys", [str(k) for k in trusted_keys])
     if port == _ALPN_PORT:
         c.warnings.append(
@@ -328,6 +341,7 @@ def migrate_core(
     greengrass_root: Path | None = None,
     state_dir: str | None = None,
     trusted_keys: Sequence[Path] = (),
+    iot_credentials: tuple[str, str] | None = None,
     force: bool = False,
 ) -> CoreConversion:
     """Read a V1 config.json, write the core.toml (0600) and check that edge can load it.
@@ -355,6 +369,7 @@ def migrate_core(
         greengrass_root=root,
         state_dir=state_dir,
         trusted_keys=[k.resolve() for k in trusted_keys],
+        iot_credentials=iot_credentials,
     )
     if output.exists() and not force:
         raise MigrationError(str(output), "exists already; pass --force to replace it")

@@ -65,7 +65,7 @@ def test_converted_v1_core_connects_over_tls_and_deploys_a_signed_group(
     v1_core: tuple[Path, Pki],
     tls_broker: TlsMosquitto,
     moto: MotoServer,
-    sm: Any,  # noqa: ANN401 - a boto3 client
+    sm: Any,
 ) -> None:
     """migrate-core's core.toml, unedited but for the emulator's endpoint, reaches Success.
 

@@ -240,3 +240,32 @@ def test_cli_prints_what_it_wrote_and_what_it_left(
     assert main(["migrate-core", "--greengrass-config", missing, "-o", "x"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert output.exists()
+
+
+def test_role_alias_turns_on_iot_credentials_from_the_thing_certificate(tmp_path: Path) -> None:
+    """With --role-alias, the core exchanges its V1 certificate for credentials, as V1 did."""
+    root = v1_root(tmp_path)
+    output = tmp_path / "core.toml"
+    migrate_core(
+        greengrass_config=write_v1(root, console_config()),
+        output=output,
+        iot_credentials=("c2abc.credentials.iot.eu-west-1.amazonaws.com", "gg-core-role"),
+    )
+    iot = load_config(output).aws.iot
+    assert iot is not None
+    assert iot.role_alias == "gg-core-role"
+    assert iot.thing_name == "factory-gw-7"
+    assert iot.cert_file == root / "certs" / "abc123.cert.pem"
+    assert iot.key_file == root / "certs" / "abc123.private.key"
+
+
+def test_role_alias_without_endpoint_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The two IoT-credentials options go together; nothing is written otherwise."""
+    source = write_v1(v1_root(tmp_path), console_config())
+    output = tmp_path / "core.toml"
+    argv = ["migrate-core", "--greengrass-config", str(source), "-o", str(output)]
+    assert main([*argv, "--role-alias", "r"]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert not output.exists()
