@@ -109,6 +109,8 @@ class LatencyProxy:
         self.delay = delay
         self.port = port
         self.requests: collections.Counter[str] = collections.Counter()
+        #: Requests received, by the access key id their SigV4 signature names.
+        self.access_keys: collections.Counter[str] = collections.Counter()
         self.injected: collections.Counter[str] = collections.Counter()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -218,6 +220,8 @@ class LatencyProxy:
         operation = operation_of(request.headers.get("X-Amz-Target"), request.path)
         body = await request.read()
         self.requests[operation] += 1
+        credential = request.headers.get("Authorization", "").partition("Credential=")[2]
+        self.access_keys[credential.partition("/")[0]] += 1
         self.in_flight += 1
         self._in_flight_by_op[operation] += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -19,6 +19,7 @@ from edge.config import Config, load_config
 from edge.errors import EdgeError, UsageError
 from edge.hardening import forbid_memory_access
 from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging
+from edge.migrate_core import migrate_core
 from edge.secrets.contents import StoreContents
 from edge.secrets.keys import CoreKey, generate_key
 from edge.secrets.pkcs11 import TokenKeyRef
@@ -76,6 +77,46 @@ def _parser() -> argparse.ArgumentParser:
         help="wait for the result (default) or return at once",
     )
 
+    migrate = sub.add_parser(
+        "migrate-core",
+        help="write a core.toml from a Greengrass V1 core's config.json (keys are not copied)",
+    )
+    migrate.add_argument(
+        "--greengrass-config",
+        required=True,
+        type=Path,
+        help="the V1 core's config.json, usually /greengrass/config/config.json",
+    )
+    migrate.add_argument("--output", "-o", required=True, type=Path, help="the core.toml to write")
+    migrate.add_argument(
+        "--greengrass-root",
+        type=Path,
+        help="V1's install root, whose certs/ coreThing paths are relative to (default: the "
+        "directory above config.json's)",
+    )
+    migrate.add_argument(
+        "--state-dir", help="[core] state_dir to write (default: edge's, state/ beside core.toml)"
+    )
+    migrate.add_argument(
+        "--trusted-key",
+        action="append",
+        default=[],
+        type=Path,
+        help="the control plane's public key ({signing_key}.pub) for [deployments] "
+        "trusted_keys; repeat for several",
+    )
+    migrate.add_argument(
+        "--role-alias",
+        help="AWS IoT role alias: the core exchanges the thing's certificate for short-lived "
+        'AWS credentials ([aws] credentials = "iot"); with --iot-credentials-endpoint',
+    )
+    migrate.add_argument(
+        "--iot-credentials-endpoint",
+        help="the account's credentials provider host (`aws iot describe-endpoint "
+        "--endpoint-type iot:CredentialProvider`)",
+    )
+    migrate.add_argument("--force", action="store_true", help="replace --output if it exists")
+
     secrets = sub.add_parser("secrets", help="inspect the local secret store")
     secrets_sub = secrets.add_subparsers(
         dest="secrets_command", required=True, metavar="SUBCOMMAND"
@@ -130,7 +171,7 @@ def _global_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one return per command
     """Entry point of the `edge` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # The global options are taken out first, wherever they are, so that `edge cloud` (which
@@ -147,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             from edge.demo import run_demo  # noqa: PLC0415 - only `edge demo` needs it
 
             return run_demo(keep=args.keep, secret_value=args.secret_value)
+        if args.command == "migrate-core":
+            return _migrate_core(args)
         config = load_config(args.config)
         configure_logging(level=level or config.log.level, fmt=fmt or config.log.format)
         if args.command == "init":
@@ -165,6 +208,32 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         print(f"edge: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     return EXIT_USER_ERROR  # pragma: no cover - argparse rejects unknown commands first
+
+
+def _migrate_core(args: argparse.Namespace) -> int:
+    if (args.role_alias is None) != (args.iot_credentials_endpoint is None):
+        raise UsageError("--role-alias and --iot-credentials-endpoint go together")
+    conversion = migrate_core(
+        greengrass_config=args.greengrass_config,
+        output=args.output,
+        greengrass_root=args.greengrass_root,
+        state_dir=args.state_dir,
+        trusted_keys=args.trusted_key,
+        iot_credentials=(args.iot_credentials_endpoint, args.role_alias)
+        if args.role_alias is not None
+        else None,
+        force=args.force,
+    )
+    print(f"wrote {args.output} for thing {conversion.thing_name} in {conversion.region}")
+    if conversion.pin is not None:
+        print(f"wrote the token PIN to {args.output.parent / 'core.pin'} (0600)")
+    if conversion.not_mapped:
+        print("not carried over:")
+        for line in conversion.not_mapped:
+            print(f"  {line}")
+    for line in conversion.warnings:
+        print(f"edge: warning: {line}", file=sys.stderr)
+    return 0
 
 
 def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:

@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -75,11 +75,28 @@ class MqttSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IotCredentialSettings:
+    """`[aws] credentials = "iot"`: where and as whom the core exchanges its certificate."""
+
+    #: `https://host[:port]` of the account's `iot:CredentialProvider` endpoint.
+    endpoint: str
+    role_alias: str
+    thing_name: str
+    cert_file: Path
+    key_file: Path
+    #: CA bundle that verifies the endpoint; None: the system's trust store.
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AwsSettings:
-    """`[aws]`: where Secrets Manager is; credentials come from botocore's usual chain."""
+    """`[aws]`: where Secrets Manager is, and where the core's AWS credentials come from."""
 
     region: str
     endpoint_url: str | None = None
+    #: Short-lived credentials from the AWS IoT credentials provider (`credentials = "iot"`);
+    #: None: botocore's usual chain (environment, ~/.aws, instance role).
+    iot: IotCredentialSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,11 +410,12 @@ def load_config(path: Path | str) -> Config:
 def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
     """Validate an already-parsed TOML document (see `load_config`)."""
     sections = open_sections(raw, path=path, names=_SECTIONS, example=_EXAMPLE)
+    core, mqtt = _core(sections["core"]), _mqtt(sections["mqtt"])
     config = Config(
         path=path,
-        core=_core(sections["core"]),
-        mqtt=_mqtt(sections["mqtt"]),
-        aws=_aws(sections["aws"]),
+        core=core,
+        mqtt=mqtt,
+        aws=_core_aws(sections["aws"], thing_name=core.thing_name, mqtt=mqtt),
         fetch=_fetch(sections["fetch"]),
         log=_log(sections["log"]),
         deployments=_deployments(sections["deployments"]),
@@ -490,6 +508,60 @@ def _aws(s: _Section) -> AwsSettings:
     if endpoint_url is not None and urlsplit(endpoint_url).scheme not in {"http", "https"}:
         raise s.error("endpoint_url", f"must be an http:// or https:// URL, not {endpoint_url!r}")
     return AwsSettings(region=region, endpoint_url=endpoint_url)
+
+
+_IOT_CREDENTIAL_KEYS = (
+    "iot_credentials_endpoint",
+    "role_alias",
+    "iot_cert_file",
+    "iot_key_file",
+    "iot_ca_file",
+)
+
+
+def _core_aws(s: _Section, *, thing_name: str, mqtt: MqttSettings) -> AwsSettings:
+    """The core's `[aws]`: the shared keys, and where its credentials come from."""
+    aws = _aws(s)
+    if s.choice("credentials", "chain", ("chain", "iot")) == "iot":
+        return replace(aws, iot=_iot_credentials(s, thing_name, mqtt))
+    for key in _IOT_CREDENTIAL_KEYS:
+        if key in s.table:
+            raise s.error(key, 'only applies with credentials = "iot"')
+    return aws
+
+
+def _iot_credentials(s: _Section, thing_name: str, mqtt: MqttSettings) -> IotCredentialSettings:
+    """`credentials = "iot"`: endpoint, role alias, and certificate (by default [mqtt]'s)."""
+    endpoint = s.string("iot_credentials_endpoint", required=True)
+    role_alias = s.string("role_alias", required=True)
+    assert endpoint is not None  # noqa: S101 - required=True guarantees it
+    assert role_alias is not None  # noqa: S101
+    if "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    parts = urlsplit(endpoint)
+    if parts.scheme != "https" or not parts.hostname or parts.path.strip("/"):
+        raise s.error(
+            "iot_credentials_endpoint",
+            f"must be a host name or https://host[:port], not {endpoint!r} (`aws iot "
+            "describe-endpoint --endpoint-type iot:CredentialProvider` prints it)",
+        )
+    if any(c in role_alias for c in "/?#") or len(role_alias) > 128:  # noqa: PLR2004 - AWS's limit
+        raise s.error("role_alias", "must be at most 128 characters without '/', '?' or '#'")
+    cert_file = s.path_value("iot_cert_file", mqtt.cert_file)
+    key_file = s.path_value("iot_key_file", mqtt.key_file)
+    if cert_file is None or key_file is None:
+        raise s.error(
+            "iot_cert_file",
+            "is needed (with iot_key_file) when [mqtt] has no cert_file and key_file to use",
+        )
+    return IotCredentialSettings(
+        endpoint=endpoint.rstrip("/"),
+        role_alias=role_alias,
+        thing_name=thing_name,
+        cert_file=cert_file,
+        key_file=key_file,
+        ca_file=s.path_value("iot_ca_file", mqtt.ca_file),
+    )
 
 
 def _fetch(s: _Section) -> FetchConfig:

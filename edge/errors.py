@@ -34,6 +34,15 @@ class UsageError(EdgeError):
     """A command-line argument is wrong in a way argparse can't see (bad JSON, say)."""
 
 
+class MigrationError(EdgeError):
+    """A Greengrass V1 file can't be converted: missing, malformed, or naming what edge lacks."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
 # --- the group model -------------------------------------------------------------------------
 
 
@@ -143,6 +152,14 @@ class WorkerUserError(EdgeError):
 
 class SecretFetchError(EdgeError):
     """Base for failures to fetch a secret version from Secrets Manager."""
+
+
+class IotCredentialsError(SecretFetchError):
+    """The AWS IoT credentials provider gave no credentials for the core's certificate."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"AWS credentials from the IoT credentials provider: {problem}")
 
 
 class SecretNotFoundError(SecretFetchError):

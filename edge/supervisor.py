@@ -29,6 +29,7 @@ from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSo
 from edge.mqtt.link import MqttLink
 from edge.secrets.contents import StoreContents
 from edge.secrets.fetch import AwsSecretSource, FetchSettings
+from edge.secrets.iot_credentials import aws_session
 from edge.secrets.keys import CoreKey
 from edge.secrets.refresh import (
     RefreshCounts,
@@ -196,7 +197,30 @@ def _raise_descriptor_limit(log: FilteringBoundLogger) -> None:
         log.info("core.descriptor_limit_raised", was=was, soft=soft)
 
 
-async def run_core(  # noqa: PLR0915 - the core's wiring, one start-up step after another
+async def _aws_clients(
+    stack: contextlib.AsyncExitStack, config: Config
+) -> tuple[AwsSecretSource, S3CodeReader]:
+    """Secrets Manager and S3 clients, closed with `stack`.
+
+    They share one session, so with `[aws] credentials = "iot"` one certificate exchange (and
+    its refreshes) serves both.
+    """
+    session = aws_session(config.aws.iot)
+    aws = config.aws
+    source = AwsSecretSource(
+        region=aws.region,
+        endpoint_url=aws.endpoint_url,
+        settings=fetch_settings(config),
+        session=session,
+    )
+    read_s3 = S3CodeReader(region=aws.region, endpoint_url=aws.endpoint_url, session=session)
+    return (
+        await stack.enter_async_context(source),
+        await stack.enter_async_context(read_s3),
+    )
+
+
+async def run_core(
     config: Config, *, stop: asyncio.Event | None = None, logger: FilteringBoundLogger | None = None
 ) -> None:
     """Run the core until `stop` is set or the task is cancelled."""
@@ -206,17 +230,8 @@ async def run_core(  # noqa: PLR0915 - the core's wiring, one start-up step afte
     state_dir, mqtt, thing = config.core.state_dir, config.mqtt, config.core.thing_name
     deployments_topic = mqtt.deployments_topic(thing)
     async with contextlib.AsyncExitStack() as stack:
-        source = await stack.enter_async_context(
-            AwsSecretSource(
-                region=config.aws.region,
-                endpoint_url=config.aws.endpoint_url,
-                settings=fetch_settings(config),
-            )
-        )
+        source, read_s3 = await _aws_clients(stack, config)
         counts = DeploymentCounts()
-        read_s3 = await stack.enter_async_context(
-            S3CodeReader(region=config.aws.region, endpoint_url=config.aws.endpoint_url)
-        )
         link: MqttLink | None = None
         agent: DeploymentAgent | None = None
         workload: Workload | None = None

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 import structlog
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from edge.errors import (
@@ -345,6 +345,7 @@ class AwsSecretSource:
         endpoint_url: str | None = None,
         settings: FetchSettings = FetchSettings(),  # frozen, so one default is safe to share
         logger: FilteringBoundLogger | None = None,
+        session: AioSession | None = None,
     ) -> None:
         """Configure the source; no connection is made before `__aenter__`.
 
@@ -353,6 +354,8 @@ class AwsSecretSource:
             endpoint_url: Another Secrets Manager endpoint, such as a local emulator.
             settings: Concurrency, deadline, retries and batching.
             logger: Where to log fetch events; `structlog.get_logger()` if not given.
+            session: The aiobotocore session, which decides where credentials come from
+                (`edge.secrets.iot_credentials.aws_session`); botocore's chain if not given.
         """
         self.region = region
         self.endpoint_url = endpoint_url
@@ -366,6 +369,7 @@ class AwsSecretSource:
         self.describe_available = True
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._session = session or get_session()
 
     async def __aenter__(self) -> Self:
         """Create the aiobotocore client (its HTTP pool opens lazily on the first call)."""
@@ -379,7 +383,7 @@ class AwsSecretSource:
         )
         async with contextlib.AsyncExitStack() as stack:
             self._client = await stack.enter_async_context(
-                get_session().create_client(
+                self._session.create_client(
                     "secretsmanager",
                     region_name=self.region,
                     endpoint_url=self.endpoint_url,

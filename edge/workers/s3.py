@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Self
 
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 
 from edge.workers.code import MAX_ZIP_BYTES, CodeFetchError
 
@@ -14,7 +14,10 @@ from edge.workers.code import MAX_ZIP_BYTES, CodeFetchError
 class S3CodeReader:
     """An async context manager owning one S3 client; call it with (bucket, key)."""
 
-    def __init__(self, *, region: str, endpoint_url: str | None = None) -> None:
+    def __init__(
+        self, *, region: str, endpoint_url: str | None = None, session: AioSession | None = None
+    ) -> None:
+        self._session = session or get_session()
         self._region = region
         self._endpoint_url = endpoint_url
         self._client: Any = None
@@ -22,7 +25,7 @@ class S3CodeReader:
 
     async def __aenter__(self) -> Self:
         """Create the client (no network yet)."""
-        self._context = get_session().create_client(
+        self._context = self._session.create_client(
             "s3", region_name=self._region, endpoint_url=self._endpoint_url
         )
         self._client = await self._context.__aenter__()
