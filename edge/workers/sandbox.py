@@ -58,6 +58,8 @@ def hidden_paths(config: Config) -> tuple[Path, ...]:
         paths.append(key)
     if config.mqtt.key_file is not None:
         paths.append(config.mqtt.key_file)
+    if config.aws.iot is not None:
+        paths.append(config.aws.iot.key_file)  # it buys AWS credentials for the core's role
     paths.extend(config.workers.hidden_paths)
     return tuple(paths)
 

@@ -113,6 +113,30 @@ sandbox = "required"
     assert config.workers.sandbox == "required"
 
 
+def test_the_key_that_buys_aws_credentials_is_hidden(tmp_path: Path) -> None:
+    """With `[aws] credentials = "iot"`, the key exchanged for AWS credentials is hidden too."""
+    path = tmp_path / "core.toml"
+    path.write_text(
+        """
+[core]
+thing_name = "core-1"
+[mqtt]
+url = "mqtt://broker:1883"
+[aws]
+region = "eu-west-1"
+credentials = "iot"
+iot_credentials_endpoint = "c2.credentials.iot.eu-west-1.amazonaws.com"
+role_alias = "edge"
+iot_cert_file = "iot.crt"
+iot_key_file = "iot.key"
+"""
+    )
+    path.chmod(0o600)
+    hidden = set(hidden_paths(load_config(path)))
+    assert tmp_path / "iot.key" in hidden
+    assert tmp_path / "iot.crt" not in hidden
+
+
 def test_sandbox_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """off: no plan; required without Landlock: a clear error naming the fix."""
     off = Sandbox.create(mode="off", hidden=(tmp_path,), protected=(), writable=())
