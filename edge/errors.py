@@ -392,3 +392,11 @@ class ArtifactError(CloudError):
     def __init__(self, problem: str) -> None:
         self.problem = problem
         super().__init__(f"function package: {problem}")
+
+
+class V1ImportError(CloudError):
+    """Reading a Greengrass V1 account failed (credentials, endpoint, access, a missing group)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"import-greengrass: {problem}")
