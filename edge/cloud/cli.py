@@ -4,7 +4,8 @@
 Thin on purpose: parse the arguments, call one function of `edge.cloud`, print its answer as
 JSON with AWS's key names. JSON arguments are inline text or `file://path`, binary ones
 `fileb://path`, as with the AWS CLI. Every error is one line, `edge: error: …`, exit status 2;
-a deployment that fails under `--wait` exits 1, and one that doesn't finish in time exits 3.
+a deployment that fails under `--wait` exits 1, and one that doesn't finish in time exits 3;
+an `import-greengrass` that left a group out over a conflict exits 1.
 """
 
 from __future__ import annotations

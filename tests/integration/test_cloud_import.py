@@ -8,6 +8,7 @@ import runs as the real CLI; what it stored is read back with the official AWS C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -23,7 +24,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.integration.test_cloud_serve import KEY_ID, start_service
+from tests.integration.test_cloud_serve import KEY_ID, start_service, write_serve_config
 from tests.support.core import CoreProcess, edge_cli, write_config
 from tests.support.functions import build_package
 from tests.support.services import (
@@ -265,33 +266,25 @@ def build_account(v1: MotoServer, thing: str) -> Account:
     return account
 
 
-def write_cloud_config(root: Path, *, broker: Mosquitto, endpoint: str, port: int) -> Path:
-    """A control plane (and its API, for the AWS CLI) reading the V1 account at `endpoint`."""
+def write_cloud_config(root: Path, *, broker: Mosquitto, v1: MotoServer, port: int) -> Path:
+    """A control plane (and its API, for the AWS CLI) reading the V1 account at `v1`."""
     secret_file = root / "operator.secret"
     secret_file.write_text(secrets.token_urlsafe(30) + "\n")
     secret_file.chmod(0o600)
-    path = root / "cloud.toml"
-    path.write_text(
-        f"""
-[cloud]
-database = "cloud/edge-cloud.db"
-signing_key = "cloud/signing.pem"
-artifact_bucket = "edge-artifacts"
-account_id = "{ACCOUNT}"
-listen = "127.0.0.1:{port}"
+    return write_serve_config(root, broker=broker, moto=v1, port=port)
 
-[cloud.auth]
-keys = [{{access_key_id = "{KEY_ID}", secret_access_key_file = "operator.secret"}}]
 
-[mqtt]
-url = "{broker.url}"
+def import_fails(root: Path, broker: Mosquitto, endpoint: MotoServer) -> str:
+    """Import from `endpoint` into a new control plane in `root`: exit 2, nothing written.
 
-[aws]
-region = "{TEST_REGION}"
-endpoint_url = "{endpoint}"
-"""
-    )
-    return path
+    Returns the error line.
+    """
+    root.mkdir()
+    config = write_cloud_config(root, broker=broker, v1=endpoint, port=free_port())
+    failed = import_greengrass(config)
+    assert failed.returncode == 2
+    assert not (root / "cloud" / "edge-cloud.db").exists()
+    return failed.stderr.strip().splitlines()[-1]
 
 
 def cloud(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -390,26 +383,6 @@ def compare_through_aws_cli(account: Account, url: str, secret: str) -> int:
     return compared
 
 
-def refused_without_read_access(root: Path, broker: Mosquitto, port: int) -> None:
-    """Credentials the API refuses ("testing", unknown to it): one line, nothing written."""
-    root.mkdir()
-    denied_config = write_cloud_config(
-        root,
-        broker=broker,
-        endpoint=f"http://127.0.0.1:{port}",
-        port=free_port(),
-    )
-    denied = import_greengrass(denied_config)
-    assert denied.returncode == 2
-    assert denied.stderr.strip().splitlines()[-1] == (
-        f"edge: error: import-greengrass: http://127.0.0.1:{port} refused ListGroups "
-        f"(UnrecognizedClientException); give these credentials read access to Greengrass "
-        f"(greengrass:Get*, greengrass:List*, e.g. the AWS managed policy "
-        f"AWSGreengrassReadOnlyAccess)"
-    )
-    assert not (root / "cloud" / "edge-cloud.db").exists()
-
-
 def deploy_and_invoke(
     tmp_path: Path, broker: Mosquitto, v1: MotoServer, *, config: Path, thing: str, account: Account
 ) -> str:
@@ -455,7 +428,7 @@ def test_import_reads_back_field_by_field_deploys_and_reports_what_edge_cant_run
     thing = f"core-{uuid.uuid4().hex[:8]}"
     account = build_account(v1, thing)
     port = free_port()
-    config = write_cloud_config(tmp_path, broker=broker, endpoint=v1.url, port=port)
+    config = write_cloud_config(tmp_path, broker=broker, v1=v1, port=port)
     assert cloud(config, "init").returncode == 0
     package, _ = build_package(tmp_path / "app.zip")
     published = cloud(
@@ -489,7 +462,13 @@ def test_import_reads_back_field_by_field_deploys_and_reports_what_edge_cant_run
     service = start_service(tmp_path, config, port)
     try:
         assert compare_through_aws_cli(account, f"http://127.0.0.1:{port}", secret) == 7 + 2 * 14
-        refused_without_read_access(tmp_path / "denied", broker, port)
+        # Credentials the service doesn't know (the tests' "testing" key).
+        assert import_fails(tmp_path / "denied", broker, dataclasses.replace(v1, port=port)) == (
+            f"edge: error: import-greengrass: http://127.0.0.1:{port} refused ListGroups "
+            f"(UnrecognizedClientException); give these credentials read access to Greengrass "
+            f"(greengrass:Get*, greengrass:List*, e.g. the AWS managed policy "
+            f"AWSGreengrassReadOnlyAccess)"
+        )
     finally:
         assert service.stop() == 0
 
@@ -513,7 +492,7 @@ def test_dry_run_group_ids_conflicts_and_errors_leave_the_database_as_it_was(
 ) -> None:
     """--dry-run and failures write nothing; --group-id picks groups; conflicts stay as they are."""
     account = build_account(v1, "dry-core")
-    config = write_cloud_config(tmp_path, broker=broker, endpoint=v1.url, port=free_port())
+    config = write_cloud_config(tmp_path, broker=broker, v1=v1, port=free_port())
     database = tmp_path / "cloud" / "edge-cloud.db"
 
     def stored_groups() -> list[str]:
@@ -562,20 +541,12 @@ def test_dry_run_group_ids_conflicts_and_errors_leave_the_database_as_it_was(
             "SELECT count(*) FROM definition_versions WHERE body LIKE '%office-token%'"
         ).fetchone() == (0,)
 
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    unreachable = write_cloud_config(
-        elsewhere,
-        broker=broker,
-        endpoint=f"http://127.0.0.1:{free_port()}",
-        port=free_port(),
+    nowhere = dataclasses.replace(v1, port=free_port())
+    line = import_fails(tmp_path / "elsewhere", broker, nowhere)
+    assert line.startswith(
+        f"edge: error: import-greengrass: can't reach the Greengrass API at {nowhere.url}"
     )
-    failed = import_greengrass(unreachable)
-    assert failed.returncode == 2
-    (line,) = failed.stderr.strip().splitlines()[-1:]
-    assert line.startswith("edge: error: import-greengrass: can't reach the Greengrass API at")
     assert "check [aws] endpoint_url and region" in line
-    assert not (elsewhere / "cloud" / "edge-cloud.db").exists()
 
     no_credentials = subprocess.run(
         [sys.executable, "-m", "edge", "cloud", "--config", str(config), "import-greengrass"],
