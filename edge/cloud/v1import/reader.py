@@ -3,8 +3,8 @@
 
 Every List* call and every Get*DefinitionVersion that the API pages is followed through its
 NextToken, so nothing is missed on a large account. Calls run a few at a time (AWS throttles
-Greengrass's control plane at a handful of requests per second per account, and botocore's
-standard retry mode backs off on throttling), and each one is counted for the summary.
+each account's requests, and botocore's standard retry mode backs off when it does), and each
+one is counted for the summary.
 
 Only definitions that some group version names are read, each with all its versions: the
 import copies groups, and a definition no group names is nobody's to run. Definitions of a kind
