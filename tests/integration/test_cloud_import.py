@@ -1,7 +1,8 @@
 """`edge cloud import-greengrass` end to end: a V1 account in moto, the AWS CLI, a real core.
 
 The account lives in moto's Greengrass V1 backend (`tests.support.moto_greengrass`: moto's
-server with AWS's form of Greengrass ARNs), built with boto3 as a V1 user's would be. The
+server with AWS's form of Greengrass ARNs, and connector and logger definitions), built with
+boto3 as a V1 user's would be. The
 import runs as the real CLI; what it stored is read back with the official AWS CLI from
 `edge cloud serve`, and a real `edge run` core deploys an imported group.
 """
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.network
 
 ACCOUNT = "123456789012"
 CERT = f"arn:aws:iot:{TEST_REGION}:{ACCOUNT}:cert/"
+TWILIO = f"arn:aws:greengrass:{TEST_REGION}::/connectors/TwilioNotifications/versions/4"
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +244,7 @@ def build_account(v1: MotoServer, thing: str) -> Account:
     )
     account.groups["Garage"] = garage
 
-    # Office: a function whose code nobody published yet.
+    # Office: a function whose code nobody published yet, a Twilio connector, a logger.
     _, core_o = core_version(gg, None, "office-core", "office")
     token = secret("office-token")
     res_o = gg.create_resource_definition(
@@ -256,11 +258,44 @@ def build_account(v1: MotoServer, thing: str) -> Account:
         Name="Office",
         InitialVersion={"CoreDefinitionVersionArn": core_o, "ResourceDefinitionVersionArn": res_o},
     )["Id"]
+    twilio = gg.create_connector_definition(
+        Name="office-connectors",
+        InitialVersion={
+            "Connectors": [
+                {
+                    "Id": "sms",
+                    "ConnectorArn": TWILIO,
+                    "Parameters": {
+                        "TWILIO_ACCOUNT_SID": "AC0123456789",
+                        "TwilioAuthTokenSecretArn": token,
+                        "TwilioAuthTokenSecretArn-ResourceId": "Token",
+                        "DefaultFromPhoneNumber": "+15555550100",
+                    },
+                }
+            ]
+        },
+    )["LatestVersionArn"]
+    logger = gg.create_logger_definition(
+        Name="office-logs",
+        InitialVersion={
+            "Loggers": [
+                {
+                    "Id": "system",
+                    "Component": "GreengrassSystem",
+                    "Level": "INFO",
+                    "Type": "FileSystem",
+                    "Space": 128,
+                }
+            ]
+        },
+    )["LatestVersionArn"]
     gg.create_group_version(
         GroupId=office,
         CoreDefinitionVersionArn=core_o,
         ResourceDefinitionVersionArn=res_o,
         FunctionDefinitionVersionArn=fns_o,
+        ConnectorDefinitionVersionArn=twilio,
+        LoggerDefinitionVersionArn=logger,
     )
     account.groups["Office"] = office
     return account
@@ -353,8 +388,10 @@ def compare_through_aws_cli(account: Account, url: str, secret: str) -> int:
                 *("get-group-version", "--group-id", group_id),
                 *("--group-version-id", listed["Version"]),
             )
-            # Edge stores no device definitions: that reference alone is left out (reported).
+            # Edge stores no device or logger definitions: those references alone are left
+            # out (and reported).
             theirs["Definition"].pop("DeviceDefinitionVersionArn", None)
+            theirs["Definition"].pop("LoggerDefinitionVersionArn", None)
             assert mine == theirs
             compared += 1
             for key, arn in theirs["Definition"].items():
@@ -422,8 +459,8 @@ def test_import_reads_back_field_by_field_deploys_and_reports_what_edge_cant_run
 ) -> None:
     """A V1 account imports whole: the AWS CLI reads back what moto holds, a core deploys it.
 
-    The device definition, the local volume and the function without code are reported under
-    their groups; a second import adds nothing.
+    The Twilio connector is copied; the device and logger definitions, the local volume and the
+    function without code are reported under their groups; a second import adds nothing.
     """
     thing = f"core-{uuid.uuid4().hex[:8]}"
     account = build_account(v1, thing)
@@ -457,11 +494,14 @@ def test_import_reads_back_field_by_field_deploys_and_reports_what_edge_cant_run
         f"`edge cloud publish-function --function-arn {printer} --zip-file fileb://PACKAGE.zip "
         f"--handler app.function_handler`" in office
     )
+    assert "left out logger definition version arn:aws:greengrass:" in office
+    assert "connector definition versions 1" in office.splitlines()[0]
+    assert "connector 'sms'" not in office, "edge ships the Twilio connector"
 
     secret = (tmp_path / "operator.secret").read_text().strip()
     service = start_service(tmp_path, config, port)
     try:
-        assert compare_through_aws_cli(account, f"http://127.0.0.1:{port}", secret) == 7 + 2 * 14
+        assert compare_through_aws_cli(account, f"http://127.0.0.1:{port}", secret) == 7 + 2 * 15
         # Credentials the service doesn't know (the tests' "testing" key).
         assert import_fails(tmp_path / "denied", broker, dataclasses.replace(v1, port=port)) == (
             f"edge: error: import-greengrass: http://127.0.0.1:{port} refused ListGroups "

@@ -1,8 +1,8 @@
 """The V1 importer over recorded Greengrass V1 answers: connectors, loggers, paging, completion.
 
-moto's Greengrass backend has no connector or logger definitions, so what the importer does
-with them is checked here, on answers in the API's own shape, with a real control-plane
-database; paging (which moto doesn't do) is checked with recorded pages.
+Answers in the API's own shape, with a real control-plane database: a connector edge doesn't
+ship beside one it does, a logger, a version completed by a later import, and paging through
+NextToken, which moto's server doesn't do.
 """
 
 from __future__ import annotations
