@@ -98,11 +98,6 @@ class GroupPlan:
         name = self.info.get("Name")
         return f"group {self.info['Id']}" + (f' ("{name}")' if name else "")
 
-    @property
-    def changes(self) -> bool:
-        """Whether anything would be written."""
-        return bool(self.new_group or self.definitions or self.versions)
-
     def note(self, text: str) -> None:
         """Add a note once (the same resource in three versions is one note)."""
         if text not in self.notes:
@@ -269,13 +264,3 @@ def _note_function(plan: GroupPlan, item: dict[str, Any], stored: Stored) -> Non
         f"publish-function --function-arn {arn} --zip-file fileb://PACKAGE.zip --handler "
         f"{handler if isinstance(handler, str) and handler else 'MODULE.FUNCTION'}`"
     )
-
-
-def summary_lines(counts: Counter[tuple[str, str]]) -> list[str]:
-    """`function definitions: 3 copied, 1 already present`, for each kind that occurred."""
-    lines = []
-    for what in SUMMARY_KINDS:
-        copied, present = counts[what, COPIED], counts[what, PRESENT]
-        if copied or present:
-            lines.append(f"{what}: {copied} {COPIED}, {present} {PRESENT}")
-    return lines

@@ -130,8 +130,6 @@ class V1Account:
 
     groups: list[V1Group]
     definitions: dict[tuple[str, str], V1Definition]
-    #: (segment, definition id) named by a group version but gone from the account.
-    missing: set[tuple[str, str]] = field(default_factory=set)
     #: API requests made, retries not counted.
     calls: int = 0
 
@@ -192,12 +190,11 @@ class V1Reader:
             wanted = [ident for (segment, ident), k in named.items() if k is kind]
             found = [V1Definition(kind=kind, info={"Id": ident}) for ident in wanted]
             await self._each(f"{kind.label}s", found, self._read_definition)
-            for definition in found:
-                key = (kind.segment, definition.info["Id"])
-                if "Arn" in definition.info:
-                    account.definitions[key] = definition
-                else:
-                    account.missing.add(key)
+            # One gone from the account (no Arn read) stays out; the plan reports the versions
+            # that name it.
+            account.definitions.update(
+                ((kind.segment, d.info["Id"]), d) for d in found if "Arn" in d.info
+            )
         account.calls = self.calls
         return account
 
