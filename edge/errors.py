@@ -476,3 +476,11 @@ class SignatureReplayError(CloudError):
             "(a replay); sign the request again to repeat it, or give each of two identical "
             "calls in one second its own AmznClientToken"
         )
+
+
+class V1ImportError(CloudError):
+    """Reading a Greengrass V1 account failed (credentials, endpoint, access, a missing group)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"import-greengrass: {problem}")

@@ -4,7 +4,8 @@
 Thin on purpose: parse the arguments, call one function of `edge.cloud`, print its answer as
 JSON with AWS's key names. JSON arguments are inline text or `file://path`, binary ones
 `fileb://path`, as with the AWS CLI. Every error is one line, `edge: error: …`, exit status 2;
-a deployment that fails under `--wait` exits 1, and one that doesn't finish in time exits 3.
+a deployment that fails under `--wait` exits 1, and one that doesn't finish in time exits 3;
+an `import-greengrass` that left a group out over a conflict exits 1.
 """
 
 from __future__ import annotations
@@ -86,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--function-arn", required=True)
     p.add_argument("--zip-file", required=True, help="fileb://path of the deployment package")
     p.add_argument("--handler", required=True, help="module.function")
+    p = add(
+        "import-greengrass",
+        "copy the Greengrass V1 groups of the [aws] account, keeping ids and ARNs; "
+        "see docs/cloud.md",
+    )
+    p.add_argument(
+        "--group-id",
+        dest="group_ids",
+        action="append",
+        default=[],
+        help="import only this group (repeatable; default: every group)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would be copied; write nothing"
+    )
     return parser
 
 
@@ -192,7 +208,7 @@ def _print(result: dict[str, Any] | None) -> None:
         _out(json.dumps(result, indent=4))
 
 
-def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
+def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:  # noqa: PLR0911 - one per family
     command: str = args.command
     if command == "init":
         return _init(config)
@@ -201,6 +217,8 @@ def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
         from edge.cloud.serve import run  # noqa: PLC0415
 
         return run(config)
+    if command == "import-greengrass":
+        return _import_greengrass(config, args)
     arns = Arns(config.aws.region, config.cloud.account_id)
     with Database.open(config.cloud.database) as db:
         if command == "publish-function":
@@ -224,6 +242,35 @@ def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
             return 0
         _print(_group_command(db, arns, command, args))
         return 0
+
+
+def _import_greengrass(config: CloudConfig, args: argparse.Namespace) -> int:
+    """Read the V1 account, then store each group; exit 1 if a group had a conflict."""
+    # Imported here: only this command needs the importer.
+    from edge.cloud.v1import.reader import read_account  # noqa: PLC0415
+    from edge.cloud.v1import.report import report_lines  # noqa: PLC0415
+    from edge.cloud.v1import.writer import import_account  # noqa: PLC0415
+
+    progress = _Progress()
+    account = asyncio.run(read_account(config, list(args.group_ids), progress))
+    with Database.open(config.cloud.database) as db:
+        report = import_account(db, account, dry_run=args.dry_run, progress=progress)
+    for line in report_lines(report):
+        _out(line)
+    return 1 if report.conflicts else 0
+
+
+class _Progress:
+    """`edge: groups 12/40` on stderr, about twenty lines per kind however large the account."""
+
+    def __init__(self) -> None:
+        self._shown: dict[str, int] = {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        step = max(1, total // 20)
+        if done == total or done - self._shown.get(what, 0) >= step:
+            self._shown[what] = done
+            _err(f"edge: {what} {done}/{total}")
 
 
 def _init(config: CloudConfig) -> int:

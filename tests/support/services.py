@@ -121,16 +121,17 @@ class MotoServer:
 
 
 @contextlib.contextmanager
-def run_moto(log_path: Path) -> Iterator[MotoServer]:
-    """Start `moto_server` as its own process on a free loopback port."""
+def run_moto(log_path: Path, *, module: str = "moto.server") -> Iterator[MotoServer]:
+    """Start `moto_server` (or `module`, a wrapper of it) as its own process on a free port."""
     port = free_port()
     env = {**os.environ, **AWS_TEST_ENV}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=Path(__file__).resolve().parents[2],
         )
     try:
         wait_for_port(port, timeout=30)
