@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
-from tests.support.env import Env
+from tests.support.core import secret_resource
+from tests.support.env import Env, running_env
 from tests.support.iot_credentials import CredentialsProvider, run_credentials_provider
 from tests.support.proxy import ProxyThread, proxy_thread
 from tests.support.services import Mosquitto, MotoServer
@@ -56,37 +56,15 @@ def iot_env(  # noqa: PLR0917 - pytest passes fixtures by name
     recorder: ProxyThread,
 ) -> Iterator[Env]:
     """A running core whose only AWS credentials come from the loopback IoT provider."""
-    config = write_config(
-        tmp_path / "core.toml",
-        thing_name=thing,
-        mqtt_url=broker.url,
-        endpoint_url=recorder.url,
+    aws = (
+        f'credentials = "iot"\niot_credentials_endpoint = "{provider.url}"\n'
+        f'role_alias = "{ROLE_ALIAS}"\niot_cert_file = "{pki.client.cert}"\n'
+        f'iot_key_file = "{pki.client.key}"\niot_ca_file = "{pki.ca.cert}"\n'
     )
-    config.write_text(
-        config.read_text().replace(
-            "[aws]\n",
-            f'[aws]\ncredentials = "iot"\niot_credentials_endpoint = "{provider.url}"\n'
-            f'role_alias = "{ROLE_ALIAS}"\niot_cert_file = "{pki.client.cert}"\n'
-            f'iot_key_file = "{pki.client.key}"\niot_ca_file = "{pki.ca.cert}"\n',
-        )
-    )
-    assert edge_cli("init", "--config", str(config)).returncode == 0
-    env = Env(
-        root=tmp_path,
-        broker=broker,
-        moto=moto,
-        sm=sm,
-        config=config,
-        core=CoreProcess(config=config, log_path=tmp_path / "core.log"),
-        operator=Operator(port=broker.port, prefix="edge", thing=thing),
-    )
-    env.core.start()
-    env.core.wait_for_event("mqtt.connected")
-    env.operator.connect()
-    yield env
-    env.operator.close()
-    if env.core.proc is not None:
-        assert env.core.stop() == 0
+    with running_env(
+        tmp_path, broker, moto, sm, thing_name=thing, endpoint_url=recorder.url, aws=aws
+    ) as env:
+        yield env
 
 
 def deploy_one(env: Env, name: str) -> dict[str, Any]:

@@ -67,11 +67,13 @@ def write_config(
     extra: str = "",
     deployments: str = "allow_unsigned = true",
     mqtt: str = "",
+    aws: str = "",
     local_code_dirs: tuple[Path, ...] | None = None,
 ) -> Path:
     """Write a core config file for a test; `deployments` is the [deployments] table's body.
 
-    `mqtt` is added to the [mqtt] table (ca_file, cert_file, key_file for an mqtts:// url).
+    `mqtt` is added to the [mqtt] table (ca_file, cert_file, key_file for an mqtts:// url),
+    `aws` to the [aws] table (credentials, say).
 
     By default the core accepts unsigned documents, so that `Operator` can deploy by hand, and
     file:// code from the config's directory (`[workers] local_code_dirs`), where tests build
@@ -93,6 +95,7 @@ keepalive_seconds = 5
 [aws]
 region = "{TEST_REGION}"
 endpoint_url = "{endpoint_url}"
+{aws}
 
 [fetch]
 deadline_seconds = 30

@@ -74,18 +74,26 @@ class Env:
 
 @contextlib.contextmanager
 def running_env(
-    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, **config: Any
+    tmp_path: Path,
+    broker: Mosquitto,
+    moto: MotoServer,
+    sm: Any,
+    *,
+    thing_name: str | None = None,
+    endpoint_url: str | None = None,
+    **config: Any,
 ) -> Iterator[Env]:
     """A core process (initialised, running, subscribed) and an operator on the test's broker.
 
-    `config` goes to `write_config` (local_code_dirs, say).
+    The core fetches from `endpoint_url` (default: moto); `config` goes to `write_config`
+    (local_code_dirs, aws, say).
     """
-    thing = f"core-{uuid.uuid4().hex[:8]}"
+    thing = thing_name or f"core-{uuid.uuid4().hex[:8]}"
     config_path = write_config(
         tmp_path / "core.toml",
         thing_name=thing,
         mqtt_url=broker.url,
-        endpoint_url=moto.url,
+        endpoint_url=endpoint_url or moto.url,
         **config,
     )
     init = edge_cli("init", "--config", str(config_path))
