@@ -5,7 +5,7 @@
 dumps (which would write decrypted secrets to disk), and `/proc/<pid>/mem`, `environ` and
 `maps` and ptrace become root-only, so a worker running as the core's user can't read the
 core's memory. (It can still read what that user may read on disk, the key and the store:
-separate functions from the core with `RunAs`; see the README's security model.) Workers are
+separate functions from the core with `RunAs`; see docs/security.md.) Workers are
 new programs (execve), so they get the default back and are unaffected.
 """
 

@@ -1,9 +1,12 @@
-"""What the README documents works: its commands run as written, and its Docker fleet is sound.
+"""What the README and docs/ document works: commands run, links resolve, Docker is sound.
 
-No Docker engine runs here, so the Docker files are checked without one: the compose file's
-structure (services, images, builds, volumes, dependencies, the configs it mounts, parsed by
-edge's own config loaders), and the image's entrypoint and healthcheck commands, run as they
-are written against a temporary config.
+The README is the front page; the manual is in docs/. The commands the README and
+docs/operations.md (every `edge` command, with an example) show are run where they need nothing
+else running; every command `edge --help` lists is documented there; every link between the
+pages lands on a file and a heading that exist. No Docker engine runs here, so the Docker files
+are checked without one: the compose file's structure (services, images, builds, volumes,
+dependencies, the configs it mounts, parsed by edge's own config loaders), and the image's
+entrypoint and healthcheck commands, run as they are written against a temporary config.
 """
 
 from __future__ import annotations
@@ -32,10 +35,21 @@ from tests.support.services import AWS_TEST_ENV, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
+OPERATIONS = REPO / "docs" / "operations.md"
 DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
 
-# --- the README's commands ------------------------------------------------------------------
+#: The pages whose commands are run: the front page, then the page with every `edge` command.
+COMMAND_PAGES = (README, OPERATIONS)
+#: Every page whose links are checked.
+PAGES = (
+    README,
+    *sorted((REPO / "docs").glob("*.md")),
+    REPO / "bench" / "README.md",
+    REPO / "connectors" / "README.md",
+)
+
+# --- the documented commands ----------------------------------------------------------------
 
 #: Documented commands that need no broker, no AWS and no Docker: these the test runs.
 OFFLINE = re.compile(
@@ -52,10 +66,10 @@ REQUIRED = (
 )
 
 
-def readme_commands() -> list[str]:
-    """Every command line of the README's ```sh blocks, comments and `$ ` prompts removed."""
+def documented_commands(page: Path) -> list[str]:
+    """Every command line of a page's ```sh blocks, comments and `$ ` prompts removed."""
     commands = []
-    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.DOTALL):
+    for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.DOTALL):
         for raw in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", raw).strip().removeprefix("$ ")
             line = line.removeprefix(".venv/bin/")
@@ -66,15 +80,15 @@ def readme_commands() -> list[str]:
 
 def test_readme_opens_with_the_two_commands() -> None:
     """The first code block is `make demo` and `make test`."""
-    first = readme_commands()[:2]
+    first = documented_commands(README)[:2]
     assert first == ["make demo", "make test"]
 
 
-def test_readme_offline_commands_run_as_written(tmp_path: Path) -> None:
+def test_documented_offline_commands_run_as_written(tmp_path: Path) -> None:
     """Each documented command that needs nothing running works, in order, in a fresh dir."""
-    commands = [c for c in readme_commands() if OFFLINE.match(c)]
+    commands = [c for page in COMMAND_PAGES for c in documented_commands(page) if OFFLINE.match(c)]
     for required in REQUIRED:
-        assert any(c.startswith(required) for c in commands), f"README lacks `{required}`"
+        assert any(c.startswith(required) for c in commands), f"the docs lack `{required}`"
     for name in ("config.example.toml", "cloud.example.toml"):
         shutil.copy(REPO / name, tmp_path / name)
     env = {
@@ -98,12 +112,85 @@ def test_readme_offline_commands_run_as_written(tmp_path: Path) -> None:
     assert (tmp_path / "state" / "core.key").stat().st_mode & 0o777 == 0o600
 
 
-def test_readme_names_every_edge_command() -> None:
-    """The CLI section shows each `edge` command with an example."""
-    text = README.read_text()
-    for command in ("init", "run", "invoke", "secrets list", "demo", "cloud"):
-        assert f"edge {command}" in text, command
-    assert "docs/cloud.md" in text
+def _subcommands(*args: str) -> list[str]:
+    """The subcommands `edge ARGS --help` lists."""
+    result = subprocess.run(
+        [str(BIN / "edge"), *args, "--help"], capture_output=True, text=True, check=True
+    )
+    listing = result.stdout.split("positional arguments:", 1)[1].split("options:", 1)[0]
+    return re.findall(r"^ {4}(\S+)", listing, re.MULTILINE)
+
+
+def test_every_edge_command_is_documented_with_an_example() -> None:
+    """Each command `edge --help` lists has an example and a row in docs/operations.md."""
+    commands = [
+        f"secrets {sub}" if command == "secrets" else command
+        for command in _subcommands()
+        for sub in (_subcommands("secrets") if command == "secrets" else [""])
+    ]
+    assert {"init", "run", "invoke", "secrets list", "demo", "cloud"} <= set(commands)
+    examples = documented_commands(OPERATIONS)
+    table = OPERATIONS.read_text().split("## Commands\n", 1)[1].split("\n## ", 1)[0]
+    for command in commands:
+        shown = re.compile(rf"^edge (--\S+ \S+ )*{command}\b")
+        assert any(shown.match(example) for example in examples), f"no example of edge {command}"
+        assert f"| `edge {command} " in table, f"edge {command} has no row in the Commands table"
+    front = README.read_text()
+    for page in ("docs/operations.md", "docs/cloud.md"):
+        assert f"]({page}" in front, f"the README doesn't link {page}"
+
+
+# --- links between the pages ----------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _prose(text: str) -> str:
+    """The text without its fenced code blocks (a `# comment` there is not a heading)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", _prose(page.read_text()), re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        out.add(slug if count == 0 else f"{slug}-{count}")
+    return out
+
+
+def test_links_between_the_pages_resolve() -> None:
+    """Every relative link of the README, docs/ and the benches' README lands on a heading."""
+    broken = []
+    for page in PAGES:
+        for target in LINK.findall(_prose(page.read_text())):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            where = f"{page.relative_to(REPO)}: {target}"
+            if not linked.exists():
+                broken.append(f"{where} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{where} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def test_docs_describe_the_project_as_it_is() -> None:
+    """No diary in the pages: no sessions, no issue numbers, no "went from X to Y"."""
+    diary = re.compile(
+        r"\b(this|last|previous|first|second|third) session\b|\bissue \d|\bwent from\b",
+        re.IGNORECASE,
+    )
+    found = [
+        f"{page.relative_to(REPO)}: {match[0]}"
+        for page in PAGES
+        for match in diary.finditer(page.read_text())
+    ]
+    assert not found, "\n".join(found)
 
 
 # --- docker/compose.yaml --------------------------------------------------------------------
