@@ -64,7 +64,7 @@ from tests.support.functions import (
     invoke,
 )
 from tests.support.services import Mosquitto, MotoServer
-from tests.support.users import python_for
+from tests.support.users import checkout_reachable, python_for
 
 pytestmark = pytest.mark.network
 #: Whether this kernel confines workers (the core's default, `[workers] sandbox = "auto"`).
@@ -564,7 +564,15 @@ def core_with(
         yield env
 
 
+@pytest.fixture
+def reachable_checkout() -> Iterator[None]:
+    """Workers of another user import `edge` from this checkout: let them reach it."""
+    with checkout_reachable():
+        yield
+
+
 @needs_root
+@pytest.mark.usefixtures("reachable_checkout")
 def test_a_root_core_runs_functions_without_run_as_as_its_default_user(
     tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
 ) -> None:
@@ -576,7 +584,7 @@ def test_a_root_core_runs_functions_without_run_as_as_its_default_user(
     """
     python = python_for(NOBODY)
     if python is None:
-        pytest.skip("no Python of this version that nobody can run (set up as in the README)")
+        pytest.skip("no Python of this version that nobody can run: apt-get install python3.11")
     code_dir = Path(tempfile.mkdtemp(prefix="edge-code-", dir="/var/tmp"))
     code_dir.chmod(0o755)
     try:

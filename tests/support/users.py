@@ -1,12 +1,24 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Another user for worker tests: a Python of this version that user can run."""
+"""Another user for worker tests: a Python that user can run, and a checkout it can reach."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+#: The repository: workers of another user import `edge` (and the venv's packages) from here.
+REPO = Path(__file__).resolve().parents[2]
+#: Held while a test opens the way to the checkout, so tests on other xdist workers that do the
+#: same never restore a mode while one of them still needs it.
+_LOCK = Path("/tmp/edge-tests-reachable.lock")
 
 
 def python_for(user: pwd.struct_passwd) -> str | None:
@@ -30,3 +42,26 @@ def python_for(user: pwd.struct_passwd) -> str | None:
         if done.returncode == 0:
             return candidate
     return None
+
+
+@contextlib.contextmanager
+def checkout_reachable() -> Iterator[None]:
+    """Let other users traverse every directory above the checkout, for the test's duration.
+
+    A clone in a 0700 directory (what `mktemp -d` makes, as CI may use) keeps another user's
+    worker from importing `edge`. Only the search bit is added (nothing becomes listable), and
+    each mode is restored afterwards.
+    """
+    with _LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        changed: list[tuple[Path, int]] = []
+        try:
+            for directory in reversed(REPO.parents):
+                mode = stat.S_IMODE(directory.stat().st_mode)
+                if not mode & stat.S_IXOTH:
+                    os.chmod(directory, mode | stat.S_IXOTH)
+                    changed.append((directory, mode))
+            yield
+        finally:
+            for directory, mode in reversed(changed):
+                os.chmod(directory, mode)

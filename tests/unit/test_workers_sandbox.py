@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from edge.workers import landlock, mountns
 from edge.workers.process import check_worker_users, worker_user
 from edge.workers.sandbox import Sandbox, hidden_paths, probe_namespace
 from edge.workers.spec import CodeRef, FunctionSpec, RunAs
-from tests.support.users import python_for
+from tests.support.users import checkout_reachable, python_for
 
 needs_landlock = pytest.mark.skipif(
     landlock.landlock_abi() == 0, reason="this kernel has no Landlock to test"
@@ -437,7 +438,15 @@ def test_covers_hide_the_cores_files_and_keep_the_socket(tmp_path: Path) -> None
     assert_covered(run_covered(tmp_path, NAMESPACE, python=sys.executable))
 
 
+@pytest.fixture
+def reachable_checkout() -> Iterator[None]:
+    """The child of nobody imports `edge` from this checkout: let it reach it."""
+    with checkout_reachable():
+        yield
+
+
 @needs_root
+@pytest.mark.usefixtures("reachable_checkout")
 def test_a_non_root_core_covers_through_a_user_namespace_and_keeps_no_capability() -> None:
     """As nobody: a user namespace mapping only its ids; every capability gone after mounting.
 
