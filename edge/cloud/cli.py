@@ -43,7 +43,7 @@ EXIT_WAIT_TIMEOUT: Final = 3
 #: Default of `create-deployment --wait --timeout`: a deployment of many secrets over a slow
 #: link takes tens of seconds; five minutes means something is wrong.
 DEFAULT_WAIT_SECONDS: Final = 300.0
-_TAGS_HELP: Final = 'JSON or file://path: {"key": "value", ...} (at most 50)'
+_TAGS_HELP: Final = 'Key=Value,Key2=Value2, or JSON or file://path: {"key": "value"} (at most 50)'
 
 
 class _ArgumentError(Exception):
@@ -329,7 +329,7 @@ def _definition_command(
 
     def create() -> dict[str, Any]:
         initial = _optional_json("--initial-version", args.initial_version)
-        tags = _optional_json("--tags", args.tags)
+        tags = None if args.tags is None else read_tags_arg("--tags", args.tags)
         return definitions.create_definition(
             db, arns, kind, name=args.name, initial=initial, tags=tags
         )
@@ -374,7 +374,7 @@ _TAG_COMMANDS: Final = frozenset({"tag-resource", "untag-resource", "list-tags-f
 
 def _tag_command(db: Database, command: str, args: argparse.Namespace) -> dict[str, Any] | None:
     if command == "tag-resource":
-        tag_resource(db, args.resource_arn, read_json_arg("--tags", args.tags))
+        tag_resource(db, args.resource_arn, read_tags_arg("--tags", args.tags))
         return None
     if command == "untag-resource":
         untag_resource(db, args.resource_arn, list(args.tag_keys))
@@ -387,7 +387,7 @@ def _group_command(  # noqa: PLR0911 - one per command
 ) -> dict[str, Any] | None:
     if command == "create-group":
         initial = _optional_json("--initial-version", args.initial_version)
-        tags = _optional_json("--tags", args.tags)
+        tags = None if args.tags is None else read_tags_arg("--tags", args.tags)
         return groups.create_group(db, arns, name=args.name, initial=initial, tags=tags)
     if command == "update-group":
         groups.update_group(db, args.group_id, args.name)
@@ -509,6 +509,25 @@ def read_json_arg(option: str, value: str) -> Any:  # noqa: ANN401 - any JSON va
     elif value.startswith("fileb://"):
         raise CloudUsageError(option, "takes JSON text or file://path, not fileb://")
     return strict_json(option, text)
+
+
+def read_tags_arg(option: str, value: str) -> Any:  # noqa: ANN401 - checked by the tag code
+    """Read tags as the AWS CLI takes them: JSON, `file://path`, or `Key=Value,Key2=Value2`.
+
+    Raises:
+        CloudUsageError: Neither JSON nor `Key=Value` pairs.
+    """
+    if value.lstrip().startswith("{") or value.startswith(("file://", "fileb://")):
+        return read_json_arg(option, value)
+    tags: dict[str, str] = {}
+    for pair in value.split(","):
+        key, sep, item = pair.partition("=")
+        if not sep:
+            raise CloudUsageError(
+                option, 'takes JSON ({"key": "value"}), file://path, or Key=Value,Key2=Value2'
+            )
+        tags[key] = item
+    return tags
 
 
 def read_binary_arg(option: str, value: str) -> bytes:

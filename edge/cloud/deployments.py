@@ -259,7 +259,14 @@ async def create_deployment(
     return await _send(
         config,
         db,
-        _Outgoing(request.group_id, deployment_id, created_at, built, redeploy_of),
+        _Outgoing(
+            request.group_id,
+            deployment_id,
+            created_at,
+            built,
+            request.deployment_type,
+            redeploy_of,
+        ),
         seal(built.document, signing_key=signing_key, thing_name=built.thing_name),
         wait_seconds=wait_seconds,
         on_created=on_created,
@@ -322,7 +329,7 @@ async def reset_deployments(
     payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
     parse_deployment(payload)
     built = Built(payload, thing, version_id)
-    outgoing = _Outgoing(group_id, deployment_id, created_at, built, None, reset)
+    outgoing = _Outgoing(group_id, deployment_id, created_at, built, reset)
     envelope = seal(payload, signing_key=signing_key, thing_name=thing)
     try:
         return await _send(
@@ -378,14 +385,10 @@ class _Outgoing:
     deployment_id: str
     created_at: str
     built: Built
-    redeploy_of: str | None
-    deployment_type: str | None = None
+    deployment_type: str
+    redeploy_of: str | None = None
     #: Whether its row is in the database.
     recorded: bool = False
-
-    @property
-    def kind(self) -> str:
-        return self.deployment_type or json.loads(self.built.document)["DeploymentType"]
 
 
 def _insert(
@@ -409,7 +412,7 @@ def _insert(
             out.group_id,
             out.built.group_version_id,
             arns.deployment(out.group_id, out.deployment_id),
-            out.kind,
+            out.deployment_type,
             out.redeploy_of,
             out.built.thing_name,
             out.created_at,

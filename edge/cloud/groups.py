@@ -233,7 +233,13 @@ def get_group(db: Database, group_id: str) -> dict[str, Any]:
 
 
 def update_group(db: Database, group_id: str, name: str | None) -> None:
-    """update-group: rename a group (its versions and deployments stay)."""
+    """update-group: rename a group (its versions and deployments stay).
+
+    Raises:
+        CloudUsageError: No name: a group always has one, as create-group requires.
+    """
+    if name is None:
+        raise CloudUsageError("--name", "is required: a group always has a name")
     check_name("--name", name)
     with db.write() as conn:
         _group_row(conn, group_id)

@@ -124,7 +124,13 @@ def test_groups_and_definitions_are_renamed_and_deleted_as_aws_does(served: Serv
     assert code(error_of(lambda: client.get_group(GroupId=group["Id"])))[0] == 404
     assert group["Id"] not in {g["Id"] for g in client.list_groups()["Groups"]}
 
-    # `edge cloud` has the same commands, on the same database.
+
+def test_edge_cloud_renames_and_deletes_like_the_api(served: Served) -> None:
+    """`edge cloud` has update-X-definition, update-group and delete-group, on the same data.
+
+    Like create-group, update-group needs a name; without one it changes nothing.
+    """
+    client = served.client()
     other = client.create_function_definition(Name="f")
     renamed = served.cloud(
         "update-function-definition", "--function-definition-id", other["Id"], "--name", "g"
@@ -134,6 +140,10 @@ def test_groups_and_definitions_are_renamed_and_deleted_as_aws_does(served: Serv
     assert client.get_function_definition(FunctionDefinitionId=other["Id"])["Name"] == "g"
     second = client.create_group(Name="second")
     assert served.cloud("update-group", "--group-id", second["Id"], "--name", "s2").returncode == 0
+    assert client.get_group(GroupId=second["Id"])["Name"] == "s2"
+    nameless = served.cloud("update-group", "--group-id", second["Id"])
+    assert nameless.returncode == 2
+    assert "--name: is required" in nameless.stderr
     assert client.get_group(GroupId=second["Id"])["Name"] == "s2"
     assert served.cloud("delete-group", "--group-id", second["Id"]).returncode == 0
     assert code(error_of(lambda: client.get_group(GroupId=second["Id"])))[0] == 404
@@ -281,6 +291,12 @@ def test_tags_are_kept_returned_and_changed_within_aws_limits(served: Served) ->
     assert untagged.returncode == 0, untagged.stderr
     listed = served.cloud("list-tags-for-resource", "--resource-arn", arn)
     assert json.loads(listed.stdout)["tags"] == {"env": "prod", "k" * 128: "v" * 256}
+
+    # `edge cloud` takes the AWS CLI's Key=Value shorthand as well as JSON.
+    made = served.cloud("create-group", "--name", "cli", "--tags", "team=a,env=b")
+    assert made.returncode == 0, made.stderr
+    made_id = json.loads(made.stdout)["Id"]
+    assert client.get_group(GroupId=made_id)["tags"] == {"team": "a", "env": "b"}
 
     client.delete_group(GroupId=group["Id"])
     assert code(error_of(lambda: client.list_tags_for_resource(ResourceArn=arn)))[0] == 400
