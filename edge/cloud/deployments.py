@@ -31,6 +31,7 @@ from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
 from edge.cloud.groups import (
     group_version_row,
+    last_deployment,
     latest_version_id,
     resolve_core,
     resolve_group,
@@ -357,11 +358,7 @@ async def reset_deployments(
 def _reset_target(conn: Connection, group_id: str) -> tuple[str, str]:
     """The (thing name, group version id) a reset of this group is addressed to."""
     latest = latest_version_id(conn, group_id)
-    last = conn.execute(
-        "SELECT thing_name, group_version_id FROM deployments WHERE group_id = ?"
-        " ORDER BY created_at DESC, rowid DESC LIMIT 1",
-        (group_id,),
-    ).fetchone()
+    last = last_deployment(conn, group_id)
     if last is not None:
         return str(last["thing_name"]), str(last["group_version_id"])
     if latest is None:

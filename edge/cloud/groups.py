@@ -164,6 +164,15 @@ def group_version_row(conn: Connection, group_id: str, version_id: str) -> Row:
     return row
 
 
+def last_deployment(conn: Connection, group_id: str) -> Row | None:
+    """The group's most recent deployment (None: never deployed)."""
+    row: Row | None = conn.execute(
+        "SELECT * FROM deployments WHERE group_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        (group_id,),
+    ).fetchone()
+    return row
+
+
 def latest_version_id(conn: Connection, group_id: str) -> str | None:
     """The id of a group's latest version (None if it has none)."""
     latest: str | None = _group_row(conn, group_id)["latest_version_id"]
@@ -259,11 +268,7 @@ def delete_group(db: Database, group_id: str) -> None:
     """
     with db.write() as conn:
         row = _group_row(conn, group_id)
-        last = conn.execute(
-            "SELECT id, deployment_type FROM deployments WHERE group_id = ?"
-            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
-            (group_id,),
-        ).fetchone()
+        last = last_deployment(conn, group_id)
         if last is not None and last["deployment_type"] != RESET_DEPLOYMENT:
             raise CloudUsageError(
                 "--group-id",
