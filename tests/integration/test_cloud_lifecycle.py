@@ -13,7 +13,9 @@ import secrets
 from typing import Any
 
 import pytest
+from botocore.validate import ParamValidator
 
+from edge.cloud.serve.routes import service_model
 from tests.integration import test_cloud_serve as base
 from tests.integration.test_cloud_serve import (
     ACCOUNT,
@@ -33,6 +35,18 @@ with_core = base.with_core
 #: AWS shows every timestamp with milliseconds.
 MILLISECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 KINDS = ("core", "resource", "function", "connector", "subscription")
+
+
+def shaped(operation: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer without boto3's metadata, checked against the model's output shape."""
+    body = {k: v for k, v in answer.items() if k != "ResponseMetadata"}
+    shape = service_model().operation_model(operation).output_shape
+    if shape is None:
+        assert body == {}
+        return body
+    report = ParamValidator().validate(body, shape)
+    assert not report.has_errors(), report.generate_report()
+    return body
 
 
 def _secret_resources(served: Served, client: Any) -> dict[str, Any]:
@@ -79,7 +93,10 @@ def test_groups_and_definitions_are_renamed_and_deleted_as_aws_does(served: Serv
         get = getattr(client, f"get_{kind}_definition")
         key = f"{kind.capitalize()}DefinitionId"
         created = create(Name="before")
-        update(**{key: created["Id"], "Name": f"after {kind}"})
+        shaped(
+            f"Update{kind.capitalize()}Definition",
+            update(**{key: created["Id"], "Name": f"after {kind}"}),
+        )
         shown = get(**{key: created["Id"]})
         assert shown["Name"] == f"after {kind}"
         assert shown["CreationTimestamp"] == created["CreationTimestamp"]
@@ -89,7 +106,7 @@ def test_groups_and_definitions_are_renamed_and_deleted_as_aws_does(served: Serv
     group = _group_with_core(
         served, client, ResourceDefinitionVersionArn=resources["LatestVersionArn"]
     )
-    client.update_group(GroupId=group["Id"], Name="Renamed")
+    shaped("UpdateGroup", client.update_group(GroupId=group["Id"], Name="Renamed"))
     assert client.get_group(GroupId=group["Id"])["Name"] == "Renamed"
     bad = error_of(lambda: client.update_group(GroupId=group["Id"], Name="a\x00b"))
     assert isinstance(bad, client.exceptions.BadRequestException)
@@ -184,21 +201,21 @@ def test_a_deployed_group_is_deleted_only_after_reset_deployments(with_core: Ser
     assert cli_wrong.returncode == 2
     assert "reset-deployments" in cli_wrong.stderr
 
-    reset = client.reset_deployments(GroupId=group["Id"])
+    reset = shaped("ResetDeployments", client.reset_deployments(GroupId=group["Id"]))
     assert reset["DeploymentArn"].endswith(f"/deployments/{reset['DeploymentId']}")
     status = served.wait_status(client, group["Id"], reset["DeploymentId"], "Success")
     assert status["DeploymentType"] == "ResetDeployment"
     listing = served.secrets_listing()
     assert listing["Secrets"] == []
     assert listing["Deployment"]["DeploymentType"] == "ResetDeployment"
-    listed = client.list_deployments(GroupId=group["Id"])["Deployments"]
+    listed = shaped("ListDeployments", client.list_deployments(GroupId=group["Id"]))["Deployments"]
     assert [d["DeploymentType"] for d in listed] == ["ResetDeployment", "NewDeployment"]
     for entry in listed:
         assert MILLISECONDS.fullmatch(entry["CreatedAt"]), entry["CreatedAt"]
     raw = served.aws_json("greengrass", "list-deployments", "--group-id", group["Id"])
     assert MILLISECONDS.fullmatch(raw["Deployments"][0]["CreatedAt"])
 
-    client.delete_group(GroupId=group["Id"])
+    shaped("DeleteGroup", client.delete_group(GroupId=group["Id"]))
     assert code(error_of(lambda: client.get_group(GroupId=group["Id"])))[0] == 404
 
 
@@ -246,14 +263,14 @@ def test_tags_are_kept_returned_and_changed_within_aws_limits(served: Served) ->
     """
     client = served.client()
     group = client.create_group(Name="tagged", tags={"team": "ops", "env": "test"})
-    assert client.get_group(GroupId=group["Id"])["tags"] == {"team": "ops", "env": "test"}
+    shown = shaped("GetGroup", client.get_group(GroupId=group["Id"]))
+    assert shown["tags"] == {"team": "ops", "env": "test"}
     arn = group["Arn"]
-    assert client.list_tags_for_resource(ResourceArn=arn)["tags"] == {
-        "team": "ops",
-        "env": "test",
+    assert shaped("ListTagsForResource", client.list_tags_for_resource(ResourceArn=arn)) == {
+        "tags": {"team": "ops", "env": "test"}
     }
-    client.tag_resource(ResourceArn=arn, tags={"env": "prod", "site": "a"})
-    client.untag_resource(ResourceArn=arn, TagKeys=["team", "absent"])
+    shaped("TagResource", client.tag_resource(ResourceArn=arn, tags={"env": "prod", "site": "a"}))
+    shaped("UntagResource", client.untag_resource(ResourceArn=arn, TagKeys=["team", "absent"]))
     assert client.list_tags_for_resource(ResourceArn=arn)["tags"] == {"env": "prod", "site": "a"}
 
     for kind in KINDS:
@@ -261,7 +278,7 @@ def test_tags_are_kept_returned_and_changed_within_aws_limits(served: Served) ->
         shown = getattr(client, f"get_{kind}_definition")(
             **{f"{kind.capitalize()}DefinitionId": created["Id"]}
         )
-        assert shown["tags"] == {"kind": kind}
+        assert shaped(f"Get{kind.capitalize()}Definition", shown)["tags"] == {"kind": kind}
 
     too_many = {f"k{i}": "v" for i in range(49)}
     refusals = [
@@ -313,11 +330,9 @@ def test_a_repeated_client_token_gets_the_first_answer(served: Served) -> None:
     than the replay refusal; one without a token is still refused as a replay.
     """
     client = served.client()
-    first = client.create_group(Name="once", AmznClientToken="token-1")
-    again = client.create_group(Name="once", AmznClientToken="token-1")
-    assert again == {k: v for k, v in first.items() if k != "ResponseMetadata"} | {
-        "ResponseMetadata": again["ResponseMetadata"]
-    }
+    first = shaped("CreateGroup", client.create_group(Name="once", AmznClientToken="token-1"))
+    again = shaped("CreateGroup", client.create_group(Name="once", AmznClientToken="token-1"))
+    assert again == first
     assert [g["Name"] for g in client.list_groups()["Groups"]].count("once") == 1
     mismatch = error_of(lambda: client.create_group(Name="other", AmznClientToken="token-1"))
     assert isinstance(mismatch, client.exceptions.BadRequestException)
