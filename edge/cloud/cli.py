@@ -16,16 +16,17 @@ import json
 import re
 import sys
 from collections.abc import Coroutine, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from sqlite3 import Row
 from typing import Any, Final, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.cloud import definitions, deployments, groups
+from edge.cloud import definitions, deployments, groups, idempotency
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import CloudConfig, load_cloud_config
-from edge.cloud.db import Database
+from edge.cloud.db import Claim, Database
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import DEPLOYMENT_TYPES, Request
 from edge.cloud.groups import GROUP_VERSION_KEYS, option_name
@@ -43,6 +44,8 @@ EXIT_WAIT_TIMEOUT: Final = 3
 #: Default of `create-deployment --wait --timeout`: a deployment of many secrets over a slow
 #: link takes tens of seconds; five minutes means something is wrong.
 DEFAULT_WAIT_SECONDS: Final = 300.0
+#: While a command runs under a client token: the answers it prints, the first to be kept.
+_ANSWERS: ContextVar[list[dict[str, Any]] | None] = ContextVar("edge_cloud_answers", default=None)
 _TAGS_HELP: Final = 'Key=Value,Key2=Value2, or JSON or file://path: {"key": "value"} (at most 50)'
 
 
@@ -117,7 +120,9 @@ def _add_definition_commands(add: Any, kind: Kind) -> None:  # noqa: ANN401 - th
     p.add_argument("--name")
     p.add_argument("--initial-version", help=f'JSON or file://path: {{"{kind.list_key}": [...]}}')
     p.add_argument("--tags", help=_TAGS_HELP)
+    _add_token(p)
     p = add(f"create-{n}-definition-version", f"add an immutable version to a {label}", kind=kind)
+    _add_token(p)
     p.add_argument(id_opt, dest="definition_id", required=True)
     p.add_argument(kind.list_option, dest="items", required=True, help="JSON or file://path")
     if n == "function":
@@ -142,6 +147,7 @@ def _add_group_commands(add: Any) -> None:  # noqa: ANN401 - the add() helper
     p.add_argument("--name", required=True)
     p.add_argument("--initial-version", help="JSON or file://path of definition version ARNs")
     p.add_argument("--tags", help=_TAGS_HELP)
+    _add_token(p)
     p = add("update-group", "rename a group")
     p.add_argument("--group-id", required=True)
     p.add_argument("--name")
@@ -157,6 +163,7 @@ def _add_group_commands(add: Any) -> None:  # noqa: ANN401 - the add() helper
     p.add_argument("--resource-arn", required=True)
     p = add("create-group-version", "validate a whole group and store it as a new version")
     p.add_argument("--group-id", required=True)
+    _add_token(p)
     for key in GROUP_VERSION_KEYS:
         p.add_argument(option_name(key), dest=key)
     p = add("get-group", "show a group")
@@ -178,17 +185,26 @@ def _add_deployment_commands(add: Any) -> None:  # noqa: ANN401 - the add() help
     )
     p.add_argument("--deployment-id", help="for a Redeployment: the deployment to repeat")
     _add_wait(p)
+    _add_token(p)
     p = add("reset-deployments", "send the group's core a reset: it empties its store")
     p.add_argument("--group-id", required=True)
     p.add_argument(
         "--force", action="store_true", help="record the reset even if the core can't be reached"
     )
     _add_wait(p)
+    _add_token(p)
     p = add("get-deployment-status", "show a deployment's status")
     p.add_argument("--group-id", required=True)
     p.add_argument("--deployment-id", required=True)
     p = add("list-deployments", "list a group's deployments, newest first")
     p.add_argument("--group-id", required=True)
+
+
+def _add_token(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--amzn-client-token",
+        help="make the command idempotent: repeated with this token, it prints the first answer",
+    )
 
 
 def _add_wait(p: argparse.ArgumentParser) -> None:
@@ -239,11 +255,14 @@ def _error(message: str) -> None:
 
 def _print(result: dict[str, Any] | None) -> None:
     # AWS's CLI prints nothing for an empty answer (delete-…).
+    answers = _ANSWERS.get()
+    if answers is not None and result is not None:
+        answers.append(result)
     if result:
         _out(json.dumps(result, indent=4))
 
 
-def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:  # noqa: PLR0911 - one per family
+def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "init":
         return _init(config)
@@ -254,29 +273,66 @@ def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:  # noqa: PL
         return run(config)
     if command == "import-greengrass":
         return _import_greengrass(config, args)
-    arns = Arns(config.aws.region, config.cloud.account_id)
     with Database.open(config.cloud.database) as db:
-        if command == "publish-function":
-            package = read_binary_arg("--zip-file", args.zip_file)
-            _print(
-                asyncio.run(
-                    publish_function(
-                        config,
-                        db,
-                        function_arn=args.function_arn,
-                        handler=args.handler,
-                        package=package,
-                    )
+        token = getattr(args, "amzn_client_token", None)
+        if token is not None:
+            return _once(config, db, args, token)
+        return _run(config, db, args)
+
+
+def _once(config: CloudConfig, db: Database, args: argparse.Namespace, token: str) -> int:
+    """Run a command under a client token: a repeated token prints the first answer again.
+
+    Commands keep their own tokens (`edge cloud COMMAND`), apart from the API's: the same
+    token means the same request among commands, as among API calls.
+    """
+    skipped = {"config", "command", "kind", "amzn_client_token", "wait", "timeout"}
+    params = {k: v for k, v in vars(args).items() if k not in skipped}
+    key = idempotency.key_of(f"edge cloud {args.command}", token, params)
+    earlier = idempotency.earlier_answer(db, key)
+    if earlier is not None:
+        _print(earlier)
+        return 0
+    claim = Claim(None, 0, client_token=key)
+    answers: list[dict[str, Any]] = []
+    printed = _ANSWERS.set(answers)
+    try:
+        status = _run(config, db.with_claim(claim), args)
+    except BaseException:
+        db.release(claim)
+        raise
+    finally:
+        _ANSWERS.reset(printed)
+    if claim.recorded:
+        idempotency.store_answer(db, key, answers[0] if answers else {})
+    return status
+
+
+def _run(config: CloudConfig, db: Database, args: argparse.Namespace) -> int:
+    """Run a command that works on the database."""
+    command: str = args.command
+    arns = Arns(config.aws.region, config.cloud.account_id)
+    if command == "publish-function":
+        package = read_binary_arg("--zip-file", args.zip_file)
+        _print(
+            asyncio.run(
+                publish_function(
+                    config,
+                    db,
+                    function_arn=args.function_arn,
+                    handler=args.handler,
+                    package=package,
                 )
             )
-            return 0
-        if command in _DEPLOYMENT_COMMANDS:
-            return _deployment_command(config, db, args)
-        if "kind" in args:
-            _print(_definition_command(db, arns, args.kind, command, args))
-            return 0
-        _print(_group_command(db, arns, command, args))
+        )
         return 0
+    if command in _DEPLOYMENT_COMMANDS:
+        return _deployment_command(config, db, args)
+    if "kind" in args:
+        _print(_definition_command(db, arns, args.kind, command, args))
+        return 0
+    _print(_group_command(db, arns, command, args))
+    return 0
 
 
 _DEPLOYMENT_COMMANDS: Final = frozenset(

@@ -174,7 +174,8 @@ class Claim:
     transaction with `SignatureReplayError`, changing nothing.
     """
 
-    signature: str
+    #: None for a command's claim, which carries a client token only.
+    signature: str | None
     #: When the signature stops being accepted anyway (Unix seconds); the row is pruned then.
     expires_at: int
     #: Whether a committed transaction holds it.
@@ -205,7 +206,10 @@ class Database:
         if not claim.recorded:
             return
         with self._transaction("BEGIN IMMEDIATE") as conn:
-            conn.execute("DELETE FROM applied_signatures WHERE signature = ?", (claim.signature,))
+            if claim.signature is not None:
+                conn.execute(
+                    "DELETE FROM applied_signatures WHERE signature = ?", (claim.signature,)
+                )
             if claim.client_token is not None:
                 operation, token, _ = claim.client_token
                 conn.execute(
@@ -361,14 +365,16 @@ class Database:
 
 def _record(conn: sqlite3.Connection, claim: Claim) -> None:
     """Insert a claim (inside a write transaction), pruning the expired ones first."""
-    conn.execute("DELETE FROM applied_signatures WHERE expires_at < ?", (int(time.time()),))
-    try:
-        conn.execute(
-            "INSERT INTO applied_signatures (signature, expires_at, applied_at) VALUES (?, ?, ?)",
-            (claim.signature, claim.expires_at, timestamp()),
-        )
-    except sqlite3.IntegrityError:
-        raise SignatureReplayError from None
+    if claim.signature is not None:
+        conn.execute("DELETE FROM applied_signatures WHERE expires_at < ?", (int(time.time()),))
+        try:
+            conn.execute(
+                "INSERT INTO applied_signatures (signature, expires_at, applied_at)"
+                " VALUES (?, ?, ?)",
+                (claim.signature, claim.expires_at, timestamp()),
+            )
+        except sqlite3.IntegrityError:
+            raise SignatureReplayError from None
     if claim.client_token is not None:
         operation, token, digest = claim.client_token
         try:

@@ -382,3 +382,29 @@ def test_a_repeated_client_token_gets_the_first_answer(served: Served) -> None:
         GroupId=group["Id"], CoreDefinitionVersionArn=core_arn, AmznClientToken="version-1"
     )
     assert client.get_group(GroupId=group["Id"])["LatestVersion"] == kept["Version"]
+
+
+def test_edge_cloud_commands_take_a_client_token_too(served: Served) -> None:
+    """`edge cloud … --amzn-client-token T` repeated prints the first answer and changes nothing.
+
+    Other arguments under the same token are refused, exit 2, as the API refuses them.
+    """
+    client = served.client()
+    args = ("create-group", "--name", "by-cli", "--amzn-client-token", "cli-1")
+    first, second = served.cloud(*args), served.cloud(*args)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert json.loads(first.stdout) == json.loads(second.stdout)
+    assert [g["Name"] for g in client.list_groups()["Groups"]] == ["by-cli"]
+    other = served.cloud("create-group", "--name", "else", "--amzn-client-token", "cli-1")
+    assert other.returncode == 2
+    assert "IdempotentParameterMismatch" in other.stderr
+
+    group = _group_with_core(served, client)
+    deploy = (
+        *("create-deployment", "--group-id", group["Id"]),
+        *("--deployment-type", "NewDeployment", "--amzn-client-token", "cli-deploy"),
+    )
+    one, two = served.cloud(*deploy), served.cloud(*deploy)
+    assert one.returncode == two.returncode == 0, one.stderr + two.stderr
+    assert json.loads(one.stdout) == json.loads(two.stdout)
+    assert len(client.list_deployments(GroupId=group["Id"])["Deployments"]) == 1

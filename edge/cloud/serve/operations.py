@@ -24,13 +24,13 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.typing import FilteringBoundLogger
 
-from edge.cloud import definitions, deployments, groups
+from edge.cloud import definitions, deployments, groups, idempotency
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Claim, Database
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import Request
 from edge.cloud.ids import Arns
-from edge.cloud.serve import idempotency, lifecycle
+from edge.cloud.serve import lifecycle
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.errors import bad_request
 from edge.errors import CloudDatabaseError

@@ -30,8 +30,12 @@ def token_key(operation: str, params: dict[str, Any]) -> TokenKey | None:
     token = params.get(TOKEN_MEMBER)
     if not isinstance(token, str):
         return None
-    rest = {k: v for k, v in params.items() if k != TOKEN_MEMBER}
-    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return key_of(operation, token, {k: v for k, v in params.items() if k != TOKEN_MEMBER})
+
+
+def key_of(operation: str, token: str, params: dict[str, Any]) -> TokenKey:
+    """The key of a token given with `params` (the input, without the token)."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return operation, token, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
