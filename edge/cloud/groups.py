@@ -29,6 +29,7 @@ from edge.cloud.definitions import (
 )
 from edge.cloud.ids import Arns, new_id, parse_version_arn, timestamp
 from edge.cloud.names import check_name
+from edge.cloud.status import FAILURE
 from edge.cloud.tags import check_tags, drop_tags, put_tags
 from edge.errors import (
     CloudUsageError,
@@ -262,19 +263,25 @@ def delete_group(db: Database, group_id: str) -> None:
     """delete-group: the group, its versions and deployments, as AWS deletes them.
 
     Raises:
-        CloudUsageError: The group's latest deployment is not a reset: a core still runs it,
-            and deleting the group would leave nothing that can take it back.
+        CloudUsageError: The group's latest deployment is not a reset (or is a reset that
+            failed): a core still runs the group, and deleting it would leave nothing that can
+            take it back.
         NotFoundError: No such group.
     """
     with db.write() as conn:
         row = _group_row(conn, group_id)
         last = last_deployment(conn, group_id)
-        if last is not None and last["deployment_type"] != RESET_DEPLOYMENT:
+        if last is not None and (
+            last["deployment_type"] != RESET_DEPLOYMENT or last["status"] == FAILURE
+        ):
+            reset = last["deployment_type"] == RESET_DEPLOYMENT
+            what = "deployed; its last reset failed" if reset else "deployed"
             raise CloudUsageError(
                 "--group-id",
-                f"group {group_id} is deployed (deployment {last['id']}, a "
-                f"{last['deployment_type']}); reset it first with `reset-deployments "
-                f"--group-id {group_id}` (`--force` if its core is gone), then delete it",
+                f"group {group_id} is {what} (deployment {last['id']}, a "
+                f"{last['deployment_type']}, {last['status']}); reset it first with "
+                f"`reset-deployments --group-id {group_id}` (`--force` if its core can't be "
+                f"reached), then delete it",
             )
         conn.execute("DELETE FROM deployments WHERE group_id = ?", (group_id,))
         conn.execute("DELETE FROM groups WHERE id = ?", (group_id,))
