@@ -408,3 +408,71 @@ def test_edge_cloud_commands_take_a_client_token_too(served: Served) -> None:
     assert one.returncode == two.returncode == 0, one.stderr + two.stderr
     assert json.loads(one.stdout) == json.loads(two.stdout)
     assert len(client.list_deployments(GroupId=group["Id"])["Deployments"]) == 1
+
+
+def test_a_v1_workflow_script_runs_unchanged_with_the_aws_cli(with_core: Served) -> None:
+    """A V1 script, only `aws greengrass` commands, from tagged create to cleanup, on a core.
+
+    Tags on create, a deployment retried under one client token (deployed once), a rename,
+    the reset, then every delete: the core's store ends empty and nothing is left behind.
+    """
+    served = with_core
+    arn = served.create_secret(f"s-{secrets.token_hex(3)}")
+    resources = served.aws_json(
+        *("greengrass", "create-resource-definition", "--name", "res", "--tags", "team=ops"),
+        "--initial-version",
+        json.dumps(
+            {
+                "Resources": [
+                    {
+                        "Id": "r1",
+                        "Name": "r1",
+                        "ResourceDataContainer": {"SecretsManagerSecretResourceData": {"ARN": arn}},
+                    }
+                ]
+            }
+        ),
+    )
+    core_arn = served.core_definition(served.client())
+    group = served.aws_json(
+        *("greengrass", "create-group", "--name", "V1Group", "--tags", "team=ops"),
+        "--initial-version",
+        json.dumps(
+            {
+                "CoreDefinitionVersionArn": core_arn,
+                "ResourceDefinitionVersionArn": resources["LatestVersionArn"],
+            }
+        ),
+    )
+    gid = group["Id"]
+    tags = served.aws_json("greengrass", "list-tags-for-resource", "--resource-arn", group["Arn"])
+    assert tags["tags"] == {"team": "ops"}
+    deploy = (
+        *("greengrass", "create-deployment", "--group-id", gid),
+        *("--deployment-type", "NewDeployment", "--amzn-client-token", "v1-deploy"),
+    )
+    deployed = served.aws_json(*deploy)
+    assert served.aws_json(*deploy) == deployed
+    served.wait_status(served.client(), gid, deployed["DeploymentId"], "Success")
+    assert len(served.secrets_listing()["Secrets"]) == 1
+    assert (
+        served.aws("greengrass", "update-group", "--group-id", gid, "--name", "Renamed").returncode
+        == 0
+    )
+
+    refused = served.aws("greengrass", "delete-group", "--group-id", gid)
+    assert refused.returncode != 0
+    assert "BadRequestException" in refused.stderr
+    assert "reset-deployments" in refused.stderr
+    reset = served.aws_json("greengrass", "reset-deployments", "--group-id", gid, "--force")
+    served.wait_status(served.client(), gid, reset["DeploymentId"], "Success")
+    assert served.secrets_listing()["Secrets"] == []
+
+    for args in (
+        ("delete-group", "--group-id", gid),
+        ("delete-resource-definition", "--resource-definition-id", resources["Id"]),
+    ):
+        result = served.aws("greengrass", *args)
+        assert result.returncode == 0, result.stderr
+    assert served.aws_json("greengrass", "list-groups")["Groups"] == []
+    assert served.aws_json("greengrass", "list-resource-definitions")["Definitions"] == []
