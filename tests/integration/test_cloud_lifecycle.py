@@ -49,19 +49,16 @@ def shaped(operation: str, answer: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _resource_version(arn: str) -> dict[str, Any]:
+    """A resource definition version of one secret resource, "r1"."""
+    data = {"SecretsManagerSecretResourceData": {"ARN": arn}}
+    return {"Resources": [{"Id": "r1", "Name": "r1", "ResourceDataContainer": data}]}
+
+
 def _secret_resources(served: Served, client: Any) -> dict[str, Any]:
     arn = served.create_secret(f"s-{secrets.token_hex(3)}")
     created: dict[str, Any] = client.create_resource_definition(
-        Name="resources",
-        InitialVersion={
-            "Resources": [
-                {
-                    "Id": "r1",
-                    "Name": "r1",
-                    "ResourceDataContainer": {"SecretsManagerSecretResourceData": {"ARN": arn}},
-                }
-            ]
-        },
+        Name="resources", InitialVersion=_resource_version(arn)
     )
     return created
 
@@ -420,18 +417,7 @@ def test_a_v1_workflow_script_runs_unchanged_with_the_aws_cli(with_core: Served)
     arn = served.create_secret(f"s-{secrets.token_hex(3)}")
     resources = served.aws_json(
         *("greengrass", "create-resource-definition", "--name", "res", "--tags", "team=ops"),
-        "--initial-version",
-        json.dumps(
-            {
-                "Resources": [
-                    {
-                        "Id": "r1",
-                        "Name": "r1",
-                        "ResourceDataContainer": {"SecretsManagerSecretResourceData": {"ARN": arn}},
-                    }
-                ]
-            }
-        ),
+        *("--initial-version", json.dumps(_resource_version(arn))),
     )
     core_arn = served.core_definition(served.client())
     group = served.aws_json(
