@@ -478,6 +478,32 @@ class SignatureReplayError(CloudError):
         )
 
 
+class ClientTokenInUseError(CloudError):
+    """A client token was given again while its first request is still running."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        super().__init__(
+            f"AmznClientToken {token!r}: a request with this token is still in progress; "
+            f"retry it once that one has answered"
+        )
+
+
+class ClientTokenMismatchError(CloudError):
+    """A client token was given again with other input than its first request's."""
+
+    def __init__(self, token: str, operation: str) -> None:
+        self.token = token
+        super().__init__(
+            f"IdempotentParameterMismatch: AmznClientToken {token!r} was used with other "
+            f"parameters for {operation}; use a new token for a different request"
+        )
+
+
+class TagsInvalidError(CloudUsageError):
+    """Tags break AWS's rules: too many, a key or value too long, a reserved `aws:` key."""
+
+
 class V1ImportError(CloudError):
     """Reading a Greengrass V1 account failed (credentials, endpoint, access, a missing group)."""
 

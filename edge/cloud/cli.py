@@ -15,14 +15,18 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from contextvars import ContextVar
 from pathlib import Path
+from sqlite3 import Row
 from typing import Any, Final, NoReturn
 
-from edge.cloud import definitions, deployments, groups
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.cloud import definitions, deployments, groups, idempotency
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import CloudConfig, load_cloud_config
-from edge.cloud.db import Database
+from edge.cloud.db import Claim, Database
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import DEPLOYMENT_TYPES, Request
 from edge.cloud.groups import GROUP_VERSION_KEYS, option_name
@@ -30,6 +34,7 @@ from edge.cloud.ids import Arns
 from edge.cloud.jsontext import strict_json
 from edge.cloud.keys import init_signing_key
 from edge.cloud.status import FAILURE, SUCCESS
+from edge.cloud.tags import list_tags, tag_resource, untag_resource
 from edge.errors import BrokerError, CloudUsageError, EdgeError
 from edge.signing import load_signing_key
 
@@ -39,6 +44,9 @@ EXIT_WAIT_TIMEOUT: Final = 3
 #: Default of `create-deployment --wait --timeout`: a deployment of many secrets over a slow
 #: link takes tens of seconds; five minutes means something is wrong.
 DEFAULT_WAIT_SECONDS: Final = 300.0
+#: While a command runs under a client token: the answers it prints, the first to be kept.
+_ANSWERS: ContextVar[list[dict[str, Any]] | None] = ContextVar("edge_cloud_answers", default=None)
+_TAGS_HELP: Final = 'Key=Value,Key2=Value2, or JSON or file://path: {"key": "value"} (at most 50)'
 
 
 class _ArgumentError(Exception):
@@ -111,7 +119,10 @@ def _add_definition_commands(add: Any, kind: Kind) -> None:  # noqa: ANN401 - th
     p = add(f"create-{n}-definition", f"create a {label}", kind=kind)
     p.add_argument("--name")
     p.add_argument("--initial-version", help=f'JSON or file://path: {{"{kind.list_key}": [...]}}')
+    p.add_argument("--tags", help=_TAGS_HELP)
+    _add_token(p)
     p = add(f"create-{n}-definition-version", f"add an immutable version to a {label}", kind=kind)
+    _add_token(p)
     p.add_argument(id_opt, dest="definition_id", required=True)
     p.add_argument(kind.list_option, dest="items", required=True, help="JSON or file://path")
     if n == "function":
@@ -126,14 +137,33 @@ def _add_definition_commands(add: Any, kind: Kind) -> None:  # noqa: ANN401 - th
     p.add_argument(id_opt, dest="definition_id", required=True)
     p = add(f"delete-{n}-definition", f"delete a {label} and its versions", kind=kind)
     p.add_argument(id_opt, dest="definition_id", required=True)
+    p = add(f"update-{n}-definition", f"rename a {label}", kind=kind)
+    p.add_argument(id_opt, dest="definition_id", required=True)
+    p.add_argument("--name")
 
 
 def _add_group_commands(add: Any) -> None:  # noqa: ANN401 - the add() helper
     p = add("create-group", "create a group")
     p.add_argument("--name", required=True)
     p.add_argument("--initial-version", help="JSON or file://path of definition version ARNs")
+    p.add_argument("--tags", help=_TAGS_HELP)
+    _add_token(p)
+    p = add("update-group", "rename a group")
+    p.add_argument("--group-id", required=True)
+    p.add_argument("--name")
+    p = add("delete-group", "delete a group, its versions and deployments (reset it first)")
+    p.add_argument("--group-id", required=True)
+    p = add("tag-resource", "add or replace tags of a group or definition")
+    p.add_argument("--resource-arn", required=True)
+    p.add_argument("--tags", required=True, help=_TAGS_HELP)
+    p = add("untag-resource", "remove tags of a group or definition")
+    p.add_argument("--resource-arn", required=True)
+    p.add_argument("--tag-keys", required=True, nargs="+", metavar="KEY")
+    p = add("list-tags-for-resource", "show the tags of a group or definition")
+    p.add_argument("--resource-arn", required=True)
     p = add("create-group-version", "validate a whole group and store it as a new version")
     p.add_argument("--group-id", required=True)
+    _add_token(p)
     for key in GROUP_VERSION_KEYS:
         p.add_argument(option_name(key), dest=key)
     p = add("get-group", "show a group")
@@ -150,8 +180,34 @@ def _add_deployment_commands(add: Any) -> None:  # noqa: ANN401 - the add() help
     p = add("create-deployment", "sign a group version and publish it to its core")
     p.add_argument("--group-id", required=True)
     p.add_argument("--group-version-id", help="default: the group's latest version")
-    p.add_argument("--deployment-type", required=True, choices=DEPLOYMENT_TYPES)
+    p.add_argument(
+        "--deployment-type", required=True, help=" or ".join(DEPLOYMENT_TYPES), metavar="TYPE"
+    )
     p.add_argument("--deployment-id", help="for a Redeployment: the deployment to repeat")
+    _add_wait(p)
+    _add_token(p)
+    p = add("reset-deployments", "send the group's core a reset: it empties its store")
+    p.add_argument("--group-id", required=True)
+    p.add_argument(
+        "--force", action="store_true", help="record the reset even if the core can't be reached"
+    )
+    _add_wait(p)
+    _add_token(p)
+    p = add("get-deployment-status", "show a deployment's status")
+    p.add_argument("--group-id", required=True)
+    p.add_argument("--deployment-id", required=True)
+    p = add("list-deployments", "list a group's deployments, newest first")
+    p.add_argument("--group-id", required=True)
+
+
+def _add_token(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--amzn-client-token",
+        help="make the command idempotent: repeated with this token, it prints the first answer",
+    )
+
+
+def _add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="follow it; exit 1 on Failure")
     p.add_argument(
         "--timeout",
@@ -159,11 +215,6 @@ def _add_deployment_commands(add: Any) -> None:  # noqa: ANN401 - the add() help
         default=DEFAULT_WAIT_SECONDS,
         help=f"with --wait: seconds before giving up, exit 3 (default {DEFAULT_WAIT_SECONDS:g})",
     )
-    p = add("get-deployment-status", "show a deployment's status")
-    p.add_argument("--group-id", required=True)
-    p.add_argument("--deployment-id", required=True)
-    p = add("list-deployments", "list a group's deployments, newest first")
-    p.add_argument("--group-id", required=True)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -204,11 +255,14 @@ def _error(message: str) -> None:
 
 def _print(result: dict[str, Any] | None) -> None:
     # AWS's CLI prints nothing for an empty answer (delete-…).
+    answers = _ANSWERS.get()
+    if answers is not None and result is not None:
+        answers.append(result)
     if result:
         _out(json.dumps(result, indent=4))
 
 
-def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:  # noqa: PLR0911 - one per family
+def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "init":
         return _init(config)
@@ -219,29 +273,71 @@ def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:  # noqa: PL
         return run(config)
     if command == "import-greengrass":
         return _import_greengrass(config, args)
-    arns = Arns(config.aws.region, config.cloud.account_id)
     with Database.open(config.cloud.database) as db:
-        if command == "publish-function":
-            package = read_binary_arg("--zip-file", args.zip_file)
-            _print(
-                asyncio.run(
-                    publish_function(
-                        config,
-                        db,
-                        function_arn=args.function_arn,
-                        handler=args.handler,
-                        package=package,
-                    )
+        token = getattr(args, "amzn_client_token", None)
+        if token is not None:
+            return _once(config, db, args, token)
+        return _run(config, db, args)
+
+
+def _once(config: CloudConfig, db: Database, args: argparse.Namespace, token: str) -> int:
+    """Run a command under a client token: a repeated token prints the first answer again.
+
+    Commands keep their own tokens (`edge cloud COMMAND`), apart from the API's: the same
+    token means the same request among commands, as among API calls.
+    """
+    skipped = {"config", "command", "kind", "amzn_client_token", "wait", "timeout"}
+    params = {k: v for k, v in vars(args).items() if k not in skipped}
+    key = idempotency.key_of(f"edge cloud {args.command}", token, params)
+    earlier = idempotency.earlier_answer(db, key)
+    if earlier is not None:
+        _print(earlier)
+        return 0
+    claim = Claim(None, 0, client_token=key)
+    answers: list[dict[str, Any]] = []
+    printed = _ANSWERS.set(answers)
+    try:
+        status = _run(config, db.with_claim(claim), args)
+    except BaseException:
+        db.release(claim)
+        raise
+    finally:
+        _ANSWERS.reset(printed)
+    if claim.recorded:
+        idempotency.store_answer(db, key, answers[0] if answers else {})
+    return status
+
+
+def _run(config: CloudConfig, db: Database, args: argparse.Namespace) -> int:
+    """Run a command that works on the database."""
+    command: str = args.command
+    arns = Arns(config.aws.region, config.cloud.account_id)
+    if command == "publish-function":
+        package = read_binary_arg("--zip-file", args.zip_file)
+        _print(
+            asyncio.run(
+                publish_function(
+                    config,
+                    db,
+                    function_arn=args.function_arn,
+                    handler=args.handler,
+                    package=package,
                 )
             )
-            return 0
-        if command in {"create-deployment", "get-deployment-status", "list-deployments"}:
-            return _deployment_command(config, db, args)
-        if "kind" in args:
-            _print(_definition_command(db, arns, args.kind, command, args))
-            return 0
-        _print(_group_command(db, arns, command, args))
+        )
         return 0
+    if command in _DEPLOYMENT_COMMANDS:
+        return _deployment_command(config, db, args)
+    if "kind" in args:
+        _print(_definition_command(db, arns, args.kind, command, args))
+        return 0
+    _print(_group_command(db, arns, command, args))
+    return 0
+
+
+_DEPLOYMENT_COMMANDS: Final = frozenset(
+    {"create-deployment", "reset-deployments", "get-deployment-status", "list-deployments"}
+)
 
 
 def _import_greengrass(config: CloudConfig, args: argparse.Namespace) -> int:
@@ -289,7 +385,10 @@ def _definition_command(
 
     def create() -> dict[str, Any]:
         initial = _optional_json("--initial-version", args.initial_version)
-        return definitions.create_definition(db, arns, kind, name=args.name, initial=initial)
+        tags = None if args.tags is None else read_tags_arg("--tags", args.tags)
+        return definitions.create_definition(
+            db, arns, kind, name=args.name, initial=initial, tags=tags
+        )
 
     def create_version() -> dict[str, Any]:
         body: dict[str, Any] = {kind.list_key: read_json_arg(kind.list_option, args.items)}
@@ -300,6 +399,9 @@ def _definition_command(
 
     def delete() -> None:
         definitions.delete_definition(db, kind, args.definition_id)
+
+    def update() -> None:
+        definitions.update_definition(db, kind, args.definition_id, args.name)
 
     commands: dict[str, Any] = {
         f"create-{n}-definition": create,
@@ -313,6 +415,7 @@ def _definition_command(
             db, kind, args.definition_id
         ),
         f"delete-{n}-definition": delete,
+        f"update-{n}-definition": update,
     }
     result: dict[str, Any] | None = commands[command]()
     return result
@@ -322,16 +425,34 @@ def _optional_json(option: str, value: str | None) -> Any:  # noqa: ANN401 - any
     return None if value is None else read_json_arg(option, value)
 
 
-def _group_command(
+_TAG_COMMANDS: Final = frozenset({"tag-resource", "untag-resource", "list-tags-for-resource"})
+
+
+def _tag_command(db: Database, command: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    if command == "tag-resource":
+        tag_resource(db, args.resource_arn, read_tags_arg("--tags", args.tags))
+        return None
+    if command == "untag-resource":
+        untag_resource(db, args.resource_arn, list(args.tag_keys))
+        return None
+    return list_tags(db, args.resource_arn)
+
+
+def _group_command(  # noqa: PLR0911 - one per command
     db: Database, arns: Arns, command: str, args: argparse.Namespace
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     if command == "create-group":
-        initial = (
-            None
-            if args.initial_version is None
-            else read_json_arg("--initial-version", args.initial_version)
-        )
-        return groups.create_group(db, arns, name=args.name, initial=initial)
+        initial = _optional_json("--initial-version", args.initial_version)
+        tags = None if args.tags is None else read_tags_arg("--tags", args.tags)
+        return groups.create_group(db, arns, name=args.name, initial=initial, tags=tags)
+    if command == "update-group":
+        groups.update_group(db, args.group_id, args.name)
+        return None
+    if command == "delete-group":
+        groups.delete_group(db, args.group_id)
+        return None
+    if command in _TAG_COMMANDS:
+        return _tag_command(db, command, args)
     if command == "create-group-version":
         refs = {k: getattr(args, k) for k in GROUP_VERSION_KEYS if getattr(args, k) is not None}
         return groups.create_group_version(db, arns, args.group_id, refs)
@@ -363,13 +484,9 @@ def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namesp
         return 0
     if args.timeout <= 0:
         raise CloudUsageError("--timeout", "must be a positive number of seconds")
+    if args.command == "create-deployment":
+        deployments.check_deployment_type(args.deployment_type)
     signing_key = load_signing_key(config.cloud.signing_key)
-    request = Request(
-        group_id=args.group_id,
-        deployment_type=args.deployment_type,
-        group_version_id=args.group_version_id,
-        redeploy_of=args.deployment_id,
-    )
     created: dict[str, Any] = {}
 
     def on_created(result: dict[str, Any]) -> None:
@@ -378,17 +495,12 @@ def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namesp
         if args.wait:
             _progress(result["DeploymentId"], {"DeploymentStatus": "Building"})
 
-    final = asyncio.run(
-        deployments.create_deployment(
-            config,
-            db,
-            signing_key,
-            request,
-            wait_seconds=args.timeout if args.wait else None,
-            on_created=on_created,
-            on_change=lambda status: _progress(created["DeploymentId"], status),
-        )
-    )
+    follow: dict[str, Any] = {
+        "wait_seconds": args.timeout if args.wait else None,
+        "on_created": on_created,
+        "on_change": lambda status: _progress(created["DeploymentId"], status),
+    }
+    final = asyncio.run(_send(config, db, signing_key, args, follow))
     if not args.wait:
         return 0
     if final is None:
@@ -399,6 +511,27 @@ def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namesp
         )
         return EXIT_WAIT_TIMEOUT
     return 0 if final["status"] == SUCCESS else EXIT_DEPLOYMENT_FAILED
+
+
+def _send(
+    config: CloudConfig,
+    db: Database,
+    signing_key: Ed25519PrivateKey,
+    args: argparse.Namespace,
+    follow: dict[str, Any],
+) -> Coroutine[Any, Any, Row | None]:
+    """The coroutine that sends create-deployment's or reset-deployments' deployment."""
+    if args.command == "reset-deployments":
+        return deployments.reset_deployments(
+            config, db, signing_key, args.group_id, force=args.force, **follow
+        )
+    request = Request(
+        group_id=args.group_id,
+        deployment_type=args.deployment_type,
+        group_version_id=args.group_version_id,
+        redeploy_of=args.deployment_id,
+    )
+    return deployments.create_deployment(config, db, signing_key, request, **follow)
 
 
 def _progress(deployment_id: str, status: dict[str, Any]) -> None:
@@ -432,6 +565,25 @@ def read_json_arg(option: str, value: str) -> Any:  # noqa: ANN401 - any JSON va
     elif value.startswith("fileb://"):
         raise CloudUsageError(option, "takes JSON text or file://path, not fileb://")
     return strict_json(option, text)
+
+
+def read_tags_arg(option: str, value: str) -> Any:  # noqa: ANN401 - checked by the tag code
+    """Read tags as the AWS CLI takes them: JSON, `file://path`, or `Key=Value,Key2=Value2`.
+
+    Raises:
+        CloudUsageError: Neither JSON nor `Key=Value` pairs.
+    """
+    if value.lstrip().startswith("{") or value.startswith(("file://", "fileb://")):
+        return read_json_arg(option, value)
+    tags: dict[str, str] = {}
+    for pair in value.split(","):
+        key, sep, item = pair.partition("=")
+        if not sep:
+            raise CloudUsageError(
+                option, 'takes JSON ({"key": "value"}), file://path, or Key=Value,Key2=Value2'
+            )
+        tags[key] = item
+    return tags
 
 
 def read_binary_arg(option: str, value: str) -> bytes:

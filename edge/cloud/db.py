@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Final, Self
 
 from edge.cloud.ids import timestamp
-from edge.errors import CloudDatabaseError, SignatureReplayError
+from edge.errors import ClientTokenInUseError, CloudDatabaseError, SignatureReplayError
 
 #: How long a command waits for another one's write lock before giving up, in seconds. Writes
 #: take milliseconds; a minute covers a machine stalled by swapping without hanging forever.
@@ -138,6 +138,29 @@ MIGRATIONS: Final = (
         CREATE INDEX applied_signatures_by_expiry ON applied_signatures (expires_at);
         """,
     ),
+    Migration(
+        3,
+        "tags and client tokens",
+        # Tags are keyed by ARN (what TagResource names); a client token by operation and token,
+        # with a digest of the input it came with and the first answer (NULL while the first
+        # request is still running). Both live here so that replicas sharing the database agree.
+        """
+        CREATE TABLE tags (
+            resource_arn TEXT NOT NULL,
+            key          TEXT NOT NULL,
+            value        TEXT NOT NULL,
+            PRIMARY KEY (resource_arn, key)
+        );
+        CREATE TABLE client_tokens (
+            operation    TEXT NOT NULL,
+            token        TEXT NOT NULL,
+            input_sha256 TEXT NOT NULL,
+            answer       TEXT,
+            created_at   TEXT NOT NULL,
+            PRIMARY KEY (operation, token)
+        );
+        """,
+    ),
 )
 
 
@@ -151,11 +174,14 @@ class Claim:
     transaction with `SignatureReplayError`, changing nothing.
     """
 
-    signature: str
+    #: None for a command's claim, which carries a client token only.
+    signature: str | None
     #: When the signature stops being accepted anyway (Unix seconds); the row is pruned then.
     expires_at: int
     #: Whether a committed transaction holds it.
     recorded: bool = False
+    #: The request's client token, recorded with the signature: (operation, token, input digest).
+    client_token: tuple[str, str, str] | None = None
 
 
 class Database:
@@ -180,7 +206,16 @@ class Database:
         if not claim.recorded:
             return
         with self._transaction("BEGIN IMMEDIATE") as conn:
-            conn.execute("DELETE FROM applied_signatures WHERE signature = ?", (claim.signature,))
+            if claim.signature is not None:
+                conn.execute(
+                    "DELETE FROM applied_signatures WHERE signature = ?", (claim.signature,)
+                )
+            if claim.client_token is not None:
+                operation, token, _ = claim.client_token
+                conn.execute(
+                    "DELETE FROM client_tokens WHERE operation = ? AND token = ?",
+                    (operation, token),
+                )
         claim.recorded = False
 
     @classmethod
@@ -330,14 +365,27 @@ class Database:
 
 def _record(conn: sqlite3.Connection, claim: Claim) -> None:
     """Insert a claim (inside a write transaction), pruning the expired ones first."""
-    conn.execute("DELETE FROM applied_signatures WHERE expires_at < ?", (int(time.time()),))
-    try:
-        conn.execute(
-            "INSERT INTO applied_signatures (signature, expires_at, applied_at) VALUES (?, ?, ?)",
-            (claim.signature, claim.expires_at, timestamp()),
-        )
-    except sqlite3.IntegrityError:
-        raise SignatureReplayError from None
+    if claim.signature is not None:
+        conn.execute("DELETE FROM applied_signatures WHERE expires_at < ?", (int(time.time()),))
+        try:
+            conn.execute(
+                "INSERT INTO applied_signatures (signature, expires_at, applied_at)"
+                " VALUES (?, ?, ?)",
+                (claim.signature, claim.expires_at, timestamp()),
+            )
+        except sqlite3.IntegrityError:
+            raise SignatureReplayError from None
+    if claim.client_token is not None:
+        operation, token, digest = claim.client_token
+        try:
+            conn.execute(
+                "INSERT INTO client_tokens (operation, token, input_sha256, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (operation, token, digest, timestamp()),
+            )
+        except sqlite3.IntegrityError:
+            # Another request with this token got there first, since the caller looked.
+            raise ClientTokenInUseError(token) from None
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Final
 from edge.cloud.db import Database
 from edge.cloud.ids import Arns, new_id, thing_name_of, timestamp
 from edge.cloud.names import check_name
+from edge.cloud.tags import check_tags, drop_tags, put_tags, tags_of
 from edge.errors import DefinitionInvalidError, DeploymentInvalidError, NotFoundError
 from edge.model import parse_group
 from edge.model.fields import ID_PATTERN, entry_label, quoted
@@ -315,10 +316,17 @@ def _definition_row(conn: Connection, kind: Kind, definition_id: str) -> Row:
 
 
 def create_definition(
-    db: Database, arns: Arns, kind: Kind, *, name: str | None, initial: object | None
+    db: Database,
+    arns: Arns,
+    kind: Kind,
+    *,
+    name: str | None,
+    initial: object | None,
+    tags: object | None = None,
 ) -> dict[str, Any]:
     """create-X-definition: a new definition, with its first version if `initial` is given."""
     check_name("--name", name)
+    checked_tags = None if tags is None else check_tags(tags, "--tags")
     body = None if initial is None else validate_version(kind, initial)
     definition_id, now = new_id(), timestamp()
     with db.write() as conn:
@@ -336,6 +344,8 @@ def create_definition(
         )
         if body is not None:
             insert_version(conn, arns, kind, definition_id, body)
+        if checked_tags:
+            put_tags(conn, arns.definition(kind.segment, definition_id), checked_tags)
         return definition_info(_definition_row(conn, kind, definition_id))
 
 
@@ -350,9 +360,9 @@ def create_version(
 
 
 def get_definition(db: Database, kind: Kind, definition_id: str) -> dict[str, Any]:
-    """get-X-definition."""
+    """get-X-definition, with its `tags` (when it has any)."""
     with db.read() as conn:
-        return definition_info(_definition_row(conn, kind, definition_id))
+        return with_tags(conn, definition_info(_definition_row(conn, kind, definition_id)))
 
 
 def get_version(db: Database, kind: Kind, definition_id: str, version_id: str) -> dict[str, Any]:
@@ -392,8 +402,26 @@ def delete_definition(db: Database, kind: Kind, definition_id: str) -> None:
     such a group version fails, naming the ARN, as it does in AWS.
     """
     with db.write() as conn:
-        _definition_row(conn, kind, definition_id)
+        row = _definition_row(conn, kind, definition_id)
         conn.execute("DELETE FROM definitions WHERE id = ?", (definition_id,))
+        drop_tags(conn, row["arn"])
+
+
+def update_definition(db: Database, kind: Kind, definition_id: str, name: str | None) -> None:
+    """update-X-definition: rename a definition (its versions are immutable and stay)."""
+    check_name("--name", name)
+    with db.write() as conn:
+        _definition_row(conn, kind, definition_id)
+        conn.execute(
+            "UPDATE definitions SET name = ?, updated_at = ? WHERE id = ?",
+            (name, timestamp(), definition_id),
+        )
+
+
+def with_tags(conn: Connection, info: dict[str, Any]) -> dict[str, Any]:
+    """A Get answer with the resource's `tags` added, as AWS shows them (left out if none)."""
+    tags = tags_of(conn, info["Arn"])
+    return info | {"tags": tags} if tags else info
 
 
 def resolve_version(conn: Connection, kind: Kind, arn: str) -> dict[str, Any]:

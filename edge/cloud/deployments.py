@@ -12,8 +12,8 @@ Deployment types, as in AWS:
 * Redeployment repeats the deployment named by `--deployment-id`: the same group version,
   resolved and signed again under a *new* DeploymentId (as AWS gives a redeployment its own id),
   so the core fetches every secret again: the way to roll out a rotated secret.
-* ResetDeployment removes the group from its core; it carries no group, and is addressed to the
-  core of the given (or latest) group version.
+* ResetDeployment (`reset-deployments`, never `create-deployment`, as in AWS) removes the group
+  from its core; it carries no group, and is addressed to the core last deployed to.
 """
 
 from __future__ import annotations
@@ -29,14 +29,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
-from edge.cloud.groups import group_version_row, latest_version_id, resolve_group, validate_group
-from edge.cloud.ids import Arns, new_id, precise_timestamp, timestamp
+from edge.cloud.groups import (
+    group_version_row,
+    last_deployment,
+    latest_version_id,
+    resolve_core,
+    resolve_group,
+    validate_group,
+)
+from edge.cloud.ids import Arns, milliseconds, new_id, precise_timestamp, timestamp
 from edge.cloud.publish import CloudMqtt
 from edge.cloud.status import (
     BUILDING,
     FAILURE,
     FINAL,
     PEEK_SECONDS,
+    SUCCESS,
     Progress,
     add_event,
     follow,
@@ -54,7 +62,8 @@ from edge.model import DeploymentType, parse_deployment
 from edge.model.fields import entry_label
 from edge.signing import seal
 
-DEPLOYMENT_TYPES: Final = tuple(t.value for t in DeploymentType)
+#: The types create-deployment takes, as AWS's model lists them; resets are reset-deployments.
+DEPLOYMENT_TYPES: Final = (DeploymentType.NEW.value, DeploymentType.REDEPLOY.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +131,17 @@ def build_document(
             not a document the core would accept.
     """
     row = group_version_row(conn, group_id, group_version_id)
-    resolved = resolve_group(conn, json.loads(row["body"]))
+    try:
+        resolved = resolve_group(conn, json.loads(row["body"]))
+    except NotFoundError as exc:
+        if not exc.ident.startswith("arn:"):
+            raise
+        # A definition can be deleted while a group version names it, as in AWS.
+        raise DefinitionInvalidError(
+            "deployment",
+            f"group version {group_version_id} names {exc.ident}, which no longer exists (its "
+            f"definition was deleted); create a group version without it and deploy that",
+        ) from None
     if resolved.thing_name is None:
         raise DefinitionInvalidError(
             "deployment",
@@ -226,7 +245,7 @@ async def create_deployment(
         BrokerError: The broker can't be reached (nothing recorded) or refused the publish
             (the deployment is recorded as a Failure saying so).
     """
-    arns = Arns(config.aws.region, config.cloud.account_id)
+    check_deployment_type(request.deployment_type)
     deployment_id, created_at = new_id(), precise_timestamp()
     with db.read() as conn:
         version_id, redeploy_of = _pick_version(conn, request)
@@ -238,60 +257,220 @@ async def create_deployment(
             deployment_id=deployment_id,
             created_at=created_at,
         )
-    envelope = seal(built.document, signing_key=signing_key, thing_name=built.thing_name)
-    mqtt = config.mqtt
+    return await _send(
+        config,
+        db,
+        _Outgoing(
+            request.group_id,
+            deployment_id,
+            created_at,
+            built,
+            request.deployment_type,
+            redeploy_of,
+        ),
+        seal(built.document, signing_key=signing_key, thing_name=built.thing_name),
+        wait_seconds=wait_seconds,
+        on_created=on_created,
+        on_change=on_change,
+    )
+
+
+def check_deployment_type(kind: str) -> None:
+    """Refuse a DeploymentType that create-deployment doesn't take (AWS's two).
+
+    Raises:
+        CloudUsageError: ResetDeployment (pointing at reset-deployments), or an unknown type.
+    """
+    if kind == DeploymentType.RESET.value:
+        raise CloudUsageError(
+            "--deployment-type",
+            "ResetDeployment is not a type create-deployment takes (NewDeployment or "
+            "Redeployment, as in AWS); reset a group with `reset-deployments --group-id ID` "
+            "(`--force` records the reset even if the core can't be reached)",
+        )
+    if kind not in DEPLOYMENT_TYPES:
+        raise CloudUsageError("--deployment-type", f"must be one of {', '.join(DEPLOYMENT_TYPES)}")
+
+
+async def reset_deployments(
+    config: CloudConfig,
+    db: Database,
+    signing_key: Ed25519PrivateKey,
+    group_id: str,
+    *,
+    force: bool = False,
+    wait_seconds: float | None = None,
+    on_created: Callable[[dict[str, Any]], None] | None = None,
+    on_change: Progress | None = None,
+) -> Row | None:
+    """reset-deployments: send the group's core a ResetDeployment and record it.
+
+    The core empties its store and stops its workers. It is addressed to the core the group
+    was last deployed to (or, never deployed, the core of its latest version). With `force`,
+    a broker that can't be reached doesn't stop the reset from being recorded: it is recorded
+    as a `Success` whose ErrorMessage says the core was not reached, so the group can be
+    deleted; the core keeps what it runs until it is deployed to again.
+
+    Raises:
+        CloudUsageError: The group has no core to reset (never deployed, no version).
+        NotFoundError: No such group.
+        BrokerError: The broker can't be reached (without `force`; nothing recorded).
+    """
+    deployment_id, created_at = new_id(), precise_timestamp()
+    reset = DeploymentType.RESET.value
+    with db.read() as conn:
+        thing, version_id = _reset_target(conn, group_id)
+        document = {
+            "DeploymentId": deployment_id,
+            "DeploymentType": reset,
+            "GroupId": group_id,
+            "GroupVersionId": version_id,
+            "CreatedAt": created_at,
+        }
+    payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    parse_deployment(payload)
+    built = Built(payload, thing, version_id)
+    outgoing = _Outgoing(group_id, deployment_id, created_at, built, reset)
+    envelope = seal(payload, signing_key=signing_key, thing_name=thing)
+    try:
+        return await _send(
+            config,
+            db,
+            outgoing,
+            envelope,
+            wait_seconds=wait_seconds,
+            on_created=on_created,
+            on_change=on_change,
+        )
+    except BrokerError as exc:
+        if not force or outgoing.recorded:
+            raise
+        note = f"reset recorded with Force; the core was not reached: {exc}"
+        with db.write() as conn:
+            _insert(conn, config, outgoing, envelope, status=SUCCESS, error_message=note)
+        created = _created(config, outgoing)
+        if on_created is not None:
+            on_created(created)
+        with db.read() as conn:
+            return None if wait_seconds is None else _deployment_row(conn, group_id, deployment_id)
+
+
+def _reset_target(conn: Connection, group_id: str) -> tuple[str, str]:
+    """The (thing name, group version id) a reset of this group is addressed to."""
+    latest = latest_version_id(conn, group_id)
+    last = last_deployment(conn, group_id)
+    if last is not None:
+        return str(last["thing_name"]), str(last["group_version_id"])
+    if latest is None:
+        raise CloudUsageError(
+            "--group-id",
+            f"group {group_id} has no version and was never deployed: no core to reset",
+        )
+    thing = resolve_core(conn, json.loads(group_version_row(conn, group_id, latest)["body"]))
+    if thing is None:
+        raise CloudUsageError(
+            "--group-id", f"group {group_id}'s latest version names no core: no core to reset"
+        )
+    return thing, latest
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """A signed deployment on its way: what its row records."""
+
+    group_id: str
+    deployment_id: str
+    created_at: str
+    built: Built
+    deployment_type: str
+    redeploy_of: str | None = None
+    #: Whether its row is in the database.
+    recorded: bool = False
+
+
+def _insert(
+    conn: Connection,
+    config: CloudConfig,
+    out: _Outgoing,
+    envelope: bytes,
+    *,
+    status: str,
+    error_message: str | None = None,
+) -> None:
+    """Record a deployment (inside a write transaction) with its first event."""
+    arns = Arns(config.aws.region, config.cloud.account_id)
+    now = timestamp()
+    conn.execute(
+        "INSERT INTO deployments (id, group_id, group_version_id, arn, deployment_type,"
+        " redeployment_of, thing_name, created_at, status, error_message, updated_at, envelope)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            out.deployment_id,
+            out.group_id,
+            out.built.group_version_id,
+            arns.deployment(out.group_id, out.deployment_id),
+            out.deployment_type,
+            out.redeploy_of,
+            out.built.thing_name,
+            out.created_at,
+            status,
+            error_message,
+            now,
+            envelope,
+        ),
+    )
+    add_event(conn, out.deployment_id, status, now, error_message)
+    out.recorded = True
+
+
+def _created(config: CloudConfig, out: _Outgoing) -> dict[str, Any]:
+    arns = Arns(config.aws.region, config.cloud.account_id)
+    return {
+        "DeploymentArn": arns.deployment(out.group_id, out.deployment_id),
+        "DeploymentId": out.deployment_id,
+    }
+
+
+async def _send(
+    config: CloudConfig,
+    db: Database,
+    out: _Outgoing,
+    envelope: bytes,
+    *,
+    wait_seconds: float | None,
+    on_created: Callable[[dict[str, Any]], None] | None,
+    on_change: Progress | None,
+) -> Row | None:
+    """Record a signed deployment as Building, publish it, and follow it if asked."""
+    mqtt, thing = config.mqtt, out.built.thing_name
     async with CloudMqtt(mqtt) as client:
         if wait_seconds is not None:
             # Subscribed before publishing, so not even a fast core's first report is missed.
-            await client.subscribe(mqtt.status_topic(built.thing_name))
-        now = timestamp()
+            await client.subscribe(mqtt.status_topic(thing))
         with db.write() as conn:
-            conn.execute(
-                "INSERT INTO deployments (id, group_id, group_version_id, arn, deployment_type,"
-                " redeployment_of, thing_name, created_at, status, updated_at, envelope)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    deployment_id,
-                    request.group_id,
-                    version_id,
-                    arns.deployment(request.group_id, deployment_id),
-                    request.deployment_type,
-                    redeploy_of,
-                    built.thing_name,
-                    created_at,
-                    BUILDING,
-                    now,
-                    envelope,
-                ),
-            )
-            add_event(conn, deployment_id, BUILDING, now, None)
+            _insert(conn, config, out, envelope, status=BUILDING)
         try:
-            await client.publish(mqtt.deployments_topic(built.thing_name), envelope)
+            await client.publish(mqtt.deployments_topic(thing), envelope)
         except BrokerError as exc:
             with db.write() as conn:
                 message = f"not published: {exc}"
                 conn.execute(
                     "UPDATE deployments SET status = ?, error_message = ?, updated_at = ?"
                     " WHERE id = ?",
-                    (FAILURE, message, timestamp(), deployment_id),
+                    (FAILURE, message, timestamp(), out.deployment_id),
                 )
-                add_event(conn, deployment_id, FAILURE, timestamp(), message)
+                add_event(conn, out.deployment_id, FAILURE, timestamp(), message)
             raise
         if on_created is not None:
-            on_created(
-                {
-                    "DeploymentArn": arns.deployment(request.group_id, deployment_id),
-                    "DeploymentId": deployment_id,
-                }
-            )
+            on_created(_created(config, out))
         if wait_seconds is None:
             return None
         deadline = asyncio.get_running_loop().time() + wait_seconds
         return await follow(
             client,
             db,
-            deployment_id=deployment_id,
-            thing_name=built.thing_name,
+            deployment_id=out.deployment_id,
+            thing_name=thing,
             deadline=deadline,
             on_change=on_change,
         )
@@ -353,7 +532,7 @@ def list_deployments(db: Database, group_id: str) -> dict[str, Any]:
     return {
         "Deployments": [
             {
-                "CreatedAt": r["created_at"],
+                "CreatedAt": milliseconds(r["created_at"]),
                 "DeploymentArn": r["arn"],
                 "DeploymentId": r["id"],
                 "DeploymentType": r["deployment_type"],

@@ -25,9 +25,12 @@ from edge.cloud.definitions import (
     definition_info,
     resolve_version,
     version_info,
+    with_tags,
 )
 from edge.cloud.ids import Arns, new_id, parse_version_arn, timestamp
 from edge.cloud.names import check_name
+from edge.cloud.status import FAILURE
+from edge.cloud.tags import check_tags, drop_tags, put_tags
 from edge.errors import (
     CloudUsageError,
     DefinitionInvalidError,
@@ -45,6 +48,8 @@ _UNSUPPORTED_KEYS: Final = frozenset({"DeviceDefinitionVersionArn", "LoggerDefin
 #: The four lists of the group a deployment carries, as the core parses it.
 GROUP_LISTS: Final = ("Resources", "Functions", "Connectors", "Subscriptions")
 _HINT: Final = "`edge cloud list-groups` lists them"
+#: The deployment type that takes a group off its core; only then may the group be deleted.
+RESET_DEPLOYMENT: Final = "ResetDeployment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,18 @@ def resolve_group(conn: Connection, refs: dict[str, str]) -> ResolvedGroup:
     return ResolvedGroup(group=group, thing_name=thing_name)
 
 
+def resolve_core(conn: Connection, refs: dict[str, str]) -> str | None:
+    """The thing name of a group version's core, looking up its core definition version only.
+
+    Raises:
+        NotFoundError: The core definition version is gone.
+    """
+    key = KINDS["core"].group_key
+    if key not in refs:
+        return None
+    return resolve_group(conn, {key: refs[key]}).thing_name
+
+
 def validate_group(resolved: ResolvedGroup) -> None:
     """Validate a whole group with the group model and the subscription rule.
 
@@ -148,6 +165,15 @@ def group_version_row(conn: Connection, group_id: str, version_id: str) -> Row:
     return row
 
 
+def last_deployment(conn: Connection, group_id: str) -> Row | None:
+    """The group's most recent deployment (None: never deployed)."""
+    row: Row | None = conn.execute(
+        "SELECT * FROM deployments WHERE group_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        (group_id,),
+    ).fetchone()
+    return row
+
+
 def latest_version_id(conn: Connection, group_id: str) -> str | None:
     """The id of a group's latest version (None if it has none)."""
     latest: str | None = _group_row(conn, group_id)["latest_version_id"]
@@ -180,9 +206,12 @@ def _insert_version(conn: Connection, arns: Arns, group_id: str, refs: dict[str,
     return group_version_row(conn, group_id, version_id)
 
 
-def create_group(db: Database, arns: Arns, *, name: str, initial: object | None) -> dict[str, Any]:
+def create_group(
+    db: Database, arns: Arns, *, name: str, initial: object | None, tags: object | None = None
+) -> dict[str, Any]:
     """create-group: a new group, with its first version if `initial` is given."""
     check_name("--name", name)
+    checked_tags = None if tags is None else check_tags(tags, "--tags")
     refs = None if initial is None else check_refs(initial)
     group_id, now = new_id(), timestamp()
     with db.write() as conn:
@@ -192,6 +221,8 @@ def create_group(db: Database, arns: Arns, *, name: str, initial: object | None)
         )
         if refs is not None:
             _insert_version(conn, arns, group_id, refs)
+        if checked_tags:
+            put_tags(conn, arns.group(group_id), checked_tags)
         return definition_info(_group_row(conn, group_id))
 
 
@@ -206,9 +237,55 @@ def create_group_version(
 
 
 def get_group(db: Database, group_id: str) -> dict[str, Any]:
-    """get-group."""
+    """get-group, with its `tags` (when it has any)."""
     with db.read() as conn:
-        return definition_info(_group_row(conn, group_id))
+        return with_tags(conn, definition_info(_group_row(conn, group_id)))
+
+
+def update_group(db: Database, group_id: str, name: str | None) -> None:
+    """update-group: rename a group (its versions and deployments stay).
+
+    Raises:
+        CloudUsageError: No name: a group always has one, as create-group requires.
+    """
+    if name is None:
+        raise CloudUsageError("--name", "is required: a group always has a name")
+    check_name("--name", name)
+    with db.write() as conn:
+        _group_row(conn, group_id)
+        conn.execute(
+            "UPDATE groups SET name = ?, updated_at = ? WHERE id = ?",
+            (name, timestamp(), group_id),
+        )
+
+
+def delete_group(db: Database, group_id: str) -> None:
+    """delete-group: the group, its versions and deployments, as AWS deletes them.
+
+    Raises:
+        CloudUsageError: The group's latest deployment is not a reset (or is a reset that
+            failed): a core still runs the group, and deleting it would leave nothing that can
+            take it back.
+        NotFoundError: No such group.
+    """
+    with db.write() as conn:
+        row = _group_row(conn, group_id)
+        last = last_deployment(conn, group_id)
+        if last is not None and (
+            last["deployment_type"] != RESET_DEPLOYMENT or last["status"] == FAILURE
+        ):
+            reset = last["deployment_type"] == RESET_DEPLOYMENT
+            what = "deployed; its last reset failed" if reset else "deployed"
+            raise CloudUsageError(
+                "--group-id",
+                f"group {group_id} is {what} (deployment {last['id']}, a "
+                f"{last['deployment_type']}, {last['status']}); reset it first with "
+                f"`reset-deployments --group-id {group_id}` (`--force` if its core can't be "
+                f"reached), then delete it",
+            )
+        conn.execute("DELETE FROM deployments WHERE group_id = ?", (group_id,))
+        conn.execute("DELETE FROM groups WHERE id = ?", (group_id,))
+        drop_tags(conn, row["arn"])
 
 
 def get_group_version(db: Database, group_id: str, version_id: str) -> dict[str, Any]:

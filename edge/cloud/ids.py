@@ -54,6 +54,11 @@ def precise_timestamp(moment: datetime | None = None) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def milliseconds(precise: str) -> str:
+    """A `precise_timestamp` cut to milliseconds, as AWS's answers show every timestamp."""
+    return timestamp(datetime.fromisoformat(precise))
+
+
 def is_account_id(text: str) -> bool:
     """Return whether `text` is a 12-digit AWS account id."""
     return _ACCOUNT.fullmatch(text) is not None

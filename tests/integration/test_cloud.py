@@ -266,8 +266,9 @@ def test_reference_commands_deploy_rotate_fail_and_remove(cloud: Cloud) -> None:
     assert result.returncode == 0, result.stderr
     assert cloud.listing()["Secrets"] == []
 
-    reset, result = cloud.deploy(group_id, "--deployment-type", "ResetDeployment")
-    assert result.returncode == 0, result.stderr
+    reset = cloud.json("reset-deployments", "--group-id", group_id, "--wait", "--timeout", "60")[
+        "DeploymentId"
+    ]
     assert cloud.listing()["Deployment"]["DeploymentType"] == "ResetDeployment"
 
     listed = cloud.json("list-deployments", "--group-id", group_id)["Deployments"]

@@ -523,9 +523,9 @@ def test_bad_requests_get_the_error_codes_the_sdks_expect(served: Served) -> Non
     # Every operation edge implements is one of botocore's model (a typo would leave it
     # unreachable); one it does not implement is refused, not ignored.
     assert set(HANDLERS) <= set(operation_names())
-    unsupported = error_of(lambda: client.delete_group(GroupId=group["Id"]))
+    unsupported = error_of(client.list_bulk_deployments)
     assert isinstance(unsupported, client.exceptions.BadRequestException)
-    assert "DeleteGroup is not supported" in str(unsupported)
+    assert "ListBulkDeployments is not supported" in str(unsupported)
     assert client.get_group(GroupId=group["Id"])["Name"] == "g"
 
     # The AWS CLI shows the same code, as it does for AWS.

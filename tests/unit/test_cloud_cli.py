@@ -183,7 +183,7 @@ def test_argument_errors_are_one_line(cli: Cli) -> None:
     assert result.err == "edge: error: --config is required (see `edge cloud --help`)\n"
     assert "unknown command 'bogus'" in cli.error("bogus")
     assert "--group-id" in cli.error("get-group")
-    assert "invalid choice" in cli.error(
+    assert "must be one of NewDeployment, Redeployment" in cli.error(
         "create-deployment", "--group-id", "g", "--deployment-type", "Nope"
     )
 
@@ -474,7 +474,7 @@ def test_create_deployment_refuses_what_it_cannot_build(cli: Cli) -> None:
         "create-deployment", "--group-id", deleted, "--deployment-type", "NewDeployment"
     )
     assert resource_def["LatestVersionArn"] in line
-    assert "does not exist" in line
+    assert "its definition was deleted" in line
     assert cli.ok("list-deployments", "--group-id", deleted) == {"Deployments": []}
 
 

@@ -24,12 +24,13 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.typing import FilteringBoundLogger
 
-from edge.cloud import definitions, deployments, groups
+from edge.cloud import definitions, deployments, groups, idempotency
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Claim, Database
 from edge.cloud.definitions import KINDS, Kind
-from edge.cloud.deployments import DEPLOYMENT_TYPES, Request
+from edge.cloud.deployments import Request
 from edge.cloud.ids import Arns
+from edge.cloud.serve import lifecycle
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.errors import bad_request
 from edge.errors import CloudDatabaseError
@@ -60,10 +61,14 @@ def _definition_handlers(kind: Kind) -> dict[str, Handler]:
     id_key, version_key = f"{title}DefinitionId", f"{title}DefinitionVersionId"
 
     async def create(ctx: Context, p: dict[str, Any]) -> Result:
-        # `tags` and `AmznClientToken` are accepted and not kept (see docs/cloud.md).
         return await ctx.db.call(
             lambda db: definitions.create_definition(
-                db, ctx.arns, kind, name=p.get("Name"), initial=p.get("InitialVersion")
+                db,
+                ctx.arns,
+                kind,
+                name=p.get("Name"),
+                initial=p.get("InitialVersion"),
+                tags=p.get("tags"),
             )
         )
 
@@ -105,7 +110,7 @@ def _definition_handlers(kind: Kind) -> dict[str, Handler]:
 async def _create_group(ctx: Context, p: dict[str, Any]) -> Result:
     return await ctx.db.call(
         lambda db: groups.create_group(
-            db, ctx.arns, name=p["Name"], initial=p.get("InitialVersion")
+            db, ctx.arns, name=p["Name"], initial=p.get("InitialVersion"), tags=p.get("tags")
         )
     )
 
@@ -138,8 +143,6 @@ async def _list_group_versions(ctx: Context, p: dict[str, Any]) -> Result:
 
 async def _create_deployment(ctx: Context, p: dict[str, Any]) -> Result:
     kind = p["DeploymentType"]
-    if kind not in DEPLOYMENT_TYPES:
-        raise bad_request(f"DeploymentType must be one of {', '.join(DEPLOYMENT_TYPES)}")
     request = Request(
         group_id=p["GroupId"],
         deployment_type=kind,
@@ -173,17 +176,21 @@ def _table() -> dict[str, Handler]:
     table: dict[str, Handler] = {}
     for kind in KINDS.values():
         table |= _definition_handlers(kind)
-    return table | {
-        "CreateGroup": _create_group,
-        "CreateGroupVersion": _create_group_version,
-        "GetGroup": _get_group,
-        "GetGroupVersion": _get_group_version,
-        "ListGroups": _list_groups,
-        "ListGroupVersions": _list_group_versions,
-        "CreateDeployment": _create_deployment,
-        "GetDeploymentStatus": _get_deployment_status,
-        "ListDeployments": _list_deployments,
-    }
+    return (
+        table
+        | lifecycle.handlers()
+        | {
+            "CreateGroup": _create_group,
+            "CreateGroupVersion": _create_group_version,
+            "GetGroup": _get_group,
+            "GetGroupVersion": _get_group_version,
+            "ListGroups": _list_groups,
+            "ListGroupVersions": _list_group_versions,
+            "CreateDeployment": _create_deployment,
+            "GetDeploymentStatus": _get_deployment_status,
+            "ListDeployments": _list_deployments,
+        }
+    )
 
 
 #: Every operation the service implements, by botocore operation name.
@@ -216,15 +223,27 @@ async def dispatch(
         )
     if claim is None:
         return paginate(await handler(ctx, params), params)
+    token = idempotency.token_key(operation, params)
+    if token is not None:
+        # Before the signature's claim: a retry under the same token gets the first answer
+        # even when it is signed identically (botocore re-signs retries within one second
+        # to the same bytes), rather than the replay refusal.
+        earlier = await ctx.db.call(lambda db: idempotency.earlier_answer(db, token))
+        if earlier is not None:
+            return earlier
+        claim.client_token = token
     claimed = replace(ctx, db=ctx.db.claiming(claim), loop_db=ctx.loop_db.with_claim(claim))
     try:
-        return paginate(await handler(claimed, params), params)
+        result = paginate(await handler(claimed, params), params)
     except Exception:
         if claim.recorded:
             # Shielded: the release must not be lost to a cancellation after a failure.
             with contextlib.suppress(CloudDatabaseError):
                 await asyncio.shield(ctx.db.call(lambda db: db.release(claim)))
         raise
+    if token is not None and claim.recorded:
+        await asyncio.shield(ctx.db.call(lambda db: idempotency.store_answer(db, token, result)))
+    return result
 
 
 def paginate(result: Result, params: dict[str, Any]) -> Result:

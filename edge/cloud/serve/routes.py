@@ -26,8 +26,9 @@ from edge.cloud.serve.errors import ApiError, bad_request
 from edge.errors import CloudUsageError
 
 SERVICE: Final = "greengrass"
-#: A `{Label}` of a requestUri matches one path segment; `{Label+}` matches the rest.
-_LABEL: Final = re.compile(r"\{(?P<name>[A-Za-z0-9_]+)(?P<greedy>\+?)\}")
+#: A `{Label}` of a requestUri matches one path segment; `{Label+}` matches the rest. Labels may
+#: hold "-" (`/tags/{resource-arn}`), which a regex group name can't: groups are numbered.
+_LABEL: Final = re.compile(r"\{(?P<name>[A-Za-z0-9_-]+)(?P<greedy>\+?)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,8 @@ class Route:
     #: (`/deployments/$reset` over `/deployments/{DeploymentId}`).
     literal_length: int
     model: Any  # botocore.model.OperationModel (botocore has no type hints)
+    #: The labels of the template, in order: group `l{i}` of `pattern` is label i.
+    label_names: tuple[str, ...] = ()
 
     @property
     def status(self) -> int:
@@ -62,19 +65,20 @@ def service_model() -> Any:  # noqa: ANN401 - botocore.model.ServiceModel, untyp
     return get_session().get_service_model(SERVICE)
 
 
-def _compile(template: str) -> tuple[re.Pattern[str], int]:
+def _compile(template: str) -> tuple[re.Pattern[str], int, tuple[str, ...]]:
     path = template.split("?", 1)[0]
-    pieces, literal, end = [], 0, 0
-    for label in _LABEL.finditer(path):
+    pieces, names, literal, end = [], [], 0, 0
+    for index, label in enumerate(_LABEL.finditer(path)):
         text = path[end : label.start()]
         pieces.append(re.escape(text))
         literal += len(text)
         body = ".+" if label["greedy"] else "[^/]+"
-        pieces.append(f"(?P<{label['name']}>{body})")
+        pieces.append(f"(?P<l{index}>{body})")
+        names.append(label["name"])
         end = label.end()
     pieces.append(re.escape(path[end:]))
     literal += len(path) - end
-    return re.compile("".join(pieces)), literal
+    return re.compile("".join(pieces)), literal, tuple(names)
 
 
 class Router:
@@ -85,8 +89,8 @@ class Router:
         routes = []
         for name in model.operation_names:
             op = model.operation_model(name)
-            pattern, literal = _compile(op.http["requestUri"])
-            routes.append(Route(name, op.http["method"].upper(), pattern, literal, op))
+            pattern, literal, names = _compile(op.http["requestUri"])
+            routes.append(Route(name, op.http["method"].upper(), pattern, literal, op, names))
         self.routes: tuple[Route, ...] = tuple(
             sorted(routes, key=lambda r: r.literal_length, reverse=True)
         )
@@ -102,7 +106,10 @@ class Router:
                 continue
             found = route.pattern.fullmatch(raw_path)
             if found is not None:
-                labels = {k: unquote(v) for k, v in found.groupdict().items()}
+                labels = {
+                    name: unquote(found[f"l{index}"])
+                    for index, name in enumerate(route.label_names)
+                }
                 return Match(route, labels)
         raise ApiError(
             404,
