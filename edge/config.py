@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from edge.errors import ConfigError, ConfigPermissionsError
-from edge.secrets.pkcs11 import TokenKeyRef, is_pkcs11_uri, parse_token_key_uri
+from edge.secrets.keyref import TokenKeyRef, is_pkcs11_uri, parse_token_key_uri
 
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_MQTTS_PORT = 8883

@@ -27,8 +27,8 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from edge.errors import CoreKeyError
+from edge.secrets.keyref import parse_token_key_uri
 from edge.secrets.keys import EC_ALGORITHM, CoreKey
-from edge.secrets.pkcs11 import parse_token_key_uri
 from edge.secrets.store import SecretStore
 from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
