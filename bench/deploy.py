@@ -47,9 +47,10 @@ import structlog
 from botocore.config import Config
 
 from bench.latency_proxy import LatencyProxy
+from edge.config import FetchSettings
 from edge.model import SecretResource
 from edge.secrets.contents import LocalSecret, StoreContents
-from edge.secrets.fetch import AwsSecretSource, FetchSettings
+from edge.secrets.fetch import AwsSecretSource
 from edge.secrets.keys import generate_key
 from edge.secrets.source import held_versions
 from edge.secrets.store import STORE_FILE_NAME, SecretStore

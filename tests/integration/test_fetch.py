@@ -11,6 +11,7 @@ import pytest
 import structlog.testing
 
 from bench.latency_proxy import LatencyProxy
+from edge.config import FetchSettings
 from edge.errors import (
     FetchDeadlineError,
     SecretNotFoundError,
@@ -18,7 +19,7 @@ from edge.errors import (
     StagingLabelNotFoundError,
 )
 from edge.model import SecretResource
-from edge.secrets.fetch import AwsSecretSource, FetchSettings
+from edge.secrets.fetch import AwsSecretSource
 from edge.secrets.source import StaticSecretSource
 from tests.support.services import TEST_REGION, free_port
 

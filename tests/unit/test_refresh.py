@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from edge.config import RefreshSettings
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
 from edge.errors import SecretFetchError
@@ -18,7 +19,7 @@ from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1, Reque
 from edge.ipc.server import WorkerIdentity
 from edge.secrets.contents import SecretVersion, StoreContents
 from edge.secrets.keys import generate_key
-from edge.secrets.refresh import Refresher, RefreshSettings
+from edge.secrets.refresh import Refresher
 from edge.secrets.source import Described, StaticSecretSource
 from edge.secrets.store import SecretStore
 from edge.workers.services import CoreServices, SecretIndex
