@@ -4,7 +4,7 @@
     .venv/bin/python bench/core_crash.py [--kills 200] [--seed 1] [--secrets 8] [--labels 2]
                                          [--delay-ms 20] [--keep]
 
-One Mosquitto and one moto server (tests/support/services.py) serve the whole run; with
+One Mosquitto and one moto server (edge/fixtures/services.py) serve the whole run; with
 `--delay-ms` above 0, bench/latency_proxy.py sits between the core and moto in a process of its
 own, so that fetching takes as long as a round trip to a region would. The core is a real
 `python -m edge run` with JSON logs, deployed unsigned by hand (tests/support/core.Operator):
@@ -105,7 +105,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_reader_package(path: Path) -> dict[str, str]:
     """Zip the reader with the unmodified greengrasssdk from site-packages; return its Code."""
-    from edge.demo.reference import write_v1_package  # noqa: PLC0415
+    from edge.fixtures.reference import write_v1_package  # noqa: PLC0415
 
     data = write_v1_package(path, {READER_FILE.name: READER_FILE.read_bytes()})
     return {"Uri": path.as_uri(), "Sha256": hashlib.sha256(data).hexdigest()}
@@ -223,13 +223,13 @@ class World:
     def __init__(self, args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> None:
         import boto3  # noqa: PLC0415 - test-only dependencies, imported once we know we run
 
-        from tests.support.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
-        from tests.support.services import (  # noqa: PLC0415
+        from edge.fixtures.services import (  # noqa: PLC0415
             AWS_TEST_ENV,
             TEST_REGION,
             run_mosquitto,
             run_moto,
         )
+        from tests.support.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
 
         self.root = root
         broker = stack.enter_context(run_mosquitto(root / "mosquitto"))

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import boto3
 
 from bench.latency_proxy import LatencyProxy
-from tests.support.services import AWS_TEST_ENV, TEST_REGION, run_moto
+from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION, run_moto
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"

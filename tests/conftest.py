@@ -10,8 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.support.leaks import LEAKS, LeakCheckPlugin
-from tests.support.services import (
+from edge.fixtures.services import (
     AWS_TEST_ENV,
     TEST_REGION,
     Mosquitto,
@@ -19,6 +18,7 @@ from tests.support.services import (
     run_mosquitto,
     run_moto,
 )
+from tests.support.leaks import LEAKS, LeakCheckPlugin
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -25,10 +25,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.integration.test_cloud_serve import KEY_ID, start_service, write_serve_config
-from tests.support.core import CoreProcess, edge_cli, write_config
-from tests.support.functions import build_package
-from tests.support.services import (
+from edge.fixtures.services import (
     AWS_TEST_ENV,
     TEST_REGION,
     Mosquitto,
@@ -36,6 +33,9 @@ from tests.support.services import (
     free_port,
     run_moto,
 )
+from tests.integration.test_cloud_serve import KEY_ID, start_service, write_serve_config
+from tests.support.core import CoreProcess, edge_cli, write_config
+from tests.support.functions import build_package
 
 pytestmark = pytest.mark.network
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.fixtures.services import free_port
 from tests.support.core import (
     CoreProcess,
     edge_cli,
@@ -20,7 +21,6 @@ from tests.support.core import (
     write_config,
 )
 from tests.support.env import Env
-from tests.support.services import free_port
 
 pytestmark = pytest.mark.network
 

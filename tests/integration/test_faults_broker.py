@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.services import Mosquitto, MotoServer, free_port, wait_for_port
 from tests.support import faults
 from tests.support.core import (
     REPO,
@@ -36,7 +37,6 @@ from tests.support.core import (
     write_config,
 )
 from tests.support.env import Env
-from tests.support.services import Mosquitto, MotoServer, free_port, wait_for_port
 from tests.support.tls import (
     LoggingMosquitto,
     Pki,

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.services import Mosquitto, MotoServer
 from tests.support.core import secret_resource
 from tests.support.env import Env
 from tests.support.faults import (
@@ -30,7 +31,6 @@ from tests.support.faults import (
     served,
 )
 from tests.support.proxy import ProxyThread, proxy_thread
-from tests.support.services import Mosquitto, MotoServer
 
 pytestmark = pytest.mark.network
 

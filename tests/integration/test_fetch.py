@@ -18,10 +18,10 @@ from edge.errors import (
     SecretServiceError,
     StagingLabelNotFoundError,
 )
+from edge.fixtures.services import TEST_REGION, free_port
 from edge.model import SecretResource
 from edge.secrets.fetch import AwsSecretSource
 from edge.secrets.source import StaticSecretSource
-from tests.support.services import TEST_REGION, free_port
 
 pytestmark = pytest.mark.network
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.services import Mosquitto, MotoServer, free_port
 from edge.mqtt.limit import MAX_PACKET_BYTES
 from edge.signing import MAX_ENVELOPE_BYTES
 from tests.support.core import (
@@ -25,7 +26,6 @@ from tests.support.core import (
 )
 from tests.support.env import Env, running_env
 from tests.support.functions import build_package, function, read_secret
-from tests.support.services import Mosquitto, MotoServer, free_port
 
 pytestmark = pytest.mark.network
 

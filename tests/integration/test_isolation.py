@@ -49,7 +49,8 @@ import msgpack
 import pytest
 
 import edge
-from edge.demo.reference import write_v1_package
+from edge.fixtures.reference import write_v1_package
+from edge.fixtures.services import Mosquitto, MotoServer
 from edge.workers.landlock import landlock_abi
 from edge.workers.sandbox import probe_namespace, probe_seccomp
 from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
@@ -63,7 +64,6 @@ from tests.support.functions import (
     function_arn,
     invoke,
 )
-from tests.support.services import Mosquitto, MotoServer
 from tests.support.users import python_for
 
 pytestmark = pytest.mark.network

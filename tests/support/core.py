@@ -21,8 +21,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION
 from tests.support.leaks import LEAKS
-from tests.support.services import AWS_TEST_ENV, TEST_REGION
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.services import Mosquitto, free_port, wait_for_port
+from edge.fixtures.services import Mosquitto, free_port, wait_for_port
 
 #: Long enough for any test run, short enough that a leaked file is useless.
 _VALIDITY = dt.timedelta(days=2)
