@@ -7,7 +7,7 @@
 One Mosquitto and one moto server (edge/fixtures/services.py) serve the whole run; with
 `--delay-ms` above 0, bench/latency_proxy.py sits between the core and moto in a process of its
 own, so that fetching takes as long as a round trip to a region would. The core is a real
-`python -m edge run` with JSON logs, deployed unsigned by hand (tests/support/core.Operator):
+`python -m edge run` with JSON logs, deployed unsigned by hand (edge/fixtures/core.Operator):
 `--secrets` secrets with AWSCURRENT plus `--labels` additional staging labels each, and one
 on-demand function (bench/functions/read_secrets.py with the unmodified greengrasssdk) granted
 all of them. Each round:
@@ -112,7 +112,7 @@ def build_reader_package(path: Path) -> dict[str, str]:
 
 
 def write_core_config(path: Path, mqtt_url: str, endpoint_url: str) -> Path:
-    """A core config as tests/support/core.write_config's, logging at info level."""
+    """A core config as edge/fixtures/core.write_config's, logging at info level."""
     path.write_text(
         f'[core]\nthing_name = "{THING}"\nstate_dir = "state"\n\n'
         f'[mqtt]\nurl = "{mqtt_url}"\nreconnect_max_seconds = 1.0\nkeepalive_seconds = 5\n\n'
@@ -223,13 +223,13 @@ class World:
     def __init__(self, args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> None:
         import boto3  # noqa: PLC0415 - test-only dependencies, imported once we know we run
 
+        from edge.fixtures.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
         from edge.fixtures.services import (  # noqa: PLC0415
             AWS_TEST_ENV,
             TEST_REGION,
             run_mosquitto,
             run_moto,
         )
-        from tests.support.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
 
         self.root = root
         broker = stack.enter_context(run_mosquitto(root / "mosquitto"))
@@ -294,7 +294,7 @@ class World:
 
     def deploy(self, pairs: Pairs) -> tuple[str, float]:
         """Publish a deployment of the group; return its id and the wall time it went out."""
-        from tests.support.core import secret_resource  # noqa: PLC0415
+        from edge.fixtures.core import secret_resource  # noqa: PLC0415
 
         extra = self.labels[1:]
         resources = [

@@ -284,7 +284,7 @@ class ControlPlane:
 
     def cli(self, *args: str) -> str:
         """Run an `edge cloud` command; return its stdout, or fail with its stderr."""
-        from tests.support.core import edge_cli  # noqa: PLC0415
+        from edge.fixtures.core import edge_cli  # noqa: PLC0415
 
         result = edge_cli("cloud", "--config", str(self.config), *args)
         if result.returncode != 0:

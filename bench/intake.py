@@ -33,8 +33,8 @@ from typing import Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource
 from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION, run_mosquitto, run_moto
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource
 
 THING = "intake-core"
 #: How long to wait for the core to log the drop of every payload.

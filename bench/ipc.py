@@ -551,17 +551,17 @@ def sdk_core(workdir: Path, functions: int, seconds: float, cpu: int | None) -> 
     try:
         import boto3  # noqa: PLC0415
 
+        from edge.fixtures.core import (  # noqa: PLC0415
+            CoreProcess,
+            Operator,
+            edge_cli,
+            secret_resource,
+        )
         from edge.fixtures.services import (  # noqa: PLC0415
             AWS_TEST_ENV,
             TEST_REGION,
             run_mosquitto,
             run_moto,
-        )
-        from tests.support.core import (  # noqa: PLC0415
-            CoreProcess,
-            Operator,
-            edge_cli,
-            secret_resource,
         )
     except ImportError as exc:
         raise SystemExit(f"--sdk needs the test extra (pip install -e '.[test]'): {exc}") from None
@@ -582,7 +582,7 @@ def sdk_core(workdir: Path, functions: int, seconds: float, cpu: int | None) -> 
         arn = sm.create_secret(Name=SECRET_NAME, SecretString=ANSWER["SecretString"])["ARN"]
         thing = "bench-core"
         config = root / "core.toml"
-        # As tests/support/core.write_config, but logging at the default level: a benchmark
+        # As edge/fixtures/core.write_config, but logging at the default level: a benchmark
         # measures the core as deployed, not with debug events.
         config.write_text(
             f'[core]\nthing_name = "{thing}"\nstate_dir = "state"\n\n'

@@ -273,13 +273,13 @@ class Conductor:
     def __init__(self, args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> None:
         import boto3  # noqa: PLC0415 - test-only dependencies
 
+        from edge.fixtures.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
         from edge.fixtures.services import (  # noqa: PLC0415
             AWS_TEST_ENV,
             TEST_REGION,
             run_mosquitto,
             run_moto,
         )
-        from tests.support.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
 
         self.args = args
         self.root = root
@@ -368,7 +368,7 @@ class Conductor:
 
     def deploy(self) -> tuple[str, float]:
         """Deploy the secret and the on-demand function granted it; return (id, publish time)."""
-        from tests.support.core import secret_resource  # noqa: PLC0415
+        from edge.fixtures.core import secret_resource  # noqa: PLC0415
 
         function = {
             "Id": "load-reader",

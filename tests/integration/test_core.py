@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.fixtures.services import free_port
-from tests.support.core import (
+from edge.fixtures.core import (
     CoreProcess,
     edge_cli,
     iter_files,
@@ -20,6 +19,7 @@ from tests.support.core import (
     secret_resource,
     write_config,
 )
+from edge.fixtures.services import free_port
 from tests.support.env import Env
 
 pytestmark = pytest.mark.network

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.core import secret_resource
 from edge.fixtures.services import Mosquitto, MotoServer
-from tests.support.core import secret_resource
 from tests.support.disk import DiskFaults, disk_faults, fault_path
 from tests.support.env import Env
 from tests.support.faults import (

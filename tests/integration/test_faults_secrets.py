@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.core import secret_resource
 from edge.fixtures.services import Mosquitto, MotoServer
-from tests.support.core import secret_resource
 from tests.support.env import Env
 from tests.support.faults import (
     deploy_and_wait,

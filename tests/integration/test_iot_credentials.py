@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from edge.fixtures.services import Mosquitto, MotoServer
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
 from tests.support.iot_credentials import CredentialsProvider, run_credentials_provider
 from tests.support.proxy import ProxyThread, proxy_thread

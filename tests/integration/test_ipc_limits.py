@@ -22,6 +22,7 @@ import pytest
 import structlog.testing
 
 from edge.errors import IpcCallError
+from edge.fixtures.core import CoreProcess, edge_cli, secret_resource
 from edge.fixtures.reference import write_v1_package
 from edge.fixtures.services import AWS_TEST_ENV
 from edge.ipc.client import IpcClient
@@ -51,7 +52,7 @@ from tests.integration.test_ipc import (
     serving,
     short_socket_path,
 )
-from tests.support.core import REPO, CoreProcess, edge_cli, secret_resource
+from tests.support import REPO
 from tests.support.env import Env
 from tests.support.functions import function, function_arn
 

@@ -49,11 +49,11 @@ import msgpack
 import pytest
 
 import edge
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from edge.fixtures.reference import write_v1_package
 from edge.fixtures.services import Mosquitto, MotoServer
 from edge.workers.landlock import landlock_abi
 from edge.workers.sandbox import probe_namespace, probe_seccomp
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
 from tests.support.faults import fetch_table, running_core
 from tests.support.functions import (

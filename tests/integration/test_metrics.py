@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from edge.fixtures.services import Mosquitto, MotoServer, free_port
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
 from tests.support.functions import build_package, function, invoke
 

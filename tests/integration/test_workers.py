@@ -13,8 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
+from edge.fixtures.core import secret_resource
 from edge.fixtures.services import TEST_REGION
-from tests.support.core import secret_resource
 from tests.support.env import Env
 from tests.support.functions import build_package, function, function_arn, invoke
 

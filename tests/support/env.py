@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, write_config
 from edge.fixtures.services import Mosquitto, MotoServer
-from tests.support.core import CoreProcess, Operator, edge_cli, write_config
 from tests.support.leaks import LEAKS
 
 

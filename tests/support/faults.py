@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, write_config
 from edge.fixtures.services import Mosquitto, MotoServer
-from tests.support.core import CoreProcess, Operator, edge_cli, write_config
 from tests.support.disk import InProcessCore
 from tests.support.env import Env
 from tests.support.functions import code_of, function, read_secret

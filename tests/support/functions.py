@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.fixtures.core import edge_cli
 from edge.fixtures.reference import write_v1_package
 from edge.fixtures.services import TEST_REGION
-from tests.support.core import edge_cli
 
 if TYPE_CHECKING:
     from tests.support.env import Env

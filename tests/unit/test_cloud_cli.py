@@ -15,7 +15,7 @@ import pytest
 from edge.cloud.cli import main
 from edge.cloud.config import load_cloud_config
 from edge.fixtures.services import free_port
-from tests.support.core import REPO
+from tests.support import REPO
 
 SECRET_A = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/a-AbCdEf"
 SECRET_B = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/b-GhIjKl"
