@@ -4,10 +4,10 @@
     .venv/bin/python bench/core_crash.py [--kills 200] [--seed 1] [--secrets 8] [--labels 2]
                                          [--delay-ms 20] [--keep]
 
-One Mosquitto and one moto server (tests/support/services.py) serve the whole run; with
+One Mosquitto and one moto server (edge/fixtures/services.py) serve the whole run; with
 `--delay-ms` above 0, bench/latency_proxy.py sits between the core and moto in a process of its
 own, so that fetching takes as long as a round trip to a region would. The core is a real
-`python -m edge run` with JSON logs, deployed unsigned by hand (tests/support/core.Operator):
+`python -m edge run` with JSON logs, deployed unsigned by hand (edge/fixtures/core.Operator):
 `--secrets` secrets with AWSCURRENT plus `--labels` additional staging labels each, and one
 on-demand function (bench/functions/read_secrets.py with the unmodified greengrasssdk) granted
 all of them. Each round:
@@ -105,14 +105,14 @@ def parse_args() -> argparse.Namespace:
 
 def build_reader_package(path: Path) -> dict[str, str]:
     """Zip the reader with the unmodified greengrasssdk from site-packages; return its Code."""
-    from edge.demo.reference import write_v1_package  # noqa: PLC0415
+    from edge.fixtures.reference import write_v1_package  # noqa: PLC0415
 
     data = write_v1_package(path, {READER_FILE.name: READER_FILE.read_bytes()})
     return {"Uri": path.as_uri(), "Sha256": hashlib.sha256(data).hexdigest()}
 
 
 def write_core_config(path: Path, mqtt_url: str, endpoint_url: str) -> Path:
-    """A core config as tests/support/core.write_config's, logging at info level."""
+    """A core config as edge/fixtures/core.write_config's, logging at info level."""
     path.write_text(
         f'[core]\nthing_name = "{THING}"\nstate_dir = "state"\n\n'
         f'[mqtt]\nurl = "{mqtt_url}"\nreconnect_max_seconds = 1.0\nkeepalive_seconds = 5\n\n'
@@ -223,8 +223,8 @@ class World:
     def __init__(self, args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> None:
         import boto3  # noqa: PLC0415 - test-only dependencies, imported once we know we run
 
-        from tests.support.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
-        from tests.support.services import (  # noqa: PLC0415
+        from edge.fixtures.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
+        from edge.fixtures.services import (  # noqa: PLC0415
             AWS_TEST_ENV,
             TEST_REGION,
             run_mosquitto,
@@ -294,7 +294,7 @@ class World:
 
     def deploy(self, pairs: Pairs) -> tuple[str, float]:
         """Publish a deployment of the group; return its id and the wall time it went out."""
-        from tests.support.core import secret_resource  # noqa: PLC0415
+        from edge.fixtures.core import secret_resource  # noqa: PLC0415
 
         extra = self.labels[1:]
         resources = [

@@ -184,7 +184,7 @@ def _die_with_parent() -> None:
 
 def start_broker(workdir: Path, stack: contextlib.ExitStack) -> Any:
     """Mosquitto on a free loopback port, publishing `$SYS` every second."""
-    from tests.support.services import Mosquitto, free_port, wait_for_port  # noqa: PLC0415
+    from edge.fixtures.services import Mosquitto, free_port, wait_for_port  # noqa: PLC0415
 
     workdir.mkdir(parents=True)
     port = free_port()
@@ -284,7 +284,7 @@ class ControlPlane:
 
     def cli(self, *args: str) -> str:
         """Run an `edge cloud` command; return its stdout, or fail with its stderr."""
-        from tests.support.core import edge_cli  # noqa: PLC0415
+        from edge.fixtures.core import edge_cli  # noqa: PLC0415
 
         result = edge_cli("cloud", "--config", str(self.config), *args)
         if result.returncode != 0:
@@ -293,7 +293,7 @@ class ControlPlane:
 
     def start(self) -> None:
         """Start `edge cloud serve` and wait until /health says it is connected."""
-        from tests.support.services import AWS_TEST_ENV  # noqa: PLC0415
+        from edge.fixtures.services import AWS_TEST_ENV  # noqa: PLC0415
 
         with (self.root / "serve.log").open("ab") as log:
             self.proc = subprocess.Popen(
@@ -364,7 +364,7 @@ def write_cloud_config(root: Path, *, mqtt_url: str, moto_url: str, port: int) -
 
 def build_reader_package(path: Path) -> Path:
     """Zip bench/functions/read_secrets.py with the unmodified greengrasssdk."""
-    from edge.demo.reference import write_v1_package  # noqa: PLC0415
+    from edge.fixtures.reference import write_v1_package  # noqa: PLC0415
 
     write_v1_package(path, {READER_FILE.name: READER_FILE.read_bytes()})
     return path
@@ -422,7 +422,7 @@ class Core:
 
     def start(self) -> None:
         """Start `python -m edge run` with its log in its directory."""
-        from tests.support.services import AWS_TEST_ENV  # noqa: PLC0415
+        from edge.fixtures.services import AWS_TEST_ENV  # noqa: PLC0415
 
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -622,7 +622,7 @@ class Fleet:
     def __init__(self, args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> None:
         import boto3  # noqa: PLC0415
 
-        from tests.support.services import AWS_TEST_ENV, free_port, run_moto  # noqa: PLC0415
+        from edge.fixtures.services import AWS_TEST_ENV, free_port, run_moto  # noqa: PLC0415
 
         self.args = args
         self.root = root

@@ -246,9 +246,9 @@ def redeploy_with_flooder(world: bench_ipc.SdkCore, workdir: Path, seconds: floa
     """Deploy the secret, `sdk-loop-1` and the on-demand `ipc-flood` to the world's core."""
     import boto3  # noqa: PLC0415 - test extra, as in bench/ipc.py --sdk
 
-    from edge.demo.reference import write_v1_package  # noqa: PLC0415
-    from tests.support.core import Operator, secret_resource  # noqa: PLC0415
-    from tests.support.services import AWS_TEST_ENV, TEST_REGION  # noqa: PLC0415
+    from edge.fixtures.core import Operator, secret_resource  # noqa: PLC0415
+    from edge.fixtures.reference import write_v1_package  # noqa: PLC0415
+    from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION  # noqa: PLC0415
 
     config = tomllib.loads(world.config.read_text())
     sm = boto3.client(

@@ -155,7 +155,7 @@ REGION = "us-east-1"
 @contextlib.contextmanager
 def service(root: Path) -> Iterator[tuple[int, int, str]]:
     """A broker and `edge cloud serve` in `root`; yields (pid, port, secret access key)."""
-    from tests.support.services import AWS_TEST_ENV, free_port, run_mosquitto  # noqa: PLC0415
+    from edge.fixtures.services import AWS_TEST_ENV, free_port, run_mosquitto  # noqa: PLC0415
 
     with run_mosquitto(root / "mosquitto") as broker:
         port = free_port()

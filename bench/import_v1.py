@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Time `edge cloud import-greengrass` on a synthetic Greengrass V1 account, count its requests.
 
-Starts moto's server (`tests.support.moto_greengrass`: moto with AWS's form of Greengrass
+Starts moto's server (`edge.fixtures.moto_greengrass`: moto with AWS's form of Greengrass
 ARNs), builds `--groups` groups of `--versions` group versions each with boto3, every group
 with its own core, resource (secrets), function (with ResourceAccessPolicies) and subscription
 definitions; the resource and function definitions get a new version for every group version.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import boto3
 
 from bench.latency_proxy import LatencyProxy
-from tests.support.services import AWS_TEST_ENV, TEST_REGION, run_moto
+from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION, run_moto
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"
@@ -186,7 +186,7 @@ def main() -> None:
     os.environ.update(AWS_TEST_ENV)
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         root = Path(tmp)
-        with run_moto(root / "moto.log", module="tests.support.moto_greengrass") as moto:
+        with run_moto(root / "moto.log", module="edge.fixtures.moto_greengrass") as moto:
             started = time.perf_counter()
             versions = build_account(moto.url, args.groups, args.versions)
             print(

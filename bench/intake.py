@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/intake.py [--count 6] [--mb 100] [--keep]
 
-One Mosquitto and one moto server (tests/support/services.py) and a real `python -m edge run`
+One Mosquitto and one moto server (edge/fixtures/services.py) and a real `python -m edge run`
 with JSON logs. `--count` payloads of `--mb` MB each are published at QoS 1 on the core's
 deployments topic by `mosquitto_pub` (a process of its own, so the publisher's copies are not
 in the figures), one after another. The core's VmRSS is read from /proc before the first, every
@@ -33,8 +33,8 @@ from typing import Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource
-from tests.support.services import AWS_TEST_ENV, TEST_REGION, run_mosquitto, run_moto
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource
+from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION, run_mosquitto, run_moto
 
 THING = "intake-core"
 #: How long to wait for the core to log the drop of every payload.

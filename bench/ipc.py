@@ -21,7 +21,7 @@ hypervisor's wake-up cost on every message (here ~100 µs instead of a few), and
 kernel co-locates the two processes decides the one-client figures more than the code does.
 
 `--sdk` adds a third mode, the same call through the unmodified `greengrasssdk` inside real
-functions: it starts Mosquitto and moto's server (tests/support/services.py), a real core
+functions: it starts Mosquitto and moto's server (edge/fixtures/services.py), a real core
 (`python -m edge run`, uvloop when installed, as deployed), creates the secret in moto, deploys
 it unsigned with one pinned function per client (bench/functions/sdk_loop.py zipped with the
 `greengrasssdk` package from site-packages, granted the secret) and, per run, starts one
@@ -454,7 +454,7 @@ def build_sdk_package(path: Path) -> tuple[Path, str]:
     """Zip the handler with the unmodified greengrasssdk; return (zip, sha256)."""
     import hashlib  # noqa: PLC0415 - only this mode needs it
 
-    from edge.demo.reference import write_v1_package  # noqa: PLC0415
+    from edge.fixtures.reference import write_v1_package  # noqa: PLC0415
 
     data = write_v1_package(path, {SDK_FUNCTION_FILE.name: SDK_FUNCTION_FILE.read_bytes()})
     return path, hashlib.sha256(data).hexdigest()
@@ -551,13 +551,13 @@ def sdk_core(workdir: Path, functions: int, seconds: float, cpu: int | None) -> 
     try:
         import boto3  # noqa: PLC0415
 
-        from tests.support.core import (  # noqa: PLC0415
+        from edge.fixtures.core import (  # noqa: PLC0415
             CoreProcess,
             Operator,
             edge_cli,
             secret_resource,
         )
-        from tests.support.services import (  # noqa: PLC0415
+        from edge.fixtures.services import (  # noqa: PLC0415
             AWS_TEST_ENV,
             TEST_REGION,
             run_mosquitto,
@@ -582,7 +582,7 @@ def sdk_core(workdir: Path, functions: int, seconds: float, cpu: int | None) -> 
         arn = sm.create_secret(Name=SECRET_NAME, SecretString=ANSWER["SecretString"])["ARN"]
         thing = "bench-core"
         config = root / "core.toml"
-        # As tests/support/core.write_config, but logging at the default level: a benchmark
+        # As edge/fixtures/core.write_config, but logging at the default level: a benchmark
         # measures the core as deployed, not with debug events.
         config.write_text(
             f'[core]\nthing_name = "{thing}"\nstate_dir = "state"\n\n'

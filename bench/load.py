@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/load.py [--seconds 60] [--workers 16] [--rss-tolerance-mb 2]
 
-Mosquitto and moto's server (tests/support/services.py) and a real core: `edge run`'s own
+Mosquitto and moto's server (edge/fixtures/services.py) and a real core: `edge run`'s own
 entry point (edge.cli.main, uvloop when installed, JSON logs at info level) in a process of its
 own. `--workers` processes run the unmodified `greengrasssdk` through the core's compat layer,
 exactly as a function's code does (`greengrasssdk.client("secretsmanager").get_secret_value`),
@@ -273,8 +273,8 @@ class Conductor:
     def __init__(self, args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> None:
         import boto3  # noqa: PLC0415 - test-only dependencies
 
-        from tests.support.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
-        from tests.support.services import (  # noqa: PLC0415
+        from edge.fixtures.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
+        from edge.fixtures.services import (  # noqa: PLC0415
             AWS_TEST_ENV,
             TEST_REGION,
             run_mosquitto,
@@ -368,7 +368,7 @@ class Conductor:
 
     def deploy(self) -> tuple[str, float]:
         """Deploy the secret and the on-demand function granted it; return (id, publish time)."""
-        from tests.support.core import secret_resource  # noqa: PLC0415
+        from edge.fixtures.core import secret_resource  # noqa: PLC0415
 
         function = {
             "Id": "load-reader",

@@ -19,8 +19,8 @@ from pathlib import Path
 import botocore.session
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from edge.demo import REFERENCE_ARN, REFERENCE_FUNCTIONS, REFERENCE_RESOURCES
-from edge.demo import build_function_package
+from edge.fixtures.reference import DEMO_FUNCTIONS, REFERENCE_ARN, REFERENCE_RESOURCES
+from edge.fixtures.reference import build_function_package
 
 work = Path(sys.argv[1])
 sm = botocore.session.get_session().create_client(
@@ -47,7 +47,7 @@ for _ in range(60):  # moto may still be starting
 else:
     sys.exit("cloud-deploy: moto's server did not answer within 60 s")
 (work / "resources.json").write_text(REFERENCE_RESOURCES.replace(REFERENCE_ARN, arn))
-(work / "functions.json").write_text(REFERENCE_FUNCTIONS)
+(work / "functions.json").write_text(DEMO_FUNCTIONS)
 build_function_package(work / "app.zip")
 PY
 

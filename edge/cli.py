@@ -21,8 +21,8 @@ from edge.hardening import forbid_memory_access
 from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging
 from edge.migrate_core import migrate_core
 from edge.secrets.contents import StoreContents
+from edge.secrets.keyref import TokenKeyRef
 from edge.secrets.keys import CoreKey, generate_key
-from edge.secrets.pkcs11 import TokenKeyRef
 from edge.supervisor import STATE_DIR_MODE, open_store, run_core
 from edge.workers.operator import invoke_function
 

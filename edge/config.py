@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from edge.errors import ConfigError, ConfigPermissionsError
-from edge.secrets.pkcs11 import TokenKeyRef, is_pkcs11_uri, parse_token_key_uri
+from edge.secrets.keyref import TokenKeyRef, is_pkcs11_uri, parse_token_key_uri
 
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_MQTTS_PORT = 8883
@@ -100,13 +100,30 @@ class AwsSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class FetchConfig:
-    """`[fetch]`: how secrets are fetched during a deployment."""
+class FetchSettings:
+    """`[fetch]`: how hard and how fast secrets are fetched (`edge.secrets.fetch`).
+
+    Attributes:
+        concurrency: Most API calls in flight at once (and the HTTP connection pool size).
+        deadline_seconds: Limit for one whole fetch, retries and backoff included.
+        max_attempts: Attempts per API call, the first included (botocore's
+            `total_max_attempts`); 1 disables retries.
+        use_batch: Fetch `AWSCURRENT` values with BatchGetSecretValue, 20 secrets per call.
+    """
 
     concurrency: int = 16
     deadline_seconds: float = 120.0
     max_attempts: int = 5
     use_batch: bool = True
+
+    def __post_init__(self) -> None:
+        """Reject settings that would hang or never call."""
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+        if not self.deadline_seconds > 0:
+            raise ValueError(f"deadline_seconds must be positive, not {self.deadline_seconds}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +200,7 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class RefreshConfig:
+class RefreshSettings:
     """`[refresh]`: rotation-aware refresh of deployed secrets (edge/secrets/refresh.py)."""
 
     #: Seconds between checks of the deployed secrets' stages (jittered ±10%); 0: off.
@@ -202,13 +219,13 @@ class Config:
     core: CoreSettings
     mqtt: MqttSettings
     aws: AwsSettings
-    fetch: FetchConfig
+    fetch: FetchSettings
     log: LogSettings
     deployments: DeploymentSettings = DeploymentSettings()
     workers: WorkerSettings = WorkerSettings()
     audit: AuditSettings = AuditSettings()
     metrics: MetricsSettings = MetricsSettings()
-    refresh: RefreshConfig = RefreshConfig()
+    refresh: RefreshSettings = RefreshSettings()
 
 
 class _Section:
@@ -564,8 +581,8 @@ def _iot_credentials(s: _Section, thing_name: str, mqtt: MqttSettings) -> IotCre
     )
 
 
-def _fetch(s: _Section) -> FetchConfig:
-    return FetchConfig(
+def _fetch(s: _Section) -> FetchSettings:
+    return FetchSettings(
         concurrency=s.integer("concurrency", 16, low=1, high=256),
         deadline_seconds=s.number("deadline_seconds", 120.0, low=0.1, high=86400),
         max_attempts=s.integer("max_attempts", 5, low=1, high=20),
@@ -670,11 +687,11 @@ def _metrics(s: _Section) -> MetricsSettings:
     )
 
 
-def _refresh(s: _Section) -> RefreshConfig:
+def _refresh(s: _Section) -> RefreshSettings:
     interval = s.number("interval_seconds", 0.0, low=0, high=30 * 86400)
     if 0 < interval < 1:
         raise s.error("interval_seconds", f"must be 0 (off) or at least 1, not {interval:g}")
-    return RefreshConfig(
+    return RefreshSettings(
         interval_seconds=interval,
         # Secrets Manager's DescribeSecret quota is 50 requests a second per account and region.
         max_calls_per_second=s.number("max_calls_per_second", 10.0, low=0.1, high=50),

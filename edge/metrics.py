@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Self
 
 from aiohttp import web
@@ -35,11 +35,12 @@ from edge.ipc.server import LATENCY_BOUNDS_SECONDS
 from edge.log import get_logger
 
 if TYPE_CHECKING:
+    from edge.errors import SecretFetchError
     from edge.ipc.server import IpcServer
     from edge.model.group import SecretResource
     from edge.secrets.contents import LocalSecret, SecretVersion
-    from edge.secrets.fetch import AwsSecretSource
     from edge.secrets.refresh import RefreshCounts
+    from edge.secrets.source import Described, SecretSource
     from edge.secrets.store import SecretStore
     from edge.workers.manager import WorkerManager
     from edge.workers.services import CoreServices
@@ -87,20 +88,38 @@ class DeploymentCounts:
 class TimedSource:
     """A secret source that reports each fetch's duration and outcome to `DeploymentCounts`."""
 
-    def __init__(self, source: AwsSecretSource, counts: DeploymentCounts) -> None:
+    def __init__(self, source: SecretSource, counts: DeploymentCounts) -> None:
         self._source = source
         self._counts = counts
+
+    @property
+    def calls(self) -> collections.Counter[str]:
+        """The wrapped source's requests."""
+        return self._source.calls
+
+    @property
+    def describe_available(self) -> bool:
+        """Whether the wrapped source can describe."""
+        return self._source.describe_available
+
+    async def describe(
+        self, arns: Sequence[str], *, pace: Callable[[], Awaitable[None]] | None = None
+    ) -> tuple[dict[str, Described], dict[str, SecretFetchError]]:
+        """Describe through the wrapped source, untimed."""
+        return await self._source.describe(arns, pace=pace)
 
     async def fetch(
         self,
         resources: Sequence[SecretResource],
         *,
         held: Mapping[str, Mapping[str, SecretVersion]] | None = None,
+        described: Mapping[str, Described] | None = None,
+        pace: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, LocalSecret]:
         """Fetch through the wrapped source, timing it."""
         started = time.perf_counter()
         try:
-            result = await self._source.fetch(resources, held=held)
+            result = await self._source.fetch(resources, held=held, described=described, pace=pace)
         except BaseException:
             self._counts.fetch_timed(time.perf_counter() - started, ok=False)
             raise
@@ -115,7 +134,7 @@ class CoreCollector:
         self,
         *,
         counts: DeploymentCounts,
-        source: AwsSecretSource,
+        source: SecretSource,
         ipc: IpcServer,
         manager: WorkerManager,
         services: CoreServices,

@@ -28,15 +28,10 @@ from edge.log import REDACTOR, get_logger
 from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
 from edge.mqtt.link import MqttLink
 from edge.secrets.contents import StoreContents
-from edge.secrets.fetch import AwsSecretSource, FetchSettings
+from edge.secrets.fetch import AwsSecretSource
 from edge.secrets.iot_credentials import aws_session
 from edge.secrets.keys import CoreKey
-from edge.secrets.refresh import (
-    RefreshCounts,
-    Refresher,
-    RefreshSettings,
-    refreshed_topic,
-)
+from edge.secrets.refresh import RefreshCounts, Refresher, refreshed_topic
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
 from edge.signing import DeploymentTrust
 from edge.workers.code import LocalCodePolicy
@@ -78,25 +73,6 @@ def open_store(config: Config) -> SecretStore:
     return SecretStore(path=config.core.state_dir / STORE_FILE_NAME, key=key)
 
 
-def fetch_settings(config: Config) -> FetchSettings:
-    """The fetcher's settings from `[fetch]`."""
-    return FetchSettings(
-        concurrency=config.fetch.concurrency,
-        deadline_seconds=config.fetch.deadline_seconds,
-        max_attempts=config.fetch.max_attempts,
-        use_batch=config.fetch.use_batch,
-    )
-
-
-def refresh_settings(config: Config) -> RefreshSettings:
-    """The refresher's settings from `[refresh]`."""
-    return RefreshSettings(
-        interval_seconds=config.refresh.interval_seconds,
-        max_calls_per_second=config.refresh.max_calls_per_second,
-        hint_min_interval_seconds=config.refresh.hint_min_interval_seconds,
-    )
-
-
 def _refresher(
     config: Config,
     *,
@@ -124,7 +100,7 @@ def _refresher(
         store=store,
         holder=agent,
         gate=agent.gate,
-        settings=refresh_settings(config),
+        settings=config.refresh,
         publish=publish,
         on_rotated=refreshed,
         deadline_seconds=config.fetch.deadline_seconds,
@@ -210,7 +186,7 @@ async def _aws_clients(
     source = AwsSecretSource(
         region=aws.region,
         endpoint_url=aws.endpoint_url,
-        settings=fetch_settings(config),
+        settings=config.fetch,
         session=session,
     )
     read_s3 = S3CodeReader(region=aws.region, endpoint_url=aws.endpoint_url, session=session)

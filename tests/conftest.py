@@ -10,8 +10,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.support.leaks import LEAKS, LeakCheckPlugin
-from tests.support.services import (
+from edge.fixtures.core import OUTPUT_WATCHERS
+from edge.fixtures.services import (
     AWS_TEST_ENV,
     TEST_REGION,
     Mosquitto,
@@ -19,11 +19,13 @@ from tests.support.services import (
     run_mosquitto,
     run_moto,
 )
+from tests.support.leaks import LEAKS, LeakCheckPlugin
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Check the whole session's output for secret values at its end (issue 7, item 8)."""
     config.pluginmanager.register(LeakCheckPlugin(LEAKS), "edge-leak-check")
+    OUTPUT_WATCHERS.append(LEAKS.add_output)
 
 
 def _register_sent_secret(params: dict[str, Any], **_: Any) -> None:

@@ -14,31 +14,10 @@ core's redaction, and the function answers which version it read and its length,
 Everything stops and the directory is removed at the end, on a failure, on Ctrl-C and on
 SIGTERM; `--keep` leaves it all running and prints the commands to try.
 
-Importing this package needs neither amqtt nor moto (docker/deploy.sh uses the reference
-data from the core's image); `run_demo` checks for them.
+Importing this package needs neither amqtt nor moto; `run_demo` checks for them. What the demo
+deploys is `edge.fixtures.reference`, which docker/deploy.sh and the tests use too.
 """
 
-from edge.demo.reference import (
-    FUNCTION_ARN,
-    HANDLER,
-    HANDLER_SOURCE,
-    REFERENCE_ARN,
-    REFERENCE_FUNCTIONS,
-    REFERENCE_RESOURCES,
-    build_function_package,
-    core_definition,
-)
 from edge.demo.story import DemoUnavailableError, run_demo
 
-__all__ = [
-    "FUNCTION_ARN",
-    "HANDLER",
-    "HANDLER_SOURCE",
-    "REFERENCE_ARN",
-    "REFERENCE_FUNCTIONS",
-    "REFERENCE_RESOURCES",
-    "DemoUnavailableError",
-    "build_function_package",
-    "core_definition",
-    "run_demo",
-]
+__all__ = ["DemoUnavailableError", "run_demo"]

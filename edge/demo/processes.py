@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge.demo.console import Printer
-from edge.demo.reference import REGION
 from edge.errors import EdgeError
+from edge.fixtures.reference import REGION
 
 #: A service not up within this many seconds is a failure (moto's server takes ~1 s here).
 STARTUP_SECONDS: Final = 30.0
@@ -186,13 +186,6 @@ class Processes:
         stopped = [f"{s.name} ({s.stop()})" for s in reversed(self.services)]
         kill_processes_inside(self.workspace)
         return stopped
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def use_demo_credentials() -> None:

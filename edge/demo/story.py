@@ -19,30 +19,27 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TextIO
 
+from edge.demo.configs import THING, cloud_config, core_config, core_definition
 from edge.demo.console import Printer
 from edge.demo.processes import (
     DEMO_AWS_ENV,
     STARTUP_SECONDS,
     DemoError,
     Processes,
-    free_port,
     use_demo_credentials,
 )
-from edge.demo.reference import (
+from edge.errors import EdgeError
+from edge.fixtures.reference import (
+    DEMO_FUNCTIONS,
     FUNCTION_ARN,
     HANDLER,
     REFERENCE_ARN,
-    REFERENCE_FUNCTIONS,
     REFERENCE_RESOURCES,
     REGION,
     SECRET_NAME,
-    THING,
     build_function_package,
-    cloud_config,
-    core_config,
-    core_definition,
 )
-from edge.errors import EdgeError
+from edge.fixtures.services import free_port
 
 STEPS: Final = 12
 #: `create-deployment --wait --timeout`: a demo deployment takes about a second.
@@ -254,7 +251,7 @@ class Demo:
         p.say(f"      Label1, Label2  VersionId {labelled['VersionId']}  SecretString ****")
 
     def _define(self, noun: str, name: str, file_name: str) -> dict[str, Any]:
-        text = REFERENCE_RESOURCES if noun == "resource" else REFERENCE_FUNCTIONS
+        text = REFERENCE_RESOURCES if noun == "resource" else DEMO_FUNCTIONS
         (self.workspace / file_name).write_text(text.replace(REFERENCE_ARN, self.secret_arn))
         created = self.processes.cloud(
             f"create-{noun}-definition", "--name", name, "--initial-version", f"file://{file_name}"

@@ -39,6 +39,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
+from edge.config import FetchSettings
 from edge.errors import (
     FetchDeadlineError,
     SecretAccessDeniedError,
@@ -68,6 +69,9 @@ CONNECT_TIMEOUT_SECONDS: Final = 5.0
 #: connection, and botocore retries it. The fetch deadline still bounds the whole.
 READ_TIMEOUT_SECONDS: Final = 15.0
 
+#: `[fetch]`'s defaults; frozen, so one instance is safe to share.
+DEFAULT_SETTINGS: Final = FetchSettings()
+
 #: Error codes with which the service (or an emulator) refuses BatchGetSecretValue as a whole:
 #: credentials without secretsmanager:BatchGetSecretValue, or an endpoint that doesn't know the
 #: operation. GetSecretValue, which every core may call, does the same work.
@@ -85,33 +89,6 @@ _ERRORS_BY_CODE: Final[Mapping[str, Callable[[str, str], SecretFetchError]]] = {
     _NOT_FOUND: lambda arn, _detail: SecretNotFoundError(arn),
     _ACCESS_DENIED: SecretAccessDeniedError,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class FetchSettings:
-    """How hard and how fast `AwsSecretSource` fetches.
-
-    Attributes:
-        concurrency: Most API calls in flight at once (and the HTTP connection pool size).
-        deadline_seconds: Limit for one whole `fetch`, retries and backoff included.
-        max_attempts: Attempts per API call, the first included (botocore's
-            `total_max_attempts`); 1 disables retries.
-        use_batch: Fetch `AWSCURRENT` values with BatchGetSecretValue, 20 secrets per call.
-    """
-
-    concurrency: int = 16
-    deadline_seconds: float = 120.0
-    max_attempts: int = 5
-    use_batch: bool = True
-
-    def __post_init__(self) -> None:
-        """Reject settings that would hang or never call."""
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
-        if not self.deadline_seconds > 0:
-            raise ValueError(f"deadline_seconds must be positive, not {self.deadline_seconds}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
 
 
 class _InvalidStateError(SecretServiceError):
@@ -343,7 +320,7 @@ class AwsSecretSource:
         *,
         region: str,
         endpoint_url: str | None = None,
-        settings: FetchSettings = FetchSettings(),  # frozen, so one default is safe to share
+        settings: FetchSettings = DEFAULT_SETTINGS,
         logger: FilteringBoundLogger | None = None,
         session: AioSession | None = None,
     ) -> None:

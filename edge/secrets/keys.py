@@ -41,7 +41,8 @@ from edge.fsutil import (
     read_private_file,
     write_new_file,
 )
-from edge.secrets.pkcs11 import TokenKey, TokenKeyRef, open_token_key
+from edge.secrets.keyref import MAX_RSA_BITS, MIN_RSA_BITS, TokenKeyRef
+from edge.secrets.pkcs11 import TokenKey, open_token_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,11 +54,6 @@ EC_ALGORITHM = "ECIES-P256-HKDF-SHA256-A256GCM"
 #: `CoreKey.algorithm` of an RSA key.
 RSA_ALGORITHM = "RSA-OAEP-SHA256"
 
-#: Smallest RSA modulus accepted: NIST SP 800-131A disallows less, and so does Greengrass.
-MIN_RSA_BITS = 2048
-#: Largest RSA modulus accepted: OpenSSL's own limit (OPENSSL_RSA_MAX_MODULUS_BITS). It also
-#: bounds a wrapped key at 2048 bytes, which the store relies on to cap what it reads.
-MAX_RSA_BITS = 16384
 #: Largest key file read. A PKCS#8 PEM of an RSA-16384 key is about 12.5 KB; anything much
 #: bigger is not a key, and we'd rather say so than read a mistaken multi-GB path into memory.
 MAX_KEY_FILE_SIZE = 64 * 1024

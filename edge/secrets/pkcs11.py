@@ -2,8 +2,9 @@
 """Core keys held in a PKCS#11 token (an HSM, a TPM's PKCS#11 front end, SoftHSM2).
 
 `[core] private_key = "pkcs11:token=edge;object=core-key?pin-source=file:/etc/edge/pin"` names
-a private key inside a token by an RFC 7512 URI. The store's data key is then *unwrapped inside
-the token*; the private key is never read out (it is normally non-extractable anyway):
+a private key inside a token by an RFC 7512 URI, which `edge.secrets.keyref` parses. The store's
+data key is then *unwrapped inside the token*; the private key is never read out (it is normally
+non-extractable anyway):
 
 * **RSA**: `C_Decrypt` with CKM_RSA_PKCS_OAEP, hash SHA-256, MGF1-SHA-256 and the store header
   as the OAEP label: exactly what `edge.secrets.keys` does in software. A token that can't do
@@ -36,10 +37,8 @@ import os
 import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote, unquote_to_bytes
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,24 +46,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from edge.errors import CoreKeyError
 from edge.fsutil import read_private_file
+from edge.secrets.keyref import MAX_RSA_BITS, MIN_RSA_BITS, TokenKeyRef
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-#: URI scheme of RFC 7512.
-SCHEME = "pkcs11:"
 #: Largest PIN file read: a PIN is a few bytes; a large file is a mistaken path.
 MAX_PIN_FILE_SIZE = 4 * 1024
 #: Largest public key or certificate file read.
 MAX_PUBLIC_KEY_FILE_SIZE = 64 * 1024
 
-# RFC 7512 path attributes we select by, and the query attributes we understand. pin-value and
-# pin-source are also accepted in the path, as OpenSSL's libp11 writes them there.
-_PATH_ATTRS = frozenset(
-    {"token", "manufacturer", "serial", "model", "slot-id", "object", "id", "type"}
-)
-_QUERY_ATTRS = frozenset({"pin-value", "pin-source", "module-path"})
-_PIN_ATTRS = frozenset({"pin-value", "pin-source"})
 # DER of the P-256 OID 1.2.840.10045.3.1.7, as CKA_EC_PARAMS holds it (namedCurve).
 _P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 _P256_POINT_LEN = 65
@@ -75,169 +66,6 @@ _SELF_TEST_AAD = b"edge pkcs11 self-test"
 # once, and logins are per token, not per session. Unwraps are rare (store loads), so a single
 # lock costs nothing measurable.
 _lock = threading.Lock()
-
-
-@dataclass(frozen=True, slots=True)
-class TokenKeyRef:
-    """A private key in a PKCS#11 token, as named by `[core] private_key` and friends.
-
-    Built by `parse_token_key_uri`; opening it (`open_token_key`) talks to the token.
-    """
-
-    #: The URI for messages, with any pin-value replaced by `***`.
-    uri: str
-    #: The PKCS#11 module (shared library) to load.
-    module: Path
-    token: str | None = None
-    manufacturer: str | None = None
-    serial: str | None = None
-    model: str | None = None
-    slot_id: int | None = None
-    #: CKA_LABEL of the key.
-    label: str | None = None
-    #: CKA_ID of the key.
-    key_id: bytes | None = None
-    #: The user PIN given inline (`pin-value`); never shown.
-    pin: str | None = field(default=None, repr=False)
-    #: A file holding the user PIN (`pin-source`), read when the key is opened.
-    pin_source: Path | None = None
-    #: A PEM public key or certificate of the key (`[core] public_key`), if configured.
-    public_key: Path | None = None
-
-    def object_name(self) -> str:
-        """Name the key object for messages: "object 'core'", "id 01" or both."""
-        what = []
-        if self.label is not None:
-            what.append(f"object {self.label!r}")
-        if self.key_id is not None:
-            what.append(f"id {self.key_id.hex()}")
-        return " ".join(what)
-
-    def describe(self) -> str:
-        """Say which object in which token, for messages: "object 'core' in token 'edge'"."""
-        where = self.token if self.token is not None else self.serial or "(any)"
-        return f"{self.object_name()} in token {where!r}"
-
-
-def is_pkcs11_uri(text: str) -> bool:
-    """Tell a PKCS#11 URI from a key file path."""
-    return text[: len(SCHEME)].lower() == SCHEME
-
-
-def parse_token_key_uri(  # noqa: C901, PLR0912, PLR0915 - one branch per attribute reads best
-    text: str, *, base_dir: Path, module: Path | None, public_key: Path | None
-) -> TokenKeyRef:
-    """Parse an RFC 7512 PKCS#11 URI naming the core's private key.
-
-    Args:
-        text: The URI, e.g. `pkcs11:token=edge;object=core?pin-source=file:/etc/edge/pin`.
-        base_dir: Relative paths (module-path, pin-source) are resolved against it.
-        module: `[core] pkcs11_module`, if set.
-        public_key: `[core] public_key`, if set.
-
-    Returns:
-        The reference, not yet opened.
-
-    Raises:
-        ValueError: The URI is malformed, names an unsupported attribute, lacks an object, or
-            no module is given. The message never quotes a pin-value.
-    """
-    shown = redact_uri(text)
-    if not is_pkcs11_uri(text):
-        raise ValueError(f"{shown} is not a pkcs11: URI")
-    path_part, _, query_part = text[len(SCHEME) :].partition("?")
-    attrs: dict[str, str] = {}
-    for where, part, sep, known in (
-        ("path", path_part, ";", _PATH_ATTRS | _PIN_ATTRS),
-        ("query", query_part, "&", _QUERY_ATTRS),
-    ):
-        for item in filter(None, part.split(sep)):
-            name, eq, raw = item.partition("=")
-            name = name.lower()
-            if not eq or not raw:
-                raise ValueError(f"{shown}: attribute {name!r} needs a value ({name}=...)")
-            if name not in known:
-                supported = ", ".join(sorted(known))
-                raise ValueError(
-                    f"{shown}: unsupported {where} attribute {name!r}; edge understands "
-                    f"{supported} here"
-                )
-            if name in attrs:
-                raise ValueError(f"{shown}: attribute {name!r} is given twice")
-            attrs[name] = raw
-    if "pin-value" in attrs and "pin-source" in attrs:
-        raise ValueError(f"{shown}: give pin-value or pin-source, not both")
-    if "object" not in attrs and "id" not in attrs:
-        raise ValueError(f"{shown}: name the key with object=<label> and/or id=<%xx bytes>")
-    if attrs.get("type", "private") != "private":
-        raise ValueError(f"{shown}: type must be 'private' (the core key is a private key)")
-
-    def text_attr(name: str) -> str | None:
-        raw = attrs.get(name)
-        if raw is None:
-            return None
-        try:
-            return unquote(raw, errors="strict")
-        except UnicodeDecodeError:
-            raise ValueError(f"{shown}: {name} is not percent-encoded UTF-8") from None
-
-    def path_attr(name: str) -> Path | None:
-        value = text_attr(name)
-        if value is None:
-            return None
-        if name == "pin-source":
-            # RFC 7512 makes pin-source a URI; file: is the only scheme that makes sense here.
-            # A bare path is accepted too, as p11-kit and libp11 do.
-            if value.startswith("file://"):
-                value = value[len("file://") :]
-            elif value.startswith("file:"):
-                value = value[len("file:") :]
-            elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value):
-                raise ValueError(f"{shown}: pin-source must be a file: URI or a path")
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (base_dir / p).resolve()
-
-    slot_id = None
-    if "slot-id" in attrs:
-        raw_slot = text_attr("slot-id") or ""
-        if not raw_slot.isdecimal():
-            raise ValueError(f"{shown}: slot-id must be a decimal number")
-        slot_id = int(raw_slot)
-    key_id = unquote_to_bytes(attrs["id"]) if "id" in attrs else None
-    uri_module = path_attr("module-path")
-    if uri_module is not None and module is not None and uri_module != module:
-        raise ValueError(
-            f"{shown}: module-path {uri_module} differs from [core] pkcs11_module {module}; "
-            "give one of them"
-        )
-    module = uri_module or module
-    if module is None:
-        raise ValueError(
-            f"{shown}: which PKCS#11 module? Set [core] pkcs11_module to its shared library "
-            "(SoftHSM2: /usr/lib/softhsm/libsofthsm2.so) or add ?module-path=... to the URI"
-        )
-    return TokenKeyRef(
-        uri=shown,
-        module=module,
-        token=text_attr("token"),
-        manufacturer=text_attr("manufacturer"),
-        serial=text_attr("serial"),
-        model=text_attr("model"),
-        slot_id=slot_id,
-        label=text_attr("object"),
-        key_id=key_id,
-        pin=text_attr("pin-value"),
-        pin_source=path_attr("pin-source"),
-        public_key=public_key,
-    )
-
-
-def redact_uri(text: str) -> str:
-    """Return a PKCS#11 URI with its pin-value replaced by `***`, safe for any message."""
-    return re.sub(r"(?i)(pin-value=)[^;&?]*", r"\1***", text)
-
-
-# -- the token side ----------------------------------------------------------------------------
 
 
 class TokenKey:
@@ -574,8 +402,6 @@ def _check_key(
     where = f"object {key[attr.LABEL]!r} in token {token_label!r}"
     if key_type == pkcs11.KeyType.RSA:
         bits = int.from_bytes(bytes(key[attr.MODULUS]), "big").bit_length()
-        from edge.secrets.keys import MAX_RSA_BITS, MIN_RSA_BITS  # noqa: PLC0415 - no cycle
-
         if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
             raise CoreKeyError(
                 ref.uri,

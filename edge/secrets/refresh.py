@@ -31,7 +31,7 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -39,11 +39,12 @@ from typing import Any, Final, Protocol
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from edge.errors import EdgeError, SecretFetchError
+from edge.config import RefreshSettings
+from edge.errors import EdgeError
 from edge.log import REDACTOR, get_logger
 from edge.model import SecretResource
-from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
-from edge.secrets.source import AWSCURRENT, Described, held_versions
+from edge.secrets.contents import LocalSecret, StoreContents
+from edge.secrets.source import AWSCURRENT, Described, SecretSource, held_versions
 
 #: Fraction of the interval by which each wait is shortened or lengthened at random.
 JITTER: Final = 0.1
@@ -55,21 +56,6 @@ TRIGGER_HINT: Final = "hint"
 def refreshed_topic(prefix: str, thing_name: str) -> str:
     """Topic on which the core reports the secrets a refresh changed."""
     return f"{prefix}/things/{thing_name}/secrets/refreshed"
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshSettings:
-    """`[refresh]`: how often and how hard the core checks its secrets' stages.
-
-    Attributes:
-        interval_seconds: Seconds between checks of every deployed secret; 0 turns them off.
-        max_calls_per_second: Most DescribeSecret requests a second, for checks and hints.
-        hint_min_interval_seconds: Least seconds between two hinted refreshes of one secret.
-    """
-
-    interval_seconds: float = 0.0
-    max_calls_per_second: float = 10.0
-    hint_min_interval_seconds: float = 30.0
 
 
 @dataclass(slots=True)
@@ -155,29 +141,6 @@ def refreshed_message(
         "Changes": [change.to_plain() for change in changes],
     }
     return json.dumps(doc).encode()
-
-
-class StageSource(Protocol):
-    """What a refresh needs from a secret source: DescribeSecret and an incremental fetch."""
-
-    describe_available: bool
-
-    async def describe(
-        self, arns: Sequence[str], *, pace: Callable[[], Awaitable[None]] | None = None
-    ) -> tuple[dict[str, Described], dict[str, SecretFetchError]]:
-        """Say where each secret's labels point; errors per secret."""
-        ...
-
-    async def fetch(
-        self,
-        resources: Sequence[SecretResource],
-        *,
-        held: Mapping[str, Mapping[str, SecretVersion]] | None = None,
-        described: Mapping[str, Described] | None = None,
-        pace: Callable[[], Awaitable[None]] | None = None,
-    ) -> dict[str, LocalSecret]:
-        """Fetch the resources' pairs, reusing held versions; all or nothing."""
-        ...
 
 
 class StoreHolder(Protocol):
@@ -279,7 +242,7 @@ class Refresher:
     def __init__(
         self,
         *,
-        source: StageSource,
+        source: SecretSource,
         store: SecretSaver,
         holder: StoreHolder,
         gate: RotationGate,

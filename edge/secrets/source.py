@@ -120,13 +120,43 @@ def plan_fetch(
 
 
 class SecretSource(Protocol):
-    """Fetches the secret versions a deployment's secret resources name."""
+    """Where secret versions come from, for the deployment agent and the refresher alike.
+
+    `calls` feeds the metrics. `describe_available` turns false once DescribeSecret was
+    refused; a refresh then fetches every pair instead.
+    """
+
+    @property
+    def calls(self) -> collections.Counter[str]:
+        """Requests answered, by the Secrets Manager operation they are."""
+        ...
+
+    @property
+    def describe_available(self) -> bool:
+        """Whether the source can still say where labels point."""
+        ...
+
+    async def describe(
+        self, arns: Sequence[str], *, pace: Callable[[], Awaitable[None]] | None = None
+    ) -> tuple[dict[str, Described], dict[str, SecretFetchError]]:
+        """Say where each secret's labels point (DescribeSecret), with errors per secret.
+
+        Args:
+            arns: The secrets to describe (duplicates are asked once).
+            pace: Awaited before each request (a rate limit).
+
+        Returns:
+            ARN -> answer for the secrets described, and ARN -> error for the others.
+        """
+        ...
 
     async def fetch(
         self,
         resources: Sequence[SecretResource],
         *,
         held: Mapping[str, Mapping[str, SecretVersion]] | None = None,
+        described: Mapping[str, Described] | None = None,
+        pace: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, LocalSecret]:
         """Fetch every (ARN, label) pair the resources need, all or nothing.
 
@@ -135,6 +165,8 @@ class SecretSource(Protocol):
                 additional labels (`SecretResource.labels`).
             held: Versions the core already holds, by ARN and VersionId; a source may serve
                 pairs whose label points to one of them without downloading it again.
+            described: DescribeSecret answers already at hand, by ARN; not asked again.
+            pace: Awaited before each DescribeSecret request (a rate limit).
 
         Returns:
             One `LocalSecret` per resource, keyed by `resource_id`.

@@ -73,7 +73,7 @@ CIPHER = "AES-256-GCM"
 #: keeping what an unauthenticated length can make us read trivially small.
 MAX_HEADER_LEN = 4 * 1024
 #: Cap on the wrapped data key. ECIES wraps are 125 bytes; an RSA-OAEP block is the modulus
-#: size, and `edge.secrets.keys.MAX_RSA_BITS` (16384, OpenSSL's limit) gives 2048 bytes.
+#: size, and `edge.secrets.keyref.MAX_RSA_BITS` (16384, OpenSSL's limit) gives 2048 bytes.
 MAX_WRAPPED_KEY_LEN = 2 * 1024
 #: AES-256.
 DATA_KEY_LEN = 32

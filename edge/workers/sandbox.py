@@ -23,7 +23,7 @@ from typing import Literal
 
 from edge.config import Config
 from edge.errors import SandboxUnavailableError
-from edge.secrets.pkcs11 import TokenKeyRef
+from edge.secrets.keyref import TokenKeyRef
 from edge.workers.landlock import landlock_abi
 from edge.workers.mountns import AS_ROOT, AS_USER
 

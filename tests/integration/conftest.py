@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.services import Mosquitto, MotoServer
 from tests.support.env import Env, running_env
-from tests.support.services import Mosquitto, MotoServer
 
 
 @pytest.fixture

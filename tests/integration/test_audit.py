@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edge.audit import audit_path
-from tests.support.core import edge_cli, secret_resource
+from edge.fixtures.core import edge_cli, secret_resource
 from tests.support.env import Env
 from tests.support.functions import build_package, function, function_arn, invoke
 

@@ -22,12 +22,12 @@ import boto3
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.demo.reference import REFERENCE_ARN, REFERENCE_RESOURCES
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, write_config
+from edge.fixtures.reference import REFERENCE_ARN, REFERENCE_FUNCTIONS, REFERENCE_RESOURCES
+from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION, Mosquitto, MotoServer
 from edge.signing import load_signing_key, seal
-from tests.support.core import REPO, CoreProcess, Operator, edge_cli, write_config
+from tests.support import REPO
 from tests.support.functions import build_package
-from tests.support.reference import REFERENCE_FUNCTIONS
-from tests.support.services import AWS_TEST_ENV, TEST_REGION, Mosquitto, MotoServer
 
 pytestmark = pytest.mark.network
 

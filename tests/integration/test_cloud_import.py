@@ -1,6 +1,6 @@
 """`edge cloud import-greengrass` end to end: a V1 account in moto, the AWS CLI, a real core.
 
-The account lives in moto's Greengrass V1 backend (`tests.support.moto_greengrass`: moto's
+The account lives in moto's Greengrass V1 backend (`edge.fixtures.moto_greengrass`: moto's
 server with AWS's form of Greengrass ARNs, and connector and logger definitions), built with
 boto3 as a V1 user's would be. The
 import runs as the real CLI; what it stored is read back with the official AWS CLI from
@@ -25,10 +25,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.integration.test_cloud_serve import KEY_ID, start_service, write_serve_config
-from tests.support.core import CoreProcess, edge_cli, write_config
-from tests.support.functions import build_package
-from tests.support.services import (
+from edge.fixtures.core import CoreProcess, edge_cli, write_config
+from edge.fixtures.services import (
     AWS_TEST_ENV,
     TEST_REGION,
     Mosquitto,
@@ -36,6 +34,8 @@ from tests.support.services import (
     free_port,
     run_moto,
 )
+from tests.integration.test_cloud_serve import KEY_ID, start_service, write_serve_config
+from tests.support.functions import build_package
 
 pytestmark = pytest.mark.network
 
@@ -48,7 +48,7 @@ TWILIO = f"arn:aws:greengrass:{TEST_REGION}::/connectors/TwilioNotifications/ver
 def v1_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     """This module's own moto server, holding the V1 account (and its Secrets Manager and S3)."""
     log = tmp_path_factory.mktemp("moto-v1") / "moto.log"
-    with run_moto(log, module="tests.support.moto_greengrass") as server:
+    with run_moto(log, module="edge.fixtures.moto_greengrass") as server:
         yield server
 
 

@@ -16,6 +16,7 @@ import pytest
 from botocore.validate import ParamValidator
 
 from edge.cloud.serve.routes import service_model
+from edge.fixtures.services import TEST_REGION, free_port
 from tests.integration import test_cloud_serve as base
 from tests.integration.test_cloud_serve import (
     ACCOUNT,
@@ -24,7 +25,6 @@ from tests.integration.test_cloud_serve import (
     error_of,
     signed_request,
 )
-from tests.support.services import TEST_REGION, free_port
 
 pytestmark = pytest.mark.network
 

@@ -47,10 +47,10 @@ from bench.flood_serve import half_heads, open_fds, unsigned_bodies, vm_rss_kib,
 from edge.cloud.serve.connections import RESERVED_DESCRIPTORS, connection_cap
 from edge.cloud.serve.operations import HANDLERS
 from edge.cloud.serve.routes import operation_names
-from edge.demo.reference import REFERENCE_ARN, REFERENCE_RESOURCES
-from tests.support.core import REPO, CoreProcess, edge_cli, write_config
-from tests.support.reference import REFERENCE_FUNCTIONS
-from tests.support.services import AWS_TEST_ENV, TEST_REGION, Mosquitto, MotoServer, free_port
+from edge.fixtures.core import CoreProcess, edge_cli, write_config
+from edge.fixtures.reference import REFERENCE_ARN, REFERENCE_FUNCTIONS, REFERENCE_RESOURCES
+from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION, Mosquitto, MotoServer, free_port
+from tests.support import REPO
 
 pytestmark = pytest.mark.network
 

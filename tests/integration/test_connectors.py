@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.core import edge_cli, next_created_at, secret_resource
+from edge.fixtures.services import TEST_REGION
 from edge.workers.process import resident_kb
-from tests.support.core import edge_cli, next_created_at, secret_resource
 from tests.support.env import Env
 from tests.support.fake_twilio import HttpRequest, LoopbackServer, json_answer, run_fake_twilio
 from tests.support.functions import build_package
-from tests.support.services import TEST_REGION
 
 pytestmark = pytest.mark.network
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.core import (
+from edge.fixtures.core import (
     CoreProcess,
     edge_cli,
     iter_files,
@@ -19,8 +19,8 @@ from tests.support.core import (
     secret_resource,
     write_config,
 )
+from edge.fixtures.services import free_port
 from tests.support.env import Env
-from tests.support.services import free_port
 
 pytestmark = pytest.mark.network
 

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from edge import cli
-from edge.demo import FUNCTION_ARN, build_function_package
 from edge.demo.console import Printer
+from edge.fixtures.reference import FUNCTION_ARN, build_function_package
 
 pytestmark = pytest.mark.network
 

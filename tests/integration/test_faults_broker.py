@@ -26,17 +26,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import faults
-from tests.support.core import (
-    REPO,
+from edge.fixtures.core import (
     CoreProcess,
     Operator,
     edge_cli,
     secret_resource,
     write_config,
 )
+from edge.fixtures.services import Mosquitto, MotoServer, free_port, wait_for_port
+from tests.support import REPO, faults
 from tests.support.env import Env
-from tests.support.services import Mosquitto, MotoServer, free_port, wait_for_port
 from tests.support.tls import (
     LoggingMosquitto,
     Pki,

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.core import secret_resource
+from edge.fixtures.core import secret_resource
+from edge.fixtures.services import Mosquitto, MotoServer
 from tests.support.disk import DiskFaults, disk_faults, fault_path
 from tests.support.env import Env
 from tests.support.faults import (
@@ -32,7 +33,6 @@ from tests.support.faults import (
     served,
 )
 from tests.support.proxy import ProxyThread, proxy_thread
-from tests.support.services import Mosquitto, MotoServer
 
 pytestmark = pytest.mark.network
 

@@ -11,16 +11,17 @@ import pytest
 import structlog.testing
 
 from bench.latency_proxy import LatencyProxy
+from edge.config import FetchSettings
 from edge.errors import (
     FetchDeadlineError,
     SecretNotFoundError,
     SecretServiceError,
     StagingLabelNotFoundError,
 )
+from edge.fixtures.services import TEST_REGION, free_port
 from edge.model import SecretResource
-from edge.secrets.fetch import AwsSecretSource, FetchSettings
+from edge.secrets.fetch import AwsSecretSource
 from edge.secrets.source import StaticSecretSource
-from tests.support.services import TEST_REGION, free_port
 
 pytestmark = pytest.mark.network
 

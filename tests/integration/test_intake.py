@@ -14,18 +14,18 @@ from typing import Any
 
 import pytest
 
-from edge.mqtt.limit import MAX_PACKET_BYTES
-from edge.signing import MAX_ENVELOPE_BYTES
-from tests.support.core import (
+from edge.fixtures.core import (
     edge_cli,
     iter_files,
     next_created_at,
     secret_resource,
     write_config,
 )
+from edge.fixtures.services import Mosquitto, MotoServer, free_port
+from edge.mqtt.limit import MAX_PACKET_BYTES
+from edge.signing import MAX_ENVELOPE_BYTES
 from tests.support.env import Env, running_env
 from tests.support.functions import build_package, function, read_secret
-from tests.support.services import Mosquitto, MotoServer, free_port
 
 pytestmark = pytest.mark.network
 

@@ -21,8 +21,10 @@ from typing import Any, Self
 import pytest
 import structlog.testing
 
-from edge.demo.reference import write_v1_package
 from edge.errors import IpcCallError
+from edge.fixtures.core import CoreProcess, edge_cli, secret_resource
+from edge.fixtures.reference import write_v1_package
+from edge.fixtures.services import AWS_TEST_ENV
 from edge.ipc.client import IpcClient
 from edge.ipc.protocol import (
     MAX_FRAME_SIZE,
@@ -50,10 +52,9 @@ from tests.integration.test_ipc import (
     serving,
     short_socket_path,
 )
-from tests.support.core import REPO, CoreProcess, edge_cli, secret_resource
+from tests.support import REPO
 from tests.support.env import Env
 from tests.support.functions import function, function_arn
-from tests.support.services import AWS_TEST_ENV
 
 #: What the floods may add to the core's resident memory, during and after.
 RSS_MARGIN_KB = 20 * 1024

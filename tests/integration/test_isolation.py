@@ -49,10 +49,11 @@ import msgpack
 import pytest
 
 import edge
-from edge.demo.reference import write_v1_package
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
+from edge.fixtures.reference import write_v1_package
+from edge.fixtures.services import Mosquitto, MotoServer
 from edge.workers.landlock import landlock_abi
 from edge.workers.sandbox import probe_namespace, probe_seccomp
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
 from tests.support.faults import fetch_table, running_core
 from tests.support.functions import (
@@ -63,7 +64,6 @@ from tests.support.functions import (
     function_arn,
     invoke,
 )
-from tests.support.services import Mosquitto, MotoServer
 from tests.support.users import checkout_reachable, python_for
 
 pytestmark = pytest.mark.network

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
+from edge.fixtures.services import Mosquitto, MotoServer, free_port
 from tests.support.env import Env
 from tests.support.functions import build_package, function, invoke
-from tests.support.services import Mosquitto, MotoServer, free_port
 
 pytestmark = pytest.mark.network
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource
+from edge.fixtures.services import MotoServer
 from edge.secrets.keys import generate_key
 from edge.signing import public_key_pem, seal
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource
 from tests.support.env import Env
-from tests.support.services import MotoServer
 from tests.support.tls import Pki, TlsMosquitto, make_pki, run_tls_mosquitto
 
 

@@ -9,8 +9,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttSettings
+from edge.fixtures.services import Mosquitto
 from edge.mqtt.link import MqttLink
-from tests.support.services import Mosquitto
 
 TOPIC = "edge/things/ack-test/deployments"
 

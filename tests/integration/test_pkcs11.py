@@ -27,13 +27,13 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from edge.errors import CoreKeyError
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
+from edge.fixtures.services import Mosquitto, MotoServer
+from edge.secrets.keyref import parse_token_key_uri
 from edge.secrets.keys import EC_ALGORITHM, CoreKey
-from edge.secrets.pkcs11 import parse_token_key_uri
 from edge.secrets.store import SecretStore
-from tests.support.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from tests.support.env import Env
 from tests.support.leaks import LEAKS
-from tests.support.services import Mosquitto, MotoServer
 from tests.unit.test_store import sample_contents
 
 pytestmark = pytest.mark.network

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cloud.config import load_cloud_config
 from edge.config import load_config
-from tests.support.services import AWS_TEST_ENV, free_port, wait_for_port
+from edge.fixtures.services import AWS_TEST_ENV, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"

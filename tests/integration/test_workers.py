@@ -13,10 +13,10 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.support.core import secret_resource
+from edge.fixtures.core import secret_resource
+from edge.fixtures.services import TEST_REGION
 from tests.support.env import Env
 from tests.support.functions import build_package, function, function_arn, invoke
-from tests.support.services import TEST_REGION
 
 pytestmark = pytest.mark.network
 

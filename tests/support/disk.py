@@ -29,9 +29,9 @@ import structlog
 
 from edge import fsutil
 from edge.config import load_config
+from edge.fixtures.core import CoreProcess
 from edge.log import configure_logging
 from edge.supervisor import run_core
-from tests.support.core import CoreProcess
 
 #: Big enough for the key, the store, the inbox and the history; small enough to fill at once.
 TMPFS_SIZE = "1m"

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.core import CoreProcess, Operator, edge_cli, write_config
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, write_config
+from edge.fixtures.services import Mosquitto, MotoServer
 from tests.support.leaks import LEAKS
-from tests.support.services import Mosquitto, MotoServer
 
 
 @dataclass

@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.core import CoreProcess, Operator, edge_cli, write_config
+from edge.fixtures.core import CoreProcess, Operator, edge_cli, write_config
+from edge.fixtures.services import Mosquitto, MotoServer
 from tests.support.disk import InProcessCore
 from tests.support.env import Env
 from tests.support.functions import code_of, function, read_secret
-from tests.support.services import Mosquitto, MotoServer
 
 #: The [fetch] table `write_config` writes, which fault tests replace with their own.
 _DEFAULT_FETCH = "[fetch]\ndeadline_seconds = 30\n"

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.demo.reference import write_v1_package
-from tests.support.core import edge_cli
-from tests.support.services import TEST_REGION
+from edge.fixtures.core import edge_cli
+from edge.fixtures.reference import write_v1_package
+from edge.fixtures.services import TEST_REGION
 
 if TYPE_CHECKING:
     from tests.support.env import Env

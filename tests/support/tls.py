@@ -13,9 +13,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import os
-import shutil
 import ssl
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.services import Mosquitto, free_port, wait_for_port
+from edge.fixtures.services import Mosquitto, free_port
 
 #: Long enough for any test run, short enough that a leaked file is useless.
 _VALIDITY = dt.timedelta(days=2)
@@ -169,11 +167,9 @@ class LoggingMosquitto(Mosquitto):
         """The listener section of the config."""
         return f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
 
-    def start(self) -> None:
-        """Start (or restart, on the same port and persistence file) the broker."""
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
+    def config(self) -> str:
+        """The listener, persistence, every packet logged, and `user root` (see above)."""
+        return (
             self.listener() + "user root\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
@@ -181,10 +177,6 @@ class LoggingMosquitto(Mosquitto):
             "log_type all\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
         )
-        self.proc = subprocess.Popen(
-            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for_port(self.port)
 
     def kill(self) -> None:
         """End the broker with SIGKILL: no goodbye to clients, nothing saved."""

@@ -14,8 +14,8 @@ import pytest
 
 from edge.cloud.cli import main
 from edge.cloud.config import load_cloud_config
-from tests.support.core import REPO
-from tests.support.services import free_port
+from edge.fixtures.services import free_port
+from tests.support import REPO
 
 SECRET_A = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/a-AbCdEf"
 SECRET_B = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/b-GhIjKl"

@@ -8,7 +8,7 @@ import pytest
 
 from edge.cloud.config import AccessKey, load_cloud_config
 from edge.errors import ConfigError
-from tests.support.core import REPO
+from tests.support import REPO
 
 
 def config(tmp_path: Path, text: str):

@@ -13,6 +13,7 @@ import pytest
 from connectors import kit
 from connectors.twilio_notifications import connector as twilio
 from connectors.webhook import connector as webhook
+from edge.fixtures.services import free_port
 from tests.support.fake_twilio import (
     FakeTwilio,
     HttpRequest,
@@ -20,7 +21,6 @@ from tests.support.fake_twilio import (
     json_answer,
     run_fake_twilio,
 )
-from tests.support.services import free_port
 
 SID = "AC0123"
 TOKEN = "tw-token-5e1f"

@@ -12,7 +12,7 @@ import pytest
 
 from edge.config import parse_config
 from edge.errors import ConfigError
-from edge.secrets.pkcs11 import TokenKeyRef, is_pkcs11_uri, parse_token_key_uri, redact_uri
+from edge.secrets.keyref import TokenKeyRef, is_pkcs11_uri, parse_token_key_uri, redact_uri
 
 MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 PIN = "s3cret-user-pin-4711"

@@ -14,8 +14,8 @@ from edge.cli import main
 from edge.config import load_config
 from edge.errors import MigrationError
 from edge.migrate_core import convert_v1_config, migrate_core
+from edge.secrets.keyref import TokenKeyRef
 from edge.secrets.keys import generate_key
-from edge.secrets.pkcs11 import TokenKeyRef
 
 THING_ARN = "arn:aws:iot:eu-west-1:123456789012:thing/factory-gw-7"
 PIN = "00112233445566778899"

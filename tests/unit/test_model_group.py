@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from edge.errors import DeploymentInvalidError
+from edge.fixtures.reference import REFERENCE_ARN, REFERENCE_FUNCTION_JSON, REFERENCE_RESOURCE_JSON
 from edge.model import (
     MAX_NESTING_DEPTH,
     Connector,
@@ -19,7 +20,6 @@ from edge.model import (
     SecretResource,
     parse_group,
 )
-from tests.support.reference import REFERENCE_ARN, REFERENCE_FUNCTION_JSON, REFERENCE_RESOURCE_JSON
 
 TWILIO_ARN = (
     "arn:aws:secretsmanager:us-west-2:123456789012:secret:greengrass-TwilioAuthToken-ntSlp6"

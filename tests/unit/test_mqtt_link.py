@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 
 from edge.config import MqttSettings
 from edge.errors import ConfigError, InsecurePermissionsError
+from edge.fixtures.services import Mosquitto
 from edge.mqtt.limit import MAX_PACKET_BYTES
 from edge.mqtt.link import MqttLink, explain_connect_error, tls_context
-from tests.support.services import Mosquitto
 from tests.support.tls import make_pki
 
 

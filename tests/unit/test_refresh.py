@@ -11,18 +11,19 @@ from typing import Any
 
 import pytest
 
+from edge.config import RefreshSettings
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
 from edge.errors import SecretFetchError
+from edge.fixtures.core import next_created_at
 from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1, Request, Response
 from edge.ipc.server import WorkerIdentity
 from edge.secrets.contents import SecretVersion, StoreContents
 from edge.secrets.keys import generate_key
-from edge.secrets.refresh import Refresher, RefreshSettings
+from edge.secrets.refresh import Refresher
 from edge.secrets.source import Described, StaticSecretSource
 from edge.secrets.store import SecretStore
 from edge.workers.services import CoreServices, SecretIndex
-from tests.support.core import next_created_at
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf"
 

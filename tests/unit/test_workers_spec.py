@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.errors import DeploymentInvalidError
+from edge.fixtures.reference import REFERENCE_FUNCTION_JSON
 from edge.model import Function, parse_group
 from edge.workers.spec import (
     DEFAULT_MEMORY_KB,
@@ -23,7 +24,6 @@ from edge.workers.spec import (
     function_spec,
     function_specs,
 )
-from tests.support.reference import REFERENCE_FUNCTION_JSON
 
 # The function of the V1 "Working with secret resources" page (REFERENCE_FUNCTION_JSON) gets
 # the Handler and Code that a published function version carries.
