@@ -29,6 +29,7 @@ from edge.cloud.groups import GROUP_VERSION_KEYS, option_name
 from edge.cloud.ids import Arns
 from edge.cloud.jsontext import strict_json
 from edge.cloud.keys import init_signing_key
+from edge.cloud.lambdacode import missing_functions
 from edge.cloud.status import FAILURE, SUCCESS
 from edge.errors import BrokerError, CloudUsageError, EdgeError
 from edge.signing import load_signing_key
@@ -239,9 +240,21 @@ def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:  # noqa: PL
             return _deployment_command(config, db, args)
         if "kind" in args:
             _print(_definition_command(db, arns, args.kind, command, args))
+            if command in {"create-function-definition", "create-function-definition-version"}:
+                _warn_code(config, db, args)
             return 0
         _print(_group_command(db, arns, command, args))
         return 0
+
+
+def _warn_code(config: CloudConfig, db: Database, args: argparse.Namespace) -> None:
+    """Warn at once about functions whose code is neither published nor in AWS Lambda."""
+    if getattr(args, "items", None) is not None:
+        version = {"Functions": read_json_arg("--functions", args.items)}
+    else:
+        version = _optional_json("--initial-version", args.initial_version)
+    for warning in asyncio.run(missing_functions(config, db, version)):
+        _err(f"edge: warning: {warning}")
 
 
 def _import_greengrass(config: CloudConfig, args: argparse.Namespace) -> int:

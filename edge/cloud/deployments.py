@@ -4,7 +4,8 @@
 The document is exactly what the core parses (`edge.model.parse_deployment`), and the builder
 runs that very parser on it before signing, so a deployment the control plane sends is one the
 core can read. Each function gets `FunctionConfiguration.Handler` and `.Code {Uri, Sha256}` from
-its published package (`publish-function`), unless its configuration already names its Code.
+its published package (`publish-function`), or else from AWS Lambda (`edge.cloud.lambdacode`),
+unless its configuration already names its Code.
 
 Deployment types, as in AWS:
 
@@ -31,6 +32,7 @@ from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
 from edge.cloud.groups import group_version_row, latest_version_id, resolve_group, validate_group
 from edge.cloud.ids import Arns, new_id, precise_timestamp, timestamp
+from edge.cloud.lambdacode import fetch_functions
 from edge.cloud.publish import CloudMqtt
 from edge.cloud.status import (
     BUILDING,
@@ -76,31 +78,57 @@ class Request:
     redeploy_of: str | None = None
 
 
-def _fill_code(conn: Connection, functions: list[Any]) -> list[Any]:
-    """Return the functions with Handler and Code from their published packages.
+def _published(conn: Connection, function_arn: str) -> dict[str, Any] | None:
+    """The Handler and Code of a package published for this exact ARN, or None."""
+    row = conn.execute(
+        "SELECT handler, uri, sha256 FROM function_code WHERE function_arn = ?", (function_arn,)
+    ).fetchone()
+    if row is None:
+        return None
+    return {"Handler": row["handler"], "Code": {"Uri": row["uri"], "Sha256": row["sha256"]}}
+
+
+def functions_without_code(conn: Connection, group_id: str, group_version_id: str) -> list[str]:
+    """The ARNs of a group version's functions that have neither a Code nor a published package.
 
     Raises:
-        DefinitionInvalidError: A function has neither published code nor a Code of its own.
+        NotFoundError: The group version, or a definition version it names, is gone.
+    """
+    row = group_version_row(conn, group_id, group_version_id)
+    functions = resolve_group(conn, json.loads(row["body"])).group["Functions"]
+    return [
+        fn["FunctionArn"]
+        for fn in functions
+        if isinstance(fn, dict)
+        and isinstance(fn.get("FunctionArn"), str)
+        and "Code" not in (fn.get("FunctionConfiguration") or {})
+        and _published(conn, fn["FunctionArn"]) is None
+    ]
+
+
+def _fill_code(
+    conn: Connection, functions: list[Any], fetched: dict[str, dict[str, Any]]
+) -> list[Any]:
+    """Return the functions with Handler and Code from their packages (published or Lambda's).
+
+    Raises:
+        DefinitionInvalidError: A function has neither a package nor a Code of its own.
     """
     filled = []
     for index, fn in enumerate(functions):
         fn_copy = json.loads(json.dumps(fn))
         config = fn_copy.setdefault("FunctionConfiguration", {})
         if "Code" not in config:
-            row = conn.execute(
-                "SELECT handler, uri, sha256 FROM function_code WHERE function_arn = ?",
-                (fn_copy["FunctionArn"],),
-            ).fetchone()
-            if row is None:
+            arn = fn_copy["FunctionArn"]
+            code = _published(conn, arn) or fetched.get(arn)
+            if code is None:
                 raise DefinitionInvalidError(
                     "deployment",
-                    f"{entry_label('Functions', index, fn)}: function "
-                    f"{fn_copy['FunctionArn']} has no published code; run `edge cloud "
-                    f"publish-function --function-arn {fn_copy['FunctionArn']} --zip-file "
-                    f"fileb://PACKAGE.zip --handler MODULE.FUNCTION` first",
+                    f"{entry_label('Functions', index, fn)}: function {arn} has no published "
+                    f"code; run `edge cloud publish-function --function-arn {arn} --zip-file "
+                    f"fileb://PACKAGE.zip --handler MODULE.FUNCTION`, or create it in AWS Lambda",
                 )
-            config["Handler"] = row["handler"]
-            config["Code"] = {"Uri": row["uri"], "Sha256": row["sha256"]}
+            config.update(code)
         filled.append(fn_copy)
     return filled
 
@@ -113,6 +141,7 @@ def build_document(
     deployment_type: str,
     deployment_id: str,
     created_at: str,
+    fetched: dict[str, dict[str, Any]] | None = None,
 ) -> Built:
     """Resolve a group version into the deployment document its core parses.
 
@@ -141,7 +170,7 @@ def build_document(
         # but published code can, and it costs nothing next to a deployment.
         validate_group(resolved)
         group = dict(resolved.group)
-        group["Functions"] = _fill_code(conn, group["Functions"])
+        group["Functions"] = _fill_code(conn, group["Functions"], fetched or {})
         document["Group"] = group
     payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
     try:
@@ -230,6 +259,11 @@ async def create_deployment(
     deployment_id, created_at = new_id(), precise_timestamp()
     with db.read() as conn:
         version_id, redeploy_of = _pick_version(conn, request)
+        reset = request.deployment_type == DeploymentType.RESET.value
+        wanted = [] if reset else functions_without_code(conn, request.group_id, version_id)
+    # Outside any transaction: Lambda and S3 take seconds, and writes must not wait on them.
+    fetched = await fetch_functions(config, db, wanted)
+    with db.read() as conn:
         built = build_document(
             conn,
             group_id=request.group_id,
@@ -237,6 +271,7 @@ async def create_deployment(
             deployment_type=request.deployment_type,
             deployment_id=deployment_id,
             created_at=created_at,
+            fetched=fetched,
         )
     envelope = seal(built.document, signing_key=signing_key, thing_name=built.thing_name)
     mqtt = config.mqtt

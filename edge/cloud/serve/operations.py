@@ -24,7 +24,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.typing import FilteringBoundLogger
 
-from edge.cloud import definitions, deployments, groups
+from edge.cloud import definitions, deployments, groups, lambdacode
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Claim, Database
 from edge.cloud.definitions import KINDS, Kind
@@ -61,17 +61,21 @@ def _definition_handlers(kind: Kind) -> dict[str, Handler]:
 
     async def create(ctx: Context, p: dict[str, Any]) -> Result:
         # `tags` and `AmznClientToken` are accepted and not kept (see docs/cloud.md).
-        return await ctx.db.call(
+        result = await ctx.db.call(
             lambda db: definitions.create_definition(
                 db, ctx.arns, kind, name=p.get("Name"), initial=p.get("InitialVersion")
             )
         )
+        await _warn_code(ctx, kind, p.get("InitialVersion"))
+        return result
 
     async def create_version(ctx: Context, p: dict[str, Any]) -> Result:
         body = {k: p[k] for k in (kind.list_key, "DefaultConfig") if k in p}
-        return await ctx.db.call(
+        result = await ctx.db.call(
             lambda db: definitions.create_version(db, ctx.arns, kind, p[id_key], body)
         )
+        await _warn_code(ctx, kind, body)
+        return result
 
     async def get(ctx: Context, p: dict[str, Any]) -> Result:
         return await ctx.db.call(lambda db: definitions.get_definition(db, kind, p[id_key]))
@@ -100,6 +104,17 @@ def _definition_handlers(kind: Kind) -> dict[str, Handler]:
         f"List{title}DefinitionVersions": list_versions,
         f"Delete{title}Definition": delete,
     }
+
+
+async def _warn_code(ctx: Context, kind: Kind, version: object) -> None:
+    """Log at once each function whose code is neither published nor in AWS Lambda.
+
+    The API's answer has no field for a warning, so the service log is where it goes.
+    """
+    if kind.segment != "functions" or version is None:
+        return
+    for warning in await lambdacode.missing_functions(ctx.config, ctx.loop_db, version):
+        ctx.log.warning("cloud.function.code_missing", problem=warning)
 
 
 async def _create_group(ctx: Context, p: dict[str, Any]) -> Result:
