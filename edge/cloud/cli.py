@@ -373,6 +373,7 @@ def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namesp
                 )
             )
         )
+        _note(deployments.deployment_note(db, args.group_id, args.deployment_id))
         return 0
     if args.timeout <= 0:
         raise CloudUsageError("--timeout", "must be a positive number of seconds")
@@ -400,6 +401,7 @@ def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namesp
             wait_seconds=args.timeout if args.wait else None,
             on_created=on_created,
             on_change=lambda status: _progress(created["DeploymentId"], status),
+            on_note=_note,
         )
     )
     if not args.wait:
@@ -412,6 +414,12 @@ def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namesp
         )
         return EXIT_WAIT_TIMEOUT
     return 0 if final["status"] == SUCCESS else EXIT_DEPLOYMENT_FAILED
+
+
+def _note(note: str | None) -> None:
+    """What the core ignores of a deployment, on stderr (stdout keeps AWS's JSON)."""
+    if note is not None:
+        _err(f"edge: note: {note}")
 
 
 def _progress(deployment_id: str, status: dict[str, Any]) -> None:

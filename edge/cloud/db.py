@@ -138,6 +138,16 @@ MIGRATIONS: Final = (
         CREATE INDEX applied_signatures_by_expiry ON applied_signatures (expires_at);
         """,
     ),
+    Migration(
+        4,
+        "deployment notes",
+        # What the core ignores of a deployment (AWSCloudWatch loggers, devices), for edge's own
+        # CLI to show: AWS's GetDeploymentStatus has no field for it. Touches only its column,
+        # so it applies whether or not migration 3 is there.
+        """
+        ALTER TABLE deployments ADD COLUMN note TEXT;
+        """,
+    ),
 )
 
 

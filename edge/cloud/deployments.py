@@ -54,6 +54,7 @@ from edge.errors import (
 )
 from edge.model import DeploymentType, parse_deployment
 from edge.model.fields import entry_label
+from edge.model.loggers import plan_logging
 from edge.signing import seal
 
 DEPLOYMENT_TYPES: Final = tuple(t.value for t in DeploymentType)
@@ -66,6 +67,8 @@ class Built:
     document: bytes
     thing_name: str
     group_version_id: str
+    #: What the core will ignore of the group (loggers, devices), or None.
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ def build_document(
         "GroupVersionId": group_version_id,
         "CreatedAt": created_at,
     }
+    note = None
     if deployment_type != DeploymentType.RESET.value:
         # Checked when the version was created; checked again because definitions can't change
         # but published code can, and it costs nothing next to a deployment.
@@ -172,12 +176,16 @@ def build_document(
         group = dict(resolved.group)
         group["Functions"] = _fill_code(conn, group["Functions"], fetched or {})
         document["Group"] = group
+        try:
+            note = plan_logging(group).note
+        except DeploymentInvalidError as exc:
+            raise DefinitionInvalidError("deployment", exc.problem) from None
     payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
     try:
         parse_deployment(payload)
     except DeploymentInvalidError as exc:
         raise DefinitionInvalidError("deployment", exc.problem) from None
-    return Built(payload, resolved.thing_name, group_version_id)
+    return Built(payload, resolved.thing_name, group_version_id, note)
 
 
 def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
@@ -235,6 +243,7 @@ async def create_deployment(
     wait_seconds: float | None = None,
     on_created: Callable[[dict[str, Any]], None] | None = None,
     on_change: Progress | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Row | None:
     """Build, sign, record and publish a deployment; with `wait_seconds`, follow it to the end.
 
@@ -246,6 +255,7 @@ async def create_deployment(
         wait_seconds: Follow the core's reports for at most this long (None: don't).
         on_created: Called with `{DeploymentArn, DeploymentId}` once the broker has the document.
         on_change: Called with the status output after each transition while waiting.
+        on_note: Called with what the core will ignore of the group (loggers, devices), if any.
 
     Returns:
         With `wait_seconds`, the deployment's final row, or None if time ran out first.
@@ -283,8 +293,8 @@ async def create_deployment(
         with db.write() as conn:
             conn.execute(
                 "INSERT INTO deployments (id, group_id, group_version_id, arn, deployment_type,"
-                " redeployment_of, thing_name, created_at, status, updated_at, envelope)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " redeployment_of, thing_name, created_at, status, updated_at, envelope, note)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     deployment_id,
                     request.group_id,
@@ -297,6 +307,7 @@ async def create_deployment(
                     BUILDING,
                     now,
                     envelope,
+                    built.note,
                 ),
             )
             add_event(conn, deployment_id, BUILDING, now, None)
@@ -319,6 +330,8 @@ async def create_deployment(
                     "DeploymentId": deployment_id,
                 }
             )
+        if on_note is not None and built.note is not None:
+            on_note(built.note)
         if wait_seconds is None:
             return None
         deadline = asyncio.get_running_loop().time() + wait_seconds
@@ -364,6 +377,13 @@ async def get_deployment_status(
         with db.read() as conn:
             row = _deployment_row(conn, group_id, deployment_id)
     return status_output(row)
+
+
+def deployment_note(db: Database, group_id: str, deployment_id: str) -> str | None:
+    """What the core ignores of a deployment's group (edge's own, not in AWS's answer)."""
+    with db.read() as conn:
+        note: str | None = _deployment_row(conn, group_id, deployment_id)["note"]
+    return note
 
 
 def recorded_status(db: Database, group_id: str, deployment_id: str) -> dict[str, Any]:

@@ -405,7 +405,7 @@ def test_group_versions_must_name_versions_of_the_right_kind(cli: Cli) -> None:
     line = cli.error(
         "create-group", "--name", "g", "--initial-version", '{"LoggerDefinitionVersionArn": "x"}'
     )
-    assert "not supported" in line
+    assert '"x" is not a logger definition version ARN' in line
 
 
 def test_create_deployment_refuses_what_it_cannot_build(cli: Cli) -> None:

@@ -126,7 +126,6 @@ async def _create_group(ctx: Context, p: dict[str, Any]) -> Result:
 
 
 async def _create_group_version(ctx: Context, p: dict[str, Any]) -> Result:
-    # Device and logger definition version ARNs are passed on for the shared code to refuse.
     refs = {k: v for k, v in p.items() if k.endswith("DefinitionVersionArn")}
     return await ctx.db.call(
         lambda db: groups.create_group_version(db, ctx.arns, p["GroupId"], refs)
@@ -162,14 +161,21 @@ async def _create_deployment(ctx: Context, p: dict[str, Any]) -> Result:
         redeploy_of=p.get("DeploymentId"),
     )
     created: Result = {}
+    notes: list[str] = []
     await deployments.create_deployment(
-        ctx.config, ctx.loop_db, ctx.signing_key, request, on_created=created.update
+        ctx.config,
+        ctx.loop_db,
+        ctx.signing_key,
+        request,
+        on_created=created.update,
+        on_note=notes.append,
     )
     ctx.log.info(
         "cloud.deployment.created",
         deployment_id=created["DeploymentId"],
         group_id=request.group_id,
         deployment_type=kind,
+        **({"note": notes[0]} if notes else {}),
     )
     return created
 
