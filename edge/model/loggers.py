@@ -13,7 +13,7 @@ same thing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -22,7 +22,6 @@ from edge.model.fields import (
     as_object,
     check_identifier,
     entry_label,
-    get_identifier,
     get_string,
     quoted,
 )
@@ -58,25 +57,34 @@ class LoggingPlan:
         return "edge ignored " + "; ".join(self.ignored)
 
 
+def _entries(
+    items: object, section: str, keys: frozenset[str], noun: str
+) -> Iterator[tuple[Where, dict[str, Any]]]:
+    """Each entry of a list of objects with known keys and unique `Id`s, with where it is."""
+    if not isinstance(items, list):
+        raise Where(section).error("must be an array")
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        where = Where(entry_label(section, index, item))
+        entry = as_object(item, where)
+        for key in entry:
+            if key not in keys:
+                raise where.error(f"{quoted(key)} is not a key of a {noun}")
+        ident = check_identifier(entry.get("Id"), where.at("Id"))
+        if ident in seen:
+            raise where.error(f"Id {quoted(ident)} appears twice; {noun} ids must be unique")
+        seen.add(ident)
+        yield where, entry
+
+
 def check_loggers(items: object) -> list[dict[str, Any]]:
     """Check a logger definition version's Loggers, as V1 defines them; return them.
 
     Raises:
         DeploymentInvalidError: An entry is malformed; the message names it.
     """
-    if not isinstance(items, list):
-        raise Where("Loggers").error("must be an array")
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        where = Where(entry_label("Loggers", index, item))
-        logger = as_object(item, where)
-        for key in logger:
-            if key not in _LOGGER_KEYS:
-                raise where.error(f"{quoted(key)} is not a key of a logger")
-        ident = get_identifier(logger, "Id", where)
-        if ident in seen:
-            raise where.error(f"Id {quoted(ident)} appears twice; logger ids must be unique")
-        seen.add(ident)
+    loggers = []
+    for where, logger in _entries(items, "Loggers", _LOGGER_KEYS, "logger"):
         for key, allowed in (("Component", COMPONENTS), ("Level", tuple(LEVELS)), ("Type", TYPES)):
             value = get_string(logger, key, where)
             if value not in allowed:
@@ -84,7 +92,8 @@ def check_loggers(items: object) -> list[dict[str, Any]]:
         space = logger.get("Space")
         if space is not None and (not isinstance(space, int) or isinstance(space, bool)):
             raise where.at("Space").error("must be an integer (KB)")
-    return items
+        loggers.append(logger)
+    return loggers
 
 
 def check_devices(items: object) -> list[dict[str, Any]]:
@@ -93,25 +102,15 @@ def check_devices(items: object) -> list[dict[str, Any]]:
     Raises:
         DeploymentInvalidError: An entry is malformed; the message names it.
     """
-    if not isinstance(items, list):
-        raise Where("Devices").error("must be an array")
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        where = Where(entry_label("Devices", index, item))
-        device = as_object(item, where)
-        for key in device:
-            if key not in _DEVICE_KEYS:
-                raise where.error(f"{quoted(key)} is not a key of a device")
-        ident = check_identifier(device.get("Id"), where.at("Id"))
-        if ident in seen:
-            raise where.error(f"Id {quoted(ident)} appears twice; device ids must be unique")
-        seen.add(ident)
+    devices = []
+    for where, device in _entries(items, "Devices", _DEVICE_KEYS, "device"):
         for key in ("ThingArn", "CertificateArn"):
             if not get_string(device, key, where).startswith("arn:"):
                 raise where.at(key).error("must be an ARN")
         if "SyncShadow" in device and not isinstance(device["SyncShadow"], bool):
             raise where.at("SyncShadow").error("must be true or false")
-    return items
+        devices.append(device)
+    return devices
 
 
 def plan_logging(group: Mapping[str, Any]) -> LoggingPlan:
