@@ -159,8 +159,12 @@ async def _download(function_arn: str, location: str) -> bytes:
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The URL is presigned: its query string is a credential and stays out of messages.
         host = location.split("/")[2] if location.count("/") >= 2 else "?"  # noqa: PLR2004
+        query = location.partition("?")[2]
+        text = str(exc)
+        if not text or (query and query in text):
+            text = type(exc).__name__
         raise LambdaCodeError(
-            function_arn, f"its package can't be read from {host}: {exc or type(exc).__name__}"
+            function_arn, f"its package can't be read from {host}: {text}"
         ) from None
     return b"".join(chunks)
 
