@@ -397,12 +397,12 @@ class DeploymentAgent:
                 # A stored group was checked when it was deployed; keep [log] level.
                 self._log.warning("deploy.loggers_unreadable", error=str(exc))
                 return
-        if plan.level is not None:
-            # Said before the change, so it shows whichever way the level moves.
-            self._log.info("deploy.log_level", log_level=plan.level)
-        set_group_level(plan.level)
+        # Both said before the change, so they show whatever level the group asks for.
         if announce and plan.note is not None:
             self._log.warning("deploy.ignored", note=plan.note)
+        if plan.level is not None:
+            self._log.info("deploy.log_level", log_level=plan.level)
+        set_group_level(plan.level)
 
     async def _fetch(self, deployment: Deployment) -> StoreContents:
         resources = deployment.group.secret_resources
