@@ -116,12 +116,19 @@ def test_loggers_and_devices_are_stored_deployed_and_set_the_core_log_level(
     # WARN: the core's info lines (deploy.complete among them) are no longer written.
     assert cloud.core.wait_for_event("deploy.log_level")["log_level"] == "warning"
     assert cloud.core.count("deploy.complete") == 1
+    # After a restart the stored group's level holds again, without repeating the note.
+    cloud.core.stop()
+    cloud.core.start()
+    assert cloud.core.wait_for_event("deploy.log_level", after=1)["log_level"] == "warning"
+    assert cloud.core.count("deploy.ignored") == 1
+    # Its reconnection isn't logged (info); its persistent session gets what follows anyway.
 
     # A deployment without loggers gives the core its configured level back.
     _, result = cloud.deploy(group_id, "--group-version-id", plain)
     assert result.returncode == 0, result.stderr
     cloud.core.wait_for_event("deploy.complete")
     assert cloud.core.count("deploy.complete") == 2
+    assert cloud.core.count("mqtt.connected") == 1
 
 
 #: test_cloud_serve's service with a core, shared as fixtures.
