@@ -177,7 +177,9 @@ class LatencyProxy:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
         )
-        app = web.Application()
+        # Function packages (S3 PutObject, up to Lambda's 250 MiB) pass through too; aiohttp's
+        # default would refuse bodies over 1 MiB.
+        app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # Cancel a handler when its client goes away (a fetch hit its deadline), and don't wait
         # long for stragglers on shutdown.

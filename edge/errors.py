@@ -463,6 +463,15 @@ class ArtifactError(CloudError):
         super().__init__(f"function package: {problem}")
 
 
+class LambdaCodeError(CloudError):
+    """A function's code could not be had from AWS Lambda (missing, unreachable, bad package)."""
+
+    def __init__(self, function_arn: str, problem: str) -> None:
+        self.function_arn = function_arn
+        self.problem = problem
+        super().__init__(f"function {function_arn}: {problem}")
+
+
 class NameInvalidError(CloudUsageError):
     """A group or definition name breaks the rules: too long, or not printable text."""
 

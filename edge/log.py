@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
@@ -361,6 +361,47 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
+#: structlog's method names, by the stdlib level they log at.
+_METHOD_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+class _LevelGate:
+    """Drops events below the process's current level, which a deployment may change.
+
+    Loggers are bound once (`get_logger`) with structlog's level filter fixed in their class,
+    so a level that changes while the core runs (a group's `GreengrassSystem` logger) is
+    applied here, first in the chain, before any work is done on the event.
+    """
+
+    def __init__(self) -> None:
+        self.configured = logging.INFO
+        self.group: int | None = None
+
+    def __call__(self, _logger: object, method: str, event: EventDict) -> EventDict:
+        threshold = self.configured if self.group is None else self.group
+        if _METHOD_LEVELS.get(method, logging.INFO) < threshold:
+            raise structlog.DropEvent
+        return event
+
+
+_GATE = _LevelGate()
+
+
+def set_group_level(level: str | None) -> None:
+    """Log at `level` ("debug" … "error") from now on; None goes back to the configured one."""
+    _GATE.group = None if level is None else logging.getLevelNamesMapping()[level.upper()]
+
+
 def configure_logging(
     *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None
 ) -> None:
@@ -385,8 +426,10 @@ def configure_logging(
             exception_formatter=structlog.dev.plain_traceback,
         )
     )
+    _GATE.configured = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
+            _GATE,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -394,9 +437,8 @@ def configure_logging(
             REDACTOR,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        # Everything passes the class's filter: _GATE decides, so the level can change later.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )

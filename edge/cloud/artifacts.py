@@ -41,7 +41,9 @@ def object_key(sha256: str) -> str:
     return f"functions/{sha256}.zip"
 
 
-def check_package(function_arn: str, handler: str, package: bytes) -> str:
+def check_package(
+    function_arn: str, handler: str, package: bytes, *, max_bytes: int = MAX_ZIP_BYTES
+) -> str:
     """Check publish-function's arguments; return the package's SHA-256 (hex).
 
     Raises:
@@ -55,8 +57,8 @@ def check_package(function_arn: str, handler: str, package: bytes) -> str:
         )
     if HANDLER.fullmatch(handler) is None:
         raise CloudUsageError("--handler", f"{handler!r} must be module.function")
-    if len(package) > MAX_ZIP_BYTES:
-        raise CloudUsageError("--zip-file", f"is larger than {MAX_ZIP_BYTES} bytes")
+    if len(package) > max_bytes:
+        raise CloudUsageError("--zip-file", f"is larger than {max_bytes} bytes")
     try:
         with zipfile.ZipFile(io.BytesIO(package)) as archive:
             names = archive.namelist()
@@ -84,6 +86,30 @@ async def publish_function(
         ArtifactError: S3 refused or could not be reached.
     """
     digest = check_package(function_arn, handler, package)
+    return await store_package(
+        config, db, function_arn=function_arn, handler=handler, package=package, digest=digest
+    )
+
+
+async def store_package(
+    config: CloudConfig,
+    db: Database,
+    *,
+    function_arn: str,
+    handler: str,
+    package: bytes,
+    digest: str,
+    remember: bool = True,
+) -> dict[str, Any]:
+    """Put a checked package in the artifact bucket by digest; map the function ARN to it.
+
+    With `remember` false the mapping is not stored: the package is in S3 and the answer says
+    where, for a deployment to carry, but the next deployment asks again (an alias moves).
+
+    Raises:
+        CloudUsageError: [cloud] artifact_bucket is not set.
+        ArtifactError: S3 refused or could not be reached.
+    """
     bucket = config.cloud.artifact_bucket
     if bucket is None:
         raise CloudUsageError(
@@ -92,14 +118,16 @@ async def publish_function(
     key = object_key(digest)
     await _upload(config, bucket, key, package)
     uri, now = f"s3://{bucket}/{key}", timestamp()
-    with db.write() as conn:
-        conn.execute(
-            "INSERT INTO function_code (function_arn, handler, uri, sha256, size, published_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (function_arn) DO UPDATE SET"
-            " handler = excluded.handler, uri = excluded.uri, sha256 = excluded.sha256,"
-            " size = excluded.size, published_at = excluded.published_at",
-            (function_arn, handler, uri, digest, len(package), now),
-        )
+    if remember:
+        with db.write() as conn:
+            conn.execute(
+                "INSERT INTO function_code"
+                " (function_arn, handler, uri, sha256, size, published_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (function_arn) DO UPDATE SET"
+                " handler = excluded.handler, uri = excluded.uri, sha256 = excluded.sha256,"
+                " size = excluded.size, published_at = excluded.published_at",
+                (function_arn, handler, uri, digest, len(package), now),
+            )
     return {
         "FunctionArn": function_arn,
         "Handler": handler,

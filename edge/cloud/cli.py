@@ -33,6 +33,7 @@ from edge.cloud.groups import GROUP_VERSION_KEYS, option_name
 from edge.cloud.ids import Arns
 from edge.cloud.jsontext import strict_json
 from edge.cloud.keys import init_signing_key
+from edge.cloud.lambdacode import missing_functions
 from edge.cloud.status import FAILURE, SUCCESS
 from edge.cloud.tags import list_tags, tag_resource, untag_resource
 from edge.errors import BrokerError, CloudUsageError, EdgeError
@@ -330,6 +331,8 @@ def _run(config: CloudConfig, db: Database, args: argparse.Namespace) -> int:
         return _deployment_command(config, db, args)
     if "kind" in args:
         _print(_definition_command(db, arns, args.kind, command, args))
+        if command in {"create-function-definition", "create-function-definition-version"}:
+            _warn_code(config, db, args)
         return 0
     _print(_group_command(db, arns, command, args))
     return 0
@@ -338,6 +341,16 @@ def _run(config: CloudConfig, db: Database, args: argparse.Namespace) -> int:
 _DEPLOYMENT_COMMANDS: Final = frozenset(
     {"create-deployment", "reset-deployments", "get-deployment-status", "list-deployments"}
 )
+
+
+def _warn_code(config: CloudConfig, db: Database, args: argparse.Namespace) -> None:
+    """Warn at once about functions whose code is neither published nor in AWS Lambda."""
+    if getattr(args, "items", None) is not None:
+        version = {"Functions": read_json_arg("--functions", args.items)}
+    else:
+        version = _optional_json("--initial-version", args.initial_version)
+    for warning in asyncio.run(missing_functions(config, db, version)):
+        _err(f"edge: warning: {warning}")
 
 
 def _import_greengrass(config: CloudConfig, args: argparse.Namespace) -> int:
@@ -481,6 +494,7 @@ def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namesp
                 )
             )
         )
+        _note(deployments.deployment_note(db, args.group_id, args.deployment_id))
         return 0
     if args.timeout <= 0:
         raise CloudUsageError("--timeout", "must be a positive number of seconds")
@@ -531,7 +545,15 @@ def _send(
         group_version_id=args.group_version_id,
         redeploy_of=args.deployment_id,
     )
-    return deployments.create_deployment(config, db, signing_key, request, **follow)
+    return deployments.create_deployment(
+        config, db, signing_key, request, on_note=_note, **follow
+    )
+
+
+def _note(note: str | None) -> None:
+    """What the core ignores of a deployment, on stderr (stdout keeps AWS's JSON)."""
+    if note is not None:
+        _err(f"edge: note: {note}")
 
 
 def _progress(deployment_id: str, status: dict[str, Any]) -> None:

@@ -161,6 +161,15 @@ MIGRATIONS: Final = (
         );
         """,
     ),
+    Migration(
+        4,
+        "deployment notes",
+        # What the core ignores of a deployment (AWSCloudWatch loggers, devices), for edge's own
+        # CLI to show: AWS's GetDeploymentStatus has no field for it.
+        """
+        ALTER TABLE deployments ADD COLUMN note TEXT;
+        """,
+    ),
 )
 
 

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Versioned definitions: cores, resources, functions, connectors and subscriptions.
+"""Versioned definitions: cores, resources, functions, connectors, subscriptions, devices, loggers.
 
 A definition is a named container; each version of it is immutable and holds one list in the
-Greengrass V1 shape (`{"Resources": [...]}`, `{"Functions": [...]}`, ...). The five kinds behave
+Greengrass V1 shape (`{"Resources": [...]}`, `{"Functions": [...]}`, ...). The seven kinds behave
 identically, so one set of functions serves all of them, parameterised by `Kind`.
 
 A version is checked on its own when it is created, with the group model (`edge.model`): every
@@ -26,6 +26,7 @@ from edge.errors import DefinitionInvalidError, DeploymentInvalidError, NotFound
 from edge.model import parse_group
 from edge.model.fields import ID_PATTERN, entry_label, quoted
 from edge.model.group import RESOURCE_ID_SUFFIX
+from edge.model.loggers import check_devices, check_loggers
 
 #: Subscription endpoints that are not ARNs: the cloud (the MQTT broker) and the local shadow
 #: service. Everything else is an ARN: a function, a connector, or a device's thing.
@@ -71,8 +72,14 @@ KINDS: Final = {
         Kind("functions", "function", "Functions", "FunctionDefinitionVersionArn"),
         Kind("connectors", "connector", "Connectors", "ConnectorDefinitionVersionArn"),
         Kind("subscriptions", "subscription", "Subscriptions", "SubscriptionDefinitionVersionArn"),
+        # Stored and deployed; the core acts on a FileSystem logger of GreengrassSystem and
+        # names the rest in a note (`edge.model.loggers`).
+        Kind("devices", "device", "Devices", "DeviceDefinitionVersionArn"),
+        Kind("loggers", "logger", "Loggers", "LoggerDefinitionVersionArn"),
     )
 }
+#: The kinds checked by `edge.model.loggers` rather than as part of a group.
+_CHECKS: Final = {"devices": check_devices, "loggers": check_loggers}
 #: Function definition versions may also carry V1's DefaultConfig; it is stored, not used.
 _EXTRA_KEYS: Final = {"functions": frozenset({"DefaultConfig"})}
 
@@ -104,6 +111,11 @@ def validate_version(kind: Kind, body: object) -> dict[str, Any]:
         raise DefinitionInvalidError(what, f"{kind.list_key} must be a JSON array")
     if kind.segment == "cores":
         check_cores(items)
+    elif kind.segment in _CHECKS:
+        try:
+            _CHECKS[kind.segment](items)
+        except DeploymentInvalidError as exc:
+            raise DefinitionInvalidError(what, exc.problem) from None
     else:
         try:
             parse_group(_standalone_group(kind, items))

@@ -4,7 +4,8 @@
 The document is exactly what the core parses (`edge.model.parse_deployment`), and the builder
 runs that very parser on it before signing, so a deployment the control plane sends is one the
 core can read. Each function gets `FunctionConfiguration.Handler` and `.Code {Uri, Sha256}` from
-its published package (`publish-function`), unless its configuration already names its Code.
+its published package (`publish-function`), or else from AWS Lambda (`edge.cloud.lambdacode`),
+unless its configuration already names its Code.
 
 Deployment types, as in AWS:
 
@@ -38,6 +39,7 @@ from edge.cloud.groups import (
     validate_group,
 )
 from edge.cloud.ids import Arns, milliseconds, new_id, precise_timestamp, timestamp
+from edge.cloud.lambdacode import fetch_functions
 from edge.cloud.publish import CloudMqtt
 from edge.cloud.status import (
     BUILDING,
@@ -60,6 +62,7 @@ from edge.errors import (
 )
 from edge.model import DeploymentType, parse_deployment
 from edge.model.fields import entry_label
+from edge.model.loggers import plan_logging
 from edge.signing import seal
 
 #: The types create-deployment takes, as AWS's model lists them; resets are reset-deployments.
@@ -73,6 +76,8 @@ class Built:
     document: bytes
     thing_name: str
     group_version_id: str
+    #: What the core will ignore of the group (loggers, devices), or None.
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,31 +90,57 @@ class Request:
     redeploy_of: str | None = None
 
 
-def _fill_code(conn: Connection, functions: list[Any]) -> list[Any]:
-    """Return the functions with Handler and Code from their published packages.
+def _published(conn: Connection, function_arn: str) -> dict[str, Any] | None:
+    """The Handler and Code of a package published for this exact ARN, or None."""
+    row = conn.execute(
+        "SELECT handler, uri, sha256 FROM function_code WHERE function_arn = ?", (function_arn,)
+    ).fetchone()
+    if row is None:
+        return None
+    return {"Handler": row["handler"], "Code": {"Uri": row["uri"], "Sha256": row["sha256"]}}
+
+
+def functions_without_code(conn: Connection, group_id: str, group_version_id: str) -> list[str]:
+    """The ARNs of a group version's functions that have neither a Code nor a published package.
 
     Raises:
-        DefinitionInvalidError: A function has neither published code nor a Code of its own.
+        NotFoundError: The group version, or a definition version it names, is gone.
+    """
+    row = group_version_row(conn, group_id, group_version_id)
+    functions = resolve_group(conn, json.loads(row["body"])).group["Functions"]
+    return [
+        fn["FunctionArn"]
+        for fn in functions
+        if isinstance(fn, dict)
+        and isinstance(fn.get("FunctionArn"), str)
+        and "Code" not in (fn.get("FunctionConfiguration") or {})
+        and _published(conn, fn["FunctionArn"]) is None
+    ]
+
+
+def _fill_code(
+    conn: Connection, functions: list[Any], fetched: dict[str, dict[str, Any]]
+) -> list[Any]:
+    """Return the functions with Handler and Code from their packages (published or Lambda's).
+
+    Raises:
+        DefinitionInvalidError: A function has neither a package nor a Code of its own.
     """
     filled = []
     for index, fn in enumerate(functions):
         fn_copy = json.loads(json.dumps(fn))
         config = fn_copy.setdefault("FunctionConfiguration", {})
         if "Code" not in config:
-            row = conn.execute(
-                "SELECT handler, uri, sha256 FROM function_code WHERE function_arn = ?",
-                (fn_copy["FunctionArn"],),
-            ).fetchone()
-            if row is None:
+            arn = fn_copy["FunctionArn"]
+            code = _published(conn, arn) or fetched.get(arn)
+            if code is None:
                 raise DefinitionInvalidError(
                     "deployment",
-                    f"{entry_label('Functions', index, fn)}: function "
-                    f"{fn_copy['FunctionArn']} has no published code; run `edge cloud "
-                    f"publish-function --function-arn {fn_copy['FunctionArn']} --zip-file "
-                    f"fileb://PACKAGE.zip --handler MODULE.FUNCTION` first",
+                    f"{entry_label('Functions', index, fn)}: function {arn} has no published "
+                    f"code; run `edge cloud publish-function --function-arn {arn} --zip-file "
+                    f"fileb://PACKAGE.zip --handler MODULE.FUNCTION`, or create it in AWS Lambda",
                 )
-            config["Handler"] = row["handler"]
-            config["Code"] = {"Uri": row["uri"], "Sha256": row["sha256"]}
+            config.update(code)
         filled.append(fn_copy)
     return filled
 
@@ -122,6 +153,7 @@ def build_document(
     deployment_type: str,
     deployment_id: str,
     created_at: str,
+    fetched: dict[str, dict[str, Any]] | None = None,
 ) -> Built:
     """Resolve a group version into the deployment document its core parses.
 
@@ -155,19 +187,24 @@ def build_document(
         "GroupVersionId": group_version_id,
         "CreatedAt": created_at,
     }
+    note = None
     if deployment_type != DeploymentType.RESET.value:
         # Checked when the version was created; checked again because definitions can't change
         # but published code can, and it costs nothing next to a deployment.
         validate_group(resolved)
         group = dict(resolved.group)
-        group["Functions"] = _fill_code(conn, group["Functions"])
+        group["Functions"] = _fill_code(conn, group["Functions"], fetched or {})
         document["Group"] = group
+        try:
+            note = plan_logging(group).note
+        except DeploymentInvalidError as exc:
+            raise DefinitionInvalidError("deployment", exc.problem) from None
     payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
     try:
         parse_deployment(payload)
     except DeploymentInvalidError as exc:
         raise DefinitionInvalidError("deployment", exc.problem) from None
-    return Built(payload, resolved.thing_name, group_version_id)
+    return Built(payload, resolved.thing_name, group_version_id, note)
 
 
 def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
@@ -225,6 +262,7 @@ async def create_deployment(
     wait_seconds: float | None = None,
     on_created: Callable[[dict[str, Any]], None] | None = None,
     on_change: Progress | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Row | None:
     """Build, sign, record and publish a deployment; with `wait_seconds`, follow it to the end.
 
@@ -236,6 +274,7 @@ async def create_deployment(
         wait_seconds: Follow the core's reports for at most this long (None: don't).
         on_created: Called with `{DeploymentArn, DeploymentId}` once the broker has the document.
         on_change: Called with the status output after each transition while waiting.
+        on_note: Called with what the core will ignore of the group (loggers, devices), if any.
 
     Returns:
         With `wait_seconds`, the deployment's final row, or None if time ran out first.
@@ -249,6 +288,11 @@ async def create_deployment(
     deployment_id, created_at = new_id(), precise_timestamp()
     with db.read() as conn:
         version_id, redeploy_of = _pick_version(conn, request)
+        reset = request.deployment_type == DeploymentType.RESET.value
+        wanted = [] if reset else functions_without_code(conn, request.group_id, version_id)
+    # Outside any transaction: Lambda and S3 take seconds, and writes must not wait on them.
+    fetched = await fetch_functions(config, db, wanted)
+    with db.read() as conn:
         built = build_document(
             conn,
             group_id=request.group_id,
@@ -256,6 +300,7 @@ async def create_deployment(
             deployment_type=request.deployment_type,
             deployment_id=deployment_id,
             created_at=created_at,
+            fetched=fetched,
         )
     return await _send(
         config,
@@ -272,6 +317,7 @@ async def create_deployment(
         wait_seconds=wait_seconds,
         on_created=on_created,
         on_change=on_change,
+        on_note=on_note,
     )
 
 
@@ -402,8 +448,8 @@ def _insert(
     now = timestamp()
     conn.execute(
         "INSERT INTO deployments (id, group_id, group_version_id, arn, deployment_type,"
-        " redeployment_of, thing_name, created_at, status, error_message, updated_at, envelope)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " redeployment_of, thing_name, created_at, status, error_message, updated_at, envelope,"
+        " note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             out.deployment_id,
             out.group_id,
@@ -417,6 +463,7 @@ def _insert(
             error_message,
             now,
             envelope,
+            out.built.note,
         ),
     )
     add_event(conn, out.deployment_id, status, now, error_message)
@@ -440,6 +487,7 @@ async def _send(
     wait_seconds: float | None,
     on_created: Callable[[dict[str, Any]], None] | None,
     on_change: Progress | None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Row | None:
     """Record a signed deployment as Building, publish it, and follow it if asked."""
     mqtt, thing = config.mqtt, out.built.thing_name
@@ -463,6 +511,8 @@ async def _send(
             raise
         if on_created is not None:
             on_created(_created(config, out))
+        if on_note is not None and out.built.note is not None:
+            on_note(out.built.note)
         if wait_seconds is None:
             return None
         deadline = asyncio.get_running_loop().time() + wait_seconds
@@ -508,6 +558,13 @@ async def get_deployment_status(
         with db.read() as conn:
             row = _deployment_row(conn, group_id, deployment_id)
     return status_output(row)
+
+
+def deployment_note(db: Database, group_id: str, deployment_id: str) -> str | None:
+    """What the core ignores of a deployment's group (edge's own, not in AWS's answer)."""
+    with db.read() as conn:
+        note: str | None = _deployment_row(conn, group_id, deployment_id)["note"]
+    return note
 
 
 def recorded_status(db: Database, group_id: str, deployment_id: str) -> dict[str, Any]:

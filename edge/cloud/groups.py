@@ -43,8 +43,6 @@ from edge.workers.connectors import connector_specs
 
 #: The group version keys, in the order the AWS CLI documents them, with their kinds.
 GROUP_VERSION_KEYS: Final = {kind.group_key: kind for kind in KINDS.values()}
-#: Keys of AWS's group versions that edge does not support (devices, loggers).
-_UNSUPPORTED_KEYS: Final = frozenset({"DeviceDefinitionVersionArn", "LoggerDefinitionVersionArn"})
 #: The four lists of the group a deployment carries, as the core parses it.
 GROUP_LISTS: Final = ("Resources", "Functions", "Connectors", "Subscriptions")
 _HINT: Final = "`edge cloud list-groups` lists them"
@@ -56,7 +54,8 @@ RESET_DEPLOYMENT: Final = "ResetDeployment"
 class ResolvedGroup:
     """A group version with its definition versions looked up."""
 
-    #: `{"Resources", "Functions", "Connectors", "Subscriptions"}`, as a deployment carries it.
+    #: `{"Resources", "Functions", "Connectors", "Subscriptions"}` (and "Devices", "Loggers"
+    #: when the version names them), as a deployment carries it.
     group: dict[str, list[Any]]
     #: The core's thing name (None: the group version names no core definition version).
     thing_name: str | None
@@ -77,8 +76,6 @@ def check_refs(refs: object) -> dict[str, str]:
     if not isinstance(refs, dict):
         raise CloudUsageError("group version", "must be a JSON object of definition version ARNs")
     for key, value in refs.items():
-        if key in _UNSUPPORTED_KEYS:
-            raise CloudUsageError(key, "devices and loggers are not supported by edge")
         if key not in GROUP_VERSION_KEYS:
             known = ", ".join(GROUP_VERSION_KEYS)
             raise CloudUsageError(key, f"is not a key of a group version ({known})")

@@ -14,8 +14,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-#: The five kinds of definition, by the path segment their ARNs use.
-DEFINITION_KINDS: Final = ("cores", "resources", "functions", "connectors", "subscriptions")
+#: The seven kinds of definition, by the path segment their ARNs use.
+DEFINITION_KINDS: Final = (
+    "cores",
+    "resources",
+    "functions",
+    "connectors",
+    "subscriptions",
+    "devices",
+    "loggers",
+)
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _DEFINITION_VERSION_ARN = re.compile(

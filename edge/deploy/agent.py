@@ -28,8 +28,9 @@ from edge.errors import (
     SignatureError,
     StaleDeploymentError,
 )
-from edge.log import REDACTOR, get_logger
+from edge.log import REDACTOR, get_logger, set_group_level
 from edge.model import MAX_DOCUMENT_BYTES, Deployment, DeploymentType, parse_deployment
+from edge.model.loggers import LoggingPlan, plan_logging
 from edge.secrets.contents import DeploymentRecord, StoreContents
 from edge.secrets.refresh import RotationGate
 from edge.secrets.source import SecretSource, held_versions
@@ -197,6 +198,8 @@ class DeploymentAgent:
         #: signatures aren't checked (embedding and tests).
         self.max_payload = MAX_DOCUMENT_BYTES if trust is None else MAX_ENVELOPE_BYTES
         self.contents = contents
+        # The stored group's loggers hold after a restart too.
+        self._apply_logging(contents.group, announce=False)
         # Left over from before a restart: file names only; each is read when its turn comes.
         self._backlog = inbox.pending_paths()
         #: Set whenever the queue is empty and nothing is being applied (for tests and demo).
@@ -354,6 +357,7 @@ class DeploymentAgent:
             "deploy.started", type=dep_type, group_id=deployment.group_id, secrets=len(resources)
         )
         try:
+            plan = plan_logging(deployment.raw_group)
             fetched, prepared = await _both(self._fetch(deployment), self._prepare(deployment))
             contents = build_contents(deployment, fetched, prepared.code_dirs if prepared else None)
             await self._store.asave(contents)
@@ -377,9 +381,28 @@ class DeploymentAgent:
                 await self._hooks.activate(contents, prepared)
             except Exception:  # noqa: BLE001 - logged; the deployment itself is applied
                 self._log.exception("deploy.activate_failed")
+        self._apply_logging(deployment.raw_group, plan=plan)
         state = next_state(state, DeploymentEvent.SUCCEED)
         self._log.info("deploy.complete", secrets=len(contents.secrets))
         self._finish(status_document(deployment.deployment_id, dep_type, state))
+
+    def _apply_logging(
+        self, group: Mapping[str, Any], *, plan: LoggingPlan | None = None, announce: bool = True
+    ) -> None:
+        """Take the group's GreengrassSystem FileSystem logger's level; warn of what is ignored."""
+        if plan is None:
+            try:
+                plan = plan_logging(group)
+            except DeploymentInvalidError as exc:
+                # A stored group was checked when it was deployed; keep [log] level.
+                self._log.warning("deploy.loggers_unreadable", error=str(exc))
+                return
+        # Both said before the change, so they show whatever level the group asks for.
+        if announce and plan.note is not None:
+            self._log.warning("deploy.ignored", note=plan.note)
+        if plan.level is not None:
+            self._log.info("deploy.log_level", log_level=plan.level)
+        set_group_level(plan.level)
 
     async def _fetch(self, deployment: Deployment) -> StoreContents:
         resources = deployment.group.secret_resources

@@ -361,6 +361,11 @@ def test_reference_commands_with_the_aws_cli_then_boto3_deploy_to_a_core(with_co
         REFERENCE_FUNCTIONS,
     )
     assert functions["Name"] == "MyGreengrassFunctions"
+    # Its function's code is neither published nor in (moto's) AWS Lambda: the service log
+    # says so at once, since the API's answer has no field for a warning.
+    missing = served.service.wait_for_event("cloud.function.code_missing")
+    assert json.loads(REFERENCE_FUNCTIONS)["Functions"][0]["FunctionArn"] in missing["problem"]
+    assert "edge cloud publish-function" in missing["problem"]
     shown = served.aws_json(
         "greengrass",
         "get-resource-definition-version",

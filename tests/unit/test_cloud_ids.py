@@ -52,7 +52,7 @@ def test_version_arns_parse_back_and_others_do_not() -> None:
     for bad in (
         ARNS.definition("resources", DEF_ID),
         ARNS.group_version(DEF_ID, VER_ID),
-        ARNS.definition_version("devices", DEF_ID, VER_ID),
+        ARNS.definition_version("things", DEF_ID, VER_ID),
         good + "x",
         " " + good,
         good.replace("123456789012", "12345"),

@@ -107,8 +107,12 @@ def recorded_account() -> V1Account:
             },
         ],
     )
-    loggers = f"{BASE}/definition/loggers/{uid(40)}/versions/{uid(41)}"
-    refs = {d.kind.group_key: d.versions[0]["Arn"] for d in (core, resources, connectors)}
+    loggers = definition(
+        "LoggerDefinitionVersionArn",
+        40,
+        [{"Id": "system", "Component": "GreengrassSystem", "Level": "INFO", "Type": "FileSystem"}],
+    )
+    refs = {d.kind.group_key: d.versions[0]["Arn"] for d in (core, resources, connectors, loggers)}
     group = V1Group(
         info={
             "Arn": f"{BASE}/groups/{GROUP}",
@@ -124,13 +128,15 @@ def recorded_account() -> V1Account:
                 "CreationTimestamp": WHEN,
                 "Id": GROUP,
                 "Version": GROUP_VERSION,
-                "Definition": refs | {"LoggerDefinitionVersionArn": loggers},
+                "Definition": refs,
             }
         ],
     )
     return V1Account(
         groups=[group],
-        definitions={(d.kind.segment, d.info["Id"]): d for d in (core, resources, connectors)},
+        definitions={
+            (d.kind.segment, d.info["Id"]): d for d in (core, resources, connectors, loggers)
+        },
         calls=7,
     )
 
@@ -138,7 +144,7 @@ def recorded_account() -> V1Account:
 def test_connectors_are_copied_loggers_and_unshipped_connectors_are_reported(
     tmp_path: Path,
 ) -> None:
-    """The Twilio connector is stored and resolvable; the logger and Modbus are named."""
+    """The Twilio connector and the logger are stored and resolvable; Modbus is named."""
     account = recorded_account()
     with Database.open(tmp_path / "cloud.db") as db:
         report = import_account(db, account, dry_run=False, progress=lambda *_: None)
@@ -147,12 +153,14 @@ def test_connectors_are_copied_loggers_and_unshipped_connectors_are_reported(
             resolved = groups.resolve_group(conn, shown["Definition"])
     assert shown["Arn"] == account.groups[0].versions[0]["Arn"]
     assert shown["CreationTimestamp"] == WHEN
-    assert "LoggerDefinitionVersionArn" not in shown["Definition"]
+    assert shown["Definition"]["LoggerDefinitionVersionArn"].endswith(f"/versions/{uid(41)}")
+    assert resolved.group["Loggers"][0]["Id"] == "system"
     assert shown["Definition"]["ConnectorDefinitionVersionArn"].endswith(f"/versions/{uid(31)}")
     assert [c["ConnectorArn"] for c in resolved.group["Connectors"]] == [TWILIO, MODBUS]
     assert report.counts["connector definition versions", "copied"] == 1
     text = "\n".join(report_lines(report))
-    assert f"left out logger definition version {BASE}/definition/loggers/" in text
+    assert report.counts["logger definition versions", "copied"] == 1
+    assert "left out" not in text
     assert f"connector 'modbus' ({MODBUS}): edge doesn't ship it" in text
     assert "connector 'twilio'" not in text
     assert "resource 'Serial' (LocalDeviceResourceData)" in text

@@ -24,7 +24,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.typing import FilteringBoundLogger
 
-from edge.cloud import definitions, deployments, groups, idempotency
+from edge.cloud import definitions, deployments, groups, idempotency, lambdacode
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Claim, Database
 from edge.cloud.definitions import KINDS, Kind
@@ -61,7 +61,7 @@ def _definition_handlers(kind: Kind) -> dict[str, Handler]:
     id_key, version_key = f"{title}DefinitionId", f"{title}DefinitionVersionId"
 
     async def create(ctx: Context, p: dict[str, Any]) -> Result:
-        return await ctx.db.call(
+        result = await ctx.db.call(
             lambda db: definitions.create_definition(
                 db,
                 ctx.arns,
@@ -71,12 +71,16 @@ def _definition_handlers(kind: Kind) -> dict[str, Handler]:
                 tags=p.get("tags"),
             )
         )
+        await _warn_code(ctx, kind, p.get("InitialVersion"))
+        return result
 
     async def create_version(ctx: Context, p: dict[str, Any]) -> Result:
         body = {k: p[k] for k in (kind.list_key, "DefaultConfig") if k in p}
-        return await ctx.db.call(
+        result = await ctx.db.call(
             lambda db: definitions.create_version(db, ctx.arns, kind, p[id_key], body)
         )
+        await _warn_code(ctx, kind, body)
+        return result
 
     async def get(ctx: Context, p: dict[str, Any]) -> Result:
         return await ctx.db.call(lambda db: definitions.get_definition(db, kind, p[id_key]))
@@ -107,6 +111,17 @@ def _definition_handlers(kind: Kind) -> dict[str, Handler]:
     }
 
 
+async def _warn_code(ctx: Context, kind: Kind, version: object) -> None:
+    """Log at once each function whose code is neither published nor in AWS Lambda.
+
+    The API's answer has no field for a warning, so the service log is where it goes.
+    """
+    if kind.segment != "functions" or version is None:
+        return
+    for warning in await lambdacode.missing_functions(ctx.config, ctx.loop_db, version):
+        ctx.log.warning("cloud.function.code_missing", problem=warning)
+
+
 async def _create_group(ctx: Context, p: dict[str, Any]) -> Result:
     return await ctx.db.call(
         lambda db: groups.create_group(
@@ -116,7 +131,6 @@ async def _create_group(ctx: Context, p: dict[str, Any]) -> Result:
 
 
 async def _create_group_version(ctx: Context, p: dict[str, Any]) -> Result:
-    # Device and logger definition version ARNs are passed on for the shared code to refuse.
     refs = {k: v for k, v in p.items() if k.endswith("DefinitionVersionArn")}
     return await ctx.db.call(
         lambda db: groups.create_group_version(db, ctx.arns, p["GroupId"], refs)
@@ -150,14 +164,21 @@ async def _create_deployment(ctx: Context, p: dict[str, Any]) -> Result:
         redeploy_of=p.get("DeploymentId"),
     )
     created: Result = {}
+    notes: list[str] = []
     await deployments.create_deployment(
-        ctx.config, ctx.loop_db, ctx.signing_key, request, on_created=created.update
+        ctx.config,
+        ctx.loop_db,
+        ctx.signing_key,
+        request,
+        on_created=created.update,
+        on_note=notes.append,
     )
     ctx.log.info(
         "cloud.deployment.created",
         deployment_id=created["DeploymentId"],
         group_id=request.group_id,
         deployment_type=kind,
+        **({"note": notes[0]} if notes else {}),
     )
     return created
 

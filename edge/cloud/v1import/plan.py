@@ -260,7 +260,8 @@ def _note_function(plan: GroupPlan, item: dict[str, Any], stored: Stored) -> Non
         return
     handler = config.get("Executable") if isinstance(config, dict) else None
     plan.note(
-        f"function {arn} has no published code; deploying fails until you run `edge cloud "
-        f"publish-function --function-arn {arn} --zip-file fileb://PACKAGE.zip --handler "
+        f"function {arn} has no published code; create-deployment fetches it from AWS Lambda "
+        f"if that version or alias is there, otherwise deploying fails until you run `edge "
+        f"cloud publish-function --function-arn {arn} --zip-file fileb://PACKAGE.zip --handler "
         f"{handler if isinstance(handler, str) and handler else 'MODULE.FUNCTION'}`"
     )
