@@ -3,7 +3,7 @@
 
 Starts Mosquitto and moto's server, creates a function in moto's Lambda with a package of
 `--size-mib` (an incompressible file beside app.py), publishes version 1 and an alias on it,
-and puts `tests/support/lambda_proxy.py` (adding `--latency-ms` to every request: the round
+and puts `bench/lambda_proxy.py` (adding `--latency-ms` to every request: the round
 trip to a region) in front of moto, serving the package at GetFunction's Code.Location. Then it
 times `edge.cloud.deployments.create_deployment` (no core: until the broker has the document),
 `--repeat` times each, for a group whose one function is named by:
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import boto3
 
+from bench.lambda_proxy import lambda_proxy
 from edge.cloud import definitions, groups
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import load_cloud_config
@@ -42,9 +43,8 @@ from edge.cloud.definitions import KINDS
 from edge.cloud.deployments import Request, create_deployment
 from edge.cloud.ids import Arns
 from edge.cloud.keys import init_signing_key
+from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION, run_mosquitto, run_moto
 from edge.signing import load_signing_key
-from tests.support.lambda_proxy import lambda_proxy
-from tests.support.services import AWS_TEST_ENV, TEST_REGION, run_mosquitto, run_moto
 
 ACCOUNT = "123456789012"
 HANDLER = "def function_handler(event, context):\n    return event\n"

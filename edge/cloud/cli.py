@@ -545,9 +545,7 @@ def _send(
         group_version_id=args.group_version_id,
         redeploy_of=args.deployment_id,
     )
-    return deployments.create_deployment(
-        config, db, signing_key, request, on_note=_note, **follow
-    )
+    return deployments.create_deployment(config, db, signing_key, request, on_note=_note, **follow)
 
 
 def _note(note: str | None) -> None:

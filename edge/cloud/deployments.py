@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
 from edge.cloud.groups import (
+    ResolvedGroup,
     group_version_row,
     last_deployment,
     latest_version_id,
@@ -100,14 +101,35 @@ def _published(conn: Connection, function_arn: str) -> dict[str, Any] | None:
     return {"Handler": row["handler"], "Code": {"Uri": row["uri"], "Sha256": row["sha256"]}}
 
 
+def _resolve(conn: Connection, group_id: str, group_version_id: str) -> ResolvedGroup:
+    """A group version with its definition versions looked up.
+
+    Raises:
+        NotFoundError: The group version is gone.
+        DefinitionInvalidError: A definition version it names is gone (its definition was
+            deleted, which AWS allows while a group version names it).
+    """
+    row = group_version_row(conn, group_id, group_version_id)
+    try:
+        return resolve_group(conn, json.loads(row["body"]))
+    except NotFoundError as exc:
+        if not exc.ident.startswith("arn:"):
+            raise
+        raise DefinitionInvalidError(
+            "deployment",
+            f"group version {group_version_id} names {exc.ident}, which no longer exists (its "
+            f"definition was deleted); create a group version without it and deploy that",
+        ) from None
+
+
 def functions_without_code(conn: Connection, group_id: str, group_version_id: str) -> list[str]:
     """The ARNs of a group version's functions that have neither a Code nor a published package.
 
     Raises:
-        NotFoundError: The group version, or a definition version it names, is gone.
+        NotFoundError: The group version is gone.
+        DefinitionInvalidError: A definition version it names is gone.
     """
-    row = group_version_row(conn, group_id, group_version_id)
-    functions = resolve_group(conn, json.loads(row["body"])).group["Functions"]
+    functions = _resolve(conn, group_id, group_version_id).group["Functions"]
     return [
         fn["FunctionArn"]
         for fn in functions
@@ -162,18 +184,7 @@ def build_document(
         DefinitionInvalidError: It names no core, a function has no code, or the result is
             not a document the core would accept.
     """
-    row = group_version_row(conn, group_id, group_version_id)
-    try:
-        resolved = resolve_group(conn, json.loads(row["body"]))
-    except NotFoundError as exc:
-        if not exc.ident.startswith("arn:"):
-            raise
-        # A definition can be deleted while a group version names it, as in AWS.
-        raise DefinitionInvalidError(
-            "deployment",
-            f"group version {group_version_id} names {exc.ident}, which no longer exists (its "
-            f"definition was deleted); create a group version without it and deploy that",
-        ) from None
+    resolved = _resolve(conn, group_id, group_version_id)
     if resolved.thing_name is None:
         raise DefinitionInvalidError(
             "deployment",

@@ -11,13 +11,13 @@ from typing import Any
 import boto3
 import pytest
 
+from bench.lambda_proxy import LambdaCodeProxy, lambda_proxy
 from edge.cloud.lambdacode import supply_hint
+from edge.fixtures.core import edge_cli
+from edge.fixtures.services import TEST_REGION, MotoServer
 from tests.integration import test_cloud
 from tests.integration.test_cloud import Cloud, write_cloud_config
-from tests.support.core import edge_cli
 from tests.support.functions import build_package
-from tests.support.lambda_proxy import LambdaCodeProxy, lambda_proxy
-from tests.support.services import TEST_REGION, MotoServer
 
 pytestmark = pytest.mark.network
 

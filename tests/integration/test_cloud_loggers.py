@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from edge.fixtures.services import TEST_REGION
 from tests.integration import test_cloud, test_cloud_serve
 from tests.integration.test_cloud import ACCOUNT, Cloud
 from tests.integration.test_cloud_serve import Served
-from tests.support.services import TEST_REGION
 
 pytestmark = pytest.mark.network
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bench.proxy_thread import ProxyThread, proxy_thread
 from edge.fixtures.core import secret_resource
 from edge.fixtures.services import Mosquitto, MotoServer
 from tests.support.disk import DiskFaults, disk_faults, fault_path
@@ -32,7 +33,6 @@ from tests.support.faults import (
     running_core,
     served,
 )
-from tests.support.proxy import ProxyThread, proxy_thread
 
 pytestmark = pytest.mark.network
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bench.proxy_thread import ProxyThread, proxy_thread
 from edge.fixtures.core import secret_resource
 from edge.fixtures.services import Mosquitto, MotoServer
 from tests.support.env import Env
@@ -30,7 +31,6 @@ from tests.support.faults import (
     running_core,
     served,
 )
-from tests.support.proxy import ProxyThread, proxy_thread
 
 pytestmark = pytest.mark.network
 

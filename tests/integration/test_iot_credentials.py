@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from bench.proxy_thread import ProxyThread, proxy_thread
 from edge.fixtures.core import secret_resource
 from edge.fixtures.services import Mosquitto, MotoServer
 from tests.support.env import Env, running_env
 from tests.support.iot_credentials import CredentialsProvider, run_credentials_provider
-from tests.support.proxy import ProxyThread, proxy_thread
 from tests.support.tls import Pki, make_pki
 
 ROLE_ALIAS = "edge-core-token-exchange"

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from bench.proxy_thread import ProxyThread, proxy_thread
 from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from edge.fixtures.services import Mosquitto, MotoServer
 from tests.integration.test_workers import function, invoke
 from tests.support.env import Env
 from tests.support.functions import build_package
 from tests.support.leaks import LEAKS
-from tests.support.proxy import ProxyThread, proxy_thread
 
 pytestmark = pytest.mark.network
 

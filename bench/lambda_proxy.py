@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from aiohttp import web
 
 from bench.latency_proxy import LatencyProxy
-from tests.support.proxy import ProxyThread
+from bench.proxy_thread import ProxyThread
 
 _FUNCTIONS = "/2015-03-31/functions/"
 _CODE = "/lambda-code/"
@@ -54,7 +54,8 @@ class LambdaCodeProxy(LatencyProxy):
             return response
         if request.path.count("/") != 3 or response.status != 200:
             return response
-        assert isinstance(response.body, bytes)
+        if not isinstance(response.body, bytes):  # _forward always answers with bytes
+            raise TypeError("the upstream answer is not bytes")
         answer = json.loads(response.body)
         if "Location" in answer.get("Code", {}):
             digest = base64.b64decode(answer["Configuration"]["CodeSha256"]).hex()
