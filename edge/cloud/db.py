@@ -170,6 +170,25 @@ MIGRATIONS: Final = (
         ALTER TABLE deployments ADD COLUMN note TEXT;
         """,
     ),
+    Migration(
+        5,
+        "stored documents",
+        # What the API keeps and returns while edge doesn't act on it (role associations,
+        # connectivity info, runtime configuration, group CAs, software update jobs): one JSON
+        # document per kind and subject (a group id, a thing name, a CA or job id, "" for the
+        # account). A group's documents go with the group.
+        """
+        CREATE TABLE documents (
+            kind       TEXT NOT NULL,
+            subject    TEXT NOT NULL,
+            group_id   TEXT REFERENCES groups (id) ON DELETE CASCADE,
+            document   TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (kind, subject)
+        );
+        CREATE INDEX documents_by_group ON documents (group_id, kind);
+        """,
+    ),
 )
 
 

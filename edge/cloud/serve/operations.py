@@ -30,7 +30,7 @@ from edge.cloud.db import Claim, Database
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import Request
 from edge.cloud.ids import Arns
-from edge.cloud.serve import lifecycle
+from edge.cloud.serve import lifecycle, stored
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.errors import bad_request
 from edge.errors import CloudDatabaseError
@@ -200,6 +200,7 @@ def _table() -> dict[str, Handler]:
     return (
         table
         | lifecycle.handlers()
+        | stored.handlers()
         | {
             "CreateGroup": _create_group,
             "CreateGroupVersion": _create_group_version,
