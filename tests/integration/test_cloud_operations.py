@@ -9,10 +9,16 @@ what was put, in AWS's shapes.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from botocore import xform_name
 from botocore.exceptions import ClientError
@@ -23,7 +29,7 @@ from edge.cloud.serve.routes import operation_names, service_model
 from edge.fixtures.services import TEST_REGION
 from tests.integration import test_cloud_serve as base
 from tests.integration.test_cloud_lifecycle import MILLISECONDS, shaped
-from tests.integration.test_cloud_serve import ACCOUNT, Served, code, error_of
+from tests.integration.test_cloud_serve import ACCOUNT, KEY_ID, Served, code, error_of
 from tests.support import REPO
 
 pytestmark = pytest.mark.network
@@ -170,6 +176,69 @@ def test_docs_list_every_operation_with_its_status() -> None:
     assert sorted(named) == sorted(operation_names())
     statuses = {row.split("|")[2].strip() for row in rows}
     assert statuses <= {"implemented", "stored, not acted on", "refused"}, statuses
+
+
+# --- a named profile ------------------------------------------------------------------------------
+
+
+def test_a_named_aws_cli_profile_reaches_the_service_without_endpoint_url(
+    served: Served, tmp_path: Path
+) -> None:
+    """docs/cloud.md's `edge` profile: `aws --profile edge` and boto3 reach the service.
+
+    The profile holds the service's key and its endpoint, for `greengrass` only; the default
+    profile in the same files stays the credentials for AWS (here moto's), untouched.
+    """
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n\n"
+        f"[edge]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {served.secret}\n"
+    )
+    credentials.chmod(0o600)
+    config = tmp_path / "config"
+    config.write_text(
+        f"[profile edge]\nregion = {TEST_REGION}\nservices = edge-control-plane\n\n"
+        f"[services edge-control-plane]\ngreengrass =\n  endpoint_url = {served.url}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    created = subprocess.run(
+        [sys.executable, "-m", "awscli", "greengrass", "create-group", "--name", "via-profile"],
+        capture_output=True,
+        text=True,
+        env=env | {"AWS_PROFILE": "edge"},
+        check=False,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "awscli", "--profile", "edge", "greengrass", "list-groups"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [g["Name"] for g in json.loads(listed.stdout)["Groups"]] == ["via-profile"]
+    # boto3 reads the same profile; the default profile's keys are not the service's.
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("AWS_")]:
+            patch.delenv(key)
+        for key, value in env.items():
+            if key.startswith("AWS_"):
+                patch.setenv(key, value)
+        session = boto3.Session(profile_name="edge")
+        assert session.client("greengrass").list_groups()["Groups"][0]["Name"] == "via-profile"
+        default = boto3.Session().client(
+            "greengrass", region_name=TEST_REGION, endpoint_url=served.url
+        )
+        assert code(error_of(default.list_groups))[0] == 403
 
 
 # --- what is stored is what is returned --------------------------------------------------------
