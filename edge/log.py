@@ -15,8 +15,10 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, Final, TextIO
+from pathlib import Path
+from typing import Any, Final, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
@@ -402,6 +404,86 @@ def set_group_level(level: str | None) -> None:
     _GATE.group = None if level is None else logging.getLevelNamesMapping()[level.upper()]
 
 
+class _LogFile:
+    """A copy of the log in a file of bounded size: `core.log`, then `core.log.1`.
+
+    Each holds at most half the space, so the two never take more than it. Lines arrive
+    rendered and masked; colour codes (a console renderer on a terminal) are left out.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._half = max(1, max_bytes // 2)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._file = self._open()
+
+    def _open(self) -> TextIO:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+
+    def write(self, text: str) -> None:
+        text = _ANSI.sub("", text)
+        if self._file.tell() + len(text.encode("utf-8", "replace")) > self._half:
+            self._file.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._file = self._open()
+        self._file.write(text[-self._half :])
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _Output:
+    """Where log lines go: the stream, and a group's log file while it asks for one.
+
+    One object, handed to structlog and to the stdlib handler at start, so a deployment can
+    add or drop the file without reconfiguring either; a lock keeps lines from threads whole.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.file: _LogFile | None = None
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.stream.write(text)
+            if self.file is not None:
+                try:
+                    self.file.write(text)
+                except OSError:
+                    # A full or read-only disk must not take the core's logging down with it.
+                    self.file = None
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self.stream.flush()
+
+    def use_file(self, file: _LogFile | None) -> None:
+        with self._lock:
+            old, self.file = self.file, file
+        if old is not None:
+            old.close()
+
+
+_OUTPUT = _Output(sys.stderr)
+
+
+def set_group_file(path: Path | None, max_bytes: int | None = None) -> None:
+    """Also write the log to `path` (0600), within `max_bytes` over two files; None: stop."""
+    current = _OUTPUT.file
+    if path is None or max_bytes is None:
+        _OUTPUT.use_file(None)
+    elif current is None or (current.path, current.max_bytes) != (path, max_bytes):
+        _OUTPUT.use_file(_LogFile(path, max_bytes))
+
+
 def configure_logging(
     *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None
 ) -> None:
@@ -414,6 +496,8 @@ def configure_logging(
         stream: Where log lines go (default: stderr).
     """
     out = stream or sys.stderr
+    _OUTPUT.use_file(None)
+    _OUTPUT.stream = out
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if resolve_format(fmt, out) == "json"
@@ -439,12 +523,13 @@ def configure_logging(
         ],
         # Everything passes the class's filter: _GATE decides, so the level can change later.
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # _Output writes and flushes, all PrintLogger asks of a file.
+        logger_factory=structlog.PrintLoggerFactory(cast("TextIO", _OUTPUT)),
         cache_logger_on_first_use=False,
     )
     # Libraries (aiomqtt/paho, botocore) log through stdlib logging: keep them quiet but visible,
     # and through the same redaction.
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(_OUTPUT)
     handler.addFilter(_StdlibRedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

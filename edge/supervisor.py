@@ -273,6 +273,7 @@ async def run_core(
                 config.deployments.trusted_keys,
                 allow_unsigned=config.deployments.allow_unsigned,
             ),
+            log_file=state_dir / "logs" / "core.log",
         )
         refresher = _refresher(
             config, source=source, store=store, agent=agent, workload=workload, link=link

@@ -28,7 +28,7 @@ from edge.errors import (
     SignatureError,
     StaleDeploymentError,
 )
-from edge.log import REDACTOR, get_logger, set_group_level
+from edge.log import REDACTOR, get_logger, set_group_file, set_group_level
 from edge.model import MAX_DOCUMENT_BYTES, Deployment, DeploymentType, parse_deployment
 from edge.model.loggers import LoggingPlan, plan_logging
 from edge.secrets.contents import DeploymentRecord, StoreContents
@@ -172,8 +172,11 @@ class DeploymentAgent:
         logger: FilteringBoundLogger | None = None,
         trust: DeploymentTrust | None = None,
         gate: RotationGate | None = None,
+        log_file: Path | None = None,
     ) -> None:
         self._store = store
+        #: Where a group's FileSystem GreengrassSystem logger has the log copied (None: nowhere).
+        self._log_file = log_file
         # Shared with the secret refresher: one store rotation at a time, deployments first.
         self.gate = gate or RotationGate()
         self._source = source
@@ -397,6 +400,16 @@ class DeploymentAgent:
                 # A stored group was checked when it was deployed; keep [log] level.
                 self._log.warning("deploy.loggers_unreadable", error=str(exc))
                 return
+        if self._log_file is not None:
+            try:
+                set_group_file(
+                    self._log_file if plan.space_kb else None,
+                    None if plan.space_kb is None else plan.space_kb * 1024,
+                )
+            except OSError as exc:
+                self._log.warning(
+                    "deploy.log_file_failed", path=str(self._log_file), error=str(exc)
+                )
         # Both said before the change, so they show whatever level the group asks for.
         if announce and plan.note is not None:
             self._log.warning("deploy.ignored", note=plan.note)

@@ -4,11 +4,12 @@
 Greengrass V1 groups may carry a logger definition (where the core and the functions log, at
 what level) and a device definition (AWS IoT things that talk to the core locally). edge acts
 on one logger: a `FileSystem` logger of component `GreengrassSystem`, whose `Level` becomes the
-core's log level. Everything else (`AWSCloudWatch` loggers, `Lambda` loggers, which edge's
-functions don't need since their output is in the core's log, and devices) doesn't stop a
-deployment: it is named in one note, which the control plane records with the deployment and
-the core logs as a warning. Both sides compute it here, from the same document, so they say the
-same thing.
+core's log level and whose `Space` bounds a copy of the core's log in its state directory (as
+V1 kept its system log under /greengrass/ggc/var/log). Everything else (`AWSCloudWatch`
+loggers, `Lambda` loggers, which edge's functions don't need since their output is in the
+core's log, and devices) doesn't stop a deployment: it is named in one note, which the control
+plane records with the deployment and the core logs as a warning. Both sides compute it here,
+from the same document, so they say the same thing.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ LEVELS: Final = {
 }
 COMPONENTS: Final = ("GreengrassSystem", "Lambda")
 TYPES: Final = ("FileSystem", "AWSCloudWatch")
+#: A FileSystem logger's `Space` (KB) when it names none: ten megabytes, as the audit log's.
+DEFAULT_SPACE_KB: Final = 10 * 1024
 _LOGGER_KEYS: Final = frozenset({"Id", "Component", "Level", "Type", "Space"})
 _DEVICE_KEYS: Final = frozenset({"Id", "ThingArn", "CertificateArn", "SyncShadow"})
 
@@ -48,6 +51,8 @@ class LoggingPlan:
     level: str | None
     #: What it doesn't act on, one phrase each.
     ignored: tuple[str, ...]
+    #: That logger's `Space` in KB: the most the core's log file may take (None: no file).
+    space_kb: int | None = None
 
     @property
     def note(self) -> str | None:
@@ -120,11 +125,13 @@ def plan_logging(group: Mapping[str, Any]) -> LoggingPlan:
         DeploymentInvalidError: Loggers or Devices are malformed.
     """
     level: str | None = None
+    space_kb: int | None = None
     ignored: list[str] = []
     for logger in check_loggers(group.get("Loggers", [])):
         name = f"{logger['Type']} logger {quoted(logger['Id'])} ({logger['Component']})"
         if logger["Type"] == "FileSystem" and logger["Component"] == "GreengrassSystem":
             level = LEVELS[logger["Level"]]
+            space_kb = max(1, logger.get("Space") or DEFAULT_SPACE_KB)
         elif logger["Type"] == "AWSCloudWatch":
             ignored.append(f"{name}: edge doesn't send logs to CloudWatch")
         else:
@@ -133,4 +140,4 @@ def plan_logging(group: Mapping[str, Any]) -> LoggingPlan:
     if devices:
         ids = ", ".join(quoted(d["Id"]) for d in devices)
         ignored.append(f"{len(devices)} device(s) ({ids}): edge has no local device connections")
-    return LoggingPlan(level=level, ignored=tuple(ignored))
+    return LoggingPlan(level=level, ignored=tuple(ignored), space_kb=space_kb)

@@ -116,6 +116,11 @@ def test_loggers_and_devices_are_stored_deployed_and_set_the_core_log_level(
     # WARN: the core's info lines (deploy.complete among them) are no longer written.
     assert cloud.core.wait_for_event("deploy.log_level")["log_level"] == "warning"
     assert cloud.core.count("deploy.complete") == 1
+    # Space: 128 KB bounds a 0600 copy of the log in the state directory, from then on.
+    copy = cloud.core.config.parent / "state" / "logs" / "core.log"
+    assert "deploy.ignored" in copy.read_text()
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert copy.stat().st_size <= 64 * 1024
     # After a restart the stored group's level holds again, without repeating the note.
     cloud.core.stop()
     cloud.core.start()
@@ -128,6 +133,7 @@ def test_loggers_and_devices_are_stored_deployed_and_set_the_core_log_level(
     assert result.returncode == 0, result.stderr
     cloud.core.wait_for_event("deploy.complete")
     assert cloud.core.count("deploy.complete") == 2
+    assert "deploy.complete" not in copy.read_text()  # the copy stopped with the logger
     assert cloud.core.count("mqtt.connected") == 1
 
 

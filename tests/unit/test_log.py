@@ -24,6 +24,7 @@ from edge.log import (
     configure_logging,
     get_logger,
     mask_payload,
+    set_group_file,
 )
 from tests.support.tls import pem_of
 
@@ -400,3 +401,34 @@ def test_an_unknown_log_format_is_a_usage_error(capsys: pytest.CaptureFixture[st
         cli.main(["--log-format", "xml", "secrets", "list", "--config", "x.toml"])
     assert exc.value.code == 2
     assert "invalid choice: 'xml'" in capsys.readouterr().err
+
+
+def test_a_groups_log_file_copies_masked_lines_within_its_space(tmp_path: Path) -> None:
+    """Lines go to stderr and a 0600 file; two files never hold more than the space; None stops.
+
+    The copy holds what stderr shows, masked, without colour codes, and rotates to `.1` at half
+    the space, so a chatty core can't fill the disk.
+    """
+    stream = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=stream)
+    REDACTOR.update(["file-secret-value-123"])
+    path = tmp_path / "logs" / "core.log"
+    try:
+        set_group_file(path, 4096)
+        log = get_logger("test")
+        for n in range(200):
+            log.info("file.line", n=n, detail="file-secret-value-123 and padding " * 2)
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        rotated = path.with_name("core.log.1")
+        assert path.stat().st_size + rotated.stat().st_size <= 4096
+        tail = path.read_text()
+        assert '"n": 199' in tail
+        assert tail in stream.getvalue()  # the same lines as stderr, nothing of its own
+        assert "file-secret-value-123" not in tail + rotated.read_text()
+        set_group_file(None)
+        log.info("file.after")
+        assert "file.after" in stream.getvalue()
+        assert "file.after" not in path.read_text()
+    finally:
+        set_group_file(None)
+        REDACTOR.update([])
