@@ -189,6 +189,15 @@ MIGRATIONS: Final = (
         CREATE INDEX documents_by_group ON documents (group_id, kind);
         """,
     ),
+    Migration(
+        6,
+        "deployment error details",
+        # A failed deployment's ErrorDetails as the core reported them (a JSON list), for
+        # GetDeploymentStatus.
+        """
+        ALTER TABLE deployments ADD COLUMN error_details TEXT;
+        """,
+    ),
 )
 
 

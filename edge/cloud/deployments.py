@@ -481,6 +481,11 @@ def _insert(
     out.recorded = True
 
 
+def _details(code: str, message: str) -> str:
+    """An ErrorDetails column value: one entry, as a core reports a failure."""
+    return json.dumps([{"DetailedErrorCode": code, "DetailedErrorMessage": message}])
+
+
 def _created(config: CloudConfig, out: _Outgoing) -> dict[str, Any]:
     arns = Arns(config.aws.region, config.cloud.account_id)
     return {
@@ -514,9 +519,15 @@ async def _send(
             with db.write() as conn:
                 message = f"not published: {exc}"
                 conn.execute(
-                    "UPDATE deployments SET status = ?, error_message = ?, updated_at = ?"
-                    " WHERE id = ?",
-                    (FAILURE, message, timestamp(), out.deployment_id),
+                    "UPDATE deployments SET status = ?, error_message = ?, error_details = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    (
+                        FAILURE,
+                        message,
+                        _details("BrokerError", message),
+                        timestamp(),
+                        out.deployment_id,
+                    ),
                 )
                 add_event(conn, out.deployment_id, FAILURE, timestamp(), message)
             raise

@@ -33,6 +33,8 @@ FINAL: Final = frozenset({SUCCESS, FAILURE})
 _RANK: Final = {BUILDING: 0, IN_PROGRESS: 1, SUCCESS: 2, FAILURE: 2}
 #: A status document is a few hundred bytes; anything far bigger is not one.
 MAX_STATUS_BYTES: Final = 64 * 1024
+#: ErrorDetails entries kept: the core sends one.
+MAX_ERROR_DETAILS = 10
 #: Longest ErrorMessage kept; the core's messages are one line of at most a few hundred chars.
 MAX_ERROR_LENGTH: Final = 4096
 #: How long `get-deployment-status` waits for the retained status of an unfinished deployment.
@@ -51,6 +53,8 @@ class StatusReport:
     status: str
     updated_at: str
     error_message: str | None = None
+    #: `[{DetailedErrorCode, DetailedErrorMessage}]` as the core sent them, or None.
+    error_details: list[dict[str, str]] | None = None
 
 
 def parse_status(payload: bytes) -> StatusReport | None:
@@ -76,7 +80,26 @@ def parse_status(payload: bytes) -> StatusReport | None:
         status=status,
         updated_at=_printable(updated)[:64],
         error_message=None if error is None else _printable(error)[:MAX_ERROR_LENGTH],
+        error_details=_error_details(doc.get("ErrorDetails")),
     )
+
+
+def _error_details(value: object) -> list[dict[str, str]] | None:
+    """The report's ErrorDetails, each field a printable string; anything else is dropped."""
+    if not isinstance(value, list) or not value:
+        return None
+    details = []
+    for entry in value[:MAX_ERROR_DETAILS]:
+        if not isinstance(entry, dict):
+            return None
+        kept = {
+            key: _printable(text)[:MAX_ERROR_LENGTH]
+            for key in ("DetailedErrorCode", "DetailedErrorMessage")
+            if isinstance(text := entry.get(key), str)
+        }
+        if kept:
+            details.append(kept)
+    return details or None
 
 
 def _printable(text: str) -> str:
@@ -102,9 +125,11 @@ def record(conn: Connection, thing_name: str, report: StatusReport) -> Row | Non
     ).fetchone()
     if row is None or _RANK[report.status] <= _RANK.get(row["status"], 0):
         return None
+    details = None if report.error_details is None else json.dumps(report.error_details)
     conn.execute(
-        "UPDATE deployments SET status = ?, error_message = ?, updated_at = ? WHERE id = ?",
-        (report.status, report.error_message, report.updated_at, report.deployment_id),
+        "UPDATE deployments SET status = ?, error_message = ?, error_details = ?,"
+        " updated_at = ? WHERE id = ?",
+        (report.status, report.error_message, details, report.updated_at, report.deployment_id),
     )
     add_event(conn, report.deployment_id, report.status, report.updated_at, report.error_message)
     updated: Row = conn.execute(
@@ -138,6 +163,8 @@ def status_output(row: Row) -> dict[str, Any]:
     }
     if row["error_message"]:
         out["ErrorMessage"] = row["error_message"]
+    if row["error_details"]:
+        out["ErrorDetails"] = json.loads(row["error_details"])
     return out
 
 

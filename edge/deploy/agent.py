@@ -118,9 +118,19 @@ def utc_now() -> str:
 
 
 def status_document(
-    deployment_id: str, deployment_type: str, state: DeploymentState, error: str | None = None
+    deployment_id: str,
+    deployment_type: str,
+    state: DeploymentState,
+    error: str | None = None,
+    *,
+    code: str = "InternalError",
 ) -> dict[str, Any]:
-    """Build the status document published on the status topic."""
+    """Build the status document published on the status topic.
+
+    A failure carries its message twice, as AWS's GetDeploymentStatus does: `ErrorMessage`,
+    and one `ErrorDetails` entry whose `DetailedErrorCode` names the kind of failure (the
+    exception's class, such as `SecretNotFoundError`).
+    """
     doc: dict[str, Any] = {
         "DeploymentId": deployment_id,
         "DeploymentType": deployment_type,
@@ -129,7 +139,9 @@ def status_document(
     }
     if error is not None:
         # Defence in depth: an error from a library could quote a value back at us.
-        doc["ErrorMessage"] = REDACTOR.mask(error)
+        message = REDACTOR.mask(error)
+        doc["ErrorMessage"] = message
+        doc["ErrorDetails"] = [{"DetailedErrorCode": code, "DetailedErrorMessage": message}]
     return doc
 
 
@@ -314,7 +326,11 @@ class DeploymentAgent:
             if previous is None:
                 state = next_state(DeploymentState.RECEIVED, DeploymentEvent.FAIL)
                 dep_type = deployment.deployment_type.value
-                self._finish(status_document(deployment.deployment_id, dep_type, state, str(exc)))
+                self._finish(
+                    status_document(
+                        deployment.deployment_id, dep_type, state, str(exc), code=type(exc).__name__
+                    )
+                )
             return
         if previous is not None:
             # A redelivery (QoS 1 is at-least-once): answer with the outcome we already had.
@@ -347,7 +363,9 @@ class DeploymentAgent:
         dep_type = _peek_type(payload)
         state = next_state(DeploymentState.RECEIVED, DeploymentEvent.FAIL)
         self._log.warning("deploy.rejected", deployment_id=exc.deployment_id, error=str(exc))
-        self._finish(status_document(exc.deployment_id, dep_type, state, str(exc)))
+        self._finish(
+            status_document(exc.deployment_id, dep_type, state, str(exc), code=type(exc).__name__)
+        )
 
     async def _apply(self, deployment: Deployment) -> None:
         dep_type = deployment.deployment_type.value
@@ -365,6 +383,7 @@ class DeploymentAgent:
             contents = build_contents(deployment, fetched, prepared.code_dirs if prepared else None)
             await self._store.asave(contents)
         except Exception as exc:  # noqa: BLE001 - every failure must end in a Failure status
+            code = type(exc).__name__ if isinstance(exc, EdgeError) else "InternalError"
             if isinstance(exc, EdgeError):
                 message = str(exc)
                 self._log.warning("deploy.failed", error_type=type(exc).__name__, error=message)
@@ -373,7 +392,9 @@ class DeploymentAgent:
                 self._log.exception("deploy.failed", error_type=type(exc).__name__)
             REDACTOR.update(self.contents.values())
             state = next_state(state, DeploymentEvent.FAIL)
-            self._finish(status_document(deployment.deployment_id, dep_type, state, message))
+            self._finish(
+                status_document(deployment.deployment_id, dep_type, state, message, code=code)
+            )
             return
         self.contents = contents
         REDACTOR.update(contents.values())

@@ -251,6 +251,10 @@ def test_reference_commands_deploy_rotate_fail_and_remove(cloud: Cloud) -> None:
     assert failed["DeploymentStatus"] == "Failure"
     assert arn in failed["ErrorMessage"]
     assert "can't be found" in failed["ErrorMessage"]
+    # ErrorDetails, as AWS answers it: the kind of failure and the same message.
+    assert failed["ErrorDetails"] == [
+        {"DetailedErrorCode": "SecretNotFoundError", "DetailedErrorMessage": failed["ErrorMessage"]}
+    ]
     assert cloud.store.read_bytes() == before
 
     # Remove the resource from the group: deployed, it is gone from the core.

@@ -410,14 +410,33 @@ def test_edge_cloud_commands_take_a_client_token_too(served: Served) -> None:
 def test_a_v1_workflow_script_runs_unchanged_with_the_aws_cli(with_core: Served) -> None:
     """A V1 script, only `aws greengrass` commands, from tagged create to cleanup, on a core.
 
-    Tags on create, a deployment retried under one client token (deployed once), a rename,
-    the reset, then every delete: the core's store ends empty and nothing is left behind.
+    Tags on create, a logger definition (its CloudWatch logger named in the core's note), a
+    deployment retried under one client token (deployed once), a rename, the reset, then every
+    delete: the core's store ends empty and nothing is left behind.
     """
     served = with_core
     arn = served.create_secret(f"s-{secrets.token_hex(3)}")
     resources = served.aws_json(
         *("greengrass", "create-resource-definition", "--name", "res", "--tags", "team=ops"),
         *("--initial-version", json.dumps(_resource_version(arn))),
+    )
+    loggers = served.aws_json(
+        *("greengrass", "create-logger-definition", "--name", "logs"),
+        "--initial-version",
+        json.dumps(
+            {
+                "Loggers": [
+                    {
+                        "Id": "system",
+                        "Component": "GreengrassSystem",
+                        "Level": "INFO",
+                        "Type": "FileSystem",
+                        "Space": 256,
+                    },
+                    {"Id": "cw", "Component": "Lambda", "Level": "INFO", "Type": "AWSCloudWatch"},
+                ]
+            }
+        ),
     )
     core_arn = served.core_definition(served.client())
     group = served.aws_json(
@@ -427,6 +446,7 @@ def test_a_v1_workflow_script_runs_unchanged_with_the_aws_cli(with_core: Served)
             {
                 "CoreDefinitionVersionArn": core_arn,
                 "ResourceDefinitionVersionArn": resources["LatestVersionArn"],
+                "LoggerDefinitionVersionArn": loggers["LatestVersionArn"],
             }
         ),
     )
@@ -441,6 +461,9 @@ def test_a_v1_workflow_script_runs_unchanged_with_the_aws_cli(with_core: Served)
     assert served.aws_json(*deploy) == deployed
     served.wait_status(served.client(), gid, deployed["DeploymentId"], "Success")
     assert len(served.secrets_listing()["Secrets"]) == 1
+    assert served.core is not None
+    ignored = served.core.wait_for_event("deploy.ignored")["note"]
+    assert 'AWSCloudWatch logger "cw"' in ignored
     assert (
         served.aws("greengrass", "update-group", "--group-id", gid, "--name", "Renamed").returncode
         == 0
@@ -457,6 +480,7 @@ def test_a_v1_workflow_script_runs_unchanged_with_the_aws_cli(with_core: Served)
     for args in (
         ("delete-group", "--group-id", gid),
         ("delete-resource-definition", "--resource-definition-id", resources["Id"]),
+        ("delete-logger-definition", "--logger-definition-id", loggers["Id"]),
     ):
         result = served.aws("greengrass", *args)
         assert result.returncode == 0, result.stderr
