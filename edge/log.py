@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, TextIO
 
 import structlog
@@ -472,14 +472,6 @@ def get_logger(name: str, **initial: Any) -> FilteringBoundLogger:  # noqa: ANN4
     """Return a bound structlog logger for a component."""
     logger: FilteringBoundLogger = structlog.get_logger(name).bind(component=name, **initial)
     return logger
-
-
-def scrub_mapping(data: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Mask secret values in a mapping that is about to leave the process (status reports)."""
-    for key, value in data.items():
-        if isinstance(value, str):
-            data[key] = REDACTOR.mask(value)
-    return data
 
 
 def mask_payload(payload: bytes) -> bytes:
