@@ -575,14 +575,16 @@ async def test_a_slow_invoke_does_not_hold_up_secrets(socket_path):
             IpcClient(str(socket_path), TOKEN) as other,
         ):
             slow = asyncio.create_task(call(shared, OP_INVOKE, {"Hold": True, "Payload": b"p"}))
-            await asyncio.wait_for(handler.holding.wait(), 10)
-            # The invoke answers only after these two: they must not wait for it.
-            same = call(shared, OP_GET_SECRET_VALUE, {"SecretId": "same-connection"}, timeout=10)
-            assert (await same)["Name"] == "same-connection"
-            another = call(other, OP_GET_SECRET_VALUE, {"SecretId": "other-connection"}, timeout=10)
-            assert (await another)["Name"] == "other-connection"
-            assert not slow.done()
-            handler.release.set()
+            try:
+                await asyncio.wait_for(handler.holding.wait(), 10)
+                # The invoke answers only after these two: they must not wait for it.
+                same = call(shared, OP_GET_SECRET_VALUE, {"SecretId": "same-connection"})
+                assert (await asyncio.wait_for(same, 10))["Name"] == "same-connection"
+                another = call(other, OP_GET_SECRET_VALUE, {"SecretId": "other-connection"})
+                assert (await asyncio.wait_for(another, 10))["Name"] == "other-connection"
+                assert not slow.done()
+            finally:
+                handler.release.set()
             assert await slow == {"Payload": b"p"}
 
 
