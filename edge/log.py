@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, TextIO, cast
 
@@ -557,14 +557,6 @@ def get_logger(name: str, **initial: Any) -> FilteringBoundLogger:  # noqa: ANN4
     """Return a bound structlog logger for a component."""
     logger: FilteringBoundLogger = structlog.get_logger(name).bind(component=name, **initial)
     return logger
-
-
-def scrub_mapping(data: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Mask secret values in a mapping that is about to leave the process (status reports)."""
-    for key, value in data.items():
-        if isinstance(value, str):
-            data[key] = REDACTOR.mask(value)
-    return data
 
 
 def mask_payload(payload: bytes) -> bytes:

@@ -63,9 +63,6 @@ from edge.ipc.protocol import (
 )
 from edge.log import get_logger
 
-#: Bytes asked of the socket per read: a frame of a typical request fits many times over, and
-#: larger frames (up to the protocol's 1 MiB) arrive in a few reads.
-READ_SIZE: Final = 65536
 #: Mode of the socket's directory and of the socket: only the core's user may connect. The
 #: directory is what really keeps others out (a socket's own mode is ignored by some systems).
 SOCKET_DIR_MODE: Final = 0o700

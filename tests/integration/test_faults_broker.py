@@ -49,8 +49,6 @@ pytestmark = pytest.mark.network
 
 #: Every Secrets Manager call waits this long: a one-secret deployment is in flight ~2.5 s.
 FETCH_DELAY_MS = 2500
-#: How long the broker stays away; longer than a fetch, so the final status has to wait for it.
-OUTAGE_SECONDS = 4.0
 #: A core refused by the broker waits this long for a CONNACK that never comes, per attempt
 #: (aiomqtt's timeout in edge/mqtt/link.py), before it says why and tries again.
 REFUSED_ATTEMPT_SECONDS = 10
@@ -209,9 +207,21 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[TlsMosquitto]:
 # --- what the operator sees --------------------------------------------------------------------
 
 
-def statuses_of(env: Env, deployment_id: str, *, settle: float = 1.5) -> list[str]:
-    """Every DeploymentStatus the operator received for a deployment, after `settle` quiet s."""
-    time.sleep(settle)
+def settled(env: Env) -> str:
+    """Deploy nothing and wait for its Success: the core has moved past all that came before.
+
+    The core applies deployments one after the other and sends every status through one
+    first-in, first-out outbox; a repeated status or a second application of an earlier
+    deployment would have reached the operator and the core's log before this Success.
+    Returns the marker deployment's DeploymentId.
+    """
+    marker = env.operator.deploy([])
+    assert env.operator.final_status(marker, timeout=30)["DeploymentStatus"] == "Success"
+    return marker
+
+
+def statuses_of(env: Env, deployment_id: str) -> list[str]:
+    """Every DeploymentStatus the operator received for a deployment so far."""
     while not env.operator.statuses.empty():
         env.operator.seen.append(env.operator.statuses.get_nowait())
     return [
@@ -222,13 +232,30 @@ def statuses_of(env: Env, deployment_id: str, *, settle: float = 1.5) -> list[st
 
 
 def retained_status(env: Env) -> dict[str, Any]:
-    """The status document a newcomer gets on subscribing: only a retained message arrives so."""
+    """The status document a newcomer gets on subscribing: only a retained message arrives so.
+
+    A message published after subscribing comes after everything the subscription brought,
+    so whatever arrives before it is what a newcomer got.
+    """
     received = env.operator.subscribe(env.operator.status_topic)
-    _, doc = received.get(timeout=10)
-    time.sleep(0.5)
-    assert received.empty(), "more than one message for a newcomer: not just the retained one"
-    assert isinstance(doc, dict)
-    return doc
+    sentinel = {"DeploymentId": f"sentinel-{uuid.uuid4().hex[:8]}", "DeploymentStatus": "-"}
+    env.operator.publish(env.operator.status_topic, sentinel)  # not retained
+    before = []
+    while (doc := received.get(timeout=10)[1]) != sentinel:
+        before.append(doc)
+    assert len(before) == 1, f"not just the retained message for a newcomer: {before}"
+    assert isinstance(before[0], dict)
+    return before[0]
+
+
+def unread_by_broker(broker: Mosquitto) -> int:
+    """Bytes clients sent the broker that it has not read (a hung broker's socket fills up)."""
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        _, local, _, state, queues, *_ = line.split()
+        if int(local.split(":")[1], 16) == broker.port and state == "01":  # 01: established
+            unread += int(queues.split(":")[1], 16)
+    return unread
 
 
 def applied_once(env: Env, deployment_id: str) -> None:
@@ -257,13 +284,13 @@ def outage_during_deployment(env: Env) -> tuple[str, str]:
     env.operator.wait_status(dep, "InProgress")
     env.operator.close()
     env.broker.stop()
-    down_since = time.monotonic()
     env.core.wait_for_event("mqtt.disconnected")
     # The deployment goes on without the broker: the store rotates while it is away, and the
-    # Success status can only wait in the outbox.
+    # Success status can only wait in the outbox, through at least one failed reconnect.
     env.core.wait_for_event("deploy.complete", deployment_id=dep, timeout=15)
     assert env.core.count("mqtt.connected") == 1
-    time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_since)))
+    failed = env.core.count("mqtt.disconnected")
+    env.core.wait_for_event("mqtt.disconnected", after=failed, timeout=15)
     env.broker.start()
     env.core.wait_for_event("mqtt.connected", after=1, timeout=15)
     env.operator.connect()
@@ -279,16 +306,20 @@ def test_broker_outage_during_a_deployment_neither_loses_nor_repeats_it(slow_env
     dep, version = outage_during_deployment(env)
 
     assert env.operator.wait_status(dep, "Success", timeout=15)
-    assert statuses_of(env, dep).count("Success") == 1
     assert retained_status(env) == env.operator.wait_status(dep, "Success")
-    # InProgress went out before the outage; only the Success waited for the broker.
-    assert isinstance(env.broker, LoggingMosquitto)
-    core_id = f"edge-core-{env.operator.thing}"
-    assert env.broker.publishes_received(core_id, env.operator.status_topic) == 1
-    applied_once(env, dep)
     listing = env.listing()
     assert listing["Deployment"]["DeploymentId"] == dep
     assert listing["Secrets"][0]["StagingLabels"] == {"AWSCURRENT": version}
+
+    marker = settled(env)
+    assert statuses_of(env, dep).count("Success") == 1
+    # InProgress went out before the outage; only the Success waited for the broker (once).
+    assert isinstance(env.broker, LoggingMosquitto)
+    status_topic = env.operator.status_topic
+    core_id = f"edge-core-{env.operator.thing}"
+    marker_statuses = len(statuses_of(env, marker))
+    assert env.broker.publishes_received(core_id, status_topic) == 1 + marker_statuses
+    applied_once(env, dep)
 
 
 def test_broker_dying_with_the_final_status_in_flight_gets_it_once(slow_env: Env) -> None:
@@ -307,19 +338,27 @@ def test_broker_dying_with_the_final_status_in_flight_gets_it_once(slow_env: Env
     env.operator.close()
     broker.proc.send_signal(signal.SIGSTOP)  # hung: takes bytes, answers nothing
     env.core.wait_for_event("deploy.complete", deployment_id=dep, timeout=15)
-    time.sleep(0.5)  # the Success is written to the hung broker's socket
+    status_topic = env.operator.status_topic
+    # The Success is written to the hung broker's socket (more than a PINGREQ's two bytes).
+    deadline = time.monotonic() + 10
+    while unread_by_broker(broker) <= len(status_topic):
+        assert time.monotonic() < deadline, "the Success never reached the hung broker's socket"
+        time.sleep(0.05)
     broker.kill()
     env.core.wait_for_event("mqtt.disconnected")
     broker.start()
     env.core.wait_for_event("mqtt.connected", after=1, timeout=15)
     env.operator.connect()
     assert env.operator.wait_status(dep, "Success", timeout=15)
-    time.sleep(1.5)
-    status_topic = env.operator.status_topic
-    assert broker.publishes_received(f"edge-core-{env.operator.thing}", status_topic) == 1
     assert retained_status(env)["DeploymentStatus"] == "Success"
-    applied_once(env, dep)
     assert env.listing()["Secrets"][0]["StagingLabels"] == {"AWSCURRENT": version}
+
+    marker = settled(env)
+    core_id = f"edge-core-{env.operator.thing}"
+    marker_statuses = len(statuses_of(env, marker))
+    assert broker.publishes_received(core_id, status_topic) == 1 + marker_statuses
+    assert statuses_of(env, dep).count("Success") == 1
+    applied_once(env, dep)
 
 
 # --- 2. the broker goes away while nothing happens ---------------------------------------------
@@ -357,10 +396,10 @@ def test_broker_down_at_rest_core_serves_then_resubscribes_and_deploys(
     answer = read_through_core(env, "at-rest")
     assert (answer["VersionId"], answer["SecretString"]) == (version, value)
     assert env.listing()["Deployment"]["DeploymentId"] == first
-    time.sleep(2.0)  # a while, with reconnect attempts failing all along
+    # A while, with reconnect attempts failing all along: two more of them.
+    env.core.wait_for_event("mqtt.disconnected", after=2, timeout=15)
     assert env.core.proc is not None
     assert env.core.proc.poll() is None
-    assert env.core.count("mqtt.disconnected") >= 2
     assert read_through_core(env, arn)["VersionId"] == version
 
     env.broker.start()
@@ -371,9 +410,10 @@ def test_broker_down_at_rest_core_serves_then_resubscribes_and_deploys(
     env.values.append(f"{value}-2")
     second = env.operator.deploy([secret_resource("db", arn)], functions=[function])
     assert env.operator.final_status(second, timeout=20)["DeploymentStatus"] == "Success"
+    assert read_through_core(env, "at-rest")["VersionId"] == new_version
+    settled(env)
     assert statuses_of(env, second).count("Success") == 1
     applied_once(env, second)
-    assert read_through_core(env, "at-rest")["VersionId"] == new_version
 
 
 # --- 3. the core goes away while the broker stays ----------------------------------------------
@@ -399,14 +439,15 @@ def test_core_killed_mid_deployment_then_sent_another_applies_each_once(slow_env
     env.core.start()
     assert env.operator.final_status(first, timeout=20)["DeploymentStatus"] == "Success"
     assert env.operator.final_status(second, timeout=20)["DeploymentStatus"] == "Success"
-    assert statuses_of(env, second).count("Success") == 1
-    assert statuses_of(env, first, settle=0).count("Success") == 1
-    completed = [e["deployment_id"] for e in env.core.events() if e["event"] == "deploy.complete"]
-    assert completed == [first, second]
-    assert env.core.count("deploy.duplicate") == 0
     listing = env.listing()
     assert listing["Deployment"]["DeploymentId"] == second
     assert listing["Secrets"][0]["StagingLabels"] == {"AWSCURRENT": version}
+    marker = settled(env)
+    assert statuses_of(env, second).count("Success") == 1
+    assert statuses_of(env, first).count("Success") == 1
+    completed = [e["deployment_id"] for e in env.core.events() if e["event"] == "deploy.complete"]
+    assert completed == [first, second, marker]
+    assert env.core.count("deploy.duplicate") == 0
     assert not list((env.state_dir / "inbox").iterdir()), "a document stayed in the inbox"
 
 
@@ -433,12 +474,15 @@ def test_tls_deployment_survives_a_broker_restart(
         assert env.core.wait_for_event("mqtt.connected")["url"].startswith("mqtts://")
         dep, version = outage_during_deployment(env)
         assert env.operator.wait_status(dep, "Success", timeout=15)
-        assert statuses_of(env, dep).count("Success") == 1
         assert retained_status(env)["DeploymentId"] == dep
-        core_id = f"edge-core-{env.operator.thing}"
-        assert tls_broker.publishes_received(core_id, env.operator.status_topic) == 1
-        applied_once(env, dep)
         assert env.listing()["Secrets"][0]["StagingLabels"] == {"AWSCURRENT": version}
+        core_id = f"edge-core-{env.operator.thing}"
+        status_topic = env.operator.status_topic
+        marker = settled(env)
+        assert statuses_of(env, dep).count("Success") == 1
+        marker_statuses = len(statuses_of(env, marker))
+        assert tls_broker.publishes_received(core_id, status_topic) == 1 + marker_statuses
+        applied_once(env, dep)
     assert tls_broker.log_text().count(f"as edge-core-{env.operator.thing}") >= 2
 
 

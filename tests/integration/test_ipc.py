@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,7 +60,9 @@ class Handler:
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
-        self.never = asyncio.Event()
+        #: Set once an invoke with "Hold" runs; it answers only once `release` is set.
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
 
     def __call__(self, identity: WorkerIdentity, request: Request) -> Any:
         args = request.args
@@ -83,9 +85,9 @@ class Handler:
 
     async def _invoke(self, request: Request) -> Response:
         try:
-            if request.args.get("Forever"):
-                await self.never.wait()
-            await asyncio.sleep(request.args.get("Sleep", 0))
+            if request.args.get("Hold"):
+                self.holding.set()
+                await self.release.wait()
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
@@ -134,6 +136,17 @@ async def serving(
 async def call(client: IpcClient, op: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
     """Run a blocking client call in a thread, so the loop keeps serving meanwhile."""
     return await asyncio.to_thread(client.call, op, args, **kw)
+
+
+async def hello_parked(server: IpcServer, token: str) -> None:
+    """Wait (10 s at most) until a Hello with `token` waits in the server for its worker's pid.
+
+    The server logs nothing then, so this looks at its table of waiting Hellos.
+    """
+    digest = hashlib.sha256(token.encode()).digest()
+    async with asyncio.timeout(10):
+        while not server._parked.get(digest):
+            await asyncio.sleep(0.01)
 
 
 def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -266,7 +279,7 @@ async def test_a_hello_for_a_worker_being_started_waits_for_its_pid(socket_path,
         server.register(OTHER_TOKEN, pending)
         with IpcClient(str(socket_path), OTHER_TOKEN) as thief:
             attempt = asyncio.ensure_future(call(thief, OP_GET_SECRET_VALUE, {"SecretId": "a"}))
-            await asyncio.sleep(0.5)
+            await hello_parked(server, OTHER_TOKEN)
             assert not attempt.done()  # no Welcome while the pid is unknown
             worker = subprocess.Popen(["sleep", "30"])
             try:
@@ -282,7 +295,8 @@ async def test_a_hello_for_a_worker_being_started_waits_for_its_pid(socket_path,
         server.register(TOKEN, pending)
         with IpcClient(str(socket_path), TOKEN) as client:
             call_ = asyncio.ensure_future(call(client, OP_GET_SECRET_VALUE, {"SecretId": "b"}))
-            await asyncio.sleep(0.3)
+            await hello_parked(server, TOKEN)
+            assert not call_.done()
             server.register(
                 TOKEN, WorkerIdentity(function_arn=ARN, uid=os.getuid(), pid=os.getpid())
             )
@@ -440,10 +454,8 @@ async def test_exit_removes_the_socket_even_when_cancelled_mid_request(socket_pa
 
     core = asyncio.create_task(run_core(), name="core")
     await started.wait()
-    pending = asyncio.create_task(call(client, OP_INVOKE, {"Forever": True}))
-    async with asyncio.timeout(10):
-        while not any(t.get_name().startswith("ipc-request-") for t in asyncio.all_tasks()):
-            await asyncio.sleep(0.01)
+    pending = asyncio.create_task(call(client, OP_INVOKE, {"Hold": True}))
+    await asyncio.wait_for(handler.holding.wait(), 10)
     core.cancel()
     with pytest.raises(asyncio.CancelledError):
         await core
@@ -499,9 +511,8 @@ async def test_oversized_frame_is_refused_before_it_is_read(socket_path, logs):
 async def test_silent_connection_is_closed_after_the_hello_timeout(socket_path, logs):
     """A connection that never says Hello is closed, and logged once."""
     async with serving(socket_path, hello_timeout=0.2) as server:
-        started = time.monotonic()
-        assert await raw_exchange(socket_path, b"") == b""
-        assert time.monotonic() - started < 3
+        # Closed by the server well before raw_exchange gives up waiting.
+        assert await raw_exchange(socket_path, b"", timeout=3) == b""
         assert server.connections["hello_timeout"] == 1
     assert len(events(logs, "ipc.hello.timeout")) == 1
 
@@ -556,29 +567,40 @@ async def test_threads_sharing_a_client_each_get_their_own_answers(socket_path):
 
 
 async def test_a_slow_invoke_does_not_hold_up_secrets(socket_path):
-    """While one thread waits on a slow invoke, others (same client or not) are served at once."""
-    async with serving(socket_path):
+    """While one thread waits on a slow invoke, others (same client or not) are served."""
+    handler = Handler()
+    async with serving(socket_path, handler):
         with (
             IpcClient(str(socket_path), TOKEN) as shared,
             IpcClient(str(socket_path), TOKEN) as other,
         ):
-            slow = asyncio.create_task(call(shared, OP_INVOKE, {"Sleep": 1.5, "Payload": b"p"}))
-            await asyncio.sleep(0.1)
-            started = time.monotonic()
-            await call(shared, OP_GET_SECRET_VALUE, {"SecretId": "same-connection"})
-            await call(other, OP_GET_SECRET_VALUE, {"SecretId": "other-connection"})
-            assert time.monotonic() - started < 1.0
+            slow = asyncio.create_task(call(shared, OP_INVOKE, {"Hold": True, "Payload": b"p"}))
+            try:
+                await asyncio.wait_for(handler.holding.wait(), 10)
+                # The invoke answers only after these two: they must not wait for it.
+                same = call(shared, OP_GET_SECRET_VALUE, {"SecretId": "same-connection"})
+                assert (await asyncio.wait_for(same, 10))["Name"] == "same-connection"
+                another = call(other, OP_GET_SECRET_VALUE, {"SecretId": "other-connection"})
+                assert (await asyncio.wait_for(another, 10))["Name"] == "other-connection"
+                assert not slow.done()
+            finally:
+                handler.release.set()
             assert await slow == {"Payload": b"p"}
 
 
 async def test_timeout_is_a_408_and_the_late_answer_is_dropped(socket_path):
     """A call that times out raises IpcTimeoutError; the client keeps working afterwards."""
-    async with serving(socket_path):
+    handler = Handler()
+    async with serving(socket_path, handler) as server:
         with IpcClient(str(socket_path), TOKEN) as client:
             with pytest.raises(IpcTimeoutError) as info:
-                await call(client, OP_INVOKE, {"Sleep": 0.5}, timeout=0.1)
+                await call(client, OP_INVOKE, {"Hold": True, "Payload": b"late"}, timeout=0.1)
             assert info.value.status == 408
-            await asyncio.sleep(0.6)  # the late answer arrives and must be ignored
+            handler.release.set()
+            # The late answer is on the connection before the next call's: it must be ignored.
+            async with asyncio.timeout(10):
+                while not server.requests[OP_INVOKE, "ok"]:
+                    await asyncio.sleep(0.01)
             assert (await call(client, OP_GET_SECRET_VALUE, {"SecretId": "x"}))["Name"] == "x"
 
 

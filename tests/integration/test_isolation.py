@@ -54,7 +54,7 @@ from edge.fixtures.reference import write_v1_package
 from edge.fixtures.services import Mosquitto, MotoServer
 from edge.workers.landlock import landlock_abi
 from edge.workers.sandbox import probe_namespace, probe_seccomp
-from tests.support.env import Env
+from tests.support.env import Env, running_env
 from tests.support.faults import fetch_table, running_core
 from tests.support.functions import (
     FUNCTIONS_DIR,
@@ -192,8 +192,12 @@ def test_secret_id_tricks_never_reach_another_functions_secret(
     assert {e["function_arn"] for e in refusals} == {function_arn("alpha")}
 
 
-def test_forged_altered_and_lifted_tokens_are_refused(env: Env, probe: dict[str, Any]) -> None:
-    """Random, empty, altered tokens, beta's token read from /proc, the operator's: no B."""
+def forged_token_results(env: Env, probe: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Alpha's probe tries every token it can make or find on the core's socket, for B.
+
+    Returns what each attempt got, by token, and B's value. What holds with or without the
+    sandbox is asserted here; the callers assert what depends on it.
+    """
     (arn_a, _, _), (arn_b, _, value_b) = deploy_two(env, probe)
     redeploy_alpha(env, probe, "probe.raw_ipc", (arn_a, arn_b))
     invoke(env, "beta", {"SecretId": "team-b/db"})  # beta runs (pinned) and has connected
@@ -205,24 +209,51 @@ def test_forged_altered_and_lifted_tokens_are_refused(env: Env, probe: dict[str,
     )
     assert results["own"]["ok"] is False
     assert "403" in results["own"]["error"]  # its own token works, and B isn't its to read
-    lifted = [name for name in results if name.startswith("lifted-")]
-    # Confined, the probe can't read beta's /proc/<pid>/environ nor the state directory, so
-    # it has no other token to try (the pid binding that stops a lifted one is test_ipc's).
-    if LANDLOCK:
-        assert lifted == [], results
-        assert "unreadable" in results.pop("operator-file")["error"]
     for name, result in results.items():
         assert not result["ok"], (name, result)
-    for name in ("random", "own-altered", "own-truncated", *lifted):
+    for name in ("random", "own-altered", "own-truncated"):
         assert "refused" in results[name]["error"], (name, results[name])
     assert "non-empty" in results["empty"]["error"]  # the client won't even send it
-    if "operator" in results:  # unconfined, the operator token is readable and holds no grant
-        assert "403" in results["operator"]["error"]
     problems = {e.get("problem") for e in env.core.events() if e.get("event") == "ipc.auth.refused"}
     assert "unknown or revoked token" in problems
-    if lifted:
-        assert "peer process is not the worker or one of its descendants" in problems
     assert_not_shown(env, value_b, results)
+    return results, value_b
+
+
+@needs_landlock
+def test_forged_tokens_are_refused_and_a_confined_worker_finds_none_to_lift(
+    env: Env, probe: dict[str, Any]
+) -> None:
+    """Random, empty, altered tokens: no B; confined, the probe finds no other token to try.
+
+    It can read neither beta's /proc/<pid>/environ nor the state directory (the pid binding
+    that stops a lifted token is test_ipc's, and the next test's).
+    """
+    results, _ = forged_token_results(env, probe)
+    assert [name for name in results if name.startswith("lifted-")] == [], results
+    assert "unreadable" in results["operator-file"]["error"]
+    assert "operator" not in results
+
+
+def test_tokens_lifted_by_an_unconfined_worker_are_refused(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, probe: dict[str, Any]
+) -> None:
+    """With `sandbox = "off"`, tokens read from beta's /proc and the state dir get no B either.
+
+    The lifted tokens are refused because the probe is not the worker they were issued to,
+    and the operator's token holds no grant.
+    """
+    with running_env(tmp_path, broker, moto, sm, extra='sandbox = "off"') as env:
+        results, _ = forged_token_results(env, probe)
+        lifted = [name for name in results if name.startswith("lifted-")]
+        assert lifted, results
+        for name in lifted:
+            assert "refused" in results[name]["error"], (name, results[name])
+        assert "403" in results["operator"]["error"]
+        problems = {
+            e.get("problem") for e in env.core.events() if e.get("event") == "ipc.auth.refused"
+        }
+        assert "peer process is not the worker or one of its descendants" in problems
 
 
 def test_environment_argv_and_the_cores_proc_hold_no_secret(

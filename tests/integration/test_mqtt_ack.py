@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttSettings
 from edge.fixtures.services import Mosquitto
 from edge.mqtt.link import MqttLink
+from tests.support.tls import LoggingMosquitto, run_logging_mosquitto
 
 TOPIC = "edge/things/ack-test/deployments"
+
+
+@pytest.fixture
+def logging_broker(tmp_path: Path) -> Iterator[LoggingMosquitto]:
+    """A Mosquitto that persists its sessions and logs every packet (PUBACKs included)."""
+    with run_logging_mosquitto(tmp_path / "mosquitto") as broker:
+        yield broker
 
 
 def settings(broker: Mosquitto) -> MqttSettings:
@@ -38,14 +49,43 @@ def publish(broker: Mosquitto, payload: bytes) -> None:
         client.disconnect()
 
 
-async def test_a_message_whose_handler_never_finished_is_delivered_again(broker: Mosquitto) -> None:
+async def pubacks_received(broker: LoggingMosquitto, client_id: str, count: int) -> None:
+    """Wait (15 s at most) until the broker logged `count` PUBACKs from the client."""
+    async with asyncio.timeout(15):
+        while broker.log_text().count(f"Received PUBACK from {client_id} ") < count:
+            await asyncio.sleep(0.05)
+
+
+class Received:
+    """A link's message handler that records payloads and wakes whoever waits for one."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.arrived = asyncio.Event()
+
+    async def __call__(self, _topic: str, payload: bytes) -> None:
+        self.payloads.append(payload)
+        self.arrived.set()
+
+    async def until(self, payload: bytes) -> None:
+        """Wait (15 s at most) until `payload` arrived."""
+        async with asyncio.timeout(15):
+            while payload not in self.payloads:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+async def test_a_message_whose_handler_never_finished_is_delivered_again(
+    logging_broker: LoggingMosquitto,
+) -> None:
     """The core dies while handling a deployment: the broker still has it for the next start."""
+    broker = logging_broker
     client_id = f"core-{uuid.uuid4().hex[:8]}"
-    first: list[bytes] = []
+    handling = asyncio.Event()
     stuck = asyncio.Event()
 
-    async def crash_while_handling(_topic: str, payload: bytes) -> None:
-        first.append(payload)
+    async def crash_while_handling(_topic: str, _payload: bytes) -> None:
+        handling.set()
         await stuck.wait()  # never made durable: the "crash" comes first
 
     link = MqttLink(
@@ -57,45 +97,36 @@ async def test_a_message_whose_handler_never_finished_is_delivered_again(broker:
     task = asyncio.create_task(link.run())
     await asyncio.wait_for(link.connected.wait(), 15)
     await asyncio.to_thread(publish, broker, b"deployment-1")
-    async with asyncio.timeout(15):
-        while not first:
-            await asyncio.sleep(0.05)
+    await asyncio.wait_for(handling.wait(), 15)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
-    again: list[bytes] = []
-
-    async def handle(_topic: str, payload: bytes) -> None:
-        again.append(payload)
-
+    again = Received()
     restarted = MqttLink(
-        settings=settings(broker), client_id=client_id, subscriptions=[TOPIC], on_message=handle
+        settings=settings(broker), client_id=client_id, subscriptions=[TOPIC], on_message=again
     )
     task = asyncio.create_task(restarted.run())
     try:
-        async with asyncio.timeout(15):
-            while not again:
-                await asyncio.sleep(0.05)
-        assert again == [b"deployment-1"]
-        # Handled this time, so acknowledged: a third start gets nothing more.
-        await asyncio.sleep(0.5)
+        await again.until(b"deployment-1")
+        assert again.payloads == [b"deployment-1"]
+        # Handled this time, so acknowledged: wait until the broker has the PUBACK.
+        await pubacks_received(broker, client_id, 1)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    third: list[bytes] = []
-
-    async def count(_topic: str, payload: bytes) -> None:
-        third.append(payload)
-
+    # A third start gets nothing more: a message published after it connected arrives, and
+    # nothing before it (the broker sends a session's queued messages first).
+    third = Received()
     last = MqttLink(
-        settings=settings(broker), client_id=client_id, subscriptions=[TOPIC], on_message=count
+        settings=settings(broker), client_id=client_id, subscriptions=[TOPIC], on_message=third
     )
     task = asyncio.create_task(last.run())
     try:
         await asyncio.wait_for(last.connected.wait(), 15)
-        await asyncio.sleep(1.5)
-        assert third == []
+        await asyncio.to_thread(publish, broker, b"sentinel")
+        await third.until(b"sentinel")
+        assert third.payloads == [b"sentinel"]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -195,8 +195,9 @@ async def test_a_full_queue_holds_the_sender_until_there_is_room(tmp_path: Path)
         await agent.receive("t", document(f"q{i}", f"2026-11-28T12:00:{i:02d}Z"))
     extra = asyncio.create_task(agent.receive("t", document("last", "2026-11-28T12:01:00Z")))
     # Its document reaches the inbox (durable), then it waits for room in the queue.
-    while len(list((tmp_path / "inbox").iterdir())) <= INTAKE_QUEUE_LIMIT:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):
+        while len(list((tmp_path / "inbox").iterdir())) <= INTAKE_QUEUE_LIMIT:
+            await asyncio.sleep(0.01)
     for _ in range(10):
         await asyncio.sleep(0)
     assert not extra.done()
