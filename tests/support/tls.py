@@ -14,7 +14,6 @@ import datetime as dt
 import ipaddress
 import os
 import ssl
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.fixtures.services import Mosquitto, free_port
+from edge.fixtures.services import Mosquitto, free_port, running_broker
 
 #: Long enough for any test run, short enough that a leaked file is useless.
 _VALIDITY = dt.timedelta(days=2)
@@ -224,25 +223,11 @@ class TlsMosquitto(LoggingMosquitto):
         )
 
 
-@contextlib.contextmanager
-def run_logging_mosquitto(workdir: Path) -> Iterator[LoggingMosquitto]:
+def run_logging_mosquitto(workdir: Path) -> contextlib.AbstractContextManager[LoggingMosquitto]:
     """Start a plain `LoggingMosquitto` on a free loopback port; stop it afterwards."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    broker = LoggingMosquitto(port=free_port(), workdir=workdir)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    return running_broker(LoggingMosquitto(port=free_port(), workdir=workdir))
 
 
-@contextlib.contextmanager
-def run_tls_mosquitto(workdir: Path, pki: Pki) -> Iterator[TlsMosquitto]:
+def run_tls_mosquitto(workdir: Path, pki: Pki) -> contextlib.AbstractContextManager[TlsMosquitto]:
     """Start a TLS-only Mosquitto on a free loopback port; stop it afterwards."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    broker = TlsMosquitto(port=free_port(), workdir=workdir, pki=pki)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    return running_broker(TlsMosquitto(port=free_port(), workdir=workdir, pki=pki))
