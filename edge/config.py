@@ -60,7 +60,9 @@ class MqttSettings:
     topic_prefix: str = "edge"
     ca_file: Path | None = None
     cert_file: Path | None = None
-    key_file: Path | None = None
+    #: A PEM key file, or a key in a PKCS#11 token (`key_file = "pkcs11:..."`, with
+    #: `[core] pkcs11_module`) that OpenSSL's pkcs11-provider signs the handshake with.
+    key_file: Path | TokenKeyRef | None = None
     client_id: str | None = None
     keepalive_seconds: int = 60
     reconnect_max_seconds: float = 30.0
@@ -83,7 +85,7 @@ class IotCredentialSettings:
     role_alias: str
     thing_name: str
     cert_file: Path
-    key_file: Path
+    key_file: Path | TokenKeyRef
     #: CA bundle that verifies the endpoint; None: the system's trust store.
     ca_file: Path | None = None
 
@@ -391,7 +393,7 @@ def check_config_file(path: Path, facts: _FileFacts, *, holds_secret: bool) -> N
     if holds_secret and mode & _OTHERS_ANY_BITS:
         raise ConfigPermissionsError(
             str(path),
-            f"has mode {mode:04o} and holds a PIN ([core] private_key's pin-value): other users "
+            f"has mode {mode:04o} and holds a PIN (a pkcs11: URI's pin-value): other users "
             "can read it (or use pin-source, a file of its own)",
             f"chmod 0600 {path}",
         )
@@ -417,9 +419,11 @@ def load_config(path: Path | str) -> Config:
     """
     raw, resolved, facts = _read_toml(path, example=_EXAMPLE)
     config = parse_config(raw, path=resolved)
-    key = config.core.private_key
+    keys = token_keys(config.core, config.mqtt, config.aws)
     check_config_file(
-        resolved, facts, holds_secret=isinstance(key, TokenKeyRef) and key.pin is not None
+        resolved,
+        facts,
+        holds_secret=any(isinstance(k, TokenKeyRef) and k.pin is not None for k in keys),
     )
     return config
 
@@ -427,12 +431,22 @@ def load_config(path: Path | str) -> Config:
 def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
     """Validate an already-parsed TOML document (see `load_config`)."""
     sections = open_sections(raw, path=path, names=_SECTIONS, example=_EXAMPLE)
-    core, mqtt = _core(sections["core"]), _mqtt(sections["mqtt"])
+    core = _core(sections["core"])
+    module = sections["core"].path_value("pkcs11_module")
+    mqtt = _mqtt(sections["mqtt"], module=module)
+    aws = _core_aws(sections["aws"], thing_name=core.thing_name, mqtt=mqtt, module=module)
+    if module is not None and not any(
+        isinstance(k, TokenKeyRef) for k in token_keys(core, mqtt, aws)
+    ):
+        raise sections["core"].error(
+            "pkcs11_module",
+            'only applies to a private_key = "pkcs11:..." or [mqtt] key_file = "pkcs11:..." URI',
+        )
     config = Config(
         path=path,
         core=core,
         mqtt=mqtt,
-        aws=_core_aws(sections["aws"], thing_name=core.thing_name, mqtt=mqtt),
+        aws=aws,
         fetch=_fetch(sections["fetch"]),
         log=_log(sections["log"]),
         deployments=_deployments(sections["deployments"]),
@@ -468,9 +482,8 @@ def _private_key(s: _Section, state_dir: Path) -> Path | TokenKeyRef:
     module = s.path_value("pkcs11_module")
     public_key = s.path_value("public_key")
     if raw is None or not is_pkcs11_uri(raw):
-        for key in ("pkcs11_module", "public_key"):
-            if key in s.table:
-                raise s.error(key, 'only applies to a private_key = "pkcs11:..." URI')
+        if "public_key" in s.table:
+            raise s.error("public_key", 'only applies to a private_key = "pkcs11:..." URI')
         path = s.path_value("private_key", state_dir / "core.key")
         assert path is not None  # noqa: S101 - has a default
         return path
@@ -483,7 +496,7 @@ def _private_key(s: _Section, state_dir: Path) -> Path | TokenKeyRef:
         raise s.error("private_key", str(exc)) from None
 
 
-def _mqtt(s: _Section) -> MqttSettings:
+def _mqtt(s: _Section, *, module: Path | None = None) -> MqttSettings:
     url = s.string("url", f"mqtt://127.0.0.1:{DEFAULT_MQTT_PORT}")
     assert url is not None  # noqa: S101 - has a default
     parts = urlsplit(url)
@@ -498,7 +511,8 @@ def _mqtt(s: _Section) -> MqttSettings:
     if any(ch in prefix for ch in "+#") or prefix.startswith("/") or prefix.endswith("/"):
         raise s.error("topic_prefix", "must not contain '+' or '#' nor start or end with '/'")
     tls = parts.scheme == "mqtts"
-    ca_file, cert_file, key_file = (s.path_value(k) for k in ("ca_file", "cert_file", "key_file"))
+    ca_file, cert_file = s.path_value("ca_file"), s.path_value("cert_file")
+    key_file = _key_file(s, "key_file", module)
     if not tls and (ca_file or cert_file or key_file):
         raise s.error("url", "ca_file, cert_file and key_file need an mqtts:// url")
     if (cert_file is None) != (key_file is None):
@@ -516,6 +530,17 @@ def _mqtt(s: _Section) -> MqttSettings:
         keepalive_seconds=s.integer("keepalive_seconds", 60, low=5, high=3600),
         reconnect_max_seconds=s.number("reconnect_max_seconds", 30.0, low=0.1, high=3600),
     )
+
+
+def _key_file(s: _Section, key: str, module: Path | None) -> Path | TokenKeyRef | None:
+    """A TLS client key: a PEM file, or a `pkcs11:` URI whose module is [core] pkcs11_module."""
+    raw = s.string(key)
+    if raw is None or not is_pkcs11_uri(raw):
+        return s.path_value(key)
+    try:
+        return parse_token_key_uri(raw, base_dir=s.path.parent, module=module, public_key=None)
+    except ValueError as exc:
+        raise s.error(key, str(exc)) from None
 
 
 def _aws(s: _Section) -> AwsSettings:
@@ -536,18 +561,29 @@ _IOT_CREDENTIAL_KEYS = (
 )
 
 
-def _core_aws(s: _Section, *, thing_name: str, mqtt: MqttSettings) -> AwsSettings:
+def token_keys(
+    core: CoreSettings, mqtt: MqttSettings, aws: AwsSettings
+) -> tuple[Path | TokenKeyRef | None, ...]:
+    """Every key setting that may name a key in a token: the core's, MQTT's, IoT's."""
+    return (core.private_key, mqtt.key_file, aws.iot.key_file if aws.iot else None)
+
+
+def _core_aws(
+    s: _Section, *, thing_name: str, mqtt: MqttSettings, module: Path | None
+) -> AwsSettings:
     """The core's `[aws]`: the shared keys, and where its credentials come from."""
     aws = _aws(s)
     if s.choice("credentials", "chain", ("chain", "iot")) == "iot":
-        return replace(aws, iot=_iot_credentials(s, thing_name, mqtt))
+        return replace(aws, iot=_iot_credentials(s, thing_name, mqtt, module))
     for key in _IOT_CREDENTIAL_KEYS:
         if key in s.table:
             raise s.error(key, 'only applies with credentials = "iot"')
     return aws
 
 
-def _iot_credentials(s: _Section, thing_name: str, mqtt: MqttSettings) -> IotCredentialSettings:
+def _iot_credentials(
+    s: _Section, thing_name: str, mqtt: MqttSettings, module: Path | None
+) -> IotCredentialSettings:
     """`credentials = "iot"`: endpoint, role alias, and certificate (by default [mqtt]'s)."""
     endpoint = s.string("iot_credentials_endpoint", required=True)
     role_alias = s.string("role_alias", required=True)
@@ -565,7 +601,7 @@ def _iot_credentials(s: _Section, thing_name: str, mqtt: MqttSettings) -> IotCre
     if any(c in role_alias for c in "/?#") or len(role_alias) > 128:  # noqa: PLR2004 - AWS's limit
         raise s.error("role_alias", "must be at most 128 characters without '/', '?' or '#'")
     cert_file = s.path_value("iot_cert_file", mqtt.cert_file)
-    key_file = s.path_value("iot_key_file", mqtt.key_file)
+    key_file = _key_file(s, "iot_key_file", module) or mqtt.key_file
     if cert_file is None or key_file is None:
         raise s.error(
             "iot_cert_file",

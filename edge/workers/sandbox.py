@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from edge.config import Config
+from edge.config import Config, token_keys
 from edge.errors import SandboxUnavailableError
 from edge.secrets.keyref import TokenKeyRef
 from edge.workers.landlock import landlock_abi
@@ -50,16 +50,13 @@ def aws_credential_paths() -> tuple[Path, ...]:
 def hidden_paths(config: Config) -> tuple[Path, ...]:
     """Every path of the core's that a worker may neither read nor write."""
     paths: list[Path] = [config.core.state_dir, config.path, *aws_credential_paths()]
-    key = config.core.private_key
-    if isinstance(key, TokenKeyRef):
-        if key.pin_source is not None:
-            paths.append(key.pin_source)
-    else:
-        paths.append(key)
-    if config.mqtt.key_file is not None:
-        paths.append(config.mqtt.key_file)
-    if config.aws.iot is not None:
-        paths.append(config.aws.iot.key_file)  # it buys AWS credentials for the core's role
+    # The IoT key buys AWS credentials for the core's role; a token key's PIN file unlocks it.
+    for key in token_keys(config.core, config.mqtt, config.aws):
+        if isinstance(key, TokenKeyRef):
+            if key.pin_source is not None:
+                paths.append(key.pin_source)
+        elif key is not None:
+            paths.append(key)
     paths.extend(config.workers.hidden_paths)
     return tuple(paths)
 
