@@ -58,7 +58,7 @@ _NOT_MAPPED: Mapping[str, str] = {
     "system": "edge has no local shadow service to tune",
     "deployment": "edge's deployments come from its own control plane",
     "crypto.PKCS11.OpenSSLEngine": "edge talks to the token through its PKCS#11 library "
-    "(P11Provider) directly",
+    "(P11Provider), and TLS through OpenSSL's pkcs11-provider, which replaces the engine",
 }
 
 
