@@ -25,13 +25,15 @@ from pkcs11 import Attribute, KeyType
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from edge.config import load_config
-from edge.fixtures.core import edge_cli
-from edge.fixtures.services import MotoServer
+from edge.fixtures.core import edge_cli, secret_resource
+from edge.fixtures.services import Mosquitto, MotoServer
 from edge.secrets.keyref import TokenKeyRef
 from tests.integration.test_migrate_core import convert_and_deploy, v1_config, v1_layout
+from tests.support.env import running_env
+from tests.support.iot_credentials import run_credentials_provider
 from tests.support.leaks import LEAKS
 from tests.support.softhsm import Token
-from tests.support.tls import Pki, TlsMosquitto, issue_client_cert, run_tls_mosquitto
+from tests.support.tls import Pki, TlsMosquitto, issue_client_cert, make_pki, run_tls_mosquitto
 
 pytestmark = pytest.mark.network
 
@@ -173,3 +175,33 @@ def test_missing_object_is_one_clear_error(
     error = _start_error(config)
     assert "[mqtt] key_file" in error
     assert f"there is no private key object 'no-such-key' in token {token.label!r}" in error
+
+
+def test_iot_credentials_are_bought_with_the_token_key(
+    tmp_path: Path, token: Token, broker: Mosquitto, moto: MotoServer, sm: Any
+) -> None:
+    """`[aws] credentials = "iot"` proves the certificate with the token key, over mutual TLS."""
+    pki = make_pki(tmp_path / "pki")
+    public = load_der_public_key((token.root / "iot-key.pub").read_bytes())
+    cert = issue_client_cert(pki, public, tmp_path / "hsm.cert.pem")
+    pin_file = tmp_path / "token.pin"
+    pin_file.write_text(token.pin + "\n")
+    pin_file.chmod(0o600)
+    LEAKS.exempt(pin_file, "the token's PIN file, 0600, as an operator writes it")
+    thing = f"hsm-{uuid.uuid4().hex[:8]}"
+    key = (
+        f"pkcs11:token={token.label};object=iot-key"
+        f"?pin-source=file:{pin_file}&module-path={token.module}"
+    )
+    alias = "edge-hsm-core"
+    with run_credentials_provider(pki, role_alias=alias, thing_name=thing) as provider:
+        aws = (
+            f'credentials = "iot"\niot_credentials_endpoint = "{provider.url}"\n'
+            f'role_alias = "{alias}"\niot_cert_file = "{cert}"\n'
+            f'iot_key_file = "{key}"\niot_ca_file = "{pki.ca.cert}"\n'
+        )
+        with running_env(tmp_path, broker, moto, sm, thing_name=thing, aws=aws) as env:
+            arn, _, _ = env.create_secret("hsm/iot")
+            deployment = env.operator.deploy([secret_resource("r", arn)])
+            assert env.operator.final_status(deployment)["DeploymentStatus"] == "Success"
+            assert len(provider.wait_issued(1)) >= 1
