@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 from edge.config import DEFAULT_MQTTS_PORT, MAX_THING_NAME_LENGTH, load_config
 from edge.errors import MigrationError
 from edge.fsutil import PRIVATE_FILE_MODE
+from edge.mqtt.token_key import provider_problem
 
 #: Where V1's `coreThing` paths are relative to: `{greengrass root}/certs`.
 _CERTS_DIR = "certs"
@@ -175,6 +176,9 @@ class _Converter:
         if key_uri.startswith("pkcs11:"):
             # OpenSSL's pkcs11-provider signs the TLS handshake inside the token.
             self.put("mqtt", "key_file", self.token_key(key_uri, crypto))
+            problem = provider_problem()
+            if problem is not None:
+                self.warnings.append(f"the MQTT key is in a PKCS#11 token: {problem}")
             return
         key = (
             _file_uri(key_uri, "IoTCertificate.privateKeyPath", self.where)

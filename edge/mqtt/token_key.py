@@ -46,6 +46,8 @@ _PEM_DESCRIPTION = b"PKCS#11 Provider URI v1.0"
 # ASN.1 tags of the block: SEQUENCE { desc VisibleString, uri UTF8String }.
 _SEQUENCE, _VISIBLE_STRING, _UTF8_STRING = 0x30, 0x1A, 0x0C
 _SHORT_LENGTH_MAX = 0x7F
+# What OpenSSL_version() reports (OPENSSL_VERSION, OPENSSL_MODULES_DIR in <openssl/crypto.h>).
+_OPENSSL_VERSION, _OPENSSL_MODULES_DIR = 0, 8
 
 # The module the provider was loaded with: one per process, as OpenSSL keeps one per context.
 _loaded_module: Path | None = None
@@ -145,7 +147,10 @@ def _load_provider(ref: TokenKeyRef) -> None:
                 f"uses PKCS#11 module {ref.module}, but this process loaded OpenSSL's "
                 f"pkcs11-provider with {_loaded_module}; TLS keys must share one module",
             )
-        libcrypto = _libcrypto(ref)
+        problem = provider_problem()
+        libcrypto = _libcrypto()
+        if problem is not None or isinstance(libcrypto, str):
+            raise ConfigError(ref.uri, problem or str(libcrypto))
         config = (
             "openssl_conf = edge_init\n"
             "[edge_init]\nproviders = edge_providers\n"
@@ -163,18 +168,33 @@ def _load_provider(ref: TokenKeyRef) -> None:
             ok = libcrypto.OSSL_LIB_CTX_load_config(None, str(path).encode())
         if ok != 1:
             libcrypto.ERR_clear_error()
-            raise ConfigError(ref.uri, f"OpenSSL can't load its pkcs11-provider: {INSTALL_HINT}")
+            raise ConfigError(
+                ref.uri, f"OpenSSL can't load its pkcs11-provider with module {ref.module}"
+            )
         _loaded_module = ref.module
 
 
-def _libcrypto(ref: TokenKeyRef) -> ctypes.CDLL:
-    """The libcrypto that `ssl` uses: OpenSSL 3, shared, the same build."""
+def provider_problem() -> str | None:
+    """Why this Python can't use OpenSSL's pkcs11-provider, with the fix; None if it can."""
+    libcrypto = _libcrypto()
+    if isinstance(libcrypto, str):
+        return libcrypto
+    # "MODULESDIR: "/usr/lib/x86_64-linux-gnu/ossl-modules"", overridden by $OPENSSL_MODULES.
+    built_in = (libcrypto.OpenSSL_version(_OPENSSL_MODULES_DIR) or b"").decode()
+    directory = os.environ.get("OPENSSL_MODULES") or built_in.partition('"')[2].rstrip('"')
+    module = Path(directory) / "pkcs11.so"
+    if not module.is_file():
+        return f"OpenSSL's pkcs11-provider is not installed (no {module}): {INSTALL_HINT}"
+    return None
+
+
+def _libcrypto() -> ctypes.CDLL | str:
+    """The shared libcrypto that `ssl` uses, or why there is none to load a provider into."""
     name = ctypes.util.find_library("crypto")
     if ssl.OPENSSL_VERSION_INFO < (3,) or name is None:
-        raise ConfigError(
-            ref.uri,
-            f"a TLS key in a token needs Python's ssl linked to a shared OpenSSL 3, not "
-            f"{ssl.OPENSSL_VERSION}",
+        return (
+            "a TLS key in a token needs Python's ssl linked to a shared OpenSSL 3, not "
+            f"{ssl.OPENSSL_VERSION}"
         )
     libcrypto = ctypes.CDLL(name)
     libcrypto.OpenSSL_version.restype = ctypes.c_char_p
@@ -182,11 +202,10 @@ def _libcrypto(ref: TokenKeyRef) -> ctypes.CDLL:
     libcrypto.OSSL_LIB_CTX_load_config.restype = ctypes.c_int
     libcrypto.OSSL_LIB_CTX_load_config.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     # A Python with its own OpenSSL would leave the system one unused: loading into it is moot.
-    version = (libcrypto.OpenSSL_version(0) or b"").decode()
+    version = (libcrypto.OpenSSL_version(_OPENSSL_VERSION) or b"").decode()
     if version != ssl.OPENSSL_VERSION:
-        raise ConfigError(
-            ref.uri,
+        return (
             f"Python's ssl uses {ssl.OPENSSL_VERSION} but the shared libcrypto is {version}; "
-            "a TLS key in a token needs Python built against the system's OpenSSL 3",
+            "a TLS key in a token needs Python built against the system's OpenSSL 3"
         )
     return libcrypto

@@ -27,6 +27,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 from edge.config import load_config
 from edge.fixtures.core import edge_cli, secret_resource
 from edge.fixtures.services import Mosquitto, MotoServer
+from edge.mqtt.token_key import provider_problem
 from edge.secrets.keyref import TokenKeyRef
 from tests.integration.test_migrate_core import convert_and_deploy, v1_config, v1_layout
 from tests.support.env import running_env
@@ -37,14 +38,13 @@ from tests.support.tls import Pki, TlsMosquitto, issue_client_cert, make_pki, ru
 
 pytestmark = pytest.mark.network
 
-_PROVIDER_HINT = "OpenSSL's pkcs11-provider is missing: run `bash .ci/install-pkcs11-provider`"
-
 
 @pytest.fixture(scope="module")
 def token(softhsm: Token) -> Token:
     """The SoftHSM2 token with the thing's EC P-256 MQTT key, sensitive and non-extractable."""
-    if not any(Path("/usr/lib").glob("*/ossl-modules/pkcs11.so")):
-        pytest.fail(_PROVIDER_HINT)
+    problem = provider_problem()
+    if problem is not None:
+        pytest.fail(problem)
     lib = pkcs11.lib(str(softhsm.module))
     with lib.get_token(token_label=softhsm.label).open(user_pin=softhsm.pin, rw=True) as session:
         params = session.create_domain_parameters(
@@ -205,3 +205,21 @@ def test_iot_credentials_are_bought_with_the_token_key(
             deployment = env.operator.deploy([secret_resource("r", arn)])
             assert env.operator.final_status(deployment)["DeploymentStatus"] == "Success"
             assert len(provider.wait_issued(1)) >= 1
+
+
+def test_missing_provider_is_one_clear_error(
+    tmp_path: Path,
+    token: Token,
+    hsm_core: tuple[Path, Pki],
+    tls_broker: TlsMosquitto,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where OpenSSL finds no pkcs11-provider, the core stops at start saying what to install."""
+    config = _converted(tmp_path, token, hsm_core, tls_broker.port)
+    empty = tmp_path / "no-modules"
+    empty.mkdir()
+    # OpenSSL's own override of its modules directory: here, one without the provider.
+    monkeypatch.setenv("OPENSSL_MODULES", str(empty))
+    error = _start_error(config)
+    assert f"no {empty}/pkcs11.so" in error
+    assert "apt-get install pkcs11-provider" in error

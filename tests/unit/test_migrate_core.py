@@ -179,6 +179,27 @@ def test_mqtt_key_in_a_token_stays_a_pkcs11_uri_of_the_same_module_and_pin(
     assert stat.S_IMODE((tmp_path / "core.pin").stat().st_mode) == 0o600
 
 
+def test_mqtt_key_in_a_token_without_pkcs11_provider_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Converting on a machine without OpenSSL's pkcs11-provider says what to install first."""
+    monkeypatch.setenv("OPENSSL_MODULES", str(tmp_path))  # OpenSSL looks for providers here
+    root = v1_root(tmp_path)
+    document = console_config()
+    document["crypto"]["PKCS11"] = {"P11Provider": "/usr/lib/softhsm/libsofthsm2.so"}
+    document["crypto"]["principals"]["IoTCertificate"] = {
+        "certificatePath": "file:///greengrass/certs/abc123.cert.pem",
+        "privateKeyPath": "pkcs11:object=iot-key;type=private",
+    }
+    conversion = migrate_core(
+        greengrass_config=write_v1(root, document), output=tmp_path / "core.toml"
+    )
+    assert any(
+        "pkcs11-provider is not installed" in w and "apt-get install pkcs11-provider" in w
+        for w in conversion.warnings
+    ), conversion.warnings
+
+
 def test_mqtt_key_in_a_token_needs_the_module(tmp_path: Path) -> None:
     """Without crypto.PKCS11.P11Provider there is no module to open the token: nothing written."""
     root = v1_root(tmp_path)
