@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`edge invoke`: call a deployed function through the running core's IPC, as an operator."""
+"""`edge invoke`: the client that calls a deployed function through the running core's IPC."""
 
 from __future__ import annotations
 
