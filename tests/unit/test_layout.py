@@ -105,9 +105,10 @@ def test_the_child_side_reaches_nothing_of_the_core_side() -> None:
 
 
 def test_the_worker_runtime_imports_no_core_module_when_it_starts() -> None:
-    """What a worker process loads for real: the same rule, at run time."""
+    """What a worker process loads for real, the SDK's IPC client included: the same rule."""
     probe = (
-        "import sys, edge.child.runtime, edge.child.confine; "
+        f"import sys; sys.path.insert(0, {str(EDGE / 'child' / 'compat')!r}); "
+        "import edge.child.runtime, edge.child.confine, greengrass_ipc_python_sdk.ipc_client; "
         "print('\\n'.join(m for m in sys.modules if m == 'edge' or m.startswith('edge.')))"
     )
     out = subprocess.run(
@@ -119,5 +120,5 @@ def test_the_worker_runtime_imports_no_core_module_when_it_starts() -> None:
         timeout=60,
     )
     loaded = set(out.stdout.split())
-    assert "edge.child.runtime" in loaded
+    assert {"edge.child.runtime", "edge.ipc.client"} <= loaded
     assert sorted(name for name in loaded if not _child_may_use(name)) == []
