@@ -157,7 +157,7 @@ class TokenKey:
     @contextmanager
     def _session(self) -> Iterator[tuple[Any, Any]]:
         pkcs11 = _import_pkcs11(self._ref)
-        with _lock, _mapped(self._ref, pkcs11, doing="using the key"):
+        with _lock, _map_token_errors(self._ref, pkcs11, doing="using the key"):
             token = _find_token(self._ref, self._lib, pkcs11)
             with token.open(user_pin=self._pin) as session:
                 yield pkcs11, _find_private_key(self._ref, session, pkcs11, pin=self._pin)
@@ -229,7 +229,7 @@ def _logged_in(ref: TokenKeyRef, *, doing: str) -> Iterator[tuple[Any, Any, Any,
     """
     pkcs11 = _import_pkcs11(ref)
     pin = _read_pin(ref)
-    with _lock, _mapped(ref, pkcs11, doing=doing):
+    with _lock, _map_token_errors(ref, pkcs11, doing=doing):
         lib = _load_lib(ref, pkcs11)
         token = _find_token(ref, lib, pkcs11)
         with token.open(user_pin=pin) as session:
@@ -269,7 +269,7 @@ def _read_pin(ref: TokenKeyRef) -> str | None:
     return pin
 
 
-class _mapped:  # noqa: N801 - used like contextlib's lower-case context managers
+class _map_token_errors:  # noqa: N801 - used like contextlib's lower-case context managers
     """Turn python-pkcs11 errors into CoreKeyError messages that say what went wrong."""
 
     def __init__(self, ref: TokenKeyRef, pkcs11: Any, *, doing: str) -> None:  # noqa: ANN401
