@@ -151,6 +151,7 @@ def core_services() -> Any:
     answers encoded once per deployment), not with a stand-in.
     """
     from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents  # noqa: PLC0415
+    from edge.secrets.index import FixedIndex, SecretIndex  # noqa: PLC0415
     from edge.workers.services import CoreServices  # noqa: PLC0415
 
     version = SecretVersion(
@@ -169,9 +170,8 @@ def core_services() -> Any:
     contents = StoreContents(secrets={secret.resource_id: secret})
     grant = SimpleNamespace(function_arn="bench", readable_resources=frozenset({"bench-secret"}))
     # Only get_secret_value is served here: no worker manager, nothing to publish to.
-    services = CoreServices(manager=None, publish=None)  # type: ignore[arg-type]
-    services.update(contents, (grant,))  # type: ignore[arg-type]
-    return services
+    index = SecretIndex.build(contents, (grant,))
+    return CoreServices(manager=None, publish=None, secrets=FixedIndex(index))  # type: ignore[arg-type]
 
 
 def run_ipc_server(socket_path: str, token: str, no_uvloop: bool) -> None:  # noqa: FBT001

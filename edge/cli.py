@@ -17,6 +17,7 @@ from edge.audit import audit_path, matches, parse_since, read_entries
 from edge.cli_invoke import invoke_function
 from edge.cloud.cli import main as cloud_main
 from edge.config import Config, load_config
+from edge.core import STATE_DIR_MODE, Core, open_store
 from edge.errors import EdgeError, UsageError
 from edge.hardening import forbid_memory_access
 from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging
@@ -24,7 +25,6 @@ from edge.migrate_core import migrate_core
 from edge.secrets.contents import StoreContents
 from edge.secrets.keyref import TokenKeyRef
 from edge.secrets.keys import CoreKey, generate_key
-from edge.supervisor import STATE_DIR_MODE, open_store, run_core
 
 EXIT_USER_ERROR = 2
 
@@ -275,7 +275,8 @@ def _run(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_core(config, stop=stop)
+        async with Core(config) as core:
+            await core.serve_forever(stop)
 
     _event_loop_runner()(main())
     return 0

@@ -335,7 +335,7 @@ def _base64_forms(data: bytes) -> Iterator[str]:
     yield base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
-#: The process-wide redactor; the supervisor feeds it after every store change.
+#: The process-wide redactor; `LiveSecrets` (edge.secrets.live) feeds it at every store change.
 REDACTOR = SecretRedactor()
 
 

@@ -5,7 +5,7 @@ Nothing here sits on the hot path: the parts keep the plain counters they need a
 server counts requests and their latencies, the fetcher its API calls, the worker manager its
 restarts, the services the reads served from a stale store), and the collector below turns
 them into metric families when Prometheus scrapes. Only deployment outcomes and fetch timings
-are counted here, from the wrappers the supervisor puts around the status publisher and the
+are counted here, from the wrappers `edge.core.Core` puts around the status publisher and the
 secret source. Metrics carry ids (function ARNs, operation names), never a value.
 
 prometheus_client renders the exposition format; aiohttp (already there through aiobotocore)
@@ -50,7 +50,7 @@ FETCH_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 1
 
 
 class DeploymentCounts:
-    """Deployment outcomes and fetch timings, fed by the supervisor's wrappers."""
+    """Deployment outcomes and fetch timings, fed by the core's wrappers."""
 
     def __init__(self) -> None:
         self.by_status: collections.Counter[str] = collections.Counter()

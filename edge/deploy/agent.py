@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -32,20 +32,25 @@ from edge.log import REDACTOR, get_logger, set_group_file, set_group_level
 from edge.model import MAX_DOCUMENT_BYTES, Deployment, DeploymentType, parse_deployment
 from edge.model.loggers import LoggingPlan, plan_logging
 from edge.secrets.contents import DeploymentRecord, StoreContents
-from edge.secrets.refresh import RotationGate
+from edge.secrets.index import Reader
+from edge.secrets.live import LiveSecrets, Rotation
 from edge.secrets.source import SecretSource, held_versions
-from edge.secrets.store import SecretStore
 from edge.signing import MAX_ENVELOPE_BYTES, DeploymentTrust, check_fresh
 
 Publisher = Callable[[bytes], None]
 
 
 class Prepared(Protocol):
-    """What a workload prepared for a deployment: at least where each function's code is."""
+    """What a workload prepared for a deployment: where each function's code is, who reads what."""
 
     @property
     def code_dirs(self) -> Mapping[str, Path]:
         """Qualified function ARN -> unpacked code directory."""
+        ...
+
+    @property
+    def workers(self) -> Sequence[Reader]:
+        """Every function and connector to run, with the secrets each may read."""
         ...
 
 
@@ -60,7 +65,7 @@ class DeploymentHooks(Protocol[_P]):
         ...
 
     async def activate(self, contents: StoreContents, prepared: _P) -> None:
-        """Switch to the new deployment (after the store rotated)."""
+        """Switch to the new deployment's routes and workers (after its secrets went live)."""
         ...
 
 
@@ -174,23 +179,20 @@ class DeploymentAgent:
     def __init__(
         self,
         *,
-        store: SecretStore,
+        secrets: LiveSecrets,
         source: SecretSource,
         inbox: Inbox,
         history: History,
         publish_status: Publisher,
-        contents: StoreContents,
         hooks: DeploymentHooks[Any] | None = None,
         logger: FilteringBoundLogger | None = None,
         trust: DeploymentTrust | None = None,
-        gate: RotationGate | None = None,
         log_file: Path | None = None,
     ) -> None:
-        self._store = store
+        #: The live secrets it rotates; the refresher commits to them only between deployments.
+        self.secrets = secrets
         #: Where a group's FileSystem GreengrassSystem logger has the log copied (None: nowhere).
         self._log_file = log_file
-        # Shared with the secret refresher: one store rotation at a time, deployments first.
-        self.gate = gate or RotationGate()
         self._source = source
         self._inbox = inbox
         self._history = history
@@ -198,7 +200,7 @@ class DeploymentAgent:
         self._hooks = hooks
         self._log = logger or get_logger("deploy")
         # Whose signatures to accept (edge.signing). None: payloads are plain documents, for
-        # embedding and tests; `run_core` always passes the [deployments] settings.
+        # embedding and tests; `Core` always passes the [deployments] settings.
         self._trust = trust
         if trust is not None and trust.allow_unsigned:
             self._log.warning("deploy.unsigned_allowed", warning=_UNSIGNED_WARNING)
@@ -212,15 +214,16 @@ class DeploymentAgent:
         #: The largest payload worth keeping: a signed envelope, or a bare document when
         #: signatures aren't checked (embedding and tests).
         self.max_payload = MAX_DOCUMENT_BYTES if trust is None else MAX_ENVELOPE_BYTES
-        self.contents = contents
-        # The stored group's loggers hold after a restart too.
-        self._apply_logging(contents.group, announce=False)
         # Left over from before a restart: file names only; each is read when its turn comes.
         self._backlog = inbox.pending_paths()
         #: Set whenever the queue is empty and nothing is being applied (for tests and demo).
         self.idle = asyncio.Event()
         if not self._backlog:
             self.idle.set()
+
+    def apply_stored_logging(self) -> None:
+        """Take the loggers of the group in the live store (at start, after it is loaded)."""
+        self._apply_logging(self.secrets.contents.group, announce=False)
 
     async def receive(self, _topic: str, payload: bytes) -> None:
         """MQTT handler: check the size, persist the document, then queue it for `run`.
@@ -314,7 +317,7 @@ class DeploymentAgent:
             self._reject(payload, exc)
             return
         previous = self._history.get(deployment.deployment_id)
-        applied = self.contents.deployment
+        applied = self.secrets.contents.deployment
         try:
             check_not_replayed(deployment, applied)
         except StaleDeploymentError as exc:
@@ -353,8 +356,9 @@ class DeploymentAgent:
             self._finish(status_document(deployment.deployment_id, dep_type, state))
             return
         with structlog.contextvars.bound_contextvars(deployment_id=deployment.deployment_id):
-            async with self.gate.deployment():
-                await self._apply(deployment)
+            # Held for the whole application: a refresh can't commit under it.
+            async with self.secrets.rotation() as rotation:
+                await self._apply(deployment, rotation)
 
     def _reject(self, payload: bytes, exc: DeploymentInvalidError) -> None:
         if exc.deployment_id is None:
@@ -367,7 +371,7 @@ class DeploymentAgent:
             status_document(exc.deployment_id, dep_type, state, str(exc), code=type(exc).__name__)
         )
 
-    async def _apply(self, deployment: Deployment) -> None:
+    async def _apply(self, deployment: Deployment, rotation: Rotation) -> None:
         dep_type = deployment.deployment_type.value
         state = next_state(DeploymentState.RECEIVED, DeploymentEvent.START)
         self._publish(
@@ -380,10 +384,10 @@ class DeploymentAgent:
         try:
             plan = plan_logging(deployment.raw_group)
             fetched, prepared = await _concurrently(
-                self._fetch(deployment), self._prepare(deployment)
+                self._fetch(deployment, rotation), self._prepare(deployment)
             )
             contents = build_contents(deployment, fetched, prepared.code_dirs if prepared else None)
-            await self._store.asave(contents)
+            await rotation.commit(contents, readers=prepared.workers if prepared else None)
         except Exception as exc:  # noqa: BLE001 - every failure must end in a Failure status
             code = type(exc).__name__ if isinstance(exc, EdgeError) else "InternalError"
             if isinstance(exc, EdgeError):
@@ -392,14 +396,11 @@ class DeploymentAgent:
             else:
                 message = f"internal error ({type(exc).__name__}); see the core's log"
                 self._log.exception("deploy.failed", error_type=type(exc).__name__)
-            REDACTOR.update(self.contents.values())
             state = next_state(state, DeploymentEvent.FAIL)
             self._finish(
                 status_document(deployment.deployment_id, dep_type, state, message, code=code)
             )
             return
-        self.contents = contents
-        REDACTOR.update(contents.values())
         if self._hooks is not None and prepared is not None:
             # The store is the source of truth from here on: a failure to start a worker is
             # the worker's problem (it is retried), not the deployment's.
@@ -440,15 +441,15 @@ class DeploymentAgent:
             self._log.info("deploy.log_level", log_level=plan.level)
         set_group_level(plan.level)
 
-    async def _fetch(self, deployment: Deployment) -> StoreContents:
+    async def _fetch(self, deployment: Deployment, rotation: Rotation) -> StoreContents:
         resources = deployment.group.secret_resources
         if deployment.deployment_type is DeploymentType.RESET or not resources:
             return StoreContents()
         # Versions the store holds are immutable in Secrets Manager: the source reuses them.
-        held = held_versions(self.contents)
+        held = held_versions(rotation.base.contents)
         fetched = StoreContents(secrets=await self._source.fetch(resources, held=held))
         # Mask new values before anything else can mention them.
-        REDACTOR.update([*self.contents.values(), *fetched.values()])
+        rotation.mask(fetched.values())
         return fetched
 
     async def _prepare(self, deployment: Deployment) -> Prepared | None:

@@ -14,36 +14,37 @@ labels, VersionIds; never a value) is published on `{prefix}/things/{thing}/secr
 A function may also ask for one secret to be refreshed first (`Refresh: true` on
 get_secret_value): `Refresher.hint`, at most once per `hint_min_interval_seconds` per secret.
 
-Serialisation with deployments (`RotationGate`): one store rotation at a time. A deployment
-takes the gate for its whole application and pre-empts a refresh still talking to Secrets
-Manager (cancels it); a refresh that got as far as saving finishes first, and then the
-deployment builds on it. A refresh commits only if the store it started from is still the
-latest and no deployment is queued, so it can never bring back a store older than the latest
-deployment. A failed refresh logs a warning and keeps the old store; the next interval tries
-again.
+Deployments come first (see `edge.secrets.live`). A refresh reads the live contents and their
+generation, fetches without holding anything, and hands `LiveSecrets.commit` the new contents
+based on that generation. The commit is refused when a deployment holds the rotation lock or
+committed since (`StaleBaseError`): the refresh then drops its result (`refresh.superseded`),
+so it can never bring back a store older than the latest deployment. A refresh does not start
+while a deployment is queued, which will fetch anyway. A refresh that got as far as writing
+the store finishes first, and a deployment then builds on it. A failed refresh logs a warning
+and keeps the old store; the next interval tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 from edge.config import RefreshSettings
 from edge.errors import EdgeError
-from edge.log import REDACTOR, get_logger
+from edge.log import get_logger
 from edge.model import SecretResource
 from edge.secrets.contents import LocalSecret, StoreContents
+from edge.secrets.live import LiveSecrets, StaleBaseError
 from edge.secrets.source import AWSCURRENT, Described, SecretSource, held_versions
 
 #: Fraction of the interval by which each wait is shortened or lengthened at random.
@@ -143,25 +144,6 @@ def refreshed_message(
     return json.dumps(doc).encode()
 
 
-class StoreHolder(Protocol):
-    """Who holds the live store contents: the deployment agent."""
-
-    contents: StoreContents
-
-    @property
-    def idle(self) -> asyncio.Event:
-        """Set when no deployment is queued or being applied."""
-        ...
-
-
-class SecretSaver(Protocol):
-    """The encrypted store, as far as a refresh writes it."""
-
-    async def asave(self, contents: StoreContents) -> None:
-        """Replace the store atomically."""
-        ...
-
-
 class RateLimit:
     """Spaces calls at least `1 / per_second` seconds apart (an async pacer, no bursts)."""
 
@@ -185,57 +167,6 @@ class RateLimit:
             await asyncio.sleep(slot - now)
 
 
-class RotationGate:
-    """One store rotation at a time; a deployment pre-empts a refresh that hasn't saved yet."""
-
-    def __init__(self) -> None:
-        """Create an open gate."""
-        self._lock = asyncio.Lock()
-        self._refresh: asyncio.Task[Any] | None = None
-        self._committing = False
-        self._preempted: asyncio.Task[Any] | None = None
-        #: Refreshes cancelled because a deployment came (for tests and logs).
-        self.preempted = 0
-
-    @contextlib.asynccontextmanager
-    async def deployment(self) -> AsyncIterator[None]:
-        """Hold the gate for a deployment, cancelling a refresh that is still fetching."""
-        task = self._refresh
-        if task is not None and not self._committing and not task.done():
-            self.preempted += 1
-            self._preempted = task
-            task.cancel()
-        async with self._lock:
-            yield
-
-    @contextlib.asynccontextmanager
-    async def refresh(self) -> AsyncIterator[None]:
-        """Hold the gate for a refresh; a deployment may cancel the caller until `commit`."""
-        async with self._lock:
-            self._refresh = asyncio.current_task()
-            try:
-                yield
-            finally:
-                self._refresh = None
-                self._committing = False
-
-    def absorb_preemption(self) -> bool:
-        """In a refresh that caught CancelledError: tell whether a deployment caused it.
-
-        If so, the cancellation is withdrawn (the task goes on, the refresh just ends);
-        otherwise (the core is stopping) the caller must re-raise.
-        """
-        task = asyncio.current_task()
-        if task is None or task is not self._preempted:
-            return False
-        self._preempted = None
-        return task.uncancel() == 0
-
-    def commit(self) -> None:
-        """Mark the refresh holding the gate as saving: from now on it runs to its end."""
-        self._committing = True
-
-
 class Refresher:
     """Checks the deployed secrets' stages and rotates the store when a label moved."""
 
@@ -243,12 +174,10 @@ class Refresher:
         self,
         *,
         source: SecretSource,
-        store: SecretSaver,
-        holder: StoreHolder,
-        gate: RotationGate,
+        secrets: LiveSecrets,
+        idle: asyncio.Event,
         settings: RefreshSettings,
         publish: Callable[[bytes], None],
-        on_rotated: Callable[[StoreContents], None],
         deadline_seconds: float = 120.0,
         counts: RefreshCounts | None = None,
         logger: FilteringBoundLogger | None = None,
@@ -257,24 +186,19 @@ class Refresher:
 
         Args:
             source: Where stages and versions come from.
-            store: The store a refresh rotates.
-            holder: Holds the live contents (the deployment agent); updated on rotation.
-            gate: Shared with the deployment agent.
+            secrets: The live secrets a refresh reads and hands its new contents to.
+            idle: Set when no deployment is queued or being applied (the agent's `idle`).
             settings: `[refresh]`.
             publish: Sends the refreshed message (QoS 1, not retained).
-            on_rotated: Called with the new contents after the store rotated, before the
-                gate opens: swaps the services' secret index.
             deadline_seconds: Limit for one refresh, DescribeSecret and fetch included.
             counts: Where to count checks, rotations and failures.
             logger: Where to log refresh events.
         """
         self._source = source
-        self._store = store
-        self._holder = holder
-        self._gate = gate
+        self._secrets = secrets
+        self._idle = idle
         self.settings = settings
         self._publish = publish
-        self._on_rotated = on_rotated
         self._deadline = deadline_seconds
         self.counts = counts or RefreshCounts()
         self._log = logger or get_logger("refresh")
@@ -338,14 +262,7 @@ class Refresher:
         """
         try:
             with structlog.contextvars.bound_contextvars(refresh_trigger=trigger):
-                async with self._gate.refresh():
-                    await self._refresh(trigger, only)
-        except asyncio.CancelledError:
-            if not self._gate.absorb_preemption():
-                raise
-            # Cancelled by the gate: a deployment came, and it wins.
-            self._log.info("refresh.preempted")
-            return False
+                await self._refresh(trigger, only)
         except Exception as exc:  # noqa: BLE001 - a refresh must never take the core down
             self.counts.failures += 1
             if isinstance(exc, EdgeError | TimeoutError):
@@ -356,8 +273,9 @@ class Refresher:
         return True
 
     async def _refresh(self, trigger: str, only: set[str] | None) -> None:
-        base = self._holder.contents
-        if not self._holder.idle.is_set():
+        snapshot = self._secrets.current
+        base = snapshot.contents
+        if not self._idle.is_set():
             self._log.info("refresh.skipped", reason="deployment in progress")
             return
         secrets = {rid: s for rid, s in base.secrets.items() if only is None or rid in only}
@@ -376,19 +294,17 @@ class Refresher:
         ]
         if not changes:
             return
-        # Mask the new values before anything could mention them.
-        REDACTOR.update([*base.values(), *(v for s in fetched.values() for v in _values(s))])
         contents = dataclasses.replace(base, secrets={**base.secrets, **fetched})
-        self._gate.commit()
-        if self._holder.contents is not base or not self._holder.idle.is_set():
-            # A deployment got in first: its store is newer than ours.
-            self._log.info("refresh.superseded")
-            REDACTOR.update(self._holder.contents.values())
+        if not self._idle.is_set():
+            # A deployment is queued: it fetches anyway, and its store will be the newer one.
+            self._log.info("refresh.superseded", reason="deployment queued")
             return
-        await self._store.asave(contents)
-        self._holder.contents = contents
-        REDACTOR.update(contents.values())
-        self._on_rotated(contents)
+        try:
+            await self._secrets.commit(snapshot, contents)
+        except StaleBaseError as exc:
+            # A deployment got in first: its store is newer than ours.
+            self._log.info("refresh.superseded", reason=str(exc))
+            return
         self.counts.rotations += 1
         self._log.info(
             "refresh.rotated",
@@ -436,15 +352,3 @@ class Refresher:
             described={s.arn: described[s.arn] for s in moved.values()},
             pace=self._rate.wait,
         )
-
-
-def _values(secret: LocalSecret) -> list[str | bytes]:
-    """Every value a secret holds, for the redactor."""
-    out: list[str | bytes] = []
-    for version in secret.versions.values():
-        value = (
-            version.secret_string if version.secret_string is not None else version.secret_binary
-        )
-        if value:
-            out.append(value)
-    return out

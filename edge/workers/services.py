@@ -1,23 +1,20 @@
 # SPDX-License-Identifier: Apache-2.0
 """What the core answers on its IPC: secrets (access-checked), local invokes, publishes.
 
-Every answer is computed from memory: the store's contents and the group's policies are
-indexed once per deployment, so a `get_secret_value` costs two dict lookups and a policy check,
-with no disk or network on the hot path. Errors use V1's `{"Status", "Message"}` shape; a
-message names the secret and the function, never a value.
+Every answer is computed from memory: the live secrets and the group's policies are indexed
+once per store change (`edge.secrets.live`), so a `get_secret_value` costs two dict lookups and
+a policy check, with no disk or network on the hot path. Errors use V1's `{"Status",
+"Message"}` shape; a message names the secret and the function, never a value.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 from structlog.typing import FilteringBoundLogger
 
 from edge.audit import DENIED, INVALID, NOT_FOUND, AuditLog
@@ -31,71 +28,13 @@ from edge.ipc.protocol import (
 )
 from edge.ipc.server import WorkerIdentity
 from edge.log import get_logger
-from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
+from edge.secrets.index import IndexSource, SecretAnswer, SecretIndex, secret_answer
 from edge.workers.manager import UnknownFunctionError, WorkerManager
-from edge.workers.spec import FunctionSpec
 
 CURRENT = "AWSCURRENT"
 Publisher = Callable[[str, str, bytes], Awaitable[None]]
 #: Refreshes one secret (by resource id) before a `Refresh: true` read; never raises.
 RefreshHint = Callable[[str], Awaitable[bool]]
-
-
-class SecretAnswer:
-    """One secret version's answer, encoded every way a caller asks for it, once per deployment.
-
-    Attributes:
-        resource_id: The secret resource's id in the group.
-        audit_ids: (name, resource id, version id), as the audit log records a read.
-        result: V1's GetSecretValue answer map (see `secret_answer`).
-        packed: `result` as msgpack, spliced into the IPC frame as is.
-        v1_result: The answer to the V1 SDK's JSON request: `{"Payload": <result as JSON>}`;
-            the compat layer hands the JSON to `greengrasssdk` untouched.
-        v1_packed: `v1_result` as msgpack.
-    """
-
-    __slots__ = ("audit_ids", "packed", "resource_id", "result", "v1_packed", "v1_result")
-
-    def __init__(self, resource_id: str, result: dict[str, Any]) -> None:
-        self.resource_id = resource_id
-        self.result = result
-        self.audit_ids = (str(result["Name"]), resource_id, str(result["VersionId"]))
-        self.packed: bytes = msgpack.packb(result, use_bin_type=True)
-        self.v1_result: dict[str, Any] = {"Payload": json.dumps(result).encode()}
-        self.v1_packed: bytes = msgpack.packb(self.v1_result, use_bin_type=True)
-
-
-@dataclass(frozen=True, slots=True)
-class SecretIndex:
-    """The store's secrets by every id a caller may use, and who may read what."""
-
-    by_id: Mapping[str, LocalSecret] = field(default_factory=dict)
-    #: Qualified function ARN -> resource ids it may read.
-    grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    #: (resource id, version id) -> the answer, built and encoded once per deployment: the hot
-    #: path then only looks up and checks. Shared: nothing downstream mutates an answer.
-    answers: Mapping[tuple[str, str], SecretAnswer] = field(default_factory=dict)
-    #: The V1 SDK's JSON request bytes -> the arguments they parse to. Workers send the same
-    #: few requests over and over, so each is parsed once; bounded, emptied when full.
-    v1_requests: dict[bytes, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, contents: StoreContents, specs: tuple[FunctionSpec, ...]) -> SecretIndex:
-        """Index secrets by name and by ARN (exact strings only: no prefix or pattern tricks)."""
-        by_id: dict[str, LocalSecret] = {}
-        answers: dict[tuple[str, str], SecretAnswer] = {}
-        for secret in contents.secrets.values():
-            by_id[secret.name] = secret
-            by_id[secret.arn] = secret
-            for version in secret.versions.values():
-                answers[secret.resource_id, version.version_id] = SecretAnswer(
-                    secret.resource_id, secret_answer(secret, version)
-                )
-        return cls(
-            by_id=by_id,
-            grants={s.function_arn: s.readable_resources for s in specs},
-            answers=answers,
-        )
 
 
 #: What an error status means in the audit log.
@@ -111,23 +50,6 @@ class ServiceError(Exception):
         self.status = status
         self.message = message
         super().__init__(message)
-
-
-def secret_answer(secret: LocalSecret, version: SecretVersion) -> dict[str, Any]:
-    """V1's GetSecretValue answer; SecretBinary as base64 text, CreatedDate in ms."""
-    answer: dict[str, Any] = {
-        "ARN": secret.arn,
-        "Name": secret.name,
-        "VersionId": version.version_id,
-        "VersionStages": list(version.version_stages),
-        "CreatedDate": int(version.created_date * 1000),
-    }
-    if version.secret_string is not None:
-        answer["SecretString"] = version.secret_string
-    else:
-        assert version.secret_binary is not None  # noqa: S101 - SecretVersion guarantees one
-        answer["SecretBinary"] = base64.b64encode(version.secret_binary).decode("ascii")
-    return answer
 
 
 def get_secret_value(
@@ -209,6 +131,7 @@ class CoreServices:
         *,
         manager: WorkerManager,
         publish: Publisher,
+        secrets: IndexSource,
         audit: AuditLog | None = None,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
@@ -216,32 +139,21 @@ class CoreServices:
         self._publish = publish
         self._audit = audit
         self._log = logger or get_logger("services")
-        self.index = SecretIndex()
-        #: Set by the supervisor: what a `Refresh: true` read awaits first. None: ignored.
+        self._secrets = secrets
+        #: Set by the core: what a `Refresh: true` read awaits first. None: ignored.
         self.refresh_hint: RefreshHint | None = None
         #: Reads served while the store was older than the staleness limit (for metrics).
         self.stale_reads = 0
         self._stale_at = math.inf
-        self._on_change: list[Callable[[], None]] = []
+
+    @property
+    def index(self) -> SecretIndex:
+        """The index answers come from; `LiveSecrets` swaps it at every commit."""
+        return self._secrets.index
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` after every index swap: answers given before may no longer hold."""
-        self._on_change.append(callback)
-
-    def update(self, contents: StoreContents, specs: tuple[FunctionSpec, ...]) -> None:
-        """Swap in a new deployment's secrets and grants (one reference assignment)."""
-        self.index = SecretIndex.build(contents, specs)
-        self._changed()
-
-    def refresh_secrets(self, contents: StoreContents) -> None:
-        """Swap in refreshed secrets, keeping the deployment's grants (one assignment)."""
-        index = SecretIndex.build(contents, ())
-        self.index = SecretIndex(by_id=index.by_id, grants=self.index.grants, answers=index.answers)
-        self._changed()
-
-    def _changed(self) -> None:
-        for callback in self._on_change:
-            callback()
+        self._secrets.on_change(callback)
 
     def count_stale_reads(self, stored_at: float, stale_after: float) -> None:
         """Count reads from now on once the store written at `stored_at` is `stale_after` old.

@@ -4,8 +4,9 @@
 A deployment goes through two steps here. `prepare` (before the store rotates) reads every
 connector's and function's run configuration and fetches, verifies and unpacks the functions'
 code (connectors' code is built in); anything wrong fails the deployment with nothing changed.
-`activate` (after the store rotated) swaps the secret index and grants, the subscriptions, and
-the workers. `restore` does the same from the store at start, without the network.
+`activate` (after the deployment's secrets and grants went live in `LiveSecrets`) swaps the
+routes, the subscriptions and the workers. `restore` does the same from the store at start,
+without the network.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from edge.ipc.server import IpcServer, WorkerIdentity
 from edge.log import get_logger
 from edge.model import Deployment, parse_group
 from edge.secrets.contents import StoreContents
+from edge.secrets.live import LiveSecrets
 from edge.workers.code import LocalCodePolicy, S3Reader, prepare_code
 from edge.workers.connectors import connector_code_dirs, connector_specs
 from edge.workers.manager import WorkerManager
@@ -60,6 +62,11 @@ class PreparedWorkload:
     code_dirs: Mapping[str, Path] = field(default_factory=dict)
     connectors: tuple[FunctionSpec, ...] = ()
 
+    @property
+    def workers(self) -> tuple[FunctionSpec, ...]:
+        """The functions and the connectors, each with the secrets it may read."""
+        return (*self.specs, *self.connectors)
+
 
 class Workload:
     """Owns the IPC server, the worker manager, the services and the router."""
@@ -69,6 +76,7 @@ class Workload:
         *,
         state_dir: Path,
         code_root: Path,
+        secrets: LiveSecrets,
         publish_cloud: CloudPublisher,
         set_cloud_subscriptions: SubscriptionSetter,
         read_s3: S3Reader | None = None,
@@ -86,6 +94,7 @@ class Workload:
         self._set_subscriptions = set_cloud_subscriptions
         self._python = python
         self._default_user = default_user
+        self._secrets = secrets
         self.manager = WorkerManager(
             launch=Launch(
                 socket_path=state_dir / "ipc" / "core.sock",
@@ -100,7 +109,11 @@ class Workload:
         )
         self.router = Router(manager=self.manager, publish_cloud=publish_cloud, logger=self._log)
         self.services = CoreServices(
-            manager=self.manager, publish=self._publish, audit=audit, logger=self._log
+            manager=self.manager,
+            publish=self._publish,
+            secrets=secrets,
+            audit=audit,
+            logger=self._log,
         )
         self.admin_token_path = state_dir / "ipc" / ADMIN_TOKEN_FILE
         self.ipc = IpcServer(
@@ -182,9 +195,8 @@ class Workload:
         )
 
     async def activate(self, contents: StoreContents, prepared: PreparedWorkload) -> None:
-        """Switch to a deployment's secrets, grants, routes and workers."""
-        workers = (*prepared.specs, *prepared.connectors)
-        self.services.update(contents, workers)
+        """Switch to a deployment's routes and workers."""
+        workers = prepared.workers
         self.router.update(
             parse_routes(parse_group(contents.group).subscriptions) if contents.group else ()
         )
@@ -193,8 +205,9 @@ class Workload:
             workers, {**prepared.code_dirs, **connector_code_dirs(prepared.connectors)}
         )
 
-    async def restore(self, contents: StoreContents) -> None:
-        """Start what the store says was deployed, from code already on disk."""
+    async def restore(self) -> None:
+        """Start what the live store says was deployed, from code already on disk."""
+        contents = self._secrets.contents
         if not contents.group:
             return
         try:
@@ -219,9 +232,9 @@ class Workload:
                 "workload.code_missing",
                 functions=[s.function_arn for s in specs if s not in runnable],
             )
-        await self.activate(
-            contents, PreparedWorkload(specs=runnable, code_dirs=dirs, connectors=connectors)
-        )
+        prepared = PreparedWorkload(specs=runnable, code_dirs=dirs, connectors=connectors)
+        self._secrets.grant(prepared.workers)
+        await self.activate(contents, prepared)
 
 
 def write_private(path: Path, data: bytes) -> None:

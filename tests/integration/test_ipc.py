@@ -46,6 +46,9 @@ from edge.ipc.protocol import (
 )
 from edge.ipc.server import IpcServer, WorkerIdentity
 from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
+from edge.secrets.keys import generate_key
+from edge.secrets.live import LiveSecrets
+from edge.secrets.store import SecretStore
 from edge.workers.services import CoreServices
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -649,7 +652,7 @@ def test_worker_side_import_stays_lean():
         "structlog",
         "edge.ipc.server",
         "edge.deploy",
-        "edge.supervisor",
+        "edge.core",
         "edge.log",
         "aiobotocore",
         "aiomqtt",
@@ -795,8 +798,11 @@ async def test_core_services_answers_change_with_every_index_swap(socket_path, t
     Every read, from the cache or not, is counted in the audit log and the stale-read metric.
     """
     audit = AuditLog(tmp_path / "audit.jsonl")
-    services = CoreServices(manager=None, publish=None, audit=audit)  # type: ignore[arg-type]
-    services.update(store(SECRET, "v1"), (grant("db-secret"),))
+    live = LiveSecrets(
+        SecretStore(path=tmp_path / "secrets.store", key=generate_key(tmp_path / "core.key"))
+    )
+    await live.commit(live.current, store(SECRET, "v1"), readers=[grant("db-secret")])
+    services = CoreServices(manager=None, publish=None, secrets=live, audit=audit)  # type: ignore[arg-type]
     services.count_stale_reads(0.0, 0.0)  # every read from now on counts as stale
     v1_request = {"Payload": json.dumps({"SecretId": "db", "VersionStage": ""}).encode()}
 
@@ -813,18 +819,20 @@ async def test_core_services_answers_change_with_every_index_swap(socket_path, t
             assert [await v1_value() for _ in range(3)] == [SECRET] * 3
             (peer,) = server._peers
             assert len(peer.repeats) == 2
-            # A deployment's Success swaps the index: the rotated value, at once, and no
+            # A deployment's commit swaps the index: the rotated value, at once, and no
             # connection keeps the old answers in memory meanwhile.
-            services.update(store("rotated-value-0001", "v2"), (grant("db-secret"),))
+            await live.commit(
+                live.current, store("rotated-value-0001", "v2"), readers=[grant("db-secret")]
+            )
             assert peer.repeats == {}
             assert [await value() for _ in range(2)] == ["rotated-value-0001"] * 2
             assert [await v1_value() for _ in range(2)] == ["rotated-value-0001"] * 2
             # A refresh swaps it too, keeping the grants.
-            services.refresh_secrets(store("rotated-value-0002", "v3"))
+            await live.commit(live.current, store("rotated-value-0002", "v3"))
             assert await value() == "rotated-value-0002"
             assert await v1_value() == "rotated-value-0002"
             # A deployment that withdraws the grant: the cached answer is not served any more.
-            services.update(store("rotated-value-0002", "v3"), (grant(),))
+            await live.commit(live.current, store("rotated-value-0002", "v3"), readers=[grant()])
             with pytest.raises(IpcCallError) as info:
                 await value()
             assert info.value.status == 403

@@ -29,9 +29,9 @@ import structlog
 
 from edge import fsutil
 from edge.config import load_config
+from edge.core import Core
 from edge.fixtures.core import CoreProcess
 from edge.log import configure_logging
-from edge.supervisor import run_core
 
 #: Big enough for the key, the store, the inbox and the history; small enough to fill at once.
 TMPFS_SIZE = "1m"
@@ -200,7 +200,7 @@ class InjectedFaults(DiskFaults):
 
 @dataclass
 class InProcessCore(CoreProcess):
-    """`run_core` on a thread of the test process, logging JSON lines to `log_path`."""
+    """The `Core` on a thread of the test process, logging JSON lines to `log_path`."""
 
     _thread: threading.Thread | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -226,7 +226,8 @@ class InProcessCore(CoreProcess):
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             ready.set()
-            await run_core(config, stop=self._stop)
+            async with Core(config) as core:
+                await core.serve_forever(self._stop)
 
         def target() -> None:
             try:

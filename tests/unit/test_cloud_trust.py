@@ -15,6 +15,7 @@ from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
 from edge.secrets.contents import DeploymentRecord, StoreContents
 from edge.secrets.keys import generate_key
+from edge.secrets.live import LiveSecrets
 from edge.secrets.source import StaticSecretSource
 from edge.secrets.store import SecretStore
 from edge.signing import DeploymentTrust, seal
@@ -44,13 +45,14 @@ class Core:
         self.published: list[dict[str, Any]] = []
         self.history = History(root / "deployments.json")
         record = DeploymentRecord("applied", "NewDeployment", "g", "v0", APPLIED_AT)
+        store = SecretStore(path=root / "secrets.store", key=generate_key(root / "core.key"))
+        store.save(StoreContents(deployment=record))
         self.agent = DeploymentAgent(
-            store=SecretStore(path=root / "secrets.store", key=generate_key(root / "core.key")),
+            secrets=LiveSecrets(store),
             source=StaticSecretSource({}),
             inbox=Inbox(root / "inbox"),
             history=self.history,
             publish_status=lambda payload: self.published.append(json.loads(payload)),
-            contents=StoreContents(deployment=record),
             trust=DeploymentTrust.of(THING, [KEY.public_key()], allow_unsigned=allow_unsigned),
         )
 
@@ -65,8 +67,10 @@ class Core:
 
 
 @pytest.fixture
-def core(tmp_path: Path) -> Core:
-    return Core(tmp_path)
+async def core(tmp_path: Path) -> Core:
+    core = Core(tmp_path)
+    await core.agent.secrets.load()
+    return core
 
 
 async def test_a_signed_newer_document_is_applied(core: Core) -> None:
@@ -75,8 +79,8 @@ async def test_a_signed_newer_document_is_applied(core: Core) -> None:
         seal(document("new", "2026-11-28T12:00:01Z"), signing_key=KEY, thing_name=THING)
     )
     assert [s["DeploymentStatus"] for s in core.published] == ["InProgress", "Success"]
-    assert core.agent.contents.deployment is not None
-    assert core.agent.contents.deployment.deployment_id == "new"
+    assert core.agent.secrets.contents.deployment is not None
+    assert core.agent.secrets.contents.deployment.deployment_id == "new"
 
 
 async def test_forged_and_unsigned_documents_get_no_status(core: Core) -> None:
@@ -105,8 +109,8 @@ async def test_a_stale_document_never_seen_gets_a_failure_saying_why(core: Core)
     (status,) = core.published
     assert status["DeploymentStatus"] == "Failure"
     assert "before the deployment this core applied last" in status["ErrorMessage"]
-    assert core.agent.contents.deployment is not None
-    assert core.agent.contents.deployment.deployment_id == "applied"
+    assert core.agent.secrets.contents.deployment is not None
+    assert core.agent.secrets.contents.deployment.deployment_id == "applied"
 
 
 async def test_a_replay_of_a_handled_deployment_is_only_logged(core: Core) -> None:
@@ -130,6 +134,7 @@ async def test_allow_unsigned_accepts_plain_documents_loudly(tmp_path: Path) -> 
     """With allow_unsigned, a plain document is applied, with a warning at start and for it."""
     with capture_logs() as logs:
         core = Core(tmp_path, allow_unsigned=True)
+        await core.agent.secrets.load()
         await core.deliver(document("plain", "2026-11-28T12:00:01Z"))
     assert core.published[-1]["DeploymentStatus"] == "Success"
     events = [e["event"] for e in logs]

@@ -16,10 +16,11 @@ from edge.errors import DefinitionInvalidError, DeploymentInvalidError
 from edge.model import parse_group
 from edge.model.connectors import builtin_connectors, parse_connector_arn
 from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
+from edge.secrets.index import SecretIndex
 from edge.workers.connectors import PARAMETERS_VARIABLE, connector_code_dirs, connector_specs
 from edge.workers.process import worker_environment
 from edge.workers.router import same_function
-from edge.workers.services import SecretIndex, ServiceError, get_secret_value
+from edge.workers.services import ServiceError, get_secret_value
 from edge.workers.spec import function_specs
 
 SM = "arn:aws:secretsmanager:us-west-2:123456789012:secret:"

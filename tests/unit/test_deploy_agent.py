@@ -13,8 +13,9 @@ from structlog.testing import capture_logs
 from edge.deploy.agent import INTAKE_QUEUE_LIMIT, DeploymentAgent
 from edge.deploy.journal import History, Inbox
 from edge.model import SecretResource
-from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
+from edge.secrets.contents import LocalSecret, SecretVersion
 from edge.secrets.keys import generate_key
+from edge.secrets.live import LiveSecrets
 from edge.secrets.source import StaticSecretSource
 from edge.secrets.store import SecretStore
 
@@ -60,13 +61,14 @@ def document(deployment_id: str, created_at: str = "2026-11-28T12:00:00Z") -> by
 async def run_agent(tmp_path: Path, store: SecretStore, source: CountingSource) -> list[Any]:
     """Start an agent on the state in tmp_path, let it drain its inbox, return its statuses."""
     published: list[Any] = []
+    secrets = LiveSecrets(store)
+    await secrets.load()
     agent = DeploymentAgent(
-        store=store,
+        secrets=secrets,
         source=source,
         inbox=Inbox(tmp_path / "inbox"),
         history=History(tmp_path / "deployments.json"),
         publish_status=lambda payload: published.append(json.loads(payload)),
-        contents=store.load() or StoreContents(),
     )
     task = asyncio.create_task(agent.run())
     await asyncio.sleep(0)
@@ -127,12 +129,11 @@ def make_agent(tmp_path: Path, published: list[Any]) -> DeploymentAgent:
     store = SecretStore(path=tmp_path / "secrets.store", key=generate_key(tmp_path / "core.key"))
     version = SecretVersion("v-1", ("AWSCURRENT",), 1.7e9, secret_string="pw-1")
     return DeploymentAgent(
-        store=store,
+        secrets=LiveSecrets(store),
         source=CountingSource({ARN: [version]}),
         inbox=Inbox(tmp_path / "inbox"),
         history=History(tmp_path / "deployments.json"),
         publish_status=lambda payload: published.append(json.loads(payload)),
-        contents=StoreContents(),
     )
 
 
@@ -183,8 +184,8 @@ async def test_same_created_at_under_another_id_is_refused_same_id_is_a_duplicat
         ("d3", "Success"),
     ]
     assert "the same instant as deployment d1" in published[2]["ErrorMessage"]
-    assert agent.contents.deployment is not None
-    assert agent.contents.deployment.deployment_id == "d3"
+    assert agent.secrets.contents.deployment is not None
+    assert agent.secrets.contents.deployment.deployment_id == "d3"
 
 
 async def test_a_full_queue_holds_the_sender_until_there_is_room(tmp_path: Path) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from edge.config import RefreshSettings
 from edge.deploy.agent import DeploymentAgent
@@ -18,12 +20,13 @@ from edge.errors import SecretFetchError
 from edge.fixtures.core import next_created_at
 from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1, Request, Response
 from edge.ipc.server import WorkerIdentity
-from edge.secrets.contents import SecretVersion, StoreContents
+from edge.secrets.contents import SecretVersion
 from edge.secrets.keys import generate_key
+from edge.secrets.live import LiveSecrets
 from edge.secrets.refresh import Refresher
 from edge.secrets.source import Described, StaticSecretSource
 from edge.secrets.store import SecretStore
-from edge.workers.services import CoreServices, SecretIndex
+from edge.workers.services import CoreServices
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf"
 
@@ -79,34 +82,47 @@ class GatedSource(StaticSecretSource):
         return await super().describe(arns, pace=pace)
 
 
+@dataclass(frozen=True)
+class Grant:
+    """A function allowed to read some secrets."""
+
+    function_arn: str
+    readable_resources: frozenset[str]
+
+
 class World:
-    """An agent with a real store, a source, and a refresher sharing the agent's gate."""
+    """An agent and a refresher sharing one LiveSecrets over a real store, and a source."""
 
     def __init__(self, root: Path, *, hint_interval: float = 30.0) -> None:
         self.source = GatedSource({ARN: [version("v1", "AWSCURRENT"), version("v0", "Label1")]})
         self.store = SecretStore(path=root / "secrets.store", key=generate_key(root / "core.key"))
         self.statuses: list[dict[str, Any]] = []
+        #: Set when a deployment reports InProgress (it holds the rotation lock then).
+        self.applying = asyncio.Event()
+        self.secrets = LiveSecrets(self.store)
         self.agent = DeploymentAgent(
-            store=self.store,
+            secrets=self.secrets,
             source=self.source,
             inbox=Inbox(root / "inbox"),
             history=History(root / "deployments.json"),
-            publish_status=lambda p: self.statuses.append(json.loads(p)),
-            contents=StoreContents(),
+            publish_status=self._status,
         )
         self.messages: list[dict[str, Any]] = []
-        self.swapped: list[StoreContents] = []
         self.refresher = Refresher(
             source=self.source,
-            store=self.store,
-            holder=self.agent,
-            gate=self.agent.gate,
+            secrets=self.secrets,
+            idle=self.agent.idle,
             settings=RefreshSettings(
                 max_calls_per_second=1000, hint_min_interval_seconds=hint_interval
             ),
             publish=lambda p: self.messages.append(json.loads(p)),
-            on_rotated=self.swapped.append,
         )
+
+    def _status(self, payload: bytes) -> None:
+        status = json.loads(payload)
+        self.statuses.append(status)
+        if status["DeploymentStatus"] == "InProgress":
+            self.applying.set()
 
     async def deploy(self, deployment_id: str) -> None:
         """Apply one deployment through the agent and wait until it is done."""
@@ -150,7 +166,11 @@ async def test_a_rotated_label_is_fetched_stored_swapped_and_reported(world: Wor
     assert world.source.calls["GetSecretValue"] == calls + 1
     stored = world.store.load()
     assert stored is not None
-    assert stored == world.agent.contents == world.swapped[-1]
+    assert stored == world.secrets.contents
+    assert world.secrets.current.generation == 2  # the deployment, then the refresh
+    served = world.secrets.index.by_id[ARN].version_for("AWSCURRENT")
+    assert served is not None
+    assert served.secret_string == "value-v2"
     assert stored.deployment is not None
     assert stored.deployment.deployment_id == "d1"
     secret = stored.secrets["db"]
@@ -185,17 +205,22 @@ async def test_a_failed_refresh_keeps_the_store(world: World) -> None:
     assert world.messages == []
 
 
-async def test_a_deployment_preempts_a_refresh_in_flight(world: World) -> None:
-    """A refresh still describing is cancelled by a deployment, which then applies."""
+async def test_a_deployment_wins_over_a_refresh_in_flight(world: World) -> None:
+    """A deployment starts while a refresh describes: the refresh's result is refused."""
     world.rotate()
     world.source.hold.clear()
+    world.applying.clear()
     refresh = asyncio.create_task(world.refresher.refresh(trigger="interval"))
     await asyncio.wait_for(world.source.describing.wait(), 5)
     deploy = asyncio.create_task(world.deploy("d2"))
-    assert await asyncio.wait_for(refresh, 5) is False
-    world.source.hold.set()
-    await asyncio.wait_for(deploy, 10)
-    assert world.agent.gate.preempted == 1
+    await asyncio.wait_for(world.applying.wait(), 5)
+    with capture_logs() as logs:
+        world.source.hold.set()
+        assert await asyncio.wait_for(refresh, 5) is True
+        await asyncio.wait_for(deploy, 10)
+    assert "refresh.superseded" in [e["event"] for e in logs]
+    assert world.refresher.counts.rotations == 0
+    assert world.statuses[-1]["DeploymentStatus"] == "Success"
     stored = world.store.load()
     assert stored is not None
     assert stored.deployment is not None
@@ -238,7 +263,7 @@ async def test_hints_are_rate_limited_per_secret(tmp_path: Path) -> None:
     world.rotate()
     describes = world.source.calls["DescribeSecret"]
     assert await world.refresher.hint("db") is True
-    assert world.agent.contents.secrets["db"].labels["AWSCURRENT"] == "v2"
+    assert world.secrets.contents.secrets["db"].labels["AWSCURRENT"] == "v2"
     assert await world.refresher.hint("db") is False
     assert world.source.calls["DescribeSecret"] == describes + 1
     assert world.refresher.counts.hints == 1
@@ -248,18 +273,14 @@ async def test_hints_are_rate_limited_per_secret(tmp_path: Path) -> None:
 async def test_refresh_hint_on_the_ipc_v1_and_native(world: World) -> None:
     """`Refresh: true` (native arg or V1 JSON key) refreshes first; without it, no refresh."""
     reader = "arn:aws:lambda:us-east-1:123456789012:function:reader:1"
-    services = CoreServices(manager=None, publish=None)  # type: ignore[arg-type]
-    index = SecretIndex.build(world.agent.contents, ())
-    services.index = SecretIndex(
-        by_id=index.by_id, grants={reader: frozenset({"db"})}, answers=index.answers
-    )
+    services = CoreServices(manager=None, publish=None, secrets=world.secrets)  # type: ignore[arg-type]
+    world.secrets.grant([Grant(reader, frozenset({"db"}))])
     hinted: list[str] = []
 
     async def hint(resource_id: str) -> bool:
         hinted.append(resource_id)
         world.rotate()
         await world.refresher.refresh(trigger="hint", only={resource_id})
-        services.refresh_secrets(world.agent.contents)
         return True
 
     services.refresh_hint = hint

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from edge.ipc.protocol import OP_GET_SECRET_VALUE_V1, Request, Response
 from edge.ipc.server import WorkerIdentity
 from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
+from edge.secrets.index import FixedIndex, SecretIndex
 from edge.workers.services import (
     MAX_CACHED_V1_REQUESTS,
     CoreServices,
-    SecretIndex,
     ServiceError,
     get_secret_value,
     v1_request_args,
@@ -395,8 +395,7 @@ def test_grants_follow_the_specs_given():
 
 def v1_call(payload: bytes, caller: str = READER) -> Response:
     """Ask CoreServices the way the greengrasssdk compat layer does: the SDK's JSON as is."""
-    services = CoreServices(manager=None, publish=None)  # type: ignore[arg-type]
-    services.index = INDEX
+    services = CoreServices(manager=None, publish=None, secrets=FixedIndex(INDEX))  # type: ignore[arg-type]
     request = Request(7, OP_GET_SECRET_VALUE_V1, {"Payload": payload})
     answer = services(WorkerIdentity(caller), request)
     assert isinstance(answer, Response)  # secrets are answered synchronously

@@ -1,0 +1,285 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The core: one object that owns every running part and the tasks that drive them.
+
+    async with Core(config) as core:
+        await core.serve_forever(stop)
+
+`Core(config)` checks the state directory and loads the key, then builds the parts; nothing
+touches the network or starts a task yet. `async with` loads the store into `LiveSecrets`
+*before* any network is touched, so a core with no network at all still comes up with every
+secret it had (offline start), and a damaged store stops the core with one clear error instead
+of being overwritten by the next deployment; it then opens the AWS clients and the IPC socket,
+and starts the workers the store names. `serve_forever` runs the MQTT link, the deployment
+agent, the audit log writer and the secret refresher in one TaskGroup until `stop` is set (or
+the task is cancelled); leaving the block stops the workers and closes what was opened.
+
+Who owns what:
+
+- `secrets` (`edge.secrets.live.LiveSecrets`): the store, the live contents and their
+  generation, the IPC's secret index and the redactor's values. Only `agent` (a deployment)
+  and `refresher` (a rotation seen in Secrets Manager) hand it new contents.
+- `workload` (`edge.workers.workload.Workload`): the IPC server, the services answering it
+  (from `secrets.index`), the worker processes and the message router.
+- `agent` (`edge.deploy.agent.DeploymentAgent`): takes deployment documents from `link`.
+- `link` (`edge.mqtt.link.MqttLink`): the one MQTT connection: deployments in, statuses,
+  refresh reports and the functions' cloud messages out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Self
+
+from structlog.typing import FilteringBoundLogger
+
+from edge.audit import AuditLog, audit_path
+from edge.config import Config
+from edge.deploy.agent import DeploymentAgent
+from edge.deploy.journal import History, Inbox
+from edge.errors import EdgeError, InsecurePermissionsError
+from edge.ipc.limits import raise_open_files_limit
+from edge.log import get_logger
+from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
+from edge.mqtt.link import MqttLink
+from edge.secrets.fetch import AwsSecretSource
+from edge.secrets.iot_credentials import aws_session
+from edge.secrets.keys import CoreKey
+from edge.secrets.live import LiveSecrets
+from edge.secrets.refresh import Refresher, refreshed_topic
+from edge.secrets.store import STORE_FILE_NAME, SecretStore
+from edge.signing import DeploymentTrust
+from edge.workers.code import LocalCodePolicy
+from edge.workers.s3 import S3CodeReader
+from edge.workers.sandbox import Sandbox
+from edge.workers.workload import Workload
+
+STATE_DIR_MODE = 0o700
+#: On a requested stop, how long to wait for queued status documents to reach the broker.
+#: Long enough for a healthy broker, short enough for a systemd stop timeout.
+STOP_FLUSH_SECONDS = 3.0
+
+
+class StateDirMissingError(EdgeError):
+    """The state directory does not exist yet."""
+
+    def __init__(self, path: Path, config_path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"state directory {path} does not exist; run `edge init --config {config_path}`"
+        )
+
+
+def check_state_dir(path: Path, config_path: Path) -> None:
+    """Refuse a missing state directory, or one that others can enter."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise StateDirMissingError(path, config_path) from None
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise InsecurePermissionsError(str(path), mode, STATE_DIR_MODE)
+
+
+def open_store(config: Config) -> SecretStore:
+    """Check the state directory and key, and return the store (not yet loaded)."""
+    check_state_dir(config.core.state_dir, config.path)
+    key = CoreKey.load(config.core.private_key)
+    return SecretStore(path=config.core.state_dir / STORE_FILE_NAME, key=key)
+
+
+def _worker_sandbox(config: Config, log: FilteringBoundLogger) -> Sandbox:
+    """The workers' confinement; where the kernel lacks a wall, say so once, loudly."""
+    sandbox = Sandbox.from_config(config)
+    user = config.workers.default_user
+    for level, event, fields in sandbox.notices(
+        root=os.geteuid() == 0, default_user=None if user is None else user.name
+    ):
+        (log.warning if level == "warning" else log.info)(event, **fields)
+    return sandbox
+
+
+def _raise_descriptor_limit(log: FilteringBoundLogger) -> None:
+    """The IPC keeps a reserve of descriptors below the soft limit: make that the hard one."""
+    was, soft = raise_open_files_limit()
+    if soft != was:
+        log.info("core.descriptor_limit_raised", was=was, soft=soft)
+
+
+class Core:
+    """The running core: its parts, built once, started by `async with`, run by `serve_forever`.
+
+    Not re-entrant: one `async with` per instance.
+    """
+
+    def __init__(self, config: Config, *, logger: FilteringBoundLogger | None = None) -> None:
+        """Check the state directory and key, and build every part (nothing runs yet).
+
+        Raises:
+            StateDirMissingError: `edge init` has not been run.
+            EdgeError: The state directory or key is unusable, or a setting is.
+        """
+        self.config = config
+        core, mqtt, aws = config.core, config.mqtt, config.aws
+        thing = core.thing_name
+        self._log = logger or get_logger("core", thing_name=thing)
+        self._deployments_topic = mqtt.deployments_topic(thing)
+        self._status_topic = mqtt.status_topic(thing)
+        self._refreshed_topic = refreshed_topic(mqtt.topic_prefix, thing)
+        self.store = open_store(config)
+        self.secrets = LiveSecrets(self.store)
+        # One session, so with `[aws] credentials = "iot"` one certificate exchange (and its
+        # refreshes) serves Secrets Manager and S3.
+        session = aws_session(aws.iot)
+        self.source = AwsSecretSource(
+            region=aws.region, endpoint_url=aws.endpoint_url, settings=config.fetch, session=session
+        )
+        self._read_s3 = S3CodeReader(
+            region=aws.region, endpoint_url=aws.endpoint_url, session=session
+        )
+        self.counts = DeploymentCounts()
+        self.audit = AuditLog(audit_path(core.state_dir), config.audit)
+        self.link = MqttLink(
+            settings=mqtt,
+            client_id=mqtt.client_id or f"edge-core-{thing}",
+            subscriptions=[self._deployments_topic],
+            on_message=self._on_message,
+        )
+        self.workload = Workload(
+            state_dir=core.state_dir,
+            secrets=self.secrets,
+            audit=self.audit,
+            code_root=core.code_dir,
+            python=config.workers.python,
+            sandbox=_worker_sandbox(config, self._log),
+            default_user=config.workers.default_user,
+            publish_cloud=functools.partial(self.link.publish, qos=0),
+            set_cloud_subscriptions=self.link.set_extra_subscriptions,
+            read_s3=self._read_s3,
+            local_code=LocalCodePolicy.from_config(config),
+        )
+        self.agent = DeploymentAgent(
+            secrets=self.secrets,
+            source=TimedSource(self.source, self.counts),
+            inbox=Inbox(core.state_dir / "inbox"),
+            history=History(core.state_dir / "deployments.json"),
+            publish_status=self._publish_status,
+            hooks=self.workload,
+            trust=DeploymentTrust.load(
+                thing,
+                config.deployments.trusted_keys,
+                allow_unsigned=config.deployments.allow_unsigned,
+            ),
+            log_file=core.state_dir / "logs" / "core.log",
+        )
+        self.refresher = Refresher(
+            source=self.source,
+            secrets=self.secrets,
+            idle=self.agent.idle,
+            settings=config.refresh,
+            publish=self._publish_refreshed,
+            deadline_seconds=config.fetch.deadline_seconds,
+        )
+        # `Refresh: true` reads reach the refresher.
+        self.workload.services.refresh_hint = self.refresher.hint
+        self.secrets.on_change(self._restart_stale_clock)
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        """Load the store, open the AWS clients and the IPC, and start the stored workers."""
+        _raise_descriptor_limit(self._log)
+        async with contextlib.AsyncExitStack() as stack:
+            contents = (await self.secrets.load()).contents
+            self._log.info(
+                "core.store_loaded",
+                path=str(self.store.path),
+                secrets=len(contents.secrets),
+                deployment_id=contents.deployment.deployment_id if contents.deployment else None,
+            )
+            await stack.enter_async_context(self.source)
+            await stack.enter_async_context(self._read_s3)
+            await stack.enter_async_context(self.workload)
+            self.agent.apply_stored_logging()
+            await self._start_metrics(stack)
+            await self.workload.restore()
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop the workers and close the IPC, the metrics server and the AWS clients."""
+        self._log.info("core.stopped")
+        await self._stack.aclose()
+
+    async def serve_forever(self, stop: asyncio.Event | None = None) -> None:
+        """Run the link, the agent, the audit log and the refresher until `stop` is set.
+
+        On `stop`, queued status documents get `STOP_FLUSH_SECONDS` to reach the broker. With
+        no `stop`, runs until cancelled. A task that fails stops the others and is raised.
+        """
+        self._log.info(
+            "core.started",
+            pid=os.getpid(),
+            mqtt=self.config.mqtt.url,
+            topic=self._deployments_topic,
+        )
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(self.link.run(), name="mqtt-link"),
+                tg.create_task(self.agent.run(), name="deployment-agent"),
+                tg.create_task(self.audit.run(), name="audit-log"),
+                tg.create_task(self.refresher.run(), name="secret-refresh"),
+            ]
+            if stop is not None:
+                await stop.wait()
+                await self.link.flush(within=STOP_FLUSH_SECONDS)
+                for task in tasks:
+                    task.cancel()
+
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self._deployments_topic:
+            await self.agent.receive(topic, payload)
+        else:
+            await self.workload.router.from_cloud(topic, payload)
+
+    def _publish_status(self, payload: bytes) -> None:
+        self.counts.status_published(payload)
+        # Retained, so the control plane learns the latest status whenever it looks,
+        # without a daemon of its own listening all the time.
+        self.link.publish(self._status_topic, payload, qos=1, retain=True)
+
+    def _publish_refreshed(self, payload: bytes) -> None:
+        # What changed, never a value; not retained: it is an event, not a state.
+        self.link.publish(self._refreshed_topic, payload, qos=1)
+
+    def _restart_stale_clock(self) -> None:
+        # The store was just replaced: its age (for stale-read metrics) starts again.
+        self.workload.services.count_stale_reads(
+            time.time(), self.config.metrics.stale_after_seconds
+        )
+
+    async def _start_metrics(self, stack: contextlib.AsyncExitStack) -> None:
+        """Start counting stale reads and, if `[metrics] listen` is set, serve `/metrics`."""
+        services = self.workload.services
+        with contextlib.suppress(FileNotFoundError):
+            # One stat at start; afterwards each commit restarts the clock.
+            stored_at = self.store.path.stat().st_mtime
+            services.count_stale_reads(stored_at, self.config.metrics.stale_after_seconds)
+        listen = self.config.metrics.listen
+        if listen is None:
+            return
+        self.workload.ipc.measure_latency = True
+        collector = CoreCollector(
+            counts=self.counts,
+            source=self.source,
+            ipc=self.workload.ipc,
+            manager=self.workload.manager,
+            services=services,
+            store=self.store,
+            refresh=self.refresher.counts,
+        )
+        await stack.enter_async_context(MetricsServer(listen, collector))
