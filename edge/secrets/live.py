@@ -125,7 +125,7 @@ class LiveSecrets:
             try:
                 yield rotation
             finally:
-                rotation.closed = True
+                rotation.close()
                 if self._pending:
                     self._pending = []
                     self._mask()
@@ -187,9 +187,12 @@ class Rotation:
         self.base = base
         self._mask = mask
         self._commit = commit
-        self._committed = False
-        #: Set when the block ends: a rotation commits only while it holds the lock.
-        self.closed = False
+        #: Committed, or its block ended: a rotation commits once, while it holds the lock.
+        self._done = False
+
+    def close(self) -> None:
+        """End the rotation (its block ended): it can no longer commit."""
+        self._done = True
 
     def mask(self, values: Iterable[str | bytes]) -> None:
         """Mask values that may soon be live (just fetched), before anything can mention them."""
@@ -204,7 +207,7 @@ class Rotation:
             RuntimeError: The rotation's block has ended, or it already committed.
             OSError: The store could not be written; nothing changed.
         """
-        if self.closed or self._committed:
+        if self._done:
             raise RuntimeError("a rotation commits once, inside its block")
-        self._committed = True
+        self._done = True
         return await self._commit(self.base, contents, readers)
