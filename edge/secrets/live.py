@@ -140,7 +140,7 @@ class LiveSecrets:
 
         Raises:
             StaleBaseError: A rotation is under way or `base` is no longer the live generation.
-            OSError: The store could not be written; nothing changed.
+            StoreWriteError: The store could not be written; nothing changed.
         """
         rotating = self._lock.locked()
         if rotating or base.generation != self._current.generation:
@@ -205,7 +205,7 @@ class Rotation:
 
         Raises:
             RuntimeError: The rotation's block has ended, or it already committed.
-            OSError: The store could not be written; nothing changed.
+            StoreWriteError: The store could not be written; nothing changed.
         """
         if self._done:
             raise RuntimeError("a rotation commits once, inside its block")

@@ -19,7 +19,9 @@ generation, fetches without holding anything, and hands `LiveSecrets.commit` the
 based on that generation. The commit is refused when a deployment holds the rotation lock or
 committed since (`StaleBaseError`): the refresh then drops its result (`refresh.superseded`),
 so it can never bring back a store older than the latest deployment. A refresh does not start
-while a deployment is queued, which will fetch anyway. A refresh that got as far as writing
+while a deployment is queued, which will fetch anyway. Refreshes run one at a time among
+themselves (an interval check and a hint for another secret wait for each other), so one never
+makes another's result stale. A refresh that got as far as writing
 the store finishes first, and a deployment then builds on it. A failed refresh logs a warning
 and keeps the old store; the next interval tries again.
 """
@@ -207,6 +209,7 @@ class Refresher:
         self._hinted: dict[str, float] = {}
         #: Resource id -> the hinted refresh in flight, which later hints wait for.
         self._hint_tasks: dict[str, asyncio.Task[bool]] = {}
+        self._one_at_a_time = asyncio.Lock()
 
     async def run(self) -> None:
         """Check every `interval_seconds` (jittered) until cancelled; return at once if off."""
@@ -262,7 +265,8 @@ class Refresher:
         """
         try:
             with structlog.contextvars.bound_contextvars(refresh_trigger=trigger):
-                await self._refresh(trigger, only)
+                async with self._one_at_a_time:
+                    await self._refresh(trigger, only)
         except Exception as exc:  # noqa: BLE001 - a refresh must never take the core down
             self.counts.failures += 1
             if isinstance(exc, EdgeError | TimeoutError):
