@@ -641,7 +641,7 @@ def test_unreachable_core_is_a_connection_error(socket_path):
 
 
 def test_worker_side_import_stays_lean():
-    """Importing the client loads neither asyncio nor the core's supervisor side."""
+    """Importing the client loads neither asyncio nor the core side."""
     code = "import sys, json, edge.ipc.client; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
