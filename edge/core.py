@@ -42,7 +42,7 @@ from edge.audit import AuditLog, audit_path
 from edge.config import Config
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
-from edge.errors import EdgeError, InsecurePermissionsError
+from edge.errors import InsecurePermissionsError, StateDirMissingError
 from edge.ipc.limits import raise_open_files_limit
 from edge.log import get_logger
 from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
@@ -63,16 +63,6 @@ STATE_DIR_MODE = 0o700
 #: On a requested stop, how long to wait for queued status documents to reach the broker.
 #: Long enough for a healthy broker, short enough for a systemd stop timeout.
 STOP_FLUSH_SECONDS = 3.0
-
-
-class StateDirMissingError(EdgeError):
-    """The state directory does not exist yet."""
-
-    def __init__(self, path: Path, config_path: Path) -> None:
-        self.path = path
-        super().__init__(
-            f"state directory {path} does not exist; run `edge init --config {config_path}`"
-        )
 
 
 def check_state_dir(path: Path, config_path: Path) -> None:

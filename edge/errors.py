@@ -150,6 +150,16 @@ class InsecurePermissionsError(EdgeError):
         )
 
 
+class StateDirMissingError(EdgeError):
+    """The state directory does not exist yet."""
+
+    def __init__(self, path: Path, config_path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"state directory {path} does not exist; run `edge init --config {config_path}`"
+        )
+
+
 class SandboxUnavailableError(EdgeError):
     """`[workers] sandbox = "required"`, and this kernel can't confine workers."""
 
