@@ -525,6 +525,18 @@ class RolloutSettingsError(CloudUsageError):
     """A rollout setting (`--max-per-second`, an `edge:` tag, ...) has a value it can't take."""
 
 
+class BulkLeaseLostError(CloudError):
+    """A replica wrote to a bulk deployment whose lease another replica has taken over."""
+
+    def __init__(self, bulk_id: str, owner: str) -> None:
+        self.bulk_id = bulk_id
+        self.owner = owner
+        super().__init__(
+            f"bulk deployment {bulk_id}: {owner} no longer holds its lease (another replica "
+            f"took it over after a missed heartbeat); this replica stops running it"
+        )
+
+
 class V1ImportError(CloudError):
     """Reading a Greengrass V1 account failed (credentials, endpoint, access, a missing group)."""
 

@@ -42,6 +42,10 @@ MAX_RAMP_FACTOR: Final = 5.0
 DEFAULT_RAMP_SECONDS: Final = 10
 #: The largest rate computed: beyond any rollout, and far from a float's overflow.
 _MAX_RATE: Final = 1e12
+#: Float slack in the token bucket, and the shortest wait it answers (a millisecond: no
+#: caller's clock or sleep is finer, and a shorter one could spin without time passing).
+_EPSILON: Final = 1e-9
+_MIN_WAIT: Final = 1e-3
 #: The settings' names, as `edge cloud start-bulk-deployment` options and `edge:` tags.
 NAMES: Final = (
     "max-per-second",
@@ -164,9 +168,10 @@ class RolloutPolicy:
         if self._last is not None:
             self._tokens = min(capacity, self._tokens + (now - self._last) * rate)
         self._last = now
-        granted = min(wanted, int(self._tokens))
-        self._tokens -= granted
-        return Release(granted, max(0.0, (1.0 - self._tokens) / rate))
+        # Refilled in float steps, the bucket can stop a hair short of a whole start.
+        granted = min(wanted, int(self._tokens + _EPSILON))
+        self._tokens = max(0.0, self._tokens - granted)
+        return Release(granted, max(_MIN_WAIT, (1.0 - self._tokens) / rate))
 
     def should_abort(self, counts: Counts) -> str | None:
         """Why the rollout must stop now (for ErrorMessage), or None."""
