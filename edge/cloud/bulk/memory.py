@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from edge.cloud.bulk.input import Entry, InputRecord
@@ -29,18 +29,6 @@ from edge.errors import BulkLeaseLostError, NotFoundError
 _SUCCESS, _FAILURE = "Success", "Failure"
 
 
-@dataclass(slots=True)
-class _Line:
-    line: int
-    state: RecordState
-    group_id: str | None = None
-    group_version_id: str | None = None
-    deployment_type: str | None = None
-    deployment_id: str | None = None
-    created_at: str | None = None
-    reason: str | None = None
-
-
 class MemoryBulkStore:
     """Bulk deployments in memory (see the module docstring)."""
 
@@ -53,7 +41,7 @@ class MemoryBulkStore:
         self._clock = clock
         self._ids = ids
         self._bulks: dict[str, BulkDeployment] = {}
-        self._lines: dict[str, dict[int, _Line]] = {}
+        self._lines: dict[str, dict[int, BulkDeploymentResult]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._statuses: dict[str, tuple[str, str | None]] = {}
 
@@ -122,7 +110,7 @@ class MemoryBulkStore:
             if entry.line in lines:
                 continue
             if isinstance(entry, InputRecord):
-                lines[entry.line] = _Line(
+                lines[entry.line] = BulkDeploymentResult(
                     entry.line,
                     RecordState.PENDING,
                     entry.group_id,
@@ -130,21 +118,24 @@ class MemoryBulkStore:
                     entry.deployment_type,
                 )
             else:
-                lines[entry.line] = _Line(entry.line, RecordState.INVALID, reason=entry.reason)
+                lines[entry.line] = BulkDeploymentResult(
+                    entry.line, RecordState.INVALID, error_message=entry.reason
+                )
         bulk = self._bulks[bulk_id]
         self._bulks[bulk_id] = replace(bulk, lines_loaded=max(bulk.lines_loaded, through))
 
     async def reserve(self, bulk_id: str, owner: str, limit: int) -> list[Reserved]:
         """STARTED records first, then PENDING ones given a fresh DeploymentId."""
         self._hold(bulk_id, owner)
-        ordered = sorted(self._lines[bulk_id].values(), key=lambda x: x.line)
+        lines = self._lines[bulk_id]
+        ordered = sorted(lines.values(), key=lambda x: x.line)
         chosen = [x for x in ordered if x.state is RecordState.STARTED][:limit]
         for x in ordered:
             if len(chosen) >= limit:
                 break
             if x.state is RecordState.PENDING:
-                x.state, x.deployment_id = RecordState.STARTED, self._ids()
-                chosen.append(x)
+                lines[x.line] = replace(x, state=RecordState.STARTED, deployment_id=self._ids())
+                chosen.append(lines[x.line])
         return [
             Reserved(
                 x.line,
@@ -161,10 +152,13 @@ class MemoryBulkStore:
         self._hold(bulk_id, owner)
         lines = self._lines[bulk_id]
         for number in outcomes.created:
-            lines[number].state = RecordState.CREATED
-            lines[number].created_at = precise_timestamp()
+            lines[number] = replace(
+                lines[number], state=RecordState.CREATED, created_at=precise_timestamp()
+            )
         for number, reason in outcomes.invalid:
-            lines[number].state, lines[number].reason = RecordState.INVALID, reason
+            lines[number] = replace(
+                lines[number], state=RecordState.INVALID, deployment_id=None, error_message=reason
+            )
         bulk = self._bulks[bulk_id]
         self._bulks[bulk_id] = replace(bulk, retry_attempts=bulk.retry_attempts + outcomes.retries)
 
@@ -236,21 +230,12 @@ class MemoryBulkStore:
         if self.lease_owner(bulk_id) != owner:
             raise BulkLeaseLostError(bulk_id, owner)
 
-    def _result(self, x: _Line) -> BulkDeploymentResult:
-        status, error = None, None
-        if x.state is RecordState.CREATED and x.deployment_id is not None:
-            status, error = self._statuses.get(x.deployment_id, ("Building", None))
-        return BulkDeploymentResult(
-            line=x.line,
-            state=x.state,
-            group_id=x.group_id,
-            group_version_id=x.group_version_id,
-            deployment_type=x.deployment_type,
-            deployment_id=x.deployment_id if x.state is not RecordState.INVALID else None,
-            created_at=x.created_at,
-            deployment_status=status,
-            error_message=x.reason if x.state is RecordState.INVALID else error,
-        )
+    def _result(self, x: BulkDeploymentResult) -> BulkDeploymentResult:
+        """The row with its deployment's reported status."""
+        if x.state is not RecordState.CREATED or x.deployment_id is None:
+            return x
+        status, error = self._statuses.get(x.deployment_id, ("Building", None))
+        return replace(x, deployment_status=status, error_message=error)
 
 
 if TYPE_CHECKING:
