@@ -222,11 +222,16 @@ def stop(bulk: BulkDeployment) -> BulkState:
         CloudUsageError: It has already ended (Completed, Stopped or Failed).
     """
     if bulk.state.is_final:
-        raise CloudUsageError(
-            "--bulk-deployment-id",
-            f"bulk deployment {bulk.id} is {bulk.state.value}: there is nothing left to stop",
-        )
+        raise ended(bulk.id, bulk.state)
     return next_state(bulk.state, BulkEvent.STOP)
+
+
+def ended(bulk_id: str, state: BulkState) -> CloudUsageError:
+    """The refusal to stop a bulk deployment that has ended."""
+    return CloudUsageError(
+        "--bulk-deployment-id",
+        f"bulk deployment {bulk_id} is {state.value}: there is nothing left to stop",
+    )
 
 
 def page(params: Mapping[str, Any]) -> Page:

@@ -212,7 +212,9 @@ class MemoryBulkStore:
 
     async def listing(self, after: int, limit: int) -> list[BulkDeployment]:
         """Newest first."""
-        ordered = sorted(self._bulks.values(), key=lambda b: b.created_at, reverse=True)
+        # Reversed first: among equal timestamps, the later created comes first too.
+        newest = reversed(self._bulks.values())
+        ordered = sorted(newest, key=lambda b: b.created_at, reverse=True)
         return [await self.get(b.id) for b in ordered[after : after + limit]]
 
     # --- helpers -----------------------------------------------------------------------------
