@@ -26,6 +26,7 @@ validate) makes the record invalid, with the error as its reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -107,6 +108,12 @@ class BulkRunner:
         except BulkLeaseLostError:
             log.warning("cloud.bulk.lease_lost")
             return None
+        except asyncio.CancelledError:
+            # Shutting down: give the lease up so that another replica carries on at once
+            # rather than after it expires. Shielded, so the cancellation can't cut it short.
+            with contextlib.suppress(CloudDatabaseError):
+                await asyncio.shield(self.store.release(self.bulk_id, self.owner))
+            raise
         log.info("cloud.bulk.ended", state=state.value)
         await self.store.release(self.bulk_id, self.owner)
         return state
