@@ -247,3 +247,26 @@ def test_final_states_have_no_way_out() -> None:
     for state in BulkState:
         if state.is_final:
             assert not any(s is state for s, _ in TRANSITIONS)
+
+
+def test_cli_rollout_options_travel_as_edge_tags() -> None:
+    """The command's options become the tags the API takes; errors name the option."""
+    tags = api.with_rollout_options(
+        {"team": "ops", "edge:abort-min-finished": "10"},
+        {"max-per-second": 20.0, "abort-failure-percent": "5", "ramp-up-from": None},
+    )
+    assert tags == {
+        "team": "ops",
+        "edge:max-per-second": "20.0",
+        "edge:abort-failure-percent": "5",
+        "edge:abort-min-finished": "10",
+    }
+    assert api.rollout_from_tags(tags) == RolloutSettings(max_per_second=20, abort=AbortRule(5, 10))
+    with pytest.raises(RolloutSettingsError, match=r"^--max-per-second: must be a number more"):
+        api.with_rollout_options({}, {"max-per-second": -1})
+    with pytest.raises(RolloutSettingsError, match=r"^--abort-min-finished: is required with"):
+        api.with_rollout_options({}, {"abort-failure-percent": 5})
+    with pytest.raises(
+        RolloutSettingsError, match=r"^--max-per-second: 9 contradicts --tags edge:max-per-second=5"
+    ):
+        api.with_rollout_options({"edge:max-per-second": "5"}, {"max-per-second": 9})

@@ -114,6 +114,37 @@ def rollout_from_tags(tags: Mapping[str, str]) -> RolloutSettings:
     return parse_settings(values, spelled=spelled)
 
 
+def with_rollout_options(tags: Mapping[str, str], options: Mapping[str, object]) -> dict[str, str]:
+    """`edge cloud start-bulk-deployment`'s rollout options as `edge:` tags, added to `--tags`.
+
+    The command sends its settings the way the API takes them, so both paths store and run a
+    bulk deployment alike.
+
+    Args:
+        tags: `--tags`, checked.
+        options: By the names in `rollout.NAMES` (`max-per-second`, ...); None is not given.
+
+    Raises:
+        RolloutSettingsError: A value is bad (named as the option, or as the tag it came in),
+            or `--tags` gives the same setting another value.
+    """
+    merged = dict(tags)
+    given = {name: str(value) for name, value in options.items() if value is not None}
+    for name, text in given.items():
+        key = EDGE_TAG_PREFIX + name
+        if merged.get(key, text) != text:
+            raise RolloutSettingsError(
+                f"--{name}", f"{text} contradicts --tags {key}={merged[key]}"
+            )
+        merged[key] = text
+    # A setting that came only in --tags is named as that tag; any other as its option.
+    from_tags = {n for n in NAMES if EDGE_TAG_PREFIX + n in tags and n not in given}
+    spelled = {n: f"tags: {EDGE_TAG_PREFIX}{n}" if n in from_tags else f"--{n}" for n in NAMES}
+    values = {n: merged.get(EDGE_TAG_PREFIX + n) for n in NAMES}
+    parse_settings(values, spelled=spelled)
+    return merged
+
+
 def new_bulk_deployment(request: StartRequest, arns: Arns) -> BulkDeployment:
     """The record of a bulk deployment just started: Initializing, nothing read yet."""
     bulk_id = new_id()
