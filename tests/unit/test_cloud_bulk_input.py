@@ -157,7 +157,7 @@ async def test_a_local_file_of_100000_lines(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(record(group=f"g{i}") for i in range(100_000)) + b"\nnope\n")
     location = parse_location(str(path), allow_local=True)
     aws = AwsSettings(region=TEST_REGION)
-    assert await check(location, aws) == path.stat().st_size
+    assert (await check(location, aws)).size == path.stat().st_size
     valid = invalid = 0
     async for entry in entries(read_chunks(location, aws)):
         if isinstance(entry, InputRecord):
@@ -183,11 +183,26 @@ async def test_an_s3_object_is_streamed(moto: MotoServer) -> None:
     s3.put_object(Bucket="bulk-in", Key="run/1.jsonl", Body=body)
     aws = AwsSettings(region=TEST_REGION, endpoint_url=moto.url)
     location = parse_location("s3://bulk-in/run/1.jsonl", allow_local=False)
-    assert await check(location, aws) == len(body)
-    got = [e async for e in entries(read_chunks(location, aws))]
+    found = await check(location, aws)
+    assert found.size == len(body)
+    got = [e async for e in entries(read_chunks(location, aws, etag=found.etag))]
     assert got[0] == InputRecord(1, G1, V1)
     assert isinstance(got[1], InvalidRecord)
     assert got[2] == InputRecord(3, "g3", V1)
+
+
+@pytest.mark.network
+async def test_an_s3_object_replaced_after_the_start_is_refused(moto: MotoServer) -> None:
+    """A runner reads the object the bulk deployment started with, or fails: never a mix."""
+    s3 = boto3.client("s3", region_name=TEST_REGION, endpoint_url=moto.url)
+    s3.create_bucket(Bucket="bulk-in")
+    s3.put_object(Bucket="bulk-in", Key="in.jsonl", Body=record())
+    aws = AwsSettings(region=TEST_REGION, endpoint_url=moto.url)
+    location = parse_location("s3://bulk-in/in.jsonl", allow_local=False)
+    found = await check(location, aws)
+    s3.put_object(Bucket="bulk-in", Key="in.jsonl", Body=record(group="other"))
+    with pytest.raises(BulkInputError, match="changed since the bulk deployment started"):
+        [e async for e in entries(read_chunks(location, aws, etag=found.etag))]
 
 
 @pytest.mark.network

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +10,8 @@ import boto3
 import pytest
 
 from edge.cloud.bulk import operations as ops
-from edge.cloud.bulk.input import Entry, entries, parse_location, read_chunks
 from edge.cloud.bulk.memory import MemoryBulkStore
-from edge.cloud.bulk.records import BulkDeployment
-from edge.cloud.bulk.runner import BulkRunner
+from edge.cloud.bulk.runner import BulkRunner, input_reader
 from edge.cloud.bulk.state import BulkEvent, BulkState
 from edge.cloud.bulk.store import Reserved
 from edge.cloud.ids import Arns
@@ -39,10 +36,7 @@ def write_input(path: Path, groups: list[str]) -> Path:
     return path
 
 
-def read_local(bulk: BulkDeployment, after: int) -> AsyncIterator[Entry]:
-    return entries(
-        read_chunks(parse_location(bulk.input_uri, allow_local=True), AWS), start_after=after
-    )
+read_local = input_reader(AWS)
 
 
 async def run_to_end(store: MemoryBulkStore, bulk_id: str) -> BulkState | None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from edge.cloud.bulk import operations as ops
-from edge.cloud.bulk.input import Entry, entries, parse_location, read_chunks
 from edge.cloud.bulk.memory import MemoryBulkStore
-from edge.cloud.bulk.records import BulkDeployment
-from edge.cloud.bulk.runner import BulkRunner
+from edge.cloud.bulk.runner import BulkRunner, input_reader
 from edge.cloud.bulk.state import BulkState
 from edge.cloud.bulk.store import Reserved
 from edge.cloud.bulk.supervisor import BulkSupervisor
@@ -23,9 +21,7 @@ AWS = AwsSettings(region="us-east-1")
 ARNS = Arns("us-east-1", "123456789012")
 
 
-def read_local(bulk: BulkDeployment, after: int) -> AsyncIterator[Entry]:
-    location = parse_location(bulk.input_uri, allow_local=True)
-    return entries(read_chunks(location, AWS), start_after=after)
+read_local = input_reader(AWS)
 
 
 async def start(store: MemoryBulkStore, tmp_path: Path, name: str, groups: int) -> str:

@@ -145,7 +145,9 @@ def with_rollout_options(tags: Mapping[str, str], options: Mapping[str, object])
     return merged
 
 
-def new_bulk_deployment(request: StartRequest, arns: Arns) -> BulkDeployment:
+def new_bulk_deployment(
+    request: StartRequest, arns: Arns, *, input_etag: str | None = None
+) -> BulkDeployment:
     """The record of a bulk deployment just started: Initializing, nothing read yet."""
     bulk_id = new_id()
     return BulkDeployment(
@@ -154,6 +156,7 @@ def new_bulk_deployment(request: StartRequest, arns: Arns) -> BulkDeployment:
         created_at=precise_timestamp(),
         input_uri=request.location.uri,
         execution_role_arn=request.execution_role_arn,
+        input_etag=input_etag,
         tags=dict(request.tags),
         rollout=request.rollout,
     )

@@ -227,12 +227,21 @@ async def entries(chunks: AsyncIterator[bytes], *, start_after: int = 0) -> Asyn
             yield entry
 
 
-async def check(location: Location, aws: AwsSettings) -> int:
-    """Check that the input file is there and not too large; return its size in bytes.
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """What `check` found: the file's size, and its S3 ETag (None for a local file)."""
+
+    size: int
+    etag: str | None = None
+
+
+async def check(location: Location, aws: AwsSettings) -> InputFile:
+    """Check that the input file is there and not too large.
 
     Raises:
         BulkInputError: No such object, bucket or file; unreadable; 100 MB or more.
     """
+    etag = None
     if location.path is not None:
         try:
             size = (await asyncio.to_thread(location.path.stat)).st_size
@@ -242,20 +251,32 @@ async def check(location: Location, aws: AwsSettings) -> int:
         with _s3_errors(location):
             async with s3.client(aws) as client:
                 head = await client.head_object(Bucket=location.bucket, Key=location.key)
-        size = int(head.get("ContentLength", 0))
+        size, etag = int(head.get("ContentLength", 0)), head.get("ETag")
     if size >= MAX_INPUT_BYTES:
         raise BulkInputError(location.uri, f"is {size} bytes; the limit is under 100 MB, as AWS's")
-    return size
+    return InputFile(size, etag)
 
 
-async def read_chunks(location: Location, aws: AwsSettings) -> AsyncIterator[bytes]:
+async def read_chunks(
+    location: Location, aws: AwsSettings, *, etag: str | None = None
+) -> AsyncIterator[bytes]:
     """The input file's bytes, a chunk at a time, up to the 100 MB limit.
 
+    Args:
+        location: Where the file is.
+        aws: Where S3 is.
+        etag: The S3 object's ETag when the bulk deployment started: a runner taking over
+            reads the very file the first one read, or fails rather than mix two files.
+
     Raises:
-        BulkInputError: The file is missing, unreadable, or grows past the limit while read.
+        BulkInputError: The file is missing, unreadable, changed since `etag`, or grows past
+            the limit while read.
     """
     total = 0
-    source = _file_chunks(location) if location.path is not None else _s3_chunks(location, aws)
+    if location.path is not None:
+        source = _file_chunks(location)
+    else:
+        source = _s3_chunks(location, aws, etag)
     async for chunk in source:
         total += len(chunk)
         if total >= MAX_INPUT_BYTES:
@@ -278,10 +299,14 @@ async def _file_chunks(location: Location) -> AsyncIterator[bytes]:
         handle.close()
 
 
-async def _s3_chunks(location: Location, aws: AwsSettings) -> AsyncIterator[bytes]:
+async def _s3_chunks(
+    location: Location, aws: AwsSettings, etag: str | None
+) -> AsyncIterator[bytes]:
     with _s3_errors(location):
         async with s3.client(aws) as client:
-            answer = await client.get_object(Bucket=location.bucket, Key=location.key)
+            answer = await client.get_object(
+                Bucket=location.bucket, Key=location.key, **({"IfMatch": etag} if etag else {})
+            )
             async with answer["Body"] as body:
                 while chunk := await body.read(CHUNK_BYTES):
                     yield chunk
@@ -299,6 +324,10 @@ def _s3_errors(location: Location) -> Iterator[None]:
             raise BulkInputError(uri, f"there is no bucket {location.bucket!r}") from None
         if code in s3.NOT_FOUND:
             raise BulkInputError(uri, "there is no such object (or bucket)") from None
+        if code in {"PreconditionFailed", "412"}:
+            raise BulkInputError(
+                uri, "the object changed since the bulk deployment started"
+            ) from None
         raise BulkInputError(uri, f"S3 refused to give it: {code}") from None
     except (BotoCoreError, OSError) as exc:
         raise BulkInputError(uri, f"could not reach S3: {exc}") from None

@@ -39,8 +39,8 @@ async def start_bulk_deployment(
             or too large (BulkInputError); nothing is recorded.
     """
     request = api.start_request(params, allow_local=local)
-    await check(request.location, aws)
-    bulk = api.new_bulk_deployment(request, arns)
+    found = await check(request.location, aws)
+    bulk = api.new_bulk_deployment(request, arns, input_etag=found.etag)
     await store.create(bulk)
     return api.start_answer(bulk)
 

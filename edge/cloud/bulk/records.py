@@ -32,6 +32,8 @@ class BulkDeployment:
     created_at: str
     input_uri: str
     execution_role_arn: str
+    #: The input object's ETag at the start (None for a local file): the file every runner reads.
+    input_etag: str | None = None
     state: BulkState = BulkState.INITIALIZING
     tags: dict[str, str] = field(default_factory=dict)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)

@@ -35,11 +35,12 @@ from typing import Final
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from edge.cloud.bulk.input import Entry
+from edge.cloud.bulk.input import Entry, entries, parse_location, read_chunks
 from edge.cloud.bulk.records import BulkDeployment
 from edge.cloud.bulk.rollout import RolloutPolicy
 from edge.cloud.bulk.state import BulkEvent, BulkState
 from edge.cloud.bulk.store import BulkStore, Outcomes, Reserved
+from edge.config import AwsSettings
 from edge.errors import BrokerError, BulkInputError, BulkLeaseLostError, CloudDatabaseError
 
 #: Seconds a lease lasts without a heartbeat. Long enough for a slow batch of deployments and
@@ -58,6 +59,16 @@ POLL_SECONDS: Final = 0.5
 
 Deploy = Callable[[Reserved], Awaitable[None]]
 ReadInput = Callable[[BulkDeployment, int], AsyncIterator[Entry]]
+
+
+def input_reader(aws: AwsSettings) -> ReadInput:
+    """Read a bulk deployment's own input file: the object it started with, or its local path."""
+
+    def read(bulk: BulkDeployment, start_after: int) -> AsyncIterator[Entry]:
+        location = parse_location(bulk.input_uri, allow_local=True)
+        return entries(read_chunks(location, aws, etag=bulk.input_etag), start_after=start_after)
+
+    return read
 
 
 def retryable(exc: Exception) -> bool:
