@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from edge.cloud.bulk import api
 from edge.cloud.bulk.input import entries
@@ -164,7 +165,10 @@ async def test_the_abort_rule_stops_the_rest(store: MemoryBulkStore, time: FakeT
         store, max_per_second="2", abort_failure_percent="50", abort_min_finished="4"
     )
     fleet = Fleet(store, time, failing={"g0", "g2", "g3"})
-    assert await runner(store, bulk, fleet, input_file(groups)).run() is BulkState.STOPPED
+    with capture_logs() as logs:
+        assert await runner(store, bulk, fleet, input_file(groups)).run() is BulkState.STOPPED
+    aborted = [e for e in logs if e["event"] == "cloud.bulk.aborted"]
+    assert [e["bulk_deployment_id"] for e in aborted] == [bulk.id]
     assert len(fleet.calls) < 8
     record = await store.get(bulk.id)
     assert record.error_message is not None

@@ -161,6 +161,9 @@ class BulkRunner:
             tally = await self.store.tally(self.bulk_id)
             reason = policy.should_abort(tally.counts)
             if reason is not None:
+                self.log.warning(
+                    "cloud.bulk.aborted", bulk_deployment_id=self.bulk_id, reason=reason
+                )
                 return await self._move(BulkEvent.ABORT, reason)
             if tally.to_start == 0:
                 return await self._move(BulkEvent.FINISHED)
