@@ -169,11 +169,13 @@ class BulkRunner:
                 return await self._move(BulkEvent.FINISHED)
             wanted = min(self.batch, tally.to_start)
             release = policy.next_release(self.clock(), tally.counts, wanted)
+            reserved = []
             if release.count > 0:
                 reserved = await self.store.reserve(self.bulk_id, self.owner, release.count)
                 outcomes = await self._deploy_batch(reserved)
                 await self.store.record(self.bulk_id, self.owner, outcomes)
-            if release.count < wanted:
+            # Also when the store gave fewer than the tally promised: never spin without time.
+            if release.count < wanted or not reserved:
                 wait = self.poll_seconds if release.wait is None else release.wait
                 await self.sleep(min(max(wait, 0.0), self.poll_seconds))
 
