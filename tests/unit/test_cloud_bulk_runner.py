@@ -23,9 +23,9 @@ from edge.cloud.bulk.records import BulkDeployment
 from edge.cloud.bulk.rollout import AbortRule, RolloutSettings
 from edge.cloud.bulk.runner import BulkRunner
 from edge.cloud.bulk.state import BulkEvent, BulkState
-from edge.cloud.bulk.store import Reserved
+from edge.cloud.bulk.store import LeaseLostError, Reserved
 from edge.cloud.ids import Arns
-from edge.errors import BrokerError, BulkInputError, BulkLeaseLostError, NotFoundError
+from edge.errors import BrokerError, BulkInputError, NotFoundError
 
 ARNS = Arns("us-east-1", "123456789012")
 
@@ -295,7 +295,7 @@ async def test_a_runner_that_lost_its_lease_writes_nothing_more(
     assert await runner(store, bulk, fleet, data, owner="a", deploy=paused).run() is None
     assert store.lease_owner(bulk.id) == "b"
     assert (await store.get(bulk.id)).state is BulkState.RUNNING
-    with pytest.raises(BulkLeaseLostError):
+    with pytest.raises(LeaseLostError):
         await store.transition(bulk.id, "a", BulkEvent.FINISHED)
 
 

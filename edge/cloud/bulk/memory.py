@@ -22,9 +22,9 @@ from edge.cloud.bulk.records import (
     RecordState,
 )
 from edge.cloud.bulk.state import BulkEvent, BulkState, next_state
-from edge.cloud.bulk.store import BulkStore, Outcomes, Reserved, Tally
+from edge.cloud.bulk.store import BulkStore, LeaseLostError, Outcomes, Reserved, Tally
 from edge.cloud.ids import new_id, precise_timestamp
-from edge.errors import BulkLeaseLostError, NotFoundError
+from edge.errors import NotFoundError
 
 _SUCCESS, _FAILURE = "Success", "Failure"
 
@@ -230,7 +230,7 @@ class MemoryBulkStore:
     def _hold(self, bulk_id: str, owner: str) -> None:
         self._bulk(bulk_id)
         if self.lease_owner(bulk_id) != owner:
-            raise BulkLeaseLostError(bulk_id, owner)
+            raise LeaseLostError(bulk_id, owner)
 
     def _result(self, x: BulkDeploymentResult) -> BulkDeploymentResult:
         """The row with its deployment's reported status."""

@@ -12,7 +12,7 @@ It holds the bulk deployment's lease (`BulkStore.acquire`, renewed as it goes) a
 3. ends `Completed` once every record is processed, `Stopped` on a stop request or the abort
    rule (with the reason in ErrorMessage), `Failed` if the input file can't be read.
 
-A runner that finds its lease taken (`BulkLeaseLostError`, or a renewal refused) returns at
+A runner that finds its lease taken (`LeaseLostError`, or a renewal refused) returns at
 once without writing anything more: the replica that took the lease carries on.
 
 Deploying is a callable, `deploy(reserved)`, which must create the deployment under
@@ -39,9 +39,9 @@ from edge.cloud.bulk.input import Entry, entries, parse_location, read_chunks
 from edge.cloud.bulk.records import BulkDeployment
 from edge.cloud.bulk.rollout import RolloutPolicy
 from edge.cloud.bulk.state import BulkEvent, BulkState
-from edge.cloud.bulk.store import BulkStore, Outcomes, Reserved
+from edge.cloud.bulk.store import BulkStore, LeaseLostError, Outcomes, Reserved
 from edge.config import AwsSettings
-from edge.errors import BrokerError, BulkInputError, BulkLeaseLostError, CloudDatabaseError
+from edge.errors import BrokerError, BulkInputError, CloudDatabaseError
 
 #: Seconds a lease lasts without a heartbeat. Long enough for a slow batch of deployments and
 #: a database failover; short enough that a dead replica's bulk deployment resumes soon.
@@ -116,7 +116,7 @@ class BulkRunner:
         log = self.log.bind(bulk_deployment_id=self.bulk_id, owner=self.owner)
         try:
             state = await self._drive(bulk)
-        except BulkLeaseLostError:
+        except LeaseLostError:
             log.warning("cloud.bulk.lease_lost")
             return None
         except asyncio.CancelledError:
@@ -205,7 +205,7 @@ class BulkRunner:
         if lost.is_set():
             # What this batch created stays STARTED: the new holder creates it again under
             # the same ids, which the deployment code takes as done.
-            raise BulkLeaseLostError(self.bulk_id, self.owner)
+            raise LeaseLostError(self.bulk_id, self.owner)
         return Outcomes(created=sorted(created), invalid=sorted(invalid), retries=retries[0])
 
     async def _deploy_one(
@@ -219,7 +219,7 @@ class BulkRunner:
         for attempt in range(1, self.max_attempts + 1):
             try:
                 await self._heartbeat()
-            except (BulkLeaseLostError, CloudDatabaseError):
+            except (LeaseLostError, CloudDatabaseError):
                 lost.set()
                 return None
             try:
@@ -253,7 +253,7 @@ class BulkRunner:
         if now - self._renewed < self.lease_seconds / 3:
             return
         if not await self.store.renew(self.bulk_id, self.owner, self.lease_seconds):
-            raise BulkLeaseLostError(self.bulk_id, self.owner)
+            raise LeaseLostError(self.bulk_id, self.owner)
         self._renewed = now
 
     async def _move(self, event: BulkEvent, message: str | None = None) -> BulkState:

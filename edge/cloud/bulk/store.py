@@ -9,7 +9,7 @@ them in memory. Each call is one transaction.
 is taken with `acquire` and kept alive with `renew` (a heartbeat, a few times per lease
 period); a replica that dies stops renewing, and once the lease expires any other replica may
 acquire it and carry on from the stored records. Every write names its owner and is refused
-with `BulkLeaseLostError` when that owner no longer holds a live lease, so a replica that was
+with `LeaseLostError` when that owner no longer holds a live lease, so a replica that was
 paused past its lease (a long GC, a frozen VM) can't write over its successor's work.
 
 **Never twice.** A record goes PENDING → STARTED (a DeploymentId reserved for it, in one
@@ -32,6 +32,21 @@ from edge.cloud.bulk.input import Entry
 from edge.cloud.bulk.records import BulkDeployment, BulkDeploymentResult
 from edge.cloud.bulk.rollout import Counts
 from edge.cloud.bulk.state import BulkEvent, BulkState
+
+
+class LeaseLostError(Exception):
+    """A replica wrote to a bulk deployment whose lease another replica has taken over.
+
+    Internal: the runner that gets it stops, and the replica holding the lease carries on.
+    """
+
+    def __init__(self, bulk_id: str, owner: str) -> None:
+        self.bulk_id = bulk_id
+        self.owner = owner
+        super().__init__(
+            f"bulk deployment {bulk_id}: {owner} no longer holds its lease (another replica "
+            f"took it over after a missed heartbeat)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +129,18 @@ class BulkStore(Protocol):
 
         Valid records are added PENDING, invalid lines INVALID with their reason (counted in
         InvalidInputRecords and RecordsProcessed); a line already stored is left as it is.
-        Raises BulkLeaseLostError.
+        Raises LeaseLostError.
         """
 
     async def reserve(self, bulk_id: str, owner: str, limit: int) -> list[Reserved]:
         """Up to `limit` records to deploy, in line order, each with its DeploymentId.
 
         STARTED records come first, with the id already reserved for them; then PENDING ones,
-        moved to STARTED with a fresh id in this same transaction. Raises BulkLeaseLostError.
+        moved to STARTED with a fresh id in this same transaction. Raises LeaseLostError.
         """
 
     async def record(self, bulk_id: str, owner: str, outcomes: Outcomes) -> None:
-        """Store what became of reserved records. Raises BulkLeaseLostError."""
+        """Store what became of reserved records. Raises LeaseLostError."""
 
     async def tally(self, bulk_id: str) -> Tally:
         """The records by state, and their deployments' reported outcomes."""
@@ -136,7 +151,7 @@ class BulkStore(Protocol):
         """Move the bulk deployment by the state table; the new state.
 
         `owner` None is the API (StopBulkDeployment), which holds no lease. Raises
-        BulkLeaseLostError (for an owner that lost its lease), IllegalBulkTransitionError.
+        LeaseLostError (for an owner that lost its lease), IllegalBulkTransitionError.
         """
 
     async def results(
