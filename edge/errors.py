@@ -576,6 +576,18 @@ class TagsInvalidError(CloudUsageError):
     """Tags break AWS's rules: too many, a key or value too long, a reserved `aws:` key."""
 
 
+class BulkInputError(CloudUsageError):
+    """A bulk deployment's input file can't be read: no such object, bucket or file, too large."""
+
+    def __init__(self, uri: str, problem: str) -> None:
+        self.uri = uri
+        super().__init__("--input-file-uri", f"{uri}: {problem}")
+
+
+class RolloutSettingsError(CloudUsageError):
+    """A rollout setting (`--max-per-second`, an `edge:` tag, ...) has a value it can't take."""
+
+
 class V1ImportError(EdgeError):
     """Reading a Greengrass V1 account failed (credentials, endpoint, access, a missing group)."""
 

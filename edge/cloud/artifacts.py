@@ -20,10 +20,9 @@ import re
 import zipfile
 from typing import Any, Final
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from edge.cloud import s3 as s3client
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
 from edge.cloud.ids import is_function_arn, timestamp
@@ -33,7 +32,7 @@ from edge.errors import ArtifactError, CloudUsageError
 MAX_ZIP_BYTES: Final = 50 * 1024 * 1024
 #: `module.function`, as Lambda's Python handlers are named (modules may be dotted).
 HANDLER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+", re.ASCII)
-_NOT_FOUND: Final = frozenset({"404", "NoSuchBucket", "NoSuchKey", "NotFound"})
+_NOT_FOUND: Final = s3client.NOT_FOUND
 
 
 def object_key(sha256: str) -> str:
@@ -140,14 +139,9 @@ async def store_package(
 
 async def _upload(config: CloudConfig, bucket: str, key: str, package: bytes) -> None:
     """Create the bucket if missing and put the object unless it is already there."""
-    region, endpoint = config.aws.region, config.aws.endpoint_url
-    # Path-style addressing works with every S3 emulator and with bucket names holding dots.
-    client_config = AioConfig(s3={"addressing_style": "path"}, retries={"mode": "standard"})
     try:
-        async with get_session().create_client(
-            "s3", region_name=region, endpoint_url=endpoint, config=client_config
-        ) as s3:
-            await _ensure_bucket(s3, bucket, region)
+        async with s3client.client(config.aws) as s3:
+            await _ensure_bucket(s3, bucket, config.aws.region)
             try:
                 await s3.head_object(Bucket=bucket, Key=key)
             except ClientError as exc:
@@ -180,5 +174,4 @@ async def _ensure_bucket(s3: Any, bucket: str, region: str) -> None:  # noqa: AN
             raise
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+_code = s3client.error_code

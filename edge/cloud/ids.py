@@ -113,6 +113,10 @@ class Arns:
         """ARN of a deployment, `...:/greengrass/groups/{id}/deployments/{deployment id}`."""
         return f"{self.group(group_id)}/deployments/{deployment_id}"
 
+    def bulk_deployment(self, bulk_deployment_id: str) -> str:
+        """ARN of a bulk deployment, `...:/greengrass/bulk/deployments/{id}`."""
+        return f"{self._base}/bulk/deployments/{bulk_deployment_id}"
+
 
 def parse_version_arn(text: str) -> VersionArn | None:
     """Parse a definition version ARN; None if `text` is not one."""
