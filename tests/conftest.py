@@ -20,6 +20,7 @@ from edge.fixtures.services import (
     run_moto,
 )
 from tests.support.leaks import LEAKS, LeakCheckPlugin
+from tests.support.postgres import new_schema, server_url, session_database
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -69,6 +70,40 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of this session's (this xdist worker's) own, dropped at its end."""
+    with session_database(server_url()) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """An empty schema of this test's own in the session's database, as a database URL."""
+    return new_schema(postgres_database)
+
+
+#: The engines `cloud_database` can be parametrised with; PostgreSQL when it isn't.
+ENGINES = ("postgresql", "sqlite")
+#: Run a test on both engines: the SQLite smoke set and the embedded paths.
+BOTH_ENGINES = pytest.mark.parametrize("cloud_database", ENGINES, indirect=True)
+ON_SQLITE = pytest.mark.parametrize("cloud_database", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def cloud_database(request: pytest.FixtureRequest) -> str:
+    """`[cloud] database` for this test's control plane: PostgreSQL, or SQLite when asked.
+
+    An empty PostgreSQL schema of the test's own; parametrised with "sqlite" (see BOTH_ENGINES),
+    a file beside the config.
+    """
+    engine = getattr(request, "param", "postgresql")
+    if engine == "sqlite":
+        return "cloud/edge-cloud.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

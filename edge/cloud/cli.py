@@ -18,7 +18,6 @@ import sys
 from collections.abc import Coroutine, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from sqlite3 import Row
 from typing import Any, Final, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.cloud import definitions, deployments, groups, idempotency
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import CloudConfig, load_cloud_config
-from edge.cloud.db import Claim, Database
+from edge.cloud.db import Claim, Database, Row
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import DEPLOYMENT_TYPES, Request
 from edge.cloud.groups import GROUP_VERSION_KEYS, option_name

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from sqlite3 import Connection, Row
 from typing import Any, Final
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database, Row
 from edge.cloud.ids import Arns, new_id, thing_name_of, timestamp
 from edge.cloud.names import check_name
 from edge.cloud.tags import check_tags, drop_tags, put_tags, tags_of
@@ -284,16 +283,17 @@ def insert_version(
     conn: Connection, arns: Arns, kind: Kind, definition_id: str, body: dict[str, Any]
 ) -> Row:
     """Add a version to a definition (inside a write transaction) and make it the latest."""
-    row = conn.execute(
-        "SELECT coalesce(max(seq), 0) + 1 FROM definition_versions WHERE definition_id = ?",
-        (definition_id,),
-    ).fetchone()
+    seq = conn.execute(
+        "SELECT coalesce(max(seq), 0) + 1 FROM definition_versions"
+        " WHERE definition_id = :definition_id",
+        {"definition_id": definition_id},
+    ).scalar()
     version_id, now = new_id(), timestamp()
     arn = arns.definition_version(kind.segment, definition_id, version_id)
     conn.execute(
         "INSERT INTO definition_versions (id, definition_id, seq, arn, created_at, body)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (version_id, definition_id, row[0], arn, now, json.dumps(body)),
+        (version_id, definition_id, seq, arn, now, json.dumps(body)),
     )
     conn.execute(
         "UPDATE definitions SET latest_version_id = ?, updated_at = ? WHERE id = ?",
@@ -390,7 +390,7 @@ def list_definitions(db: Database, kind: Kind) -> dict[str, Any]:
     """list-X-definitions, oldest first."""
     with db.read() as conn:
         rows = conn.execute(
-            "SELECT * FROM definitions WHERE kind = ? ORDER BY created_at, rowid", (kind.segment,)
+            "SELECT * FROM definitions WHERE kind = ? ORDER BY created_at, id", (kind.segment,)
         ).fetchall()
     return {"Definitions": [definition_info(r) for r in rows]}
 

@@ -23,13 +23,12 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from sqlite3 import Connection, Row
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cloud.config import CloudConfig
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database, Row
 from edge.cloud.groups import (
     ResolvedGroup,
     group_version_row,
@@ -605,7 +604,7 @@ def list_deployments(db: Database, group_id: str) -> dict[str, Any]:
         latest_version_id(conn, group_id)  # raises NotFoundError for an unknown group
         rows = conn.execute(
             "SELECT d.*, g.arn AS group_arn FROM deployments AS d JOIN groups AS g"
-            " ON g.id = d.group_id WHERE d.group_id = ? ORDER BY d.created_at DESC, d.rowid DESC",
+            " ON g.id = d.group_id WHERE d.group_id = ? ORDER BY d.created_at DESC, d.id DESC",
             (group_id,),
         ).fetchall()
     return {

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from sqlite3 import Connection, Row
 from typing import Any, Final
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database, Row
 from edge.cloud.definitions import (
     KINDS,
     check_cores,
@@ -165,7 +164,7 @@ def group_version_row(conn: Connection, group_id: str, version_id: str) -> Row:
 def last_deployment(conn: Connection, group_id: str) -> Row | None:
     """The group's most recent deployment (None: never deployed)."""
     row: Row | None = conn.execute(
-        "SELECT * FROM deployments WHERE group_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        "SELECT * FROM deployments WHERE group_id = ? ORDER BY created_at DESC, id DESC LIMIT 1",
         (group_id,),
     ).fetchone()
     return row
@@ -180,9 +179,10 @@ def latest_version_id(conn: Connection, group_id: str) -> str | None:
 def _insert_version(conn: Connection, arns: Arns, group_id: str, refs: dict[str, str]) -> Row:
     """Validate and add a group version (inside a write transaction); make it the latest."""
     validate_group(resolve_group(conn, refs))
-    (seq,) = conn.execute(
-        "SELECT coalesce(max(seq), 0) + 1 FROM group_versions WHERE group_id = ?", (group_id,)
-    ).fetchone()
+    seq = conn.execute(
+        "SELECT coalesce(max(seq), 0) + 1 FROM group_versions WHERE group_id = :group_id",
+        {"group_id": group_id},
+    ).scalar()
     version_id, now = new_id(), timestamp()
     conn.execute(
         "INSERT INTO group_versions (id, group_id, seq, arn, created_at, body)"
@@ -295,7 +295,7 @@ def get_group_version(db: Database, group_id: str, version_id: str) -> dict[str,
 def list_groups(db: Database) -> dict[str, Any]:
     """list-groups, oldest first."""
     with db.read() as conn:
-        rows = conn.execute("SELECT * FROM groups ORDER BY created_at, rowid").fetchall()
+        rows = conn.execute("SELECT * FROM groups ORDER BY created_at, id").fetchall()
     return {"Groups": [definition_info(r) for r in rows]}
 
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from sqlite3 import Connection, Row
 from typing import Any, Final
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database, Row
 from edge.cloud.ids import timestamp
 from edge.cloud.publish import CloudMqtt
 
@@ -132,20 +131,20 @@ def record(conn: Connection, thing_name: str, report: StatusReport) -> Row | Non
         (report.status, report.error_message, details, report.updated_at, report.deployment_id),
     )
     add_event(conn, report.deployment_id, report.status, report.updated_at, report.error_message)
-    updated: Row = conn.execute(
+    return conn.execute(
         "SELECT * FROM deployments WHERE id = ?", (report.deployment_id,)
     ).fetchone()
-    return updated
 
 
 def add_event(
     conn: Connection, deployment_id: str, status: str, updated_at: str, error: str | None
 ) -> None:
     """Append a transition to a deployment's history."""
-    (seq,) = conn.execute(
-        "SELECT coalesce(max(seq), 0) + 1 FROM deployment_events WHERE deployment_id = ?",
-        (deployment_id,),
-    ).fetchone()
+    seq = conn.execute(
+        "SELECT coalesce(max(seq), 0) + 1 FROM deployment_events"
+        " WHERE deployment_id = :deployment_id",
+        {"deployment_id": deployment_id},
+    ).scalar()
     conn.execute(
         "INSERT INTO deployment_events"
         " (deployment_id, seq, status, error_message, updated_at, recorded_at)"

@@ -9,10 +9,9 @@ tags everywhere: at most 50 per resource, keys of 1 to 128 characters and values
 
 from __future__ import annotations
 
-from sqlite3 import Connection
 from typing import Final
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database
 from edge.errors import NotFoundError, TagsInvalidError
 
 MAX_TAGS: Final = 50

@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database
 from edge.cloud.ids import new_id, thing_name_of, timestamp
 from edge.cloud.serve.errors import bad_request
 from edge.cloud.serve.routes import service_model
@@ -53,7 +52,7 @@ _BULK: Final = (
 # --- the store ----------------------------------------------------------------------------------
 
 
-def _load(conn: sqlite3.Connection, kind: str, subject: str) -> dict[str, Any] | None:
+def _load(conn: Connection, kind: str, subject: str) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT document FROM documents WHERE kind = ? AND subject = ?", (kind, subject)
     ).fetchone()
@@ -61,7 +60,7 @@ def _load(conn: sqlite3.Connection, kind: str, subject: str) -> dict[str, Any] |
 
 
 def _save(
-    conn: sqlite3.Connection,
+    conn: Connection,
     kind: str,
     subject: str,
     document: dict[str, Any],
@@ -76,11 +75,11 @@ def _save(
     )
 
 
-def _drop(conn: sqlite3.Connection, kind: str, subject: str) -> None:
+def _drop(conn: Connection, kind: str, subject: str) -> None:
     conn.execute("DELETE FROM documents WHERE kind = ? AND subject = ?", (kind, subject))
 
 
-def _check_group(conn: sqlite3.Connection, group_id: str) -> None:
+def _check_group(conn: Connection, group_id: str) -> None:
     if conn.execute("SELECT 1 FROM groups WHERE id = ?", (group_id,)).fetchone() is None:
         raise NotFoundError("group", group_id, _GROUP_HINT)
 
@@ -275,7 +274,7 @@ def _get_ca(db: Database, group_id: str, ca_id: str) -> Result:
     return dict(json.loads(row["document"]))
 
 
-def _certificate_configuration(conn: sqlite3.Connection, group_id: str) -> Result:
+def _certificate_configuration(conn: Connection, group_id: str) -> Result:
     stored = _load(conn, "certificate-configuration", group_id) or {}
     return {
         "CertificateAuthorityExpiryInMilliseconds": str(CA_EXPIRY_MS),

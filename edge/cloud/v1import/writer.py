@@ -15,10 +15,9 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from sqlite3 import Connection
 from typing import Any
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database
 from edge.cloud.groups import resolve_group, validate_group
 from edge.cloud.v1import.plan import GroupPlan, Stored, plan_group
 from edge.cloud.v1import.reader import V1Account, V1Group, definition_named
