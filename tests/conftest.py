@@ -85,21 +85,16 @@ def postgres_url(postgres_database: str) -> str:
     return new_schema(postgres_database)
 
 
-#: The engines `cloud_database` can be parametrised with; PostgreSQL when it isn't.
-ENGINES = ("postgresql", "sqlite")
-#: Run a test on both engines: the SQLite smoke set and the embedded paths.
-BOTH_ENGINES = pytest.mark.parametrize("cloud_database", ENGINES, indirect=True)
-ON_SQLITE = pytest.mark.parametrize("cloud_database", ["sqlite"], indirect=True)
-
-
 @pytest.fixture
 def cloud_database(request: pytest.FixtureRequest) -> str:
     """`[cloud] database` for this test's control plane: PostgreSQL, or SQLite when asked.
 
-    An empty PostgreSQL schema of the test's own; parametrised with "sqlite" (see BOTH_ENGINES),
-    a file beside the config.
+    Control-plane tests run on PostgreSQL: an empty schema of the test's own. The embedded
+    paths (the CLI without a server) and a smoke set run on SQLite, a file beside the config:
+    a module says so with `CLOUD_ENGINE = "sqlite"`, a test with
+    `@pytest.mark.parametrize("cloud_database", ["sqlite", "postgresql"], indirect=True)`.
     """
-    engine = getattr(request, "param", "postgresql")
+    engine = getattr(request, "param", getattr(request.module, "CLOUD_ENGINE", "postgresql"))
     if engine == "sqlite":
         return "cloud/edge-cloud.db"
     url: str = request.getfixturevalue("postgres_url")

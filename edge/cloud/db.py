@@ -54,11 +54,28 @@ from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import CursorResult, RowMapping, make_url
 from sqlalchemy.sql.elements import TextClause
 
+from edge.cloud.config import CloudConfig
 from edge.cloud.ids import timestamp
 from edge.cloud.migrations import MIGRATIONS, Migration
-from edge.errors import ClientTokenInUseError, CloudDatabaseError, SignatureReplayError
+from edge.errors import (
+    ClientTokenInUseError,
+    CloudDatabaseError,
+    ConfigError,
+    SignatureReplayError,
+)
+from edge.fsutil import read_private_file
 
-__all__ = ["MIGRATIONS", "Claim", "Connection", "Database", "Migration", "Row", "is_url"]
+__all__ = [
+    "MIGRATIONS",
+    "Claim",
+    "Connection",
+    "Database",
+    "Migration",
+    "Row",
+    "is_url",
+    "open_database",
+    "read_password",
+]
 
 #: How long a command waits for another one's write lock before giving up, in seconds. Writes
 #: take milliseconds; a minute covers a machine stalled by swapping without hanging forever.
@@ -76,6 +93,8 @@ CLIENT_TOKEN_LIFETIME: Final = timedelta(days=1)
 #: How long PostgreSQL may take to accept a connection before the request fails as unavailable.
 CONNECT_TIMEOUT_SECONDS: Final = 10
 _URL_SCHEMES: Final = ("postgresql://", "postgres://", "postgresql+psycopg://")
+#: A password file is one line; anything bigger is the wrong file.
+_MAX_PASSWORD_BYTES: Final = 4096
 
 #: A row, read by column name: `row["status"]`.
 Row = RowMapping
@@ -322,6 +341,47 @@ class Database:
                     yield Connection(raw)
         except exc.SQLAlchemyError as error:
             raise _database_error(self.name, self.dialect, error) from error
+
+
+def open_database(config: CloudConfig) -> Database:
+    """Open `[cloud] database`, with the password from `database_password_file` if set.
+
+    Raises:
+        ConfigError: The password file is missing, unreadable, or not one line of text.
+        InsecurePermissionsError: Other users can reach the password file.
+        CloudDatabaseError: The database can't be opened (see `Database.open`).
+    """
+    cloud = config.cloud
+    password = None
+    if cloud.database_password_file is not None:
+        password = read_password(cloud.database_password_file, config_path=str(config.path))
+    return Database.open(cloud.database, password=password)
+
+
+def read_password(path: Path, *, config_path: str) -> str:
+    """A database password file's one line (mode 0600 like every secret file).
+
+    Raises:
+        ConfigError: It is missing, unreadable, or not one line of text.
+        InsecurePermissionsError: Other users can reach it.
+    """
+    key = "cloud.database_password_file"
+    try:
+        data = read_private_file(path, max_size=_MAX_PASSWORD_BYTES)
+    except FileNotFoundError:
+        raise ConfigError(config_path, f"{path} does not exist", key=key) from None
+    except OSError as error:
+        raise ConfigError(
+            config_path, f"{path} can't be read: {error.strerror or error}", key=key
+        ) from None
+    try:
+        password = data.decode("utf-8").strip("\r\n")
+    except UnicodeDecodeError:
+        password = ""
+    if not password or "\n" in password:
+        # Nothing about the content: it is a secret, even when it is a wrong one.
+        raise ConfigError(config_path, f"{path} must hold the password on one line", key=key)
+    return password
 
 
 def _sqlite(path: Path) -> tuple[Engine, str]:

@@ -18,6 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+#: The control plane's tables, parents before children (the order a copy inserts them in).
+TABLES: Final = (
+    "definitions",
+    "definition_versions",
+    "groups",
+    "group_versions",
+    "deployments",
+    "deployment_events",
+    "function_code",
+    "applied_signatures",
+    "tags",
+    "client_tokens",
+    "documents",
+)
 #: How each dialect spells the types the migrations name in braces.
 _TYPES: Final = {"sqlite": {"blob": "BLOB"}, "postgresql": {"blob": "BYTEA"}}
 

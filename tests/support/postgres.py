@@ -16,6 +16,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,12 +101,15 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str) -> None:
-        subprocess.run(
+        done = subprocess.run(
             ["runuser", "-u", "postgres", "--", *args],
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
             timeout=120,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {done.stdout}{done.stderr}")
 
     def start(self) -> None:
         self._run(
@@ -127,26 +131,32 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def private_cluster(parent: Path) -> Iterator[Cluster]:
-    """`initdb` a cluster in a directory owned by `postgres`, start it, remove it after."""
+def private_cluster(
+    parent: Path = Path("/tmp"), *, password: str | None = None
+) -> Iterator[Cluster]:
+    """`initdb` a cluster in a directory owned by `postgres`, start it, remove it after.
+
+    With `password`, TCP clients must give it (scram-sha-256); without, trust.
+    """
     if os.geteuid() != 0 or not (PG_BIN / "initdb").exists():
         raise RuntimeError(f"a private cluster needs root and {PG_BIN}/initdb")
-    directory = parent / f"pg-{secrets.token_hex(4)}"
-    directory.mkdir()
+    # Not under pytest's temporary directory: its base is 0700 and pytest keeps it so.
+    directory = Path(tempfile.mkdtemp(prefix="edge-pg-", dir=parent))
     entry = pwd.getpwnam("postgres")
     os.chown(directory, entry.pw_uid, entry.pw_gid)
-    for ancestor in directory.parents:
-        # The postgres user must reach the directory; pytest's temp dirs are 0700.
-        if ancestor.stat().st_mode & 0o001 == 0 and ancestor.stat().st_uid == os.geteuid():
-            ancestor.chmod(ancestor.stat().st_mode | 0o001)
     cluster = Cluster(directory, free_port())
-    cluster._run(
-        str(PG_BIN / "initdb"), "-D", str(directory / "data"), "-U", "postgres", "-A", "trust"
-    )
+    auth = ["-A", "trust"]
+    if password is not None:
+        pwfile = directory / "pwfile"
+        pwfile.write_text(password + "\n")
+        os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        pwfile.chmod(0o600)
+        auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+    cluster._run(str(PG_BIN / "initdb"), "-D", str(directory / "data"), "-U", "postgres", *auth)
     cluster.start()
     try:
         yield cluster
     finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
+        with contextlib.suppress(RuntimeError):
             cluster.stop()
         shutil.rmtree(directory, ignore_errors=True)
