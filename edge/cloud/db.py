@@ -29,9 +29,8 @@ A PostgreSQL connection the server dropped (a restart, a failover) surfaces as a
 `CloudDatabaseError`, which `edge cloud serve` answers with 503; the pool checks connections
 before handing them out, so the next request gets a fresh one once the server is back.
 
-SQL is written once for both engines: `text()` statements with named binds (`:name`), or `?`
-placeholders given a tuple, which are numbered binds of the same statement. Rows are read by
-column name.
+SQL is written once for both engines: `text()` statements with named binds (`:name`; a list
+value is expanded, `IN :names`), and rows are read by column name.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 from sqlalchemy import Connection as SqlConnection
-from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy import Engine, bindparam, create_engine, event, exc, text
 from sqlalchemy.engine import CursorResult, RowMapping, make_url
 from sqlalchemy.sql.elements import TextClause
 
@@ -153,9 +152,6 @@ class Result:
         return int(self._result.rowcount)
 
 
-Params = Mapping[str, Any] | Sequence[Any]
-
-
 class Connection:
     """One transaction's connection: `execute(sql, params)` with SQL both engines read."""
 
@@ -167,17 +163,15 @@ class Connection:
         """The engine: "sqlite" or "postgresql"."""
         return str(self._conn.dialect.name)
 
-    def execute(self, sql: str, params: Params = ()) -> Result:
-        """Run one statement: named binds with a mapping, `?` placeholders with a tuple."""
-        statement, binds = _bind(sql, params)
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Result:
+        """Run one statement with named binds (`:name`); a list value binds `IN :name`."""
+        statement, binds = _bind(sql, params or {})
         return Result(self._conn.execute(statement, binds))
 
-    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+    def executemany(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run one statement once per row of parameters (in one round trip where possible)."""
-        if not rows:
-            return
-        statement, _ = _bind(sql, rows[0])
-        self._conn.execute(statement, [_bind(sql, row)[1] for row in rows])
+        if rows:
+            self._conn.execute(_statement(sql, frozenset()), [dict(row) for row in rows])
 
 
 class Database:
@@ -497,25 +491,18 @@ def _reason(error: BaseException) -> str:
     return lines[0] if lines else type(inner).__name__
 
 
-@functools.lru_cache(maxsize=1024)
-def _numbered(sql: str) -> TextClause:
-    """A `?`-placeholder statement as a text() with binds p0, p1, ... (colons kept literal)."""
-    parts = sql.replace(":", "\\:").split("?")
-    out = [parts[0]]
-    for index, part in enumerate(parts[1:]):
-        out.append(f":p{index}{part}")
-    return text("".join(out))
-
-
-def _bind(sql: str, params: Params) -> tuple[TextClause, dict[str, Any]]:
-    if isinstance(params, Mapping):
-        return _named(sql), dict(params)
-    return _numbered(sql), {f"p{i}": value for i, value in enumerate(params)}
+def _bind(sql: str, params: Mapping[str, Any]) -> tuple[TextClause, dict[str, Any]]:
+    """The statement for `sql`, its list-valued binds expanded (`IN :names`)."""
+    expanding = frozenset(k for k, v in params.items() if isinstance(v, list | tuple))
+    return _statement(sql, expanding), dict(params)
 
 
 @functools.lru_cache(maxsize=1024)
-def _named(sql: str) -> TextClause:
-    return text(sql)
+def _statement(sql: str, expanding: frozenset[str]) -> TextClause:
+    statement = text(sql)
+    if expanding:
+        statement = statement.bindparams(*(bindparam(name, expanding=True) for name in expanding))
+    return statement
 
 
 def _record(conn: Connection, claim: Claim) -> None:

@@ -119,20 +119,27 @@ def record(conn: Connection, thing_name: str, report: StatusReport) -> Row | Non
         another thing's deployment, or not a step forward).
     """
     row = conn.execute(
-        "SELECT * FROM deployments WHERE id = ? AND thing_name = ?",
-        (report.deployment_id, thing_name),
+        "SELECT * FROM deployments WHERE id = :id AND thing_name = :thing_name",
+        {"id": report.deployment_id, "thing_name": thing_name},
     ).fetchone()
     if row is None or _RANK[report.status] <= _RANK.get(row["status"], 0):
         return None
     details = None if report.error_details is None else json.dumps(report.error_details)
     conn.execute(
-        "UPDATE deployments SET status = ?, error_message = ?, error_details = ?,"
-        " updated_at = ? WHERE id = ?",
-        (report.status, report.error_message, details, report.updated_at, report.deployment_id),
+        "UPDATE deployments SET status = :status, error_message = :error_message, error_details ="
+        " :error_details,"
+        " updated_at = :updated_at WHERE id = :id",
+        {
+            "status": report.status,
+            "error_message": report.error_message,
+            "error_details": details,
+            "updated_at": report.updated_at,
+            "id": report.deployment_id,
+        },
     )
     add_event(conn, report.deployment_id, report.status, report.updated_at, report.error_message)
     return conn.execute(
-        "SELECT * FROM deployments WHERE id = ?", (report.deployment_id,)
+        "SELECT * FROM deployments WHERE id = :id", {"id": report.deployment_id}
     ).fetchone()
 
 
@@ -148,8 +155,15 @@ def add_event(
     conn.execute(
         "INSERT INTO deployment_events"
         " (deployment_id, seq, status, error_message, updated_at, recorded_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (deployment_id, seq, status, error, updated_at, timestamp()),
+        " VALUES (:deployment_id, :seq, :status, :error_message, :updated_at, :recorded_at)",
+        {
+            "deployment_id": deployment_id,
+            "seq": seq,
+            "status": status,
+            "error_message": error,
+            "updated_at": updated_at,
+            "recorded_at": timestamp(),
+        },
     )
 
 

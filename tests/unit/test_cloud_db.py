@@ -152,8 +152,8 @@ def test_concurrent_writers_each_get_a_distinct_version(target: Path | str) -> N
             seqs = [
                 r["seq"]
                 for r in conn.execute(
-                    "SELECT seq FROM definition_versions WHERE definition_id = ? ORDER BY seq",
-                    (definition_id,),
+                    "SELECT seq FROM definition_versions WHERE definition_id = :id ORDER BY seq",
+                    {"id": definition_id},
                 )
             ]
     assert {v["Version"] for v in listed} == set(results)

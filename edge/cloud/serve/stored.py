@@ -54,7 +54,8 @@ _BULK: Final = (
 
 def _load(conn: Connection, kind: str, subject: str) -> dict[str, Any] | None:
     row = conn.execute(
-        "SELECT document FROM documents WHERE kind = ? AND subject = ?", (kind, subject)
+        "SELECT document FROM documents WHERE kind = :kind AND subject = :subject",
+        {"kind": kind, "subject": subject},
     ).fetchone()
     return None if row is None else dict(json.loads(row["document"]))
 
@@ -69,18 +70,28 @@ def _save(
 ) -> None:
     conn.execute(
         "INSERT INTO documents (kind, subject, group_id, document, updated_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, subject) DO UPDATE"
+        " VALUES (:kind, :subject, :group_id, :document, :updated_at) ON CONFLICT (kind, subject)"
+        " DO UPDATE"
         " SET document = excluded.document, updated_at = excluded.updated_at",
-        (kind, subject, group_id, json.dumps(document, sort_keys=True), timestamp()),
+        {
+            "kind": kind,
+            "subject": subject,
+            "group_id": group_id,
+            "document": json.dumps(document, sort_keys=True),
+            "updated_at": timestamp(),
+        },
     )
 
 
 def _drop(conn: Connection, kind: str, subject: str) -> None:
-    conn.execute("DELETE FROM documents WHERE kind = ? AND subject = ?", (kind, subject))
+    conn.execute(
+        "DELETE FROM documents WHERE kind = :kind AND subject = :subject",
+        {"kind": kind, "subject": subject},
+    )
 
 
 def _check_group(conn: Connection, group_id: str) -> None:
-    if conn.execute("SELECT 1 FROM groups WHERE id = ?", (group_id,)).fetchone() is None:
+    if conn.execute("SELECT 1 FROM groups WHERE id = :id", {"id": group_id}).fetchone() is None:
         raise NotFoundError("group", group_id, _GROUP_HINT)
 
 
@@ -250,9 +261,9 @@ def _list_cas(db: Database, group_id: str) -> Result:
     with db.read() as conn:
         _check_group(conn, group_id)
         rows = conn.execute(
-            "SELECT document FROM documents WHERE kind = 'group-ca' AND group_id = ?"
+            "SELECT document FROM documents WHERE kind = 'group-ca' AND group_id = :group_id"
             " ORDER BY updated_at, subject",
-            (group_id,),
+            {"group_id": group_id},
         ).fetchall()
     cas = [json.loads(row["document"]) for row in rows]
     keep = ("GroupCertificateAuthorityArn", "GroupCertificateAuthorityId")
@@ -263,9 +274,9 @@ def _get_ca(db: Database, group_id: str, ca_id: str) -> Result:
     with db.read() as conn:
         _check_group(conn, group_id)
         row = conn.execute(
-            "SELECT document FROM documents WHERE kind = 'group-ca' AND subject = ?"
-            " AND group_id = ?",
-            (ca_id, group_id),
+            "SELECT document FROM documents WHERE kind = 'group-ca' AND subject = :subject"
+            " AND group_id = :group_id",
+            {"subject": ca_id, "group_id": group_id},
         ).fetchone()
     if row is None:
         raise NotFoundError(
