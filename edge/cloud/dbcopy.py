@@ -31,13 +31,20 @@ def migrate(
     *,
     progress: Callable[[str], None],
 ) -> int:
-    """`edge cloud migrate --from FILE --to URL`; the password file defaults to the config's."""
+    """`edge cloud migrate --from FILE --to URL`; the password file defaults to the config's.
+
+    `progress` gets whole stderr lines.
+    """
     password_file = password_file or config.cloud.database_password_file
     password = None
     if password_file is not None:
         password = read_password(password_file, config_path=str(config.path))
-    copied = copy_control_plane(source, target, password=password, progress=progress)
-    progress(f"copied {sum(copied.values())} rows from {source}; point [cloud] database at it")
+
+    def line(text: str) -> None:
+        progress(f"edge: migrate: {text}")
+
+    copied = copy_control_plane(source, target, password=password, progress=line)
+    line(f"copied {sum(copied.values())} rows from {source}; point [cloud] database at it")
     return 0
 
 
