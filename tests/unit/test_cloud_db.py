@@ -26,6 +26,8 @@ from edge.cloud.definitions import (
 from edge.cloud.ids import Arns
 from edge.errors import CloudDatabaseError, SignatureReplayError
 
+pytestmark = pytest.mark.network
+
 ARNS = Arns("us-east-1", "123456789012")
 RESOURCES = KINDS["resource"]
 
