@@ -50,7 +50,7 @@ from typing import Any, Final, Self
 
 from sqlalchemy import Connection as SqlConnection
 from sqlalchemy import Engine, bindparam, create_engine, event, exc, text
-from sqlalchemy.engine import CursorResult, RowMapping, make_url
+from sqlalchemy.engine import URL, CursorResult, RowMapping, make_url
 from sqlalchemy.sql.elements import TextClause
 
 from edge.cloud.config import CloudConfig
@@ -388,7 +388,8 @@ def _sqlite(path: Path) -> tuple[Engine, str]:
     except OSError as error:
         raise CloudDatabaseError(name, f"can't be opened: {error}") from None
     engine = create_engine(
-        f"sqlite:///{path}",
+        # URL.create: a path may hold '?' or '#', which a URL string would misread.
+        URL.create("sqlite", database=str(path)),
         connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "isolation_level": None},
     )
 
