@@ -21,13 +21,16 @@ demo: install
 
 ## Lint, type-check and run every test (unit and integration). The tests start their own
 ## Mosquitto and SoftHSM2 token: each installer does nothing when its package is there.
+## PostgreSQL: the server on 127.0.0.1:5432, else one .ci/install-postgresql starts.
 test: install lint typecheck
 	bash .ci/install-mosquitto
 	bash .ci/install-softhsm
 	bash .ci/install-pkcs11-provider
 	@# A short base directory: xdist nests each worker's files one level deeper, and the demo's
 	@# IPC socket path must stay under the 107 bytes a Unix socket allows. Kept on failure.
-	@base=$$(mktemp -d /tmp/et-XXXXXX); \
+	@url=$$(bash .ci/install-postgresql) || exit 1; \
+	if [ -n "$$url" ]; then export EDGE_TEST_POSTGRES_URL=$$url; fi; \
+	base=$$(mktemp -d /tmp/et-XXXXXX); \
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 --basetemp=$$base; status=$$?; \
 	if [ $$status -eq 0 ]; then rm -rf $$base; else echo "test files kept in $$base"; fi; \
 	exit $$status

@@ -498,11 +498,16 @@ class DefinitionInvalidError(EdgeError):
 
 
 class CloudDatabaseError(EdgeError):
-    """The control plane's SQLite database can't be opened, migrated or written."""
+    """The control plane's database (SQLite or PostgreSQL) can't be opened, migrated or written.
 
-    def __init__(self, path: str, problem: str) -> None:
+    `unavailable` says the database can't be reached or is busy right now (a PostgreSQL
+    restart, a lock held too long): the same request may succeed later.
+    """
+
+    def __init__(self, path: str, problem: str, *, unavailable: bool = False) -> None:
         self.path = path
         self.problem = problem
+        self.unavailable = unavailable
         super().__init__(f"database {path}: {problem}")
 
 

@@ -20,6 +20,7 @@ from edge.fixtures.services import (
     run_moto,
 )
 from tests.support.leaks import LEAKS, LeakCheckPlugin
+from tests.support.postgres import new_schema, server_url, session_database
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -69,6 +70,35 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of this session's (this xdist worker's) own, dropped at its end."""
+    with session_database(server_url()) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """An empty schema of this test's own in the session's database, as a database URL."""
+    return new_schema(postgres_database)
+
+
+@pytest.fixture
+def cloud_database(request: pytest.FixtureRequest) -> str:
+    """`[cloud] database` for this test's control plane: PostgreSQL, or SQLite when asked.
+
+    Control-plane tests run on PostgreSQL: an empty schema of the test's own. The embedded
+    paths (the CLI without a server) and a smoke set run on SQLite, a file beside the config:
+    a module says so with `CLOUD_ENGINE = "sqlite"`, a test with
+    `@pytest.mark.parametrize("cloud_database", ["sqlite", "postgresql"], indirect=True)`.
+    """
+    engine = getattr(request, "param", getattr(request.module, "CLOUD_ENGINE", "postgresql"))
+    if engine == "sqlite":
+        return "cloud/edge-cloud.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

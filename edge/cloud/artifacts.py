@@ -122,10 +122,18 @@ async def store_package(
             conn.execute(
                 "INSERT INTO function_code"
                 " (function_arn, handler, uri, sha256, size, published_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (function_arn) DO UPDATE SET"
+                " VALUES (:function_arn, :handler, :uri, :sha256, :size, :published_at) ON"
+                " CONFLICT (function_arn) DO UPDATE SET"
                 " handler = excluded.handler, uri = excluded.uri, sha256 = excluded.sha256,"
                 " size = excluded.size, published_at = excluded.published_at",
-                (function_arn, handler, uri, digest, len(package), now),
+                {
+                    "function_arn": function_arn,
+                    "handler": handler,
+                    "uri": uri,
+                    "sha256": digest,
+                    "size": len(package),
+                    "published_at": now,
+                },
             )
     return {
         "FunctionArn": function_arn,

@@ -18,7 +18,6 @@ import sys
 from collections.abc import Coroutine, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from sqlite3 import Row
 from typing import Any, Final, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.cloud import definitions, deployments, groups, idempotency
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import CloudConfig, load_cloud_config
-from edge.cloud.db import Claim, Database
+from edge.cloud.db import Claim, Database, Row, open_database
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import DEPLOYMENT_TYPES, Request
 from edge.cloud.groups import GROUP_VERSION_KEYS, option_name
@@ -111,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="print what would be copied; write nothing"
     )
+    p = add("migrate", "copy a SQLite control plane into an empty PostgreSQL database")
+    p.add_argument("--from", dest="source", type=Path, required=True, help="the SQLite file")
+    p.add_argument("--to", dest="target", required=True, help="postgresql://USER@HOST:PORT/DB")
+    p.add_argument("--to-password-file", type=Path, help="default: [cloud] database_password_file")
     return parser
 
 
@@ -274,7 +277,11 @@ def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
         return run(config)
     if command == "import-greengrass":
         return _import_greengrass(config, args)
-    with Database.open(config.cloud.database) as db:
+    if command == "migrate":
+        from edge.cloud.dbcopy import migrate  # noqa: PLC0415 - this command's alone
+
+        return migrate(config, args.source, args.target, args.to_password_file, progress=_err)
+    with open_database(config) as db:
         token = getattr(args, "amzn_client_token", None)
         if token is not None:
             return _once(config, db, args, token)
@@ -362,7 +369,7 @@ def _import_greengrass(config: CloudConfig, args: argparse.Namespace) -> int:
 
     progress = _Progress()
     account = asyncio.run(read_account(config, list(args.group_ids), progress))
-    with Database.open(config.cloud.database) as db:
+    with open_database(config) as db:
         report = import_account(db, account, dry_run=args.dry_run, progress=progress)
     for line in report_lines(report):
         _out(line)
@@ -384,7 +391,7 @@ class _Progress:
 
 def _init(config: CloudConfig) -> int:
     files = init_signing_key(config.cloud.signing_key, config.cloud.public_key)
-    Database.open(config.cloud.database).close()
+    open_database(config).close()
     state = "created" if files.created else "kept the existing"
     _err(f"{state} signing key {files.private_path} (KeyId {files.key_id})")
     _out(str(files.public_path))

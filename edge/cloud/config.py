@@ -9,6 +9,7 @@ against the config file's directory; unknown sections and keys are errors that n
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -34,6 +35,8 @@ DEFAULT_LISTEN: Final = "127.0.0.1:8443"
 #: AWS access key ids are 16-128 word characters (IAM's own rule); ours follow it so that every
 #: SDK's credential handling accepts them.
 _ACCESS_KEY_ID: Final = re.compile(r"\w{16,128}", re.ASCII)
+#: How `[cloud] database` names a PostgreSQL database rather than a SQLite file.
+_URL_SCHEMES: Final = ("postgresql://", "postgres://")
 _LISTEN: Final = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})"
 )
@@ -67,11 +70,14 @@ class ServeSettings:
 class CloudSettings:
     """`[cloud]`: where the control plane keeps its state and how it names and signs things."""
 
-    database: Path
+    #: A SQLite file, or a `postgresql://user@host:port/dbname` URL (no password in it).
+    database: Path | str
     signing_key: Path
     artifact_bucket: str | None = None
     account_id: str = DEFAULT_ACCOUNT_ID
     serve: ServeSettings = ServeSettings(host="127.0.0.1", port=8443)
+    #: The file holding the PostgreSQL password (mode 0600), read when the database is opened.
+    database_password_file: Path | None = None
 
     @property
     def public_key(self) -> Path:
@@ -117,9 +123,8 @@ def parse_cloud_config(raw: dict[str, Any], *, path: Path) -> CloudConfig:
 
 
 def _cloud(s: Section) -> CloudSettings:
-    database = s.path_value("database", s.path.parent / "edge-cloud.db")
+    database = _database(s)
     signing_key = s.path_value("signing_key", s.path.parent / "signing-key.pem")
-    assert database is not None  # noqa: S101 - has a default
     assert signing_key is not None  # noqa: S101 - has a default
     bucket = s.string("artifact_bucket")
     if bucket is not None and not _valid_bucket(bucket):
@@ -137,7 +142,33 @@ def _cloud(s: Section) -> CloudSettings:
         artifact_bucket=bucket,
         account_id=account_id,
         serve=_serve(s),
+        database_password_file=_password_file(s, database),
     )
+
+
+def _database(s: Section) -> Path | str:
+    """`database`: a SQLite path (relative to the config file) or a PostgreSQL URL."""
+    value = s.string("database")
+    if value is None or not value.startswith(_URL_SCHEMES):
+        path = s.path_value("database", s.path.parent / "edge-cloud.db")
+        assert path is not None  # noqa: S101 - has a default
+        return path
+    parts = urllib.parse.urlsplit(value)
+    if parts.password is not None:
+        # The URL is shown in errors and logs; a password in it would be shown too.
+        raise s.error("database", "must not carry a password; put it in database_password_file")
+    if not parts.hostname and "host=" not in parts.query:
+        raise s.error("database", "must name a host: postgresql://USER@HOST:PORT/DBNAME")
+    if not parts.path.strip("/"):
+        raise s.error("database", "must name a database: postgresql://USER@HOST:PORT/DBNAME")
+    return value
+
+
+def _password_file(s: Section, database: Path | str) -> Path | None:
+    password_file = s.path_value("database_password_file")
+    if password_file is not None and isinstance(database, Path):
+        raise s.error("database_password_file", "goes with a postgresql:// database URL")
+    return password_file
 
 
 def _serve(s: Section) -> ServeSettings:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from sqlite3 import Connection, Row
 from typing import Any, Final
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database, Row
 from edge.cloud.ids import Arns, new_id, thing_name_of, timestamp
 from edge.cloud.names import check_name
 from edge.cloud.tags import check_tags, drop_tags, put_tags, tags_of
@@ -284,20 +283,29 @@ def insert_version(
     conn: Connection, arns: Arns, kind: Kind, definition_id: str, body: dict[str, Any]
 ) -> Row:
     """Add a version to a definition (inside a write transaction) and make it the latest."""
-    row = conn.execute(
-        "SELECT coalesce(max(seq), 0) + 1 FROM definition_versions WHERE definition_id = ?",
-        (definition_id,),
-    ).fetchone()
+    seq = conn.execute(
+        "SELECT coalesce(max(seq), 0) + 1 FROM definition_versions"
+        " WHERE definition_id = :definition_id",
+        {"definition_id": definition_id},
+    ).scalar()
     version_id, now = new_id(), timestamp()
     arn = arns.definition_version(kind.segment, definition_id, version_id)
     conn.execute(
         "INSERT INTO definition_versions (id, definition_id, seq, arn, created_at, body)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (version_id, definition_id, row[0], arn, now, json.dumps(body)),
+        " VALUES (:id, :definition_id, :seq, :arn, :created_at, :body)",
+        {
+            "id": version_id,
+            "definition_id": definition_id,
+            "seq": seq,
+            "arn": arn,
+            "created_at": now,
+            "body": json.dumps(body),
+        },
     )
     conn.execute(
-        "UPDATE definitions SET latest_version_id = ?, updated_at = ? WHERE id = ?",
-        (version_id, now, definition_id),
+        "UPDATE definitions SET latest_version_id = :latest_version_id, updated_at = :updated_at"
+        " WHERE id = :id",
+        {"latest_version_id": version_id, "updated_at": now, "id": definition_id},
     )
     return _version_row(conn, kind, definition_id, version_id)
 
@@ -305,8 +313,8 @@ def insert_version(
 def _version_row(conn: Connection, kind: Kind, definition_id: str, version_id: str) -> Row:
     row: Row | None = conn.execute(
         "SELECT *, definition_id AS parent_id FROM definition_versions"
-        " WHERE definition_id = ? AND id = ?",
-        (definition_id, version_id),
+        " WHERE definition_id = :definition_id AND id = :id",
+        {"definition_id": definition_id, "id": version_id},
     ).fetchone()
     if row is None:
         raise NotFoundError(
@@ -320,7 +328,8 @@ def _version_row(conn: Connection, kind: Kind, definition_id: str, version_id: s
 
 def _definition_row(conn: Connection, kind: Kind, definition_id: str) -> Row:
     row: Row | None = conn.execute(
-        "SELECT * FROM definitions WHERE id = ? AND kind = ?", (definition_id, kind.segment)
+        "SELECT * FROM definitions WHERE id = :id AND kind = :kind",
+        {"id": definition_id, "kind": kind.segment},
     ).fetchone()
     if row is None:
         raise NotFoundError(kind.label, definition_id, kind.list_hint)
@@ -344,15 +353,15 @@ def create_definition(
     with db.write() as conn:
         conn.execute(
             "INSERT INTO definitions (id, kind, name, arn, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                definition_id,
-                kind.segment,
-                name,
-                arns.definition(kind.segment, definition_id),
-                now,
-                now,
-            ),
+            " VALUES (:id, :kind, :name, :arn, :created_at, :updated_at)",
+            {
+                "id": definition_id,
+                "kind": kind.segment,
+                "name": name,
+                "arn": arns.definition(kind.segment, definition_id),
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         if body is not None:
             insert_version(conn, arns, kind, definition_id, body)
@@ -390,7 +399,8 @@ def list_definitions(db: Database, kind: Kind) -> dict[str, Any]:
     """list-X-definitions, oldest first."""
     with db.read() as conn:
         rows = conn.execute(
-            "SELECT * FROM definitions WHERE kind = ? ORDER BY created_at, rowid", (kind.segment,)
+            "SELECT * FROM definitions WHERE kind = :kind ORDER BY created_at, id",
+            {"kind": kind.segment},
         ).fetchall()
     return {"Definitions": [definition_info(r) for r in rows]}
 
@@ -401,8 +411,8 @@ def list_versions(db: Database, kind: Kind, definition_id: str) -> dict[str, Any
         _definition_row(conn, kind, definition_id)
         rows = conn.execute(
             "SELECT *, definition_id AS parent_id FROM definition_versions"
-            " WHERE definition_id = ? ORDER BY seq DESC",
-            (definition_id,),
+            " WHERE definition_id = :definition_id ORDER BY seq DESC",
+            {"definition_id": definition_id},
         ).fetchall()
     return {"Versions": [version_info(r) for r in rows]}
 
@@ -415,7 +425,7 @@ def delete_definition(db: Database, kind: Kind, definition_id: str) -> None:
     """
     with db.write() as conn:
         row = _definition_row(conn, kind, definition_id)
-        conn.execute("DELETE FROM definitions WHERE id = ?", (definition_id,))
+        conn.execute("DELETE FROM definitions WHERE id = :id", {"id": definition_id})
         drop_tags(conn, row["arn"])
 
 
@@ -425,8 +435,8 @@ def update_definition(db: Database, kind: Kind, definition_id: str, name: str | 
     with db.write() as conn:
         _definition_row(conn, kind, definition_id)
         conn.execute(
-            "UPDATE definitions SET name = ?, updated_at = ? WHERE id = ?",
-            (name, timestamp(), definition_id),
+            "UPDATE definitions SET name = :name, updated_at = :updated_at WHERE id = :id",
+            {"name": name, "updated_at": timestamp(), "id": definition_id},
         )
 
 
@@ -444,8 +454,8 @@ def resolve_version(conn: Connection, kind: Kind, arn: str) -> dict[str, Any]:
     """
     row = conn.execute(
         "SELECT v.body FROM definition_versions AS v JOIN definitions AS d"
-        " ON d.id = v.definition_id WHERE v.arn = ? AND d.kind = ?",
-        (arn, kind.segment),
+        " ON d.id = v.definition_id WHERE v.arn = :arn AND d.kind = :kind",
+        {"arn": arn, "kind": kind.segment},
     ).fetchone()
     if row is None:
         raise NotFoundError(

@@ -23,13 +23,12 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from sqlite3 import Connection, Row
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cloud.config import CloudConfig
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database, Row
 from edge.cloud.groups import (
     ResolvedGroup,
     group_version_row,
@@ -94,7 +93,8 @@ class Request:
 def _published(conn: Connection, function_arn: str) -> dict[str, Any] | None:
     """The Handler and Code of a package published for this exact ARN, or None."""
     row = conn.execute(
-        "SELECT handler, uri, sha256 FROM function_code WHERE function_arn = ?", (function_arn,)
+        "SELECT handler, uri, sha256 FROM function_code WHERE function_arn = :function_arn",
+        {"function_arn": function_arn},
     ).fetchone()
     if row is None:
         return None
@@ -253,7 +253,8 @@ def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
 
 def _deployment_row(conn: Connection, group_id: str, deployment_id: str) -> Row:
     row: Row | None = conn.execute(
-        "SELECT * FROM deployments WHERE id = ? AND group_id = ?", (deployment_id, group_id)
+        "SELECT * FROM deployments WHERE id = :id AND group_id = :group_id",
+        {"id": deployment_id, "group_id": group_id},
     ).fetchone()
     if row is None:
         raise NotFoundError(
@@ -460,22 +461,24 @@ def _insert(
     conn.execute(
         "INSERT INTO deployments (id, group_id, group_version_id, arn, deployment_type,"
         " redeployment_of, thing_name, created_at, status, error_message, updated_at, envelope,"
-        " note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            out.deployment_id,
-            out.group_id,
-            out.built.group_version_id,
-            arns.deployment(out.group_id, out.deployment_id),
-            out.deployment_type,
-            out.redeploy_of,
-            out.built.thing_name,
-            out.created_at,
-            status,
-            error_message,
-            now,
-            envelope,
-            out.built.note,
-        ),
+        " note) VALUES (:id, :group_id, :group_version_id, :arn, :deployment_type,"
+        " :redeployment_of, :thing_name, :created_at, :status, :error_message, :updated_at,"
+        " :envelope, :note)",
+        {
+            "id": out.deployment_id,
+            "group_id": out.group_id,
+            "group_version_id": out.built.group_version_id,
+            "arn": arns.deployment(out.group_id, out.deployment_id),
+            "deployment_type": out.deployment_type,
+            "redeployment_of": out.redeploy_of,
+            "thing_name": out.built.thing_name,
+            "created_at": out.created_at,
+            "status": status,
+            "error_message": error_message,
+            "updated_at": now,
+            "envelope": envelope,
+            "note": out.built.note,
+        },
     )
     add_event(conn, out.deployment_id, status, now, error_message)
     out.recorded = True
@@ -519,15 +522,16 @@ async def _send(
             with db.write() as conn:
                 message = f"not published: {exc}"
                 conn.execute(
-                    "UPDATE deployments SET status = ?, error_message = ?, error_details = ?,"
-                    " updated_at = ? WHERE id = ?",
-                    (
-                        FAILURE,
-                        message,
-                        _details("BrokerError", message),
-                        timestamp(),
-                        out.deployment_id,
-                    ),
+                    "UPDATE deployments SET status = :status, error_message = :error_message,"
+                    " error_details = :error_details,"
+                    " updated_at = :updated_at WHERE id = :id",
+                    {
+                        "status": FAILURE,
+                        "error_message": message,
+                        "error_details": _details("BrokerError", message),
+                        "updated_at": timestamp(),
+                        "id": out.deployment_id,
+                    },
                 )
                 add_event(conn, out.deployment_id, FAILURE, timestamp(), message)
             raise
@@ -605,8 +609,9 @@ def list_deployments(db: Database, group_id: str) -> dict[str, Any]:
         latest_version_id(conn, group_id)  # raises NotFoundError for an unknown group
         rows = conn.execute(
             "SELECT d.*, g.arn AS group_arn FROM deployments AS d JOIN groups AS g"
-            " ON g.id = d.group_id WHERE d.group_id = ? ORDER BY d.created_at DESC, d.rowid DESC",
-            (group_id,),
+            " ON g.id = d.group_id WHERE d.group_id = :group_id ORDER BY d.created_at DESC, d.id"
+            " DESC",
+            {"group_id": group_id},
         ).fetchall()
     return {
         "Deployments": [

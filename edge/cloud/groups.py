@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from sqlite3 import Connection, Row
 from typing import Any, Final
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database, Row
 from edge.cloud.definitions import (
     KINDS,
     check_cores,
@@ -141,7 +140,9 @@ def validate_group(resolved: ResolvedGroup) -> None:
 
 
 def _group_row(conn: Connection, group_id: str) -> Row:
-    row: Row | None = conn.execute("SELECT * FROM groups WHERE id = ?", (group_id,)).fetchone()
+    row: Row | None = conn.execute(
+        "SELECT * FROM groups WHERE id = :id", {"id": group_id}
+    ).fetchone()
     if row is None:
         raise NotFoundError("group", group_id, _HINT)
     return row
@@ -150,8 +151,9 @@ def _group_row(conn: Connection, group_id: str) -> Row:
 def group_version_row(conn: Connection, group_id: str, version_id: str) -> Row:
     """Return a stored group version (with `parent_id`), or raise NotFoundError."""
     row: Row | None = conn.execute(
-        "SELECT *, group_id AS parent_id FROM group_versions WHERE group_id = ? AND id = ?",
-        (group_id, version_id),
+        "SELECT *, group_id AS parent_id FROM group_versions WHERE group_id = :group_id AND id ="
+        " :id",
+        {"group_id": group_id, "id": version_id},
     ).fetchone()
     if row is None:
         raise NotFoundError(
@@ -165,8 +167,9 @@ def group_version_row(conn: Connection, group_id: str, version_id: str) -> Row:
 def last_deployment(conn: Connection, group_id: str) -> Row | None:
     """The group's most recent deployment (None: never deployed)."""
     row: Row | None = conn.execute(
-        "SELECT * FROM deployments WHERE group_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
-        (group_id,),
+        "SELECT * FROM deployments WHERE group_id = :group_id ORDER BY created_at DESC, id DESC"
+        " LIMIT 1",
+        {"group_id": group_id},
     ).fetchone()
     return row
 
@@ -180,25 +183,27 @@ def latest_version_id(conn: Connection, group_id: str) -> str | None:
 def _insert_version(conn: Connection, arns: Arns, group_id: str, refs: dict[str, str]) -> Row:
     """Validate and add a group version (inside a write transaction); make it the latest."""
     validate_group(resolve_group(conn, refs))
-    (seq,) = conn.execute(
-        "SELECT coalesce(max(seq), 0) + 1 FROM group_versions WHERE group_id = ?", (group_id,)
-    ).fetchone()
+    seq = conn.execute(
+        "SELECT coalesce(max(seq), 0) + 1 FROM group_versions WHERE group_id = :group_id",
+        {"group_id": group_id},
+    ).scalar()
     version_id, now = new_id(), timestamp()
     conn.execute(
         "INSERT INTO group_versions (id, group_id, seq, arn, created_at, body)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            version_id,
-            group_id,
-            seq,
-            arns.group_version(group_id, version_id),
-            now,
-            json.dumps(refs),
-        ),
+        " VALUES (:id, :group_id, :seq, :arn, :created_at, :body)",
+        {
+            "id": version_id,
+            "group_id": group_id,
+            "seq": seq,
+            "arn": arns.group_version(group_id, version_id),
+            "created_at": now,
+            "body": json.dumps(refs),
+        },
     )
     conn.execute(
-        "UPDATE groups SET latest_version_id = ?, updated_at = ? WHERE id = ?",
-        (version_id, now, group_id),
+        "UPDATE groups SET latest_version_id = :latest_version_id, updated_at = :updated_at WHERE"
+        " id = :id",
+        {"latest_version_id": version_id, "updated_at": now, "id": group_id},
     )
     return group_version_row(conn, group_id, version_id)
 
@@ -213,8 +218,15 @@ def create_group(
     group_id, now = new_id(), timestamp()
     with db.write() as conn:
         conn.execute(
-            "INSERT INTO groups (id, name, arn, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (group_id, name, arns.group(group_id), now, now),
+            "INSERT INTO groups (id, name, arn, created_at, updated_at) VALUES (:id, :name, :arn,"
+            " :created_at, :updated_at)",
+            {
+                "id": group_id,
+                "name": name,
+                "arn": arns.group(group_id),
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         if refs is not None:
             _insert_version(conn, arns, group_id, refs)
@@ -251,8 +263,8 @@ def update_group(db: Database, group_id: str, name: str | None) -> None:
     with db.write() as conn:
         _group_row(conn, group_id)
         conn.execute(
-            "UPDATE groups SET name = ?, updated_at = ? WHERE id = ?",
-            (name, timestamp(), group_id),
+            "UPDATE groups SET name = :name, updated_at = :updated_at WHERE id = :id",
+            {"name": name, "updated_at": timestamp(), "id": group_id},
         )
 
 
@@ -280,8 +292,8 @@ def delete_group(db: Database, group_id: str) -> None:
                 f"`reset-deployments --group-id {group_id}` (`--force` if its core can't be "
                 f"reached), then delete it",
             )
-        conn.execute("DELETE FROM deployments WHERE group_id = ?", (group_id,))
-        conn.execute("DELETE FROM groups WHERE id = ?", (group_id,))
+        conn.execute("DELETE FROM deployments WHERE group_id = :group_id", {"group_id": group_id})
+        conn.execute("DELETE FROM groups WHERE id = :id", {"id": group_id})
         drop_tags(conn, row["arn"])
 
 
@@ -295,7 +307,7 @@ def get_group_version(db: Database, group_id: str, version_id: str) -> dict[str,
 def list_groups(db: Database) -> dict[str, Any]:
     """list-groups, oldest first."""
     with db.read() as conn:
-        rows = conn.execute("SELECT * FROM groups ORDER BY created_at, rowid").fetchall()
+        rows = conn.execute("SELECT * FROM groups ORDER BY created_at, id").fetchall()
     return {"Groups": [definition_info(r) for r in rows]}
 
 
@@ -304,8 +316,8 @@ def list_group_versions(db: Database, group_id: str) -> dict[str, Any]:
     with db.read() as conn:
         _group_row(conn, group_id)
         rows = conn.execute(
-            "SELECT *, group_id AS parent_id FROM group_versions WHERE group_id = ?"
+            "SELECT *, group_id AS parent_id FROM group_versions WHERE group_id = :group_id"
             " ORDER BY seq DESC",
-            (group_id,),
+            {"group_id": group_id},
         ).fetchall()
     return {"Versions": [version_info(r) for r in rows]}

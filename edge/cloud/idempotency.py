@@ -49,8 +49,9 @@ def earlier_answer(db: Database, key: TokenKey) -> dict[str, Any] | None:
     operation, token, digest = key
     with db.read() as conn:
         row = conn.execute(
-            "SELECT input_sha256, answer FROM client_tokens WHERE operation = ? AND token = ?",
-            (operation, token),
+            "SELECT input_sha256, answer FROM client_tokens WHERE operation = :operation AND"
+            " token = :token",
+            {"operation": operation, "token": token},
         ).fetchone()
     if row is None:
         return None
@@ -67,6 +68,7 @@ def store_answer(db: Database, key: TokenKey, answer: dict[str, Any]) -> None:
     operation, token, _ = key
     with db.write() as conn:
         conn.execute(
-            "UPDATE client_tokens SET answer = ? WHERE operation = ? AND token = ?",
-            (json.dumps(answer), operation, token),
+            "UPDATE client_tokens SET answer = :answer WHERE operation = :operation AND token ="
+            " :token",
+            {"answer": json.dumps(answer), "operation": operation, "token": token},
         )

@@ -104,11 +104,10 @@ def unsupplied(db: Database, version: object) -> list[str]:
         return []
     with db.read() as conn:
         published = {
-            row[0]
+            row["function_arn"]
             for row in conn.execute(
-                f"SELECT function_arn FROM function_code WHERE function_arn IN"  # noqa: S608
-                f" ({', '.join('?' * len(arns))})",
-                arns,
+                "SELECT function_arn FROM function_code WHERE function_arn IN :arns",
+                {"arns": arns},
             )
         }
     return [arn for arn in arns if arn not in published]

@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from sqlite3 import Connection, Row
 from typing import Any, Final
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database, Row
 from edge.cloud.ids import timestamp
 from edge.cloud.publish import CloudMqtt
 
@@ -120,37 +119,51 @@ def record(conn: Connection, thing_name: str, report: StatusReport) -> Row | Non
         another thing's deployment, or not a step forward).
     """
     row = conn.execute(
-        "SELECT * FROM deployments WHERE id = ? AND thing_name = ?",
-        (report.deployment_id, thing_name),
+        "SELECT * FROM deployments WHERE id = :id AND thing_name = :thing_name",
+        {"id": report.deployment_id, "thing_name": thing_name},
     ).fetchone()
     if row is None or _RANK[report.status] <= _RANK.get(row["status"], 0):
         return None
     details = None if report.error_details is None else json.dumps(report.error_details)
     conn.execute(
-        "UPDATE deployments SET status = ?, error_message = ?, error_details = ?,"
-        " updated_at = ? WHERE id = ?",
-        (report.status, report.error_message, details, report.updated_at, report.deployment_id),
+        "UPDATE deployments SET status = :status, error_message = :error_message, error_details ="
+        " :error_details,"
+        " updated_at = :updated_at WHERE id = :id",
+        {
+            "status": report.status,
+            "error_message": report.error_message,
+            "error_details": details,
+            "updated_at": report.updated_at,
+            "id": report.deployment_id,
+        },
     )
     add_event(conn, report.deployment_id, report.status, report.updated_at, report.error_message)
-    updated: Row = conn.execute(
-        "SELECT * FROM deployments WHERE id = ?", (report.deployment_id,)
+    return conn.execute(
+        "SELECT * FROM deployments WHERE id = :id", {"id": report.deployment_id}
     ).fetchone()
-    return updated
 
 
 def add_event(
     conn: Connection, deployment_id: str, status: str, updated_at: str, error: str | None
 ) -> None:
     """Append a transition to a deployment's history."""
-    (seq,) = conn.execute(
-        "SELECT coalesce(max(seq), 0) + 1 FROM deployment_events WHERE deployment_id = ?",
-        (deployment_id,),
-    ).fetchone()
+    seq = conn.execute(
+        "SELECT coalesce(max(seq), 0) + 1 FROM deployment_events"
+        " WHERE deployment_id = :deployment_id",
+        {"deployment_id": deployment_id},
+    ).scalar()
     conn.execute(
         "INSERT INTO deployment_events"
         " (deployment_id, seq, status, error_message, updated_at, recorded_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (deployment_id, seq, status, error, updated_at, timestamp()),
+        " VALUES (:deployment_id, :seq, :status, :error_message, :updated_at, :recorded_at)",
+        {
+            "deployment_id": deployment_id,
+            "seq": seq,
+            "status": status,
+            "error_message": error,
+            "updated_at": updated_at,
+            "recorded_at": timestamp(),
+        },
     )
 
 

@@ -9,10 +9,9 @@ tags everywhere: at most 50 per resource, keys of 1 to 128 characters and values
 
 from __future__ import annotations
 
-from sqlite3 import Connection
 from typing import Final
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database
 from edge.errors import NotFoundError, TagsInvalidError
 
 MAX_TAGS: Final = 50
@@ -66,7 +65,8 @@ def check_key(key: object, option: str) -> str:
 def tags_of(conn: Connection, arn: str) -> dict[str, str]:
     """The tags of the resource with this ARN (empty if it has none)."""
     rows = conn.execute(
-        "SELECT key, value FROM tags WHERE resource_arn = ? ORDER BY key", (arn,)
+        "SELECT key, value FROM tags WHERE resource_arn = :resource_arn ORDER BY key",
+        {"resource_arn": arn},
     ).fetchall()
     return {row["key"]: row["value"] for row in rows}
 
@@ -83,21 +83,22 @@ def put_tags(conn: Connection, arn: str, tags: dict[str, str]) -> None:
             "tags", f"a resource holds at most {MAX_TAGS} tags; this would make {len(merged)}"
         )
     conn.executemany(
-        "INSERT INTO tags (resource_arn, key, value) VALUES (?, ?, ?)"
+        "INSERT INTO tags (resource_arn, key, value) VALUES (:arn, :key, :value)"
         " ON CONFLICT (resource_arn, key) DO UPDATE SET value = excluded.value",
-        [(arn, key, value) for key, value in tags.items()],
+        [{"arn": arn, "key": key, "value": value} for key, value in tags.items()],
     )
 
 
 def drop_tags(conn: Connection, arn: str) -> None:
     """Forget every tag of a deleted resource (inside a write transaction)."""
-    conn.execute("DELETE FROM tags WHERE resource_arn = ?", (arn,))
+    conn.execute("DELETE FROM tags WHERE resource_arn = :resource_arn", {"resource_arn": arn})
 
 
 def _check_resource(conn: Connection, arn: str) -> None:
     found = conn.execute(
-        "SELECT 1 FROM groups WHERE arn = ? UNION ALL SELECT 1 FROM definitions WHERE arn = ?",
-        (arn, arn),
+        "SELECT 1 FROM groups WHERE arn = :arn UNION ALL SELECT 1 FROM definitions WHERE arn ="
+        " :arn2",
+        {"arn": arn, "arn2": arn},
     ).fetchone()
     if found is None:
         raise NotFoundError(
@@ -120,7 +121,8 @@ def untag_resource(db: Database, arn: str, keys: list[str]) -> None:
     with db.write() as conn:
         _check_resource(conn, arn)
         conn.executemany(
-            "DELETE FROM tags WHERE resource_arn = ? AND key = ?", [(arn, key) for key in keys]
+            "DELETE FROM tags WHERE resource_arn = :arn AND key = :key",
+            [{"arn": arn, "key": key} for key in keys],
         )
 
 

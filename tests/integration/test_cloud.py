@@ -8,7 +8,6 @@ import io
 import json
 import os
 import secrets
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -27,9 +26,13 @@ from edge.fixtures.reference import REFERENCE_ARN, REFERENCE_FUNCTIONS, REFERENC
 from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION, Mosquitto, MotoServer
 from edge.signing import load_signing_key, seal
 from tests.support import REPO
+from tests.support.controlplane import dump_tables, open_configured
 from tests.support.functions import build_package
 
 pytestmark = pytest.mark.network
+#: `edge cloud` without a server is the embedded path: SQLite, the default (see
+#: `cloud_database`); the reference story runs on PostgreSQL too.
+CLOUD_ENGINE = "sqlite"
 
 ACCOUNT = "123456789012"
 
@@ -38,12 +41,14 @@ ACCOUNT = "123456789012"
 REFERENCE_INITIAL_VERSION = REFERENCE_RESOURCES
 
 
-def write_cloud_config(path: Path, *, broker: Mosquitto, moto: MotoServer) -> Path:
+def write_cloud_config(
+    path: Path, *, broker: Mosquitto, moto: MotoServer, database: str = "cloud/edge-cloud.db"
+) -> Path:
     """A control-plane config against the test's broker and moto (Secrets Manager and S3)."""
     path.write_text(
         f"""
 [cloud]
-database = "cloud/edge-cloud.db"
+database = "{database}"
 signing_key = "cloud/signing.pem"
 artifact_bucket = "edge-artifacts"
 account_id = "{ACCOUNT}"
@@ -70,6 +75,8 @@ class Cloud:
     core: CoreProcess
     sm: Any
     broker: Mosquitto
+    #: `[cloud] database`, as the config says it.
+    database: str
     values: list[str] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
 
@@ -88,10 +95,6 @@ class Cloud:
     @property
     def store(self) -> Path:
         return self.root / "state" / "secrets.store"
-
-    @property
-    def database(self) -> Path:
-        return self.root / "cloud" / "edge-cloud.db"
 
     def listing(self) -> dict[str, Any]:
         result = edge_cli("secrets", "list", "--config", str(self.core_config), "--json")
@@ -158,17 +161,21 @@ class Cloud:
         )
 
     def envelope(self, deployment_id: str) -> bytes:
-        with sqlite3.connect(self.database) as conn:
-            (envelope,) = conn.execute(
-                "SELECT envelope FROM deployments WHERE id = ?", (deployment_id,)
-            ).fetchone()
+        with open_configured(self.config) as db, db.read() as conn:
+            envelope = conn.execute(
+                "SELECT envelope FROM deployments WHERE id = :id", {"id": deployment_id}
+            ).scalar()
         return bytes(envelope)
 
 
 @pytest.fixture
-def cloud(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Iterator[Cloud]:
+def cloud(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, cloud_database: str
+) -> Iterator[Cloud]:
     """A control plane (initialised), and a core that trusts its key, running and connected."""
-    config = write_cloud_config(tmp_path / "cloud.toml", broker=broker, moto=moto)
+    config = write_cloud_config(
+        tmp_path / "cloud.toml", broker=broker, moto=moto, database=cloud_database
+    )
     init = edge_cli("cloud", "--config", str(config), "init")
     assert init.returncode == 0, init.stderr
     public_key = Path(init.stdout.strip())
@@ -182,7 +189,7 @@ def cloud(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Itera
     )
     assert edge_cli("init", "--config", str(core_config)).returncode == 0
     core = CoreProcess(config=core_config, log_path=tmp_path / "core.log")
-    env = Cloud(tmp_path, config, thing, core_config, core, sm, broker)
+    env = Cloud(tmp_path, config, thing, core_config, core, sm, broker, cloud_database)
     core.start()
     core.wait_for_event("mqtt.connected")
     yield env
@@ -191,12 +198,13 @@ def cloud(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Itera
     output = core.log_text() + "".join(env.output)
     for value in env.values:
         assert value not in output, "a secret value leaked into the logs or CLI output"
-    with sqlite3.connect(env.database) as conn:
-        dump = "\n".join(conn.iterdump())
+    with open_configured(config) as db:
+        dump = repr(dump_tables(db))
     for value in env.values:
         assert value not in dump, "a secret value reached the control plane's database"
 
 
+@pytest.mark.parametrize("cloud_database", ["sqlite", "postgresql"], indirect=True)
 def test_reference_commands_deploy_rotate_fail_and_remove(cloud: Cloud) -> None:
     """The reference commands deploy to a real core; rotation, deletion and removal follow."""
     arn, _ = cloud.create_secret("greengrass-SomeSecret")
@@ -421,11 +429,14 @@ def test_publish_function_stores_the_zip_and_deployments_carry_its_code(
     assert envelope["ThingName"] == cloud.thing
 
 
+@pytest.mark.parametrize("cloud_database", ["sqlite", "postgresql"], indirect=True)
 def test_concurrent_commands_each_get_their_own_version(
-    tmp_path: Path, broker: Mosquitto, moto: MotoServer
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, cloud_database: str
 ) -> None:
     """Eight `edge cloud` processes adding versions at once all succeed with distinct versions."""
-    config = write_cloud_config(tmp_path / "cloud.toml", broker=broker, moto=moto)
+    config = write_cloud_config(
+        tmp_path / "cloud.toml", broker=broker, moto=moto, database=cloud_database
+    )
     created = edge_cli("cloud", "--config", str(config), "create-resource-definition")
     assert created.returncode == 0, created.stderr
     definition_id = json.loads(created.stdout)["Id"]

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import secrets
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -35,6 +34,7 @@ from edge.fixtures.services import (
     run_moto,
 )
 from tests.integration.test_cloud_serve import KEY_ID, start_service, write_serve_config
+from tests.support.controlplane import open_configured
 from tests.support.functions import build_package
 
 pytestmark = pytest.mark.network
@@ -301,12 +301,19 @@ def build_account(v1: MotoServer, thing: str) -> Account:
     return account
 
 
-def write_cloud_config(root: Path, *, broker: Mosquitto, v1: MotoServer, port: int) -> Path:
+def write_cloud_config(
+    root: Path,
+    *,
+    broker: Mosquitto,
+    v1: MotoServer,
+    port: int,
+    database: str = "cloud/edge-cloud.db",
+) -> Path:
     """A control plane (and its API, for the AWS CLI) reading the V1 account at `v1`."""
     secret_file = root / "operator.secret"
     secret_file.write_text(secrets.token_urlsafe(30) + "\n")
     secret_file.chmod(0o600)
-    return write_serve_config(root, broker=broker, moto=v1, port=port)
+    return write_serve_config(root, broker=broker, moto=v1, port=port, database=database)
 
 
 def import_fails(root: Path, broker: Mosquitto, endpoint: MotoServer) -> str:
@@ -451,7 +458,7 @@ def deploy_and_invoke(
 
 
 def test_import_reads_back_field_by_field_deploys_and_reports_what_edge_cant_run(
-    tmp_path: Path, broker: Mosquitto, v1: MotoServer
+    tmp_path: Path, broker: Mosquitto, v1: MotoServer, cloud_database: str
 ) -> None:
     """A V1 account imports whole: the AWS CLI reads back what moto holds, a core deploys it.
 
@@ -461,7 +468,7 @@ def test_import_reads_back_field_by_field_deploys_and_reports_what_edge_cant_run
     thing = f"core-{uuid.uuid4().hex[:8]}"
     account = build_account(v1, thing)
     port = free_port()
-    config = write_cloud_config(tmp_path, broker=broker, v1=v1, port=port)
+    config = write_cloud_config(tmp_path, broker=broker, v1=v1, port=port, database=cloud_database)
     assert cloud(config, "init").returncode == 0
     package, _ = build_package(tmp_path / "app.zip")
     published = cloud(
@@ -526,16 +533,17 @@ def test_import_reads_back_field_by_field_deploys_and_reports_what_edge_cant_run
 
 
 def test_dry_run_group_ids_conflicts_and_errors_leave_the_database_as_it_was(
-    tmp_path: Path, broker: Mosquitto, v1: MotoServer
+    tmp_path: Path, broker: Mosquitto, v1: MotoServer, cloud_database: str
 ) -> None:
     """--dry-run and failures write nothing; --group-id picks groups; conflicts stay as they are."""
     account = build_account(v1, "dry-core")
-    config = write_cloud_config(tmp_path, broker=broker, v1=v1, port=free_port())
-    database = tmp_path / "cloud" / "edge-cloud.db"
+    config = write_cloud_config(
+        tmp_path, broker=broker, v1=v1, port=free_port(), database=cloud_database
+    )
 
     def stored_groups() -> list[str]:
-        with sqlite3.connect(database) as conn:
-            return sorted(row[0] for row in conn.execute("SELECT id FROM groups"))
+        with open_configured(config) as db, db.read() as conn:
+            return sorted(row["id"] for row in conn.execute("SELECT id FROM groups"))
 
     dry = import_greengrass(config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -561,10 +569,10 @@ def test_dry_run_group_ids_conflicts_and_errors_leave_the_database_as_it_was(
     assert stored_groups() == [account.groups["Office"]]
 
     # Someone changed a stored version under V1's id: the import reports it and keeps it.
-    with sqlite3.connect(database) as conn:
+    with open_configured(config) as db, db.write() as conn:
         conn.execute(
-            "UPDATE definition_versions SET body = ? WHERE body LIKE '%office-token%'",
-            (json.dumps({"Resources": []}),),
+            "UPDATE definition_versions SET body = :body WHERE body LIKE '%office-token%'",
+            {"body": json.dumps({"Resources": []})},
         )
     conflicted = import_greengrass(config)
     assert conflicted.returncode == 1, conflicted.stderr
@@ -574,10 +582,13 @@ def test_dry_run_group_ids_conflicts_and_errors_leave_the_database_as_it_was(
     assert "is stored with other content" in block
     assert "1 group(s) not written" in conflicted.stdout
     assert sorted(stored_groups()) == sorted(account.groups.values())
-    with sqlite3.connect(database) as conn:
-        assert conn.execute(
-            "SELECT count(*) FROM definition_versions WHERE body LIKE '%office-token%'"
-        ).fetchone() == (0,)
+    with open_configured(config) as db, db.read() as conn:
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM definition_versions WHERE body LIKE '%office-token%'"
+            ).scalar()
+            == 0
+        )
 
     nowhere = dataclasses.replace(v1, port=free_port())
     line = import_fails(tmp_path / "elsewhere", broker, nowhere)

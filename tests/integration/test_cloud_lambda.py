@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sqlite3
 from typing import Any
 
 import boto3
@@ -17,6 +16,7 @@ from edge.fixtures.core import edge_cli
 from edge.fixtures.services import TEST_REGION, MotoServer
 from tests.integration import test_cloud
 from tests.integration.test_cloud import Cloud, write_cloud_config
+from tests.support.controlplane import open_configured
 from tests.support.functions import build_package
 
 pytestmark = pytest.mark.network
@@ -110,7 +110,10 @@ def refused(cloud: Cloud, group_id: str) -> str:
 def via_proxy(cloud: Cloud, moto: MotoServer, proxy: LambdaCodeProxy) -> None:
     """Point the control plane's [aws] endpoint (Lambda, S3) at the proxy in front of moto."""
     write_cloud_config(
-        cloud.config, broker=cloud.broker, moto=dataclasses.replace(moto, port=proxy.port)
+        cloud.config,
+        broker=cloud.broker,
+        moto=dataclasses.replace(moto, port=proxy.port),
+        database=cloud.database,
     )
 
 
@@ -167,9 +170,9 @@ def test_a_version_arn_is_kept_and_a_corrupt_download_is_refused(
         error = refused(cloud, group_id)
         assert "has SHA-256" in error
         assert "nothing was stored" in error
-        with sqlite3.connect(cloud.database) as conn:
-            assert conn.execute("SELECT count(*) FROM deployments").fetchone() == (0,)
-            assert conn.execute("SELECT count(*) FROM function_code").fetchone() == (0,)
+        with open_configured(cloud.config) as db, db.read() as conn:
+            assert conn.execute("SELECT count(*) FROM deployments").scalar() == 0
+            assert conn.execute("SELECT count(*) FROM function_code").scalar() == 0
 
         proxy.add(package)
         _, result = cloud.deploy(group_id)
@@ -177,10 +180,9 @@ def test_a_version_arn_is_kept_and_a_corrupt_download_is_refused(
         _, result = cloud.deploy(group_id)
         assert result.returncode == 0, result.stderr
         assert proxy.downloads == 2, "a version's package is fetched once, then kept"
-    with sqlite3.connect(cloud.database) as conn:
-        assert conn.execute("SELECT function_arn, sha256 FROM function_code").fetchall() == [
-            (version_arn, digest)
-        ]
+    with open_configured(cloud.config) as db, db.read() as conn:
+        rows = conn.execute("SELECT function_arn, sha256 FROM function_code").fetchall()
+    assert [dict(row) for row in rows] == [{"function_arn": version_arn, "sha256": digest}]
 
 
 def test_a_function_that_exists_nowhere_is_warned_at_once_and_refused_at_deployment(

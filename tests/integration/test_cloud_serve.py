@@ -185,13 +185,19 @@ class Served:
 
 
 def write_serve_config(
-    root: Path, *, broker: Mosquitto, moto: MotoServer, port: int, tls: str = ""
+    root: Path,
+    *,
+    broker: Mosquitto,
+    moto: MotoServer,
+    port: int,
+    tls: str = "",
+    database: str = "cloud/edge-cloud.db",
 ) -> Path:
     path = root / "cloud.toml"
     path.write_text(
         f"""
 [cloud]
-database = "cloud/edge-cloud.db"
+database = "{database}"
 signing_key = "cloud/signing.pem"
 artifact_bucket = "edge-artifacts"
 account_id = "{ACCOUNT}"
@@ -221,10 +227,14 @@ def start_service(root: Path, config: Path, port: int, *, scheme: str = "http") 
 
 
 @pytest.fixture
-def served(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Iterator[Served]:
+def served(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, cloud_database: str
+) -> Iterator[Served]:
     """`edge cloud serve` on a free loopback port, initialised, with one access key."""
     port = free_port()
-    config = write_serve_config(tmp_path, broker=broker, moto=moto, port=port)
+    config = write_serve_config(
+        tmp_path, broker=broker, moto=moto, port=port, database=cloud_database
+    )
     secret = secrets.token_urlsafe(30)
     secret_file = tmp_path / "operator.secret"
     secret_file.write_text(secret + "\n")

@@ -83,3 +83,37 @@ def test_the_example_documents_the_serve_keys() -> None:
     for key in ("listen", "tls_cert_file", "tls_key_file", "[cloud.auth]", "access_key_id"):
         assert key in text
     assert load_cloud_config(REPO / "cloud.example.toml").cloud.serve.port == 8443
+
+
+def test_database_is_a_path_or_a_postgresql_url_with_its_password_in_a_file(
+    tmp_path: Path,
+) -> None:
+    """A path stays a path; a URL keeps its query string; the password file resolves."""
+    assert config(tmp_path, '[cloud]\ndatabase = "db/cloud.db"\n').cloud.database == (
+        tmp_path / "db" / "cloud.db"
+    )
+    url = "postgresql://edge@db.example.com:5432/edge?sslmode=verify-full"
+    cloud = config(tmp_path, f'[cloud]\ndatabase = "{url}"\ndatabase_password_file = "pw"\n').cloud
+    assert cloud.database == url
+    assert cloud.database_password_file == tmp_path / "pw"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            'database = "postgresql://edge:hunter2@db:5432/edge"',
+            "must not carry a password; put it in database_password_file",
+        ),
+        ('database = "postgresql://edge@db:5432/"', "must name a database"),
+        ('database = "postgresql:///edge"', "must name a host"),
+        ('database_password_file = "pw"', "goes with a postgresql:// database URL"),
+    ],
+)
+def test_a_wrong_database_setting_is_one_error_naming_the_key(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """A password inside the URL is refused (the URL is shown in errors), without echoing it."""
+    with pytest.raises(ConfigError, match=problem) as raised:
+        config(tmp_path, f"[cloud]\n{text}\n")
+    assert "hunter2" not in str(raised.value)

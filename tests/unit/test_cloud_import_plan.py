@@ -178,7 +178,7 @@ def test_a_later_import_completes_a_version_stored_without_a_part(tmp_path: Path
     with sqlite3.connect(tmp_path / "cloud.db") as conn:
         (body,) = conn.execute("SELECT body FROM group_versions").fetchone()
         partial = {k: v for k, v in json.loads(body).items() if not k.startswith("Connector")}
-        conn.execute("UPDATE group_versions SET body = ?", (json.dumps(partial),))
+        conn.execute("UPDATE group_versions SET body = :body", {"body": json.dumps(partial)})
     with Database.open(tmp_path / "cloud.db") as db:
         report = import_account(db, account, dry_run=False, progress=lambda *_: None)
         shown = groups.get_group_version(db, GROUP, GROUP_VERSION)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -85,7 +84,7 @@ async def _health(service: Service) -> web.Response:
     try:
         await service.ctx.db.call(lambda db: db.schema_version)
         database = "ok"
-    except (CloudDatabaseError, sqlite3.Error, RuntimeError):
+    except (CloudDatabaseError, RuntimeError):
         database = "unavailable"
     mqtt = "connected" if service.health.mqtt_connected else "disconnected"
     healthy = database == "ok" and mqtt == "connected"

@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The service's blocking database work, on one thread that owns one SQLite connection.
+"""The service's blocking database work, on one thread that owns one `Database`.
 
-SQLite calls block, and a connection may only be used by the thread that opened it, so every
-request's reads and writes go to one worker thread holding one `Database`; the event loop only
-awaits them. One thread is plenty: each call holds the database for milliseconds, and SQLite
-has one writer at a time anyway. Other processes (`edge cloud` commands) use the same file at
-the same time through their own connections; `Database` makes that safe (WAL, IMMEDIATE writes,
-a busy timeout).
+Database calls block, and a SQLite connection may only be used by the thread that opened it,
+so every request's reads and writes go to one worker thread; the event loop only awaits them.
+One thread is plenty: each call holds the database for milliseconds, and the control plane's
+writes take one lock at a time anyway (see `edge.cloud.db`). Other processes (`edge cloud`
+commands, other replicas) use the same database at the same time through their own
+connections; `Database` makes that safe.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import copy
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -27,8 +26,8 @@ _T = TypeVar("_T")
 class DatabaseThread:
     """An async context manager that opens the database on its own thread and runs calls there."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
+    def __init__(self, opener: Callable[[], Database]) -> None:
+        self._opener = opener
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-cloud-db")
         self._db: Database | None = None
         self._claim: Claim | None = None
@@ -49,7 +48,7 @@ class DatabaseThread:
             CloudDatabaseError: It can't be opened.
         """
         try:
-            self._db = await self._submit(lambda: Database.open(self._path))
+            self._db = await self._submit(self._opener)
         except BaseException:
             self._executor.shutdown(wait=True)
             raise

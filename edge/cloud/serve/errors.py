@@ -8,7 +8,7 @@ which is what botocore's rest-json parser reads: the code picks the exception cl
 answers with, as recorded by moto's Greengrass backend, which mirrors it: `BadRequestException`
 (400) for a request that breaks a rule, `IdNotFoundException` and `VersionNotFoundException`
 (404) for an id that names nothing, `InternalServerErrorException` (500) when the service itself
-can't do its work.
+can't do its work, and `ServiceUnavailable` (503) while its database can't be reached.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ BAD_REQUEST: Final = "BadRequestException"
 ID_NOT_FOUND: Final = "IdNotFoundException"
 VERSION_NOT_FOUND: Final = "VersionNotFoundException"
 INTERNAL: Final = "InternalServerErrorException"
+UNAVAILABLE: Final = "ServiceUnavailable"
 
 
 class ApiError(Exception):
@@ -45,7 +46,7 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, BAD_REQUEST, message)
 
 
-def from_edge_error(exc: EdgeError) -> ApiError:
+def from_edge_error(exc: EdgeError) -> ApiError:  # noqa: PLR0911 - one answer per kind
     """Translate an error of the shared control-plane code into the API's answer."""
     if isinstance(exc, NotFoundError):
         if exc.ident.startswith("arn:"):
@@ -58,6 +59,10 @@ def from_edge_error(exc: EdgeError) -> ApiError:
         # AWS's code for a signature it won't accept; not retried by SDKs, rightly: the same
         # bytes would be refused again, and a fresh signature is a new request.
         return ApiError(403, "InvalidSignatureException", str(exc))
+    if isinstance(exc, CloudDatabaseError) and exc.unavailable:
+        # botocore retries 503 ServiceUnavailable with backoff, which is what a database
+        # restart or failover needs.
+        return ApiError(503, UNAVAILABLE, f"the database is unavailable; retry: {exc.problem}")
     if isinstance(exc, BrokerError | CloudDatabaseError):
         return ApiError(500, INTERNAL, str(exc))
     if isinstance(exc, CloudUsageError) and exc.option.startswith("--"):

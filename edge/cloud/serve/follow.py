@@ -15,12 +15,11 @@ import asyncio
 import functools
 import random
 from dataclasses import dataclass
-from sqlite3 import Row
 from typing import Final
 
 from structlog.typing import FilteringBoundLogger
 
-from edge.cloud.db import Database
+from edge.cloud.db import Database, Row
 from edge.cloud.publish import CloudMqtt
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.status import FAILURE, IN_PROGRESS, SUCCESS, StatusReport, parse_status, record

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from edge.cloud.config import CloudConfig, ServeSettings
-from edge.cloud.db import Database
+from edge.cloud.db import open_database
 from edge.cloud.ids import Arns
 from edge.cloud.serve.app import Service, build_app
 from edge.cloud.serve.auth import Verifier, load_secret_keys
@@ -81,8 +81,8 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
     log = get_logger("cloud.serve")
     health = Health()
     connections = Connections(cap=connection_cap())
-    async with DatabaseThread(config.cloud.database) as db:
-        loop_db = Database.open(config.cloud.database)
+    async with DatabaseThread(lambda: open_database(config)) as db:
+        loop_db = open_database(config)
         try:
             service = Service(
                 ctx=Context(

@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-import sqlite3
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database
 from edge.cloud.ids import new_id, thing_name_of, timestamp
 from edge.cloud.serve.context import Context, Handler, Result
 from edge.cloud.serve.errors import bad_request
@@ -51,15 +50,16 @@ _BULK: Final = (
 # --- the store ----------------------------------------------------------------------------------
 
 
-def _load(conn: sqlite3.Connection, kind: str, subject: str) -> dict[str, Any] | None:
+def _load(conn: Connection, kind: str, subject: str) -> dict[str, Any] | None:
     row = conn.execute(
-        "SELECT document FROM documents WHERE kind = ? AND subject = ?", (kind, subject)
+        "SELECT document FROM documents WHERE kind = :kind AND subject = :subject",
+        {"kind": kind, "subject": subject},
     ).fetchone()
     return None if row is None else dict(json.loads(row["document"]))
 
 
 def _save(
-    conn: sqlite3.Connection,
+    conn: Connection,
     kind: str,
     subject: str,
     document: dict[str, Any],
@@ -68,18 +68,28 @@ def _save(
 ) -> None:
     conn.execute(
         "INSERT INTO documents (kind, subject, group_id, document, updated_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, subject) DO UPDATE"
+        " VALUES (:kind, :subject, :group_id, :document, :updated_at) ON CONFLICT (kind, subject)"
+        " DO UPDATE"
         " SET document = excluded.document, updated_at = excluded.updated_at",
-        (kind, subject, group_id, json.dumps(document, sort_keys=True), timestamp()),
+        {
+            "kind": kind,
+            "subject": subject,
+            "group_id": group_id,
+            "document": json.dumps(document, sort_keys=True),
+            "updated_at": timestamp(),
+        },
     )
 
 
-def _drop(conn: sqlite3.Connection, kind: str, subject: str) -> None:
-    conn.execute("DELETE FROM documents WHERE kind = ? AND subject = ?", (kind, subject))
+def _drop(conn: Connection, kind: str, subject: str) -> None:
+    conn.execute(
+        "DELETE FROM documents WHERE kind = :kind AND subject = :subject",
+        {"kind": kind, "subject": subject},
+    )
 
 
-def _check_group(conn: sqlite3.Connection, group_id: str) -> None:
-    if conn.execute("SELECT 1 FROM groups WHERE id = ?", (group_id,)).fetchone() is None:
+def _check_group(conn: Connection, group_id: str) -> None:
+    if conn.execute("SELECT 1 FROM groups WHERE id = :id", {"id": group_id}).fetchone() is None:
         raise NotFoundError("group", group_id, _GROUP_HINT)
 
 
@@ -249,9 +259,9 @@ def _list_cas(db: Database, group_id: str) -> Result:
     with db.read() as conn:
         _check_group(conn, group_id)
         rows = conn.execute(
-            "SELECT document FROM documents WHERE kind = 'group-ca' AND group_id = ?"
+            "SELECT document FROM documents WHERE kind = 'group-ca' AND group_id = :group_id"
             " ORDER BY updated_at, subject",
-            (group_id,),
+            {"group_id": group_id},
         ).fetchall()
     cas = [json.loads(row["document"]) for row in rows]
     keep = ("GroupCertificateAuthorityArn", "GroupCertificateAuthorityId")
@@ -262,9 +272,9 @@ def _get_ca(db: Database, group_id: str, ca_id: str) -> Result:
     with db.read() as conn:
         _check_group(conn, group_id)
         row = conn.execute(
-            "SELECT document FROM documents WHERE kind = 'group-ca' AND subject = ?"
-            " AND group_id = ?",
-            (ca_id, group_id),
+            "SELECT document FROM documents WHERE kind = 'group-ca' AND subject = :subject"
+            " AND group_id = :group_id",
+            {"subject": ca_id, "group_id": group_id},
         ).fetchone()
     if row is None:
         raise NotFoundError(
@@ -273,7 +283,7 @@ def _get_ca(db: Database, group_id: str, ca_id: str) -> Result:
     return dict(json.loads(row["document"]))
 
 
-def _certificate_configuration(conn: sqlite3.Connection, group_id: str) -> Result:
+def _certificate_configuration(conn: Connection, group_id: str) -> Result:
     stored = _load(conn, "certificate-configuration", group_id) or {}
     return {
         "CertificateAuthorityExpiryInMilliseconds": str(CA_EXPIRY_MS),

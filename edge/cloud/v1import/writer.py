@@ -15,10 +15,9 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from sqlite3 import Connection
 from typing import Any
 
-from edge.cloud.db import Database
+from edge.cloud.db import Connection, Database
 from edge.cloud.groups import resolve_group, validate_group
 from edge.cloud.v1import.plan import GroupPlan, Stored, plan_group
 from edge.cloud.v1import.reader import V1Account, V1Group, definition_named
@@ -155,8 +154,7 @@ def _rows(conn: Connection, select: str, column: str, values: Iterable[str]) -> 
     rows: list[Any] = []
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        rows.extend(conn.execute(f"{select} WHERE {column} IN ({marks})", chunk).fetchall())
+        rows.extend(conn.execute(f"{select} WHERE {column} IN :chunk", {"chunk": chunk}).fetchall())
     return rows
 
 
@@ -168,58 +166,68 @@ def _apply(conn: Connection, plan: GroupPlan) -> None:
         if definition.new:
             conn.execute(
                 "INSERT INTO definitions (id, kind, name, arn, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (did, definition.kind.segment, info.get("Name"), info["Arn"], *_times(info)),
+                " VALUES (:id, :kind, :name, :arn, :created_at, :updated_at)",
+                {
+                    "id": did,
+                    "kind": definition.kind.segment,
+                    "name": info.get("Name"),
+                    "arn": info["Arn"],
+                    **_times(info),
+                },
             )
         for version in definition.versions:
             conn.execute(
                 "INSERT INTO definition_versions (id, definition_id, seq, arn, created_at, body)"
-                " VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM definition_versions"
-                " WHERE definition_id = ?), ?, ?, ?)",
-                (
-                    version["Version"],
-                    did,
-                    did,
-                    version["Arn"],
-                    version["CreationTimestamp"],
-                    json.dumps(version.get("Definition") or {}),
-                ),
+                " VALUES (:id, :parent, (SELECT coalesce(max(seq), 0) + 1 FROM definition_versions"
+                " WHERE definition_id = :parent), :arn, :created_at, :body)",
+                {
+                    "id": version["Version"],
+                    "parent": did,
+                    "arn": version["Arn"],
+                    "created_at": version["CreationTimestamp"],
+                    "body": json.dumps(version.get("Definition") or {}),
+                },
             )
         _set_latest(conn, "definitions", "definition_versions", "definition_id", info)
     gid = plan.info["Id"]
     if plan.new_group:
         conn.execute(
-            "INSERT INTO groups (id, name, arn, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (gid, plan.info.get("Name"), plan.info["Arn"], *_times(plan.info)),
+            "INSERT INTO groups (id, name, arn, created_at, updated_at)"
+            " VALUES (:id, :name, :arn, :created_at, :updated_at)",
+            {
+                "id": gid,
+                "name": plan.info.get("Name"),
+                "arn": plan.info["Arn"],
+                **_times(plan.info),
+            },
         )
     for copy in plan.versions:
         version = copy.version
         if copy.complete:
             conn.execute(
-                "UPDATE group_versions SET body = ? WHERE id = ?",
-                (json.dumps(copy.refs), version["Version"]),
+                "UPDATE group_versions SET body = :body WHERE id = :id",
+                {"body": json.dumps(copy.refs), "id": version["Version"]},
             )
             continue
         conn.execute(
             "INSERT INTO group_versions (id, group_id, seq, arn, created_at, body)"
-            " VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM group_versions"
-            " WHERE group_id = ?), ?, ?, ?)",
-            (
-                version["Version"],
-                gid,
-                gid,
-                version["Arn"],
-                version["CreationTimestamp"],
-                json.dumps(copy.refs),
-            ),
+            " VALUES (:id, :parent, (SELECT coalesce(max(seq), 0) + 1 FROM group_versions"
+            " WHERE group_id = :parent), :arn, :created_at, :body)",
+            {
+                "id": version["Version"],
+                "parent": gid,
+                "arn": version["Arn"],
+                "created_at": version["CreationTimestamp"],
+                "body": json.dumps(copy.refs),
+            },
         )
     if plan.new_group or plan.versions:
         _set_latest(conn, "groups", "group_versions", "group_id", plan.info)
 
 
-def _times(info: dict[str, Any]) -> tuple[str, str]:
+def _times(info: dict[str, Any]) -> dict[str, str]:
     created = str(info["CreationTimestamp"])
-    return created, str(info.get("LastUpdatedTimestamp") or created)
+    return {"created_at": created, "updated_at": str(info.get("LastUpdatedTimestamp") or created)}
 
 
 def _set_latest(
@@ -228,12 +236,18 @@ def _set_latest(
     """Point the row at V1's LatestVersion (or, if that isn't stored, its newest version)."""
     ident = info["Id"]
     row = conn.execute(
-        f"SELECT id FROM {versions} WHERE {parent} = ? ORDER BY (id = ?) DESC, seq DESC LIMIT 1",  # noqa: S608 - fixed names
-        (ident, info.get("LatestVersion") or ""),
+        f"SELECT id FROM {versions} WHERE {parent} = :parent"  # noqa: S608 - fixed names
+        " ORDER BY (id = :latest) DESC, seq DESC LIMIT 1",
+        {"parent": ident, "latest": info.get("LatestVersion") or ""},
     ).fetchone()
     conn.execute(
-        f"UPDATE {table} SET latest_version_id = ?, updated_at = ? WHERE id = ?",  # noqa: S608
-        (None if row is None else row["id"], _times(info)[1], ident),
+        f"UPDATE {table} SET latest_version_id = :latest, updated_at = :updated_at"  # noqa: S608
+        " WHERE id = :id",
+        {
+            "latest": None if row is None else row["id"],
+            "updated_at": _times(info)["updated_at"],
+            "id": ident,
+        },
     )
 
 
