@@ -23,7 +23,7 @@ from typing import Any, Final, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.cloud import definitions, deployments, groups, idempotency
+from edge.cloud import definitions, deployments, groups, idempotency, simulate
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import CloudConfig, load_cloud_config
 from edge.cloud.db import Claim, Database
@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_definition_commands(add, kind)
     _add_group_commands(add)
     _add_deployment_commands(add)
+    simulate.add_arguments(
+        add(
+            "simulate-cores",
+            "run simulated cores that answer their deployments, to load-test a control plane; "
+            "each process serves its cores on one MQTT connection (see docs/cloud.md)",
+        )
+    )
     p = add("publish-function", "store a function's zip in S3 for deployments to carry")
     p.add_argument("--function-arn", required=True)
     p.add_argument("--zip-file", required=True, help="fileb://path of the deployment package")
@@ -274,6 +281,8 @@ def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
         return run(config)
     if command == "import-greengrass":
         return _import_greengrass(config, args)
+    if command == "simulate-cores":
+        return simulate.run(config, args)
     with Database.open(config.cloud.database) as db:
         token = getattr(args, "amzn_client_token", None)
         if token is not None:
