@@ -30,6 +30,7 @@ from edge.cloud.db import Claim, Database
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import Request
 from edge.cloud.ids import Arns
+from edge.cloud.publisher import Publisher
 from edge.cloud.serve import lifecycle, stored
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.errors import bad_request
@@ -47,6 +48,8 @@ class Context:
     loop_db: Database
     signing_key: Ed25519PrivateKey
     log: FilteringBoundLogger
+    #: The service's one publishing connection (None: a connection per deployment).
+    publisher: Publisher | None = None
 
 
 Result = dict[str, Any]
@@ -172,6 +175,7 @@ async def _create_deployment(ctx: Context, p: dict[str, Any]) -> Result:
         request,
         on_created=created.update,
         on_note=notes.append,
+        publisher=ctx.publisher,
     )
     ctx.log.info(
         "cloud.deployment.created",
