@@ -35,7 +35,7 @@ import random
 import signal
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -282,6 +282,9 @@ async def _connection(
         tls_context=tls_context(settings),
         timeout=OPERATION_SECONDS,
     )
+    # Statuses not yet acknowledged by the broker: sent again after a reconnection, as a real
+    # core publishes what it produced while the broker was away.
+    unsent: deque[tuple[str, bytes]] = deque()
     attempt = 0
     while True:
         try:
@@ -291,19 +294,27 @@ async def _connection(
                     await client.subscribe(chunk, timeout=OPERATION_SECONDS)
                 subscribed.set()
                 attempt = 0
+                await _flush(client, unsent)
                 async for message in client.messages:
                     core = cores.get(_thing_of(message.topic.value, settings) or "")
                     payload = message.payload
                     if core is None or not isinstance(payload, bytes | bytearray):
                         continue
                     outcome, statuses = core.handle(bytes(payload))
-                    status_topic = settings.status_topic(core.thing_name)
-                    for status in statuses:
-                        await client.publish(status_topic, status, qos=1, retain=True)
                     tally.add(outcome)
+                    status_topic = settings.status_topic(core.thing_name)
+                    unsent.extend((status_topic, status) for status in statuses)
+                    await _flush(client, unsent)
         except (aiomqtt.MqttError, OSError, TimeoutError):
             attempt += 1
             await asyncio.sleep(delay(attempt))
+
+
+async def _flush(client: aiomqtt.Client, unsent: deque[tuple[str, bytes]]) -> None:
+    while unsent:
+        topic, status = unsent[0]
+        await client.publish(topic, status, qos=1, retain=True, timeout=OPERATION_SECONDS)
+        unsent.popleft()
 
 
 def _child(

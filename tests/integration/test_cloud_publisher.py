@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -17,6 +18,7 @@ from edge.cloud.publisher import Publisher
 from edge.config import MqttSettings
 from edge.errors import BrokerError
 from edge.fixtures.services import Mosquitto
+from tests.support.tls import LoggingMosquitto, run_logging_mosquitto
 
 pytestmark = pytest.mark.network
 
@@ -65,6 +67,13 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LoggingMosquitto]:
+    """A Mosquitto that keeps its sessions across a restart, also when tests run as root."""
+    with run_logging_mosquitto(tmp_path / "mosquitto") as persistent:
+        yield persistent
 
 
 @pytest.fixture

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import queue
+import re
+import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.fixtures.core import Operator, edge_cli
-from edge.fixtures.services import TEST_REGION, Mosquitto, MotoServer
+from edge.fixtures.services import TEST_REGION, Mosquitto, MotoServer, free_port
 from edge.fixtures.simulate import SimulatedFleet
 from edge.signing import seal
 from tests.integration.test_cloud import ACCOUNT, write_cloud_config
+from tests.integration.test_cloud_serve import (
+    KEY_ID,
+    NO_RETRIES,
+    start_service,
+    write_serve_config,
+)
+from tests.support.tls import LoggingMosquitto, run_logging_mosquitto
 
 pytestmark = pytest.mark.network
 
@@ -88,15 +100,15 @@ def control_plane(tmp_path: Path, broker: Mosquitto, moto: MotoServer) -> Iterat
 def test_every_simulated_core_reaches_success_across_processes(
     control_plane: ControlPlane,
 ) -> None:
-    fleet = control_plane.simulate("--count", "4", "--processes", "2")
-    groups = [control_plane.group_for(f"sim-{i}") for i in range(4)]
+    fleet = control_plane.simulate("--count", "2", "--processes", "2")
+    groups = [control_plane.group_for(f"sim-{i}") for i in range(2)]
     statuses = [control_plane.deploy(group)["DeploymentStatus"] for group in groups]
-    assert statuses == ["Success"] * 4
+    assert statuses == ["Success"] * 2
     summary = fleet.stop()
     assert summary == {
-        "Cores": 4,
-        "Deployments": 4,
-        "Success": 4,
+        "Cores": 2,
+        "Deployments": 2,
+        "Success": 2,
         "Failure": 0,
         "Duplicates": 0,
         "Refused": 0,
@@ -176,3 +188,71 @@ def _next_final(statuses: queue.Queue[dict[str, Any]]) -> dict[str, Any]:
         status = statuses.get(timeout=15)
         if status["DeploymentStatus"] in {"Success", "Failure"}:
             return status
+
+
+def test_serve_deploys_through_one_connection_and_across_a_broker_restart(
+    tmp_path: Path, moto: MotoServer
+) -> None:
+    with run_logging_mosquitto(tmp_path / "mosquitto") as broker:
+        _deploy_through_serve_across_a_restart(tmp_path, broker, moto)
+
+
+def _deploy_through_serve_across_a_restart(
+    tmp_path: Path, broker: LoggingMosquitto, moto: MotoServer
+) -> None:
+    port = free_port()
+    config = write_serve_config(tmp_path, broker=broker, moto=moto, port=port)
+    secret = secrets.token_urlsafe(30)
+    (tmp_path / "operator.secret").write_text(secret + "\n")
+    (tmp_path / "operator.secret").chmod(0o600)
+    assert edge_cli("cloud", "--config", str(config), "init").returncode == 0
+    plane = ControlPlane(config, broker)
+    fleet = plane.simulate("--count", "3", "--processes", "1")
+    service = start_service(tmp_path, config, port)
+    try:
+        client = boto3.client(
+            "greengrass",
+            region_name=TEST_REGION,
+            endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id=KEY_ID,
+            aws_secret_access_key=secret,
+            config=NO_RETRIES,
+        )
+        groups = [plane.group_for(f"sim-{i}") for i in range(3)]
+        first = [
+            client.create_deployment(GroupId=g, DeploymentType="NewDeployment")["DeploymentId"]
+            for g in groups[:2]
+        ]
+        broker.stop()
+        # Accepted while the broker is away: queued, and published once it is back.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                client.create_deployment, GroupId=groups[2], DeploymentType="NewDeployment"
+            )
+            service.wait_for_event("cloud.publisher.unavailable")
+            broker.start()
+            last = pending.result(timeout=30)["DeploymentId"]
+        deployments = [*zip(groups, [*first, last], strict=True)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            statuses = [
+                client.get_deployment_status(GroupId=g, DeploymentId=d)["DeploymentStatus"]
+                for g, d in deployments
+            ]
+            if statuses == ["Success"] * 3:
+                break
+            time.sleep(0.2)
+        assert statuses == ["Success"] * 3
+        summary = fleet.stop()
+    finally:
+        fleet.kill()
+        assert service.stop() == 0
+    assert (summary["Deployments"], summary["Success"]) == (3, 3)
+    # One publishing connection, made again after the restart under the same client id; no
+    # connection of a deployment's own.
+    log = broker.log_text()
+    clients = set(re.findall(r"New client connected from \S+ as (edge-cloud-\S+) ", log))
+    assert len([c for c in clients if c.startswith("edge-cloud-publisher-")]) == 1
+    assert [c for c in clients if not c.startswith("edge-cloud-serve-")] == [
+        c for c in clients if c.startswith("edge-cloud-publisher-")
+    ]
