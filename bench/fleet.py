@@ -129,6 +129,11 @@ def parse_args() -> argparse.Namespace:
         metavar="CHECKOUT",
         help="run `edge cloud serve` from another checkout of edge (a baseline's)",
     )
+    parser.add_argument(
+        "--publish-rate",
+        type=float,
+        help="[mqtt] publish_rate of `edge cloud serve` (default: the config's default)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--serve-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -377,7 +382,9 @@ class ControlPlane:
         )
 
 
-def write_cloud_config(root: Path, *, mqtt_url: str, moto_url: str, port: int) -> Path:
+def write_cloud_config(
+    root: Path, *, mqtt_url: str, moto_url: str, port: int, publish_rate: float | None = None
+) -> Path:
     """The control plane's config: its database, key, S3 bucket, API port and operator key."""
     secret_file = root / "operator.secret"
     secret_file.write_text(secrets.token_urlsafe(30) + "\n")
@@ -388,7 +395,9 @@ def write_cloud_config(root: Path, *, mqtt_url: str, moto_url: str, port: int) -
         f'artifact_bucket = "edge-artifacts"\naccount_id = "{ACCOUNT}"\n'
         f'listen = "127.0.0.1:{port}"\n\n[cloud.auth]\n'
         f'keys = [{{access_key_id = "{KEY_ID}", secret_access_key_file = "operator.secret"}}]\n\n'
-        f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "{PREFIX}"\nreconnect_max_seconds = 1.0\n\n'
+        f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "{PREFIX}"\nreconnect_max_seconds = 1.0\n'
+        + ("" if publish_rate is None else f"publish_rate = {publish_rate}\n")
+        + "\n"
         f'[aws]\nregion = "{REGION}"\nendpoint_url = "{moto_url}"\n'
     )
     return path
@@ -672,7 +681,11 @@ class Fleet:
         )
         port = free_port()
         config = write_cloud_config(
-            root, mqtt_url=self.broker.url, moto_url=self.moto.url, port=port
+            root,
+            mqtt_url=self.broker.url,
+            moto_url=self.moto.url,
+            port=port,
+            publish_rate=args.publish_rate,
         )
         secret = (root / "operator.secret").read_text().strip()
         self.cloud = ControlPlane(
