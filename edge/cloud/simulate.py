@@ -294,27 +294,52 @@ async def _connection(
                     await client.subscribe(chunk, timeout=OPERATION_SECONDS)
                 subscribed.set()
                 attempt = 0
-                await _flush(client, unsent)
-                async for message in client.messages:
-                    core = cores.get(_thing_of(message.topic.value, settings) or "")
-                    payload = message.payload
-                    if core is None or not isinstance(payload, bytes | bytearray):
-                        continue
-                    outcome, statuses = core.handle(bytes(payload))
-                    tally.add(outcome)
-                    status_topic = settings.status_topic(core.thing_name)
-                    unsent.extend((status_topic, status) for status in statuses)
-                    await _flush(client, unsent)
+                wake = asyncio.Event()
+                wake.set()
+                # Statuses go out from a task of their own, so that the next deployment is
+                # read while the broker acknowledges the last one's.
+                flusher = asyncio.create_task(_flush(client, unsent, wake), name="simulate.flush")
+                try:
+                    async for message in client.messages:
+                        core = cores.get(_thing_of(message.topic.value, settings) or "")
+                        payload = message.payload
+                        if core is None or not isinstance(payload, bytes | bytearray):
+                            continue
+                        outcome, statuses = core.handle(bytes(payload))
+                        tally.add(outcome)
+                        status_topic = settings.status_topic(core.thing_name)
+                        unsent.extend((status_topic, status) for status in statuses)
+                        wake.set()
+                        if flusher.done():
+                            raise aiomqtt.MqttError("publishing statuses failed")
+                finally:
+                    flusher.cancel()
+                    await asyncio.gather(flusher, return_exceptions=True)
         except (aiomqtt.MqttError, OSError, TimeoutError):
             attempt += 1
             await asyncio.sleep(delay(attempt))
 
 
-async def _flush(client: aiomqtt.Client, unsent: deque[tuple[str, bytes]]) -> None:
-    while unsent:
-        topic, status = unsent[0]
-        await client.publish(topic, status, qos=1, retain=True, timeout=OPERATION_SECONDS)
-        unsent.popleft()
+async def _flush(
+    client: aiomqtt.Client, unsent: deque[tuple[str, bytes]], wake: asyncio.Event
+) -> None:
+    """Publish what waits, in order, several in flight; drop each once it is acknowledged."""
+    while True:
+        await wake.wait()
+        wake.clear()
+        while unsent:
+            batch = list(unsent)
+            results = await asyncio.gather(
+                *(
+                    client.publish(topic, status, qos=1, retain=True, timeout=OPERATION_SECONDS)
+                    for topic, status in batch
+                ),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    return  # the connection broke: what is left goes after the reconnection
+                unsent.popleft()
 
 
 def _child(
