@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/fleet.py [--cores 200] [--batch 10] [--secrets 2] [--labels 1]
                                     [--delay-ms 30] [--concurrency 16] [--reserve-mb 4096]
+                                    [--simulated 0] [--sim-processes 2] [--rounds 1]
+                                    [--publish-rate R] [--serve-from CHECKOUT]
                                     [--timeout 600] [--keep]
 
 Every core is a real `python -m edge run` with its own thing name, state directory and core key
@@ -22,6 +24,13 @@ plane), so the deployment is N `CreateDeployment` calls, made as a real operator
 them: boto3 against `edge cloud serve` (the Greengrass V1 REST API), `--concurrency` requests at
 a time. The service also follows every core's status topic, so `GetDeploymentStatus` answers
 from its database.
+
+`--simulated N` adds N simulated cores (`edge cloud simulate-cores`, `--sim-processes`
+processes, one MQTT connection each) beside the real ones, with a group each, deployed the same
+way; `--cores 0` runs simulated cores only. `--rounds K` deploys every group K times and prints
+the medians. `--serve-from CHECKOUT` runs `edge cloud serve` from another checkout of edge (a
+baseline's code) with everything else from this one; `--publish-rate` sets its
+`[mqtt] publish_rate`.
 
 Measured, once all cores are connected and idle:
 
