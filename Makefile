@@ -24,6 +24,7 @@ demo: install
 test: install lint typecheck
 	bash .ci/install-mosquitto
 	bash .ci/install-softhsm
+	bash .ci/install-pkcs11-provider
 	@# A short base directory: xdist nests each worker's files one level deeper, and the demo's
 	@# IPC socket path must stay under the 107 bytes a Unix socket allows. Kept on failure.
 	@base=$$(mktemp -d /tmp/et-XXXXXX); \

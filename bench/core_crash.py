@@ -59,11 +59,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge.cli_invoke import invoke_function
 from edge.config import load_config
 from edge.errors import EdgeError
 from edge.secrets.contents import StoreContents
 from edge.supervisor import open_store
-from edge.workers.operator import invoke_function
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

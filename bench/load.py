@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-COMPAT_DIR = REPO / "edge" / "workers" / "compat"
+COMPAT_DIR = REPO / "edge" / "child" / "compat"
 THING = "load-core"
 SECRET_NAME = "load/db-password"
 RESOURCE_ID = "load-secret"

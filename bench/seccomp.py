@@ -36,14 +36,14 @@ if mode == "filtered":
     rss_kb()  # the first read of /proc allocates on its own
     before = rss_kb()
     start = time.perf_counter()
-    from edge.workers import seccomp
+    from edge.child import seccomp
     imported = time.perf_counter()
     seccomp.install_filter()
     out["import_ms"] = (imported - start) * 1e3
     out["install_ms"] = (time.perf_counter() - imported) * 1e3
     out["rss_added_kb"] = rss_kb() - before
 elif mode == "allow-all":
-    from edge.workers import seccomp
+    from edge.child import seccomp
     table = {"x86_64": seccomp.X86_64, "aarch64": seccomp.AARCH64}[os.uname().machine]
     seccomp.load([(0x06, 0, 0, 0x7FFF0000)], table["seccomp"])  # ret ALLOW
 
@@ -102,7 +102,7 @@ def main() -> int:
         path.write_text("x")
         rounds = [{mode: run(mode, args.calls, path) for mode in MODES} for _ in range(args.rounds)]
     for key, what in (
-        ("import_ms", "import edge.workers.seccomp (ctypes included), ms"),
+        ("import_ms", "import edge.child.seccomp (ctypes included), ms"),
         ("install_ms", "install_filter(), ms"),
         ("rss_added_kb", "resident memory the two add, KB"),
     ):

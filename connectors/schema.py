@@ -134,7 +134,7 @@ class ConnectorManifest:
 
         Secret parameters are checked for form only here: whether the ResourceId names a
         secret resource of the group with that ARN needs the group (see
-        `edge.workers.connectors`).
+        `edge.model.connectors`).
 
         Raises:
             ParameterError: The first problem found, in declaration order.

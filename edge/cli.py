@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.audit import audit_path, matches, parse_since, read_entries
+from edge.cli_invoke import invoke_function
 from edge.cloud.cli import main as cloud_main
 from edge.config import Config, load_config
 from edge.errors import EdgeError, UsageError
@@ -24,7 +25,6 @@ from edge.secrets.contents import StoreContents
 from edge.secrets.keyref import TokenKeyRef
 from edge.secrets.keys import CoreKey, generate_key
 from edge.supervisor import STATE_DIR_MODE, open_store, run_core
-from edge.workers.operator import invoke_function
 
 EXIT_USER_ERROR = 2
 

@@ -1,7 +1,32 @@
 # SPDX-License-Identifier: Apache-2.0
-"""One exception tree for everything a user can cause; messages say how to fix it."""
+"""The errors a person meets, in one tree rooted in `EdgeError`; each message says what to do.
+
+Where an exception lives:
+
+- **Here**, every error that reaches a person: the CLI prints it, a deployment's status carries
+  it (its class name is the status's `DetailedErrorCode`, see docs/contracts.md), or the core
+  logs it as the reason it refused something. These names are part of the contract, so they
+  derive from `EdgeError`, live in this one module grouped by concern, and build their message
+  from typed arguments that stay on the instance. A family base (`SecretFetchError`,
+  `SignatureError`, `StoreError`) is kept where a caller handles the whole family.
+- **Beside the module that raises it**, every internal exception: one that passes between the
+  parts of edge and is caught, and translated or answered, before anything reaches a person
+  (`WorkerGoneError` in edge/workers/process.py, `ServiceError` in edge/workers/services.py,
+  `ConfinementError` in edge/child/privileges.py, `ApiError` in edge/cloud/serve/errors.py).
+  These derive from `Exception` or a builtin, never from `EdgeError`, so none is ever shown as
+  if it were the user's to fix; a status names one only as `InternalError`.
+
+The demo (`edge/demo/`) and the shared fixtures (`edge/fixtures/`) are programs built on edge,
+not parts of it: their errors stay with them.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # Only for annotations: every worker imports this module, and pathlib would cost it memory.
+    from pathlib import Path
 
 
 class EdgeError(Exception):
@@ -147,6 +172,22 @@ class WorkerUserError(EdgeError):
         super().__init__(f"function {function_arn} runs as {user}, who {problem}")
 
 
+# --- function code ---------------------------------------------------------------------------
+
+
+class CodeFetchError(EdgeError):
+    """A function's code could not be fetched, verified or unpacked."""
+
+    def __init__(self, function_arn: str, problem: str) -> None:
+        self.function_arn = function_arn
+        self.problem = problem
+        super().__init__(f"code of function {function_arn}: {problem}")
+
+
+class LocalCodeRefusedError(CodeFetchError):
+    """`file://` code names a path outside `[workers] local_code_dirs`, or a hidden one."""
+
+
 # --- fetching from Secrets Manager ---------------------------------------------------------
 
 
@@ -268,11 +309,7 @@ class IpcServerError(EdgeError):
         super().__init__(f"IPC socket {path}: {problem}")
 
 
-class IpcError(EdgeError):
-    """Base for errors a worker's IPC client raises."""
-
-
-class IpcConnectionError(IpcError):
+class IpcConnectionError(EdgeError):
     """The core could not be reached, or the connection to it broke during a call."""
 
     def __init__(self, socket_path: str, problem: str) -> None:
@@ -281,7 +318,7 @@ class IpcConnectionError(IpcError):
         super().__init__(f"can't talk to the core at {socket_path}: {problem}")
 
 
-class IpcCallError(IpcError):
+class IpcCallError(EdgeError):
     """The core answered a call with an error, in Greengrass V1's `{Status, Message}` form."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -296,6 +333,26 @@ class IpcTimeoutError(IpcCallError):
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         super().__init__(408, f"the core did not answer within {timeout:g} s")
+
+
+class CoreNotRunningError(EdgeError):
+    """`edge invoke` found no running core for this config."""
+
+    def __init__(self, state_dir: Path, detail: str) -> None:
+        self.state_dir = state_dir
+        super().__init__(
+            f"no running core found for state directory {state_dir} ({detail}); "
+            f"start it with `edge run --config ...`"
+        )
+
+
+class InvokeRefusedError(EdgeError):
+    """The core refused the invocation (unknown function, bad arguments)."""
+
+    def __init__(self, function_arn: str, status: int, message: str) -> None:
+        self.function_arn = function_arn
+        self.status = status
+        super().__init__(f"the core refused to invoke {function_arn} ({status}): {message}")
 
 
 # --- signed deployments ----------------------------------------------------------------------
@@ -403,11 +460,7 @@ class SigningKeyError(EdgeError):
 # --- the control plane (`edge cloud`) --------------------------------------------------------
 
 
-class CloudError(EdgeError):
-    """Base for errors of the control plane's commands."""
-
-
-class CloudUsageError(CloudError):
+class CloudUsageError(EdgeError):
     """A command-line argument is missing, malformed or contradicts another."""
 
     def __init__(self, option: str, problem: str) -> None:
@@ -416,7 +469,7 @@ class CloudUsageError(CloudError):
         super().__init__(f"{option}: {problem}")
 
 
-class NotFoundError(CloudError):
+class NotFoundError(EdgeError):
     """A definition, group, version or deployment named on the command line does not exist."""
 
     def __init__(self, what: str, ident: str, hint: str) -> None:
@@ -425,7 +478,7 @@ class NotFoundError(CloudError):
         super().__init__(f"{what} {ident!r} does not exist; {hint}")
 
 
-class DefinitionInvalidError(CloudError):
+class DefinitionInvalidError(EdgeError):
     """A definition version or group version failed validation; names the offending entry."""
 
     def __init__(self, what: str, problem: str) -> None:
@@ -434,7 +487,7 @@ class DefinitionInvalidError(CloudError):
         super().__init__(f"invalid {what}: {problem}")
 
 
-class CloudDatabaseError(CloudError):
+class CloudDatabaseError(EdgeError):
     """The control plane's SQLite database can't be opened, migrated or written."""
 
     def __init__(self, path: str, problem: str) -> None:
@@ -443,7 +496,7 @@ class CloudDatabaseError(CloudError):
         super().__init__(f"database {path}: {problem}")
 
 
-class BrokerError(CloudError):
+class BrokerError(EdgeError):
     """The MQTT broker could not be reached, or refused a publish or subscription."""
 
     def __init__(self, url: str, detail: str) -> None:
@@ -455,7 +508,7 @@ class BrokerError(CloudError):
         )
 
 
-class ArtifactError(CloudError):
+class ArtifactError(EdgeError):
     """A function package could not be read or stored in S3."""
 
     def __init__(self, problem: str) -> None:
@@ -463,7 +516,7 @@ class ArtifactError(CloudError):
         super().__init__(f"function package: {problem}")
 
 
-class LambdaCodeError(CloudError):
+class LambdaCodeError(EdgeError):
     """A function's code could not be had from AWS Lambda (missing, unreachable, bad package)."""
 
     def __init__(self, function_arn: str, problem: str) -> None:
@@ -476,7 +529,7 @@ class NameInvalidError(CloudUsageError):
     """A group or definition name breaks the rules: too long, or not printable text."""
 
 
-class SignatureReplayError(CloudError):
+class SignatureReplayError(EdgeError):
     """A signed API request that changes something arrived again after it was applied."""
 
     def __init__(self) -> None:
@@ -487,7 +540,7 @@ class SignatureReplayError(CloudError):
         )
 
 
-class ClientTokenInUseError(CloudError):
+class ClientTokenInUseError(EdgeError):
     """A client token was given again while its first request is still running."""
 
     def __init__(self, token: str) -> None:
@@ -498,7 +551,7 @@ class ClientTokenInUseError(CloudError):
         )
 
 
-class ClientTokenMismatchError(CloudError):
+class ClientTokenMismatchError(EdgeError):
     """A client token was given again with other input than its first request's."""
 
     def __init__(self, token: str, operation: str) -> None:
@@ -513,7 +566,7 @@ class TagsInvalidError(CloudUsageError):
     """Tags break AWS's rules: too many, a key or value too long, a reserved `aws:` key."""
 
 
-class V1ImportError(CloudError):
+class V1ImportError(EdgeError):
     """Reading a Greengrass V1 account failed (credentials, endpoint, access, a missing group)."""
 
     def __init__(self, problem: str) -> None:

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 from edge.config import DEFAULT_MQTTS_PORT, MAX_THING_NAME_LENGTH, load_config
 from edge.errors import MigrationError
 from edge.fsutil import PRIVATE_FILE_MODE
+from edge.mqtt.token_key import provider_problem
 
 #: Where V1's `coreThing` paths are relative to: `{greengrass root}/certs`.
 _CERTS_DIR = "certs"
@@ -58,7 +59,7 @@ _NOT_MAPPED: Mapping[str, str] = {
     "system": "edge has no local shadow service to tune",
     "deployment": "edge's deployments come from its own control plane",
     "crypto.PKCS11.OpenSSLEngine": "edge talks to the token through its PKCS#11 library "
-    "(P11Provider) directly",
+    "(P11Provider), and TLS through OpenSSL's pkcs11-provider, which replaces the engine",
 }
 
 
@@ -162,29 +163,29 @@ class _Converter:
         )
         cert_uri = _text(iot, "certificatePath", self.where)
         key_uri = _text(iot, "privateKeyPath", self.where)
-        if key_uri.startswith("pkcs11:"):
-            raise MigrationError(
-                self.where,
-                "crypto.principals.IoTCertificate.privateKeyPath is a key in a PKCS#11 token; "
-                "edge's MQTT client (Python's ssl) can only present a PEM key file for TLS. Keep "
-                "this core on V1, or give its certificate a key file for the MQTT connection",
-            )
         cert = (
             _file_uri(cert_uri, "IoTCertificate.certificatePath", self.where)
             if cert_uri
             else self.certs / _text(core_thing, "certPath", self.where, required=True)
         )
+        for path, what in ((ca, "the CA file"), (cert, "the certificate")):
+            if not path.is_file():
+                self.warnings.append(f"{what} {path} does not exist here")
+        self.put("mqtt", "ca_file", str(ca))
+        self.put("mqtt", "cert_file", str(cert))
+        if key_uri.startswith("pkcs11:"):
+            # OpenSSL's pkcs11-provider signs the TLS handshake inside the token.
+            self.put("mqtt", "key_file", self.token_key(key_uri, crypto))
+            problem = provider_problem()
+            if problem is not None:
+                self.warnings.append(f"the MQTT key is in a PKCS#11 token: {problem}")
+            return
         key = (
             _file_uri(key_uri, "IoTCertificate.privateKeyPath", self.where)
             if key_uri
             else self.certs / _text(core_thing, "keyPath", self.where, required=True)
         )
-        for path, what in ((ca, "the CA file"), (cert, "the certificate")):
-            if not path.is_file():
-                self.warnings.append(f"{what} {path} does not exist here")
         self.key_file(key, "the MQTT key")
-        self.put("mqtt", "ca_file", str(ca))
-        self.put("mqtt", "cert_file", str(cert))
         self.put("mqtt", "key_file", str(key))
 
     def core_key(self, crypto: Mapping[str, Any]) -> None:
@@ -200,10 +201,19 @@ class _Converter:
             self.key_file(path, "the core key")
             self.put("core", "private_key", str(path))
             return
+        self.put("core", "private_key", self.token_key(uri, crypto))
+
+    def token_key(self, uri: str, crypto: Mapping[str, Any]) -> str:
+        """Edge's URI for a V1 `pkcs11:` key: its token, and its PIN in a 0600 file of its own.
+
+        Sets `[core] pkcs11_module` from `crypto.PKCS11.P11Provider`, which V1 used for every
+        key in the token.
+        """
         pkcs11 = _section(crypto, "PKCS11", self.where)
         module = _text(pkcs11, "P11Provider", self.where)
         if not module:
             raise MigrationError(self.where, "a pkcs11: key needs crypto.PKCS11.P11Provider")
+        self.put("core", "pkcs11_module", module)
         label = _text(pkcs11, "slotLabel", self.where)
         path_part, _, query = uri.removeprefix("pkcs11:").partition("?")
         attributes = [a for a in path_part.split(";") if a and not a.startswith("type=")]
@@ -214,9 +224,7 @@ class _Converter:
         if self.pin is not None:
             query_items.append("pin-source=file:core.pin")
         query = "?" + "&".join(query_items) if query_items else ""
-        key = "pkcs11:" + ";".join(attributes) + query
-        self.put("core", "private_key", key)
-        self.put("core", "pkcs11_module", module)
+        return "pkcs11:" + ";".join(attributes) + query
 
 
 def convert_v1_config(
@@ -243,8 +251,7 @@ def convert_v1_config(
         The conversion; nothing is written.
 
     Raises:
-        MigrationError: A required V1 setting is missing or malformed, or names something edge
-            can't use (an MQTT key in a PKCS#11 token).
+        MigrationError: A required V1 setting is missing or malformed.
     """
     core_thing = _section(document, "coreThing", where)
     crypto = _section(document, "crypto", where)

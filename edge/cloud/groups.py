@@ -6,7 +6,7 @@ the whole group is assembled from those versions and validated with the group mo
 (`edge.model.parse_group`, the very code the core runs on every deployment), plus the one rule
 the model can't judge because it doesn't know the group's functions by ARN: a subscription
 naming a function that is not in the group. Connectors are checked against the manifests of the
-built-in connectors (`edge.workers.connectors`), as the core checks them. A group version that
+built-in connectors (`edge.model.connectors`), as the core checks them. A group version that
 is stored can be deployed.
 """
 
@@ -38,8 +38,8 @@ from edge.errors import (
     NotFoundError,
 )
 from edge.model import parse_group
+from edge.model.connectors import check_connectors
 from edge.model.fields import quoted
-from edge.workers.connectors import connector_specs
 
 #: The group version keys, in the order the AWS CLI documents them, with their kinds.
 GROUP_VERSION_KEYS: Final = {kind.group_key: kind for kind in KINDS.values()}
@@ -129,7 +129,7 @@ def validate_group(resolved: ResolvedGroup) -> None:
     try:
         parsed = parse_group(resolved.group)
         # Each connector against its built-in manifest: the check the core runs on arrival.
-        connector_specs(parsed)
+        check_connectors(parsed)
     except DeploymentInvalidError as exc:
         raise DefinitionInvalidError("group version", exc.problem) from None
     check_subscriptions(

@@ -379,7 +379,9 @@ class DeploymentAgent:
         )
         try:
             plan = plan_logging(deployment.raw_group)
-            fetched, prepared = await _both(self._fetch(deployment), self._prepare(deployment))
+            fetched, prepared = await _concurrently(
+                self._fetch(deployment), self._prepare(deployment)
+            )
             contents = build_contents(deployment, fetched, prepared.code_dirs if prepared else None)
             await self._store.asave(contents)
         except Exception as exc:  # noqa: BLE001 - every failure must end in a Failure status
@@ -476,7 +478,7 @@ _A = TypeVar("_A")
 _B = TypeVar("_B")
 
 
-async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+async def _concurrently(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
     """Run two steps concurrently; the first failure cancels the other and is raised as is."""
     a = asyncio.ensure_future(first)
     b = asyncio.ensure_future(second)

@@ -31,6 +31,8 @@ from edge.config import MqttSettings
 from edge.errors import ConfigError, InsecurePermissionsError
 from edge.log import get_logger
 from edge.mqtt.limit import MAX_PACKET_BYTES, limit_packet_size
+from edge.mqtt.token_key import load_token_client_key
+from edge.secrets.keyref import TokenKeyRef
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 
@@ -98,11 +100,12 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     Raises:
         InsecurePermissionsError: `key_file` is readable or writable by group or others.
         ConfigError: `ca_file`, `cert_file` or `key_file` is missing, unreadable or not PEM
-            of the right kind, or the key does not belong to the certificate.
+            of the right kind, or the key does not belong to the certificate; for a key in a
+            token, the token, its PIN, the key or OpenSSL's pkcs11-provider is missing.
     """
     if not settings.tls:
         return None
-    if settings.key_file is not None:
+    if isinstance(settings.key_file, Path):
         _check_key_file(settings.key_file)
     try:
         context = ssl.create_default_context(
@@ -110,7 +113,11 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
         )
     except (OSError, ssl.SSLError) as exc:
         raise _tls_file_error("ca_file", settings.ca_file, exc) from None
-    if settings.cert_file and settings.key_file:
+    if settings.cert_file and isinstance(settings.key_file, TokenKeyRef):
+        load_token_client_key(
+            context, settings.cert_file, settings.key_file, setting="[mqtt] key_file"
+        )
+    elif settings.cert_file and settings.key_file:
         try:
             context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
         except (OSError, ssl.SSLError) as exc:

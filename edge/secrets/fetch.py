@@ -237,7 +237,7 @@ def _same_name(secret_id: str, secret_name: str, entry: Mapping[str, Any]) -> bo
 
 
 @dataclass(slots=True)
-class _Run:
+class _FetchProgress:
     """The state of one `fetch`: the pairs wanted and the versions that have arrived."""
 
     #: ARN -> labels wanted for it, AWSCURRENT first.
@@ -427,7 +427,7 @@ class AwsSecretSource:
         if self._client is None:
             raise RuntimeError("use `async with AwsSecretSource(...)` before fetching")
         wanted, names = _wanted(resources)
-        run = _Run(wanted=wanted, names_asked=names)
+        run = _FetchProgress(wanted=wanted, names_asked=names)
         self._log.info("fetch.started", secrets=len(wanted), pairs=run.total)
         started = time.perf_counter()
         calls_before = self.calls.total()
@@ -464,7 +464,7 @@ class AwsSecretSource:
 
     async def _reuse_held(
         self,
-        run: _Run,
+        run: _FetchProgress,
         held: Mapping[str, Mapping[str, SecretVersion]],
         described: dict[str, Described],
         pace: Callable[[], Awaitable[None]] | None,
@@ -569,7 +569,7 @@ class AwsSecretSource:
             raise SecretServiceError(arn, "DescribeSecret: unexpected answer") from exc
         return Described(name=str(answer.get("Name", "")), stages=stages)
 
-    async def _fetch_all(self, run: _Run) -> None:
+    async def _fetch_all(self, run: _FetchProgress) -> None:
         """Fetch every pair of the run as tasks of one group; raise the first failure alone."""
         failure: SecretFetchError | None = None
         try:
@@ -586,7 +586,7 @@ class AwsSecretSource:
             # Raised outside the handler so that its context is the botocore error, not the group.
             raise failure
 
-    def _spawn(self, run: _Run, tg: asyncio.TaskGroup) -> None:
+    def _spawn(self, run: _FetchProgress, tg: asyncio.TaskGroup) -> None:
         """Start a task for every call the run still needs: by VersionId, batch, by label."""
         for arn, versions in run.by_version.items():
             for version_id, labels in versions.items():
@@ -612,7 +612,7 @@ class AwsSecretSource:
                     continue
                 tg.create_task(self._fetch_label(run, arn, label), name=f"{arn}:{label}")
 
-    async def _fetch_label(self, run: _Run, arn: str, label: str) -> None:
+    async def _fetch_label(self, run: _FetchProgress, arn: str, label: str) -> None:
         """Fetch one (ARN, label) pair with GetSecretValue, unless it has arrived already."""
         async with self._limit:
             if run.has(arn, label):
@@ -621,7 +621,7 @@ class AwsSecretSource:
         run.record(arn, label, answer)
 
     async def _fetch_version(
-        self, run: _Run, arn: str, version_id: str, labels: tuple[str, ...]
+        self, run: _FetchProgress, arn: str, version_id: str, labels: tuple[str, ...]
     ) -> None:
         """Fetch the version DescribeSecret placed the labels on, by its VersionId.
 
@@ -677,7 +677,9 @@ class AwsSecretSource:
                 raise
         return described.get("DeletedDate") is None
 
-    async def _fetch_batch(self, run: _Run, tg: asyncio.TaskGroup, arns: Sequence[str]) -> None:
+    async def _fetch_batch(
+        self, run: _FetchProgress, tg: asyncio.TaskGroup, arns: Sequence[str]
+    ) -> None:
         """Fetch the AWSCURRENT values of up to 20 secrets with BatchGetSecretValue.
 
         Secrets the batch didn't answer are fetched one by one as new tasks of the group; so

@@ -24,7 +24,9 @@ from aiobotocore.session import AioSession, get_session
 from botocore.credentials import CredentialProvider
 
 from edge.config import IotCredentialSettings
-from edge.errors import IotCredentialsError
+from edge.errors import ConfigError, IotCredentialsError
+from edge.mqtt.token_key import load_token_client_key
+from edge.secrets.keyref import TokenKeyRef
 
 #: One exchange's deadline: the provider answers in well under a second when it is reachable.
 EXCHANGE_TIMEOUT_SECONDS = 15.0
@@ -49,6 +51,12 @@ class IotCredentialProvider(CredentialProvider):  # type: ignore[misc] # botocor
     def _tls(self) -> ssl.SSLContext:
         s = self._settings
         context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+        if isinstance(s.key_file, TokenKeyRef):
+            try:
+                load_token_client_key(context, s.cert_file, s.key_file, setting="[aws] iot key")
+            except ConfigError as exc:
+                raise IotCredentialsError(str(exc)) from None
+            return context
         try:
             context.load_cert_chain(str(s.cert_file), str(s.key_file))
         except (OSError, ssl.SSLError) as exc:

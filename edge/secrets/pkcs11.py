@@ -157,7 +157,7 @@ class TokenKey:
     @contextmanager
     def _session(self) -> Iterator[tuple[Any, Any]]:
         pkcs11 = _import_pkcs11(self._ref)
-        with _lock, _mapped(self._ref, pkcs11, doing="using the key"):
+        with _lock, _map_token_errors(self._ref, pkcs11, doing="using the key"):
             token = _find_token(self._ref, self._lib, pkcs11)
             with token.open(user_pin=self._pin) as session:
                 yield pkcs11, _find_private_key(self._ref, session, pkcs11, pin=self._pin)
@@ -177,29 +177,33 @@ def open_token_key(ref: TokenKeyRef) -> TokenKey:
             there is no public key, or the public key doesn't belong to the private key.
         InsecurePermissionsError: The pin-source file is readable by group or others.
     """
-    pkcs11 = _import_pkcs11(ref)
-    pin = _read_pin(ref)
-    with _lock, _mapped(ref, pkcs11, doing="opening the key"):
-        if not ref.module.is_file():
-            raise CoreKeyError(ref.uri, f"PKCS#11 module {ref.module} does not exist")
-        try:
-            lib = pkcs11.lib(str(ref.module))
-        except Exception as exc:  # any failure to load means "not a usable module"
-            raise CoreKeyError(
-                ref.uri, f"PKCS#11 module {ref.module} can't be loaded ({_ckr(exc)})"
-            ) from exc
-        token = _find_token(ref, lib, pkcs11)
+    with _logged_in(ref, doing="opening the key") as (pkcs11, lib, token, session, pin):
         label = str(token.label)
         mechanisms = set(token.slot.get_mechanisms())
-        with token.open(user_pin=pin) as session:
-            key = _find_private_key(ref, session, pkcs11, pin=pin)
-            kind = _check_key(ref, key, label, mechanisms, pkcs11)
-            public_key = _public_key(ref, session, key, kind, label, pkcs11)
+        key = _find_private_key(ref, session, pkcs11, pin=pin)
+        kind = _check_key(ref, key, label, mechanisms, pkcs11)
+        public_key = _public_key(ref, session, key, kind, label, pkcs11)
     opened = TokenKey(
         ref=ref, lib=lib, token_label=label, pin=pin, kind=kind, public_key=public_key
     )
     _self_test(opened, label)
     return opened
+
+
+def find_token_key(ref: TokenKeyRef) -> None:
+    """Check that the token is there, takes the PIN and holds the private key `ref` names.
+
+    For a key that others use through the token (the MQTT client key, which OpenSSL's
+    pkcs11-provider signs with): the same findings and messages as `open_token_key`, without
+    asking the key to unwrap.
+
+    Raises:
+        CoreKeyError: python-pkcs11 is missing, the module can't be loaded, no (or more than one)
+            token or object matches, or the PIN is wrong, locked or missing.
+        InsecurePermissionsError: The pin-source file is readable by group or others.
+    """
+    with _logged_in(ref, doing="finding the key") as (pkcs11, _, _, session, pin):
+        _find_private_key(ref, session, pkcs11, pin=pin)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -215,6 +219,32 @@ def _import_pkcs11(ref: TokenKeyRef) -> Any:  # noqa: ANN401 - the module, untyp
             "`pip install 'edge[pkcs11]'`",
         ) from None
     return pkcs11
+
+
+@contextmanager
+def _logged_in(ref: TokenKeyRef, *, doing: str) -> Iterator[tuple[Any, Any, Any, Any, str | None]]:
+    """A logged-in session on `ref`'s token: (python-pkcs11, lib, token, session, PIN).
+
+    Under the module lock, with the library's errors turned into CoreKeyError messages.
+    """
+    pkcs11 = _import_pkcs11(ref)
+    pin = _read_pin(ref)
+    with _lock, _map_token_errors(ref, pkcs11, doing=doing):
+        lib = _load_lib(ref, pkcs11)
+        token = _find_token(ref, lib, pkcs11)
+        with token.open(user_pin=pin) as session:
+            yield pkcs11, lib, token, session, pin
+
+
+def _load_lib(ref: TokenKeyRef, pkcs11: Any) -> Any:  # noqa: ANN401
+    if not ref.module.is_file():
+        raise CoreKeyError(ref.uri, f"PKCS#11 module {ref.module} does not exist")
+    try:
+        return pkcs11.lib(str(ref.module))
+    except Exception as exc:  # any failure to load means "not a usable module"
+        raise CoreKeyError(
+            ref.uri, f"PKCS#11 module {ref.module} can't be loaded ({_ckr(exc)})"
+        ) from exc
 
 
 def _read_pin(ref: TokenKeyRef) -> str | None:
@@ -239,7 +269,7 @@ def _read_pin(ref: TokenKeyRef) -> str | None:
     return pin
 
 
-class _mapped:  # noqa: N801 - used like contextlib's lower-case context managers
+class _map_token_errors:  # noqa: N801 - used like contextlib's lower-case context managers
     """Turn python-pkcs11 errors into CoreKeyError messages that say what went wrong."""
 
     def __init__(self, ref: TokenKeyRef, pkcs11: Any, *, doing: str) -> None:  # noqa: ANN401

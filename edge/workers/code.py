@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from edge.errors import EdgeError
+from edge.errors import CodeFetchError, EdgeError, LocalCodeRefusedError
 from edge.log import get_logger
 from edge.workers.spec import CodeRef
 
@@ -51,19 +51,6 @@ S3Reader = Callable[[str, str], Awaitable[bytes]]
 #: doesn't: a bad CRC (also how an entry larger than its declared size shows), a corrupt or
 #: truncated stream, an encrypted entry, an unsupported compression method.
 _DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError)
-
-
-class CodeFetchError(EdgeError):
-    """A function's code could not be fetched, verified or unpacked."""
-
-    def __init__(self, function_arn: str, problem: str) -> None:
-        self.function_arn = function_arn
-        self.problem = problem
-        super().__init__(f"code of function {function_arn}: {problem}")
-
-
-class LocalCodeRefusedError(CodeFetchError):
-    """`file://` code names a path outside `[workers] local_code_dirs`, or a hidden one."""
 
 
 def _real(path: Path) -> Path:

@@ -1,198 +1,51 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A group's connectors as workers: built-in code, validated parameters, narrow secret grants.
+"""A group's connectors as workers: built-in code, checked parameters, narrow secret grants.
 
 A connector runs exactly like a pinned Lambda function: a supervised worker process with its
-own token, the same IPC, identity and log masking. Its identity is its ConnectorArn
-(`arn:aws:greengrass:REGION::/connectors/NAME/versions/N`), which is also what subscriptions
-name as its Source or Target. Its code is built in: the package in `connectors/` whose
-`MANIFEST` has that NAME and lists that version. Nothing is fetched.
-
-`connector_specs` reads a group's `Connectors[]` into `FunctionSpec`s, refusing, with a
-`DeploymentInvalidError` that names the entry, an unknown connector or version, a second
-version of the same connector, and Parameters that break the manifest: an unknown or missing
-parameter, a value of the wrong form, a secret parameter whose `-ResourceId` doesn't name the
-group's secret resource of that ARN. The connector may read exactly the secret resources its
-secret parameters name. Its Parameters (ARNs and ids, never values) reach the worker as one
-JSON environment variable, so they can't collide with the reserved V1 variables.
-
-Pure apart from importing the manifests once: the core calls it when a deployment is prepared
-and when it restarts, the control plane when a group version is created.
+own token, the same IPC, identity and log masking. Its identity is its ConnectorArn, which is
+also what subscriptions name as its Source or Target. Which connectors exist and whether a
+group's Parameters fit them is the catalogue's to say (`edge.model.connectors`); this module
+turns the connectors it accepts into `FunctionSpec`s. The connector may read exactly the secret
+resources its secret parameters name. Its Parameters (ARNs and ids, never values) reach the
+worker as one JSON environment variable, so they can't collide with the reserved V1 variables.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import json
-import pkgutil
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
-import connectors
-from connectors.schema import ConnectorManifest, ParameterError
-from edge.model import Connector, Group
-from edge.model.fields import Where, quoted
+from edge.model import Group
+from edge.model.connectors import check_connectors
 from edge.workers.spec import CodeRef, FunctionSpec
 
 #: The worker's environment variable holding the Parameters as JSON (`connectors.kit` reads
 #: it; not imported from there, since that module belongs to the worker side).
 PARAMETERS_VARIABLE: Final = "EDGE_CONNECTOR_PARAMETERS"
 
-# V1's connector ARNs: `arn:aws:greengrass:us-west-2::/connectors/TwilioNotifications/versions/4`
-# (no account: connectors are AWS's). Used with fullmatch.
-_CONNECTOR_ARN: Final = re.compile(
-    r"arn:(aws[a-z-]*):greengrass:([a-z0-9-]*)::/connectors/([A-Za-z0-9_-]{1,128})"
-    r"/versions/([0-9]{1,9})"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectorArn:
-    """The parts of a connector ARN."""
-
-    partition: str
-    region: str
-    name: str
-    version: int
-
-
-def parse_connector_arn(arn: str) -> ConnectorArn | None:
-    """Parse `arn:PARTITION:greengrass:REGION::/connectors/NAME/versions/N`, or return None."""
-    match = _CONNECTOR_ARN.fullmatch(arn)
-    if match is None:
-        return None
-    partition, region, name, version = match.groups()
-    return ConnectorArn(partition=partition, region=region, name=name, version=int(version))
-
-
-@dataclass(frozen=True, slots=True)
-class BuiltinConnector:
-    """A connector this core can run: its manifest and the folder its worker runs from."""
-
-    manifest: ConnectorManifest
-    directory: Path
-
-
-@functools.cache
-def builtin_connectors() -> Mapping[str, BuiltinConnector]:
-    """Every built-in connector by name: the packages of `connectors` that have a MANIFEST.
-
-    Raises:
-        ValueError: Two packages declare the same name (a bug in this repository).
-    """
-    found: dict[str, BuiltinConnector] = {}
-    for module in sorted(pkgutil.iter_modules(connectors.__path__), key=lambda m: m.name):
-        if not module.ispkg:
-            continue
-        package = importlib.import_module(f"{connectors.__name__}.{module.name}")
-        manifest = getattr(package, "MANIFEST", None)
-        if not isinstance(manifest, ConnectorManifest) or package.__file__ is None:
-            continue
-        if manifest.name in found:
-            raise ValueError(f"two built-in connectors are named {manifest.name}")
-        found[manifest.name] = BuiltinConnector(manifest, Path(package.__file__).resolve().parent)
-    return found
-
 
 def connector_specs(group: Group) -> tuple[FunctionSpec, ...]:
     """Specs of every connector of a group, or DeploymentInvalidError naming the bad one."""
-    specs: list[FunctionSpec] = []
-    seen: dict[str, str] = {}  # connector name -> entry label, for the one-version rule
-    for index, connector in enumerate(group.connectors):
-        where = Where(f"Connectors[{index}] (Id {quoted(connector.connector_id)})")
-        builtin = _builtin(connector, where)
-        name = builtin.manifest.name
-        first = seen.get(name)
-        if first is not None:
-            # V1's rule (a group holds only one version of a connector at a time); here it
-            # also keeps identities (ConnectorArns) and status topics unambiguous.
-            raise where.at("ConnectorArn").error(
-                f"is another {name} connector, like {first}; a group may hold one version of "
-                f"a connector"
-            )
-        seen[name] = where.entry
-        grants = _check_parameters(builtin.manifest, connector, group, where.at("Parameters"))
-        specs.append(
-            FunctionSpec(
-                function_id=connector.connector_id,
-                function_arn=connector.connector_arn,
-                handler=builtin.manifest.handler,
-                code=CodeRef(uri=builtin.directory.as_uri()),
-                pinned=True,
-                timeout_seconds=float(builtin.manifest.timeout_seconds),
-                memory_kb=builtin.manifest.memory_kb,
-                variables={
-                    PARAMETERS_VARIABLE: json.dumps(dict(connector.parameters), sort_keys=True)
-                },
-                readable_resources=grants,
-            )
+    return tuple(
+        FunctionSpec(
+            function_id=checked.connector.connector_id,
+            function_arn=checked.connector.connector_arn,
+            handler=checked.builtin.manifest.handler,
+            code=CodeRef(uri=checked.builtin.directory.as_uri()),
+            pinned=True,
+            timeout_seconds=float(checked.builtin.manifest.timeout_seconds),
+            memory_kb=checked.builtin.manifest.memory_kb,
+            variables={
+                PARAMETERS_VARIABLE: json.dumps(dict(checked.connector.parameters), sort_keys=True)
+            },
+            readable_resources=checked.grants,
         )
-    return tuple(specs)
+        for checked in check_connectors(group)
+    )
 
 
 def connector_code_dirs(specs: tuple[FunctionSpec, ...]) -> dict[str, Path]:
     """The folder each connector's worker runs from, by ConnectorArn."""
     return {spec.function_arn: Path(unquote(urlsplit(spec.code.uri).path)) for spec in specs}
-
-
-def _builtin(connector: Connector, where: Where) -> BuiltinConnector:
-    arn_where = where.at("ConnectorArn")
-    arn = parse_connector_arn(connector.connector_arn)
-    if arn is None:
-        raise arn_where.error(
-            f"{quoted(connector.connector_arn)} is not a connector ARN "
-            f"(arn:aws:greengrass:REGION::/connectors/NAME/versions/N)"
-        )
-    available = builtin_connectors()
-    builtin = available.get(arn.name)
-    if builtin is None:
-        known = ", ".join(
-            f"{name} (versions {_versions(b.manifest)})" for name, b in sorted(available.items())
-        )
-        raise arn_where.error(
-            f"names connector {quoted(arn.name)}, which is not built into this core; it has {known}"
-        )
-    if arn.version not in builtin.manifest.versions:
-        raise arn_where.error(
-            f"names version {arn.version} of {arn.name}; this core has versions "
-            f"{_versions(builtin.manifest)}"
-        )
-    return builtin
-
-
-def _versions(manifest: ConnectorManifest) -> str:
-    return ", ".join(str(v) for v in manifest.versions)
-
-
-def _check_parameters(
-    manifest: ConnectorManifest, connector: Connector, group: Group, where: Where
-) -> frozenset[str]:
-    """Check Parameters against the manifest and the group; return the resources to grant."""
-    try:
-        manifest.check(connector.parameters)
-    except ParameterError as exc:
-        place = where.member(exc.parameter) if exc.parameter else where
-        raise place.error(exc.problem) from None
-    grants: set[str] = set()
-    for parameter in manifest.secret_parameters:
-        resource_id = connector.parameters.get(parameter.resource_id_name)
-        if resource_id is None:
-            continue  # an optional secret the group didn't set (check() saw the pair is whole)
-        resource = group.secret(resource_id)
-        if resource is None:
-            # The model checked that the id names *a* resource; a device or volume won't do.
-            raise where.member(parameter.resource_id_name).error(
-                f"{quoted(resource_id)} is not a secret resource of the group; "
-                f"{parameter.name} needs one"
-            )
-        if connector.parameters[parameter.name] != resource.arn:
-            # The model checks this pairing too; kept so the grant never rests on another file.
-            raise where.member(parameter.name).error(
-                f"is not the ARN of resource {quoted(resource_id)} ({quoted(resource.arn)})"
-            )
-        grants.add(resource_id)
-    return frozenset(grants)

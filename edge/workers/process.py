@@ -9,7 +9,7 @@ the process is killed when it exceeds the function's MemorySize (an RSS watch, n
 address-space rlimit, which breaks Python's allocator).
 
 A root core runs a worker as its RunAs user, else as `[workers] default_user`, else as uid 0
-without capabilities. Where workers mount their own view (edge/workers/mountns.py) the worker
+without capabilities. Where workers mount their own view (edge/child/mountns.py) the worker
 switches user itself, after mounting; elsewhere the child is started as that user.
 `check_worker_users` finds out at deployment whether each such user can start its worker.
 """
@@ -45,7 +45,7 @@ GGC_MAX_INTERFACE_VERSION = "1.5"
 #: How often the resident set is sampled; a 100 ms window lets a runaway allocation overshoot
 #: by at most what it can allocate in that time, at ~0.1 % of a core for the reads.
 RSS_POLL_SECONDS = 0.1
-_COMPAT_DIR = Path(__file__).resolve().parent / "compat"
+_COMPAT_DIR = Path(__file__).resolve().parent.parent / "child" / "compat"
 _RESERVED_ENV = frozenset(
     {
         "MY_FUNCTION_ARN",
@@ -164,7 +164,7 @@ def _base_environment() -> dict[str, str]:
 _CAN_START = """
 import os, sys
 try:
-    import edge.workers.runtime
+    import edge.child.runtime
 except Exception as exc:
     print(exc)
     sys.exit(3)
@@ -358,7 +358,7 @@ class WorkerProcess:
                 "-S",
                 "-P",  # cwd (the function's code) is not put first on sys.path: see above
                 "-m",
-                "edge.workers.runtime",
+                "edge.child.runtime",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

@@ -8,7 +8,8 @@ from typing import Any, Self
 
 from aiobotocore.session import AioSession, get_session
 
-from edge.workers.code import MAX_ZIP_BYTES, CodeFetchError
+from edge.errors import CodeFetchError
+from edge.workers.code import MAX_ZIP_BYTES
 
 
 class S3CodeReader:

@@ -7,7 +7,7 @@ client key, the config, and the AWS credentials botocore reads. `Sandbox.from_co
 them once and probes, once, which of the three walls this kernel allows a worker: its own
 mount namespace (tried for real in a throwaway child), Landlock and seccomp; `notices` says
 at start what is missing, and `plan` turns it all into the JSON a worker reads from
-EDGE_SANDBOX and hands to `edge.workers.landlock.confine` before any function code runs.
+EDGE_SANDBOX and hands to `edge.child.confine` before any function code runs.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from edge.config import Config
+from edge.child.landlock import landlock_abi
+from edge.child.mountns import AS_ROOT, AS_USER
+from edge.config import Config, token_keys
 from edge.errors import SandboxUnavailableError
 from edge.secrets.keyref import TokenKeyRef
-from edge.workers.landlock import landlock_abi
-from edge.workers.mountns import AS_ROOT, AS_USER
 
 SandboxMode = Literal["auto", "required", "off"]
 #: Where the `edge` package (the worker runtime included) is imported from: on every worker's
@@ -50,16 +50,13 @@ def aws_credential_paths() -> tuple[Path, ...]:
 def hidden_paths(config: Config) -> tuple[Path, ...]:
     """Every path of the core's that a worker may neither read nor write."""
     paths: list[Path] = [config.core.state_dir, config.path, *aws_credential_paths()]
-    key = config.core.private_key
-    if isinstance(key, TokenKeyRef):
-        if key.pin_source is not None:
-            paths.append(key.pin_source)
-    else:
-        paths.append(key)
-    if config.mqtt.key_file is not None:
-        paths.append(config.mqtt.key_file)
-    if config.aws.iot is not None:
-        paths.append(config.aws.iot.key_file)  # it buys AWS credentials for the core's role
+    # The IoT key buys AWS credentials for the core's role; a token key's PIN file unlocks it.
+    for key in token_keys(config.core, config.mqtt, config.aws):
+        if isinstance(key, TokenKeyRef):
+            if key.pin_source is not None:
+                paths.append(key.pin_source)
+        elif key is not None:
+            paths.append(key)
     paths.extend(config.workers.hidden_paths)
     return tuple(paths)
 
@@ -85,7 +82,7 @@ def probe_namespace(hidden: tuple[str, ...]) -> tuple[str, str]:
     kind = AS_ROOT if os.geteuid() == 0 else AS_USER
     try:
         done = subprocess.run(
-            [sys.executable, "-S", "-P", "-m", "edge.workers.mountns", "probe", kind, *hidden],
+            [sys.executable, "-S", "-P", "-m", "edge.child.mountns", "probe", kind, *hidden],
             capture_output=True,
             text=True,
             env={"PYTHONPATH": str(EDGE_ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -106,7 +103,7 @@ def _namespace_fix() -> str:
 def probe_seccomp() -> str:
     """'' if workers can install the seccomp filter, else why they can't."""
     try:
-        module = importlib.import_module("edge.workers.seccomp")
+        module = importlib.import_module("edge.child.seccomp")
     except ImportError as exc:
         return f"{_SECCOMP_MISSING} ({exc})"
     return "" if module.seccomp_available() else "this kernel has no seccomp filters"
@@ -237,7 +234,7 @@ class Sandbox:
 
     def _seccomp_fix(self) -> str:
         if self.seccomp_problem.startswith(_SECCOMP_MISSING):
-            return "reinstall edge whole (edge/workers/seccomp.py)"
+            return "reinstall edge whole (edge/child/seccomp.py)"
         return _SECCOMP_FIX
 
     def _unavailable(self) -> list[Notice]:

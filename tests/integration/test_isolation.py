@@ -23,7 +23,7 @@ Already proven elsewhere, not repeated here:
   store file is refused by the loaders (tests/unit/test_keys.py, tests/unit/test_store.py).
 
 Below the IPC is the OS: a worker without `RunAs` (and every worker of a non-root core) runs
-as the core's own user. The core confines every worker with Landlock (edge/workers/landlock.py)
+as the core's own user. The core confines every worker with Landlock (edge/child/landlock.py)
 before any function code runs, so that user's files are not the worker's: the tests at the end
 have the probe go around the IPC to the store, the key, the config, the code others run, the
 other processes' /proc and signals, and find every route shut.
@@ -49,10 +49,10 @@ import msgpack
 import pytest
 
 import edge
+from edge.child.landlock import landlock_abi
 from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
 from edge.fixtures.reference import write_v1_package
 from edge.fixtures.services import Mosquitto, MotoServer
-from edge.workers.landlock import landlock_abi
 from edge.workers.sandbox import probe_namespace, probe_seccomp
 from tests.support.env import Env, running_env
 from tests.support.faults import fetch_table, running_core
@@ -436,8 +436,8 @@ def test_a_package_cannot_stand_in_for_the_runtime(env: Env, tmp_path: Path) -> 
         {
             "app.py": (FUNCTIONS_DIR / "app.py").read_bytes(),
             "edge/__init__.py": hijack,
-            "edge/workers/__init__.py": hijack,
-            "edge/workers/runtime.py": hijack,
+            "edge/child/__init__.py": hijack,
+            "edge/child/runtime.py": hijack,
             "msgpack/__init__.py": hijack,
         },
     )

@@ -22,6 +22,11 @@ from tests.support.tls import Pki, TlsMosquitto, make_pki, run_tls_mosquitto
 @pytest.fixture
 def v1_core(tmp_path: Path) -> tuple[Path, Pki]:
     """A /greengrass layout whose certs/ holds the broker's CA, the thing's certificate and key."""
+    return v1_layout(tmp_path)
+
+
+def v1_layout(tmp_path: Path) -> tuple[Path, Pki]:
+    """/greengrass with config/, and certs/ holding a test PKI and an RSA secrets key."""
     root = tmp_path / "greengrass"
     (root / "config").mkdir(parents=True)
     pki = make_pki(root / "certs")
@@ -76,6 +81,25 @@ def test_converted_v1_core_connects_over_tls_and_deploys_a_signed_group(
     thing = f"gw-{uuid.uuid4().hex[:8]}"
     source = root / "config" / "config.json"
     source.write_text(json.dumps(v1_config(root, pki, thing=thing, port=tls_broker.port)))
+    convert_and_deploy(
+        tmp_path, source, thing=thing, pki=pki, tls_broker=tls_broker, moto=moto, sm=sm
+    )
+
+
+def convert_and_deploy(
+    tmp_path: Path,
+    source: Path,
+    *,
+    thing: str,
+    pki: Pki,
+    tls_broker: TlsMosquitto,
+    moto: MotoServer,
+    sm: Any,
+) -> Path:
+    """Convert `source`, start the core, deploy a signed group to it: it reaches Success.
+
+    Returns the written core.toml.
+    """
     signing_key = Ed25519PrivateKey.generate()
     trusted = tmp_path / "cloud.pub"
     trusted.write_bytes(public_key_pem(signing_key.public_key()))
@@ -131,3 +155,4 @@ def test_converted_v1_core_connects_over_tls_and_deploys_a_signed_group(
         assert core.stop() == 0
     output = env.all_output()
     assert all(value not in output for value in env.values)
+    return config

@@ -8,14 +8,10 @@ them only through `[core] private_key = "pkcs11:..."`.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,31 +30,10 @@ from edge.secrets.keys import EC_ALGORITHM, CoreKey
 from edge.secrets.store import SecretStore
 from tests.support.env import Env
 from tests.support.leaks import LEAKS
+from tests.support.softhsm import Token
 from tests.unit.test_store import sample_contents
 
 pytestmark = pytest.mark.network
-
-_MODULES = (
-    Path("/usr/lib/softhsm/libsofthsm2.so"),
-    Path("/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"),
-    Path("/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so"),
-)
-_INSTALL_HINT = "SoftHSM2 is not installed: run `bash .ci/install-softhsm` (CI's .ci/run does)"
-
-
-@dataclass(frozen=True)
-class Token:
-    """The module's SoftHSM2 token: where its module is, its label and its user PIN."""
-
-    module: Path
-    label: str
-    pin: str
-    root: Path
-
-    def uri(self, obj: str, *, pin: str | None = None, extra: str = "") -> str:
-        """A pkcs11: URI for `obj` in this token, with `pin` (default: the right one) inline."""
-        pin_part = f"?pin-value={self.pin if pin is None else pin}" if pin != "" else ""
-        return f"pkcs11:token={self.label};object={obj}{extra}{pin_part}"
 
 
 def _softhsm_version() -> tuple[int, int]:
@@ -71,39 +46,14 @@ def _softhsm_version() -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
-    """A fresh SoftHSM2 token holding an EC P-256, an RSA-2048 and an AES key, all sensitive."""
-    module = next((m for m in _MODULES if m.exists()), None)
-    if shutil.which("softhsm2-util") is None or module is None:
-        pytest.fail(_INSTALL_HINT)
-    root = tmp_path_factory.mktemp("softhsm")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    saved = os.environ.get("SOFTHSM2_CONF")
-    # Set for this process (python-pkcs11 below) and every `edge` subprocess the tests start.
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    label = f"edge-{uuid.uuid4().hex[:8]}"
-    pin = secrets.token_hex(8)
-    # The PIN is a credential like any secret value: it must appear in no log or output.
-    LEAKS.add_secret(pin, "PKCS#11 user PIN")
-    subprocess.run(
-        [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--pin",
-            pin,
-            "--so-pin",
-            secrets.token_hex(8),
-        ],
-        check=True,
-        capture_output=True,
-    )
+def token(softhsm: Token) -> Token:
+    """The SoftHSM2 token with an EC P-256, an RSA-2048 and an AES key, all sensitive."""
+    _generate_keys(softhsm)
+    return softhsm
+
+
+def _generate_keys(token: Token) -> None:
+    module, label, pin, root = token.module, token.label, token.pin, token.root
     private = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False}
     lib = pkcs11.lib(str(module))
     with lib.get_token(token_label=label).open(user_pin=pin, rw=True) as session:
@@ -127,13 +77,6 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
         )
         (root / "core-ec-2.pub.pem").write_bytes(pem)
         public.destroy()
-    try:
-        yield Token(module=module, label=label, pin=pin, root=root)
-    finally:
-        if saved is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = saved
 
 
 def _ref(token: Token, uri: str, public_key: Path | None = None) -> Any:

@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.fixtures.services import Mosquitto, free_port, running_broker
@@ -88,18 +89,45 @@ def _issue(
     server: bool = False,
 ) -> tuple[Issued, x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate(subject, key, key.public_key(), issuer=issuer, server=server)
+    cert_path = directory / f"{stem}.crt"
+    key_path = directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return Issued(cert=cert_path, key=key_path), cert, key
+
+
+def issue_client_cert(pki: Pki, public_key: CertificatePublicKeyTypes, path: Path) -> Path:
+    """Write a client certificate from the test CA for a key held elsewhere (in a token)."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    cert = _certificate("token core", None, public_key, issuer=(ca_cert, ca_key), server=False)
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey | None,
+    public_key: CertificatePublicKeyTypes,
+    *,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    server: bool,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     issuer_name = _name(subject) if issuer is None else issuer[0].subject
-    signing_key = key if issuer is None else issuer[1]
+    signing_key = issuer[1] if issuer is not None else key
+    assert signing_key is not None
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
         .issuer_name(issuer_name)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
     if issuer is None:
         builder = builder.add_extension(
@@ -133,12 +161,7 @@ def _issue(
                 x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False,
             )
-    cert = builder.sign(signing_key, hashes.SHA256())
-    cert_path = directory / f"{stem}.crt"
-    key_path = directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key_path, key)
-    return Issued(cert=cert_path, key=key_path), cert, key
+    return builder.sign(signing_key, hashes.SHA256())
 
 
 def make_pki(directory: Path, *, name: str = "test") -> Pki:

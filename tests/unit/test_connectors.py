@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""edge.workers.connectors and connectors.schema: built-ins, parameter checks, narrow grants."""
+"""The connector catalogue, connectors as workers, and connectors.schema: parameters, grants."""
 
 from __future__ import annotations
 
@@ -14,14 +14,9 @@ from connectors.schema import ConnectorManifest, Parameter, ParameterError
 from edge.cloud.groups import ResolvedGroup, validate_group
 from edge.errors import DefinitionInvalidError, DeploymentInvalidError
 from edge.model import parse_group
+from edge.model.connectors import builtin_connectors, parse_connector_arn
 from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
-from edge.workers.connectors import (
-    PARAMETERS_VARIABLE,
-    builtin_connectors,
-    connector_code_dirs,
-    connector_specs,
-    parse_connector_arn,
-)
+from edge.workers.connectors import PARAMETERS_VARIABLE, connector_code_dirs, connector_specs
 from edge.workers.process import worker_environment
 from edge.workers.router import same_function
 from edge.workers.services import SecretIndex, ServiceError, get_secret_value

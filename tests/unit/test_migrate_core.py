@@ -145,8 +145,63 @@ def test_hsm_core_key_stays_a_pkcs11_uri_with_its_pin_in_a_private_file(tmp_path
     assert any(line.startswith("crypto.PKCS11.OpenSSLEngine") for line in conversion.not_mapped)
 
 
-def test_mqtt_key_in_a_token_is_refused_with_the_reason(tmp_path: Path) -> None:
-    """An MQTT key in a token can't be presented by Python's TLS: a clear error, nothing written."""
+def test_mqtt_key_in_a_token_stays_a_pkcs11_uri_of_the_same_module_and_pin(
+    tmp_path: Path,
+) -> None:
+    """An IoTCertificate key in a token becomes [mqtt] key_file = "pkcs11:...", PIN in a file."""
+    root = v1_root(tmp_path)
+    document = console_config()
+    document["crypto"]["PKCS11"] = {
+        "P11Provider": "/usr/lib/softhsm/libsofthsm2.so",
+        "slotLabel": "greengrass",
+        "slotUserPin": PIN,
+    }
+    document["crypto"]["principals"]["IoTCertificate"] = {
+        "certificatePath": "file:///greengrass/certs/abc123.cert.pem",
+        "privateKeyPath": "pkcs11:object=iot-key;type=private",
+    }
+    output = tmp_path / "core.toml"
+    migrate_core(greengrass_config=write_v1(root, document), output=output)
+    config = load_config(output)
+    key = config.mqtt.key_file
+    assert isinstance(key, TokenKeyRef)
+    assert (key.token, key.label, key.module, key.pin_source) == (
+        "greengrass",
+        "iot-key",
+        Path("/usr/lib/softhsm/libsofthsm2.so"),
+        tmp_path / "core.pin",
+    )
+    assert config.mqtt.cert_file == root / "certs" / "abc123.cert.pem"
+    # The secrets key is still the file V1 used for it.
+    assert config.core.private_key == root / "certs" / "abc123.private.key"
+    assert PIN not in output.read_text()
+    assert (tmp_path / "core.pin").read_text().strip() == PIN
+    assert stat.S_IMODE((tmp_path / "core.pin").stat().st_mode) == 0o600
+
+
+def test_mqtt_key_in_a_token_without_pkcs11_provider_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Converting on a machine without OpenSSL's pkcs11-provider says what to install first."""
+    monkeypatch.setenv("OPENSSL_MODULES", str(tmp_path))  # OpenSSL looks for providers here
+    root = v1_root(tmp_path)
+    document = console_config()
+    document["crypto"]["PKCS11"] = {"P11Provider": "/usr/lib/softhsm/libsofthsm2.so"}
+    document["crypto"]["principals"]["IoTCertificate"] = {
+        "certificatePath": "file:///greengrass/certs/abc123.cert.pem",
+        "privateKeyPath": "pkcs11:object=iot-key;type=private",
+    }
+    conversion = migrate_core(
+        greengrass_config=write_v1(root, document), output=tmp_path / "core.toml"
+    )
+    assert any(
+        "pkcs11-provider is not installed" in w and "apt-get install pkcs11-provider" in w
+        for w in conversion.warnings
+    ), conversion.warnings
+
+
+def test_mqtt_key_in_a_token_needs_the_module(tmp_path: Path) -> None:
+    """Without crypto.PKCS11.P11Provider there is no module to open the token: nothing written."""
     root = v1_root(tmp_path)
     document = console_config()
     document["crypto"]["principals"]["IoTCertificate"] = {
@@ -154,7 +209,7 @@ def test_mqtt_key_in_a_token_is_refused_with_the_reason(tmp_path: Path) -> None:
         "privateKeyPath": "pkcs11:object=iot-key;type=private",
     }
     output = tmp_path / "core.toml"
-    with pytest.raises(MigrationError, match="PKCS#11 token"):
+    with pytest.raises(MigrationError, match=r"crypto\.PKCS11\.P11Provider"):
         migrate_core(greengrass_config=write_v1(root, document), output=output)
     assert not output.exists()
 

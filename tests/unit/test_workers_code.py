@@ -19,9 +19,9 @@ from urllib.parse import quote
 import pytest
 from botocore.exceptions import ClientError
 
-from edge.errors import EdgeError
+from edge.errors import CodeFetchError, EdgeError, LocalCodeRefusedError
 from edge.workers import code as code_module
-from edge.workers.code import CodeFetchError, LocalCodePolicy, LocalCodeRefusedError
+from edge.workers.code import LocalCodePolicy
 from edge.workers.code import prepare_code as prepare_with_policy
 from edge.workers.spec import CodeRef
 

@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
+from edge.child import landlock, mountns
+from edge.child.privileges import ConfinementError
 from edge.config import WorkerUser, load_config
 from edge.errors import ConfigError, SandboxUnavailableError, WorkerUserError
-from edge.workers import landlock, mountns
 from edge.workers.process import check_worker_users, worker_user
 from edge.workers.sandbox import Sandbox, hidden_paths, probe_namespace
 from edge.workers.spec import CodeRef, FunctionSpec, RunAs
@@ -153,8 +154,8 @@ def test_sandbox_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 CHILD = """
 import json, os, sys
-from edge.workers import landlock
-abi = landlock.confine(json.loads(sys.argv[1]))
+from edge.child.confine import confine
+abi = confine(json.loads(sys.argv[1]))
 out = {"abi": abi}
 for name, action in [
     ("read hidden", lambda: open(sys.argv[2] + "/state/key").read()),
@@ -214,7 +215,7 @@ def test_a_confined_process_reads_and_writes_only_what_its_plan_says(tmp_path: P
 
 WITHOUT_SETPCAP = """
 import ctypes, json, os
-from edge.workers import landlock
+from edge.child.confine import confine
 libc = ctypes.CDLL(None, use_errno=True)
 # As in a hardened container: uid 0 with what it has now, less CAP_SETPCAP (8).
 held = int(open("/proc/self/status").read().split("CapPrm:")[1].split()[0], 16) & ~(1 << 8)
@@ -222,7 +223,7 @@ low, high = held & 0xFFFFFFFF, held >> 32
 header = (ctypes.c_uint32 * 2)(0x20080522, 0)
 data = (ctypes.c_uint32 * 6)(low, low, 0, high, high, 0)
 assert libc.capset(header, data) == 0, os.strerror(ctypes.get_errno())
-landlock.confine({"landlock": False, "drop_capabilities": True})
+confine({"landlock": False, "drop_capabilities": True})
 status = dict(
     line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line
 )
@@ -350,7 +351,7 @@ def test_the_worker_switches_user_itself_only_after_mounting_as_root(tmp_path: P
 
 COVERED = """
 import json, os, socket, sys
-from edge.workers import mountns
+from edge.child import mountns
 root = sys.argv[1]
 mountns.isolate({"namespace": sys.argv[2], "hidden": [root + "/state", root + "/core.toml",
     root + "/state/core.key", "/dev/null", root + "/absent"],
@@ -458,7 +459,7 @@ def test_a_non_root_core_covers_through_a_user_namespace_and_keeps_no_capability
     if python is None:
         pytest.skip("no Python of this version that nobody can run")
     probe = subprocess.run(
-        [python, "-S", "-m", "edge.workers.mountns", "probe", mountns.AS_USER],
+        [python, "-S", "-m", "edge.child.mountns", "probe", mountns.AS_USER],
         env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         user=nobody.pw_uid,
         group=nobody.pw_gid,
@@ -483,7 +484,7 @@ def test_a_non_root_core_covers_through_a_user_namespace_and_keeps_no_capability
 def test_a_hidden_file_without_a_hidden_directory_is_refused(tmp_path: Path) -> None:
     """Covers of files are staged in a hidden directory: with none, a clear ConfinementError."""
     tree(tmp_path, "core.toml")
-    with pytest.raises(landlock.ConfinementError, match="hidden directory to stage"):
+    with pytest.raises(ConfinementError, match="hidden directory to stage"):
         mountns.cover([str(tmp_path / "core.toml")], [])
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from edge.workers import seccomp
+from edge.child import seccomp
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"x86_64": seccomp.X86_64, "aarch64": seccomp.AARCH64}
@@ -39,7 +39,7 @@ needs_seccomp = pytest.mark.skipif(
 
 CHILD = r"""
 import ctypes, json, os, shutil, stat, subprocess, sys, threading
-from edge.workers import seccomp
+from edge.child import seccomp
 
 mode, work = sys.argv[1], sys.argv[2]
 table = {"x86_64": seccomp.X86_64, "aarch64": seccomp.AARCH64}[os.uname().machine]
@@ -288,7 +288,7 @@ def test_other_syscall_abis_get_eperm_for_every_call(seen) -> None:
 
 UNSUPPORTED = """
 import os, sys
-from edge.workers import seccomp
+from edge.child import seccomp
 real = os.uname()
 os.uname = lambda: os.uname_result((*real[:4], "riscv64"))
 try:

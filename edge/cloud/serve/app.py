@@ -31,9 +31,10 @@ from structlog.typing import FilteringBoundLogger
 from edge.cloud.db import Claim
 from edge.cloud.serve.auth import SignedRequest, Verifier
 from edge.cloud.serve.connections import Connections
+from edge.cloud.serve.context import Context
 from edge.cloud.serve.errors import INTERNAL, ApiError, bad_request, from_edge_error
 from edge.cloud.serve.follow import Health
-from edge.cloud.serve.operations import Context, dispatch
+from edge.cloud.serve.operations import dispatch
 from edge.cloud.serve.routes import Router, decode_input
 from edge.errors import CloudDatabaseError, EdgeError
 

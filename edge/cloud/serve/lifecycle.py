@@ -7,13 +7,11 @@ rest of `operations` does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge.cloud import deployments, groups, tags
 from edge.cloud.definitions import KINDS, Kind, update_definition
-
-if TYPE_CHECKING:
-    from edge.cloud.serve.operations import Context, Handler, Result
+from edge.cloud.serve.context import Context, Handler, Result
 
 
 def _update_definition(kind: Kind) -> Handler:

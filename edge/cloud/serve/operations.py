@@ -17,43 +17,17 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from structlog.typing import FilteringBoundLogger
-
 from edge.cloud import definitions, deployments, groups, idempotency, lambdacode
-from edge.cloud.config import CloudConfig
-from edge.cloud.db import Claim, Database
+from edge.cloud.db import Claim
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import Request
-from edge.cloud.ids import Arns
-from edge.cloud.publisher import Publisher
 from edge.cloud.serve import lifecycle, stored
-from edge.cloud.serve.dbthread import DatabaseThread
+from edge.cloud.serve.context import Context, Handler, Result
 from edge.cloud.serve.errors import bad_request
 from edge.errors import CloudDatabaseError
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What operations work with: the config, the database, the signing key."""
-
-    config: CloudConfig
-    arns: Arns
-    db: DatabaseThread
-    #: A connection for the event loop's thread, for the shared async code (CreateDeployment).
-    loop_db: Database
-    signing_key: Ed25519PrivateKey
-    log: FilteringBoundLogger
-    #: The service's one publishing connection (None: a connection per deployment).
-    publisher: Publisher | None = None
-
-
-Result = dict[str, Any]
-Handler = Callable[[Context, dict[str, Any]], Awaitable[Result]]
 
 #: The list each List operation answers with, for pagination.
 _LISTS: Final = ("Definitions", "Versions", "Groups", "Deployments")

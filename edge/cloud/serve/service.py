@@ -24,9 +24,9 @@ from edge.cloud.serve.connections import (
     Connections,
     connection_cap,
 )
+from edge.cloud.serve.context import Context
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.follow import Health, follow_statuses
-from edge.cloud.serve.operations import Context
 from edge.cloud.serve.routes import Router
 from edge.errors import ConfigError
 from edge.fsutil import read_private_file

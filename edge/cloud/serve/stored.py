@@ -18,7 +18,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,12 +27,10 @@ from cryptography.x509.oid import NameOID
 
 from edge.cloud.db import Database
 from edge.cloud.ids import new_id, thing_name_of, timestamp
+from edge.cloud.serve.context import Context, Handler, Result
 from edge.cloud.serve.errors import bad_request
 from edge.cloud.serve.routes import service_model
 from edge.errors import NotFoundError
-
-if TYPE_CHECKING:
-    from edge.cloud.serve.operations import Context, Handler, Result
 
 _ROLE_ARN: Final = re.compile(
     r"arn:aws(?:-[a-z]+)*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}", re.ASCII

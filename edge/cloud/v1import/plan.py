@@ -27,8 +27,8 @@ from edge.cloud.v1import.reader import (
     V1Group,
     definition_named,
 )
+from edge.model.connectors import builtin_connectors, parse_connector_arn
 from edge.model.group import OTHER_CONTAINERS
-from edge.workers.connectors import builtin_connectors, parse_connector_arn
 
 COPIED: Final = "copied"
 PRESENT: Final = "already present"

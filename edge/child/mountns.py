@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """A worker's own view of the filesystem: the core's secrets covered by empty read-only mounts.
 
-Runs inside the worker, before Landlock, as the first step of `edge.workers.landlock.confine`
-(and as `python -m edge.workers.mountns probe` when the core starts, to learn whether the
-kernel allows it). Imports nothing from the supervisor side and no dataclasses.
+Runs inside the worker, before Landlock, as the first step of `edge.child.confine`
+(and as `python -m edge.child.mountns probe` when the core starts, to learn whether the
+kernel allows it). Imports nothing from the core side and no dataclasses.
 
 Landlock denies a worker the core's files, but it leaves them where they are: the names are
 there to list, and Landlock doesn't govern `chmod`, so a worker of the core's own uid could
@@ -26,7 +26,7 @@ import stat
 import sys
 from typing import Any
 
-from edge.workers.landlock import ConfinementError, _libc, drop_capabilities
+from edge.child.privileges import ConfinementError, drop_capabilities, load_libc
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -57,7 +57,7 @@ AS_USER = "user"
 def _mount(
     source: str | None, target: str, fstype: str | None, flags: int, data: bytes | None
 ) -> None:
-    ctypes, libc = _libc()
+    ctypes, libc = load_libc()
     encode = os.fsencode
     if libc.mount(
         None if source is None else encode(source),
@@ -80,7 +80,7 @@ def enter(kind: str) -> None:
 
     Needs a single-threaded process: the runtime has started no thread yet.
     """
-    ctypes, libc = _libc()
+    ctypes, libc = load_libc()
     uid, gid = os.getuid(), os.getgid()
     flags = _CLONE_NEWNS | (_CLONE_NEWUSER if kind == AS_USER else 0)
     if libc.unshare(flags) != 0:
@@ -201,13 +201,6 @@ def _cover_dir(path: str, kept: list[tuple[str, int]]) -> None:
     _mount(None, path, None, _MS_REMOUNT | _SEALED, _TMPFS_OPTIONS)
 
 
-def switch_user(uid: int, gid: int) -> None:
-    """Become uid/gid with no supplementary groups (from root: every capability goes too)."""
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-
-
 def isolate(plan: dict[str, Any]) -> None:
     """Carry out the namespace part of a plan: enter, cover, then give up what could undo it."""
     kind = str(plan["namespace"])
@@ -230,7 +223,7 @@ def probe(kind: str, hidden: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    # python -S -m edge.workers.mountns probe KIND [HIDDEN...]: prints what failed, if anything.
+    # python -S -m edge.child.mountns probe KIND [HIDDEN...]: prints what failed, if anything.
     problem = probe(sys.argv[2], sys.argv[3:])
     sys.stdout.write(problem)
     sys.exit(1 if problem else 0)

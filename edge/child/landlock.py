@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Confine a worker before any function code runs: its own mounts, Landlock, its user, seccomp.
+"""Landlock: the file accesses a worker keeps for good, set before any function code runs.
 
-Runs inside the worker (`edge.workers.runtime` calls `confine` first thing), so it imports
-nothing from the supervisor side and no dataclasses: V1's 16 MB MemorySize must still fit.
+Runs inside the worker (`edge.child.confine` carries out the core's plan), so it imports nothing
+from the core side and no dataclasses: V1's 16 MB MemorySize must still fit.
 
 A worker shares the filesystem with the core, usually as the same user. Unix permissions can't
 keep it from the core's key, store and config, nor from writing another function's code or the
@@ -14,12 +14,6 @@ which are *protected* (read-only: the code and the interpreters), and which are 
 X" is built by granting each sibling along the way down to X (`partition`). Other processes
 are out of reach as well: a Landlock domain can't ptrace, or read the /proc files of, a process
 outside it, nor (ABI 6+) signal one.
-
-A worker that stays uid 0 (a root core without RunAs) also drops every capability first:
-otherwise it could read raw disks, load modules or remount, all of which step around any rule.
-Landlock is the second wall: `edge.workers.mountns` first covers the hidden paths in a mount
-namespace of the worker's own, and `edge.workers.seccomp` last refuses the calls no file rule
-governs (a setuid chmod, mount, ptrace, new namespaces).
 """
 
 from __future__ import annotations
@@ -28,8 +22,9 @@ import os
 import stat
 import sys
 from collections.abc import Iterable
-from types import ModuleType
 from typing import Any
+
+from edge.child.privileges import ConfinementError, load_libc, no_new_privs
 
 # Access rights, from <linux/landlock.h>. The numbers are part of the kernel's ABI.
 _EXECUTE = 1 << 0
@@ -69,14 +64,6 @@ _SYS_ADD_RULE = 445
 _SYS_RESTRICT_SELF = 446
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_CAPBSET_DROP = 24
-_PR_SET_SECUREBITS = 28
-_PR_CAP_AMBIENT = 47
-_PR_CAP_AMBIENT_CLEAR_ALL = 4
-#: NOROOT, NO_SETUID_FIXUP and KEEP_CAPS, each locked: an exec by uid 0 gains nothing back.
-_SECUREBITS_LOCKED_DOWN = 0x2F
-_CAPABILITY_VERSION_3 = 0x20080522
 #: Devices every program expects; /dev as a whole is hidden (raw disks, memory, consoles).
 DEVICES_READ = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 DEVICES_WRITE = ("/dev/null", "/dev/zero", "/dev/full")
@@ -84,20 +71,9 @@ DEVICES_WRITE = ("/dev/null", "/dev/zero", "/dev/full")
 MAX_RULES = 20000
 
 
-class ConfinementError(Exception):
-    """The worker could not be confined as the core asked."""
-
-
-def _libc() -> tuple[ModuleType, Any]:
-    """The ctypes module and the C library, imported late (~300 KB of a 16 MB budget)."""
-    import ctypes  # noqa: PLC0415
-
-    return ctypes, ctypes.CDLL(None, use_errno=True)
-
-
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 where Landlock is missing or turned off."""
-    ctypes, libc = _libc()
+    ctypes, libc = load_libc()
     version = libc.syscall(
         _SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION)
     )
@@ -157,28 +133,6 @@ def rules(plan: dict[str, Any], abi: int) -> list[tuple[str, int]]:
     return out
 
 
-def drop_capabilities() -> None:
-    """Give up every capability for good, so uid 0 is an ordinary owner of root's files."""
-    ctypes, libc = _libc()
-    # Locking the securebits and emptying the bounding set need CAP_SETPCAP, which a hardened
-    # container may lack; no_new_privs below already keeps an exec from gaining anything back.
-    libc.prctl(_PR_SET_SECUREBITS, _SECUREBITS_LOCKED_DOWN, 0, 0, 0)
-    cap = 0
-    while libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
-        cap += 1
-    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable, for both 32-bit halves
-    if libc.capset(header, data) != 0:
-        raise ConfinementError(f"capset: {os.strerror(ctypes.get_errno())}")
-    _no_new_privs(ctypes, libc)
-
-
-def _no_new_privs(ctypes: ModuleType, libc: Any) -> None:  # noqa: ANN401 - a ctypes CDLL
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise ConfinementError(f"no_new_privs: {os.strerror(ctypes.get_errno())}")
-
-
 def open_rules(rule_list: list[tuple[str, int]]) -> list[tuple[int, int]]:
     """Open each rule's path (O_PATH) and fit its rights to what it is: (fd, rights) pairs."""
     opened: list[tuple[int, int]] = []
@@ -197,7 +151,7 @@ def open_rules(rule_list: list[tuple[str, int]]) -> list[tuple[int, int]]:
 
 def restrict(opened: list[tuple[int, int]], abi: int) -> None:
     """Enforce the rules on this process and every child it will have; closes the fds."""
-    ctypes, libc = _libc()
+    ctypes, libc = load_libc()
     write = _write_rights(abi)
     scoped = _SCOPE_SIGNAL if abi >= 6 else 0  # noqa: PLR2004
     # struct landlock_ruleset_attr grew with the ABI; an older kernel refuses the longer form.
@@ -215,7 +169,7 @@ def restrict(opened: list[tuple[int, int]], abi: int) -> None:
                 rule = allowed.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder)
                 if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, rule, 0):
                     raise ConfinementError(f"landlock_add_rule: {os.strerror(ctypes.get_errno())}")
-            _no_new_privs(ctypes, libc)  # Landlock's condition for an unprivileged process
+            no_new_privs(ctypes, libc)  # Landlock's condition for an unprivileged process
             if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) != 0:
                 raise ConfinementError(f"landlock_restrict_self: {os.strerror(ctypes.get_errno())}")
         finally:
@@ -223,46 +177,3 @@ def restrict(opened: list[tuple[int, int]], abi: int) -> None:
     finally:
         for fd, _ in opened:
             os.close(fd)
-
-
-def confine(plan: dict[str, Any]) -> int:
-    """Carry out the core's plan; return the Landlock ABI used (0: none).
-
-    In this order: the private mount namespace (which needs root's or a new user namespace's
-    powers), the Landlock rules listed and opened (uid 0 may need its powers to enter /home/*),
-    the RunAs user or the capability drop, Landlock enforced, and seccomp last, since it
-    denies the very calls that set up the namespace.
-    """
-    abi = landlock_abi() if plan.get("landlock") else 0
-    if plan.get("landlock") and abi == 0 and plan.get("required"):
-        raise ConfinementError("this kernel has no Landlock (Linux 5.13+ with lsm=landlock)")
-    if plan.get("namespace"):
-        from edge.workers import mountns  # noqa: PLC0415 - only when asked: a cycle otherwise
-
-        mountns.isolate(plan)
-    opened = open_rules(rules(plan, abi)) if abi else []
-    run_as = plan.get("run_as")
-    if run_as:
-        from edge.workers.mountns import switch_user  # noqa: PLC0415
-
-        switch_user(int(run_as[0]), int(run_as[1]))
-        ctypes, libc = _libc()
-        _no_new_privs(ctypes, libc)
-    elif plan.get("drop_capabilities"):
-        drop_capabilities()
-    if abi:
-        restrict(opened, abi)
-    if plan.get("seccomp"):
-        install_seccomp()
-    return abi
-
-
-def install_seccomp() -> None:
-    """Install the seccomp filter (edge.workers.seccomp); a missing module fails confinement."""
-    import importlib  # noqa: PLC0415 - only when asked
-
-    try:
-        module = importlib.import_module("edge.workers.seccomp")
-    except ImportError as exc:
-        raise ConfinementError(f"the seccomp filter is missing: {exc}") from exc
-    module.install_filter()

@@ -1,14 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """The Lambda runtime inside a worker process: load the handler, answer invocations forever.
 
-Runs as `python -S -m edge.workers.runtime` in a child the manager spawned. It talks to the
+Runs as `python -S -m edge.child.runtime` in a child the manager spawned. It talks to the
 manager over an inherited socket (EDGE_CONTROL_FD) with the IPC's framing: `Invoke` in,
 `InvokeResult` out, one at a time. Handler code reaches the core's services (secrets, invoke,
 publish) through the Greengrass SDK, over the core's IPC socket, not through this channel.
 
 Lean on purpose: V1's smallest MemorySize (16 MB of resident memory) must fit the interpreter,
 this loop, the SDK and the user's handler. So: no asyncio, no logging setup, no structlog, and
-nothing from the supervisor side; `traceback` is imported only when a handler fails.
+nothing from the core side; `traceback` is imported only when a handler fails.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def confine_and_open_code() -> None:
     """
     plan = os.environ.pop("EDGE_SANDBOX", None)
     if plan:
-        from edge.workers.landlock import confine  # noqa: PLC0415 - only when asked
+        from edge.child.confine import confine  # noqa: PLC0415 - only when asked
 
         confine(json.loads(plan))
     code_dir = os.environ.get("EDGE_CODE_DIR")

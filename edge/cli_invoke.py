@@ -1,29 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`edge invoke`: call a deployed function through the running core's IPC, as an operator."""
+"""`edge invoke`: the client that calls a deployed function through the running core's IPC."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from edge.errors import EdgeError, IpcCallError, IpcConnectionError
+from edge.errors import CoreNotRunningError, InvokeRefusedError, IpcCallError, IpcConnectionError
 from edge.ipc.client import IpcClient
 from edge.ipc.protocol import OP_INVOKE
 from edge.workers.workload import ADMIN_TOKEN_FILE
 
 #: Longest a CLI invocation waits; a function's own Timeout ends it sooner.
 INVOKE_TIMEOUT_SECONDS = 900.0
-
-
-class CoreNotRunningError(EdgeError):
-    """`edge invoke` found no running core for this config."""
-
-    def __init__(self, state_dir: Path, detail: str) -> None:
-        self.state_dir = state_dir
-        super().__init__(
-            f"no running core found for state directory {state_dir} ({detail}); "
-            f"start it with `edge run --config ...`"
-        )
 
 
 def invoke_function(
@@ -57,12 +46,3 @@ def invoke_function(
         raise InvokeRefusedError(function_arn, exc.status, exc.message) from None
     finally:
         client.close()
-
-
-class InvokeRefusedError(EdgeError):
-    """The core refused the invocation (unknown function, bad arguments)."""
-
-    def __init__(self, function_arn: str, status: int, message: str) -> None:
-        self.function_arn = function_arn
-        self.status = status
-        super().__init__(f"the core refused to invoke {function_arn} ({status}): {message}")

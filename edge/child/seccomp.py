@@ -2,7 +2,7 @@
 """A seccomp filter for workers: no setuid bits, no mounts, no tracing, no new namespaces.
 
 Runs inside the worker, after its namespace and Landlock set-up (the filter denies `unshare`
-and `mount`, which that set-up needs), so it imports nothing from the supervisor side and no
+and `mount`, which that set-up needs), so it imports nothing from the core side and no
 dataclasses: V1's 16 MB MemorySize must still fit.
 
 Landlock governs opening, creating and removing files, not their modes. A function running as
