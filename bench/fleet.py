@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/fleet.py [--cores 200] [--batch 10] [--secrets 2] [--labels 1]
                                     [--delay-ms 30] [--concurrency 16] [--reserve-mb 4096]
+                                    [--simulated 0] [--sim-processes 2] [--rounds 1]
+                                    [--publish-rate R] [--serve-from CHECKOUT]
                                     [--timeout 600] [--keep]
 
 Every core is a real `python -m edge run` with its own thing name, state directory and core key
@@ -22,6 +24,13 @@ plane), so the deployment is N `CreateDeployment` calls, made as a real operator
 them: boto3 against `edge cloud serve` (the Greengrass V1 REST API), `--concurrency` requests at
 a time. The service also follows every core's status topic, so `GetDeploymentStatus` answers
 from its database.
+
+`--simulated N` adds N simulated cores (`edge cloud simulate-cores`, `--sim-processes`
+processes, one MQTT connection each) beside the real ones, with a group each, deployed the same
+way; `--cores 0` runs simulated cores only. `--rounds K` deploys every group K times and prints
+the medians. `--serve-from CHECKOUT` runs `edge cloud serve` from another checkout of edge (a
+baseline's code) with everything else from this one; `--publish-rate` sets its
+`[mqtt] publish_rate`.
 
 Measured, once all cores are connected and idle:
 
@@ -61,9 +70,12 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+if TYPE_CHECKING:
+    from edge.fixtures.simulate import SimulatedFleet
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -71,6 +83,8 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 PREFIX = "edge"
 KEY_ID = "EDGEFLEETOPERATOR001"
+#: Thing names of simulated cores: sim-0, sim-1, …
+SIM_PREFIX = "sim-"
 READER_FILE = BENCH_DIR / "functions" / "read_secrets.py"
 READER_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:read-secrets:1"
 #: Seconds a batch of cores may take to connect; a core starts in ~1.5 s of CPU, ten of them
@@ -106,11 +120,36 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for all-Success"
     )
+    parser.add_argument(
+        "--simulated",
+        type=int,
+        default=0,
+        help="simulated cores (`edge cloud simulate-cores`) beside the real ones (default 0)",
+    )
+    parser.add_argument(
+        "--sim-processes", type=int, default=2, help="processes the simulated cores use"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="deploy every group this many times; medians"
+    )
+    parser.add_argument(
+        "--serve-from",
+        type=Path,
+        metavar="CHECKOUT",
+        help="run `edge cloud serve` from another checkout of edge (a baseline's)",
+    )
+    parser.add_argument(
+        "--publish-rate",
+        type=float,
+        help="[mqtt] publish_rate of `edge cloud serve` (default: the config's default)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--serve-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.cores < 1 or args.batch < 1 or args.concurrency < 1:
-        parser.error("--cores, --batch and --concurrency must be at least 1")
+    if args.cores < 0 or args.simulated < 0 or args.cores + args.simulated < 1:
+        parser.error("--cores and --simulated must add up to at least 1")
+    if args.batch < 1 or args.concurrency < 1 or args.sim_processes < 1 or args.rounds < 1:
+        parser.error("--batch, --concurrency, --sim-processes and --rounds must be at least 1")
     return args
 
 
@@ -281,6 +320,8 @@ class ControlPlane:
     url: str
     secret: str
     proc: subprocess.Popen[bytes] | None = None
+    #: Another checkout whose `edge cloud serve` runs instead of this one's (a baseline).
+    serve_from: Path | None = None
 
     def cli(self, *args: str) -> str:
         """Run an `edge cloud` command; return its stdout, or fail with its stderr."""
@@ -303,8 +344,8 @@ class ControlPlane:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **AWS_TEST_ENV},
-                cwd=REPO,
+                env={**os.environ, **AWS_TEST_ENV, **self._source_env()},
+                cwd=self.serve_from or REPO,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run yet
             )
         deadline = time.monotonic() + 60
@@ -319,6 +360,11 @@ class ControlPlane:
                 break
             time.sleep(0.2)
         raise RuntimeError(f"edge cloud serve did not start; see {self.root / 'serve.log'}")
+
+    def _source_env(self) -> dict[str, str]:
+        if self.serve_from is None:
+            return {}
+        return {"PYTHONPATH": str(self.serve_from.resolve())}
 
     def stop(self) -> None:
         """SIGTERM the service and wait for it."""
@@ -345,7 +391,9 @@ class ControlPlane:
         )
 
 
-def write_cloud_config(root: Path, *, mqtt_url: str, moto_url: str, port: int) -> Path:
+def write_cloud_config(
+    root: Path, *, mqtt_url: str, moto_url: str, port: int, publish_rate: float | None = None
+) -> Path:
     """The control plane's config: its database, key, S3 bucket, API port and operator key."""
     secret_file = root / "operator.secret"
     secret_file.write_text(secrets.token_urlsafe(30) + "\n")
@@ -356,7 +404,9 @@ def write_cloud_config(root: Path, *, mqtt_url: str, moto_url: str, port: int) -
         f'artifact_bucket = "edge-artifacts"\naccount_id = "{ACCOUNT}"\n'
         f'listen = "127.0.0.1:{port}"\n\n[cloud.auth]\n'
         f'keys = [{{access_key_id = "{KEY_ID}", secret_access_key_file = "operator.secret"}}]\n\n'
-        f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "{PREFIX}"\nreconnect_max_seconds = 1.0\n\n'
+        f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "{PREFIX}"\nreconnect_max_seconds = 1.0\n'
+        + ("" if publish_rate is None else f"publish_rate = {publish_rate}\n")
+        + "\n"
         f'[aws]\nregion = "{REGION}"\nendpoint_url = "{moto_url}"\n'
     )
     return path
@@ -640,16 +690,26 @@ class Fleet:
         )
         port = free_port()
         config = write_cloud_config(
-            root, mqtt_url=self.broker.url, moto_url=self.moto.url, port=port
+            root,
+            mqtt_url=self.broker.url,
+            moto_url=self.moto.url,
+            port=port,
+            publish_rate=args.publish_rate,
         )
         secret = (root / "operator.secret").read_text().strip()
-        self.cloud = ControlPlane(root, config, f"http://127.0.0.1:{port}", secret)
+        self.cloud = ControlPlane(
+            root, config, f"http://127.0.0.1:{port}", secret, serve_from=args.serve_from
+        )
         stack.callback(self.cloud.stop)
+        self.simulated: SimulatedFleet | None = None
+        self.sim_things = [f"{SIM_PREFIX}{i}" for i in range(args.simulated)]
         self.cores: list[Core] = []
         stack.callback(lambda: stop_cores(self.cores))
         self.counter = Counter(self.broker.port)
         stack.callback(self.counter.close)
         self.notes: list[str] = []
+        #: Final statuses in the database before the current round.
+        self.recorded_before = 0
 
     def define(self) -> tuple[str, str]:
         """Secrets in moto; init, publish the function, serve; the shared definitions' ARNs."""
@@ -705,12 +765,18 @@ class Fleet:
         )
         return str(created["LatestVersionArn"]), str(functions["LatestVersionArn"])
 
-    def create_groups(self, count: int, resources: str, functions: str) -> tuple[list[str], float]:
+    @property
+    def things(self) -> list[str]:
+        """Every core's thing name, the real ones first."""
+        return [c.thing for c in self.cores] + self.sim_things
+
+    def create_groups(self, resources: str, functions: str) -> tuple[list[str], float]:
         """Per core a core definition and a group naming it and the shared versions."""
         gg = self.cloud.client(self.args.concurrency)
+        things = self.things
 
         def one(index: int) -> str:
-            thing = Core(index, self.root).thing
+            thing = things[index]
             core = gg.create_core_definition(
                 Name=f"{thing}-core",
                 InitialVersion={
@@ -735,11 +801,32 @@ class Fleet:
             return str(group["Id"])
 
         began = time.monotonic()
-        group_ids = in_pool(one, count, self.args.concurrency)
+        group_ids = in_pool(one, len(things), self.args.concurrency)
         return group_ids, time.monotonic() - began
+
+    def start_simulated(self) -> None:
+        """Start `edge cloud simulate-cores` for the simulated things; wait until it follows."""
+        if not self.sim_things:
+            return
+        from edge.fixtures.simulate import SimulatedFleet  # noqa: PLC0415
+
+        self.simulated = SimulatedFleet(
+            self.cloud.config,
+            (
+                *("--count", str(len(self.sim_things)), "--prefix", SIM_PREFIX),
+                *("--processes", str(self.args.sim_processes)),
+            ),
+        )
+        began = time.monotonic()
+        self.simulated.start(timeout=120)
+        took = time.monotonic() - began
+        print(f"{len(self.sim_things)} simulated cores following in {took:.1f} s", flush=True)
 
     def start_cores(self, count: int) -> int:
         """Start one core, size the fleet by its memory, then the rest in batches."""
+        if count == 0:
+            self.startup_seconds = 0.0
+            return 0
         trusted = self.root / "cloud" / "signing.pem.pub"
         for_core = {"mqtt_url": self.broker.url, "endpoint_url": self.proxy.url}
         first = Core(0, self.root / "cores" / "0000")
@@ -793,9 +880,10 @@ class Fleet:
                 self.notes.append(f"cores exited during the deployment: {dead}")
                 break
             time.sleep(0.05)
-        cpu_after, window = self.cpu(), time.monotonic() - t0
         last_final = max((t for t, _, _ in self.counter.finals.values()), default=time.monotonic())
         recorded = self.wait_recorded(len(group_ids), deadline)
+        # After the database holds every final status: the service's CPU includes following.
+        cpu_after, window = self.cpu(), time.monotonic() - t0
         return {
             "t0": t0,
             "published": published,
@@ -803,6 +891,7 @@ class Fleet:
             "answered": answered,
             "deployment_ids": deployment_ids,
             "all_final": last_final - t0,
+            "final_after_answered": last_final - max(answered),
             "recorded_lag": recorded - last_final,
             "group_ids": group_ids,
             "cpu": {k: cpu_after[k] - cpu_before[k] for k in cpu_before},
@@ -810,7 +899,7 @@ class Fleet:
         }
 
     def wait_recorded(self, count: int, deadline: float) -> float:
-        """Wait until the control plane's database holds every final status; return when."""
+        """Wait until the control plane's database holds `count` more final statuses."""
         import sqlite3  # noqa: PLC0415
 
         database = self.root / "cloud" / "edge-cloud.db"
@@ -819,7 +908,8 @@ class Fleet:
                 (final,) = conn.execute(
                     "SELECT count(*) FROM deployments WHERE status IN ('Success', 'Failure')"
                 ).fetchone()
-            if final >= count:
+            if final - self.recorded_before >= count:
+                self.recorded_before = final
                 break
             time.sleep(0.05)
         return time.monotonic()
@@ -844,10 +934,19 @@ class Fleet:
             "latency proxy": cpu_seconds(self.proxy.proc.pid),
             "mosquitto": cpu_seconds(self.broker.proc.pid),
             "control plane": cpu_seconds(self.cloud.proc.pid) if self.cloud.proc else 0.0,
+            "simulated cores": self.simulated_cpu(),
             "benchmark (boto3, counter)": cpu_seconds(os.getpid()),
         }
         parts["machine"] = machine_cpu_seconds()
         return parts
+
+    def simulated_cpu(self) -> float:
+        """CPU seconds of `simulate-cores` and its processes."""
+        if self.simulated is None or self.simulated.proc is None:
+            return 0.0
+        pid = self.simulated.proc.pid
+        children = (Path("/proc") / str(pid) / "task" / str(pid) / "children").read_text().split()
+        return sum(cpu_seconds(p) for p in [pid, *map(int, children)])
 
     def memory(self) -> tuple[list[int], list[int]]:
         """VmRSS and PSS of every running core, in kB."""
@@ -878,9 +977,9 @@ Rows = list[tuple[str, str]]
 
 def timing_rows(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> Rows:
     """Set-up, publishing and time-to-Success rows."""
-    n = len(fleet.cores)
+    n = len(fleet.things)
     finals = dict(fleet.counter.finals)
-    by_thing = {c.thing: i for i, c in enumerate(fleet.cores)}
+    by_thing = {thing: i for i, thing in enumerate(fleet.things)}
     per_core = [when - result["sent"][by_thing[t]] for t, (when, _, _) in finals.items()]
     api = [a - s for a, s in zip(result["answered"], result["sent"], strict=True)]
     outcome = collections.Counter(status for _, status, _ in finals.values())
@@ -897,6 +996,10 @@ def timing_rows(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> 
         (
             "**time to all-Success** (first CreateDeployment -> last Success)",
             f"**{result['all_final']:.2f} s**",
+        ),
+        (
+            "last Success after the last CreateDeployment answer",
+            f"{result['final_after_answered']:.2f} s",
         ),
     ]
     if per_core:
@@ -921,7 +1024,7 @@ def timing_rows(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> 
 
 def message_rows(fleet: Fleet, extra: dict[str, Any]) -> Rows:
     """Broker message rows: the counter's, then Mosquitto's $SYS deltas."""
-    n, counter = len(fleet.cores), fleet.counter
+    n, counter = len(fleet.things), fleet.counter
     rows: Rows = [
         (
             f"MQTT PUBLISH: {kind} (counter on `#`)",
@@ -947,7 +1050,7 @@ SYS_COUNTERS = {
 
 def call_rows(fleet: Fleet, extra: dict[str, Any]) -> Rows:
     """Secrets Manager (and S3) calls, from the proxy's counters."""
-    n, counts = len(fleet.cores), extra["proxy"]
+    n, counts = len(fleet.things), extra["proxy"]
     sm = {op: calls for op, calls in counts.items() if not op.startswith("/")}
     s3 = sum(calls for op, calls in counts.items() if op.startswith("/"))
     rows: Rows = [(f"Secrets Manager {op}", per(calls, n)) for op, calls in sorted(sm.items())]
@@ -958,7 +1061,8 @@ def call_rows(fleet: Fleet, extra: dict[str, Any]) -> Rows:
 
 def cpu_rows(fleet: Fleet, result: dict[str, Any]) -> Rows:
     """Who used the CPUs from the first CreateDeployment to the last final status."""
-    n, cpu, window = len(fleet.cores), result["cpu"], result["window"]
+    n, cpu, window = len(fleet.things), result["cpu"], result["window"]
+    real = max(1, len(fleet.cores))
     ours = sum(v for k, v in cpu.items() if k != "machine")
     capacity = window * (os.cpu_count() or 1)
     rows: Rows = [
@@ -966,10 +1070,19 @@ def cpu_rows(fleet: Fleet, result: dict[str, Any]) -> Rows:
             f"CPU used in those {window:.1f} s (of {capacity:.0f} CPU-s)",
             f"{cpu['machine']:.1f} CPU-s, of which not this run's {cpu['machine'] - ours:.1f}",
         ),
-        ("CPU: the cores, per core", f"{cpu['cores']:.1f} s, {cpu['cores'] / n * 1000:.0f} ms"),
-        ("CPU: control plane, per deployment", f"{cpu['control plane'] * 1000 / n:.0f} ms"),
+        ("CPU: real cores, per core", f"{cpu['cores']:.1f} s, {cpu['cores'] / real * 1000:.0f} ms"),
+        (
+            "**CPU: control plane (`serve`), per deployment**, status following included",
+            f"**{cpu['control plane'] * 1000 / n:.2f} ms**",
+        ),
     ]
-    parts = ("moto", "latency proxy", "mosquitto", "benchmark (boto3, counter)")
+    parts = (
+        "simulated cores",
+        "moto",
+        "latency proxy",
+        "mosquitto",
+        "benchmark (boto3, counter)",
+    )
     rows += [(f"CPU: {k}", f"{cpu[k]:.1f} s") for k in parts]
     return rows
 
@@ -992,10 +1105,11 @@ def memory_rows(extra: dict[str, Any]) -> Rows:
 
 def report(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> None:
     """Print the summary table and whatever went wrong."""
-    args, n = fleet.args, len(fleet.cores)
+    args, n = fleet.args, len(fleet.things)
     print()
     print(
-        f"fleet: {n} cores (`edge run`), one Mosquitto, one moto behind latency_proxy "
+        f"fleet: {len(fleet.cores)} cores (`edge run`) and {len(fleet.sim_things)} simulated "
+        f"({args.sim_processes} processes), one Mosquitto, one moto behind latency_proxy "
         f"({args.delay_ms:g} ms per call); {os.cpu_count()} CPUs"
     )
     print(
@@ -1027,7 +1141,7 @@ def report(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> None:
     for thing, (_, status, error) in sorted(finals.items()):
         if status != "Success":
             print(f"failure: {thing}: {error}")
-    missing = sorted({c.thing for c in fleet.cores} - set(finals))
+    missing = sorted(set(fleet.things) - set(finals))
     if missing:
         print(f"no final status from {len(missing)} cores: {missing[:10]}")
 
@@ -1039,17 +1153,25 @@ def run(args: argparse.Namespace, root: Path) -> int:
         print(f"work directory: {root}", flush=True)
         resources, functions = fleet.define()
         count = fleet.start_cores(args.cores)
-        group_ids, setup = fleet.create_groups(count, resources, functions)
-        print(f"control plane: {count} core definitions + groups in {setup:.1f} s", flush=True)
-        idle_wait, idle_cpu = wait_idle(fleet.cores)
-        print(f"all {count} cores connected; idle after {idle_wait:.0f} s", flush=True)
+        fleet.start_simulated()
+        if fleet.simulated is not None:
+            stack.callback(fleet.simulated.kill)
+        group_ids, setup = fleet.create_groups(resources, functions)
+        total = len(group_ids)
+        print(f"control plane: {total} core definitions + groups in {setup:.1f} s", flush=True)
+        idle_wait, idle_cpu = wait_idle(fleet.cores) if fleet.cores else (0.0, 0.0)
+        print(f"all {count} real cores connected; idle after {idle_wait:.0f} s", flush=True)
         mem_idle = fleet.memory()
         fleet.counter.connect()
-        sys_before = fleet.counter.sys_snapshot()
-        fleet.counter.reset()
-        fleet.proxy.reset()
-        print(f"deploying to {count} cores ...", flush=True)
-        result = fleet.deploy(group_ids)
+        rounds: list[dict[str, Any]] = []
+        for number in range(1, args.rounds + 1):
+            sys_before = fleet.counter.sys_snapshot()
+            fleet.counter.reset()
+            fleet.proxy.reset()
+            print(f"round {number}: deploying to {total} cores ...", flush=True)
+            result = fleet.deploy(group_ids)
+            rounds.append(result)
+            print(f"round {number}: {round_line(result, total)}", flush=True)
         extra = {
             "setup": setup,
             "startup": fleet.startup_seconds,
@@ -1063,8 +1185,31 @@ def run(args: argparse.Namespace, root: Path) -> int:
             "api": fleet.api_statuses(result),
         }
         report(fleet, result, extra)
-        ok = sum(1 for _, s, _ in fleet.counter.finals.values() if s == "Success") == count
+        if len(rounds) > 1:
+            medians = {
+                key: statistics.median(r[key] for r in rounds)
+                for key in ("published", "all_final", "final_after_answered")
+            }
+            cpu = statistics.median(r["cpu"]["control plane"] for r in rounds)
+            print(
+                f"\nmedians of {len(rounds)} rounds: all CreateDeployment answered "
+                f"{medians['published']:.2f} s; all-Success {medians['all_final']:.2f} s after "
+                f"the first ({medians['final_after_answered']:.2f} s after the last answer); "
+                f"control plane {cpu * 1000 / total:.2f} ms CPU per deployment"
+            )
+        if fleet.simulated is not None:
+            print(f"simulate-cores: {json.dumps(fleet.simulated.stop())}")
+        ok = sum(1 for _, s, _ in fleet.counter.finals.values() if s == "Success") == total
         return 0 if ok else 1
+
+
+def round_line(result: dict[str, Any], total: int) -> str:
+    """One round's key figures, as text."""
+    cpu = result["cpu"]["control plane"]
+    return (
+        f"answered {result['published']:.2f} s, all-Success {result['all_final']:.2f} s, "
+        f"control plane {cpu * 1000 / total:.2f} ms CPU per deployment"
+    )
 
 
 def main() -> int:

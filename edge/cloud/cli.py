@@ -15,14 +15,14 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.cloud import definitions, deployments, groups, idempotency
+from edge.cloud import definitions, deployments, groups, idempotency, simulate
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import CloudConfig, load_cloud_config
 from edge.cloud.db import Claim, Database, Row, open_database
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_definition_commands(add, kind)
     _add_group_commands(add)
     _add_deployment_commands(add)
+    simulate.add_arguments(
+        add(
+            "simulate-cores",
+            "run simulated cores that answer their deployments, to load-test a control plane; "
+            "each process serves its cores on one MQTT connection (see docs/cloud.md)",
+        )
+    )
     p = add("publish-function", "store a function's zip in S3 for deployments to carry")
     p.add_argument("--function-arn", required=True)
     p.add_argument("--zip-file", required=True, help="fileb://path of the deployment package")
@@ -266,21 +273,34 @@ def _print(result: dict[str, Any] | None) -> None:
         _out(json.dumps(result, indent=4))
 
 
+def _serve(config: CloudConfig, _args: argparse.Namespace) -> int:
+    # Imported here: aiohttp and botocore's model are only needed by the service.
+    from edge.cloud.serve import run  # noqa: PLC0415
+
+    return run(config)
+
+
+def _migrate(config: CloudConfig, args: argparse.Namespace) -> int:
+    from edge.cloud.dbcopy import migrate  # noqa: PLC0415 - this command's alone
+
+    return migrate(config, args.source, args.target, args.to_password_file, progress=_err)
+
+
+#: Commands that open no control-plane database of the caller's (or open it their own way).
+_STANDALONE: Final[dict[str, Callable[[CloudConfig, argparse.Namespace], int]]] = {
+    "init": lambda config, _args: _init(config),
+    "serve": _serve,
+    "import-greengrass": lambda config, args: _import_greengrass(config, args),
+    "migrate": _migrate,
+    "simulate-cores": lambda config, args: simulate.run(config, args),
+}
+
+
 def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
     command: str = args.command
-    if command == "init":
-        return _init(config)
-    if command == "serve":
-        # Imported here: aiohttp and botocore's model are only needed by the service.
-        from edge.cloud.serve import run  # noqa: PLC0415
-
-        return run(config)
-    if command == "import-greengrass":
-        return _import_greengrass(config, args)
-    if command == "migrate":
-        from edge.cloud.dbcopy import migrate  # noqa: PLC0415 - this command's alone
-
-        return migrate(config, args.source, args.target, args.to_password_file, progress=_err)
+    standalone = _STANDALONE.get(command)
+    if standalone is not None:
+        return standalone(config, args)
     with open_database(config) as db:
         token = getattr(args, "amzn_client_token", None)
         if token is not None:

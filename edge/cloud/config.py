@@ -86,6 +86,23 @@ class CloudSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Pacing:
+    """`[mqtt] publish_rate`, `publish_burst`, `publish_queue_limit`: `edge cloud serve`'s pace.
+
+    The core reads [mqtt] too and has no such keys: they are read here only.
+    """
+
+    #: Publishes per second, sustained. AWS IoT Core allows 100 per connection.
+    rate: float = 100.0
+    #: Publishes that may leave at once after a quiet spell.
+    burst: int = 20
+    #: Messages waiting at most; beyond that a publish is refused at once.
+    queue_limit: int = 10_000
+    #: Publishes awaiting their acknowledgement at once (paho's own window is 20).
+    in_flight: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class CloudConfig:
     """The whole validated control-plane configuration."""
 
@@ -93,6 +110,7 @@ class CloudConfig:
     cloud: CloudSettings
     mqtt: MqttSettings
     aws: AwsSettings
+    pacing: Pacing = Pacing()
 
 
 _SECTIONS = ("cloud", "mqtt", "aws")
@@ -116,10 +134,20 @@ def parse_cloud_config(raw: dict[str, Any], *, path: Path) -> CloudConfig:
         cloud=_cloud(sections["cloud"]),
         mqtt=parse_mqtt_section(sections["mqtt"]),
         aws=parse_aws_section(sections["aws"]),
+        pacing=_pacing(sections["mqtt"]),
     )
     for section in sections.values():
         section.finish()
     return config
+
+
+def _pacing(s: Section) -> Pacing:
+    default = Pacing()
+    return Pacing(
+        rate=s.number("publish_rate", default.rate, low=0.1, high=1_000_000.0),
+        burst=s.integer("publish_burst", default.burst, low=1, high=1_000_000),
+        queue_limit=s.integer("publish_queue_limit", default.queue_limit, low=1, high=10_000_000),
+    )
 
 
 def _cloud(s: Section) -> CloudSettings:

@@ -20,8 +20,10 @@ Deployment types, as in AWS:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -40,7 +42,8 @@ from edge.cloud.groups import (
 )
 from edge.cloud.ids import Arns, milliseconds, new_id, precise_timestamp, timestamp
 from edge.cloud.lambdacode import fetch_functions
-from edge.cloud.publish import CloudMqtt
+from edge.cloud.publish import OPERATION_TIMEOUT_SECONDS, CloudMqtt
+from edge.cloud.publisher import Publisher
 from edge.cloud.status import (
     BUILDING,
     FAILURE,
@@ -275,6 +278,7 @@ async def create_deployment(
     on_created: Callable[[dict[str, Any]], None] | None = None,
     on_change: Progress | None = None,
     on_note: Callable[[str], None] | None = None,
+    publisher: Publisher | None = None,
 ) -> Row | None:
     """Build, sign, record and publish a deployment; with `wait_seconds`, follow it to the end.
 
@@ -287,6 +291,8 @@ async def create_deployment(
         on_created: Called with `{DeploymentArn, DeploymentId}` once the broker has the document.
         on_change: Called with the status output after each transition while waiting.
         on_note: Called with what the core will ignore of the group (loggers, devices), if any.
+        publisher: A long-lived connection to publish through (without `wait_seconds`);
+            None: a connection of this call's own.
 
     Returns:
         With `wait_seconds`, the deployment's final row, or None if time ran out first.
@@ -330,6 +336,7 @@ async def create_deployment(
         on_created=on_created,
         on_change=on_change,
         on_note=on_note,
+        publisher=publisher,
     )
 
 
@@ -360,6 +367,7 @@ async def reset_deployments(
     wait_seconds: float | None = None,
     on_created: Callable[[dict[str, Any]], None] | None = None,
     on_change: Progress | None = None,
+    publisher: Publisher | None = None,
 ) -> Row | None:
     """reset-deployments: send the group's core a ResetDeployment and record it.
 
@@ -399,6 +407,7 @@ async def reset_deployments(
             wait_seconds=wait_seconds,
             on_created=on_created,
             on_change=on_change,
+            publisher=publisher,
         )
     except BrokerError as exc:
         if not force or outgoing.recorded:
@@ -507,17 +516,24 @@ async def _send(
     on_created: Callable[[dict[str, Any]], None] | None,
     on_change: Progress | None,
     on_note: Callable[[str], None] | None = None,
+    publisher: Publisher | None = None,
 ) -> Row | None:
     """Record a signed deployment as Building, publish it, and follow it if asked."""
     mqtt, thing = config.mqtt, out.built.thing_name
-    async with CloudMqtt(mqtt) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        publish: Callable[[str, bytes], Awaitable[None]]
+        if publisher is None or wait_seconds is not None:
+            client = await stack.enter_async_context(CloudMqtt(mqtt))
+            publish = client.publish
+        else:
+            publish = functools.partial(publisher.publish, wait_seconds=OPERATION_TIMEOUT_SECONDS)
         if wait_seconds is not None:
             # Subscribed before publishing, so not even a fast core's first report is missed.
             await client.subscribe(mqtt.status_topic(thing))
         with db.write() as conn:
             _insert(conn, config, out, envelope, status=BUILDING)
         try:
-            await client.publish(mqtt.deployments_topic(thing), envelope)
+            await publish(mqtt.deployments_topic(thing), envelope)
         except BrokerError as exc:
             with db.write() as conn:
                 message = f"not published: {exc}"

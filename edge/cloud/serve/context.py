@@ -17,6 +17,7 @@ from structlog.typing import FilteringBoundLogger
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
 from edge.cloud.ids import Arns
+from edge.cloud.publisher import Publisher
 from edge.cloud.serve.dbthread import DatabaseThread
 
 
@@ -31,6 +32,8 @@ class Context:
     loop_db: Database
     signing_key: Ed25519PrivateKey
     log: FilteringBoundLogger
+    #: The service's one publishing connection (None: a connection per deployment).
+    publisher: Publisher | None = None
 
 
 Result = dict[str, Any]

@@ -43,6 +43,9 @@ async def _reset_deployments(ctx: Context, p: dict[str, Any]) -> Result:
         p["GroupId"],
         force=bool(p.get("Force", False)),
         on_created=created.update,
+        # A forced reset records itself when the broker can't be reached, which takes a
+        # connection of its own to find out at once.
+        publisher=None if p.get("Force") else ctx.publisher,
     )
     ctx.log.info(
         "cloud.deployment.created",

@@ -15,6 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from edge.cloud.config import CloudConfig, ServeSettings
 from edge.cloud.db import open_database
 from edge.cloud.ids import Arns
+from edge.cloud.publisher import Publisher
 from edge.cloud.serve.app import Service, build_app
 from edge.cloud.serve.auth import Verifier, load_secret_keys
 from edge.cloud.serve.connections import (
@@ -81,7 +82,10 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
     log = get_logger("cloud.serve")
     health = Health()
     connections = Connections(cap=connection_cap())
-    async with DatabaseThread(lambda: open_database(config)) as db:
+    async with (
+        DatabaseThread(lambda: open_database(config)) as db,
+        Publisher(config.mqtt, config.pacing, logger=log) as publisher,
+    ):
         loop_db = open_database(config)
         try:
             service = Service(
@@ -92,6 +96,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     loop_db=loop_db,
                     signing_key=signing_key,
                     log=log,
+                    publisher=publisher,
                 ),
                 verifier=Verifier(keys=secrets, region=config.aws.region),
                 router=Router(),
