@@ -286,16 +286,6 @@ def _migrate(config: CloudConfig, args: argparse.Namespace) -> int:
     return migrate(config, args.source, args.target, args.to_password_file, progress=_err)
 
 
-#: Commands that open no control-plane database of the caller's (or open it their own way).
-_STANDALONE: Final[dict[str, Callable[[CloudConfig, argparse.Namespace], int]]] = {
-    "init": lambda config, _args: _init(config),
-    "serve": _serve,
-    "import-greengrass": lambda config, args: _import_greengrass(config, args),
-    "migrate": _migrate,
-    "simulate-cores": lambda config, args: simulate.run(config, args),
-}
-
-
 def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
     command: str = args.command
     standalone = _STANDALONE.get(command)
@@ -646,3 +636,13 @@ def read_binary_arg(option: str, value: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise CloudUsageError(option, f"can't read {path}: {exc.strerror or exc}") from None
+
+
+#: Commands that open no control-plane database of the caller's (or open it their own way).
+_STANDALONE: Final[dict[str, Callable[[CloudConfig, argparse.Namespace], int]]] = {
+    "init": lambda config, _args: _init(config),
+    "serve": _serve,
+    "import-greengrass": _import_greengrass,
+    "migrate": _migrate,
+    "simulate-cores": simulate.run,
+}
