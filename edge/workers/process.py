@@ -434,12 +434,17 @@ class WorkerProcess:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise WorkerStartError(exc.errno, self._start_failed(run_as, exc)) from exc
+            problem = _cannot_execute(self._launch.python, exc)
+            if run_as is not None:
+                # The error doesn't say whether the exec or entering the code failed (both are
+                # EACCES, no file name): the deployment's check, run again, does.
+                _, found = await _check_user(run_as, [self.code_dir], self._launch.python)
+                problem = found or problem
+            raise WorkerStartError(exc.errno, self._start_failed(run_as, problem)) from exc
 
-    def _start_failed(self, run_as: RunAs | None, exc: OSError) -> str:
-        """Log `worker.start_failed` naming the user, the interpreter and the fix; return it."""
+    def _start_failed(self, run_as: RunAs | None, problem: str) -> str:
+        """Log `worker.start_failed` naming the user and what to change; return the message."""
         user = _user_name(self.spec, run_as, self._launch.default_user)
-        problem = _cannot_execute(self._launch.python, exc)
         error = str(WorkerUserError(self.spec.function_arn, user, problem))
         self._log.error(
             "worker.start_failed", user=user, python=str(self._launch.python), error=error
@@ -523,7 +528,8 @@ class WorkerProcess:
             # Started as root, it became its RunAs user and found it can't run this Python.
             run_as = worker_user(self.spec, self._launch.default_user)
             denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-            self.kill_reason = self.kill_reason or self._start_failed(run_as, denied)
+            problem = _cannot_execute(self._launch.python, denied)
+            self.kill_reason = self.kill_reason or self._start_failed(run_as, problem)
         self.exited.set()
         self._log.info("worker.exited", pid=self.proc.pid, returncode=code, reason=self.kill_reason)
 

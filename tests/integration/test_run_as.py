@@ -144,17 +144,21 @@ def test_a_deployment_whose_user_cannot_run_the_interpreter_fails_saying_what_to
 
 @needs_root
 @pytest.mark.usefixtures("reachable_checkout")
-@pytest.mark.parametrize("sandbox", ["auto", "off"])
-def test_a_run_as_worker_that_cannot_start_names_the_interpreter_the_user_and_the_key(
-    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, sandbox: str
+@pytest.mark.parametrize(
+    "case", [("interpreter", "auto"), ("interpreter", "off"), ("code", "off")], ids="-".join
+)
+def test_a_run_as_worker_that_cannot_start_names_the_user_and_what_to_change(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, case: tuple[str, str]
 ) -> None:
-    """The interpreter's directory closed (0700) after a deployment: the start fails clearly.
+    """A directory closed (0700) after a deployment: the worker's start fails clearly.
 
     The invocation's error and the core's `worker.start_failed` name the function, the RunAs
-    user, the interpreter and `[workers] python`, not only "Permission denied". With the
-    sandbox the worker starts as root and finds out once it is its user; without, the core
-    starts it as that user and the exec fails.
+    user, and the interpreter with `[workers] python`, or the code with `[core] code_dir`; not
+    only "Permission denied". With the sandbox the worker starts as root and finds out once it
+    is its user; without, the core starts it as that user and the exec (or entering the code)
+    fails. Opened again, the function answers.
     """
+    closed, sandbox = case
     usable = python_for(NOBODY)
     if usable is None:
         pytest.skip("no Python of this version that nobody can run: apt-get install python3.11")
@@ -167,6 +171,22 @@ def test_a_run_as_worker_that_cannot_start_names_the_interpreter_the_user_and_th
         python.symlink_to(usable)
         code_dir = scratch / "functions"
         code_dir.mkdir(mode=0o755)
+        gate, expected = {
+            "interpreter": (
+                home,
+                (
+                    f"can't execute the interpreter {python} (Permission denied): ",
+                    "set [workers] python to an interpreter that user can execute",
+                ),
+            ),
+            "code": (
+                code_dir,
+                (
+                    f"can't read the function's code ({code_dir}/",  # its unpacked directory
+                    ": Permission denied): make [core] code_dir and the directories above",
+                ),
+            ),
+        }[closed]
         with core_with(
             tmp_path,
             broker,
@@ -178,17 +198,17 @@ def test_a_run_as_worker_that_cannot_start_names_the_interpreter_the_user_and_th
             run_as = {"Uid": NOBODY.pw_uid, "Gid": NOBODY.pw_gid}
             fn = function("ctx", "app.context_fields", code_of(tmp_path / "app.zip"), run_as=run_as)
             env.operator.wait_status(env.operator.deploy(functions=[fn]), "Success")
-            home.chmod(0o700)
+            gate.chmod(0o700)
             said = invoke(env, "ctx", {}, expect_error=True)
             logged = env.core.wait_for_event("worker.start_failed")
             user = f"RunAs uid {NOBODY.pw_uid} (nobody) gid {NOBODY.pw_gid}"
             for message in (said, logged["error"]):
                 assert function_arn("ctx") in message
-                assert user in message
-                assert f"can't execute the interpreter {python} (Permission denied)" in message
-                assert "set [workers] python to an interpreter that user can execute" in message
+                assert f"runs as {user}, who can't" in message
+                for part in expected:
+                    assert part in message
             assert (logged["user"], logged["python"]) == (user, str(python))
-            home.chmod(0o755)
+            gate.chmod(0o755)
             assert invoke(env, "ctx", {})["function_name"] == "ctx"
     finally:
         shutil.rmtree(scratch)
