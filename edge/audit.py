@@ -25,7 +25,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -266,6 +266,31 @@ def matches(entry: dict[str, Any], *, since: datetime | None, function: str | No
         if function not in (arn, name) and not arn.startswith(function + ":"):
             return False
     return True
+
+
+#: The fields that make two entries the same read, told apart only by when and how often.
+SUMMARY_KEY: Final = ("function_arn", "secret_id", "resource_id", "label", "version_id", "outcome")
+
+
+def summarize(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per distinct read: the first `time`, the `last`, the summed `count`.
+
+    The file holds one line per read per flush interval; a person asking "who read what"
+    wants each read once, with when it started and when it last happened. Ordered by first
+    read.
+    """
+    merged: dict[tuple[str, ...], dict[str, Any]] = {}
+    for entry in entries:
+        key = tuple(str(entry.get(field, "")) for field in SUMMARY_KEY)
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = dict(entry)
+            continue
+        # ISO 8601 UTC times of one format compare correctly as strings.
+        seen["time"] = min(str(seen.get("time", "")), str(entry.get("time", "")))
+        seen["last"] = max(str(seen.get("last", "")), str(entry.get("last", "")))
+        seen["count"] = int(seen.get("count", 0)) + int(entry.get("count", 0))
+    return sorted(merged.values(), key=lambda e: str(e.get("time", "")))
 
 
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.audit import audit_path, matches, parse_since, read_entries
+from edge.audit import audit_path, matches, parse_since, read_entries, summarize
 from edge.cli_invoke import invoke_function
 from edge.cloud.cli import main as cloud_main
 from edge.config import Config, load_config
@@ -130,8 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     audit = with_config(
         secrets_sub.add_parser(
             "audit",
-            help="show which function read which secret and label, when, allowed or not "
-            "(never values)",
+            help="show which function read which secret and label, allowed or not, how often, "
+            "and when first and last (never values)",
         )
     )
     audit.add_argument(
@@ -140,7 +140,11 @@ def _parser() -> argparse.ArgumentParser:
         "such as 90s, 15m, 2h, 7d",
     )
     audit.add_argument("--function", help="only this function: its ARN or its name")
-    audit.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    audit.add_argument(
+        "--json",
+        action="store_true",
+        help="print the log's JSON lines (one per read per flush interval) instead of a table",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -355,9 +359,10 @@ def _secrets_audit(
     if not entries:
         print("No secret reads recorded" + (" that match." if since or function else "."))
         return 0
-    rows = [("Last", "Function", "Secret", "Label", "VersionId", "Outcome", "Count")]
+    rows = [("First", "Last", "Function", "Secret", "Label", "VersionId", "Outcome", "Count")]
     rows.extend(
         (
+            str(e.get("time", "")),
             str(e.get("last", "")),
             str(e.get("function_arn", "")),
             str(e.get("secret_id", "")),
@@ -366,7 +371,7 @@ def _secrets_audit(
             str(e.get("outcome", "")),
             str(e.get("count", "")),
         )
-        for e in entries
+        for e in summarize(entries)
     )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:

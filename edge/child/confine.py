@@ -14,6 +14,8 @@ governs (a setuid chmod, mount, ptrace, new namespaces).
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 from edge.child import landlock, mountns
@@ -43,6 +45,7 @@ def confine(plan: dict[str, Any]) -> int:
     run_as = plan.get("run_as")
     if run_as:
         switch_user(int(run_as[0]), int(run_as[1]))
+        check_interpreter()
         ctypes, libc = load_libc()
         no_new_privs(ctypes, libc)
     elif plan.get("drop_capabilities"):
@@ -52,6 +55,23 @@ def confine(plan: dict[str, Any]) -> int:
     if plan.get("seccomp"):
         install_seccomp()
     return abi
+
+
+class InterpreterUnreachableError(ConfinementError):
+    """The RunAs user can't execute the interpreter the worker was started with as root."""
+
+
+def check_interpreter() -> None:
+    """Refuse to go on as a user who can't execute this interpreter or read its library.
+
+    Started as root and switched only now, the worker holds an interpreter its user couldn't
+    have started (one under a 0700 home, as pyenv's or a venv's under /root): every module
+    not imported yet would fail later with a bare "Permission denied".
+    """
+    library = os.path.dirname(os.__file__)  # noqa: PTH120 - os.path: already imported
+    for path, mode in ((sys.executable, os.X_OK), (library, os.R_OK | os.X_OK)):
+        if not os.access(path, mode):
+            raise InterpreterUnreachableError(f"this user can't reach {path}")
 
 
 def install_seccomp() -> None:

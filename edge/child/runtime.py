@@ -30,6 +30,8 @@ _READ_SIZE = 65536
 EXIT_HANDLER_LOAD_FAILED = 3
 #: Exit status when the core asked for confinement and it could not be applied.
 EXIT_SANDBOX_FAILED = 4
+#: Exit status when the RunAs user can't execute the interpreter (the core says what to set).
+EXIT_INTERPRETER_UNREACHABLE = 5
 
 
 class ClientContext:
@@ -159,7 +161,8 @@ def main() -> int:
         confine_and_open_code()
     except Exception as exc:  # noqa: BLE001 - any failure to confine stops the worker
         print(f"edge: the worker could not be confined: {exc}", file=sys.stderr)  # noqa: T201
-        return EXIT_SANDBOX_FAILED
+        unreachable = type(exc).__name__ == "InterpreterUnreachableError"  # confine's, lazily
+        return EXIT_INTERPRETER_UNREACHABLE if unreachable else EXIT_SANDBOX_FAILED
     try:
         handler = load_handler(os.environ["EDGE_HANDLER"])
     except Exception:  # noqa: BLE001 - report any import failure, then exit

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 from structlog.typing import FilteringBoundLogger
@@ -39,7 +40,8 @@ MessageHandler = Callable[[str, bytes], Awaitable[None]]
 #: First retry delay after a lost connection; doubles up to `reconnect_max_seconds`.
 _INITIAL_BACKOFF_SECONDS = 0.5
 #: How long aiomqtt waits for CONNACK, SUBACK and PUBACK. A broker that drops us between the
-#: TLS handshake and CONNACK (a refused client certificate) costs one such wait per attempt.
+#: TLS handshake and CONNACK (a refused client certificate) ends the attempt at once instead
+#: (see `_fail_connect_on_disconnect`).
 _TIMEOUT_SECONDS = 10
 #: What a TLS private key must be, like the core key: nobody else may read it.
 _PRIVATE_KEY_MODE = 0o600
@@ -156,6 +158,14 @@ def explain_connect_error(error: str) -> str | None:
     return None
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class _ClientErrors(logging.Handler):
     """Keeps the last error paho-mqtt logged, and passes warnings on to our structured log.
 
@@ -164,17 +174,24 @@ class _ClientErrors(logging.Handler):
     connect attempt then ends in a bare "Operation timed out". This is where the cause is.
     """
 
-    def __init__(self, log: FilteringBoundLogger) -> None:
+    def __init__(self, log: FilteringBoundLogger, *, tls: bool) -> None:
         super().__init__(level=logging.WARNING)
         self._log = log
+        self._tls = tls
         self.last: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Remember an error; log it as a `mqtt.client_log` event."""
+        """Remember an error; log it as a `mqtt.client_log` event, with the fix if it is TLS's."""
         message = record.getMessage()
         if record.levelno >= logging.ERROR:
             self.last = message
-        self._log.warning("mqtt.client_log", message=message, level_name=record.levelname)
+        hint = explain_connect_error(message) if self._tls else None
+        self._log.warning(
+            "mqtt.client_log",
+            message=message,
+            level_name=record.levelname,
+            **({"fix": hint} if hint else {}),
+        )
 
 
 class MqttLink:
@@ -200,7 +217,7 @@ class MqttLink:
         self.connected = asyncio.Event()
         # Not registered with logging.getLogger: one private logger per link, whose handler
         # catches what paho-mqtt says about a failed connection (see _ClientErrors).
-        self._client_errors = _ClientErrors(self._log)
+        self._client_errors = _ClientErrors(self._log, tls=settings.tls)
         self._client_logger = logging.Logger("edge.mqtt.client", logging.WARNING)  # noqa: LOG001
         self._client_logger.propagate = False
         self._client_logger.addHandler(self._client_errors)
@@ -225,12 +242,38 @@ class MqttLink:
         # since the broker never sends an acknowledged message again. `_receive` acknowledges
         # once the handler returns. aiomqtt 2.x has no public switch for paho's manual_ack.
         client._client.manual_ack_set(on=True)  # noqa: SLF001
+        self._fail_connect_on_disconnect(client)
         limit_packet_size(
             client._client,  # noqa: SLF001
             limit=MAX_PACKET_BYTES,
             dropped=self._packet_dropped,
         )
         return client
+
+    def _fail_connect_on_disconnect(self, client: aiomqtt.Client) -> None:
+        """End a connect attempt as soon as the connection is lost before CONNACK.
+
+        aiomqtt ignores a disconnect before CONNACK and waits out its whole timeout, so a
+        broker refusing the client certificate (a TLS 1.3 alert after the handshake) would
+        cost `_TIMEOUT_SECONDS` per attempt, whatever `reconnect_max_seconds` says. paho
+        reports the loss through on_disconnect, on the event loop (aiomqtt reads the socket
+        there); failing aiomqtt's pending CONNACK future makes `__aenter__` raise at once.
+        """
+        paho = client._client  # noqa: SLF001 - aiomqtt 2.x has no hook for this
+        forward: Callable[..., None] | None = paho.on_disconnect
+
+        def on_disconnect(*args: Any) -> None:  # noqa: ANN401 - paho's callback signature
+            connecting = client._connected  # noqa: SLF001
+            # Only while `__aenter__` waits (it holds the lock), and on the event loop: from
+            # another thread, aiomqtt's timeout still ends the attempt.
+            attempt = client._lock.locked()  # noqa: SLF001
+            if attempt and _on_event_loop() and not connecting.done():
+                cause = self._client_errors.last or "the broker closed the connection"
+                connecting.set_exception(aiomqtt.MqttError(f"{cause} (before CONNACK)"))
+            if forward is not None:
+                forward(*args)
+
+        paho.on_disconnect = on_disconnect
 
     def _packet_dropped(self, topic: str, size: int) -> None:
         # Nothing of it was kept: no valid message on any of our topics is that large.

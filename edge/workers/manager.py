@@ -22,7 +22,13 @@ from structlog.typing import FilteringBoundLogger
 from edge.ipc.protocol import Invoke
 from edge.log import get_logger, mask_payload
 from edge.mqtt.link import backoff_delays
-from edge.workers.process import Launch, Outcome, WorkerGoneError, WorkerProcess
+from edge.workers.process import (
+    Launch,
+    Outcome,
+    WorkerGoneError,
+    WorkerProcess,
+    WorkerStartError,
+)
 from edge.workers.spec import FunctionSpec
 
 #: First restart delay of a crashed pinned function, doubling up to the cap.
@@ -236,6 +242,8 @@ class WorkerManager:
             if runner.spec.pinned:
                 try:
                     await runner.start()
+                except WorkerStartError:
+                    pass  # logged where it was raised, naming the user and the interpreter
                 except OSError as exc:
                     self._log.warning(
                         "worker.start_failed", function_arn=runner.spec.function_arn, error=str(exc)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -95,6 +97,13 @@ class Outcome:
 
     payload: bytes
     function_error: str = ""
+
+
+class WorkerStartError(OSError):
+    """The worker's process could not be started; its `strerror` says who, with what, and why.
+
+    Already logged as `worker.start_failed` where it was raised.
+    """
 
 
 class WorkerGoneError(Exception):
@@ -187,10 +196,20 @@ _PYTHON_FIX = (
 )
 
 
-def _user_name(spec: FunctionSpec, run_as: RunAs, default_user: WorkerUser | None) -> str:
+def _user_name(spec: FunctionSpec, run_as: RunAs | None, default_user: WorkerUser | None) -> str:
+    if run_as is None:
+        return "the core's own user"
     if spec.run_as is None and default_user is not None:
         return f"[workers] default_user {default_user.name} (uid {run_as.uid})"
-    return f"RunAs uid {run_as.uid} gid {run_as.gid}"
+    try:
+        login = f" ({pwd.getpwuid(run_as.uid).pw_name})"
+    except KeyError:
+        login = ""  # a uid with no account: V1 allowed those too
+    return f"RunAs uid {run_as.uid}{login} gid {run_as.gid}"
+
+
+def _cannot_execute(python: Path, exc: OSError) -> str:
+    return f"can't execute the interpreter {python} ({exc.strerror or exc}): {_PYTHON_FIX}"
 
 
 async def check_worker_users(
@@ -234,7 +253,7 @@ async def _check_user(run_as: RunAs, code_dirs: list[Path], python: Path) -> tup
             preexec_fn=_drop_privileges(run_as.uid, run_as.gid),
         )
     except OSError as exc:
-        return 0, f"can't execute the interpreter {python} ({exc.strerror}): {_PYTHON_FIX}"
+        return 0, _cannot_execute(python, exc)
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
             out, err = await proc.communicate()
@@ -353,24 +372,8 @@ class WorkerProcess:
                 sdk_parent, sdk_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 env["EDGE_IPC_FD"] = str(sdk_child.fileno())
                 fds.append(sdk_child.fileno())
-            self.proc = await asyncio.create_subprocess_exec(
-                str(self._launch.python),
-                "-S",
-                "-P",  # cwd (the function's code) is not put first on sys.path: see above
-                "-m",
-                "edge.child.runtime",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                cwd=self.code_dir,
-                pass_fds=tuple(fds),
-                # uvloop's subprocess_exec takes no user/group arguments; preexec_fn works with
-                # both loops (the child runs no Python threads before exec).
-                preexec_fn=_drop_privileges(run_as.uid, run_as.gid)
-                if run_as is not None and not switched_in_worker
-                else None,
-                start_new_session=True,
+            self.proc = await self._spawn(
+                env, tuple(fds), run_as=run_as, switched=switched_in_worker
             )
         finally:
             child.close()
@@ -400,6 +403,53 @@ class WorkerProcess:
             pinned=self.spec.pinned,
             memory_kb=self.spec.memory_kb,
         )
+
+    async def _spawn(
+        self,
+        env: dict[str, str],
+        fds: tuple[int, ...],
+        *,
+        run_as: RunAs | None,
+        switched: bool,
+    ) -> asyncio.subprocess.Process:
+        """Start the child; a start that fails says who it runs as, with what, and what to set."""
+        try:
+            return await asyncio.create_subprocess_exec(
+                str(self._launch.python),
+                "-S",
+                "-P",  # cwd (the function's code) is not put first on sys.path: see above
+                "-m",
+                "edge.child.runtime",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=self.code_dir,
+                pass_fds=fds,
+                # uvloop's subprocess_exec takes no user/group arguments; preexec_fn works with
+                # both loops (the child runs no Python threads before exec).
+                preexec_fn=_drop_privileges(run_as.uid, run_as.gid)
+                if run_as is not None and not switched
+                else None,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            problem = _cannot_execute(self._launch.python, exc)
+            if run_as is not None:
+                # The error doesn't say whether the exec or entering the code failed (both are
+                # EACCES, no file name): the deployment's check, run again, does.
+                _, found = await _check_user(run_as, [self.code_dir], self._launch.python)
+                problem = found or problem
+            raise WorkerStartError(exc.errno, self._start_failed(run_as, problem)) from exc
+
+    def _start_failed(self, run_as: RunAs | None, problem: str) -> str:
+        """Log `worker.start_failed` naming the user and what to change; return the message."""
+        user = _user_name(self.spec, run_as, self._launch.default_user)
+        error = str(WorkerUserError(self.spec.function_arn, user, problem))
+        self._log.error(
+            "worker.start_failed", user=user, python=str(self._launch.python), error=error
+        )
+        return error
 
     async def invoke(self, invoke: Invoke) -> Outcome:
         """Send one invocation and wait for its result (the caller applies the timeout)."""
@@ -474,6 +524,12 @@ class WorkerProcess:
     async def _wait_exit(self) -> None:
         assert self.proc is not None  # noqa: S101 - started
         code = await self.proc.wait()
+        if code == 5:  # noqa: PLR2004 - runtime.EXIT_INTERPRETER_UNREACHABLE
+            # Started as root, it became its RunAs user and found it can't run this Python.
+            run_as = worker_user(self.spec, self._launch.default_user)
+            denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            problem = _cannot_execute(self._launch.python, denied)
+            self.kill_reason = self.kill_reason or self._start_failed(run_as, problem)
         self.exited.set()
         self._log.info("worker.exited", pid=self.proc.pid, returncode=code, reason=self.kill_reason)
 

@@ -85,8 +85,13 @@ def test_every_secret_read_is_audited_without_values(env: Env, tmp_path: Path) -
     assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
     table = edge_cli("secrets", "audit", "--config", str(env.config))
     assert table.returncode == 0, table.stderr
-    assert "audit/db" in table.stdout
-    assert "denied" in table.stdout
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:3] == ["First", "Last", "Function"]
+    (db_row,) = [row.split() for row in rows if "audit/db" in row]
+    first, last = (datetime.fromisoformat(t) for t in db_row[:2])
+    assert first <= last
+    assert db_row[-2:] == ["allowed", "3"]
+    assert any("denied" in row for row in rows)
 
 
 def test_a_bad_since_is_a_clear_error(env: Env) -> None:

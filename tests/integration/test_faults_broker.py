@@ -13,6 +13,7 @@ deployment stays in flight long enough to pull the broker out from under it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -21,11 +22,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge.config import load_config
 from edge.fixtures.core import (
     CoreProcess,
     Operator,
@@ -49,8 +52,8 @@ pytestmark = pytest.mark.network
 
 #: Every Secrets Manager call waits this long: a one-secret deployment is in flight ~2.5 s.
 FETCH_DELAY_MS = 2500
-#: A core refused by the broker waits this long for a CONNACK that never comes, per attempt
-#: (aiomqtt's timeout in edge/mqtt/link.py), before it says why and tries again.
+#: The longest one refused connect attempt may take: the CONNACK timeout in edge/mqtt/link.py,
+#: reached only when the broker's refusal never arrives (it ends the attempt at once).
 REFUSED_ATTEMPT_SECONDS = 10
 READER = "broker-faults-reader"
 
@@ -532,6 +535,52 @@ def test_tls_refuses_cores_without_a_certificate_from_its_ca(
     assert codes == [0, 0]
     for core in cores.values():
         assert "Traceback" not in core.log_text()
+
+
+def _when(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def test_tls_refusal_gives_the_fix_at_once_and_retries_within_the_cap(
+    tmp_path: Path, tls_broker: TlsMosquitto, pki: Pki, moto: MotoServer, sm: Any
+) -> None:
+    """The broker's first refusal is logged with the fix; attempts follow the capped backoff.
+
+    A refused attempt ends when the broker's alert arrives, not at the CONNACK timeout, so the
+    core tries again after its backoff, at most `reconnect_max_seconds`.
+    """
+    env = make_env(
+        tmp_path / "no-cert",
+        broker=tls_broker,
+        moto=moto,
+        sm=sm,
+        endpoint_url=moto.url,
+        mqtt=tls_settings(pki, cert=False),
+    )
+    cap = load_config(env.config).mqtt.reconnect_max_seconds
+    env.core.start()
+    try:
+        refusals = [
+            env.core.wait_for_event(
+                "mqtt.disconnected", after=n, timeout=REFUSED_ATTEMPT_SECONDS + 5
+            )
+            for n in range(4)
+        ]
+        said = [e for e in env.core.events() if "certificate required" in str(e.get("message"))]
+        assert said, "paho never logged the broker's alert"
+        assert "[mqtt] cert_file and key_file" in said[0]["fix"]
+        assert _when(said[0]) <= _when(refusals[0]) + REFUSED_ATTEMPT_SECONDS
+        assert any("certificate required" in e["error"] for e in refusals), refusals
+        for refusal in refusals:
+            assert "[mqtt] cert_file" in refusal["fix"]
+            assert refusal["retry_in"] <= cap
+        for before, after in itertools.pairwise(refusals):
+            # The next refusal: the backoff, then one TLS handshake on loopback, well under
+            # the CONNACK timeout a refused attempt would otherwise wait out.
+            assert _when(after) - _when(before) - before["retry_in"] < REFUSED_ATTEMPT_SECONDS / 2
+        assert env.core.count("mqtt.connected") == 0
+    finally:
+        assert env.core.stop() == 0
 
 
 def test_tls_key_file_others_can_read_is_refused_with_the_fix(

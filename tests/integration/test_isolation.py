@@ -31,17 +31,10 @@ other processes' /proc and signals, and find every route shut.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import pwd
-import shutil
 import stat
-import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +48,6 @@ from edge.fixtures.reference import write_v1_package
 from edge.fixtures.services import Mosquitto, MotoServer
 from edge.workers.sandbox import probe_namespace, probe_seccomp
 from tests.support.env import Env, running_env
-from tests.support.faults import fetch_table, running_core
 from tests.support.functions import (
     FUNCTIONS_DIR,
     build_package,
@@ -64,7 +56,6 @@ from tests.support.functions import (
     function_arn,
     invoke,
 )
-from tests.support.users import checkout_reachable, python_for
 
 pytestmark = pytest.mark.network
 #: Whether this kernel confines workers (the core's default, `[workers] sandbox = "auto"`).
@@ -562,116 +553,3 @@ def test_unmodified_v1_code_still_copies_and_chmods_its_own_files(env: Env, tmp_
     )
     answer = invoke(env, "copier", {"text": "v1 data"})
     assert answer == {"copy": "0o644", "copy2": "0o755", "text": "v1 data"}
-
-
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="RunAs and default_user apply only when the core runs as root"
-)
-NOBODY = pwd.getpwnam("nobody")
-
-
-@contextlib.contextmanager
-def core_with(
-    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, *, workers: str, code_dir: str
-) -> Iterator[Env]:
-    """A running core whose config has this [workers] table and [core] code_dir."""
-
-    def set_code_dir(state_dir: Path) -> None:
-        config = state_dir.parent / "core.toml"
-        text = config.read_text()
-        where = 'state_dir = "state"'
-        text = text.replace(where, f'{where}\ncode_dir = "{code_dir}"', 1)
-        config.write_text(text.replace("[workers]\n", f"[workers]\n{workers}\n", 1))
-
-    with running_core(
-        tmp_path,
-        broker=broker,
-        moto=moto,
-        sm=sm,
-        endpoint_url=moto.url,
-        fetch=fetch_table(),
-        before_init=set_code_dir,
-    ) as env:
-        yield env
-
-
-@pytest.fixture
-def reachable_checkout() -> Iterator[None]:
-    """Workers of another user import `edge` from this checkout: let them reach it."""
-    with checkout_reachable():
-        yield
-
-
-@needs_root
-@pytest.mark.usefixtures("reachable_checkout")
-def test_a_root_core_runs_functions_without_run_as_as_its_default_user(
-    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
-) -> None:
-    """`[workers] default_user = "nobody"`: a function without RunAs runs as nobody, no groups.
-
-    It reaches the core over the socket the core hands it (nobody can't enter the socket
-    directory) and reads its secret. The code lives in a directory nobody can read, and the
-    interpreter is one nobody can run: the deployment-time check passes.
-    """
-    python = python_for(NOBODY)
-    if python is None:
-        pytest.skip("no Python of this version that nobody can run: apt-get install python3.11")
-    code_dir = Path(tempfile.mkdtemp(prefix="edge-code-", dir="/var/tmp"))
-    code_dir.chmod(0o755)
-    try:
-        with core_with(
-            tmp_path,
-            broker,
-            moto,
-            sm,
-            workers=f'python = "{python}"\ndefault_user = "nobody"',
-            code_dir=str(code_dir),
-        ) as env:
-            env.core.wait_for_event("workers.default_user", user="nobody")
-            arn, _, value = env.create_secret("default-user")
-            fn = function("who", "app.whoami", code_of(tmp_path / "app.zip"), policies=["r"])
-            env.operator.wait_status(
-                env.operator.deploy([secret_resource("r", arn)], functions=[fn]), "Success"
-            )
-            answer = invoke(env, "who", {"SecretId": "default-user"})
-            assert (answer["uid"], answer["gid"], answer["groups"]) == (
-                NOBODY.pw_uid,
-                NOBODY.pw_gid,
-                [],
-            )
-            assert answer["inherited_ipc"] is True
-            assert answer["secret"] == value
-    finally:
-        shutil.rmtree(code_dir)
-
-
-@needs_root
-def test_a_deployment_whose_user_cannot_run_the_interpreter_fails_saying_what_to_set(
-    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
-) -> None:
-    """RunAs nobody with [workers] python in a 0700 directory: Failure naming both and the key.
-
-    Nothing of the deployment is applied: the function that ran before still answers.
-    """
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    python = private / "python"
-    python.symlink_to(sys.executable)
-    with core_with(
-        tmp_path, broker, moto, sm, workers=f'python = "{python}"', code_dir="functions"
-    ) as env:
-        code = code_of(tmp_path / "app.zip")
-        env.operator.wait_status(
-            env.operator.deploy(functions=[function("ctx", "app.context_fields", code)]),
-            "Success",
-        )
-        run_as = {"Uid": NOBODY.pw_uid, "Gid": NOBODY.pw_gid}
-        fn = function("ctx", "app.context_fields", code, run_as=run_as)
-        failed = env.operator.final_status(env.operator.deploy(functions=[fn]))
-        assert failed["DeploymentStatus"] == "Failure"
-        message = failed["ErrorMessage"]
-        assert function_arn("ctx") in message
-        assert f"RunAs uid {NOBODY.pw_uid} gid {NOBODY.pw_gid}" in message
-        assert f"can't execute the interpreter {python} (Permission denied)" in message
-        assert "set [workers] python to an interpreter that user can execute" in message
-        assert invoke(env, "ctx", {})["function_name"] == "ctx"

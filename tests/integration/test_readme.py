@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.cloud.config import load_cloud_config
 from edge.config import load_config
 from edge.fixtures.services import AWS_TEST_ENV, free_port, wait_for_port
+from edge.model.connectors import builtin_connectors
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -138,6 +139,24 @@ def test_every_edge_command_is_documented_with_an_example() -> None:
     front = README.read_text()
     for page in ("docs/operations.md", "docs/cloud.md"):
         assert f"]({page}" in front, f"the README doesn't link {page}"
+
+
+def test_every_built_in_connector_is_documented_for_users() -> None:
+    """docs/functions.md gives each connector's parameters, versions and topics."""
+    page = (REPO / "docs" / "functions.md").read_text()
+    section = page.split("\n## The built-in connectors\n", 1)[1].split("\n## ", 1)[0]
+    for name, connector in builtin_connectors().items():
+        manifest = connector.manifest
+        assert f"(`{name}`, version" in section, f"{name} has no section"
+        part = section.split(f"(`{name}`, version", 1)[1].split("\n### ", 1)[0]
+        for parameter in manifest.parameters:
+            names = [parameter.name] + (
+                [f"{parameter.name}-ResourceId"] if parameter.secret else []
+            )
+            for shown in names:
+                assert f"| `{shown}` |" in part, f"{name}: no row for {shown}"
+        for topic in (*manifest.input_topics, *manifest.output_topics):
+            assert f"`{topic}`" in part, f"{name}: {topic} not documented"
 
 
 # --- links between the pages ----------------------------------------------------------------

@@ -12,7 +12,15 @@ from unittest import mock
 
 import pytest
 
-from edge.audit import ALLOWED, DENIED, AuditLog, matches, parse_since, read_entries
+from edge.audit import (
+    ALLOWED,
+    DENIED,
+    AuditLog,
+    matches,
+    parse_since,
+    read_entries,
+    summarize,
+)
 from edge.config import AuditSettings
 from edge.errors import UsageError
 from edge.log import REDACTOR
@@ -138,3 +146,37 @@ def test_function_filter_takes_a_name_or_an_arn() -> None:
     assert not matches(entry, since=None, function="read")
     assert not matches(entry, since=datetime(2026, 11, 28, 11, tzinfo=UTC), function=None)
     assert json.dumps(entry)  # entries stay plain JSON
+
+
+def test_summary_gives_each_read_once_with_its_first_and_last_time(tmp_path: Path) -> None:
+    """Lines of one read from several flushes merge: earliest `time`, latest `last`, sum."""
+    read = {"function_arn": FN, "secret_id": "db", "resource_id": "r", "label": "AWSCURRENT"}
+    lines = [
+        {**read, "time": "2026-11-28T10:00:00.000+00:00", "last": "2026-11-28T10:00:00.500+00:00"},
+        {**read, "time": "2026-11-28T10:01:00.000+00:00", "last": "2026-11-28T10:01:00.000+00:00"},
+        {**read, "time": "2026-11-28T11:00:00.000+00:00", "last": "2026-11-28T11:00:00.900+00:00"},
+        {
+            **read,
+            "secret_id": "other",
+            "outcome": DENIED,
+            "time": "2026-11-28T10:00:30.000+00:00",
+            "last": "2026-11-28T10:00:30.000+00:00",
+        },
+    ]
+    path = tmp_path / "audit.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"version_id": "", "outcome": ALLOWED, "count": 2, **line}) + "\n"
+            for line in lines
+        )
+    )
+    summary = summarize(read_entries(path))
+    assert [(e["outcome"], e["secret_id"], e["count"]) for e in summary] == [
+        (ALLOWED, "db", 6),
+        (DENIED, "other", 2),
+    ]
+    assert (summary[0]["time"], summary[0]["last"]) == (
+        "2026-11-28T10:00:00.000+00:00",
+        "2026-11-28T11:00:00.900+00:00",
+    )
+    assert summary[1]["time"] == summary[1]["last"] == "2026-11-28T10:00:30.000+00:00"

@@ -1,0 +1,214 @@
+"""Workers of another user: RunAs and `[workers] default_user` on a root core.
+
+A real core running as root, real workers as `nobody`, Mosquitto and moto. The user must be
+able to execute `[workers] python` and read the function's code: a deployment checks that and
+fails saying what to set; a worker that still can't start (the interpreter's directory closed
+since) says the same in the core's log and in the invocation's error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.fixtures.core import secret_resource
+from edge.fixtures.services import Mosquitto, MotoServer
+from tests.support.env import Env
+from tests.support.faults import fetch_table, running_core
+from tests.support.functions import code_of, function, function_arn, invoke
+from tests.support.users import checkout_reachable, python_for
+
+pytestmark = pytest.mark.network
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="RunAs and default_user apply only when the core runs as root"
+)
+NOBODY = pwd.getpwnam("nobody")
+
+
+@contextlib.contextmanager
+def core_with(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, *, workers: str, code_dir: str
+) -> Iterator[Env]:
+    """A running core whose config has this [workers] table and [core] code_dir."""
+
+    def set_code_dir(state_dir: Path) -> None:
+        config = state_dir.parent / "core.toml"
+        text = config.read_text()
+        where = 'state_dir = "state"'
+        text = text.replace(where, f'{where}\ncode_dir = "{code_dir}"', 1)
+        config.write_text(text.replace("[workers]\n", f"[workers]\n{workers}\n", 1))
+
+    with running_core(
+        tmp_path,
+        broker=broker,
+        moto=moto,
+        sm=sm,
+        endpoint_url=moto.url,
+        fetch=fetch_table(),
+        before_init=set_code_dir,
+    ) as env:
+        yield env
+
+
+@pytest.fixture
+def reachable_checkout() -> Iterator[None]:
+    """Workers of another user import `edge` from this checkout: let them reach it."""
+    with checkout_reachable():
+        yield
+
+
+@needs_root
+@pytest.mark.usefixtures("reachable_checkout")
+def test_a_root_core_runs_functions_without_run_as_as_its_default_user(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
+) -> None:
+    """`[workers] default_user = "nobody"`: a function without RunAs runs as nobody, no groups.
+
+    It reaches the core over the socket the core hands it (nobody can't enter the socket
+    directory) and reads its secret. The code lives in a directory nobody can read, and the
+    interpreter is one nobody can run: the deployment-time check passes.
+    """
+    python = python_for(NOBODY)
+    if python is None:
+        pytest.skip("no Python of this version that nobody can run: apt-get install python3.11")
+    code_dir = Path(tempfile.mkdtemp(prefix="edge-code-", dir="/var/tmp"))
+    code_dir.chmod(0o755)
+    try:
+        with core_with(
+            tmp_path,
+            broker,
+            moto,
+            sm,
+            workers=f'python = "{python}"\ndefault_user = "nobody"',
+            code_dir=str(code_dir),
+        ) as env:
+            env.core.wait_for_event("workers.default_user", user="nobody")
+            arn, _, value = env.create_secret("default-user")
+            fn = function("who", "app.whoami", code_of(tmp_path / "app.zip"), policies=["r"])
+            env.operator.wait_status(
+                env.operator.deploy([secret_resource("r", arn)], functions=[fn]), "Success"
+            )
+            answer = invoke(env, "who", {"SecretId": "default-user"})
+            assert (answer["uid"], answer["gid"], answer["groups"]) == (
+                NOBODY.pw_uid,
+                NOBODY.pw_gid,
+                [],
+            )
+            assert answer["inherited_ipc"] is True
+            assert answer["secret"] == value
+    finally:
+        shutil.rmtree(code_dir)
+
+
+@needs_root
+def test_a_deployment_whose_user_cannot_run_the_interpreter_fails_saying_what_to_set(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
+) -> None:
+    """RunAs nobody with [workers] python in a 0700 directory: Failure naming both and the key.
+
+    Nothing of the deployment is applied: the function that ran before still answers.
+    """
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    python = private / "python"
+    python.symlink_to(sys.executable)
+    with core_with(
+        tmp_path, broker, moto, sm, workers=f'python = "{python}"', code_dir="functions"
+    ) as env:
+        code = code_of(tmp_path / "app.zip")
+        env.operator.wait_status(
+            env.operator.deploy(functions=[function("ctx", "app.context_fields", code)]),
+            "Success",
+        )
+        run_as = {"Uid": NOBODY.pw_uid, "Gid": NOBODY.pw_gid}
+        fn = function("ctx", "app.context_fields", code, run_as=run_as)
+        failed = env.operator.final_status(env.operator.deploy(functions=[fn]))
+        assert failed["DeploymentStatus"] == "Failure"
+        message = failed["ErrorMessage"]
+        assert function_arn("ctx") in message
+        assert f"RunAs uid {NOBODY.pw_uid} (nobody) gid {NOBODY.pw_gid}" in message
+        assert f"can't execute the interpreter {python} (Permission denied)" in message
+        assert "set [workers] python to an interpreter that user can execute" in message
+        assert invoke(env, "ctx", {})["function_name"] == "ctx"
+
+
+@needs_root
+@pytest.mark.usefixtures("reachable_checkout")
+@pytest.mark.parametrize(
+    "case", [("interpreter", "auto"), ("interpreter", "off"), ("code", "off")], ids="-".join
+)
+def test_a_run_as_worker_that_cannot_start_names_the_user_and_what_to_change(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, case: tuple[str, str]
+) -> None:
+    """A directory closed (0700) after a deployment: the worker's start fails clearly.
+
+    The invocation's error and the core's `worker.start_failed` name the function, the RunAs
+    user, and the interpreter with `[workers] python`, or the code with `[core] code_dir`; not
+    only "Permission denied". With the sandbox the worker starts as root and finds out once it
+    is its user; without, the core starts it as that user and the exec (or entering the code)
+    fails. Opened again, the function answers.
+    """
+    closed, sandbox = case
+    usable = python_for(NOBODY)
+    if usable is None:
+        pytest.skip("no Python of this version that nobody can run: apt-get install python3.11")
+    scratch = Path(tempfile.mkdtemp(prefix="edge-runas-", dir="/var/tmp"))
+    try:
+        scratch.chmod(0o755)
+        home = scratch / "home"  # a home such as pyenv's, under /root
+        home.mkdir(mode=0o755)
+        python = home / "python"
+        python.symlink_to(usable)
+        code_dir = scratch / "functions"
+        code_dir.mkdir(mode=0o755)
+        gate, expected = {
+            "interpreter": (
+                home,
+                (
+                    f"can't execute the interpreter {python} (Permission denied): ",
+                    "set [workers] python to an interpreter that user can execute",
+                ),
+            ),
+            "code": (
+                code_dir,
+                (
+                    f"can't read the function's code ({code_dir}/",  # its unpacked directory
+                    ": Permission denied): make [core] code_dir and the directories above",
+                ),
+            ),
+        }[closed]
+        with core_with(
+            tmp_path,
+            broker,
+            moto,
+            sm,
+            workers=f'python = "{python}"\nsandbox = "{sandbox}"',
+            code_dir=str(code_dir),
+        ) as env:
+            run_as = {"Uid": NOBODY.pw_uid, "Gid": NOBODY.pw_gid}
+            fn = function("ctx", "app.context_fields", code_of(tmp_path / "app.zip"), run_as=run_as)
+            env.operator.wait_status(env.operator.deploy(functions=[fn]), "Success")
+            gate.chmod(0o700)
+            said = invoke(env, "ctx", {}, expect_error=True)
+            logged = env.core.wait_for_event("worker.start_failed")
+            user = f"RunAs uid {NOBODY.pw_uid} (nobody) gid {NOBODY.pw_gid}"
+            for message in (said, logged["error"]):
+                assert function_arn("ctx") in message
+                assert f"runs as {user}, who can't" in message
+                for part in expected:
+                    assert part in message
+            assert (logged["user"], logged["python"]) == (user, str(python))
+            gate.chmod(0o755)
+            assert invoke(env, "ctx", {})["function_name"] == "ctx"
+    finally:
+        shutil.rmtree(scratch)
