@@ -249,9 +249,11 @@ class SecretAccessDeniedError(SecretFetchError):
 class SecretServiceError(SecretFetchError):
     """Secrets Manager failed, or could not be reached, after every retry."""
 
-    def __init__(self, arn: str, detail: str) -> None:
+    def __init__(self, arn: str, detail: str, *, error_code: str | None = None) -> None:
         self.arn = arn
         self.detail = detail
+        #: Secrets Manager's error code, where it answered with one.
+        self.error_code = error_code
         super().__init__(
             f"could not fetch the secret with ARN {arn} from Secrets Manager: {detail}"
         )

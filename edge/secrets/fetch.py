@@ -31,13 +31,12 @@ import asyncio
 import collections
 import contextlib
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError
 
 from edge.config import FetchSettings
 from edge.errors import (
@@ -48,17 +47,26 @@ from edge.errors import (
     SecretServiceError,
     StagingLabelNotFoundError,
 )
-from edge.secrets.contents import SecretVersion
+from edge.secrets.answers import (
+    ACCESS_DENIED,
+    INVALID_STATE,
+    NOT_FOUND,
+    FetchProgress,
+    error_code,
+    map_exceptions,
+    match_batch,
+    wanted_pairs,
+)
 from edge.secrets.source import AWSCURRENT, Described, local_secret, plan_fetch
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from types import TracebackType
 
     from structlog.typing import FilteringBoundLogger
 
     from edge.model import SecretResource
-    from edge.secrets.contents import LocalSecret
+    from edge.secrets.contents import LocalSecret, SecretVersion
 
 #: SecretIdList takes at most 20 ids (BatchGetSecretValue API reference).
 BATCH_MAX_IDS: Final = 20
@@ -80,228 +88,6 @@ _BATCH_REFUSED_CODES: Final = frozenset(
 )
 #: HTTP 501 Not Implemented: an emulator without the operation, whatever its error code.
 _HTTP_NOT_IMPLEMENTED: Final = 501
-
-_ACCESS_DENIED: Final = "AccessDeniedException"
-_NOT_FOUND: Final = "ResourceNotFoundException"
-
-#: How a Secrets Manager error code becomes our exception; anything else is SecretServiceError.
-_ERRORS_BY_CODE: Final[Mapping[str, Callable[[str, str], SecretFetchError]]] = {
-    _NOT_FOUND: lambda arn, _detail: SecretNotFoundError(arn),
-    _ACCESS_DENIED: SecretAccessDeniedError,
-}
-
-
-class _InvalidStateError(SecretServiceError):
-    """InvalidRequestException: the secret's state forbids the read, usually a pending deletion.
-
-    Private: `AwsSecretSource` asks DescribeSecret and turns it into SecretNotFoundError when
-    the secret is marked for deletion; otherwise it surfaces as the SecretServiceError it is.
-    """
-
-
-def _error_code(exc: Any) -> tuple[str, int | None]:  # noqa: ANN401 - botocore has no stubs
-    """Return a ClientError's error code and HTTP status."""
-    response: Mapping[str, Any] = getattr(exc, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code") or "Unknown")
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code, status if isinstance(status, int) else None
-
-
-def _client_error_detail(exc: Any) -> str:  # noqa: ANN401 - botocore has no stubs
-    """Summarise a ClientError as code, status and attempts, never its message or body."""
-    code, status = _error_code(exc)
-    response: Mapping[str, Any] = getattr(exc, "response", None) or {}
-    retries = response.get("ResponseMetadata", {}).get("RetryAttempts")
-    detail = code if status is None else f"{code} (HTTP {status})"
-    if isinstance(retries, int) and retries > 0:
-        detail += f" after {retries + 1} attempts"
-    return detail
-
-
-def _botocore_error_detail(exc: BotoCoreError) -> str:
-    """Summarise a transport-level error by type and endpoint.
-
-    The messages of some BotoCoreErrors (ResponseParserError) quote the response body, which
-    may hold a secret value; the type name and endpoint URL are all a user needs, with a hint
-    when nothing could be reached at all (refused, unresolvable or timed-out connections).
-    """
-    detail = type(exc).__name__
-    url = getattr(exc, "kwargs", {}).get("endpoint_url")
-    if url and isinstance(exc, EndpointConnectionError):
-        return (
-            f"can't connect to {url} ({detail}); check [aws] endpoint_url and the network "
-            f"to Secrets Manager"
-        )
-    return f"{detail} for {url}" if url else detail
-
-
-@contextlib.contextmanager
-def map_exceptions(arn: str, *, operation: str = "GetSecretValue") -> Iterator[None]:
-    """Translate botocore's exceptions about one secret into `SecretFetchError` subclasses.
-
-    Args:
-        arn: The secret the call was about, as the resource names it.
-        operation: The API operation, named in service errors.
-
-    Raises:
-        SecretFetchError: The subclass for the error code (see `_ERRORS_BY_CODE`), or
-            SecretServiceError for anything else that is left after botocore's retries.
-    """
-    try:
-        yield
-    except ClientError as exc:
-        code, _status = _error_code(exc)
-        detail = f"{operation}: {_client_error_detail(exc)}"
-        if code == "InvalidRequestException":
-            raise _InvalidStateError(arn, detail) from exc
-        factory = _ERRORS_BY_CODE.get(code, SecretServiceError)
-        raise factory(arn, detail) from exc
-    except BotoCoreError as exc:
-        raise SecretServiceError(arn, f"{operation}: {_botocore_error_detail(exc)}") from exc
-
-
-def _version(arn: str, answer: Mapping[str, Any]) -> SecretVersion:
-    """Build a SecretVersion from a GetSecretValue answer or a BatchGetSecretValue entry.
-
-    Raises:
-        SecretServiceError: The answer lacks a VersionId, or carries no value or both.
-    """
-    try:
-        created = answer.get("CreatedDate")
-        binary = answer.get("SecretBinary")
-        return SecretVersion(
-            version_id=str(answer["VersionId"]),
-            version_stages=tuple(str(s) for s in answer.get("VersionStages", ())),
-            created_date=created.timestamp() if created is not None else 0.0,
-            secret_string=answer.get("SecretString"),
-            secret_binary=bytes(binary) if binary is not None else None,
-        )
-    except KeyError as exc:
-        raise SecretServiceError(arn, f"answer without {exc.args[0]}") from exc
-    except (ValueError, TypeError, AttributeError) as exc:
-        # Name the kind of problem only: the message could quote what the answer held.
-        raise SecretServiceError(arn, f"unexpected answer ({type(exc).__name__})") from exc
-
-
-def _match_batch(
-    asked: Mapping[str, str],
-    values: Sequence[Mapping[str, Any]],
-    errors: Sequence[Mapping[str, Any]],
-) -> tuple[dict[str, Mapping[str, Any]], dict[str, str]]:
-    """Pair each id asked for with its entry in a BatchGetSecretValue answer.
-
-    Secrets Manager answers with the secret's full ARN and Name, whatever id it was given.
-    Exact ARN matches claim their entries first; only then is a leftover entry matched by
-    name (an emulator that spells ARNs its own way, an id that is a name or partial ARN).
-    Claiming keeps a stale ARN of a secret deleted and re-created under the same name from
-    taking the new secret's value when both are asked for.
-
-    Args:
-        asked: Id asked for (the resource's ARN) -> the secret name parsed from it.
-        values: The `SecretValues` entries.
-        errors: The `Errors` entries.
-
-    Returns:
-        Id -> its `SecretValues` entry, and id -> `ErrorCode` for ids with an `Errors` entry.
-        Ids in neither were not answered.
-    """
-    unclaimed = list(values)
-    matched: dict[str, Mapping[str, Any]] = {}
-    for by_name in (False, True):
-        for secret_id, name in asked.items():
-            if secret_id in matched:
-                continue
-            for entry in unclaimed:
-                if _same_name(secret_id, name, entry) if by_name else entry.get("ARN") == secret_id:
-                    matched[secret_id] = entry
-                    unclaimed.remove(entry)
-                    break
-    codes: dict[str, str] = {}
-    for entry in errors:
-        secret_id = str(entry.get("SecretId", ""))
-        owner = secret_id if secret_id in asked else None
-        owner = owner or next((i for i, n in asked.items() if secret_id == n), None)
-        if owner is not None and owner not in matched:
-            codes.setdefault(owner, str(entry.get("ErrorCode", "Unknown")))
-    return matched, codes
-
-
-def _same_name(secret_id: str, secret_name: str, entry: Mapping[str, Any]) -> bool:
-    """Tell whether a batch entry names the secret an id points to, other than by equal ARN."""
-    arn = str(entry.get("ARN", ""))
-    name = str(entry.get("Name", ""))
-    if name in (secret_id, secret_name):
-        return True
-    # A partial ARN is the full one less its "-" and 6 random characters.
-    return arn.startswith(f"{secret_id}-") and len(arn) == len(secret_id) + 7
-
-
-@dataclass(slots=True)
-class _FetchProgress:
-    """The state of one `fetch`: the pairs wanted and the versions that have arrived."""
-
-    #: ARN -> labels wanted for it, AWSCURRENT first.
-    wanted: dict[str, tuple[str, ...]]
-    #: ARN -> secret name from the model, to match batch answers.
-    names_asked: dict[str, str]
-    #: ARN -> label -> version received.
-    received: dict[str, dict[str, SecretVersion]] = field(default_factory=dict)
-    #: ARN -> the secret's Name as Secrets Manager answered.
-    names: dict[str, str] = field(default_factory=dict)
-    #: ARN -> VersionId -> the wanted labels DescribeSecret placed on that version, which
-    #: the core lacks: fetched by VersionId, exactly the version described.
-    by_version: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
-
-    def planned(self, arn: str, label: str) -> bool:
-        """Tell whether the pair is fetched by VersionId."""
-        return any(label in labels for labels in self.by_version.get(arn, {}).values())
-
-    @property
-    def total(self) -> int:
-        """Return how many pairs the fetch needs."""
-        return sum(len(labels) for labels in self.wanted.values())
-
-    @property
-    def done(self) -> int:
-        """Return how many pairs have arrived."""
-        return sum(len(by_label) for by_label in self.received.values())
-
-    def has(self, arn: str, label: str) -> bool:
-        """Tell whether the pair has already arrived."""
-        return label in self.received.get(arn, {})
-
-    def reuse(self, arn: str, name: str, by_label: Mapping[str, SecretVersion]) -> None:
-        """Take held versions for some of the secret's pairs: no call is needed for them."""
-        self.names.setdefault(arn, name)
-        self.received.setdefault(arn, {}).update(by_label)
-
-    def record(self, arn: str, label: str, answer: Mapping[str, Any]) -> None:
-        """Keep an answer for the pair, and for every wanted label its version also carries.
-
-        An answer lists all the labels on its version, so a deployment whose extra labels sit
-        on the AWSCURRENT version needs no call for them once that answer is in.
-        """
-        version = _version(arn, answer)
-        self.names.setdefault(arn, str(answer.get("Name", "")))
-        by_label = self.received.setdefault(arn, {})
-        by_label.setdefault(label, version)
-        for stage in version.version_stages:
-            if stage in self.wanted[arn]:
-                by_label.setdefault(stage, version)
-
-
-def _wanted(
-    resources: Sequence[SecretResource],
-) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
-    """Return the labels needed per ARN (merged across resources) and each ARN's name."""
-    wanted: dict[str, dict[str, None]] = {}
-    names: dict[str, str] = {}
-    for resource in resources:
-        # A dict keeps first-seen order without duplicates; AWSCURRENT stays first.
-        labels = wanted.setdefault(resource.arn, {})
-        labels.update(dict.fromkeys(resource.labels))
-        names.setdefault(resource.arn, resource.secret_name)
-    return {arn: tuple(labels) for arn, labels in wanted.items()}, names
 
 
 class AwsSecretSource:
@@ -426,8 +212,8 @@ class AwsSecretSource:
         """
         if self._client is None:
             raise RuntimeError("use `async with AwsSecretSource(...)` before fetching")
-        wanted, names = _wanted(resources)
-        run = _FetchProgress(wanted=wanted, names_asked=names)
+        wanted, names = wanted_pairs(resources)
+        run = FetchProgress(wanted=wanted, names_asked=names)
         self._log.info("fetch.started", secrets=len(wanted), pairs=run.total)
         started = time.perf_counter()
         calls_before = self.calls.total()
@@ -464,7 +250,7 @@ class AwsSecretSource:
 
     async def _reuse_held(
         self,
-        run: _FetchProgress,
+        run: FetchProgress,
         held: Mapping[str, Mapping[str, SecretVersion]],
         described: dict[str, Described],
         pace: Callable[[], Awaitable[None]] | None,
@@ -553,7 +339,7 @@ class AwsSecretSource:
                     self.describe_available = False
                     self._log.warning(
                         "fetch.describe.unavailable",
-                        code=_ACCESS_DENIED,
+                        code=ACCESS_DENIED,
                         fallback="full fetch (GetSecretValue/BatchGetSecretValue)",
                     )
                 raise
@@ -569,7 +355,7 @@ class AwsSecretSource:
             raise SecretServiceError(arn, "DescribeSecret: unexpected answer") from exc
         return Described(name=str(answer.get("Name", "")), stages=stages)
 
-    async def _fetch_all(self, run: _FetchProgress) -> None:
+    async def _fetch_all(self, run: FetchProgress) -> None:
         """Fetch every pair of the run as tasks of one group; raise the first failure alone."""
         failure: SecretFetchError | None = None
         try:
@@ -586,7 +372,7 @@ class AwsSecretSource:
             # Raised outside the handler so that its context is the botocore error, not the group.
             raise failure
 
-    def _spawn(self, run: _FetchProgress, tg: asyncio.TaskGroup) -> None:
+    def _spawn(self, run: FetchProgress, tg: asyncio.TaskGroup) -> None:
         """Start a task for every call the run still needs: by VersionId, batch, by label."""
         for arn, versions in run.by_version.items():
             for version_id, labels in versions.items():
@@ -612,7 +398,7 @@ class AwsSecretSource:
                     continue
                 tg.create_task(self._fetch_label(run, arn, label), name=f"{arn}:{label}")
 
-    async def _fetch_label(self, run: _FetchProgress, arn: str, label: str) -> None:
+    async def _fetch_label(self, run: FetchProgress, arn: str, label: str) -> None:
         """Fetch one (ARN, label) pair with GetSecretValue, unless it has arrived already."""
         async with self._limit:
             if run.has(arn, label):
@@ -621,7 +407,7 @@ class AwsSecretSource:
         run.record(arn, label, answer)
 
     async def _fetch_version(
-        self, run: _FetchProgress, arn: str, version_id: str, labels: tuple[str, ...]
+        self, run: FetchProgress, arn: str, version_id: str, labels: tuple[str, ...]
     ) -> None:
         """Fetch the version DescribeSecret placed the labels on, by its VersionId.
 
@@ -635,7 +421,9 @@ class AwsSecretSource:
                     answer: Mapping[str, Any] = await self._client.get_secret_value(
                         SecretId=arn, VersionId=version_id
                     )
-        except (SecretNotFoundError, _InvalidStateError):
+        except (SecretNotFoundError, SecretServiceError) as exc:
+            if isinstance(exc, SecretServiceError) and exc.error_code != INVALID_STATE:
+                raise
             for label in labels:
                 await self._fetch_label(run, arn, label)
             return
@@ -658,10 +446,10 @@ class AwsSecretSource:
                 # Chain to botocore's error, not to the guess that turned out wrong.
                 raise StagingLabelNotFoundError(arn, label) from exc.__cause__
             raise
-        except _InvalidStateError as exc:
+        except SecretServiceError as exc:
             # Secrets Manager refuses reads of a secret in its deletion recovery window; to the
             # operator that secret is gone.
-            if not await self._secret_exists(arn):
+            if exc.error_code == INVALID_STATE and not await self._secret_exists(arn):
                 raise SecretNotFoundError(arn) from exc.__cause__
             raise
         return answer
@@ -672,13 +460,13 @@ class AwsSecretSource:
             try:
                 described: Mapping[str, Any] = await self._client.describe_secret(SecretId=arn)
             except ClientError as exc:
-                if _error_code(exc)[0] == _NOT_FOUND:
+                if error_code(exc)[0] == NOT_FOUND:
                     return False
                 raise
         return described.get("DeletedDate") is None
 
     async def _fetch_batch(
-        self, run: _FetchProgress, tg: asyncio.TaskGroup, arns: Sequence[str]
+        self, run: FetchProgress, tg: asyncio.TaskGroup, arns: Sequence[str]
     ) -> None:
         """Fetch the AWSCURRENT values of up to 20 secrets with BatchGetSecretValue.
 
@@ -690,16 +478,16 @@ class AwsSecretSource:
             for arn in arns:
                 tg.create_task(self._fetch_label(run, arn, AWSCURRENT), name=arn)
             return
-        matched, codes = _match_batch({a: run.names_asked[a] for a in arns}, *answered)
+        matched, codes = match_batch({a: run.names_asked[a] for a in arns}, *answered)
         for arn in arns:
             value = matched.get(arn)
             if value is not None:
                 run.record(arn, AWSCURRENT, value)
                 continue
             code = codes.get(arn)
-            if code == _NOT_FOUND:
+            if code == NOT_FOUND:
                 raise SecretNotFoundError(arn)
-            if code == _ACCESS_DENIED:
+            if code == ACCESS_DENIED:
                 raise SecretAccessDeniedError(arn, f"BatchGetSecretValue: {code}")
             # A secret marked for deletion, a per-secret throttle or internal error, or no
             # entry at all: ask again alone, where botocore retries and the full error
@@ -735,7 +523,7 @@ class AwsSecretSource:
 
     def _batch_refused(self, exc: Any) -> bool:  # noqa: ANN401 - botocore has no stubs
         """Tell whether BatchGetSecretValue was refused as a whole; if so, stop using it."""
-        code, status = _error_code(exc)
+        code, status = error_code(exc)
         if code not in _BATCH_REFUSED_CODES and status != _HTTP_NOT_IMPLEMENTED:
             return False
         if self._batch_available:
