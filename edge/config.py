@@ -140,15 +140,12 @@ def parse_config(raw: dict[str, Any], *, path: Path) -> Config:
 
 def _core(s: Section) -> CoreSettings:
     thing_name = s.string("thing_name", required=True)
-    assert thing_name is not None  # noqa: S101 - required=True guarantees it; narrows the type
     # Thing names become MQTT topic levels: wildcards or separators would cross-talk.
     if any(ch in thing_name for ch in "/+#") or len(thing_name) > MAX_THING_NAME_LENGTH:
         raise s.error("thing_name", "must be at most 128 characters without '/', '+' or '#'")
     state_dir = s.path_value("state_dir", s.path.parent / "state")
-    assert state_dir is not None  # noqa: S101 - has a default
     private_key = _private_key(s, state_dir)
     code_dir = s.path_value("code_dir", s.path.parent / "functions")
-    assert code_dir is not None  # noqa: S101 - has a default
     return CoreSettings(
         thing_name=thing_name, state_dir=state_dir, private_key=private_key, code_dir=code_dir
     )
@@ -162,9 +159,7 @@ def _private_key(s: Section, state_dir: Path) -> Path | TokenKeyRef:
     if raw is None or not is_pkcs11_uri(raw):
         if "public_key" in s.table:
             raise s.error("public_key", 'only applies to a private_key = "pkcs11:..." URI')
-        path = s.path_value("private_key", state_dir / "core.key")
-        assert path is not None  # noqa: S101 - has a default
-        return path
+        return s.path_value("private_key", state_dir / "core.key")
     try:
         return parse_token_key_uri(
             raw, base_dir=s.path.parent, module=module, public_key=public_key
@@ -176,7 +171,6 @@ def _private_key(s: Section, state_dir: Path) -> Path | TokenKeyRef:
 
 def _mqtt(s: Section, *, module: Path | None = None) -> MqttSettings:
     url = s.string("url", f"mqtt://127.0.0.1:{DEFAULT_MQTT_PORT}")
-    assert url is not None  # noqa: S101 - has a default
     parts = urlsplit(url)
     if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
         raise s.error("url", f"must look like mqtt://host:port or mqtts://host:port, not {url!r}")
@@ -185,7 +179,6 @@ def _mqtt(s: Section, *, module: Path | None = None) -> MqttSettings:
     except ValueError:
         raise s.error("url", f"has an invalid port: {url!r}") from None
     prefix = s.string("topic_prefix", "edge")
-    assert prefix is not None  # noqa: S101 - has a default
     if any(ch in prefix for ch in "+#") or prefix.startswith("/") or prefix.endswith("/"):
         raise s.error("topic_prefix", "must not contain '+' or '#' nor start or end with '/'")
     tls = parts.scheme == "mqtts"
@@ -223,7 +216,6 @@ def _key_file(s: Section, key: str, module: Path | None) -> Path | TokenKeyRef |
 
 def _aws(s: Section) -> AwsSettings:
     region = s.string("region", required=True)
-    assert region is not None  # noqa: S101 - required=True guarantees it
     endpoint_url = s.string("endpoint_url")
     if endpoint_url is not None and urlsplit(endpoint_url).scheme not in {"http", "https"}:
         raise s.error("endpoint_url", f"must be an http:// or https:// URL, not {endpoint_url!r}")
@@ -265,8 +257,6 @@ def _iot_credentials(
     """`credentials = "iot"`: endpoint, role alias, and certificate (by default [mqtt]'s)."""
     endpoint = s.string("iot_credentials_endpoint", required=True)
     role_alias = s.string("role_alias", required=True)
-    assert endpoint is not None  # noqa: S101 - required=True guarantees it
-    assert role_alias is not None  # noqa: S101
     if "://" not in endpoint:
         endpoint = f"https://{endpoint}"
     parts = urlsplit(endpoint)
@@ -339,7 +329,6 @@ def _path_list(s: Section, key: str, default: tuple[Path, ...]) -> tuple[Path, .
 
 def _workers(s: Section) -> WorkerSettings:
     python = s.path_value("python", Path(sys.executable))
-    assert python is not None  # noqa: S101 - has a default
     sandbox = s.choice("sandbox", "auto", ("auto", "required", "off"))
     return WorkerSettings(
         python=python,

@@ -13,7 +13,7 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from edge.errors import ConfigError, ConfigPermissionsError
 
@@ -60,6 +60,12 @@ class Section:
         """A ConfigError naming the file and this key."""
         return ConfigError(str(self.path), problem, key=self.key(key))
 
+    @overload
+    def string(self, key: str, default: str, *, required: bool = False) -> str: ...
+    @overload
+    def string(self, key: str, default: None = None, *, required: Literal[True]) -> str: ...
+    @overload
+    def string(self, key: str, default: None = None, *, required: bool = False) -> str | None: ...
     def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
         """A non-empty string, `default` when absent (an error when `required`)."""
         value = self.typed(key, str, "a string")
@@ -102,6 +108,10 @@ class Section:
             raise self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
         return value
 
+    @overload
+    def path_value(self, key: str, default: Path) -> Path: ...
+    @overload
+    def path_value(self, key: str, default: None = None) -> Path | None: ...
     def path_value(self, key: str, default: Path | None = None) -> Path | None:
         """A path; a relative one is taken from the config file's directory."""
         value = self.string(key)

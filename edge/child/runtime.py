@@ -23,15 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge.child import exits
 from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
 
 _READ_SIZE = 65536
-#: Exit status when the handler can't be loaded; the manager reports it on the invocation.
-EXIT_HANDLER_LOAD_FAILED = 3
-#: Exit status when the core asked for confinement and it could not be applied.
-EXIT_SANDBOX_FAILED = 4
-#: Exit status when the RunAs user can't execute the interpreter (the core says what to set).
-EXIT_INTERPRETER_UNREACHABLE = 5
 
 
 class ClientContext:
@@ -162,14 +157,14 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - any failure to confine stops the worker
         print(f"edge: the worker could not be confined: {exc}", file=sys.stderr)  # noqa: T201
         unreachable = type(exc).__name__ == "InterpreterUnreachableError"  # confine's, lazily
-        return EXIT_INTERPRETER_UNREACHABLE if unreachable else EXIT_SANDBOX_FAILED
+        return exits.INTERPRETER_UNREACHABLE if unreachable else exits.SANDBOX_FAILED
     try:
         handler = load_handler(os.environ["EDGE_HANDLER"])
     except Exception:  # noqa: BLE001 - report any import failure, then exit
         import traceback  # noqa: PLC0415
 
         traceback.print_exc()
-        return EXIT_HANDLER_LOAD_FAILED
+        return exits.HANDLER_LOAD_FAILED
     try:
         serve(sock, handler, memory_kb)
     finally:

@@ -17,6 +17,7 @@ import json
 import logging
 import ssl
 from datetime import UTC, datetime
+from http import HTTPStatus
 
 import aiohttp
 from aiobotocore.credentials import AioCredentialResolver, AioRefreshableCredentials
@@ -102,12 +103,12 @@ class IotCredentialProvider(CredentialProvider):  # type: ignore[misc] # botocor
                 "thing, or its policy lacks iot:AssumeRoleWithCertificate on role alias "
                 f"{s.role_alias}"
             )
-        if status == 404:  # noqa: PLR2004
+        if status == HTTPStatus.NOT_FOUND:
             raise IotCredentialsError(
                 f"role alias {s.role_alias} does not exist at {s.endpoint}: create it with "
                 "`aws iot create-role-alias`, or fix [aws] role_alias"
             )
-        if status != 200:  # noqa: PLR2004
+        if status != HTTPStatus.OK:
             raise IotCredentialsError(f"the credentials provider answered HTTP {status}")
         try:
             credentials = json.loads(body)["credentials"]

@@ -28,9 +28,11 @@ import sysconfig
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from structlog.typing import FilteringBoundLogger
 
+from edge.child import exits
 from edge.config import WorkerUser
 from edge.errors import WorkerUserError
 from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
@@ -169,7 +171,10 @@ def _base_environment() -> dict[str, str]:
 
 
 #: Run as a worker's user at deployment: the interpreter starts, imports the runtime as a
-#: worker does, and opens every file of the code directories named (exit 2 or 3 says which).
+#: worker does, and opens every file of the code directories named (an exit status says which
+#: failed: `_CANT_READ_CODE` or `_CANT_IMPORT`).
+_CANT_READ_CODE: Final = 2
+_CANT_IMPORT: Final = 3
 _CAN_START = """
 import os, sys
 try:
@@ -264,13 +269,13 @@ async def _check_user(run_as: RunAs, code_dirs: list[Path], python: Path) -> tup
     said = out.decode("utf-8", "replace").strip()
     if proc.returncode == 0:
         return 0, ""
-    if proc.returncode == 2:  # noqa: PLR2004 - _CAN_START's exit for unreadable code
+    if proc.returncode == _CANT_READ_CODE:
         index, _, problem = said.partition(" ")
         return int(index), (
             f"can't read the function's code ({problem}): make [core] code_dir and the "
             "directories above it readable to that user"
         )
-    if proc.returncode == 3:  # noqa: PLR2004 - _CAN_START's exit for the core's libraries
+    if proc.returncode == _CANT_IMPORT:
         return 0, f"can't import the core's libraries with {python} ({said}): {_PYTHON_FIX}"
     last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"status {proc.returncode}"]
     return 0, f"can't start the interpreter {python} ({last[0]}): {_PYTHON_FIX}"
@@ -486,9 +491,9 @@ class WorkerProcess:
             return "the worker closed its channel"
         if code < 0:
             return f"the worker was killed by signal {-code}"
-        if code == 3:  # noqa: PLR2004 - runtime.EXIT_HANDLER_LOAD_FAILED, not imported: worker side
+        if code == exits.HANDLER_LOAD_FAILED:
             return f"the handler {self.spec.handler} could not be loaded (see the core's log)"
-        if code == 4:  # noqa: PLR2004 - runtime.EXIT_SANDBOX_FAILED
+        if code == exits.SANDBOX_FAILED:
             return "the worker could not be confined (see worker.output in the core's log)"
         return f"the worker exited with status {code}"
 
@@ -524,7 +529,7 @@ class WorkerProcess:
     async def _wait_exit(self) -> None:
         assert self.proc is not None  # noqa: S101 - started
         code = await self.proc.wait()
-        if code == 5:  # noqa: PLR2004 - runtime.EXIT_INTERPRETER_UNREACHABLE
+        if code == exits.INTERPRETER_UNREACHABLE:
             # Started as root, it became its RunAs user and found it can't run this Python.
             run_as = worker_user(self.spec, self._launch.default_user)
             denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES))

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -272,7 +273,7 @@ class CoreServices:
         return self._failure(identity, request, exc)
 
     def _failure(self, identity: WorkerIdentity, request: Request, exc: ServiceError) -> Response:
-        if exc.status == 403:  # noqa: PLR2004 - V1's status for a refused read
+        if exc.status == HTTPStatus.FORBIDDEN:  # V1's status for a refused read
             self._log.warning(
                 "ipc.access_denied", function_arn=identity.function_arn, op=request.op
             )
