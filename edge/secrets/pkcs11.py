@@ -37,28 +37,24 @@ import os
 import re
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from edge.errors import CoreKeyError
 from edge.fsutil import read_private_file
 from edge.secrets.keyref import MAX_RSA_BITS, MIN_RSA_BITS, TokenKeyRef
+from edge.secrets.token_public import token_public_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 #: Largest PIN file read: a PIN is a few bytes; a large file is a mistaken path.
 MAX_PIN_FILE_SIZE = 4 * 1024
-#: Largest public key or certificate file read.
-MAX_PUBLIC_KEY_FILE_SIZE = 64 * 1024
 
 # DER of the P-256 OID 1.2.840.10045.3.1.7, as CKA_EC_PARAMS holds it (namedCurve).
 _P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
-_P256_POINT_LEN = 65
 # A self-test data key: any 32 bytes do; the AAD marks them as not a store's.
 _SELF_TEST_AAD = b"edge pkcs11 self-test"
 
@@ -182,7 +178,7 @@ def open_token_key(ref: TokenKeyRef) -> TokenKey:
         mechanisms = set(token.slot.get_mechanisms())
         key = _find_private_key(ref, session, pkcs11, pin=pin)
         kind = _check_key(ref, key, label, mechanisms, pkcs11)
-        public_key = _public_key(ref, session, key, kind, label, pkcs11)
+        public_key = token_public_key(ref, session, key, kind, label, pkcs11)
     opened = TokenKey(
         ref=ref, lib=lib, token_label=label, pin=pin, kind=kind, public_key=public_key
     )
@@ -468,112 +464,6 @@ def _check_key(
         ref.uri,
         f"{where} is a CKK_{_enum_name(key_type)} private key; edge supports RSA and EC P-256",
     )
-
-
-def _public_key(  # noqa: PLR0917 - private, called once
-    ref: TokenKeyRef,
-    session: Any,  # noqa: ANN401
-    key: Any,  # noqa: ANN401
-    kind: Literal["ec", "rsa"],
-    token_label: str,
-    pkcs11: Any,  # noqa: ANN401
-) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
-    where = f"object {key[pkcs11.Attribute.LABEL]!r} in token {token_label!r}"
-    found: ec.EllipticCurvePublicKey | rsa.RSAPublicKey | None
-    if ref.public_key is not None:
-        found = _load_public_key_file(ref, ref.public_key)
-        origin = f"public key file {ref.public_key}"
-    else:
-        found = _public_key_from_token(session, key, kind, pkcs11)
-        origin = "the token's public key"
-        if found is None:
-            raise CoreKeyError(
-                ref.uri,
-                f"the token holds no public key or certificate for {where} (same id or label); "
-                "set [core] public_key to its PEM public key or certificate",
-            )
-    want = rsa.RSAPublicKey if kind == "rsa" else ec.EllipticCurvePublicKey
-    if not isinstance(found, want) or (
-        isinstance(found, ec.EllipticCurvePublicKey) and not isinstance(found.curve, ec.SECP256R1)
-    ):
-        raise CoreKeyError(
-            ref.uri, f"{origin} is not the {kind.upper()} public key of private {where}"
-        )
-    if isinstance(found, rsa.RSAPublicKey):
-        # The modulus is a public attribute of the private key: compare, so a wrong public key
-        # file is named as such rather than showing up as a failed decryption.
-        modulus = int.from_bytes(bytes(key[pkcs11.Attribute.MODULUS]), "big")
-        if found.public_numbers().n != modulus:
-            raise CoreKeyError(ref.uri, f"{origin} does not belong to private {where}")
-    return found
-
-
-def _public_key_from_token(
-    session: Any,  # noqa: ANN401
-    key: Any,  # noqa: ANN401
-    kind: Literal["ec", "rsa"],
-    pkcs11: Any,  # noqa: ANN401
-) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey | None:
-    attr = pkcs11.Attribute
-    key_id = bytes(key[attr.ID] or b"")
-    # Pair by CKA_ID when the key has one (the PKCS#11 convention), else by label.
-    match = {attr.ID: key_id} if key_id else {attr.LABEL: key[attr.LABEL]}
-    for obj in session.get_objects({**match, attr.CLASS: pkcs11.ObjectClass.PUBLIC_KEY}):
-        if kind == "rsa":
-            return rsa.RSAPublicNumbers(
-                int.from_bytes(bytes(obj[attr.PUBLIC_EXPONENT]), "big"),
-                int.from_bytes(bytes(obj[attr.MODULUS]), "big"),
-            ).public_key()
-        point = _ec_point(bytes(obj[attr.EC_POINT]))
-        if point is not None:
-            return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-    for obj in session.get_objects({**match, attr.CLASS: pkcs11.ObjectClass.CERTIFICATE}):
-        cert_key = x509.load_der_x509_certificate(bytes(obj[attr.VALUE])).public_key()
-        if isinstance(cert_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-            return cert_key
-    if kind == "rsa":
-        # Modulus and exponent are public attributes of an RSA private key, sensitive or not.
-        return rsa.RSAPublicNumbers(
-            int.from_bytes(bytes(key[attr.PUBLIC_EXPONENT]), "big"),
-            int.from_bytes(bytes(key[attr.MODULUS]), "big"),
-        ).public_key()
-    return None
-
-
-def _ec_point(value: bytes) -> bytes | None:
-    """CKA_EC_POINT is a DER OCTET STRING around the point; some tokens give the bare point."""
-    if len(value) == _P256_POINT_LEN and value[0] == 0x04:  # noqa: PLR2004 - uncompressed
-        return value
-    if len(value) == _P256_POINT_LEN + 2 and value[:2] == bytes((0x04, _P256_POINT_LEN)):
-        return value[2:]
-    return None
-
-
-def _load_public_key_file(
-    ref: TokenKeyRef, path: Path
-) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey | None:
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_PUBLIC_KEY_FILE_SIZE + 1)
-    except FileNotFoundError:
-        raise CoreKeyError(ref.uri, f"public key file {path} does not exist") from None
-    except OSError as exc:
-        raise CoreKeyError(
-            ref.uri, f"public key file {path} can't be read ({exc.strerror})"
-        ) from exc
-    loaded: object
-    try:
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            loaded = x509.load_pem_x509_certificate(data).public_key()
-        else:
-            loaded = serialization.load_pem_public_key(data)
-    except ValueError:
-        raise CoreKeyError(
-            ref.uri, f"public key file {path} is not a PEM public key or certificate"
-        ) from None
-    if isinstance(loaded, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-        return loaded
-    return None
 
 
 def _self_test(key: TokenKey, token_label: str) -> None:
