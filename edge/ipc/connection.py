@@ -50,6 +50,9 @@ from edge.ipc.events import (
 )
 from edge.ipc.fastpath import FastPaths, Shortcuts, response_payload
 
+# Bound once: CPython 3.11 looks a method called on an imported name up again on every call.
+_unpack_header = HEADER.unpack_from
+
 
 class Sentinel(enum.Enum):
     """What `Connection.next_event` returns when it has no event."""
@@ -332,7 +335,7 @@ class Connection(FastPaths):
         buffer = self._buffer
         available = len(buffer)
         if available >= HEADER_SIZE:
-            (size,) = HEADER.unpack_from(buffer)
+            (size,) = _unpack_header(buffer)
             if size == 0 or size > self._frame_limit:
                 when = "" if self._frame_limit == self._max_frame_size else " before the handshake"
                 self._fail(

@@ -45,6 +45,9 @@ REQUEST_HEAD: Final = (
     b"\x84" + msgpack.packb("type") + msgpack.packb("request") + msgpack.packb("request_id")
 )
 _REQUEST_ID_AT: Final = len(REQUEST_HEAD)
+# Bound once: CPython 3.11 looks a method called on an imported name up again on every call.
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
 _UINT16 = struct.Struct(">H")
 _UINT64 = struct.Struct(">Q")
 
@@ -79,7 +82,7 @@ def _canonical_uint_end(data: bytes | bytearray, at: int, limit: int) -> int:
         ok = end <= limit and _UINT16.unpack_from(data, at + 1)[0] > 0xFF  # noqa: PLR2004
     elif first == 0xCE:  # noqa: PLR2004 - uint32
         end = at + 5
-        ok = end <= limit and HEADER.unpack_from(data, at + 1)[0] > 0xFFFF  # noqa: PLR2004
+        ok = end <= limit and _unpack_header(data, at + 1)[0] > 0xFFFF  # noqa: PLR2004
     elif first == 0xCF:  # noqa: PLR2004 - uint64
         end = at + 9
         ok = end <= limit and 0xFFFFFFFF < _UINT64.unpack_from(data, at + 1)[0] <= MAX_REQUEST_ID  # noqa: PLR2004
@@ -112,7 +115,7 @@ def response_frame(request_id: bytes, packed_result: bytes) -> bytes:
     """
     size = len(_SPLICE_HEAD) + len(request_id) + _SPLICED_SIZE + len(packed_result)
     return b"".join(
-        (HEADER.pack(size), _SPLICE_HEAD, request_id, _SPLICE_MIDDLE, packed_result, _SPLICE_TAIL)
+        (_pack_header(size), _SPLICE_HEAD, request_id, _SPLICE_MIDDLE, packed_result, _SPLICE_TAIL)
     )
 
 
@@ -152,7 +155,7 @@ class FastPaths:
         id_start = at + _REQUEST_ID_AT
         if not self._shortcuts.answer_request or self._buffer or len(data) <= id_start:
             return None
-        (size,) = HEADER.unpack_from(data, start)
+        (size,) = _unpack_header(data, start)
         end = at + size
         if (
             size <= _REQUEST_ID_AT
@@ -196,7 +199,7 @@ class FastPaths:
         if size > self._max_frame_size:
             raise FrameTooLargeError(Request.TAG, size, self._max_frame_size)
         self._in_flight.add(request_id)
-        return HEADER.pack(size) + payload
+        return _pack_header(size) + payload
 
     def receive_response(self, data: bytes) -> Response | None:
         """Take `data` at once if it is exactly one whole Response frame to a request in flight.
@@ -211,7 +214,7 @@ class FastPaths:
         if not self._shortcuts.receive_response or self._buffer:
             return None
         size = len(data) - HEADER_SIZE
-        if size <= 0 or size > self._max_frame_size or HEADER.unpack_from(data)[0] != size:
+        if size <= 0 or size > self._max_frame_size or _unpack_header(data)[0] != size:
             return None
         try:
             event = decode(memoryview(data)[HEADER_SIZE:])
