@@ -101,8 +101,10 @@ class AnswerCache:
 
         Returns how many bytes were answered; the caller feeds the rest to the connection.
         """
-        conn = self._conn
         entries = self._entries
+        if not entries:
+            return 0
+        conn = self._conn
         tally = self._tally
         start = 0
         size = len(data)

@@ -116,7 +116,7 @@ class Peer(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Answer repeated requests from the cache, feed the rest, handle every whole frame."""
-        if self.answers and len(self.tasks) < self._max_concurrent:
+        if len(self.tasks) < self._max_concurrent:
             start = self.answers.answer(data, self._transport, self.log)
             if start == len(data):
                 return
