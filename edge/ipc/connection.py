@@ -48,7 +48,7 @@ from edge.ipc.events import (
     Response,
     Welcome,
 )
-from edge.ipc.fastpath import FastPaths, Shortcuts, response_payload
+from edge.ipc.fastpath import FastPaths, Shortcuts, response_frame
 
 # Bound once: CPython 3.11 looks a method called on an imported name up again on every call.
 _unpack_header = HEADER.unpack_from
@@ -385,13 +385,16 @@ class Connection(FastPaths):
         try:
             if type(event) is Response and event.packed_result is not None:
                 # The answer's map was encoded once, when the core built it: splice it in.
-                payload = response_payload(self._packer.pack(event.request_id), event.packed_result)
+                data = response_frame(
+                    self._packer.pack(event.request_id),
+                    event.packed_result,
+                    self._max_frame_size,
+                )
             else:
-                payload = self._packer.pack(event.to_wire())
+                data = frame(event, self._packer.pack(event.to_wire()), self._max_frame_size)
         except (TypeError, ValueError, OverflowError) as exc:
             # msgpack names the offending type, never the value.
             raise LocalProtocolError(f"a {event.TAG} frame can't be encoded: {exc}") from None
-        data = frame(event, payload, self._max_frame_size)
         rules = self._rules
         if kind is rules.opens_on_send:
             key = getattr(event, rules.id_field)

@@ -102,18 +102,20 @@ def request_id_end(payload: bytes | bytearray) -> int:
     return _canonical_uint_end(payload, _REQUEST_ID_AT, len(payload))
 
 
-def response_payload(request_id: bytes, packed_result: bytes) -> bytes:
-    """The payload of a successful Response, from its id and its result, both packed msgpack."""
-    return b"".join((_SPLICE_HEAD, request_id, _SPLICE_MIDDLE, packed_result, _SPLICE_TAIL))
-
-
-def response_frame(request_id: bytes, packed_result: bytes) -> bytes:
+def response_frame(
+    request_id: bytes, packed_result: bytes, max_frame_size: int | None = None
+) -> bytes:
     """The frame of a successful Response, from its id as packed msgpack and its packed result.
 
-    The same bytes as `Connection.send` gives for `Response.success(id, result, packed_result)`;
-    the caller checks the size against the frame limit.
+    The same bytes as encoding `Response.success(id, result)` gives.
+
+    Raises:
+        FrameTooLargeError: The payload would exceed `max_frame_size`, if one is given (else
+            the caller checks the size).
     """
     size = len(_SPLICE_HEAD) + len(request_id) + _SPLICED_SIZE + len(packed_result)
+    if max_frame_size is not None and size > max_frame_size:
+        raise FrameTooLargeError(Response.TAG, size, max_frame_size)
     return b"".join(
         (_pack_header(size), _SPLICE_HEAD, request_id, _SPLICE_MIDDLE, packed_result, _SPLICE_TAIL)
     )
