@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -144,11 +143,10 @@ async def call(client: IpcClient, op: str, args: dict[str, Any], **kw: Any) -> d
 async def hello_parked(server: IpcServer, token: str) -> None:
     """Wait (10 s at most) until a Hello with `token` waits in the server for its worker's pid.
 
-    The server logs nothing then, so this looks at its table of waiting Hellos.
+    The server logs nothing then, so this asks it how many such Hellos it holds.
     """
-    digest = hashlib.sha256(token.encode()).digest()
     async with asyncio.timeout(10):
-        while not server._parked.get(digest):
+        while not server.hellos_waiting(token):
             await asyncio.sleep(0.01)
 
 
@@ -651,6 +649,11 @@ def test_worker_side_import_stays_lean():
         "asyncio",
         "structlog",
         "edge.ipc.server",
+        "edge.ipc.peer",
+        "edge.ipc.dispatch",
+        "edge.ipc.answers",
+        "edge.ipc.auth",
+        "edge.ipc.limits",
         "edge.deploy",
         "edge.core",
         "edge.log",
@@ -658,7 +661,7 @@ def test_worker_side_import_stays_lean():
         "aiomqtt",
     }
     assert not loaded & forbidden
-    assert {"msgpack", "edge.ipc.protocol", "edge.errors"} <= loaded
+    assert {"msgpack", "edge.ipc.protocol", "edge.ipc.connection", "edge.errors"} <= loaded
 
 
 def test_server_runs_under_uvloop(socket_path):
@@ -817,14 +820,13 @@ async def test_core_services_answers_change_with_every_index_swap(socket_path, t
         with IpcClient(str(socket_path), TOKEN) as client:
             assert [await value() for _ in range(3)] == [SECRET] * 3
             assert [await v1_value() for _ in range(3)] == [SECRET] * 3
-            (peer,) = server._peers
-            assert len(peer.repeats) == 2
+            assert server.remembered_answers == 2
             # A deployment's commit swaps the index: the rotated value, at once, and no
             # connection keeps the old answers in memory meanwhile.
             await live.commit(
                 live.current, store("rotated-value-0001", "v2"), readers=[grant("db-secret")]
             )
-            assert peer.repeats == {}
+            assert server.remembered_answers == 0
             assert [await value() for _ in range(2)] == ["rotated-value-0001"] * 2
             assert [await v1_value() for _ in range(2)] == ["rotated-value-0001"] * 2
             # A refresh swaps it too, keeping the grants.

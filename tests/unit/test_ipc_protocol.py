@@ -564,6 +564,31 @@ def _drive(role: Role, state: State) -> Connection | None:
     return conn
 
 
+#: Every (role, state) a connection can be brought to by legal moves.
+REACHABLE = [(role, state) for role in Role for state in State if _drive(role, state)]
+
+
+@pytest.mark.parametrize(("role", "state"), REACHABLE)
+def test_the_answer_shortcut_applies_exactly_where_the_table_allows_it(
+    role: Role, state: State
+) -> None:
+    """A request is answered without being received only where TRANSITIONS keeps the state.
+
+    That is: this end may receive a Request and send its Response, and neither changes the
+    state; everywhere else `peek_request` finds nothing and the general path decides.
+    """
+    conn = _drive(role, state)
+    assert conn is not None
+    moves = {(r, s, d.value, k): new for (r, s, d, k), new in TRANSITIONS.items()}
+    allowed = (
+        moves.get((role, state, "receive", Request)) is state
+        and moves.get((role, state, "send", Response)) is state
+    )
+    found = conn.peek_request(encode(Request(5, OP_GET_SECRET_VALUE, ARGS)))
+    assert (found is not None) is allowed
+    assert conn.state is state
+
+
 def _sample(kind: type[Event]) -> Event:
     samples: dict[type[Event], Event] = {
         Hello: Hello("t", 1),

@@ -21,7 +21,14 @@ CHILD = "edge.child"
 #: the exceptions they raise. The rest of `edge.ipc` serves workers from the core.
 SHARED_MODULES = frozenset({"edge", "edge.errors"})
 SHARED_PACKAGES = ("edge.ipc",)
-CORE_IPC = ("edge.ipc.server", "edge.ipc.limits")
+CORE_IPC = (
+    "edge.ipc.server",
+    "edge.ipc.peer",
+    "edge.ipc.dispatch",
+    "edge.ipc.answers",
+    "edge.ipc.auth",
+    "edge.ipc.limits",
+)
 
 
 def _module_name(path: Path) -> str:
