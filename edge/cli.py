@@ -8,7 +8,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ from edge.cli_invoke import invoke_function
 from edge.cloud.cli import main as cloud_main
 from edge.config import Config, load_config
 from edge.errors import EdgeError, UsageError
+from edge.eventloop import choose_event_loop
 from edge.hardening import forbid_memory_access
-from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging
+from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
 from edge.migrate_core import migrate_core
 from edge.secrets.contents import StoreContents
 from edge.secrets.keyref import TokenKeyRef
@@ -270,24 +271,18 @@ def _run(config: Config) -> int:
     # Before any secret is loaded: no core dumps, and its memory is closed to its own user.
     forbid_memory_access()
 
+    event_loop = choose_event_loop(config.core.event_loop)
+
     async def main() -> None:
+        get_logger("core").info("core.event_loop", loop=event_loop.name)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await run_core(config, stop=stop)
 
-    _event_loop_runner()(main())
+    event_loop.run(main())
     return 0
-
-
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
-    """Return uvloop's runner where installed (a third less IPC CPU), else asyncio's."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional dependency
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
 
 
 def _invoke(config: Config, function_arn: str, payload: str, invocation_type: str) -> int:
