@@ -46,13 +46,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import boto3  # noqa: E402 - after the path is set
-
 from edge.fixtures.core import CoreProcess, Operator, secret_resource, source_env  # noqa: E402
 from edge.fixtures.procfs import smaps_rollup_kib, vm_rss_kib  # noqa: E402
 from edge.fixtures.reference import write_v1_package  # noqa: E402
 from edge.fixtures.services import (  # noqa: E402
-    AWS_TEST_ENV,
     TEST_REGION,
     MotoServer,
     free_port,
@@ -348,14 +345,7 @@ def main() -> None:
         run_mosquitto(workdir / "mosquitto") as broker,
         run_moto(workdir / "moto.log") as moto,
     ):
-        sm = boto3.client(
-            "secretsmanager",
-            endpoint_url=moto.url,
-            region_name=TEST_REGION,
-            aws_access_key_id=AWS_TEST_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
-        )
+        sm = moto.client()
         arns = [
             sm.create_secret(Name=f"footprint-{i}", SecretString=f"value-{i}")["ARN"]
             for i in range(args.secrets)
