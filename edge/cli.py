@@ -13,19 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.audit import audit_path, matches, parse_since, read_entries
-from edge.cli_invoke import invoke_function
-from edge.cloud.cli import main as cloud_main
 from edge.config import Config, load_config
 from edge.errors import EdgeError, UsageError
-from edge.eventloop import choose_event_loop
-from edge.hardening import forbid_memory_access
 from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
-from edge.migrate_core import migrate_core
 from edge.secrets.contents import StoreContents
 from edge.secrets.keyref import TokenKeyRef
-from edge.secrets.keys import CoreKey, generate_key
-from edge.supervisor import STATE_DIR_MODE, open_store, run_core
+
+# Each command imports what it needs when it runs (PLC0415 below): `edge invoke` and `edge
+# secrets` are called by scripts, and the core's modules (the AWS SDK above all) would cost
+# them most of their wall time and memory.
 
 EXIT_USER_ERROR = 2
 
@@ -182,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one
     if argv[:1] in (["cloud"], ["demo"]):
         configure_logging(level=level or "info", fmt=fmt or "auto")
     if argv[:1] == ["cloud"]:
+        from edge.cloud.cli import main as cloud_main  # noqa: PLC0415 - see the imports
+
         return cloud_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
@@ -212,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one
 
 
 def _migrate_core(args: argparse.Namespace) -> int:
+    from edge.migrate_core import migrate_core  # noqa: PLC0415 - see the imports
+
     if (args.role_alias is None) != (args.iot_credentials_endpoint is None):
         raise UsageError("--role-alias and --iot-credentials-endpoint go together")
     conversion = migrate_core(
@@ -238,6 +238,9 @@ def _migrate_core(args: argparse.Namespace) -> int:
 
 
 def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
+    from edge.secrets.keys import CoreKey, generate_key  # noqa: PLC0415 - see the imports
+    from edge.supervisor import STATE_DIR_MODE  # noqa: PLC0415 - see the imports
+
     state_dir = config.core.state_dir
     if state_dir.exists():
         if state_dir.stat().st_mode & 0o077:
@@ -268,6 +271,10 @@ def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
 
 
 def _run(config: Config) -> int:
+    from edge.eventloop import choose_event_loop  # noqa: PLC0415 - see the imports
+    from edge.hardening import forbid_memory_access  # noqa: PLC0415 - see the imports
+    from edge.supervisor import run_core  # noqa: PLC0415 - see the imports
+
     # Before any secret is loaded: no core dumps, and its memory is closed to its own user.
     forbid_memory_access()
 
@@ -286,6 +293,8 @@ def _run(config: Config) -> int:
 
 
 def _invoke(config: Config, function_arn: str, payload: str, invocation_type: str) -> int:
+    from edge.cli_invoke import invoke_function  # noqa: PLC0415 - see the imports
+
     if payload:
         try:
             json.loads(payload)
@@ -305,6 +314,8 @@ def _invoke(config: Config, function_arn: str, payload: str, invocation_type: st
 
 
 def _secrets_list(config: Config, *, as_json: bool) -> int:
+    from edge.supervisor import open_store  # noqa: PLC0415 - see the imports
+
     contents = open_store(config).load() or StoreContents()
     listing = secrets_listing(contents)
     if as_json:
@@ -336,6 +347,8 @@ def _secrets_list(config: Config, *, as_json: bool) -> int:
 def _secrets_audit(
     config: Config, *, since: str | None, function: str | None, as_json: bool
 ) -> int:
+    from edge.audit import audit_path, matches, parse_since, read_entries  # noqa: PLC0415 - see the imports
+
     since_time = parse_since(since) if since else None
     entries = [
         e

@@ -31,6 +31,7 @@ from edge.ipc.server import IpcServer, WorkerIdentity
 from edge.log import get_logger
 from edge.model import Deployment, parse_group
 from edge.secrets.contents import StoreContents
+from edge.statedir import ADMIN_TOKEN_FILE, ipc_dir, ipc_socket_path
 from edge.workers.code import LocalCodePolicy, S3Reader, prepare_code
 from edge.workers.connectors import connector_code_dirs, connector_specs
 from edge.workers.manager import WorkerManager
@@ -42,8 +43,6 @@ from edge.workers.spec import FunctionSpec, function_specs
 
 #: Identity of `edge invoke` callers: may invoke functions, holds no secret grants.
 OPERATOR_IDENTITY = "edge:operator"
-#: File (0600, in the 0700 IPC directory) holding the operator token of the running core.
-ADMIN_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name, not a token
 CloudPublisher = Callable[[str, bytes], None]
 SubscriptionSetter = Callable[[list[str]], Awaitable[None]]
 
@@ -88,7 +87,7 @@ class Workload:
         self._default_user = default_user
         self.manager = WorkerManager(
             launch=Launch(
-                socket_path=state_dir / "ipc" / "core.sock",
+                socket_path=ipc_socket_path(state_dir),
                 python=python,
                 adopt=self._adopt,
                 sandbox=sandbox,
@@ -102,9 +101,9 @@ class Workload:
         self.services = CoreServices(
             manager=self.manager, publish=self._publish, audit=audit, logger=self._log
         )
-        self.admin_token_path = state_dir / "ipc" / ADMIN_TOKEN_FILE
+        self.admin_token_path = ipc_dir(state_dir) / ADMIN_TOKEN_FILE
         self.ipc = IpcServer(
-            socket_path=state_dir / "ipc" / "core.sock", handler=self.services, logger=self._log
+            socket_path=ipc_socket_path(state_dir), handler=self.services, logger=self._log
         )
 
     async def __aenter__(self) -> Self:
