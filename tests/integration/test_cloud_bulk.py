@@ -154,6 +154,15 @@ def test_a_bulk_deployment_through_the_aws_cli_completes_on_simulated_cores(
     ] * 2
     assert lines[2]["ErrorMessage"].startswith("line 3: ")
     assert lines[2]["ErrorDetails"][0]["DetailedErrorCode"] == "InvalidInputRecord"
+    # Paged by the operation itself: MaxResults items, then on from the NextToken.
+    first_page = client.list_bulk_deployment_detailed_reports(
+        BulkDeploymentId=bulk_id, MaxResults="4"
+    )
+    rest = client.list_bulk_deployment_detailed_reports(
+        BulkDeploymentId=bulk_id, NextToken=first_page["NextToken"]
+    )
+    assert [*first_page["Deployments"], *rest["Deployments"]] == lines
+    assert (len(first_page["Deployments"]), "NextToken" in rest) == (4, False)
     listed = served.aws_json("greengrass", "list-bulk-deployments")["BulkDeployments"]
     assert [b["BulkDeploymentId"] for b in listed] == [bulk_id]
     assert deployments_by_group(client, groups) == {g: 1 for g, _ in groups}
@@ -227,6 +236,15 @@ def test_start_bulk_deployment_wait_runs_it_and_prints_plain_progress(
     assert progress[-1].startswith("Completed "), progress
     assert "/3 done" in progress[-1]
     assert "\r" not in result.stderr
+    # The other commands read it from the database, without a server as with one.
+    bulk_id = json.loads(result.stdout)["BulkDeploymentId"]
+    shown = served.cloud("get-bulk-deployment-status", "--bulk-deployment-id", bulk_id)
+    assert json.loads(shown.stdout)["BulkDeploymentStatus"] == "Completed", shown.stderr
+    lines = served.cloud("list-bulk-deployment-detailed-reports", "--bulk-deployment-id", bulk_id)
+    assert len(json.loads(lines.stdout)["Deployments"]) == 3, lines.stderr
+    stop = served.cloud("stop-bulk-deployment", "--bulk-deployment-id", bulk_id)
+    assert stop.returncode == 2
+    assert "Completed" in stop.stderr
 
 
 def test_a_bulk_deployment_survives_the_death_of_its_replica(
