@@ -40,25 +40,29 @@ COMMANDS: Final = frozenset(
 )
 #: Exit status of `--wait` when the bulk deployment ends other than Completed.
 EXIT_NOT_COMPLETED: Final = 1
+#: Each rollout option's metavar and help.
 _HELP: Final = {
-    "max-per-second": "start at most R deployments per second (R may be under 1)",
-    "ramp-up-from": "start at N per second, then ramp up",
-    "ramp-up-factor": "multiply the rate by F (1 < F <= 5) at each step",
-    "ramp-up-every": "a step every K deployments counted (default ten seconds' worth)",
-    "ramp-up-on": "what a step counts: started (default) or succeeded",
-    "abort-failure-percent": "stop when P percent of finished deployments failed ...",
-    "abort-min-finished": "... once at least N have finished",
+    "max-per-second": ("R", "start at most R deployments per second (R may be under 1)"),
+    "ramp-up-from": ("N", "start at N per second, then ramp up"),
+    "ramp-up-factor": ("F", "multiply the rate by F (1 < F <= 5) at each step"),
+    "ramp-up-every": ("K", "a step every K deployments counted (default ten seconds' worth)"),
+    "ramp-up-on": ("started|succeeded", "what a step counts (default started)"),
+    "abort-failure-percent": ("P", "stop when P percent of finished deployments failed ..."),
+    "abort-min-finished": ("N", "... once at least N have finished"),
 }
 
 
 def add_arguments(add: Callable[[str, str], argparse.ArgumentParser], tags_help: str) -> None:
     """Add the five commands to `edge cloud`'s parser through its `add(name, help)`."""
     p = add("start-bulk-deployment", "deploy many groups from a JSON-lines input file")
-    p.add_argument("--execution-role-arn", required=True)
-    p.add_argument("--input-file-uri", required=True, help="s3://BUCKET/KEY or a local path")
+    p.add_argument("--execution-role-arn", required=True, metavar="ARN")
+    p.add_argument(
+        "--input-file-uri", required=True, metavar="URI", help="s3://BUCKET/KEY or a local path"
+    )
     p.add_argument("--tags", help=tags_help)
     for name in NAMES:
-        p.add_argument(f"--{name}", help=_HELP[name])
+        metavar, text = _HELP[name]
+        p.add_argument(f"--{name}", metavar=metavar, help=text)
     p.add_argument(
         "--wait",
         action="store_true",
