@@ -5,7 +5,7 @@
                                     [--delay-ms 30] [--concurrency 16] [--reserve-mb 4096]
                                     [--simulated 0] [--sim-processes 2] [--rounds 1]
                                     [--publish-rate R] [--serve-from CHECKOUT]
-                                    [--timeout 600] [--keep]
+                                    [--bulk] [--postgresql] [--timeout 600] [--keep]
 
 Every core is a real `python -m edge run` with its own thing name, state directory and core key
 (made by `edge init`'s own code), trusting the control plane's signing key. They all talk to one
@@ -18,12 +18,13 @@ group per core. The operator creates the shared definitions once (a resource def
 the secrets, a function definition with one on-demand function granted all of them, its code
 published once with `edge cloud publish-function`), then per core a core definition naming its
 thing and a group whose initial version names that core definition and the *shared* resource
-and function definition versions. AWS's Greengrass V1 has no fleet deployment
-(`StartBulkDeployment` takes an S3 file of per-group requests and is refused by edge's control
-plane), so the deployment is N `CreateDeployment` calls, made as a real operator's script makes
-them: boto3 against `edge cloud serve` (the Greengrass V1 REST API), `--concurrency` requests at
-a time. The service also follows every core's status topic, so `GetDeploymentStatus` answers
-from its database.
+and function definition versions. By default the deployment is N `CreateDeployment` calls, made as
+a real operator's script makes them: boto3 against `edge cloud serve` (the Greengrass V1 REST
+API), `--concurrency` requests at a time. With `--bulk` it is one `StartBulkDeployment` whose
+input file (in moto's S3) names every group, run by the service itself. The service also
+follows every core's status topic, so `GetDeploymentStatus` answers from its database.
+`--postgresql` puts the control plane on a PostgreSQL database of the run's own (created and
+dropped; `EDGE_TEST_POSTGRES_URL`, else 127.0.0.1:5432) instead of a SQLite file.
 
 `--simulated N` adds N simulated cores (`edge cloud simulate-cores`, `--sim-processes`
 processes, one MQTT connection each) beside the real ones, with a group each, deployed the same
@@ -142,6 +143,12 @@ def parse_args() -> argparse.Namespace:
         "--publish-rate",
         type=float,
         help="[mqtt] publish_rate of `edge cloud serve` (default: the config's default)",
+    )
+    parser.add_argument(
+        "--bulk", action="store_true", help="deploy with one StartBulkDeployment of every group"
+    )
+    parser.add_argument(
+        "--postgresql", action="store_true", help="the control plane on PostgreSQL, not SQLite"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--serve-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
@@ -392,7 +399,13 @@ class ControlPlane:
 
 
 def write_cloud_config(
-    root: Path, *, mqtt_url: str, moto_url: str, port: int, publish_rate: float | None = None
+    root: Path,
+    *,
+    mqtt_url: str,
+    moto_url: str,
+    port: int,
+    publish_rate: float | None = None,
+    database: str = "cloud/edge-cloud.db",
 ) -> Path:
     """The control plane's config: its database, key, S3 bucket, API port and operator key."""
     secret_file = root / "operator.secret"
@@ -400,7 +413,7 @@ def write_cloud_config(
     secret_file.chmod(0o600)
     path = root / "cloud.toml"
     path.write_text(
-        f'[cloud]\ndatabase = "cloud/edge-cloud.db"\nsigning_key = "cloud/signing.pem"\n'
+        f'[cloud]\ndatabase = "{database}"\nsigning_key = "cloud/signing.pem"\n'
         f'artifact_bucket = "edge-artifacts"\naccount_id = "{ACCOUNT}"\n'
         f'listen = "127.0.0.1:{port}"\n\n[cloud.auth]\n'
         f'keys = [{{access_key_id = "{KEY_ID}", secret_access_key_file = "operator.secret"}}]\n\n'
@@ -689,12 +702,18 @@ class Fleet:
             aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
         )
         port = free_port()
+        self.database = "cloud/edge-cloud.db"
+        if args.postgresql:
+            from tests.support.postgres import server_url, session_database  # noqa: PLC0415
+
+            self.database = stack.enter_context(session_database(server_url()))
         config = write_cloud_config(
             root,
             mqtt_url=self.broker.url,
             moto_url=self.moto.url,
             port=port,
             publish_rate=args.publish_rate,
+            database=self.database,
         )
         secret = (root / "operator.secret").read_text().strip()
         self.cloud = ControlPlane(
@@ -710,6 +729,8 @@ class Fleet:
         self.notes: list[str] = []
         #: Final statuses in the database before the current round.
         self.recorded_before = 0
+        #: Each group's version, in the order of the group ids (for a bulk input file).
+        self.group_versions: list[str] = []
 
     def define(self) -> tuple[str, str]:
         """Secrets in moto; init, publish the function, serve; the shared definitions' ARNs."""
@@ -775,7 +796,7 @@ class Fleet:
         gg = self.cloud.client(self.args.concurrency)
         things = self.things
 
-        def one(index: int) -> str:
+        def one(index: int) -> tuple[str, str]:
             thing = things[index]
             core = gg.create_core_definition(
                 Name=f"{thing}-core",
@@ -798,11 +819,12 @@ class Fleet:
                     "FunctionDefinitionVersionArn": functions,
                 },
             )
-            return str(group["Id"])
+            return str(group["Id"]), str(group["LatestVersion"])
 
         began = time.monotonic()
-        group_ids = in_pool(one, len(things), self.args.concurrency)
-        return group_ids, time.monotonic() - began
+        made = in_pool(one, len(things), self.args.concurrency)
+        self.group_versions = [version for _, version in made]
+        return [group for group, _ in made], time.monotonic() - began
 
     def start_simulated(self) -> None:
         """Start `edge cloud simulate-cores` for the simulated things; wait until it follows."""
@@ -898,20 +920,88 @@ class Fleet:
             "window": window,
         }
 
+    def deploy_bulk(self, group_ids: list[str]) -> dict[str, Any]:
+        """One StartBulkDeployment naming every group; wait for every core's final status."""
+        import boto3  # noqa: PLC0415
+
+        from edge.fixtures.services import AWS_TEST_ENV  # noqa: PLC0415
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.moto.url,
+            region_name=REGION,
+            aws_access_key_id=AWS_TEST_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
+        )
+        s3.create_bucket(Bucket="fleet-bulk")
+        key = f"groups-{secrets.token_hex(4)}.jsonl"
+        lines = [
+            json.dumps({"GroupId": g, "GroupVersionId": v, "DeploymentType": "NewDeployment"})
+            for g, v in zip(group_ids, self.group_versions, strict=True)
+        ]
+        s3.put_object(Bucket="fleet-bulk", Key=key, Body="\n".join(lines) + "\n")
+        gg = self.cloud.client(1)
+        cpu_before = self.cpu()
+        t0 = time.monotonic()
+        started = gg.start_bulk_deployment(
+            ExecutionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/fleet-bulk",
+            InputFileUri=f"s3://fleet-bulk/{key}",
+        )
+        answered = time.monotonic()
+        bulk_id = started["BulkDeploymentId"]
+        deadline = t0 + self.args.timeout
+        ended = None
+        while time.monotonic() < deadline:
+            if ended is None:
+                state = gg.get_bulk_deployment_status(BulkDeploymentId=bulk_id)
+                if state["BulkDeploymentStatus"] in {"Completed", "Stopped", "Failed"}:
+                    ended = time.monotonic()
+            if ended is not None and len(self.counter.finals) >= len(group_ids):
+                break
+            time.sleep(0.1)
+        last_final = max((t for t, _, _ in self.counter.finals.values()), default=time.monotonic())
+        recorded = self.wait_recorded(len(group_ids), deadline)
+        cpu_after, window = self.cpu(), time.monotonic() - t0
+        deployment_ids = {}
+        pages = gg.get_paginator("list_bulk_deployment_detailed_reports")
+        for page in pages.paginate(BulkDeploymentId=bulk_id):
+            for item in page["Deployments"]:
+                if "DeploymentId" in item:
+                    group = item["GroupArn"].rsplit("/", 1)[-1]
+                    deployment_ids[group] = item["DeploymentId"]
+        return {
+            "t0": t0,
+            "published": (ended or time.monotonic()) - t0,
+            "sent": [t0] * len(group_ids),
+            "answered": [answered] * len(group_ids),
+            "deployment_ids": [deployment_ids.get(g, "") for g in group_ids],
+            "all_final": last_final - t0,
+            "final_after_answered": last_final - (ended or answered),
+            "recorded_lag": recorded - last_final,
+            "group_ids": group_ids,
+            "cpu": {k: cpu_after[k] - cpu_before[k] for k in cpu_before},
+            "window": window,
+        }
+
     def wait_recorded(self, count: int, deadline: float) -> float:
         """Wait until the control plane's database holds `count` more final statuses."""
-        import sqlite3  # noqa: PLC0415
+        from edge.cloud.db import Database  # noqa: PLC0415
 
-        database = self.root / "cloud" / "edge-cloud.db"
-        while time.monotonic() < deadline:
-            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
-                (final,) = conn.execute(
-                    "SELECT count(*) FROM deployments WHERE status IN ('Success', 'Failure')"
-                ).fetchone()
-            if final - self.recorded_before >= count:
-                self.recorded_before = final
-                break
-            time.sleep(0.05)
+        where = self.database if self.args.postgresql else self.root / self.database
+        with Database.open(where) as db:
+            while time.monotonic() < deadline:
+                with db.read() as conn:
+                    final = int(
+                        conn.execute(
+                            "SELECT count(*) FROM deployments"
+                            " WHERE status IN ('Success', 'Failure')"
+                        ).scalar()
+                    )
+                if final - self.recorded_before >= count:
+                    self.recorded_before = final
+                    break
+                time.sleep(0.05)
         return time.monotonic()
 
     def api_statuses(self, result: dict[str, Any]) -> collections.Counter[str]:
@@ -991,8 +1081,18 @@ def timing_rows(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> 
             f"{extra['startup']:.1f} s",
         ),
         ("idle CPU per core before deploying", f"{extra['idle_cpu'] * 1000:.1f} ms/s"),
-        ("all CreateDeployment answered (all published)", f"{result['published']:.2f} s"),
-        ("CreateDeployment latency p50 / p90 / max", spread(api, "ms", 1000, digits=0)),
+        (
+            "bulk deployment Completed (all published)"
+            if fleet.args.bulk
+            else "all CreateDeployment answered (all published)",
+            f"{result['published']:.2f} s",
+        ),
+        (
+            "StartBulkDeployment latency"
+            if fleet.args.bulk
+            else "CreateDeployment latency p50 / p90 / max",
+            spread(api, "ms", 1000, digits=0),
+        ),
         (
             "**time to all-Success** (first CreateDeployment -> last Success)",
             f"**{result['all_final']:.2f} s**",
@@ -1115,8 +1215,13 @@ def report(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> None:
     print(
         f"group: {args.secrets} secrets x (AWSCURRENT + {args.labels} more label(s)), one "
         f"on-demand function granted all; one group per core (the same resource and function "
-        f"definition versions, a core definition each); {n} CreateDeployment calls through "
-        f"`edge cloud serve` (boto3, {args.concurrency} at a time)"
+        f"definition versions, a core definition each); "
+        + (
+            "one StartBulkDeployment of every group"
+            if args.bulk
+            else f"{n} CreateDeployment calls (boto3, {args.concurrency} at a time)"
+        )
+        + f" through `edge cloud serve` on {'PostgreSQL' if args.postgresql else 'SQLite'}"
     )
     for note in fleet.notes:
         print(f"note: {note}")
@@ -1169,7 +1274,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
             fleet.counter.reset()
             fleet.proxy.reset()
             print(f"round {number}: deploying to {total} cores ...", flush=True)
-            result = fleet.deploy(group_ids)
+            result = (fleet.deploy_bulk if args.bulk else fleet.deploy)(group_ids)
             rounds.append(result)
             print(f"round {number}: {round_line(result, total)}", flush=True)
         extra = {

@@ -22,7 +22,7 @@ from typing import Any, Final, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.cloud import definitions, deployments, groups, idempotency, simulate
+from edge.cloud import bulkcli, definitions, deployments, groups, idempotency, simulate
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import CloudConfig, load_cloud_config
 from edge.cloud.db import Claim, Database, Row, open_database
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_definition_commands(add, kind)
     _add_group_commands(add)
     _add_deployment_commands(add)
+    bulkcli.add_arguments(add, _TAGS_HELP)
     simulate.add_arguments(
         add(
             "simulate-cores",
@@ -346,6 +347,9 @@ def _run(config: CloudConfig, db: Database, args: argparse.Namespace) -> int:
         return 0
     if command in _DEPLOYMENT_COMMANDS:
         return _deployment_command(config, db, args)
+    if command in bulkcli.COMMANDS:
+        tags = read_tags_arg("--tags", args.tags) if getattr(args, "tags", None) else {}
+        return bulkcli.run(config, db, args, tags=tags, show=_print)
     if "kind" in args:
         _print(_definition_command(db, arns, args.kind, command, args))
         if command in {"create-function-definition", "create-function-definition-version"}:

@@ -254,6 +254,11 @@ def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
     return version_id, None
 
 
+def _exists(conn: Connection, deployment_id: str) -> bool:
+    found = conn.execute("SELECT 1 FROM deployments WHERE id = :id", {"id": deployment_id})
+    return found.fetchone() is not None
+
+
 def _deployment_row(conn: Connection, group_id: str, deployment_id: str) -> Row:
     row: Row | None = conn.execute(
         "SELECT * FROM deployments WHERE id = :id AND group_id = :group_id",
@@ -279,6 +284,7 @@ async def create_deployment(
     on_change: Progress | None = None,
     on_note: Callable[[str], None] | None = None,
     publisher: Publisher | None = None,
+    deployment_id: str | None = None,
 ) -> Row | None:
     """Build, sign, record and publish a deployment; with `wait_seconds`, follow it to the end.
 
@@ -293,9 +299,12 @@ async def create_deployment(
         on_note: Called with what the core will ignore of the group (loggers, devices), if any.
         publisher: A long-lived connection to publish through (without `wait_seconds`);
             None: a connection of this call's own.
+        deployment_id: The id to give it (a bulk deployment reserves ids before deploying);
+            if a deployment already has it, nothing is done: it was created before.
 
     Returns:
-        With `wait_seconds`, the deployment's final row, or None if time ran out first.
+        With `wait_seconds`, the deployment's final row, or None if time ran out first (or
+        `deployment_id` exists already).
 
     Raises:
         CloudUsageError, NotFoundError, DefinitionInvalidError: Nothing was published.
@@ -303,8 +312,10 @@ async def create_deployment(
             (the deployment is recorded as a Failure saying so).
     """
     check_deployment_type(request.deployment_type)
-    deployment_id, created_at = new_id(), precise_timestamp()
+    given, deployment_id, created_at = deployment_id, deployment_id or new_id(), precise_timestamp()
     with db.read() as conn:
+        if given is not None and _exists(conn, given):
+            return None
         version_id, redeploy_of = _pick_version(conn, request)
         reset = request.deployment_type == DeploymentType.RESET.value
         wanted = [] if reset else functions_without_code(conn, request.group_id, version_id)
@@ -531,6 +542,9 @@ async def _send(
             # Subscribed before publishing, so not even a fast core's first report is missed.
             await client.subscribe(mqtt.status_topic(thing))
         with db.write() as conn:
+            if _exists(conn, out.deployment_id):
+                # Created meanwhile by another holder of the same reserved id.
+                return None
             _insert(conn, config, out, envelope, status=BUILDING)
         try:
             await publish(mqtt.deployments_topic(thing), envelope)

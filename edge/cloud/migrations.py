@@ -31,6 +31,8 @@ TABLES: Final = (
     "tags",
     "client_tokens",
     "documents",
+    "bulk_deployments",
+    "bulk_records",
 )
 #: How each dialect spells the types the migrations name in braces.
 _TYPES: Final = {"sqlite": {"blob": "BLOB"}, "postgresql": {"blob": "BYTEA"}}
@@ -199,6 +201,47 @@ MIGRATIONS: Final = (
         # GetDeploymentStatus.
         """
         ALTER TABLE deployments ADD COLUMN error_details TEXT;
+        """,
+    ),
+    Migration(
+        7,
+        "bulk deployments",
+        # A bulk deployment with the lease of the replica running it (`lease_expires` in Unix
+        # seconds by the database server's clock); its tags (JSON) carry the rollout settings.
+        # One record per input line, keyed by line so that reading the file again adds
+        # nothing twice; a DeploymentId is reserved at most once (UNIQUE).
+        """
+        CREATE TABLE bulk_deployments (
+            id                 TEXT PRIMARY KEY,
+            arn                TEXT NOT NULL UNIQUE,
+            created_at         TEXT NOT NULL,
+            input_uri          TEXT NOT NULL,
+            execution_role_arn TEXT NOT NULL,
+            input_etag         TEXT,
+            state              TEXT NOT NULL,
+            tags               TEXT NOT NULL,
+            retry_attempts     INTEGER NOT NULL,
+            lines_loaded       INTEGER NOT NULL,
+            error_message      TEXT,
+            error_details      TEXT NOT NULL,
+            lease_owner        TEXT,
+            lease_expires      DOUBLE PRECISION
+        );
+        CREATE INDEX bulk_deployments_by_state ON bulk_deployments (state);
+        CREATE INDEX bulk_deployments_by_creation ON bulk_deployments (created_at);
+        CREATE TABLE bulk_records (
+            bulk_id          TEXT NOT NULL REFERENCES bulk_deployments (id) ON DELETE CASCADE,
+            line             INTEGER NOT NULL,
+            state            TEXT NOT NULL,
+            group_id         TEXT,
+            group_version_id TEXT,
+            deployment_type  TEXT,
+            deployment_id    TEXT UNIQUE,
+            created_at       TEXT,
+            error_message    TEXT,
+            PRIMARY KEY (bulk_id, line)
+        );
+        CREATE INDEX bulk_records_by_state ON bulk_records (bulk_id, state, line);
         """,
     ),
 )

@@ -536,11 +536,10 @@ def test_bad_requests_get_the_error_codes_the_sdks_expect(served: Served) -> Non
         )
     )
     # Every operation edge implements is one of botocore's model (a typo would leave it
-    # unreachable); one that can't exist outside AWS is refused saying why, not ignored.
+    # unreachable).
     assert set(HANDLERS) <= set(operation_names())
-    unsupported = error_of(lambda: client.get_bulk_deployment_status(BulkDeploymentId="b"))
-    assert isinstance(unsupported, client.exceptions.BadRequestException)
-    assert "bulk deployments are not supported" in str(unsupported)
+    missing = error_of(lambda: client.get_bulk_deployment_status(BulkDeploymentId="b"))
+    assert code(missing) == (404, "IdNotFoundException")
     assert client.get_group(GroupId=group["Id"])["Name"] == "g"
 
     # The AWS CLI shows the same code, as it does for AWS.

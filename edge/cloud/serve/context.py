@@ -34,6 +34,8 @@ class Context:
     log: FilteringBoundLogger
     #: The service's one publishing connection (None: a connection per deployment).
     publisher: Publisher | None = None
+    #: Tells the replica's bulk supervisor a bulk deployment was started.
+    wake_bulk: Callable[[], None] = lambda: None
 
 
 Result = dict[str, Any]

@@ -24,7 +24,7 @@ from edge.cloud import definitions, deployments, groups, idempotency, lambdacode
 from edge.cloud.db import Claim
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import Request
-from edge.cloud.serve import lifecycle, stored
+from edge.cloud.serve import bulk, lifecycle, stored
 from edge.cloud.serve.context import Context, Handler, Result
 from edge.cloud.serve.errors import bad_request
 from edge.errors import CloudDatabaseError
@@ -179,6 +179,7 @@ def _table() -> dict[str, Handler]:
         table
         | lifecycle.handlers()
         | stored.handlers()
+        | bulk.handlers()
         | {
             "CreateGroup": _create_group,
             "CreateGroupVersion": _create_group_version,
@@ -221,8 +222,9 @@ async def dispatch(
             f"{operation} is not supported by edge's control plane (it implements the "
             f"definitions, groups and deployments that `edge cloud` offers)"
         )
+    page = params if operation not in bulk.PAGED else {}
     if claim is None:
-        return paginate(await handler(ctx, params), params)
+        return paginate(await handler(ctx, params), page)
     token = idempotency.token_key(operation, params)
     if token is not None:
         # Before the signature's claim: a retry under the same token gets the first answer
@@ -234,7 +236,7 @@ async def dispatch(
         claim.client_token = token
     claimed = replace(ctx, db=ctx.db.claiming(claim), loop_db=ctx.loop_db.with_claim(claim))
     try:
-        result = paginate(await handler(claimed, params), params)
+        result = paginate(await handler(claimed, params), page)
     except Exception:
         if claim.recorded:
             # Shielded: the release must not be lost to a cancellation after a failure.

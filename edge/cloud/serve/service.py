@@ -12,6 +12,8 @@ from typing import Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from edge.cloud.bulk import replica
+from edge.cloud.bulk.sqlstore import SqlBulkStore
 from edge.cloud.config import CloudConfig, ServeSettings
 from edge.cloud.db import open_database
 from edge.cloud.ids import Arns
@@ -59,7 +61,7 @@ def run(config: CloudConfig) -> int:
 
 
 async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
-    """Run the API and the status follower until `stop` is set.
+    """Run the API, the status follower and the bulk supervisor until `stop` is set.
 
     Raises:
         ConfigError: No access key is configured, a key or TLS file is wrong, or the address
@@ -87,6 +89,12 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
         Publisher(config.mqtt, config.pacing, logger=log) as publisher,
     ):
         loop_db = open_database(config)
+        bulk = replica.supervisor(
+            config,
+            SqlBulkStore(db.call),
+            replica.deployer(config, loop_db, signing_key, publisher),
+            replica.owner_name(),
+        )
         try:
             service = Service(
                 ctx=Context(
@@ -97,6 +105,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     signing_key=signing_key,
                     log=log,
                     publisher=publisher,
+                    wake_bulk=bulk.wake,
                 ),
                 verifier=Verifier(keys=secrets, region=config.aws.region),
                 router=Router(),
@@ -128,7 +137,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     region=config.aws.region,
                     max_connections=connections.cap,
                 )
-                async with asyncio.TaskGroup() as tasks:
+                async with bulk, asyncio.TaskGroup() as tasks:
                     follower = tasks.create_task(
                         follow_statuses(config.mqtt, db, health=health, log=log),
                         name="edge-cloud-status-follower",

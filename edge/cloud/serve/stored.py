@@ -6,8 +6,7 @@ authorities and their expiry configuration, and software update jobs are AWS ser
 Greengrass core: edge's core takes its credentials, its broker and its TLS from its own config.
 A V1 script still sets and reads them, so each is kept as AWS answers it (one JSON document per
 kind and subject in the `documents` table) and returned as AWS returns it. docs/cloud.md says
-what the core does with each: nothing. Bulk deployments read their input from S3 through an
-execution role and can't be stored faithfully; they are refused, naming why.
+what the core does with each: nothing.
 """
 
 from __future__ import annotations
@@ -40,11 +39,6 @@ CERTIFICATE_EXPIRY_MS: Final = (7 * 86_400_000, 30 * 86_400_000)
 #: A group CA's lifetime, as AWS issues it: five years.
 CA_EXPIRY_MS: Final = 5 * 365 * 86_400_000
 _GROUP_HINT: Final = "list-groups shows the groups"
-_BULK: Final = (
-    "bulk deployments are not supported by edge's control plane: a bulk deployment reads its "
-    "input file from S3 with an execution role and deploys through AWS IoT; deploy each group "
-    "with CreateDeployment"
-)
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -417,17 +411,8 @@ async def _create_software_update_job(ctx: Context, p: dict[str, Any]) -> Result
     return await ctx.db.call(lambda db: _create_update_job(db, region, account, p))
 
 
-async def _refuse_bulk(_ctx: Context, _p: dict[str, Any]) -> Result:
-    raise bad_request(_BULK)
-
-
-async def _list_bulk_deployments(_ctx: Context, _p: dict[str, Any]) -> Result:
-    # None can be started, so the list is empty rather than refused: listing is harmless.
-    return {"BulkDeployments": []}
-
-
 def handlers() -> dict[str, Handler]:
-    """The stored operations, and the bulk deployments refused, by botocore operation name."""
+    """The stored operations, by botocore operation name."""
     return {
         "AssociateRoleToGroup": _associate_role_to_group,
         "GetAssociatedRole": _get_associated_role,
@@ -445,9 +430,4 @@ def handlers() -> dict[str, Handler]:
         "GetGroupCertificateConfiguration": _get_group_certificate_configuration,
         "UpdateGroupCertificateConfiguration": _update_group_certificate_configuration,
         "CreateSoftwareUpdateJob": _create_software_update_job,
-        "StartBulkDeployment": _refuse_bulk,
-        "GetBulkDeploymentStatus": _refuse_bulk,
-        "StopBulkDeployment": _refuse_bulk,
-        "ListBulkDeploymentDetailedReports": _refuse_bulk,
-        "ListBulkDeployments": _list_bulk_deployments,
     }

@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What runs bulk deployments in a process: its owner name, its deployer, its supervisor.
+
+`edge cloud serve` enters one `BulkSupervisor` per replica; `edge cloud start-bulk-deployment
+--wait` runs one in the command's own process. Both create each group's deployment through
+`deployer`, the one place where a reserved record becomes a deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.cloud import deployments
+from edge.cloud.bulk.runner import BulkRunner, Deploy, input_reader
+from edge.cloud.bulk.store import BulkStore, Reserved
+from edge.cloud.bulk.supervisor import BulkSupervisor
+from edge.cloud.config import CloudConfig
+from edge.cloud.db import Database
+from edge.cloud.publisher import Publisher
+
+
+def owner_name() -> str:
+    """This process's name as a lease owner: its host and pid, and a random part.
+
+    The random part keeps a restarted process that reuses a pid from passing for its
+    predecessor.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def deployer(
+    config: CloudConfig,
+    db: Database,
+    signing_key: Ed25519PrivateKey,
+    publisher: Publisher | None,
+) -> Deploy:
+    """Create a reserved record's deployment under its reserved id (an existing id is done)."""
+
+    async def deploy(record: Reserved) -> None:
+        request = deployments.Request(
+            group_id=record.group_id,
+            deployment_type=record.deployment_type,
+            group_version_id=record.group_version_id,
+        )
+        await deployments.create_deployment(
+            config,
+            db,
+            signing_key,
+            request,
+            publisher=publisher,
+            deployment_id=record.deployment_id,
+        )
+
+    return deploy
+
+
+def supervisor(config: CloudConfig, store: BulkStore, deploy: Deploy, owner: str) -> BulkSupervisor:
+    """A supervisor running, as `owner`, every bulk deployment no live replica runs."""
+    read = input_reader(config.aws)
+    return BulkSupervisor(
+        store=store,
+        runner=lambda bulk_id: BulkRunner(
+            store=store, bulk_id=bulk_id, owner=owner, deploy=deploy, read=read
+        ),
+    )
