@@ -22,7 +22,7 @@ from typing import Any, Final, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.cloud import bulkcli, definitions, deployments, groups, idempotency, simulate
+from edge.cloud import bulkcli, definitions, deployments, groups, idempotency, prune, simulate
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import CloudConfig, load_cloud_config
 from edge.cloud.db import Claim, Database, Row, open_database
@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dry-run", action="store_true", help="print what would be copied; write nothing"
+    )
+    prune.add_arguments(
+        add(
+            "prune",
+            "remove old deployments, their statuses and finished bulk deployments, keeping "
+            "each group's last deployment; and expired client tokens (see docs/cloud.md)",
+        )
     )
     p = add("migrate", "copy a SQLite control plane into an empty PostgreSQL database")
     p.add_argument("--from", dest="source", type=Path, required=True, help="the SQLite file")
@@ -649,4 +656,5 @@ _STANDALONE: Final[dict[str, Callable[[CloudConfig, argparse.Namespace], int]]] 
     "import-greengrass": _import_greengrass,
     "migrate": _migrate,
     "simulate-cores": simulate.run,
+    "prune": prune.run,
 }
