@@ -19,7 +19,7 @@ import collections
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final, Protocol, Self
 
 from structlog.typing import FilteringBoundLogger
 
@@ -44,14 +44,39 @@ if TYPE_CHECKING:
 FETCH_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
+class Histogram:
+    """A histogram's plain counts, turned into a metric family at scrape time."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        #: Cumulative: a value counts in every bucket it fits.
+        self.buckets = [0] * len(self.bounds)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one value."""
+        self.count += 1
+        self.sum += value
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.buckets[i] += 1
+
+    def family(self, name: str, documentation: str) -> Metric:
+        """The metric family, as prometheus_client renders it."""
+        from prometheus_client.core import HistogramMetricFamily  # noqa: PLC0415 - [metrics] listen only
+
+        buckets = [(repr(b), n) for b, n in zip(self.bounds, self.buckets, strict=True)]
+        buckets.append(("+Inf", self.count))
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.sum)
+
+
 class DeploymentCounts:
     """Deployment outcomes and fetch timings, fed by the core's wrappers."""
 
     def __init__(self) -> None:
         self.by_status: collections.Counter[str] = collections.Counter()
-        self.fetch_buckets = [0] * len(FETCH_BUCKETS)
-        self.fetch_count = 0
-        self.fetch_sum = 0.0
+        self.fetch_seconds = Histogram(FETCH_BUCKETS)
         self.fetch_failures = 0
 
     def status_published(self, payload: bytes) -> str | None:
@@ -71,13 +96,9 @@ class DeploymentCounts:
 
     def fetch_timed(self, seconds: float, *, ok: bool) -> None:
         """Count one deployment's fetch and how long it took."""
-        self.fetch_count += 1
-        self.fetch_sum += seconds
+        self.fetch_seconds.observe(seconds)
         if not ok:
             self.fetch_failures += 1
-        for i, bound in enumerate(FETCH_BUCKETS):
-            if seconds <= bound:
-                self.fetch_buckets[i] += 1
 
 
 class TimedSource:
@@ -155,7 +176,6 @@ class CoreCollector:
         from prometheus_client.core import (  # noqa: PLC0415 - [metrics] listen only
             CounterMetricFamily,
             GaugeMetricFamily,
-            HistogramMetricFamily,
         )
 
         counts = self._counts
@@ -179,14 +199,8 @@ class CoreCollector:
         for operation, n in sorted(self._source.calls.items()):
             calls.add_metric([operation], n)
         yield calls
-        # fetch_timed counts a value in every bucket it fits: the counts are cumulative already.
-        buckets = [(repr(b), n) for b, n in zip(FETCH_BUCKETS, counts.fetch_buckets, strict=True)]
-        buckets.append(("+Inf", counts.fetch_count))
-        yield HistogramMetricFamily(
-            "edge_secret_fetch_seconds",
-            "Time to fetch a deployment's secrets",
-            buckets=buckets,
-            sum_value=counts.fetch_sum,
+        yield counts.fetch_seconds.family(
+            "edge_secret_fetch_seconds", "Time to fetch a deployment's secrets"
         )
         yield CounterMetricFamily(
             "edge_secret_fetch_failures",
@@ -278,16 +292,30 @@ class CoreCollector:
         yield restarts
 
 
+class Collector(Protocol):
+    """What `MetricsServer` serves: a prometheus_client custom collector."""
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield every metric family."""
+        ...
+
+
 class MetricsServer:
     """Serves `/metrics` (and `/` with a pointer to it) for one collector; a context manager."""
 
     def __init__(
         self,
         listen: tuple[str, int],
-        collector: CoreCollector,
+        collector: Collector,
         *,
         logger: FilteringBoundLogger | None = None,
+        before_scrape: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """Serve `collector` on `listen`.
+
+        `before_scrape` runs before each scrape, to read what the collector can't read
+        synchronously (a database query).
+        """
         from prometheus_client import CollectorRegistry  # noqa: PLC0415 - [metrics] listen only
 
         self._host, self._port = listen
@@ -295,6 +323,7 @@ class MetricsServer:
         self._registry.register(collector)
         self._log = logger or get_logger("metrics")
         self._runner: web.AppRunner | None = None
+        self._before_scrape = before_scrape
 
     async def __aenter__(self) -> Self:
         """Start listening."""
@@ -325,5 +354,7 @@ class MetricsServer:
         from prometheus_client import generate_latest  # noqa: PLC0415 - [metrics] listen only
         from prometheus_client.exposition import CONTENT_TYPE_LATEST  # noqa: PLC0415 - [metrics] listen only
 
+        if self._before_scrape is not None:
+            await self._before_scrape()
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

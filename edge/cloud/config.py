@@ -59,6 +59,8 @@ class ServeSettings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     keys: tuple[AccessKey, ...] = ()
+    #: Where Prometheus metrics are served (HOST, PORT); None: not served.
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def tls(self) -> bool:
@@ -200,21 +202,30 @@ def _password_file(s: Section, database: Path | str) -> Path | None:
 
 
 def _serve(s: Section) -> ServeSettings:
-    listen = s.string("listen", DEFAULT_LISTEN)
+    listen = _address(s, "listen", DEFAULT_LISTEN)
     assert listen is not None  # noqa: S101 - has a default
-    match = _LISTEN.fullmatch(listen)
-    if match is None or not 0 < int(match["port"]) < 65536:  # noqa: PLR2004 - TCP's port range
-        raise s.error("listen", f"must be HOST:PORT (or [IPv6]:PORT), not {listen!r}")
     cert, key = s.path_value("tls_cert_file"), s.path_value("tls_key_file")
     if (cert is None) != (key is None):
         raise s.error("tls_cert_file", "tls_cert_file and tls_key_file go together")
     return ServeSettings(
-        host=match["v6"] or match["host"],
-        port=int(match["port"]),
+        host=listen[0],
+        port=listen[1],
         tls_cert_file=cert,
         tls_key_file=key,
         keys=_auth_keys(s),
+        metrics_listen=_address(s, "metrics_listen"),
     )
+
+
+def _address(s: Section, key: str, default: str | None = None) -> tuple[str, int] | None:
+    """A HOST:PORT (or [IPv6]:PORT) key as (host, port); None when unset without a default."""
+    value = s.string(key, default)
+    if value is None:
+        return None
+    match = _LISTEN.fullmatch(value)
+    if match is None or not 0 < int(match["port"]) < 65536:  # noqa: PLR2004 - TCP's port range
+        raise s.error(key, f"must be HOST:PORT (or [IPv6]:PORT), not {value!r}")
+    return match["v6"] or match["host"], int(match["port"])
 
 
 def _auth_keys(s: Section) -> tuple[AccessKey, ...]:

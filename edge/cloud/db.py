@@ -51,6 +51,7 @@ from typing import Any, Final, Self
 from sqlalchemy import Connection as SqlConnection
 from sqlalchemy import Engine, bindparam, create_engine, event, exc, text
 from sqlalchemy.engine import URL, CursorResult, RowMapping, make_url
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.elements import TextClause
 
 from edge.cloud.config import CloudConfig
@@ -240,6 +241,13 @@ class Database:
             db.close()
             raise
         return db
+
+    def pool_use(self) -> tuple[int, int, int] | None:
+        """The connection pool's (size, checked out, overflow); None for a pool without them."""
+        pool = self._engine.pool
+        if not isinstance(pool, QueuePool):
+            return None
+        return pool.size(), pool.checkedout(), max(pool.overflow(), 0)
 
     def close(self) -> None:
         """Close every pooled connection."""

@@ -43,6 +43,10 @@ OPERATION_TIMEOUT_SECONDS: Final = 10.0
 #: reconnect_max_seconds.
 FIRST_RETRY_SECONDS: Final = 0.5
 
+#: What the publisher's observer hears: a message sent, and its PUBACK.
+SENT: Final = "sent"
+ACKNOWLEDGED: Final = "acknowledged"
+
 
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; the clock is injected for tests."""
@@ -93,7 +97,10 @@ class Publisher:
         client_id_prefix: str = "edge-cloud-publisher",
         logger: FilteringBoundLogger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Callable[[str], None] | None = None,
     ) -> None:
+        # observer: hears "sent" for each message sent, "acknowledged" for each PUBACK.
+        self._observer = observer
         self._settings = settings
         self._pacing = pacing
         self._log = logger or get_logger("cloud.publisher")
@@ -171,6 +178,8 @@ class Publisher:
                 "([mqtt] publish_queue_limit)",
             )
         message = _Message(next(self._sequence), topic, payload)
+        if self._observer is not None:
+            message.acked.add_done_callback(self._observe_ack)
         self._queue.append(message)
         self._ready.set()
         return message.acked
@@ -233,10 +242,16 @@ class Publisher:
                 message = await self._next(link.broken)
                 if message is not None and not await link.send(message):
                     self._queue.appendleft(message)
+                elif message is not None and self._observer is not None:
+                    self._observer(SENT)
             return link.broken.result()
         finally:
             await link.close(watcher)
             self._queue.extendleft(reversed(link.unacknowledged()))
+
+    def _observe_ack(self, acked: asyncio.Future[None]) -> None:
+        if self._observer is not None and not acked.cancelled() and acked.exception() is None:
+            self._observer(ACKNOWLEDGED)
 
     async def _next(self, broken: asyncio.Future[str]) -> _Message | None:
         """The next message still wanted, once its token is there; None if the link broke."""

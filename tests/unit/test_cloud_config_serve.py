@@ -21,6 +21,12 @@ def test_defaults_listen_on_loopback_without_tls_or_keys(tmp_path: Path) -> None
     """Nothing set: 127.0.0.1:8443, plain HTTP, no key (so `serve` refuses to start)."""
     serve = config(tmp_path, "").cloud.serve
     assert (serve.host, serve.port, serve.tls, serve.keys) == ("127.0.0.1", 8443, False, ())
+    assert serve.metrics_listen is None
+
+
+def test_metrics_listen_is_an_address(tmp_path: Path) -> None:
+    serve = config(tmp_path, '[cloud]\nmetrics_listen = "[::1]:9101"\n').cloud.serve
+    assert serve.metrics_listen == ("::1", 9101)
 
 
 def test_keys_and_tls_files_resolve_against_the_config(tmp_path: Path) -> None:
@@ -54,6 +60,7 @@ keys = [
         ('[cloud]\nlisten = "8443"\n', "cloud.listen"),
         ('[cloud]\nlisten = "127.0.0.1:70000"\n', "cloud.listen"),
         ('[cloud]\ntls_cert_file = "c.pem"\n', "cloud.tls_cert_file"),
+        ('[cloud]\nmetrics_listen = "9101"\n', "cloud.metrics_listen"),
         ("[cloud.auth]\nusers = []\n", "cloud.auth.users"),
         ('[cloud.auth]\nkeys = "x"\n', "cloud.auth.keys"),
         ('[cloud.auth]\nkeys = [{access_key_id = "EDGEKEY0000000000001"}]\n', "keys[0]"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -60,9 +61,17 @@ def thing_of(topic: str, settings: MqttSettings) -> str | None:
 
 
 async def follow_statuses(
-    settings: MqttSettings, db: DatabaseThread, *, health: Health, log: FilteringBoundLogger
+    settings: MqttSettings,
+    db: DatabaseThread,
+    *,
+    health: Health,
+    log: FilteringBoundLogger,
+    on_ingest: Callable[[StatusReport], None] = lambda _report: None,
 ) -> None:
-    """Record status reports until cancelled, reconnecting to the broker whenever it goes away."""
+    """Record status reports until cancelled, reconnecting to the broker whenever it goes away.
+
+    `on_ingest` hears each report recorded (the service's metrics).
+    """
     delay = FIRST_RETRY_SECONDS
     while True:
         problem = "the connection closed"
@@ -72,7 +81,7 @@ async def follow_statuses(
                 health.mqtt_connected = True
                 delay = FIRST_RETRY_SECONDS
                 log.info("cloud.mqtt.connected", url=settings.url)
-                await _record_reports(mqtt, settings, db, log)
+                await _record_reports(mqtt, settings, db, log, on_ingest)
         except BrokerError as exc:
             problem = exc.detail
         finally:
@@ -84,7 +93,11 @@ async def follow_statuses(
 
 
 async def _record_reports(
-    mqtt: CloudMqtt, settings: MqttSettings, db: DatabaseThread, log: FilteringBoundLogger
+    mqtt: CloudMqtt,
+    settings: MqttSettings,
+    db: DatabaseThread,
+    log: FilteringBoundLogger,
+    on_ingest: Callable[[StatusReport], None],
 ) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -102,6 +115,7 @@ async def _record_reports(
             log.warning("cloud.status.not_recorded", thing=thing, error=str(exc))
             continue
         if row is not None:
+            on_ingest(report)
             _log_transition(log, row, thing)
 
 

@@ -29,6 +29,7 @@ from edge.cloud.serve.connections import (
 from edge.cloud.serve.context import Context
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.follow import Health, follow_statuses
+from edge.cloud.serve.metrics import ServeCollector, ServeCounts, metrics_server
 from edge.cloud.serve.routes import Router
 from edge.errors import ConfigError
 from edge.fsutil import read_private_file
@@ -84,9 +85,12 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
     log = get_logger("cloud.serve")
     health = Health()
     connections = Connections(cap=connection_cap())
+    counts = ServeCounts()
     async with (
         DatabaseThread(lambda: open_database(config)) as db,
-        Publisher(config.mqtt, config.pacing, logger=log) as publisher,
+        Publisher(
+            config.mqtt, config.pacing, logger=log, observer=counts.publisher_event
+        ) as publisher,
     ):
         loop_db = open_database(config)
         bulk = replica.supervisor(
@@ -137,9 +141,20 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     region=config.aws.region,
                     max_connections=connections.cap,
                 )
-                async with bulk, asyncio.TaskGroup() as tasks:
+                collector = ServeCollector(counts, publisher, db, loop_db, log)
+                async with (
+                    bulk,
+                    metrics_server(settings.metrics_listen, collector, config_path=where),
+                    asyncio.TaskGroup() as tasks,
+                ):
                     follower = tasks.create_task(
-                        follow_statuses(config.mqtt, db, health=health, log=log),
+                        follow_statuses(
+                            config.mqtt,
+                            db,
+                            health=health,
+                            log=log,
+                            on_ingest=counts.status_ingested,
+                        ),
                         name="edge-cloud-status-follower",
                     )
                     await stop.wait()
