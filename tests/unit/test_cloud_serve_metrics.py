@@ -1,12 +1,19 @@
-"""The replica's counters: publish events and status ingest lag."""
+"""The replica's counters (publish events, status ingest lag) and its database gauges."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from edge.cloud.publisher import ACKNOWLEDGED, SENT
-from edge.cloud.serve.metrics import LAG_BUCKETS, ServeCounts
+from edge.cloud.config import Pacing
+from edge.cloud.db import Database
+from edge.cloud.publisher import ACKNOWLEDGED, SENT, Publisher
+from edge.cloud.serve.dbthread import DatabaseThread
+from edge.cloud.serve.metrics import LAG_BUCKETS, ServeCollector, ServeCounts
 from edge.cloud.status import StatusReport
+from edge.log import get_logger
+from edge.settings import MqttSettings
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -36,3 +43,45 @@ def test_ingest_lag_is_measured_from_the_reports_own_timestamp() -> None:
     assert abs(counts.lag.sum - 7.2) < 1e-6
     cumulative = dict(zip(LAG_BUCKETS, counts.lag.buckets, strict=True))
     assert (cumulative[0.05], cumulative[0.25], cumulative[5.0], cumulative[10.0]) == (1, 2, 2, 3)
+
+
+def scrape_collector(tmp_path: Path, *, register: bool) -> dict[str, float]:
+    """One refresh and collect of a collector on a SQLite control plane with a bulk deployment."""
+
+    async def main() -> dict[str, float]:
+        async with DatabaseThread(lambda: Database.open(tmp_path / "cloud.db")) as db:
+            await db.call(_running_bulk)
+            with Database.open(tmp_path / "cloud.db") as loop_db:
+                publisher = Publisher(
+                    MqttSettings(url="mqtt://127.0.0.1:1", host="127.0.0.1", port=1, tls=False),
+                    Pacing(),
+                )
+                collector = ServeCollector(ServeCounts(), publisher, db, loop_db, get_logger("t"))
+                if register:
+                    collector.outbox_depth = lambda _db: 7
+                await collector.refresh()
+                return {
+                    s.name + repr(sorted(s.labels.items())): s.value
+                    for family in collector.collect()
+                    for s in family.samples
+                }
+
+    return asyncio.run(main())
+
+
+def _running_bulk(db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(
+            "INSERT INTO bulk_deployments (id, arn, created_at, input_uri, execution_role_arn,"
+            " state, tags, retry_attempts, lines_loaded, error_details) VALUES ('b', 'arn:b',"
+            " '2026-01-01T00:00:00.000Z', 's3://b/k', 'arn:role', 'Running', '{}', 0, 0, '[]')"
+        )
+
+
+def test_the_outbox_gauge_appears_once_a_provider_is_registered(tmp_path: Path) -> None:
+    without = scrape_collector(tmp_path / "a", register=False)
+    assert not any(name.startswith("edge_cloud_outbox_depth") for name in without)
+    assert without["edge_cloud_bulk_deployments[('state', 'Running')]"] == 1
+    assert without["edge_cloud_bulk_deployments[('state', 'Completed')]"] == 0
+    with_outbox = scrape_collector(tmp_path / "b", register=True)
+    assert with_outbox["edge_cloud_outbox_depth[]"] == 7
