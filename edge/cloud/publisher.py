@@ -153,6 +153,11 @@ class Publisher:
         """Messages waiting to be sent (not those in flight)."""
         return len(self._queue)
 
+    @property
+    def room(self) -> int:
+        """Messages that may still be queued before `submit` refuses one."""
+        return self._pacing.queue_limit - len(self._queue)
+
     def submit(self, topic: str, payload: bytes) -> asyncio.Future[None]:
         """Queue a QoS 1 message; the future resolves when the broker acknowledged it.
 

@@ -247,7 +247,9 @@ def _deploy_through_serve_across_a_restart(
     finally:
         fleet.kill()
         assert service.stop() == 0
-    assert (summary["Deployments"], summary["Success"]) == (3, 3)
+    # Answered once queued, a deployment may be in flight when the broker stops: sent again
+    # (at least once), it is answered as a duplicate and applied once.
+    assert (summary["Deployments"] - summary["Duplicates"], summary["Success"]) == (3, 3), summary
     # One publishing connection, made again after the restart under the same client id; no
     # connection of a deployment's own.
     log = broker.log_text()

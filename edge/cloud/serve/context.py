@@ -34,6 +34,9 @@ class Context:
     log: FilteringBoundLogger
     #: The service's one publishing connection (None: a connection per deployment).
     publisher: Publisher | None = None
+    #: Wakes the replica's outbox drain, which publishes queued deployments (None: each
+    #: deployment is published by the request that made it).
+    drain: Callable[[], None] | None = None
 
 
 Result = dict[str, Any]

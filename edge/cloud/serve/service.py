@@ -26,6 +26,7 @@ from edge.cloud.serve.connections import (
 )
 from edge.cloud.serve.context import Context
 from edge.cloud.serve.dbthread import DatabaseThread
+from edge.cloud.serve.drain import Drain
 from edge.cloud.serve.follow import Health, follow_statuses
 from edge.cloud.serve.routes import Router
 from edge.errors import ConfigError
@@ -87,6 +88,13 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
         Publisher(config.mqtt, config.pacing, logger=log) as publisher,
     ):
         loop_db = open_database(config)
+        drain = Drain(
+            db,
+            publisher,
+            lease_seconds=config.cloud.outbox_lease_seconds,
+            poll_seconds=config.cloud.outbox_poll_seconds,
+            log=log,
+        )
         try:
             service = Service(
                 ctx=Context(
@@ -97,6 +105,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     signing_key=signing_key,
                     log=log,
                     publisher=publisher,
+                    drain=drain.wake,
                 ),
                 verifier=Verifier(keys=secrets, region=config.aws.region),
                 router=Router(),
@@ -133,8 +142,10 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                         follow_statuses(config.mqtt, db, health=health, log=log),
                         name="edge-cloud-status-follower",
                     )
+                    drainer = tasks.create_task(drain.run(), name="edge-cloud-outbox-drain")
                     await stop.wait()
                     follower.cancel()
+                    drainer.cancel()
             finally:
                 if listener is not None:
                     listener.close()
