@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import Final
 
 from structlog.typing import FilteringBoundLogger
@@ -42,6 +43,9 @@ class Drain:
         self._wake = asyncio.Event()
         #: Claimed rows whose PUBACK is awaited, so a poll doesn't claim them again.
         self._in_flight: set[str] = set()
+        #: Acknowledged by the broker, not yet removed from the outbox.
+        self._acked: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None
         #: Deployments published and marked sent by this replica, for logs and benchmarks.
         self.sent = 0
 
@@ -68,9 +72,10 @@ class Drain:
                     # A full batch: more may wait; let the window drain a little first.
                     await asyncio.sleep(0)
         finally:
-            for task in acks:
+            tasks = [*acks, *([self._flusher] if self._flusher is not None else [])]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*acks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _claim(self) -> list[outbox.Pending]:
         room = self._publisher.room
@@ -92,14 +97,29 @@ class Drain:
             # Unbounded wait: the publisher resends across reconnects, and the lease hands the
             # row to another replica if this one takes too long.
             await self._publisher.submit(pending.topic, pending.envelope)
-            await self._db.call(lambda db: outbox.mark_sent(db, [pending.deployment_id]))
-            self.sent += 1
-        except (BrokerError, CloudDatabaseError) as exc:
+        except BrokerError as exc:
             # The row stays; it is claimed again when its lease ends.
             self._log.warning(
                 "cloud.outbox.not_sent", deployment_id=pending.deployment_id, error=str(exc)
             )
-            return
-        finally:
             self._in_flight.discard(pending.deployment_id)
-        self._log.info("cloud.deployment.published", deployment_id=pending.deployment_id)
+            return
+        self._acked.append(pending.deployment_id)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="cloud.outbox.flush")
+
+    async def _flush(self) -> None:
+        """Remove acknowledged rows, those acknowledged together in one transaction."""
+        while self._acked:
+            ids, self._acked = self._acked, []
+            try:
+                await self._db.call(functools.partial(outbox.mark_sent, deployment_ids=ids))
+            except CloudDatabaseError as exc:
+                # The rows stay, and are published again once their lease ends: at least once.
+                self._log.warning("cloud.outbox.not_marked", count=len(ids), error=str(exc))
+                continue
+            finally:
+                self._in_flight.difference_update(ids)
+            self.sent += len(ids)
+            for deployment_id in ids:
+                self._log.info("cloud.deployment.published", deployment_id=deployment_id)

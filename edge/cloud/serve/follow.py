@@ -31,6 +31,8 @@ from edge.cloud.status import FAILURE, IN_PROGRESS, SUCCESS, StatusReport, parse
 from edge.config import MqttSettings
 from edge.errors import CloudDatabaseError
 
+#: Reports recorded in one transaction at most.
+INGEST_BATCH: Final = 500
 _EVENTS: Final = {
     IN_PROGRESS: "cloud.deployment.started",
     SUCCESS: "cloud.deployment.succeeded",
@@ -76,26 +78,36 @@ async def follow_statuses(
     *,
     log: FilteringBoundLogger,
 ) -> None:
-    """Record the status reports the replica's connection receives, until cancelled."""
+    """Record the status reports the replica's connection receives, until cancelled.
+
+    Reports that arrived together are recorded in one transaction: a fleet reporting at once
+    costs one database round trip per batch, not per report.
+    """
     while True:
-        message = await received.get()
-        thing = thing_of(message.topic, settings)
-        report = parse_status(message.payload)
-        if thing is None or report is None:
+        batch = [await received.get()]
+        while len(batch) < INGEST_BATCH and not received.empty():
+            batch.append(received.get_nowait())
+        reports = [
+            (thing, report)
+            for message in batch
+            if (thing := thing_of(message.topic, settings)) is not None
+            and (report := parse_status(message.payload)) is not None
+        ]
+        if not reports:
             continue
         try:
-            row = await db.call(functools.partial(_record, thing=thing, report=report))
+            rows = await db.call(functools.partial(_record, reports=reports))
         except CloudDatabaseError as exc:
-            # The report stays retained on the broker; the next connection reads it again.
-            log.warning("cloud.status.not_recorded", thing=thing, error=str(exc))
+            # The reports stay retained on the broker; the next connection reads them again.
+            log.warning("cloud.status.not_recorded", reports=len(reports), error=str(exc))
             continue
-        if row is not None:
-            _log_transition(log, row, thing)
+        for row in rows:
+            _log_transition(log, row, row["thing_name"])
 
 
-def _record(db: Database, *, thing: str, report: StatusReport) -> Row | None:
+def _record(db: Database, *, reports: list[tuple[str, StatusReport]]) -> list[Row]:
     with db.write() as conn:
-        return record(conn, thing, report)
+        return [row for thing, report in reports if (row := record(conn, thing, report))]
 
 
 def _log_transition(log: FilteringBoundLogger, row: Row, thing: str) -> None:
