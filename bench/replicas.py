@@ -30,32 +30,27 @@ import concurrent.futures
 import contextlib
 import itertools
 import json
-import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.fleet import KEY_ID, ControlPlane, cpu_seconds
 from edge.cloud.config import load_cloud_config
 from edge.cloud.db import open_database
 from edge.fixtures.core import edge_cli
-from edge.fixtures.services import AWS_TEST_ENV, free_port, run_mosquitto
+from edge.fixtures.services import free_port, run_mosquitto
 from edge.fixtures.simulate import SimulatedFleet
 from tests.support.postgres import server_url, session_database
 
-REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
-KEY_ID = "EDGEBENCHOPERATOR001"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def parse_args() -> argparse.Namespace:
@@ -83,48 +78,20 @@ def write_config(root: Path, database: str, broker_url: str, port: int) -> Path:
 
 
 class Replica:
-    """One `edge cloud serve` process and a boto3 client for it."""
+    """One `edge cloud serve` process (bench/fleet.py's), its log in a directory of its own."""
 
     def __init__(self, config: Path, port: int, secret: str, pool: int) -> None:
-        import boto3  # noqa: PLC0415
-        from botocore.config import Config  # noqa: PLC0415
-
-        self.log = config.with_suffix(".log")
-        self.url = f"http://127.0.0.1:{port}"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "edge", "--log-format", "json", "cloud"),
-                    *("--config", str(config), "serve"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **AWS_TEST_ENV},
-                cwd=REPO,
-            )
-        self.client = boto3.client(
-            "greengrass",
-            region_name=REGION,
-            endpoint_url=self.url,
-            aws_access_key_id=KEY_ID,
-            aws_secret_access_key=secret,
-            config=Config(max_pool_connections=pool, retries={"mode": "standard"}),
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(self.url + "/health", timeout=2) as answer,  # noqa: S310
-            ):
-                if json.loads(answer.read()).get("Mqtt") == "connected":
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"serve did not start; see {self.log}")
+        root = config.parent / f"serve-{port}"
+        root.mkdir()
+        self.log = root / "serve.log"
+        self.plane = ControlPlane(root, config, f"http://127.0.0.1:{port}", secret)
+        self.plane.start()
+        self.client = self.plane.client(pool)
 
     def cpu_seconds(self) -> float:
         """User and system CPU the process used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        assert self.plane.proc is not None  # noqa: S101 - started
+        return cpu_seconds(self.plane.proc.pid)
 
     def published_at(self) -> list[float]:
         """When this replica's published events happened (Unix seconds)."""
@@ -136,11 +103,7 @@ class Replica:
 
     def stop(self) -> None:
         """SIGTERM it and wait."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.plane.stop()
 
 
 def _unix(stamp: str) -> float:
