@@ -23,12 +23,14 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.cloud import outbox
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Connection, Database, Row
 from edge.cloud.groups import (
@@ -254,11 +256,6 @@ def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
     return version_id, None
 
 
-def _exists(conn: Connection, deployment_id: str) -> bool:
-    found = conn.execute("SELECT 1 FROM deployments WHERE id = :id", {"id": deployment_id})
-    return found.fetchone() is not None
-
-
 def _deployment_row(conn: Connection, group_id: str, deployment_id: str) -> Row:
     row: Row | None = conn.execute(
         "SELECT * FROM deployments WHERE id = :id AND group_id = :group_id",
@@ -284,7 +281,7 @@ async def create_deployment(
     on_change: Progress | None = None,
     on_note: Callable[[str], None] | None = None,
     publisher: Publisher | None = None,
-    deployment_id: str | None = None,
+    drain: Callable[[], None] | None = None,
 ) -> Row | None:
     """Build, sign, record and publish a deployment; with `wait_seconds`, follow it to the end.
 
@@ -299,23 +296,100 @@ async def create_deployment(
         on_note: Called with what the core will ignore of the group (loggers, devices), if any.
         publisher: A long-lived connection to publish through (without `wait_seconds`);
             None: a connection of this call's own.
-        deployment_id: The id to give it (a bulk deployment reserves ids before deploying);
-            if a deployment already has it, nothing is done: it was created before.
+        drain: A replica's outbox drain to wake (without `wait_seconds`): the deployment is
+            answered once it is in the outbox, and the drain publishes it; None: this call
+            publishes it and waits for the broker's acknowledgement.
 
     Returns:
-        With `wait_seconds`, the deployment's final row, or None if time ran out first (or
-        `deployment_id` exists already).
+        With `wait_seconds`, the deployment's final row, or None if time ran out first.
 
     Raises:
         CloudUsageError, NotFoundError, DefinitionInvalidError: Nothing was published.
         BrokerError: The broker can't be reached (nothing recorded) or refused the publish
             (the deployment is recorded as a Failure saying so).
     """
+    out, envelope = await _prepare(config, db, signing_key, request, deployment_id=new_id())
+    return await _send(
+        config,
+        db,
+        out,
+        envelope,
+        wait_seconds=wait_seconds,
+        on_created=on_created,
+        on_change=on_change,
+        on_note=on_note,
+        publisher=publisher,
+        drain=drain,
+    )
+
+
+async def queue_deployment(
+    config: CloudConfig,
+    db: Database,
+    signing_key: Ed25519PrivateKey,
+    request: Request,
+    *,
+    deployment_id: str,
+    drain: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Create the deployment `deployment_id` and queue it in the outbox, once per id.
+
+    For runners that choose their deployments' ids up front (bulk deployments): a runner that
+    dies and is taken over calls this again with the same id, and gets the deployment already
+    recorded rather than a second one. An outbox drain publishes it (`edge.cloud.outbox`).
+
+    Args:
+        config: The control plane's config.
+        db: Its database.
+        signing_key: The key to sign with.
+        request: What to deploy.
+        deployment_id: The id to give it.
+        drain: Called once the deployment is in the outbox, to wake this replica's drain.
+
+    Returns:
+        `{DeploymentArn, DeploymentId}`.
+
+    Raises:
+        CloudUsageError, NotFoundError, DefinitionInvalidError: Nothing was recorded.
+    """
+    if (known := _recorded(db, deployment_id)) is not None:
+        return known
+    out, envelope = await _prepare(config, db, signing_key, request, deployment_id=deployment_id)
+    topic = config.mqtt.deployments_topic(out.built.thing_name)
+    with db.write() as conn:
+        if _recorded(db, deployment_id, conn=conn) is not None:
+            return _created(config, out)
+        _insert(conn, config, out, envelope, status=BUILDING)
+        outbox.enqueue(conn, deployment_id, topic)
+    if drain is not None:
+        drain()
+    return _created(config, out)
+
+
+def _recorded(
+    db: Database, deployment_id: str, *, conn: Connection | None = None
+) -> dict[str, Any] | None:
+    """`{DeploymentArn, DeploymentId}` of a recorded deployment, or None."""
+    with contextlib.ExitStack() as stack:
+        conn = conn or stack.enter_context(db.read())
+        row = conn.execute(
+            "SELECT arn FROM deployments WHERE id = :id", {"id": deployment_id}
+        ).fetchone()
+    return None if row is None else {"DeploymentArn": row["arn"], "DeploymentId": deployment_id}
+
+
+async def _prepare(
+    config: CloudConfig,
+    db: Database,
+    signing_key: Ed25519PrivateKey,
+    request: Request,
+    *,
+    deployment_id: str,
+) -> tuple[_Outgoing, bytes]:
+    """Resolve, build and sign a deployment: what `_send` records; nothing is written."""
     check_deployment_type(request.deployment_type)
-    given, deployment_id, created_at = deployment_id, deployment_id or new_id(), precise_timestamp()
+    created_at = precise_timestamp()
     with db.read() as conn:
-        if given is not None and _exists(conn, given):
-            return None
         version_id, redeploy_of = _pick_version(conn, request)
         reset = request.deployment_type == DeploymentType.RESET.value
         wanted = [] if reset else functions_without_code(conn, request.group_id, version_id)
@@ -331,24 +405,10 @@ async def create_deployment(
             created_at=created_at,
             fetched=fetched,
         )
-    return await _send(
-        config,
-        db,
-        _Outgoing(
-            request.group_id,
-            deployment_id,
-            created_at,
-            built,
-            request.deployment_type,
-            redeploy_of,
-        ),
-        seal(built.document, signing_key=signing_key, thing_name=built.thing_name),
-        wait_seconds=wait_seconds,
-        on_created=on_created,
-        on_change=on_change,
-        on_note=on_note,
-        publisher=publisher,
+    out = _Outgoing(
+        request.group_id, deployment_id, created_at, built, request.deployment_type, redeploy_of
     )
+    return out, seal(built.document, signing_key=signing_key, thing_name=built.thing_name)
 
 
 def check_deployment_type(kind: str) -> None:
@@ -379,6 +439,7 @@ async def reset_deployments(
     on_created: Callable[[dict[str, Any]], None] | None = None,
     on_change: Progress | None = None,
     publisher: Publisher | None = None,
+    drain: Callable[[], None] | None = None,
 ) -> Row | None:
     """reset-deployments: send the group's core a ResetDeployment and record it.
 
@@ -419,6 +480,7 @@ async def reset_deployments(
             on_created=on_created,
             on_change=on_change,
             publisher=publisher,
+            drain=drain,
         )
     except BrokerError as exc:
         if not force or outgoing.recorded:
@@ -528,9 +590,23 @@ async def _send(
     on_change: Progress | None,
     on_note: Callable[[str], None] | None = None,
     publisher: Publisher | None = None,
+    drain: Callable[[], None] | None = None,
 ) -> Row | None:
-    """Record a signed deployment as Building, publish it, and follow it if asked."""
+    """Record a signed deployment as Building with its outbox row, publish it, follow it if asked.
+
+    With a `drain` (a replica), the outbox row is the promise: the answer goes out once it is
+    committed, and the drain publishes it. Otherwise this call publishes it, claiming the row
+    for as long as that takes, and removes it once the broker acknowledged it.
+    """
     mqtt, thing = config.mqtt, out.built.thing_name
+    topic = mqtt.deployments_topic(thing)
+    if drain is not None and wait_seconds is None:
+        with db.write() as conn:
+            _insert(conn, config, out, envelope, status=BUILDING)
+            outbox.enqueue(conn, out.deployment_id, topic)
+        drain()
+        _announce(config, out, on_created, on_note)
+        return None
     async with contextlib.AsyncExitStack() as stack:
         publish: Callable[[str, bytes], Awaitable[None]]
         if publisher is None or wait_seconds is not None:
@@ -541,13 +617,12 @@ async def _send(
         if wait_seconds is not None:
             # Subscribed before publishing, so not even a fast core's first report is missed.
             await client.subscribe(mqtt.status_topic(thing))
+        lease = int(time.time() + config.cloud.outbox_lease_seconds)
         with db.write() as conn:
-            if _exists(conn, out.deployment_id):
-                # Created meanwhile by another holder of the same reserved id.
-                return None
             _insert(conn, config, out, envelope, status=BUILDING)
+            outbox.enqueue(conn, out.deployment_id, topic, claimed_until=lease)
         try:
-            await publish(mqtt.deployments_topic(thing), envelope)
+            await publish(topic, envelope)
         except BrokerError as exc:
             with db.write() as conn:
                 message = f"not published: {exc}"
@@ -564,11 +639,13 @@ async def _send(
                     },
                 )
                 add_event(conn, out.deployment_id, FAILURE, timestamp(), message)
+                # A deployment recorded as failed is not one for a replica to send later.
+                conn.execute(
+                    "DELETE FROM outbox WHERE deployment_id = :id", {"id": out.deployment_id}
+                )
             raise
-        if on_created is not None:
-            on_created(_created(config, out))
-        if on_note is not None and out.built.note is not None:
-            on_note(out.built.note)
+        outbox.mark_sent(db, [out.deployment_id])
+        _announce(config, out, on_created, on_note)
         if wait_seconds is None:
             return None
         deadline = asyncio.get_running_loop().time() + wait_seconds
@@ -580,6 +657,18 @@ async def _send(
             deadline=deadline,
             on_change=on_change,
         )
+
+
+def _announce(
+    config: CloudConfig,
+    out: _Outgoing,
+    on_created: Callable[[dict[str, Any]], None] | None,
+    on_note: Callable[[str], None] | None,
+) -> None:
+    if on_created is not None:
+        on_created(_created(config, out))
+    if on_note is not None and out.built.note is not None:
+        on_note(out.built.note)
 
 
 async def get_deployment_status(

@@ -149,7 +149,7 @@ async def _create_deployment(ctx: Context, p: dict[str, Any]) -> Result:
         request,
         on_created=created.update,
         on_note=notes.append,
-        publisher=ctx.publisher,
+        drain=ctx.drain,
     )
     ctx.log.info(
         "cloud.deployment.created",

@@ -28,7 +28,8 @@ from edge.cloud.serve.connections import (
 )
 from edge.cloud.serve.context import Context
 from edge.cloud.serve.dbthread import DatabaseThread
-from edge.cloud.serve.follow import Health, follow_statuses
+from edge.cloud.serve.drain import Drain
+from edge.cloud.serve.follow import Health, follow_statuses, following
 from edge.cloud.serve.routes import Router
 from edge.errors import ConfigError
 from edge.fsutil import read_private_file
@@ -82,17 +83,29 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
     signing_key = load_signing_key(config.cloud.signing_key)
     tls = _tls_context(settings, config_path=where)
     log = get_logger("cloud.serve")
-    health = Health()
     connections = Connections(cap=connection_cap())
     async with (
         DatabaseThread(lambda: open_database(config)) as db,
-        Publisher(config.mqtt, config.pacing, logger=log) as publisher,
+        Publisher(
+            config.mqtt,
+            config.pacing,
+            logger=log,
+            following=following(config.mqtt, config.pacing.shared_group),
+        ) as publisher,
     ):
+        health = Health(publisher.connected)
         loop_db = open_database(config)
+        drain = Drain(
+            db,
+            publisher,
+            lease_seconds=config.cloud.outbox_lease_seconds,
+            poll_seconds=config.cloud.outbox_poll_seconds,
+            log=log,
+        )
         bulk = replica.supervisor(
             config,
             SqlBulkStore(db.call),
-            replica.deployer(config, loop_db, signing_key, publisher),
+            replica.deployer(config, loop_db, signing_key, drain.wake),
             replica.owner_name(),
         )
         try:
@@ -106,6 +119,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     log=log,
                     publisher=publisher,
                     wake_bulk=bulk.wake,
+                    drain=drain.wake,
                 ),
                 verifier=Verifier(keys=secrets, region=config.aws.region),
                 router=Router(),
@@ -139,11 +153,13 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                 )
                 async with bulk, asyncio.TaskGroup() as tasks:
                     follower = tasks.create_task(
-                        follow_statuses(config.mqtt, db, health=health, log=log),
+                        follow_statuses(config.mqtt, publisher.received, db, log=log),
                         name="edge-cloud-status-follower",
                     )
+                    drainer = tasks.create_task(drain.run(), name="edge-cloud-outbox-drain")
                     await stop.wait()
                     follower.cancel()
+                    drainer.cancel()
             finally:
                 if listener is not None:
                     listener.close()
