@@ -31,58 +31,37 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cloud import outbox
+from edge.cloud.build import Built, build_document, functions_without_code
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Connection, Database, Row
+from edge.cloud.deployment_reads import deployment_row
 from edge.cloud.groups import (
-    ResolvedGroup,
     group_version_row,
     last_deployment,
     latest_version_id,
     resolve_core,
-    resolve_group,
-    validate_group,
 )
-from edge.cloud.ids import Arns, milliseconds, new_id, precise_timestamp, timestamp
+from edge.cloud.ids import Arns, new_id, precise_timestamp, timestamp
 from edge.cloud.lambdacode import fetch_functions
 from edge.cloud.publish import OPERATION_TIMEOUT_SECONDS, CloudMqtt
 from edge.cloud.publisher import Publisher
 from edge.cloud.status import (
     BUILDING,
     FAILURE,
-    FINAL,
-    PEEK_SECONDS,
     SUCCESS,
     Progress,
     add_event,
     follow,
-    peek_retained,
-    status_output,
 )
 from edge.errors import (
     BrokerError,
     CloudUsageError,
-    DefinitionInvalidError,
-    DeploymentInvalidError,
-    NotFoundError,
 )
 from edge.model import DeploymentType, parse_deployment
-from edge.model.fields import entry_label
-from edge.model.loggers import plan_logging
 from edge.signing import seal
 
 #: The types create-deployment takes, as AWS's model lists them; resets are reset-deployments.
 DEPLOYMENT_TYPES: Final = (DeploymentType.NEW.value, DeploymentType.REDEPLOY.value)
-
-
-@dataclass(frozen=True, slots=True)
-class Built:
-    """A resolved deployment, ready to sign."""
-
-    document: bytes
-    thing_name: str
-    group_version_id: str
-    #: What the core will ignore of the group (loggers, devices), or None.
-    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,134 +72,6 @@ class Request:
     deployment_type: str
     group_version_id: str | None = None
     redeploy_of: str | None = None
-
-
-def _published(conn: Connection, function_arn: str) -> dict[str, Any] | None:
-    """The Handler and Code of a package published for this exact ARN, or None."""
-    row = conn.execute(
-        "SELECT handler, uri, sha256 FROM function_code WHERE function_arn = :function_arn",
-        {"function_arn": function_arn},
-    ).fetchone()
-    if row is None:
-        return None
-    return {"Handler": row["handler"], "Code": {"Uri": row["uri"], "Sha256": row["sha256"]}}
-
-
-def _resolve(conn: Connection, group_id: str, group_version_id: str) -> ResolvedGroup:
-    """A group version with its definition versions looked up.
-
-    Raises:
-        NotFoundError: The group version is gone.
-        DefinitionInvalidError: A definition version it names is gone (its definition was
-            deleted, which AWS allows while a group version names it).
-    """
-    row = group_version_row(conn, group_id, group_version_id)
-    try:
-        return resolve_group(conn, json.loads(row["body"]))
-    except NotFoundError as exc:
-        if not exc.ident.startswith("arn:"):
-            raise
-        raise DefinitionInvalidError(
-            "deployment",
-            f"group version {group_version_id} names {exc.ident}, which no longer exists (its "
-            f"definition was deleted); create a group version without it and deploy that",
-        ) from None
-
-
-def functions_without_code(conn: Connection, group_id: str, group_version_id: str) -> list[str]:
-    """The ARNs of a group version's functions that have neither a Code nor a published package.
-
-    Raises:
-        NotFoundError: The group version is gone.
-        DefinitionInvalidError: A definition version it names is gone.
-    """
-    functions = _resolve(conn, group_id, group_version_id).group["Functions"]
-    return [
-        fn["FunctionArn"]
-        for fn in functions
-        if isinstance(fn, dict)
-        and isinstance(fn.get("FunctionArn"), str)
-        and "Code" not in (fn.get("FunctionConfiguration") or {})
-        and _published(conn, fn["FunctionArn"]) is None
-    ]
-
-
-def _fill_code(
-    conn: Connection, functions: list[Any], fetched: dict[str, dict[str, Any]]
-) -> list[Any]:
-    """Return the functions with Handler and Code from their packages (published or Lambda's).
-
-    Raises:
-        DefinitionInvalidError: A function has neither a package nor a Code of its own.
-    """
-    filled = []
-    for index, fn in enumerate(functions):
-        fn_copy = json.loads(json.dumps(fn))
-        config = fn_copy.setdefault("FunctionConfiguration", {})
-        if "Code" not in config:
-            arn = fn_copy["FunctionArn"]
-            code = _published(conn, arn) or fetched.get(arn)
-            if code is None:
-                raise DefinitionInvalidError(
-                    "deployment",
-                    f"{entry_label('Functions', index, fn)}: function {arn} has no published "
-                    f"code; run `edge cloud publish-function --function-arn {arn} --zip-file "
-                    f"fileb://PACKAGE.zip --handler MODULE.FUNCTION`, or create it in AWS Lambda",
-                )
-            config.update(code)
-        filled.append(fn_copy)
-    return filled
-
-
-def build_document(
-    conn: Connection,
-    *,
-    group_id: str,
-    group_version_id: str,
-    deployment_type: str,
-    deployment_id: str,
-    created_at: str,
-    fetched: dict[str, dict[str, Any]] | None = None,
-) -> Built:
-    """Resolve a group version into the deployment document its core parses.
-
-    Raises:
-        NotFoundError: The group version, or a definition version it names, is gone.
-        DefinitionInvalidError: It names no core, a function has no code, or the result is
-            not a document the core would accept.
-    """
-    resolved = _resolve(conn, group_id, group_version_id)
-    if resolved.thing_name is None:
-        raise DefinitionInvalidError(
-            "deployment",
-            f"group version {group_version_id} names no core definition version, so there is "
-            f"no core to deploy to; create a group version with --core-definition-version-arn",
-        )
-    document: dict[str, Any] = {
-        "DeploymentId": deployment_id,
-        "DeploymentType": deployment_type,
-        "GroupId": group_id,
-        "GroupVersionId": group_version_id,
-        "CreatedAt": created_at,
-    }
-    note = None
-    if deployment_type != DeploymentType.RESET.value:
-        # Checked when the version was created; checked again because definitions can't change
-        # but published code can, and it costs nothing next to a deployment.
-        validate_group(resolved)
-        group = dict(resolved.group)
-        group["Functions"] = _fill_code(conn, group["Functions"], fetched or {})
-        document["Group"] = group
-        try:
-            note = plan_logging(group).note
-        except DeploymentInvalidError as exc:
-            raise DefinitionInvalidError("deployment", exc.problem) from None
-    payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
-    try:
-        parse_deployment(payload)
-    except DeploymentInvalidError as exc:
-        raise DefinitionInvalidError("deployment", exc.problem) from None
-    return Built(payload, resolved.thing_name, group_version_id, note)
 
 
 def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
@@ -236,7 +87,7 @@ def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
             raise CloudUsageError(
                 "--deployment-id", "is required for a Redeployment: the deployment to repeat"
             )
-        previous = _deployment_row(conn, request.group_id, request.redeploy_of)
+        previous = deployment_row(conn, request.group_id, request.redeploy_of)
         version: str = previous["group_version_id"]
         if request.group_version_id not in {None, version}:
             raise CloudUsageError(
@@ -254,20 +105,6 @@ def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
             f"group {request.group_id} has no version yet; run `edge cloud create-group-version`",
         )
     return version_id, None
-
-
-def _deployment_row(conn: Connection, group_id: str, deployment_id: str) -> Row:
-    row: Row | None = conn.execute(
-        "SELECT * FROM deployments WHERE id = :id AND group_id = :group_id",
-        {"id": deployment_id, "group_id": group_id},
-    ).fetchone()
-    if row is None:
-        raise NotFoundError(
-            "deployment",
-            deployment_id,
-            f"`edge cloud list-deployments --group-id {group_id}` lists the group's deployments",
-        )
-    return row
 
 
 async def create_deployment(
@@ -492,7 +329,7 @@ async def reset_deployments(
         if on_created is not None:
             on_created(created)
         with db.read() as conn:
-            return None if wait_seconds is None else _deployment_row(conn, group_id, deployment_id)
+            return None if wait_seconds is None else deployment_row(conn, group_id, deployment_id)
 
 
 def _reset_target(conn: Connection, group_id: str) -> tuple[str, str]:
@@ -669,78 +506,3 @@ def _announce(
         on_created(_created(config, out))
     if on_note is not None and out.built.note is not None:
         on_note(out.built.note)
-
-
-async def get_deployment_status(
-    config: CloudConfig,
-    db: Database,
-    group_id: str,
-    deployment_id: str,
-    *,
-    on_broker_error: Callable[[BrokerError], None] | None = None,
-) -> dict[str, Any]:
-    """get-deployment-status: the recorded status, refreshed from the retained report if open.
-
-    A broker that can't be reached is reported through `on_broker_error` and the recorded
-    status is answered anyway.
-    """
-    with db.read() as conn:
-        row = _deployment_row(conn, group_id, deployment_id)
-    if row["status"] not in FINAL:
-        thing = row["thing_name"]
-        try:
-            async with CloudMqtt(config.mqtt) as client:
-                await peek_retained(
-                    client,
-                    db,
-                    thing_name=thing,
-                    topic=config.mqtt.status_topic(thing),
-                    deadline=asyncio.get_running_loop().time() + PEEK_SECONDS,
-                )
-        except BrokerError as exc:
-            if on_broker_error is not None:
-                on_broker_error(exc)
-        with db.read() as conn:
-            row = _deployment_row(conn, group_id, deployment_id)
-    return status_output(row)
-
-
-def deployment_note(db: Database, group_id: str, deployment_id: str) -> str | None:
-    """What the core ignores of a deployment's group (edge's own, not in AWS's answer)."""
-    with db.read() as conn:
-        note: str | None = _deployment_row(conn, group_id, deployment_id)["note"]
-    return note
-
-
-def recorded_status(db: Database, group_id: str, deployment_id: str) -> dict[str, Any]:
-    """get-deployment-status from the database alone, as `edge cloud serve` answers it.
-
-    The service follows every core's status topic and records each report as it arrives, so
-    its database is current without reading the retained report again.
-    """
-    with db.read() as conn:
-        return status_output(_deployment_row(conn, group_id, deployment_id))
-
-
-def list_deployments(db: Database, group_id: str) -> dict[str, Any]:
-    """list-deployments: the group's deployments, newest first."""
-    with db.read() as conn:
-        latest_version_id(conn, group_id)  # raises NotFoundError for an unknown group
-        rows = conn.execute(
-            "SELECT d.*, g.arn AS group_arn FROM deployments AS d JOIN groups AS g"
-            " ON g.id = d.group_id WHERE d.group_id = :group_id ORDER BY d.created_at DESC, d.id"
-            " DESC",
-            {"group_id": group_id},
-        ).fetchall()
-    return {
-        "Deployments": [
-            {
-                "CreatedAt": milliseconds(r["created_at"]),
-                "DeploymentArn": r["arn"],
-                "DeploymentId": r["id"],
-                "DeploymentType": r["deployment_type"],
-                "GroupArn": r["group_arn"],
-            }
-            for r in rows
-        ]
-    }
