@@ -143,34 +143,51 @@ async def _query(
 
 async def _run_and_watch(config: CloudConfig, db: Database, bulk_id: str) -> BulkState:
     """Run the bulk deployment here, following the cores' reports, and show its progress."""
-    # Imported here: the follower is the service's, and only `--wait` needs it.
+    # Imported here: the drain and the follower are the service's, and only `--wait` needs them.
     from edge.cloud.serve.dbthread import DatabaseThread  # noqa: PLC0415
-    from edge.cloud.serve.follow import Health, follow_statuses  # noqa: PLC0415
+    from edge.cloud.serve.drain import Drain  # noqa: PLC0415
+    from edge.cloud.serve.follow import follow_statuses, following  # noqa: PLC0415
 
     log = get_logger("cloud.bulk")
     signing_key = load_signing_key(config.cloud.signing_key)
     async with (
         DatabaseThread(lambda: open_database(config)) as thread,
-        Publisher(config.mqtt, config.pacing, logger=log) as publisher,
+        Publisher(
+            config.mqtt,
+            config.pacing,
+            logger=log,
+            following=following(config.mqtt, config.pacing.shared_group),
+        ) as publisher,
     ):
+        drain = Drain(
+            thread,
+            publisher,
+            lease_seconds=config.cloud.outbox_lease_seconds,
+            poll_seconds=config.cloud.outbox_poll_seconds,
+            log=log,
+        )
         store = SqlBulkStore(thread.call)
         runner = BulkRunner(
             store=store,
             bulk_id=bulk_id,
             owner=replica.owner_name(),
-            deploy=replica.deployer(config, db, signing_key, publisher),
+            deploy=replica.deployer(config, db, signing_key, drain.wake),
             read=input_reader(config.aws),
             log=log,
         )
         writer = progress.ProgressWriter(sys.stderr)
         async with asyncio.TaskGroup() as tasks:
-            follower = tasks.create_task(
-                follow_statuses(config.mqtt, thread, health=Health(), log=log),
-                name="bulk-status-follower",
-            )
+            helpers = [
+                tasks.create_task(
+                    follow_statuses(config.mqtt, publisher.received, thread, log=log),
+                    name="bulk-status-follower",
+                ),
+                tasks.create_task(drain.run(), name="bulk-outbox-drain"),
+            ]
             tasks.create_task(runner.run(), name=f"bulk-runner-{bulk_id}")
             try:
                 bulk = await progress.watch(store, bulk_id, writer, sleep=asyncio.sleep)
             finally:
-                follower.cancel()
+                for helper in helpers:
+                    helper.cancel()
     return bulk.state

@@ -22,7 +22,16 @@ from typing import Any, Final, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.cloud import bulkcli, definitions, deployments, groups, idempotency, prune, simulate
+from edge.cloud import (
+    bulkcli,
+    definitions,
+    deployment_reads,
+    deployments,
+    groups,
+    idempotency,
+    prune,
+    simulate,
+)
 from edge.cloud.artifacts import publish_function
 from edge.cloud.config import CloudConfig, load_cloud_config
 from edge.cloud.db import Claim, Database, Row, open_database
@@ -508,7 +517,7 @@ def _group_command(  # noqa: PLR0911 - one per command
 
 def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namespace) -> int:
     if args.command == "list-deployments":
-        _print(deployments.list_deployments(db, args.group_id))
+        _print(deployment_reads.list_deployments(db, args.group_id))
         return 0
     if args.command == "get-deployment-status":
 
@@ -517,12 +526,12 @@ def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namesp
 
         _print(
             asyncio.run(
-                deployments.get_deployment_status(
+                deployment_reads.get_deployment_status(
                     config, db, args.group_id, args.deployment_id, on_broker_error=warn
                 )
             )
         )
-        _note(deployments.deployment_note(db, args.group_id, args.deployment_id))
+        _note(deployment_reads.deployment_note(db, args.group_id, args.deployment_id))
         return 0
     if args.timeout <= 0:
         raise CloudUsageError("--timeout", "must be a positive number of seconds")

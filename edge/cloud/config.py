@@ -80,6 +80,11 @@ class CloudSettings:
     serve: ServeSettings = ServeSettings(host="127.0.0.1", port=8443)
     #: The file holding the PostgreSQL password (mode 0600), read when the database is opened.
     database_password_file: Path | None = None
+    #: How long a replica that claimed an outbox row may take to publish it before another
+    #: replica takes it over, in seconds.
+    outbox_lease_seconds: float = 30.0
+    #: How often a replica looks for outbox rows other replicas left, in seconds.
+    outbox_poll_seconds: float = 1.0
 
     @property
     def public_key(self) -> Path:
@@ -102,6 +107,9 @@ class Pacing:
     queue_limit: int = 10_000
     #: Publishes awaiting their acknowledgement at once (paho's own window is 20).
     in_flight: int = 20
+    #: `[mqtt] shared_subscription_group`: replicas follow statuses through
+    #: `$share/<group>/...` (MQTT v5); None: one plain subscription.
+    shared_group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +157,15 @@ def _pacing(s: Section) -> Pacing:
         rate=s.number("publish_rate", default.rate, low=0.1, high=1_000_000.0),
         burst=s.integer("publish_burst", default.burst, low=1, high=1_000_000),
         queue_limit=s.integer("publish_queue_limit", default.queue_limit, low=1, high=10_000_000),
+        shared_group=_shared_group(s),
     )
+
+
+def _shared_group(s: Section) -> str | None:
+    group = s.string("shared_subscription_group")
+    if group is not None and (not group or set(group) & set("/+#$")):
+        raise s.error("shared_subscription_group", "must be a name without '/', '+', '#' or '$'")
+    return group
 
 
 def _cloud(s: Section) -> CloudSettings:
@@ -173,6 +189,8 @@ def _cloud(s: Section) -> CloudSettings:
         account_id=account_id,
         serve=_serve(s),
         database_password_file=_password_file(s, database),
+        outbox_lease_seconds=s.number("outbox_lease_seconds", 30.0, low=1.0, high=3600.0),
+        outbox_poll_seconds=s.number("outbox_poll_seconds", 1.0, low=0.05, high=600.0),
     )
 
 

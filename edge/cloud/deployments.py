@@ -23,64 +23,45 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.cloud import outbox
+from edge.cloud.build import Built, build_document, functions_without_code
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Connection, Database, Row
+from edge.cloud.deployment_reads import deployment_row
 from edge.cloud.groups import (
-    ResolvedGroup,
     group_version_row,
     last_deployment,
     latest_version_id,
     resolve_core,
-    resolve_group,
-    validate_group,
 )
-from edge.cloud.ids import Arns, milliseconds, new_id, precise_timestamp, timestamp
+from edge.cloud.ids import Arns, new_id, precise_timestamp, timestamp
 from edge.cloud.lambdacode import fetch_functions
 from edge.cloud.publish import OPERATION_TIMEOUT_SECONDS, CloudMqtt
 from edge.cloud.publisher import Publisher
 from edge.cloud.status import (
     BUILDING,
     FAILURE,
-    FINAL,
-    PEEK_SECONDS,
     SUCCESS,
     Progress,
     add_event,
     follow,
-    peek_retained,
-    status_output,
 )
 from edge.errors import (
     BrokerError,
     CloudUsageError,
-    DefinitionInvalidError,
-    DeploymentInvalidError,
-    NotFoundError,
 )
 from edge.model import DeploymentType, parse_deployment
-from edge.model.fields import entry_label
-from edge.model.loggers import plan_logging
 from edge.signing import seal
 
 #: The types create-deployment takes, as AWS's model lists them; resets are reset-deployments.
 DEPLOYMENT_TYPES: Final = (DeploymentType.NEW.value, DeploymentType.REDEPLOY.value)
-
-
-@dataclass(frozen=True, slots=True)
-class Built:
-    """A resolved deployment, ready to sign."""
-
-    document: bytes
-    thing_name: str
-    group_version_id: str
-    #: What the core will ignore of the group (loggers, devices), or None.
-    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,134 +72,6 @@ class Request:
     deployment_type: str
     group_version_id: str | None = None
     redeploy_of: str | None = None
-
-
-def _published(conn: Connection, function_arn: str) -> dict[str, Any] | None:
-    """The Handler and Code of a package published for this exact ARN, or None."""
-    row = conn.execute(
-        "SELECT handler, uri, sha256 FROM function_code WHERE function_arn = :function_arn",
-        {"function_arn": function_arn},
-    ).fetchone()
-    if row is None:
-        return None
-    return {"Handler": row["handler"], "Code": {"Uri": row["uri"], "Sha256": row["sha256"]}}
-
-
-def _resolve(conn: Connection, group_id: str, group_version_id: str) -> ResolvedGroup:
-    """A group version with its definition versions looked up.
-
-    Raises:
-        NotFoundError: The group version is gone.
-        DefinitionInvalidError: A definition version it names is gone (its definition was
-            deleted, which AWS allows while a group version names it).
-    """
-    row = group_version_row(conn, group_id, group_version_id)
-    try:
-        return resolve_group(conn, json.loads(row["body"]))
-    except NotFoundError as exc:
-        if not exc.ident.startswith("arn:"):
-            raise
-        raise DefinitionInvalidError(
-            "deployment",
-            f"group version {group_version_id} names {exc.ident}, which no longer exists (its "
-            f"definition was deleted); create a group version without it and deploy that",
-        ) from None
-
-
-def functions_without_code(conn: Connection, group_id: str, group_version_id: str) -> list[str]:
-    """The ARNs of a group version's functions that have neither a Code nor a published package.
-
-    Raises:
-        NotFoundError: The group version is gone.
-        DefinitionInvalidError: A definition version it names is gone.
-    """
-    functions = _resolve(conn, group_id, group_version_id).group["Functions"]
-    return [
-        fn["FunctionArn"]
-        for fn in functions
-        if isinstance(fn, dict)
-        and isinstance(fn.get("FunctionArn"), str)
-        and "Code" not in (fn.get("FunctionConfiguration") or {})
-        and _published(conn, fn["FunctionArn"]) is None
-    ]
-
-
-def _fill_code(
-    conn: Connection, functions: list[Any], fetched: dict[str, dict[str, Any]]
-) -> list[Any]:
-    """Return the functions with Handler and Code from their packages (published or Lambda's).
-
-    Raises:
-        DefinitionInvalidError: A function has neither a package nor a Code of its own.
-    """
-    filled = []
-    for index, fn in enumerate(functions):
-        fn_copy = json.loads(json.dumps(fn))
-        config = fn_copy.setdefault("FunctionConfiguration", {})
-        if "Code" not in config:
-            arn = fn_copy["FunctionArn"]
-            code = _published(conn, arn) or fetched.get(arn)
-            if code is None:
-                raise DefinitionInvalidError(
-                    "deployment",
-                    f"{entry_label('Functions', index, fn)}: function {arn} has no published "
-                    f"code; run `edge cloud publish-function --function-arn {arn} --zip-file "
-                    f"fileb://PACKAGE.zip --handler MODULE.FUNCTION`, or create it in AWS Lambda",
-                )
-            config.update(code)
-        filled.append(fn_copy)
-    return filled
-
-
-def build_document(
-    conn: Connection,
-    *,
-    group_id: str,
-    group_version_id: str,
-    deployment_type: str,
-    deployment_id: str,
-    created_at: str,
-    fetched: dict[str, dict[str, Any]] | None = None,
-) -> Built:
-    """Resolve a group version into the deployment document its core parses.
-
-    Raises:
-        NotFoundError: The group version, or a definition version it names, is gone.
-        DefinitionInvalidError: It names no core, a function has no code, or the result is
-            not a document the core would accept.
-    """
-    resolved = _resolve(conn, group_id, group_version_id)
-    if resolved.thing_name is None:
-        raise DefinitionInvalidError(
-            "deployment",
-            f"group version {group_version_id} names no core definition version, so there is "
-            f"no core to deploy to; create a group version with --core-definition-version-arn",
-        )
-    document: dict[str, Any] = {
-        "DeploymentId": deployment_id,
-        "DeploymentType": deployment_type,
-        "GroupId": group_id,
-        "GroupVersionId": group_version_id,
-        "CreatedAt": created_at,
-    }
-    note = None
-    if deployment_type != DeploymentType.RESET.value:
-        # Checked when the version was created; checked again because definitions can't change
-        # but published code can, and it costs nothing next to a deployment.
-        validate_group(resolved)
-        group = dict(resolved.group)
-        group["Functions"] = _fill_code(conn, group["Functions"], fetched or {})
-        document["Group"] = group
-        try:
-            note = plan_logging(group).note
-        except DeploymentInvalidError as exc:
-            raise DefinitionInvalidError("deployment", exc.problem) from None
-    payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
-    try:
-        parse_deployment(payload)
-    except DeploymentInvalidError as exc:
-        raise DefinitionInvalidError("deployment", exc.problem) from None
-    return Built(payload, resolved.thing_name, group_version_id, note)
 
 
 def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
@@ -234,7 +87,7 @@ def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
             raise CloudUsageError(
                 "--deployment-id", "is required for a Redeployment: the deployment to repeat"
             )
-        previous = _deployment_row(conn, request.group_id, request.redeploy_of)
+        previous = deployment_row(conn, request.group_id, request.redeploy_of)
         version: str = previous["group_version_id"]
         if request.group_version_id not in {None, version}:
             raise CloudUsageError(
@@ -254,25 +107,6 @@ def _pick_version(conn: Connection, request: Request) -> tuple[str, str | None]:
     return version_id, None
 
 
-def _exists(conn: Connection, deployment_id: str) -> bool:
-    found = conn.execute("SELECT 1 FROM deployments WHERE id = :id", {"id": deployment_id})
-    return found.fetchone() is not None
-
-
-def _deployment_row(conn: Connection, group_id: str, deployment_id: str) -> Row:
-    row: Row | None = conn.execute(
-        "SELECT * FROM deployments WHERE id = :id AND group_id = :group_id",
-        {"id": deployment_id, "group_id": group_id},
-    ).fetchone()
-    if row is None:
-        raise NotFoundError(
-            "deployment",
-            deployment_id,
-            f"`edge cloud list-deployments --group-id {group_id}` lists the group's deployments",
-        )
-    return row
-
-
 async def create_deployment(
     config: CloudConfig,
     db: Database,
@@ -284,7 +118,7 @@ async def create_deployment(
     on_change: Progress | None = None,
     on_note: Callable[[str], None] | None = None,
     publisher: Publisher | None = None,
-    deployment_id: str | None = None,
+    drain: Callable[[], None] | None = None,
 ) -> Row | None:
     """Build, sign, record and publish a deployment; with `wait_seconds`, follow it to the end.
 
@@ -299,23 +133,100 @@ async def create_deployment(
         on_note: Called with what the core will ignore of the group (loggers, devices), if any.
         publisher: A long-lived connection to publish through (without `wait_seconds`);
             None: a connection of this call's own.
-        deployment_id: The id to give it (a bulk deployment reserves ids before deploying);
-            if a deployment already has it, nothing is done: it was created before.
+        drain: A replica's outbox drain to wake (without `wait_seconds`): the deployment is
+            answered once it is in the outbox, and the drain publishes it; None: this call
+            publishes it and waits for the broker's acknowledgement.
 
     Returns:
-        With `wait_seconds`, the deployment's final row, or None if time ran out first (or
-        `deployment_id` exists already).
+        With `wait_seconds`, the deployment's final row, or None if time ran out first.
 
     Raises:
         CloudUsageError, NotFoundError, DefinitionInvalidError: Nothing was published.
         BrokerError: The broker can't be reached (nothing recorded) or refused the publish
             (the deployment is recorded as a Failure saying so).
     """
+    out, envelope = await _prepare(config, db, signing_key, request, deployment_id=new_id())
+    return await _send(
+        config,
+        db,
+        out,
+        envelope,
+        wait_seconds=wait_seconds,
+        on_created=on_created,
+        on_change=on_change,
+        on_note=on_note,
+        publisher=publisher,
+        drain=drain,
+    )
+
+
+async def queue_deployment(
+    config: CloudConfig,
+    db: Database,
+    signing_key: Ed25519PrivateKey,
+    request: Request,
+    *,
+    deployment_id: str,
+    drain: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Create the deployment `deployment_id` and queue it in the outbox, once per id.
+
+    For runners that choose their deployments' ids up front (bulk deployments): a runner that
+    dies and is taken over calls this again with the same id, and gets the deployment already
+    recorded rather than a second one. An outbox drain publishes it (`edge.cloud.outbox`).
+
+    Args:
+        config: The control plane's config.
+        db: Its database.
+        signing_key: The key to sign with.
+        request: What to deploy.
+        deployment_id: The id to give it.
+        drain: Called once the deployment is in the outbox, to wake this replica's drain.
+
+    Returns:
+        `{DeploymentArn, DeploymentId}`.
+
+    Raises:
+        CloudUsageError, NotFoundError, DefinitionInvalidError: Nothing was recorded.
+    """
+    if (known := _recorded(db, deployment_id)) is not None:
+        return known
+    out, envelope = await _prepare(config, db, signing_key, request, deployment_id=deployment_id)
+    topic = config.mqtt.deployments_topic(out.built.thing_name)
+    with db.write() as conn:
+        if _recorded(db, deployment_id, conn=conn) is not None:
+            return _created(config, out)
+        _insert(conn, config, out, envelope, status=BUILDING)
+        outbox.enqueue(conn, deployment_id, topic)
+    if drain is not None:
+        drain()
+    return _created(config, out)
+
+
+def _recorded(
+    db: Database, deployment_id: str, *, conn: Connection | None = None
+) -> dict[str, Any] | None:
+    """`{DeploymentArn, DeploymentId}` of a recorded deployment, or None."""
+    with contextlib.ExitStack() as stack:
+        conn = conn or stack.enter_context(db.read())
+        row = conn.execute(
+            "SELECT arn FROM deployments WHERE id = :id", {"id": deployment_id}
+        ).fetchone()
+    return None if row is None else {"DeploymentArn": row["arn"], "DeploymentId": deployment_id}
+
+
+async def _prepare(
+    config: CloudConfig,
+    db: Database,
+    signing_key: Ed25519PrivateKey,
+    request: Request,
+    *,
+    deployment_id: str,
+) -> tuple[_Outgoing, bytes]:
+    """Resolve, build and sign a deployment: what `_send` records; nothing is written."""
     check_deployment_type(request.deployment_type)
-    given, deployment_id, created_at = deployment_id, deployment_id or new_id(), precise_timestamp()
+    created_at = precise_timestamp()
     with db.read() as conn:
-        if given is not None and _exists(conn, given):
-            return None
         version_id, redeploy_of = _pick_version(conn, request)
         reset = request.deployment_type == DeploymentType.RESET.value
         wanted = [] if reset else functions_without_code(conn, request.group_id, version_id)
@@ -331,24 +242,10 @@ async def create_deployment(
             created_at=created_at,
             fetched=fetched,
         )
-    return await _send(
-        config,
-        db,
-        _Outgoing(
-            request.group_id,
-            deployment_id,
-            created_at,
-            built,
-            request.deployment_type,
-            redeploy_of,
-        ),
-        seal(built.document, signing_key=signing_key, thing_name=built.thing_name),
-        wait_seconds=wait_seconds,
-        on_created=on_created,
-        on_change=on_change,
-        on_note=on_note,
-        publisher=publisher,
+    out = _Outgoing(
+        request.group_id, deployment_id, created_at, built, request.deployment_type, redeploy_of
     )
+    return out, seal(built.document, signing_key=signing_key, thing_name=built.thing_name)
 
 
 def check_deployment_type(kind: str) -> None:
@@ -379,6 +276,7 @@ async def reset_deployments(
     on_created: Callable[[dict[str, Any]], None] | None = None,
     on_change: Progress | None = None,
     publisher: Publisher | None = None,
+    drain: Callable[[], None] | None = None,
 ) -> Row | None:
     """reset-deployments: send the group's core a ResetDeployment and record it.
 
@@ -419,6 +317,7 @@ async def reset_deployments(
             on_created=on_created,
             on_change=on_change,
             publisher=publisher,
+            drain=drain,
         )
     except BrokerError as exc:
         if not force or outgoing.recorded:
@@ -430,7 +329,7 @@ async def reset_deployments(
         if on_created is not None:
             on_created(created)
         with db.read() as conn:
-            return None if wait_seconds is None else _deployment_row(conn, group_id, deployment_id)
+            return None if wait_seconds is None else deployment_row(conn, group_id, deployment_id)
 
 
 def _reset_target(conn: Connection, group_id: str) -> tuple[str, str]:
@@ -528,9 +427,23 @@ async def _send(
     on_change: Progress | None,
     on_note: Callable[[str], None] | None = None,
     publisher: Publisher | None = None,
+    drain: Callable[[], None] | None = None,
 ) -> Row | None:
-    """Record a signed deployment as Building, publish it, and follow it if asked."""
+    """Record a signed deployment as Building with its outbox row, publish it, follow it if asked.
+
+    With a `drain` (a replica), the outbox row is the promise: the answer goes out once it is
+    committed, and the drain publishes it. Otherwise this call publishes it, claiming the row
+    for as long as that takes, and removes it once the broker acknowledged it.
+    """
     mqtt, thing = config.mqtt, out.built.thing_name
+    topic = mqtt.deployments_topic(thing)
+    if drain is not None and wait_seconds is None:
+        with db.write() as conn:
+            _insert(conn, config, out, envelope, status=BUILDING)
+            outbox.enqueue(conn, out.deployment_id, topic)
+        drain()
+        _announce(config, out, on_created, on_note)
+        return None
     async with contextlib.AsyncExitStack() as stack:
         publish: Callable[[str, bytes], Awaitable[None]]
         if publisher is None or wait_seconds is not None:
@@ -541,13 +454,12 @@ async def _send(
         if wait_seconds is not None:
             # Subscribed before publishing, so not even a fast core's first report is missed.
             await client.subscribe(mqtt.status_topic(thing))
+        lease = int(time.time() + config.cloud.outbox_lease_seconds)
         with db.write() as conn:
-            if _exists(conn, out.deployment_id):
-                # Created meanwhile by another holder of the same reserved id.
-                return None
             _insert(conn, config, out, envelope, status=BUILDING)
+            outbox.enqueue(conn, out.deployment_id, topic, claimed_until=lease)
         try:
-            await publish(mqtt.deployments_topic(thing), envelope)
+            await publish(topic, envelope)
         except BrokerError as exc:
             with db.write() as conn:
                 message = f"not published: {exc}"
@@ -564,11 +476,13 @@ async def _send(
                     },
                 )
                 add_event(conn, out.deployment_id, FAILURE, timestamp(), message)
+                # A deployment recorded as failed is not one for a replica to send later.
+                conn.execute(
+                    "DELETE FROM outbox WHERE deployment_id = :id", {"id": out.deployment_id}
+                )
             raise
-        if on_created is not None:
-            on_created(_created(config, out))
-        if on_note is not None and out.built.note is not None:
-            on_note(out.built.note)
+        outbox.mark_sent(db, [out.deployment_id])
+        _announce(config, out, on_created, on_note)
         if wait_seconds is None:
             return None
         deadline = asyncio.get_running_loop().time() + wait_seconds
@@ -582,76 +496,13 @@ async def _send(
         )
 
 
-async def get_deployment_status(
+def _announce(
     config: CloudConfig,
-    db: Database,
-    group_id: str,
-    deployment_id: str,
-    *,
-    on_broker_error: Callable[[BrokerError], None] | None = None,
-) -> dict[str, Any]:
-    """get-deployment-status: the recorded status, refreshed from the retained report if open.
-
-    A broker that can't be reached is reported through `on_broker_error` and the recorded
-    status is answered anyway.
-    """
-    with db.read() as conn:
-        row = _deployment_row(conn, group_id, deployment_id)
-    if row["status"] not in FINAL:
-        thing = row["thing_name"]
-        try:
-            async with CloudMqtt(config.mqtt) as client:
-                await peek_retained(
-                    client,
-                    db,
-                    thing_name=thing,
-                    topic=config.mqtt.status_topic(thing),
-                    deadline=asyncio.get_running_loop().time() + PEEK_SECONDS,
-                )
-        except BrokerError as exc:
-            if on_broker_error is not None:
-                on_broker_error(exc)
-        with db.read() as conn:
-            row = _deployment_row(conn, group_id, deployment_id)
-    return status_output(row)
-
-
-def deployment_note(db: Database, group_id: str, deployment_id: str) -> str | None:
-    """What the core ignores of a deployment's group (edge's own, not in AWS's answer)."""
-    with db.read() as conn:
-        note: str | None = _deployment_row(conn, group_id, deployment_id)["note"]
-    return note
-
-
-def recorded_status(db: Database, group_id: str, deployment_id: str) -> dict[str, Any]:
-    """get-deployment-status from the database alone, as `edge cloud serve` answers it.
-
-    The service follows every core's status topic and records each report as it arrives, so
-    its database is current without reading the retained report again.
-    """
-    with db.read() as conn:
-        return status_output(_deployment_row(conn, group_id, deployment_id))
-
-
-def list_deployments(db: Database, group_id: str) -> dict[str, Any]:
-    """list-deployments: the group's deployments, newest first."""
-    with db.read() as conn:
-        latest_version_id(conn, group_id)  # raises NotFoundError for an unknown group
-        rows = conn.execute(
-            "SELECT d.*, g.arn AS group_arn FROM deployments AS d JOIN groups AS g"
-            " ON g.id = d.group_id WHERE d.group_id = :group_id ORDER BY d.created_at DESC, d.id"
-            " DESC",
-            {"group_id": group_id},
-        ).fetchall()
-    return {
-        "Deployments": [
-            {
-                "CreatedAt": milliseconds(r["created_at"]),
-                "DeploymentArn": r["arn"],
-                "DeploymentId": r["id"],
-                "DeploymentType": r["deployment_type"],
-                "GroupArn": r["group_arn"],
-            }
-            for r in rows
-        ]
-    }
+    out: _Outgoing,
+    on_created: Callable[[dict[str, Any]], None] | None,
+    on_note: Callable[[str], None] | None,
+) -> None:
+    if on_created is not None:
+        on_created(_created(config, out))
+    if on_note is not None and out.built.note is not None:
+        on_note(out.built.note)

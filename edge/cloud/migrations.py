@@ -26,6 +26,7 @@ TABLES: Final = (
     "group_versions",
     "deployments",
     "deployment_events",
+    "outbox",
     "function_code",
     "applied_signatures",
     "tags",
@@ -242,6 +243,24 @@ MIGRATIONS: Final = (
             PRIMARY KEY (bulk_id, line)
         );
         CREATE INDEX bulk_records_by_state ON bulk_records (bulk_id, state, line);
+        """,
+    ),
+    Migration(
+        8,
+        "deployment outbox",
+        # A deployment waiting for the broker's acknowledgement, written in the same transaction
+        # as its row (`edge.cloud.outbox`). A row leaves once the broker acknowledged it;
+        # `claimed_until` (Unix seconds) is how long the replica that claimed it may publish it
+        # before another one takes it over.
+        """
+        CREATE TABLE outbox (
+            deployment_id TEXT PRIMARY KEY REFERENCES deployments (id) ON DELETE CASCADE,
+            topic         TEXT NOT NULL,
+            created_at    TEXT NOT NULL,
+            claimed_until BIGINT NOT NULL,
+            attempts      INTEGER NOT NULL
+        );
+        CREATE INDEX outbox_by_claim ON outbox (claimed_until, created_at);
         """,
     ),
 )

@@ -12,6 +12,14 @@ answers a redelivered `DeploymentId` as a duplicate.
 
 AWS IoT Core limits publishes per connection per second and connections per second per
 account; pacing here and one connection per process keep a control plane within both.
+
+The same connection follows the cores' status reports (`Following`), so a replica holds one
+connection in all. Received messages wait in `received` for their consumer. With a shared
+subscription group the connection speaks MQTT v5 and follows `$share/<group>/<filter>`, so each
+report goes to one replica; since brokers don't deliver retained messages to shared
+subscriptions, each connection first subscribes to the plain filter, reads the retained reports
+until they stop coming (a quiet spell), then subscribes to the shared one and drops the plain
+one. Reports seen twice meanwhile are recorded once (`edge.cloud.status.record`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import aiomqtt
 from structlog.typing import FilteringBoundLogger
 
 from edge.cloud.config import Pacing
+from edge.cloud.publish import Received
 from edge.config import MqttSettings
 from edge.errors import BrokerError
 from edge.log import get_logger
@@ -76,6 +85,23 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
 
+@dataclass(frozen=True, slots=True)
+class Following:
+    """What the connection subscribes to beside publishing."""
+
+    #: The plain topic filter (every thing's status topic).
+    topic: str
+    #: The shared subscription group, or None for the plain subscription alone.
+    shared_group: str | None = None
+    #: How long no retained message must arrive before the catch-up counts as done.
+    quiet_seconds: float = 1.0
+
+    @property
+    def shared_topic(self) -> str | None:
+        """`$share/<group>/<filter>`, or None."""
+        return None if self.shared_group is None else f"$share/{self.shared_group}/{self.topic}"
+
+
 @dataclass(eq=False, slots=True)
 class _Message:
     sequence: int
@@ -97,11 +123,15 @@ class Publisher:
         client_id_prefix: str = "edge-cloud-publisher",
         logger: FilteringBoundLogger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        following: Following | None = None,
         observer: Callable[[str], None] | None = None,
     ) -> None:
         # observer: hears "sent" for each message sent, "acknowledged" for each PUBACK.
         self._observer = observer
         self._settings = settings
+        self._following = following
+        #: Messages received on the followed topics, for one consumer to take.
+        self.received: asyncio.Queue[Received] = asyncio.Queue()
         self._pacing = pacing
         self._log = logger or get_logger("cloud.publisher")
         self._bucket = TokenBucket(pacing.rate, pacing.burst, clock=clock)
@@ -120,11 +150,15 @@ class Publisher:
     def _new_client(self) -> aiomqtt.Client:
         # A new client per connection: one whose connect timed out can't be entered again.
         # Clean session: what the broker has not acknowledged is sent again by this class.
+        if self._following is not None and self._following.shared_group is not None:
+            session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": True}
+        else:
+            session = {"clean_session": True}
         return aiomqtt.Client(
             self._settings.host,
             self._settings.port,
             identifier=self._client_id,
-            clean_session=True,
+            **session,
             keepalive=self._settings.keepalive_seconds,
             tls_context=self._tls,
             timeout=OPERATION_TIMEOUT_SECONDS,
@@ -159,6 +193,11 @@ class Publisher:
     def queued(self) -> int:
         """Messages waiting to be sent (not those in flight)."""
         return len(self._queue)
+
+    @property
+    def room(self) -> int:
+        """Messages that may still be queued before `submit` refuses one."""
+        return self._pacing.queue_limit - len(self._queue)
 
     def submit(self, topic: str, payload: bytes) -> asyncio.Future[None]:
         """Queue a QoS 1 message; the future resolves when the broker acknowledged it.
@@ -235,8 +274,12 @@ class Publisher:
 
     async def _serve_connection(self) -> str:
         """Send until the connection breaks; put unacknowledged messages back; say why."""
-        link = _Link(self._client, self._pacing.in_flight)
+        link = _Link(self._client, self._pacing.in_flight, self.received)
         watcher = asyncio.create_task(link.watch(), name="cloud.publisher.watch")
+        if self._following is not None:
+            follower = asyncio.create_task(self._follow(link), name="cloud.publisher.follow")
+            link.tasks.add(follower)
+            follower.add_done_callback(link.tasks.discard)
         try:
             while not link.broken.done():
                 message = await self._next(link.broken)
@@ -252,6 +295,29 @@ class Publisher:
     def _observe_ack(self, acked: asyncio.Future[None]) -> None:
         if self._observer is not None and not acked.cancelled() and acked.exception() is None:
             self._observer(ACKNOWLEDGED)
+
+    async def _follow(self, link: _Link) -> None:
+        """Subscribe to the followed topics on a new connection, catching up first if shared."""
+        following = self._following
+        assert following is not None  # noqa: S101 - only started with one
+        shared = following.shared_topic
+        try:
+            await self._client.subscribe(following.topic, qos=1, timeout=OPERATION_TIMEOUT_SECONDS)
+            if shared is None:
+                return
+            while True:
+                link.arrived.clear()
+                try:
+                    async with asyncio.timeout(following.quiet_seconds):
+                        await link.arrived.wait()
+                except TimeoutError:
+                    break  # a quiet spell: the retained reports are all read
+            await self._client.subscribe(shared, qos=1, timeout=OPERATION_TIMEOUT_SECONDS)
+            await self._client.unsubscribe(following.topic, timeout=OPERATION_TIMEOUT_SECONDS)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            link.mark_broken(f"subscribe: {exc or type(exc).__name__}")
+            return
+        self._log.info("cloud.publisher.shared", topic=shared)
 
     async def _next(self, broken: asyncio.Future[str]) -> _Message | None:
         """The next message still wanted, once its token is there; None if the link broke."""
@@ -282,10 +348,15 @@ class Publisher:
 class _Link:
     """One connection's sending: a window of publishes in flight, and whether it broke."""
 
-    def __init__(self, client: aiomqtt.Client, in_flight: int) -> None:
+    def __init__(
+        self, client: aiomqtt.Client, in_flight: int, received: asyncio.Queue[Received]
+    ) -> None:
         self._client = client
         self._window = asyncio.Semaphore(in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._received = received
+        self.tasks: set[asyncio.Task[None]] = set()
+        #: Set whenever a message arrives.
+        self.arrived = asyncio.Event()
         #: Sent and not yet acknowledged, by sequence number.
         self._unacked: dict[int, _Message] = {}
         #: Resolves with the reason once the connection broke.
@@ -299,8 +370,8 @@ class _Link:
             return False
         self._unacked[message.sequence] = message
         task = asyncio.create_task(self._publish(message), name="cloud.publisher.send")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         return True
 
     async def _publish(self, message: _Message) -> None:
@@ -309,7 +380,7 @@ class _Link:
                 message.topic, message.payload, qos=1, timeout=OPERATION_TIMEOUT_SECONDS
             )
         except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
-            self._break(f"publish to {message.topic}: {exc or type(exc).__name__}")
+            self.mark_broken(f"publish to {message.topic}: {exc or type(exc).__name__}")
             return
         finally:
             self._window.release()
@@ -320,19 +391,24 @@ class _Link:
     async def watch(self) -> None:
         """Note when the connection drops: aiomqtt then ends its message iterator."""
         try:
-            async for _ in self._client.messages:
-                pass
+            async for message in self._client.messages:
+                self.arrived.set()
+                payload = message.payload
+                data = payload if isinstance(payload, bytes | bytearray) else b""
+                self._received.put_nowait(
+                    Received(message.topic.value, bytes(data), bool(message.retain))
+                )
         except aiomqtt.MqttError as exc:
-            self._break(str(exc) or "the connection closed")
+            self.mark_broken(str(exc) or "the connection closed")
 
-    def _break(self, reason: str) -> None:
+    def mark_broken(self, reason: str) -> None:
         if not self.broken.done():
             self.broken.set_result(reason)
 
     async def close(self, watcher: asyncio.Task[None]) -> None:
         """Stop watching and sending."""
         watcher.cancel()
-        pending = list(self._tasks)
+        pending = list(self.tasks)
         for task in pending:
             task.cancel()
         await asyncio.gather(watcher, *pending, return_exceptions=True)

@@ -108,6 +108,7 @@ def test_a_scrape_shows_publishes_statuses_and_bulk_deployments_of_a_real_serve(
     assert after[("edge_cloud_bulk_deployments", (("state", "Completed"),))] == 1
     assert after[("edge_cloud_bulk_deployments", (("state", "Running"),))] == 0
     assert after[("edge_cloud_publisher_queued", ())] == 0
+    assert after[("edge_cloud_outbox_depth", ())] == 0
 
 
 def test_serve_without_metrics_listen_loads_no_prometheus_client() -> None:

@@ -247,12 +247,12 @@ def _deploy_through_serve_across_a_restart(
     finally:
         fleet.kill()
         assert service.stop() == 0
-    assert (summary["Deployments"], summary["Success"]) == (3, 3)
-    # One publishing connection, made again after the restart under the same client id; no
-    # connection of a deployment's own.
+    # Answered once queued, a deployment may be in flight when the broker stops: sent again
+    # (at least once), it is answered as a duplicate and applied once.
+    assert (summary["Deployments"] - summary["Duplicates"], summary["Success"]) == (3, 3), summary
+    # One connection for publishing and following, made again after the restart under the
+    # same client id; no connection of a deployment's own.
     log = broker.log_text()
     clients = set(re.findall(r"New client connected from \S+ as (edge-cloud-\S+) ", log))
-    assert len([c for c in clients if c.startswith("edge-cloud-publisher-")]) == 1
-    assert [c for c in clients if not c.startswith("edge-cloud-serve-")] == [
-        c for c in clients if c.startswith("edge-cloud-publisher-")
-    ]
+    assert len(clients) == 1, clients
+    assert next(iter(clients)).startswith("edge-cloud-publisher-")

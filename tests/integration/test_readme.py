@@ -214,7 +214,8 @@ def test_docs_describe_the_project_as_it_is() -> None:
 
 # --- docker/compose.yaml --------------------------------------------------------------------
 
-EDGE_SERVICES = ("cloud-init", "core-1", "core-2", "cloud-deploy")
+EDGE_SERVICES = ("cloud-init", "cloud-serve-1", "cloud-serve-2", "core-1", "core-2", "cloud-deploy")
+REPLICAS = ("cloud-serve-1", "cloud-serve-2")
 CORES = ("core-1", "core-2")
 
 
@@ -238,8 +239,8 @@ def test_compose_has_a_broker_an_emulator_a_control_plane_and_two_cores(
 ) -> None:
     """The services, their images (third-party ones pinned) and the edge image's build."""
     services = compose["services"]
-    assert set(services) == {"mosquitto", "moto", *EDGE_SERVICES}
-    for name in ("mosquitto", "moto"):
+    assert set(services) == {"mosquitto", "moto", "postgres", *EDGE_SERVICES}
+    for name in ("mosquitto", "moto", "postgres"):
         image = services[name]["image"]
         assert re.fullmatch(r"[\w./-]+:\d+(\.\d+)+", image), f"{name}: pin {image}"
     for name in EDGE_SERVICES:
@@ -300,11 +301,30 @@ def test_compose_configs_agree_with_the_image_and_each_other(compose: dict[str, 
     cloud = load_cloud_config(DOCKER / cloud_mounts["/etc/edge/cloud.toml"])
     data_dir = next(t for t, s in cloud_mounts.items() if s == "cloud-data")
     assert cloud.cloud.signing_key.parent == Path(data_dir)
-    assert cloud.cloud.database.parent == Path(data_dir)
+    assert cloud.cloud.database == "postgresql://edge@postgres:5432/edge"
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == "edge"
+    assert cloud_init["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Replicas: one config, database and signing key; their API keys' secret from cloud-init.
+    # Replicas share one client id prefix safely (random suffixes) and the status reports.
+    assert cloud.mqtt.client_id is None
+    assert cloud.pacing.shared_group == "edge-cloud"
+    (key,) = cloud.cloud.serve.keys
+    assert key.secret_access_key_file.parent == Path(data_dir)
+    ports = set()
+    for name in REPLICAS:
+        replica = services[name]
+        assert mounts(replica) == {"/etc/edge/cloud.toml": "./cloud.toml", data_dir: "cloud-data"}
+        assert replica["entrypoint"][-1] == "serve"
+        assert replica["depends_on"]["cloud-init"]["condition"] == "service_completed_successfully"
+        (mapping,) = replica["ports"]
+        ports.add(mapping.split(":")[0])
+        assert mapping.endswith(f":{cloud.cloud.serve.port}")
+    assert len(ports) == len(REPLICAS)
     assert (cloud.mqtt.host, cloud.aws.endpoint_url) == ("mosquitto", "http://moto:5000")
     trust_dir = next(t for t, s in cloud_mounts.items() if s == "trust")
     copy_key = " ".join(cloud_init["entrypoint"])
     assert f"cp {cloud.cloud.signing_key}.pub {trust_dir}/" in copy_key
+    assert f"> {key.secret_access_key_file})" in copy_key
     assert mounts(services["cloud-deploy"])[data_dir] == "cloud-data"
     deploy_script = (DOCKER / "deploy.sh").read_text()
     things = []

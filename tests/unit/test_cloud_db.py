@@ -222,7 +222,7 @@ def test_a_claim_whose_change_failed_or_was_released_may_be_used_again(
         db.release(claim)
         retry = Claim("ef" * 32, expires)
         create_definition(db.with_claim(retry), ARNS, RESOURCES, name="retry", initial=None)
-        assert names(db) == ["first", "retry"]
+        assert sorted(names(db)) == ["first", "retry"]  # created within one ms: either order
 
 
 def test_expired_claims_are_pruned_by_the_next_one(target: Path | str) -> None:

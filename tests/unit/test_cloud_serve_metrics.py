@@ -8,19 +8,19 @@ from pathlib import Path
 
 from edge.cloud.config import Pacing
 from edge.cloud.db import Database
+from edge.cloud.outbox import enqueue
 from edge.cloud.publisher import ACKNOWLEDGED, SENT, Publisher
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.metrics import LAG_BUCKETS, ServeCollector, ServeCounts
-from edge.cloud.status import StatusReport
 from edge.log import get_logger
 from edge.settings import MqttSettings
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-def report(status: str, updated: datetime | str) -> StatusReport:
+def report(status: str, updated: datetime | str) -> tuple[str, str]:
     at = updated if isinstance(updated, str) else updated.isoformat().replace("+00:00", "Z")
-    return StatusReport(deployment_id="d", status=status, updated_at=at)
+    return status, at
 
 
 def test_publisher_events_count_sends_and_acknowledgements() -> None:
@@ -32,12 +32,12 @@ def test_publisher_events_count_sends_and_acknowledgements() -> None:
 
 def test_ingest_lag_is_measured_from_the_reports_own_timestamp() -> None:
     counts = ServeCounts(clock=lambda: NOW)
-    counts.status_ingested(report("InProgress", NOW - timedelta(seconds=0.2)))
-    counts.status_ingested(report("Success", NOW - timedelta(seconds=7)))
+    counts.status_ingested(*report("InProgress", NOW - timedelta(seconds=0.2)))
+    counts.status_ingested(*report("Success", NOW - timedelta(seconds=7)))
     # A core whose clock runs ahead: no negative lag.
-    counts.status_ingested(report("Success", NOW + timedelta(seconds=30)))
+    counts.status_ingested(*report("Success", NOW + timedelta(seconds=30)))
     # A timestamp that doesn't parse is counted as a status, without a lag.
-    counts.status_ingested(report("Failure", "yesterday"))
+    counts.status_ingested(*report("Failure", "yesterday"))
     assert dict(counts.statuses) == {"InProgress": 1, "Success": 2, "Failure": 1}
     assert counts.lag.count == 3
     assert abs(counts.lag.sum - 7.2) < 1e-6
@@ -45,7 +45,7 @@ def test_ingest_lag_is_measured_from_the_reports_own_timestamp() -> None:
     assert (cumulative[0.05], cumulative[0.25], cumulative[5.0], cumulative[10.0]) == (1, 2, 2, 3)
 
 
-def scrape_collector(tmp_path: Path, *, register: bool) -> dict[str, float]:
+def scrape_collector(tmp_path: Path) -> dict[str, float]:
     """One refresh and collect of a collector on a SQLite control plane with a bulk deployment."""
 
     async def main() -> dict[str, float]:
@@ -57,8 +57,6 @@ def scrape_collector(tmp_path: Path, *, register: bool) -> dict[str, float]:
                     Pacing(),
                 )
                 collector = ServeCollector(ServeCounts(), publisher, db, loop_db, get_logger("t"))
-                if register:
-                    collector.outbox_depth = lambda _db: 7
                 await collector.refresh()
                 return {
                     s.name + repr(sorted(s.labels.items())): s.value
@@ -76,12 +74,20 @@ def _running_bulk(db: Database) -> None:
             " state, tags, retry_attempts, lines_loaded, error_details) VALUES ('b', 'arn:b',"
             " '2026-01-01T00:00:00.000Z', 's3://b/k', 'arn:role', 'Running', '{}', 0, 0, '[]')"
         )
+        conn.execute(
+            "INSERT INTO groups (id, arn, created_at, updated_at) VALUES ('g', 'arn:g', 't', 't')"
+        )
+        conn.execute(
+            "INSERT INTO deployments (id, group_id, group_version_id, arn, deployment_type,"
+            " thing_name, created_at, status, updated_at, envelope) VALUES ('d', 'g', 'v',"
+            " 'arn:d', 'NewDeployment', 'thing', 't', 'Building', 't', :envelope)",
+            {"envelope": b"sealed"},
+        )
+        enqueue(conn, "d", "edge/things/thing/deployments")
 
 
-def test_the_outbox_gauge_appears_once_a_provider_is_registered(tmp_path: Path) -> None:
-    without = scrape_collector(tmp_path / "a", register=False)
-    assert not any(name.startswith("edge_cloud_outbox_depth") for name in without)
-    assert without["edge_cloud_bulk_deployments[('state', 'Running')]"] == 1
-    assert without["edge_cloud_bulk_deployments[('state', 'Completed')]"] == 0
-    with_outbox = scrape_collector(tmp_path / "b", register=True)
-    assert with_outbox["edge_cloud_outbox_depth[]"] == 7
+def test_database_gauges_are_read_at_scrape_time(tmp_path: Path) -> None:
+    samples = scrape_collector(tmp_path)
+    assert samples["edge_cloud_bulk_deployments[('state', 'Running')]"] == 1
+    assert samples["edge_cloud_bulk_deployments[('state', 'Completed')]"] == 0
+    assert samples["edge_cloud_outbox_depth[]"] == 1

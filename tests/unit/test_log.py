@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge import cli
+from edge.cloud import cli as cloud_cli
 from edge.log import (
     MASK,
     MIN_JSON_STRING_LENGTH,
@@ -388,7 +389,7 @@ def test_global_options_reach_edge_cloud_and_are_taken_out_of_its_arguments(
 ) -> None:
     """`edge --log-level debug cloud …` configures logging and hands the rest to edge cloud."""
     handed: list[list[str]] = []
-    monkeypatch.setattr(cli, "cloud_main", lambda argv: handed.append(list(argv)) or 0)
+    monkeypatch.setattr(cloud_cli, "main", lambda argv: handed.append(list(argv)) or 0)
     argv = ["--log-format", "json", "cloud", "--config", "c.toml", "list-groups"]
     assert cli.main([*argv, "--log-level", "warning"]) == 0
     assert handed == [["--config", "c.toml", "list-groups"]]

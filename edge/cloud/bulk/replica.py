@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -20,7 +21,6 @@ from edge.cloud.bulk.store import BulkStore, Reserved
 from edge.cloud.bulk.supervisor import BulkSupervisor
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
-from edge.cloud.publisher import Publisher
 
 
 def owner_name() -> str:
@@ -36,9 +36,14 @@ def deployer(
     config: CloudConfig,
     db: Database,
     signing_key: Ed25519PrivateKey,
-    publisher: Publisher | None,
+    drain: Callable[[], None],
 ) -> Deploy:
-    """Create a reserved record's deployment under its reserved id (an existing id is done)."""
+    """Create a reserved record's deployment under its reserved id, queued in the outbox.
+
+    The deployment and its outbox row commit together, and an id that exists already is
+    answered with the deployment recorded for it: a runner taken over after a SIGKILL neither
+    loses a deployment nor makes a second one. `drain` wakes the process's outbox drain.
+    """
 
     async def deploy(record: Reserved) -> None:
         request = deployments.Request(
@@ -46,13 +51,8 @@ def deployer(
             deployment_type=record.deployment_type,
             group_version_id=record.group_version_id,
         )
-        await deployments.create_deployment(
-            config,
-            db,
-            signing_key,
-            request,
-            publisher=publisher,
-            deployment_id=record.deployment_id,
+        await deployments.queue_deployment(
+            config, db, signing_key, request, deployment_id=record.deployment_id, drain=drain
         )
 
     return deploy

@@ -36,6 +36,9 @@ class Context:
     publisher: Publisher | None = None
     #: Tells the replica's bulk supervisor a bulk deployment was started.
     wake_bulk: Callable[[], None] = lambda: None
+    #: Wakes the replica's outbox drain, which publishes queued deployments (None: each
+    #: deployment is published by the request that made it).
+    drain: Callable[[], None] | None = None
 
 
 Result = dict[str, Any]

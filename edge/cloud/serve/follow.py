@@ -2,18 +2,22 @@
 """Follow every core's status topic while the service runs, recording each transition.
 
 `edge cloud` commands read a deployment's retained status report when asked; the service
-instead subscribes once to `{prefix}/things/+/deployments/status` and records each report as it
-arrives (with the same parser and the same forward-only rule, `edge.cloud.status`), so
-`GetDeploymentStatus` and `ListDeployments` answer from a database that is always current, and
-the log shows each deployment starting and finishing. On every (re)connection the broker sends
-the retained report of each thing, which catches up with what happened while it was away.
+instead follows `{prefix}/things/+/deployments/status` on its one connection (`Following` in
+`edge.cloud.publisher`) and records each report as it arrives (with the same parser and the
+same forward-only rule, `edge.cloud.status`), so `GetDeploymentStatus` and `ListDeployments`
+answer from a database that is always current, and the log shows each deployment starting and
+finishing. On every (re)connection the broker sends the retained report of each thing, which
+catches up with what happened while it was away.
+
+Replicas share one database, and a report is recorded once however many of them see it: the
+forward-only rule runs under the database's write lock, so the second copy of a report (from
+another replica, or from both subscriptions during a catch-up) moves nothing and adds no event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -21,17 +25,15 @@ from typing import Final
 from structlog.typing import FilteringBoundLogger
 
 from edge.cloud.db import Database, Row
-from edge.cloud.publish import CloudMqtt
+from edge.cloud.publish import Received
+from edge.cloud.publisher import Following
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.status import FAILURE, IN_PROGRESS, SUCCESS, StatusReport, parse_status, record
 from edge.config import MqttSettings
-from edge.errors import BrokerError, CloudDatabaseError
+from edge.errors import CloudDatabaseError
 
-#: First wait before reconnecting; doubled after each failure up to [mqtt]
-#: reconnect_max_seconds, with jitter so a fleet of services doesn't reconnect in step.
-FIRST_RETRY_SECONDS: Final = 0.5
-#: How long one wait for a message lasts before it is simply waited for again.
-_IDLE_SECONDS: Final = 3600.0
+#: Reports recorded in one transaction at most.
+INGEST_BATCH: Final = 500
 _EVENTS: Final = {
     IN_PROGRESS: "cloud.deployment.started",
     SUCCESS: "cloud.deployment.succeeded",
@@ -43,12 +45,22 @@ _EVENTS: Final = {
 class Health:
     """What the health endpoint reports about the broker link."""
 
-    mqtt_connected: bool = False
+    connected: asyncio.Event
+
+    @property
+    def mqtt_connected(self) -> bool:
+        """Whether the replica's connection is up."""
+        return self.connected.is_set()
 
 
 def status_filter(settings: MqttSettings) -> str:
     """The topic filter that matches every thing's status topic."""
     return settings.status_topic("+")
+
+
+def following(settings: MqttSettings, shared_group: str | None) -> Following:
+    """What a replica's connection follows: every status topic, shared or not."""
+    return Following(status_filter(settings), shared_group)
 
 
 def thing_of(topic: str, settings: MqttSettings) -> str | None:
@@ -62,66 +74,45 @@ def thing_of(topic: str, settings: MqttSettings) -> str | None:
 
 async def follow_statuses(
     settings: MqttSettings,
+    received: asyncio.Queue[Received],
     db: DatabaseThread,
     *,
-    health: Health,
     log: FilteringBoundLogger,
-    on_ingest: Callable[[StatusReport], None] = lambda _report: None,
+    on_ingest: Callable[[str, str], None] = lambda _status, _updated_at: None,
 ) -> None:
-    """Record status reports until cancelled, reconnecting to the broker whenever it goes away.
+    """Record the status reports the replica's connection receives, until cancelled.
 
-    `on_ingest` hears each report recorded (the service's metrics).
+    `on_ingest` hears each report recorded, its status and UpdatedAt (the service's metrics).
+
+    Reports that arrived together are recorded in one transaction: a fleet reporting at once
+    costs one database round trip per batch, not per report.
     """
-    delay = FIRST_RETRY_SECONDS
     while True:
-        problem = "the connection closed"
-        try:
-            async with CloudMqtt(settings, client_id_prefix="edge-cloud-serve") as mqtt:
-                await mqtt.subscribe(status_filter(settings))
-                health.mqtt_connected = True
-                delay = FIRST_RETRY_SECONDS
-                log.info("cloud.mqtt.connected", url=settings.url)
-                await _record_reports(mqtt, settings, db, log, on_ingest)
-        except BrokerError as exc:
-            problem = exc.detail
-        finally:
-            health.mqtt_connected = False
-        wait = delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
-        log.warning("cloud.mqtt.unavailable", error=problem, retry_in_seconds=round(wait, 2))
-        await asyncio.sleep(wait)
-        delay = min(delay * 2, settings.reconnect_max_seconds)
-
-
-async def _record_reports(
-    mqtt: CloudMqtt,
-    settings: MqttSettings,
-    db: DatabaseThread,
-    log: FilteringBoundLogger,
-    on_ingest: Callable[[StatusReport], None],
-) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        message = await mqtt.next_message(deadline=loop.time() + _IDLE_SECONDS)
-        if message is None:
-            continue
-        thing = thing_of(message.topic, settings)
-        report = parse_status(message.payload)
-        if thing is None or report is None:
+        batch = [await received.get()]
+        while len(batch) < INGEST_BATCH and not received.empty():
+            batch.append(received.get_nowait())
+        reports = [
+            (thing, report)
+            for message in batch
+            if (thing := thing_of(message.topic, settings)) is not None
+            and (report := parse_status(message.payload)) is not None
+        ]
+        if not reports:
             continue
         try:
-            row = await db.call(functools.partial(_record, thing=thing, report=report))
+            rows = await db.call(functools.partial(_record, reports=reports))
         except CloudDatabaseError as exc:
-            # The report stays retained on the broker; the next connection reads it again.
-            log.warning("cloud.status.not_recorded", thing=thing, error=str(exc))
+            # The reports stay retained on the broker; the next connection reads them again.
+            log.warning("cloud.status.not_recorded", reports=len(reports), error=str(exc))
             continue
-        if row is not None:
-            on_ingest(report)
-            _log_transition(log, row, thing)
+        for row in rows:
+            on_ingest(row["status"], row["updated_at"])
+            _log_transition(log, row, row["thing_name"])
 
 
-def _record(db: Database, *, thing: str, report: StatusReport) -> Row | None:
+def _record(db: Database, *, reports: list[tuple[str, StatusReport]]) -> list[Row]:
     with db.write() as conn:
-        return record(conn, thing, report)
+        return [row for thing, report in reports if (row := record(conn, thing, report))]
 
 
 def _log_transition(log: FilteringBoundLogger, row: Row, thing: str) -> None:

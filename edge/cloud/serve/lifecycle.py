@@ -44,8 +44,8 @@ async def _reset_deployments(ctx: Context, p: dict[str, Any]) -> Result:
         force=bool(p.get("Force", False)),
         on_created=created.update,
         # A forced reset records itself when the broker can't be reached, which takes a
-        # connection of its own to find out at once.
-        publisher=None if p.get("Force") else ctx.publisher,
+        # connection of its own to find out at once; any other goes through the outbox.
+        drain=None if p.get("Force") else ctx.drain,
     )
     ctx.log.info(
         "cloud.deployment.created",

@@ -5,9 +5,9 @@ The parts keep plain counters through hooks of a line each: the publisher report
 it sends and each acknowledgement (`ServeCounts.publisher_event`), the status follower each
 report it records (`ServeCounts.status_ingested`, with the lag from the report's own
 `UpdatedAt` to its recording). What lives in the database is read when Prometheus scrapes,
-in the service's database thread: bulk deployments by state, and the outbox's depth through
-the provider the outbox registers (`ServeCollector.outbox_depth`; without one the gauge is
-left out). The connection pools are read as they are. Metrics carry states and pool names,
+in the service's database thread: bulk deployments by state, and the outbox's depth (rows
+waiting for a broker's acknowledgement, `edge.cloud.outbox.depth`). The connection pools are
+read as they are. Metrics carry states and pool names,
 never an id or a value.
 
 prometheus_client renders the exposition format and aiohttp serves it (`edge.metrics`'s
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from structlog.typing import FilteringBoundLogger
 
+from edge.cloud import outbox
 from edge.cloud.bulk.state import BulkState
 from edge.cloud.db import Database
 from edge.cloud.publisher import ACKNOWLEDGED, SENT
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
     from edge.cloud.publisher import Publisher
     from edge.cloud.serve.dbthread import DatabaseThread
-    from edge.cloud.status import StatusReport
 
 #: Upper bounds (seconds) of the status ingest lag: from a core on the LAN to one whose
 #: report waited on the broker while the service was away.
@@ -61,11 +61,11 @@ class ServeCounts:
         elif event == ACKNOWLEDGED:
             self.acknowledged += 1
 
-    def status_ingested(self, report: StatusReport) -> None:
+    def status_ingested(self, status: str, updated_at: str) -> None:
         """Count one recorded status report, and how long after its `UpdatedAt` it was."""
-        self.statuses[report.status] += 1
+        self.statuses[status] += 1
         try:
-            updated = datetime.fromisoformat(report.updated_at)
+            updated = datetime.fromisoformat(updated_at)
         except ValueError:
             return
         if updated.tzinfo is None:
@@ -91,16 +91,12 @@ class ServeCollector:
         self._publisher = publisher
         self._db = db
         self._loop_db = loop_db
-        #: Rows of the outbox not yet sent, counted in the database thread at each scrape; set
-        #: by the outbox's owner. None: no outbox gauge.
-        self.outbox_depth: Callable[[Database], int] | None = None
-        self._read: _DatabaseReading = _DatabaseReading({}, None, None)
+        self._read: _DatabaseReading = _DatabaseReading({}, 0, None)
 
     async def refresh(self) -> None:
         """Read what lives in the database (before each scrape); keep the last on failure."""
-        depth = self.outbox_depth
         try:
-            self._read = await self._db.call(lambda db: _read_database(db, depth))
+            self._read = await self._db.call(_read_database)
         except CloudDatabaseError as exc:
             self.log.warning("cloud.metrics.database_unavailable", error=str(exc))
 
@@ -125,12 +121,11 @@ class ServeCollector:
             "Messages waiting in the publisher for their turn (paced by [mqtt] publish_rate)",
             value=self._publisher.queued,
         )
-        if read.outbox_depth is not None:
-            yield GaugeMetricFamily(
-                "edge_cloud_outbox_depth",
-                "Outbox rows not sent yet (all replicas')",
-                value=read.outbox_depth,
-            )
+        yield GaugeMetricFamily(
+            "edge_cloud_outbox_depth",
+            "Deployments in the outbox, waiting for the broker's acknowledgement (all replicas')",
+            value=read.outbox_depth,
+        )
         statuses = CounterMetricFamily(
             "edge_cloud_statuses_ingested",
             "Status reports from cores recorded by this replica, by status",
@@ -178,15 +173,15 @@ class _DatabaseReading:
     """What a scrape read from the database."""
 
     bulk_states: dict[str, int]
-    outbox_depth: int | None
+    outbox_depth: int
     requests_pool: tuple[int, int, int] | None
 
 
-def _read_database(db: Database, depth: Callable[[Database], int] | None) -> _DatabaseReading:
+def _read_database(db: Database) -> _DatabaseReading:
     with db.read() as conn:
         rows = conn.execute("SELECT state, count(*) AS n FROM bulk_deployments GROUP BY state")
         states = {str(r["state"]): int(r["n"]) for r in rows}
-    return _DatabaseReading(states, None if depth is None else depth(db), db.pool_use())
+    return _DatabaseReading(states, outbox.depth(db), db.pool_use())
 
 
 @contextlib.asynccontextmanager

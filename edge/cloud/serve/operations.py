@@ -20,7 +20,7 @@ import contextlib
 from dataclasses import replace
 from typing import Any, Final
 
-from edge.cloud import definitions, deployments, groups, idempotency, lambdacode
+from edge.cloud import definitions, deployment_reads, deployments, groups, idempotency, lambdacode
 from edge.cloud.db import Claim
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import Request
@@ -149,7 +149,7 @@ async def _create_deployment(ctx: Context, p: dict[str, Any]) -> Result:
         request,
         on_created=created.update,
         on_note=notes.append,
-        publisher=ctx.publisher,
+        drain=ctx.drain,
     )
     ctx.log.info(
         "cloud.deployment.created",
@@ -163,12 +163,12 @@ async def _create_deployment(ctx: Context, p: dict[str, Any]) -> Result:
 
 async def _get_deployment_status(ctx: Context, p: dict[str, Any]) -> Result:
     return await ctx.db.call(
-        lambda db: deployments.recorded_status(db, p["GroupId"], p["DeploymentId"])
+        lambda db: deployment_reads.recorded_status(db, p["GroupId"], p["DeploymentId"])
     )
 
 
 async def _list_deployments(ctx: Context, p: dict[str, Any]) -> Result:
-    return await ctx.db.call(lambda db: deployments.list_deployments(db, p["GroupId"]))
+    return await ctx.db.call(lambda db: deployment_reads.list_deployments(db, p["GroupId"]))
 
 
 def _table() -> dict[str, Handler]:

@@ -28,7 +28,8 @@ from edge.cloud.serve.connections import (
 )
 from edge.cloud.serve.context import Context
 from edge.cloud.serve.dbthread import DatabaseThread
-from edge.cloud.serve.follow import Health, follow_statuses
+from edge.cloud.serve.drain import Drain
+from edge.cloud.serve.follow import Health, follow_statuses, following
 from edge.cloud.serve.metrics import ServeCollector, ServeCounts, metrics_server
 from edge.cloud.serve.routes import Router
 from edge.errors import ConfigError
@@ -83,20 +84,31 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
     signing_key = load_signing_key(config.cloud.signing_key)
     tls = _tls_context(settings, config_path=where)
     log = get_logger("cloud.serve")
-    health = Health()
     connections = Connections(cap=connection_cap())
     counts = ServeCounts()
     async with (
         DatabaseThread(lambda: open_database(config)) as db,
         Publisher(
-            config.mqtt, config.pacing, logger=log, observer=counts.publisher_event
+            config.mqtt,
+            config.pacing,
+            logger=log,
+            following=following(config.mqtt, config.pacing.shared_group),
+            observer=counts.publisher_event,
         ) as publisher,
     ):
+        health = Health(publisher.connected)
         loop_db = open_database(config)
+        drain = Drain(
+            db,
+            publisher,
+            lease_seconds=config.cloud.outbox_lease_seconds,
+            poll_seconds=config.cloud.outbox_poll_seconds,
+            log=log,
+        )
         bulk = replica.supervisor(
             config,
             SqlBulkStore(db.call),
-            replica.deployer(config, loop_db, signing_key, publisher),
+            replica.deployer(config, loop_db, signing_key, drain.wake),
             replica.owner_name(),
         )
         try:
@@ -110,6 +122,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     log=log,
                     publisher=publisher,
                     wake_bulk=bulk.wake,
+                    drain=drain.wake,
                 ),
                 verifier=Verifier(keys=secrets, region=config.aws.region),
                 router=Router(),
@@ -150,15 +163,17 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                     follower = tasks.create_task(
                         follow_statuses(
                             config.mqtt,
+                            publisher.received,
                             db,
-                            health=health,
                             log=log,
                             on_ingest=counts.status_ingested,
                         ),
                         name="edge-cloud-status-follower",
                     )
+                    drainer = tasks.create_task(drain.run(), name="edge-cloud-outbox-drain")
                     await stop.wait()
                     follower.cancel()
+                    drainer.cancel()
             finally:
                 if listener is not None:
                     listener.close()
