@@ -12,6 +12,7 @@ import pytest
 
 from edge.cloud.db import Database
 from edge.cloud.ids import precise_timestamp, timestamp
+from edge.cloud.outbox import enqueue
 from edge.fixtures.core import edge_cli
 from tests.support.controlplane import dump_tables, open_configured
 
@@ -99,6 +100,8 @@ def seed(db: Database) -> None:
                         " recorded_at) VALUES (:id, :seq, :status, :at, :at)",
                         {"id": deployment, "seq": seq, "status": status, "at": at},
                     )
+        # A deployment the broker never acknowledged, superseded by a3 since: it goes too.
+        enqueue(conn, "a1", "edge/things/thing/deployments")
         for bulk, days, state, records in BULKS:
             arn = f"arn:bulk/{bulk}"
             conn.execute(
@@ -189,6 +192,7 @@ def test_prune_removes_old_deployments_and_bulk_reports_and_keeps_each_groups_la
     assert ids(after, "tags", "resource_arn") == {"arn:bulk/bulk-running", "arn:bulk/bulk-new"}
     assert ids(after, "client_tokens", "token") == {"fresh-token"}
     assert ids(after, "applied_signatures", "signature") == {"live"}
+    assert after["outbox"] == []
 
     again = prune(config, "--older-than", "90d")
     assert again.returncode == 0, again.stderr
