@@ -23,6 +23,7 @@ from edge.ipc.protocol import (
     OP_GET_SECRET_VALUE,
     OP_GET_SECRET_VALUE_V1,
     OP_INVOKE,
+    OP_LIST_SECRETS,
     OP_PUBLISH,
     Request,
     Response,
@@ -102,6 +103,30 @@ def find_answer(index: SecretIndex, function_arn: str, args: Mapping[str, Any]) 
     if cached is None:
         cached = SecretAnswer(secret.resource_id, secret_answer(secret, version))
     return cached
+
+
+def granted_secrets(index: SecretIndex, function_arn: str) -> dict[str, Any]:
+    """The secrets `function_arn` may read, with their versions on this core; never a value."""
+    granted = index.grants.get(function_arn, frozenset())
+    listed: dict[str, dict[str, Any]] = {}
+    # by_id holds each secret under its name and its ARN: list it once.
+    for secret in index.by_id.values():
+        if secret.resource_id in granted and secret.arn not in listed:
+            listed[secret.arn] = {
+                "ARN": secret.arn,
+                "Name": secret.name,
+                # The labels this core answers by, which may be fewer than Secrets Manager's.
+                "Versions": [
+                    {
+                        "VersionId": version_id,
+                        "VersionStages": [
+                            label for label, vid in secret.labels.items() if vid == version_id
+                        ],
+                    }
+                    for version_id in secret.versions
+                ],
+            }
+    return {"Secrets": sorted(listed.values(), key=lambda entry: str(entry["Name"]))}
 
 
 def v1_request_args(index: SecretIndex, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -296,6 +321,8 @@ class CoreServices:
                 raise ServiceError(400, "publish needs a Topic string and Payload bytes")
             await self._publish(caller, topic, payload)
             return {}
+        if request.op == OP_LIST_SECRETS:
+            return granted_secrets(self.index, caller)
         raise ServiceError(400, f"unknown operation {request.op[:64]!r}")
 
     async def _invoke(self, args: Mapping[str, Any]) -> dict[str, Any]:
