@@ -159,6 +159,7 @@ class Core:
             inbox=Inbox(core.state_dir / "inbox"),
             history=History(core.state_dir / "deployments.json"),
             publish_status=self._publish_status,
+            republish_status=functools.partial(self._publish_status, repeated=True),
             hooks=self.workload,
             trust=DeploymentTrust.load(
                 thing,
@@ -236,8 +237,8 @@ class Core:
         else:
             await self.workload.router.from_cloud(topic, payload)
 
-    def _publish_status(self, payload: bytes) -> None:
-        self.counts.status_published(payload)
+    def _publish_status(self, payload: bytes, *, repeated: bool = False) -> None:
+        self.counts.status_published(payload, repeated=repeated)
         # Retained, so the control plane learns the latest status whenever it looks,
         # without a daemon of its own listening all the time.
         self.link.publish(self._status_topic, payload, qos=1, retain=True)

@@ -184,6 +184,7 @@ class DeploymentAgent:
         inbox: Inbox,
         history: History,
         publish_status: Publisher,
+        republish_status: Publisher | None = None,
         hooks: DeploymentHooks[Any] | None = None,
         logger: FilteringBoundLogger | None = None,
         trust: DeploymentTrust | None = None,
@@ -197,6 +198,9 @@ class DeploymentAgent:
         self._inbox = inbox
         self._history = history
         self._publish = publish_status
+        # Statuses sent again for an outcome already reported (the latest one at start, a
+        # redelivered deployment's): the same topic, but not a new report (metrics).
+        self._republish = republish_status or publish_status
         self._hooks = hooks
         self._log = logger or get_logger("deploy")
         # Whose signatures to accept (edge.signing). None: payloads are plain documents, for
@@ -257,7 +261,7 @@ class DeploymentAgent:
             # A crash between recording an outcome and the broker acknowledging its status
             # would otherwise leave that deployment looking InProgress forever: statuses are
             # retained, so sending the latest one again at start costs nothing.
-            self._publish(json.dumps(latest).encode())
+            self._republish(json.dumps(latest).encode())
         while self._backlog:
             # Older than anything received since the start: applied first, one in memory at a
             # time (a core that was flooded before a restart must not read them all at once).
@@ -342,7 +346,7 @@ class DeploymentAgent:
                 deployment_id=deployment.deployment_id,
                 status=previous.get("DeploymentStatus"),
             )
-            self._publish(json.dumps(previous).encode())
+            self._republish(json.dumps(previous).encode())
             return
         if applied is not None and applied.deployment_id == deployment.deployment_id:
             # The store already holds it: the core died after the rotation and before the
