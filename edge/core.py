@@ -34,7 +34,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from structlog.typing import FilteringBoundLogger
 
@@ -54,6 +54,7 @@ from edge.secrets.live import LiveSecrets
 from edge.secrets.refresh import Refresher, refreshed_topic
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
 from edge.signing import DeploymentTrust
+from edge.status import running_report
 from edge.workers.code import LocalCodePolicy
 from edge.workers.s3 import S3CodeReader
 from edge.workers.sandbox import Sandbox
@@ -176,8 +177,9 @@ class Core:
             publish=self._publish_refreshed,
             deadline_seconds=config.fetch.deadline_seconds,
         )
-        # `Refresh: true` reads reach the refresher.
+        # `Refresh: true` reads reach the refresher; `edge status` gets `_status_report`.
         self.workload.services.refresh_hint = self.refresher.hint
+        self.workload.services.status_report = self._status_report
         self.secrets.on_change(self._restart_stale_clock)
         self._stack = contextlib.AsyncExitStack()
 
@@ -242,6 +244,18 @@ class Core:
         # Retained, so the control plane learns the latest status whenever it looks,
         # without a daemon of its own listening all the time.
         self.link.publish(self._status_topic, payload, qos=1, retain=True)
+
+    def _status_report(self) -> dict[str, Any]:
+        return running_report(
+            thing_name=self.config.core.thing_name,
+            mqtt_url=self.config.mqtt.url,
+            connected=self.link.connected.is_set(),
+            last_outcome=self.agent.last_outcome,
+            last_refused=self.agent.last_refused,
+            contents=self.secrets.contents,
+            store_path=self.store.path,
+            runners=self.workload.manager.runners.values(),
+        )
 
     def _publish_refreshed(self, payload: bytes) -> None:
         # What changed, never a value; not retained: it is an event, not a state.

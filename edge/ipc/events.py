@@ -36,9 +36,18 @@ OP_GET_SECRET_VALUE_V1: Final = "secretsmanager.get_secret_value_v1"  # noqa: S1
 OP_LIST_SECRETS: Final = "secretsmanager.list_secrets"
 OP_INVOKE: Final = "lambda.invoke"
 OP_PUBLISH: Final = "iotdata.publish"
+#: The running core's state for `edge status` (operator only; never a value).
+OP_CORE_STATUS: Final = "core.status"
 #: The operations the core serves; anything else is answered with status 400.
 KNOWN_OPS: Final = frozenset(
-    {OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1, OP_LIST_SECRETS, OP_INVOKE, OP_PUBLISH}
+    {
+        OP_GET_SECRET_VALUE,
+        OP_GET_SECRET_VALUE_V1,
+        OP_LIST_SECRETS,
+        OP_INVOKE,
+        OP_PUBLISH,
+        OP_CORE_STATUS,
+    }
 )
 
 #: The statuses Greengrass V1's IPC put in its `{"Status": …, "Message": …}` error payloads.

@@ -20,6 +20,7 @@ from structlog.typing import FilteringBoundLogger
 
 from edge.audit import DENIED, INVALID, NOT_FOUND, AuditLog
 from edge.ipc.protocol import (
+    OP_CORE_STATUS,
     OP_GET_SECRET_VALUE,
     OP_GET_SECRET_VALUE_V1,
     OP_INVOKE,
@@ -34,6 +35,8 @@ from edge.secrets.index import IndexSource, SecretAnswer, SecretIndex, secret_an
 from edge.workers.manager import UnknownFunctionError, WorkerManager
 
 CURRENT = "AWSCURRENT"
+#: Who `edge invoke` and `edge status` call as: may invoke and ask for status, reads no secret.
+OPERATOR_IDENTITY = "edge:operator"
 Publisher = Callable[[str, str, bytes], Awaitable[None]]
 #: Refreshes one secret (by resource id) before a `Refresh: true` read; never raises.
 RefreshHint = Callable[[str], Awaitable[bool]]
@@ -168,6 +171,8 @@ class CoreServices:
         self._secrets = secrets
         #: Set by the core: what a `Refresh: true` read awaits first. None: ignored.
         self.refresh_hint: RefreshHint | None = None
+        #: Set by the core: the report `edge status` asks for. None: status is not served.
+        self.status_report: Callable[[], dict[str, Any]] | None = None
         #: Reads served while the store was older than the staleness limit (for metrics).
         self.stale_reads = 0
         self._stale_at = math.inf
@@ -323,6 +328,10 @@ class CoreServices:
             return {}
         if request.op == OP_LIST_SECRETS:
             return granted_secrets(self.index, caller)
+        if request.op == OP_CORE_STATUS:
+            if caller != OPERATOR_IDENTITY or self.status_report is None:
+                raise ServiceError(403, "only the core's operator may ask for its status")
+            return self.status_report()
         raise ServiceError(400, f"unknown operation {request.op[:64]!r}")
 
     async def _invoke(self, args: Mapping[str, Any]) -> dict[str, Any]:
