@@ -107,3 +107,17 @@ def test_a_stopped_core_is_reported_from_its_state_directory(env: Env) -> None:
     assert result.returncode == 3
     assert "Core: not running" in result.stdout
     assert f"Last deployment: {dep} Success" in result.stdout
+
+
+def test_a_core_without_its_broker_runs_but_is_not_healthy(env: Env) -> None:
+    """Broker gone: exit 1 and "not connected"; connected again: exit 0."""
+    env.operator.close()
+    env.broker.stop()
+    env.core.wait_for_event("mqtt.disconnected")
+    code, report = status_json(env)
+    assert (code, report["Running"], report["Mqtt"]["Connected"]) == (1, True, False)
+    assert "not connected to" in status(env).stdout
+    env.broker.start()
+    env.core.wait_for_event("mqtt.connected", after=1, timeout=30)
+    assert status_json(env)[0] == 0
+    env.operator.connect()
