@@ -8,11 +8,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from edge.cli_invoke import operator_call
-from edge.core import open_store
-from edge.deploy.journal import History
 from edge.errors import CoreNotRunningError
 from edge.ipc.protocol import OP_CORE_STATUS
-from edge.secrets.contents import StoreContents
+from edge.statedir import history_path
 from edge.status import exit_status, stored_report
 
 if TYPE_CHECKING:
@@ -29,10 +27,15 @@ def status_command(config: Config, *, as_json: bool) -> int:
         report = operator_call(state_dir, OP_CORE_STATUS, {}, timeout=STATUS_TIMEOUT_SECONDS)
         reason = ""
     except CoreNotRunningError as exc:
+        # Only without a running core: reading the store needs the core's key and modules.
+        from edge.core import open_store  # noqa: PLC0415
+        from edge.deploy.journal import History  # noqa: PLC0415
+        from edge.secrets.contents import StoreContents  # noqa: PLC0415
+
         store = open_store(config)
         report = stored_report(
             config.core.thing_name,
-            last_outcome=History(state_dir / "deployments.json").latest(),
+            last_outcome=History(history_path(state_dir)).latest(),
             contents=store.load() or StoreContents(),
             store_path=store.path,
         )

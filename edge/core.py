@@ -54,6 +54,7 @@ from edge.secrets.live import LiveSecrets
 from edge.secrets.refresh import Refresher, refreshed_topic
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
 from edge.signing import DeploymentTrust
+from edge.statedir import history_path
 from edge.status import running_report
 from edge.workers.code import LocalCodePolicy
 from edge.workers.s3 import S3CodeReader
@@ -158,7 +159,7 @@ class Core:
             secrets=self.secrets,
             source=TimedSource(self.source, self.counts),
             inbox=Inbox(core.state_dir / "inbox"),
-            history=History(core.state_dir / "deployments.json"),
+            history=History(history_path(core.state_dir)),
             publish_status=self._publish_status,
             republish_status=functools.partial(self._publish_status, repeated=True),
             hooks=self.workload,
