@@ -7,8 +7,7 @@ rename, directory fsync) back and forth between two contents as fast as it can; 
 kills it with SIGKILL after a random delay, then opens the store as a restarted core would
 (SecretStore.load, which also clears a dead save's temp file) and checks that it holds exactly
 one of the two contents, never neither and never a mix, and that no temp file is left. This
-exercises the rotation itself; killing a whole `edge run` at random points is issue 7's next
-step.
+exercises the rotation itself; `bench/core_crash.py` kills a whole `edge run` at random points.
 """
 
 from __future__ import annotations

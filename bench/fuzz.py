@@ -1,4 +1,4 @@
-"""Hostile input, at volume: the deployment parser and the IPC frame decoder (issue 7, item 5).
+"""Hostile input, at volume: the deployment parser and the IPC frame decoder.
 
     .venv/bin/python bench/fuzz.py [--inputs 100000] [--seed 1]
 

@@ -29,7 +29,7 @@ it unsigned with one pinned function per client (bench/functions/sdk_loop.py zip
 `--seconds` from a common start time and answers its latencies, its own CPU time and the core's
 CPU ticks (/proc) over the window. The "client" of that mode is the worker process.
 
-Targets (issue 3): the native client at least 5x the baseline's throughput at 1 and 4 clients,
+Targets: the native client at least 5x the baseline's throughput at 1 and 4 clients,
 p99 <= 100 us with one client, <= 15 us of core CPU per request; through greengrasssdk at least
 3x the baseline's throughput.
 

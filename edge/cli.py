@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     # Listed for --help only: `main` hands `edge cloud ...` to edge.cloud.cli before parsing.
     sub.add_parser("cloud", help="the control plane; see `edge cloud --help`", add_help=False)
 
+    status = with_config(
+        sub.add_parser(
+            "status",
+            help="the core's connection, last deployment and refusal, store and workers "
+            "(exit 0 running and connected, 1 running but not connected, 3 not running)",
+        )
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+
     invoke = with_config(
         sub.add_parser("invoke", help="invoke a deployed function through the running core")
     )
@@ -200,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one
             return _init(config, key_type=args.key_type, rsa_bits=args.rsa_bits)
         if args.command == "run":
             return _run(config)
+        if args.command == "status":
+            from edge.cli_status import status_command  # noqa: PLC0415 - only this command
+
+            return status_command(config, as_json=args.json)
         if args.command == "invoke":
             return _invoke(config, args.function_arn, args.payload, args.invocation_type)
         if args.command == "secrets" and args.secrets_command == "audit":

@@ -34,7 +34,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from structlog.typing import FilteringBoundLogger
 
@@ -54,6 +54,8 @@ from edge.secrets.live import LiveSecrets
 from edge.secrets.refresh import Refresher, refreshed_topic
 from edge.secrets.store import STORE_FILE_NAME, SecretStore
 from edge.signing import DeploymentTrust
+from edge.statedir import history_path
+from edge.status import running_report
 from edge.workers.code import LocalCodePolicy
 from edge.workers.s3 import S3CodeReader
 from edge.workers.sandbox import Sandbox
@@ -157,8 +159,9 @@ class Core:
             secrets=self.secrets,
             source=TimedSource(self.source, self.counts),
             inbox=Inbox(core.state_dir / "inbox"),
-            history=History(core.state_dir / "deployments.json"),
+            history=History(history_path(core.state_dir)),
             publish_status=self._publish_status,
+            republish_status=functools.partial(self._publish_status, repeated=True),
             hooks=self.workload,
             trust=DeploymentTrust.load(
                 thing,
@@ -175,8 +178,9 @@ class Core:
             publish=self._publish_refreshed,
             deadline_seconds=config.fetch.deadline_seconds,
         )
-        # `Refresh: true` reads reach the refresher.
+        # `Refresh: true` reads reach the refresher; `edge status` gets `_status_report`.
         self.workload.services.refresh_hint = self.refresher.hint
+        self.workload.services.status_report = self._status_report
         self.secrets.on_change(self._restart_stale_clock)
         self._stack = contextlib.AsyncExitStack()
 
@@ -236,11 +240,23 @@ class Core:
         else:
             await self.workload.router.from_cloud(topic, payload)
 
-    def _publish_status(self, payload: bytes) -> None:
-        self.counts.status_published(payload)
+    def _publish_status(self, payload: bytes, *, repeated: bool = False) -> None:
+        self.counts.status_published(payload, repeated=repeated)
         # Retained, so the control plane learns the latest status whenever it looks,
         # without a daemon of its own listening all the time.
         self.link.publish(self._status_topic, payload, qos=1, retain=True)
+
+    def _status_report(self) -> dict[str, Any]:
+        return running_report(
+            thing_name=self.config.core.thing_name,
+            mqtt_url=self.config.mqtt.url,
+            connected=self.link.connected.is_set(),
+            last_outcome=self.agent.last_outcome,
+            last_refused=self.agent.last_refused,
+            contents=self.secrets.contents,
+            store_path=self.store.path,
+            runners=self.workload.manager.runners.values(),
+        )
 
     def _publish_refreshed(self, payload: bytes) -> None:
         # What changed, never a value; not retained: it is an event, not a state.

@@ -75,12 +75,20 @@ class DeploymentCounts:
     """Deployment outcomes and fetch timings, fed by the core's wrappers."""
 
     def __init__(self) -> None:
+        #: New reports: each deployment's InProgress and outcome, once.
         self.by_status: collections.Counter[str] = collections.Counter()
+        #: Statuses sent again for an outcome already reported: the latest one when the core
+        #: starts, and a redelivered deployment's.
+        self.repeated: collections.Counter[str] = collections.Counter()
         self.fetch_seconds = Histogram(FETCH_BUCKETS)
         self.fetch_failures = 0
 
-    def status_published(self, payload: bytes) -> str | None:
+    def status_published(self, payload: bytes, *, repeated: bool = False) -> str | None:
         """Count one status document (`{"DeploymentStatus": "InProgress"|"Success"|…, …}`).
+
+        Args:
+            payload: The document.
+            repeated: It reports an outcome already reported (see `repeated`).
 
         Returns:
             The status it reports, or None for a document without one.
@@ -91,7 +99,7 @@ class DeploymentCounts:
             return None
         if not isinstance(status, str):
             return None
-        self.by_status[status] += 1
+        (self.repeated if repeated else self.by_status)[status] += 1
         return status
 
     def fetch_timed(self, seconds: float, *, ok: bool) -> None:
@@ -181,13 +189,21 @@ class CoreCollector:
         counts = self._counts
         deployments = CounterMetricFamily(
             "edge_deployment_reports",
-            "Deployment status reports published, by status (a redelivered deployment's final "
-            "status is reported again)",
+            "Deployment status reports published, by status; each deployment's once",
             labels=["status"],
         )
         for status, n in sorted(counts.by_status.items()):
             deployments.add_metric([status], n)
         yield deployments
+        repeated = CounterMetricFamily(
+            "edge_deployment_reports_repeated",
+            "Statuses published again for an outcome already reported, by status: the latest "
+            "at every start, and a redelivered deployment's",
+            labels=["status"],
+        )
+        for status, n in sorted(counts.repeated.items()):
+            repeated.add_metric([status], n)
+        yield repeated
         yield CounterMetricFamily(
             "edge_store_rotations", "Times the store was replaced", value=self._store.rotations
         )

@@ -19,6 +19,11 @@ def ipc_dir(state_dir: Path) -> Path:
     return state_dir / "ipc"
 
 
+def history_path(state_dir: Path) -> Path:
+    """The deployment history: the final status documents of recent deployments."""
+    return state_dir / "deployments.json"
+
+
 def ipc_socket_path(state_dir: Path) -> Path:
     """The core's IPC socket, which workers and `edge invoke` connect to."""
     return ipc_dir(state_dir) / "core.sock"

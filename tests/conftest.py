@@ -24,7 +24,7 @@ from tests.support.postgres import new_schema, server_url, session_database
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Check the whole session's output for secret values at its end (issue 7, item 8)."""
+    """Check the whole session's output for secret values at its end."""
     config.pluginmanager.register(LeakCheckPlugin(LEAKS), "edge-leak-check")
     OUTPUT_WATCHERS.append(LEAKS.add_output)
 

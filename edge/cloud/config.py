@@ -171,7 +171,6 @@ def _shared_group(s: Section) -> str | None:
 def _cloud(s: Section) -> CloudSettings:
     database = _database(s)
     signing_key = s.path_value("signing_key", s.path.parent / "signing-key.pem")
-    assert signing_key is not None  # noqa: S101 - has a default
     bucket = s.string("artifact_bucket")
     if bucket is not None and not _valid_bucket(bucket):
         raise s.error(
@@ -179,7 +178,6 @@ def _cloud(s: Section) -> CloudSettings:
             f"{bucket!r} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')",
         )
     account_id = s.string("account_id", DEFAULT_ACCOUNT_ID)
-    assert account_id is not None  # noqa: S101 - has a default
     if not is_account_id(account_id):
         raise s.error("account_id", f"must be 12 digits, not {account_id!r}")
     return CloudSettings(
@@ -198,9 +196,7 @@ def _database(s: Section) -> Path | str:
     """`database`: a SQLite path (relative to the config file) or a PostgreSQL URL."""
     value = s.string("database")
     if value is None or not value.startswith(_URL_SCHEMES):
-        path = s.path_value("database", s.path.parent / "edge-cloud.db")
-        assert path is not None  # noqa: S101 - has a default
-        return path
+        return s.path_value("database", s.path.parent / "edge-cloud.db")
     parts = urllib.parse.urlsplit(value)
     if parts.password is not None:
         # The URL is shown in errors and logs; a password in it would be shown too.
@@ -220,8 +216,8 @@ def _password_file(s: Section, database: Path | str) -> Path | None:
 
 
 def _serve(s: Section) -> ServeSettings:
-    listen = _address(s, "listen", DEFAULT_LISTEN)
-    assert listen is not None  # noqa: S101 - has a default
+    listen = _address(s, "listen", s.string("listen", DEFAULT_LISTEN))
+    metrics = s.string("metrics_listen")
     cert, key = s.path_value("tls_cert_file"), s.path_value("tls_key_file")
     if (cert is None) != (key is None):
         raise s.error("tls_cert_file", "tls_cert_file and tls_key_file go together")
@@ -231,15 +227,12 @@ def _serve(s: Section) -> ServeSettings:
         tls_cert_file=cert,
         tls_key_file=key,
         keys=_auth_keys(s),
-        metrics_listen=_address(s, "metrics_listen"),
+        metrics_listen=None if metrics is None else _address(s, "metrics_listen", metrics),
     )
 
 
-def _address(s: Section, key: str, default: str | None = None) -> tuple[str, int] | None:
-    """A HOST:PORT (or [IPv6]:PORT) key as (host, port); None when unset without a default."""
-    value = s.string(key, default)
-    if value is None:
-        return None
+def _address(s: Section, key: str, value: str) -> tuple[str, int]:
+    """A HOST:PORT (or [IPv6]:PORT) key's value as (host, port)."""
     match = _LISTEN.fullmatch(value)
     if match is None or not 0 < int(match["port"]) < 65536:  # noqa: PLR2004 - TCP's port range
         raise s.error(key, f"must be HOST:PORT (or [IPv6]:PORT), not {value!r}")

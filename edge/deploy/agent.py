@@ -184,6 +184,7 @@ class DeploymentAgent:
         inbox: Inbox,
         history: History,
         publish_status: Publisher,
+        republish_status: Publisher | None = None,
         hooks: DeploymentHooks[Any] | None = None,
         logger: FilteringBoundLogger | None = None,
         trust: DeploymentTrust | None = None,
@@ -197,6 +198,9 @@ class DeploymentAgent:
         self._inbox = inbox
         self._history = history
         self._publish = publish_status
+        # Statuses sent again for an outcome already reported (the latest one at start, a
+        # redelivered deployment's): the same topic, but not a new report (metrics).
+        self._republish = republish_status or publish_status
         self._hooks = hooks
         self._log = logger or get_logger("deploy")
         # Whose signatures to accept (edge.signing). None: payloads are plain documents, for
@@ -211,6 +215,9 @@ class DeploymentAgent:
                 "[deployments] trusted_keys to the control plane's public key",
             )
         self._queue: asyncio.Queue[InboxEntry] = asyncio.Queue(INTAKE_QUEUE_LIMIT)
+        #: The last document refused (for `edge status`): `{"Reason": "size"|"signature"|
+        #: "invalid"|"replay", "Error", "At"}`; many get no status document at all.
+        self.last_refused: dict[str, Any] | None = None
         #: The largest payload worth keeping: a signed envelope, or a bare document when
         #: signatures aren't checked (embedding and tests).
         self.max_payload = MAX_DOCUMENT_BYTES if trust is None else MAX_ENVELOPE_BYTES
@@ -220,6 +227,11 @@ class DeploymentAgent:
         self.idle = asyncio.Event()
         if not self._backlog:
             self.idle.set()
+
+    @property
+    def last_outcome(self) -> dict[str, Any] | None:
+        """The status document of the last deployment that ended (Success or Failure)."""
+        return self._history.latest()
 
     def apply_stored_logging(self) -> None:
         """Take the loggers of the group in the live store (at start, after it is loaded)."""
@@ -237,6 +249,9 @@ class DeploymentAgent:
         """
         if len(payload) > self.max_payload:
             self._log.warning("deploy.payload_too_large", size=len(payload), limit=self.max_payload)
+            self._note_refused(
+                "size", f"{len(payload)} bytes, over the {self.max_payload}-byte limit"
+            )
             return
         try:
             entry = await asyncio.to_thread(self._inbox.put, payload)
@@ -257,7 +272,7 @@ class DeploymentAgent:
             # A crash between recording an outcome and the broker acknowledging its status
             # would otherwise leave that deployment looking InProgress forever: statuses are
             # retained, so sending the latest one again at start costs nothing.
-            self._publish(json.dumps(latest).encode())
+            self._republish(json.dumps(latest).encode())
         while self._backlog:
             # Older than anything received since the start: applied first, one in memory at a
             # time (a core that was flooded before a restart must not read them all at once).
@@ -307,6 +322,7 @@ class DeploymentAgent:
                 # either; a Failure recorded under an id someone chose would pre-empt (through
                 # the history) the genuine deployment with that id.
                 self._log.warning("deploy.signature_rejected", error=str(exc), size=len(payload))
+                self._note_refused("signature", str(exc))
                 return
             if opened.key_id is None:
                 self._log.warning("deploy.unsigned_accepted", warning=_UNSIGNED_WARNING)
@@ -326,6 +342,7 @@ class DeploymentAgent:
             self._log.warning(
                 "deploy.replay_rejected", deployment_id=deployment.deployment_id, error=str(exc)
             )
+            self._note_refused("replay", str(exc), deployment.deployment_id)
             if previous is None:
                 state = next_state(DeploymentState.RECEIVED, DeploymentEvent.FAIL)
                 dep_type = deployment.deployment_type.value
@@ -342,7 +359,7 @@ class DeploymentAgent:
                 deployment_id=deployment.deployment_id,
                 status=previous.get("DeploymentStatus"),
             )
-            self._publish(json.dumps(previous).encode())
+            self._republish(json.dumps(previous).encode())
             return
         if applied is not None and applied.deployment_id == deployment.deployment_id:
             # The store already holds it: the core died after the rotation and before the
@@ -360,7 +377,16 @@ class DeploymentAgent:
             async with self.secrets.rotation() as rotation:
                 await self._apply(deployment, rotation)
 
+    def _note_refused(self, reason: str, error: str, deployment_id: str | None = None) -> None:
+        self.last_refused = {
+            "Reason": reason,
+            "Error": error,
+            "DeploymentId": deployment_id,
+            "At": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
     def _reject(self, payload: bytes, exc: DeploymentInvalidError) -> None:
+        self._note_refused("invalid", str(exc), exc.deployment_id)
         if exc.deployment_id is None:
             self._log.warning("deploy.rejected", error=str(exc), size=len(payload))
             return

@@ -15,9 +15,9 @@ passes the reading on to a thread still waiting.
 Connection loss: the client connects lazily, and when the connection turns out to be broken it
 reconnects once and resends the request if the request certainly did not reach the core (the
 send failed, as it does at once on a Unix socket whose server is gone) or if the operation is
-idempotent (reading a secret). A `lambda.invoke` or `iotdata.publish` whose connection broke
-after it was sent is not resent, since it may already have run: the caller gets
-`IpcConnectionError`.
+idempotent (reading a secret or the list of them). A `lambda.invoke` or `iotdata.publish`
+whose connection broke after it was sent is not resent, since it may already have run: the
+caller gets `IpcConnectionError`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from edge.ipc.protocol import (
     NEED_DATA,
     OP_GET_SECRET_VALUE,
     OP_GET_SECRET_VALUE_V1,
+    OP_LIST_SECRETS,
     Connection,
     Goodbye,
     Hello,
@@ -65,7 +66,7 @@ __all__ = [
 
 #: Operations that may be sent again after a connection broke with them in flight: running
 #: them twice has the same effect as once.
-IDEMPOTENT_OPS: Final = frozenset({OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1})
+IDEMPOTENT_OPS: Final = frozenset({OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1, OP_LIST_SECRETS})
 #: Seconds allowed for connecting and the Hello/Welcome exchange when a call has no timeout.
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 _READ_SIZE = 65536

@@ -31,10 +31,24 @@ OP_GET_SECRET_VALUE: Final = "secretsmanager.get_secret_value"  # noqa: S105 - a
 #: (errors as for OP_GET_SECRET_VALUE). The core parses and encodes the JSON once per request
 #: shape and secret version, so the worker does neither.
 OP_GET_SECRET_VALUE_V1: Final = "secretsmanager.get_secret_value_v1"  # noqa: S105 - an op name
+#: The secrets the calling function may read: `{"Secrets": [{"ARN", "Name", "Versions":
+#: [{"VersionId", "VersionStages"}]}]}` (the labels the core answers by), never a value.
+OP_LIST_SECRETS: Final = "secretsmanager.list_secrets"
 OP_INVOKE: Final = "lambda.invoke"
 OP_PUBLISH: Final = "iotdata.publish"
+#: The running core's state for `edge status` (operator only; never a value).
+OP_CORE_STATUS: Final = "core.status"
 #: The operations the core serves; anything else is answered with status 400.
-KNOWN_OPS: Final = frozenset({OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1, OP_INVOKE, OP_PUBLISH})
+KNOWN_OPS: Final = frozenset(
+    {
+        OP_GET_SECRET_VALUE,
+        OP_GET_SECRET_VALUE_V1,
+        OP_LIST_SECRETS,
+        OP_INVOKE,
+        OP_PUBLISH,
+        OP_CORE_STATUS,
+    }
+)
 
 #: The statuses Greengrass V1's IPC put in its `{"Status": …, "Message": …}` error payloads.
 ERROR_STATUSES: Final = frozenset({400, 403, 404, 408, 413, 500})

@@ -102,14 +102,17 @@ class Peer(asyncio.Protocol):
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Record the kernel's view of the peer and give it a deadline for its Hello."""
+        """Record the kernel's view of the peer and give a stranger a deadline for its Hello."""
         # A stream server's transport (uvloop's doesn't subclass asyncio.Transport).
         self._transport = cast("asyncio.Transport", transport)
         sock = transport.get_extra_info("socket")
         self.peer_pid, self.peer_uid = peer_credentials(sock)
         self.log = self.log.bind(conn=self.conn_id, peer_pid=self.peer_pid, peer_uid=self.peer_uid)
         fd = sock.fileno() if sock is not None else -1
-        if self._host.admit(self, fd):
+        # A connection the core handed to its own worker (`adopted_for`) has no Hello deadline:
+        # its worker says Hello at its first call, which may come long after it started, and
+        # the connection can't be made again once closed.
+        if self._host.admit(self, fd) and self.adopted_for is None:
             self._hello_timer = asyncio.get_running_loop().call_later(
                 self._hello_timeout, self._hello_expired
             )

@@ -298,7 +298,9 @@ class IpcServer:
 
         Workers that run as another user (RunAs) can't enter the 0700 socket directory, so the
         manager gives them one end of a socketpair instead. The worker still has to say Hello
-        with its token, and only that token is accepted on this connection. `SO_PEERCRED` of
+        with its token, and only that token is accepted on this connection; it may say it
+        whenever its code first calls the core (no Hello deadline: the worker has no way to
+        connect again). `SO_PEERCRED` of
         a socketpair names the core itself, so register such a worker's identity without uid
         or pid and with `adopted_only`.
         """

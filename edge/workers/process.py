@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import sysconfig
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,6 +339,8 @@ class WorkerProcess:
         self._tasks: list[asyncio.Task[None]] = []
         self.kill_reason: str | None = None
         self.exited = asyncio.Event()
+        #: When the child was spawned, wall-clock seconds (None before).
+        self.started_at: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -402,6 +405,7 @@ class WorkerProcess:
             asyncio.create_task(self._watch_memory(), name=f"rss-{self.proc.pid}"),
             asyncio.create_task(self._wait_exit(), name=f"wait-{self.proc.pid}"),
         ]
+        self.started_at = time.time()
         self._log.info(
             "worker.started",
             pid=self.proc.pid,

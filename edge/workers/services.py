@@ -20,9 +20,11 @@ from structlog.typing import FilteringBoundLogger
 
 from edge.audit import DENIED, INVALID, NOT_FOUND, AuditLog
 from edge.ipc.protocol import (
+    OP_CORE_STATUS,
     OP_GET_SECRET_VALUE,
     OP_GET_SECRET_VALUE_V1,
     OP_INVOKE,
+    OP_LIST_SECRETS,
     OP_PUBLISH,
     Request,
     Response,
@@ -33,6 +35,8 @@ from edge.secrets.index import IndexSource, SecretAnswer, SecretIndex, secret_an
 from edge.workers.manager import UnknownFunctionError, WorkerManager
 
 CURRENT = "AWSCURRENT"
+#: Who `edge invoke` and `edge status` call as: may invoke and ask for status, reads no secret.
+OPERATOR_IDENTITY = "edge:operator"
 Publisher = Callable[[str, str, bytes], Awaitable[None]]
 #: Refreshes one secret (by resource id) before a `Refresh: true` read; never raises.
 RefreshHint = Callable[[str], Awaitable[bool]]
@@ -104,6 +108,30 @@ def find_answer(index: SecretIndex, function_arn: str, args: Mapping[str, Any]) 
     return cached
 
 
+def granted_secrets(index: SecretIndex, function_arn: str) -> dict[str, Any]:
+    """The secrets `function_arn` may read, with their versions on this core; never a value."""
+    granted = index.grants.get(function_arn, frozenset())
+    listed: dict[str, dict[str, Any]] = {}
+    # by_id holds each secret under its name and its ARN: list it once.
+    for secret in index.by_id.values():
+        if secret.resource_id in granted and secret.arn not in listed:
+            listed[secret.arn] = {
+                "ARN": secret.arn,
+                "Name": secret.name,
+                # The labels this core answers by, which may be fewer than Secrets Manager's.
+                "Versions": [
+                    {
+                        "VersionId": version_id,
+                        "VersionStages": [
+                            label for label, vid in secret.labels.items() if vid == version_id
+                        ],
+                    }
+                    for version_id in secret.versions
+                ],
+            }
+    return {"Secrets": sorted(listed.values(), key=lambda entry: str(entry["Name"]))}
+
+
 def v1_request_args(index: SecretIndex, args: Mapping[str, Any]) -> dict[str, Any]:
     """Parse the V1 SDK's JSON request (`args["Payload"]`) into get_secret_value arguments."""
     payload = args.get("Payload")
@@ -143,6 +171,8 @@ class CoreServices:
         self._secrets = secrets
         #: Set by the core: what a `Refresh: true` read awaits first. None: ignored.
         self.refresh_hint: RefreshHint | None = None
+        #: Set by the core: the report `edge status` asks for. None: status is not served.
+        self.status_report: Callable[[], dict[str, Any]] | None = None
         #: Reads served while the store was older than the staleness limit (for metrics).
         self.stale_reads = 0
         self._stale_at = math.inf
@@ -296,6 +326,12 @@ class CoreServices:
                 raise ServiceError(400, "publish needs a Topic string and Payload bytes")
             await self._publish(caller, topic, payload)
             return {}
+        if request.op == OP_LIST_SECRETS:
+            return granted_secrets(self.index, caller)
+        if request.op == OP_CORE_STATUS:
+            if caller != OPERATOR_IDENTITY or self.status_report is None:
+                raise ServiceError(403, "only the core's operator may ask for its status")
+            return self.status_report()
         raise ServiceError(400, f"unknown operation {request.op[:64]!r}")
 
     async def _invoke(self, args: Mapping[str, Any]) -> dict[str, Any]:

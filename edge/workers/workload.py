@@ -40,11 +40,9 @@ from edge.workers.manager import WorkerManager
 from edge.workers.process import Launch, check_worker_users, worker_user
 from edge.workers.router import Router, parse_routes
 from edge.workers.sandbox import Sandbox
-from edge.workers.services import CoreServices
+from edge.workers.services import OPERATOR_IDENTITY, CoreServices
 from edge.workers.spec import FunctionSpec, function_specs
 
-#: Identity of `edge invoke` callers: may invoke functions, holds no secret grants.
-OPERATOR_IDENTITY = "edge:operator"
 CloudPublisher = Callable[[str, bytes], None]
 SubscriptionSetter = Callable[[list[str]], Awaitable[None]]
 

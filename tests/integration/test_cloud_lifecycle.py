@@ -169,7 +169,7 @@ def test_edge_cloud_renames_and_deletes_like_the_api(served: Served) -> None:
 def test_a_deployed_group_is_deleted_only_after_reset_deployments(with_core: Served) -> None:
     """delete-group refuses a deployed group; reset-deployments empties the core; then it goes.
 
-    create-deployment no longer takes ResetDeployment (AWS's model doesn't) and says to use
+    create-deployment doesn't take ResetDeployment (AWS's model doesn't) and says to use
     reset-deployments; the reset is recorded as a deployment of type ResetDeployment, and
     ListDeployments shows CreatedAt with milliseconds, like every other timestamp.
     """

@@ -1,4 +1,4 @@
-"""Broker faults (issue 7, item 3), proven against a running `edge run` core and a real Mosquitto.
+"""Broker faults, proven against a running `edge run` core and a real Mosquitto.
 
 The broker is stopped in the middle of a deployment and at rest, the core is killed in the
 middle of one, and all of it again through a TLS listener that requires client certificates

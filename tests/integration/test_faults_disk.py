@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A full or read-only state directory while a real deployment rotates the store (issue 7, item 2).
+"""A full or read-only state directory while a real deployment rotates the store.
 
 Where this process may mount (root with CAP_SYS_ADMIN, as in CI), the faults are real: the
 core's state directory is a tiny tmpfs, filled until it answers ENOSPC, or remounted read-only.

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Secrets Manager faults under a running core (issue 7, item 4).
+"""Secrets Manager faults under a running core.
 
 A real `edge run` process takes deployments from a real Mosquitto and fetches through
 bench/latency_proxy.py, a loopback proxy in front of moto that throttles, fails, resets, delays

@@ -1,4 +1,4 @@
-"""Isolation (issue 7, item 6): a worker reads its own secrets and nothing else, by any route.
+"""Isolation: a worker reads its own secrets and nothing else, by any route.
 
 A real core, real workers running the hostile `functions/probe.py` with the unmodified
 greengrasssdk, Mosquitto and moto. Function "alpha" is granted secret A, "beta" secret B; alpha

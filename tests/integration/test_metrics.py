@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -101,6 +102,29 @@ def test_metrics_follow_deployments_reads_and_workers(metered: Env, tmp_path: Pa
     assert value(after, r"edge_secret_reads_stale_total") == 0
     text = (env.core.log_path.parent / "metrics.txt").read_text()
     assert str(secret_value) not in text
+
+
+def test_a_restarted_core_counts_its_republished_status_apart(metered: Env) -> None:
+    """The latest status sent again at start is a repeat, not a new Success report."""
+    env = metered
+    arn, _, _ = env.create_secret("metrics/restart")
+    dep = env.operator.deploy([secret_resource("r", arn)])
+    env.operator.wait_status(dep, "Success")
+    assert value(scrape(env), r'edge_deployment_reports_total\{status="Success"\}') == 1
+    assert value(scrape(env), r"edge_deployment_reports_repeated_total.*") == 0
+
+    started = env.core.count("metrics.listening")
+    env.core.stop()
+    env.core.start()
+    env.core.wait_for_event("metrics.listening", after=started)
+    deadline = time.monotonic() + 20
+    samples = scrape(env)
+    while not value(samples, r"edge_deployment_reports_repeated_total.*"):
+        assert time.monotonic() < deadline, "the core sent no status again at start"
+        time.sleep(0.1)
+        samples = scrape(env)
+    assert value(samples, r'edge_deployment_reports_repeated_total\{status="Success"\}') == 1
+    assert value(samples, r"edge_deployment_reports_total.*") == 0
 
 
 def test_a_bad_listen_address_is_a_config_error(tmp_path: Path) -> None:

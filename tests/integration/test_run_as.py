@@ -60,6 +60,28 @@ def core_with(
         yield env
 
 
+@contextlib.contextmanager
+def nobody_core(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Iterator[Env]:
+    """A running root core whose workers run as nobody, code in a directory nobody can read."""
+    python = python_for(NOBODY)
+    if python is None:
+        pytest.skip("no Python of this version that nobody can run: apt-get install python3.11")
+    code_dir = Path(tempfile.mkdtemp(prefix="edge-code-", dir="/var/tmp"))
+    code_dir.chmod(0o755)
+    try:
+        with core_with(
+            tmp_path,
+            broker,
+            moto,
+            sm,
+            workers=f'python = "{python}"\ndefault_user = "nobody"',
+            code_dir=str(code_dir),
+        ) as env:
+            yield env
+    finally:
+        shutil.rmtree(code_dir)
+
+
 @pytest.fixture
 def reachable_checkout() -> Iterator[None]:
     """Workers of another user import `edge` from this checkout: let them reach it."""
@@ -78,36 +100,21 @@ def test_a_root_core_runs_functions_without_run_as_as_its_default_user(
     directory) and reads its secret. The code lives in a directory nobody can read, and the
     interpreter is one nobody can run: the deployment-time check passes.
     """
-    python = python_for(NOBODY)
-    if python is None:
-        pytest.skip("no Python of this version that nobody can run: apt-get install python3.11")
-    code_dir = Path(tempfile.mkdtemp(prefix="edge-code-", dir="/var/tmp"))
-    code_dir.chmod(0o755)
-    try:
-        with core_with(
-            tmp_path,
-            broker,
-            moto,
-            sm,
-            workers=f'python = "{python}"\ndefault_user = "nobody"',
-            code_dir=str(code_dir),
-        ) as env:
-            env.core.wait_for_event("workers.default_user", user="nobody")
-            arn, _, value = env.create_secret("default-user")
-            fn = function("who", "app.whoami", code_of(tmp_path / "app.zip"), policies=["r"])
-            env.operator.wait_status(
-                env.operator.deploy([secret_resource("r", arn)], functions=[fn]), "Success"
-            )
-            answer = invoke(env, "who", {"SecretId": "default-user"})
-            assert (answer["uid"], answer["gid"], answer["groups"]) == (
-                NOBODY.pw_uid,
-                NOBODY.pw_gid,
-                [],
-            )
-            assert answer["inherited_ipc"] is True
-            assert answer["secret"] == value
-    finally:
-        shutil.rmtree(code_dir)
+    with nobody_core(tmp_path, broker, moto, sm) as env:
+        env.core.wait_for_event("workers.default_user", user="nobody")
+        arn, _, value = env.create_secret("default-user")
+        fn = function("who", "app.whoami", code_of(tmp_path / "app.zip"), policies=["r"])
+        env.operator.wait_status(
+            env.operator.deploy([secret_resource("r", arn)], functions=[fn]), "Success"
+        )
+        answer = invoke(env, "who", {"SecretId": "default-user"})
+        assert (answer["uid"], answer["gid"], answer["groups"]) == (
+            NOBODY.pw_uid,
+            NOBODY.pw_gid,
+            [],
+        )
+        assert answer["inherited_ipc"] is True
+        assert answer["secret"] == value
 
 
 @needs_root
@@ -212,3 +219,28 @@ def test_a_run_as_worker_that_cannot_start_names_the_user_and_what_to_change(
             assert invoke(env, "ctx", {})["function_name"] == "ctx"
     finally:
         shutil.rmtree(scratch)
+
+
+@needs_root
+@pytest.mark.usefixtures("reachable_checkout")
+def test_a_pinned_worker_of_another_user_reaches_the_core_after_idling(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
+) -> None:
+    """The socket the core hands a RunAs worker waits for its first call, however late.
+
+    A worker that calls the core only after the Hello deadline of strangers' connections
+    (5 s) still reads its secret, and the core logs no `ipc.hello.timeout` for it.
+    """
+    with nobody_core(tmp_path, broker, moto, sm) as env:
+        arn, _, value = env.create_secret("late-reader")
+        code = code_of(tmp_path / "app.zip")
+        fns = [
+            function("idle", "app.sleep", code, pinned=True, timeout=30),
+            function("who", "app.whoami", code, policies=["r"], pinned=True),
+        ]
+        dep = env.operator.deploy([secret_resource("r", arn)], functions=fns)
+        env.operator.wait_status(dep, "Success")
+        # The pinned workers started with the deployment; this one's socket idles as long.
+        assert invoke(env, "idle", {"seconds": 6}) == {"slept": 6}
+        assert invoke(env, "who", {"SecretId": "late-reader"})["secret"] == value
+        assert env.core.count("ipc.hello.timeout") == 0

@@ -1,6 +1,6 @@
 """The whole-session leak check: every secret value the tests create, searched for everywhere.
 
-Issue 7 item 8: every byte the core, its workers and the CLI wrote (logs, stdout, stderr, and
+Every byte the core, its workers and the CLI wrote (logs, stdout, stderr, and
 any other file, including the state directory) across the test session is searched for every
 secret value the tests created; the session fails if one is found.
 

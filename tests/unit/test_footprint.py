@@ -31,8 +31,11 @@ def test_the_core_loads_no_metrics_server_unless_metrics_listen_is_set() -> None
     assert sorted(m for m in loaded if m.startswith(("prometheus_client", "aiohttp.web"))) == []
 
 
-def test_edge_invoke_and_edge_secrets_audit_load_none_of_the_core() -> None:
-    """Commands that scripts call in loops start without the AWS SDK, MQTT or the workers."""
-    loaded = loaded_modules("edge.cli", "edge.cli_invoke", "edge.audit")
+def test_edge_invoke_status_and_secrets_audit_load_none_of_the_core() -> None:
+    """Commands that scripts call in loops start without the AWS SDK, MQTT or the workers.
+
+    `edge status` loads the store's modules only when no core runs to answer it.
+    """
+    loaded = loaded_modules("edge.cli", "edge.cli_invoke", "edge.cli_status", "edge.audit")
     heavy = ("botocore", "aiobotocore", "aiohttp", "aiomqtt", "edge.core", "edge.workers")
     assert sorted(m for m in loaded if m.startswith(heavy)) == []

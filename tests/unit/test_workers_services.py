@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 
@@ -13,12 +15,19 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from edge.ipc.protocol import OP_GET_SECRET_VALUE_V1, Request, Response
+from edge.ipc.protocol import (
+    OP_CORE_STATUS,
+    OP_GET_SECRET_VALUE_V1,
+    OP_LIST_SECRETS,
+    Request,
+    Response,
+)
 from edge.ipc.server import WorkerIdentity
 from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
 from edge.secrets.index import FixedIndex, SecretIndex
 from edge.workers.services import (
     MAX_CACHED_V1_REQUESTS,
+    OPERATOR_IDENTITY,
     CoreServices,
     ServiceError,
     get_secret_value,
@@ -442,3 +451,30 @@ def test_answers_are_encoded_once_and_decode_to_the_answer():
     for answer in INDEX.answers.values():
         assert msgpack.unpackb(answer.packed) == answer.result
         assert msgpack.unpackb(answer.v1_packed) == answer.v1_result
+
+
+def test_only_the_operator_gets_the_core_status_and_workers_list_only_their_grants():
+    """`core.status` is the operator's; `list_secrets` names the caller's grants, no value."""
+    services = CoreServices(manager=None, publish=None, secrets=FixedIndex(INDEX))  # type: ignore[arg-type]
+    services.status_report = lambda: {"Running": True}
+
+    def ask(caller: str, op: str) -> Response:
+        answer = services(WorkerIdentity(caller), Request(3, op, {}))
+        assert not isinstance(answer, Response)  # answered from a task, as other ops are
+        return asyncio.run(_await(answer))
+
+    refused = ask(READER, OP_CORE_STATUS)
+    assert refused.error is not None
+    assert refused.error["Status"] == 403
+    assert ask(OPERATOR_IDENTITY, OP_CORE_STATUS).result == {"Running": True}
+    listed = ask(READER, OP_LIST_SECRETS).result
+    assert listed is not None
+    assert [s["Name"] for s in listed["Secrets"]] == sorted(s["Name"] for s in listed["Secrets"])
+    assert listed["Secrets"], "the reader is granted secrets in INDEX"
+    assert ask(OPERATOR_IDENTITY, OP_LIST_SECRETS).result == {"Secrets": []}
+    for secret in listed["Secrets"]:
+        assert set(secret) == {"ARN", "Name", "Versions"}
+
+
+async def _await(answer: Awaitable[Response]) -> Response:
+    return await answer

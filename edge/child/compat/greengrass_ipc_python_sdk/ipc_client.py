@@ -3,8 +3,9 @@
 `greengrasssdk` routes everything through `Lambda.Client._invoke_internal`, which calls
 `post_work(function_arn, payload, client_context, invocation_type)` and then
 `get_work_result(function_arn, invocation_id)`. V1 sent both to the daemon over HTTP; here
-`post_work` makes one IPC call, chosen by the target ARN (the secrets manager and router system
-functions become native operations), and keeps the answer until `get_work_result` collects it.
+`post_work` makes one IPC call through `edge.child.function.call` (the worker's one client),
+chosen by the target ARN (the secrets manager and router system functions become native
+operations), and keeps the answer until `get_work_result` collects it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import os
 import threading
 from typing import Any
 
-from edge.ipc.client import IpcCallError, IpcClient, IpcConnectionError
+from edge.child import function
+from edge.ipc.client import IpcCallError, IpcConnectionError
 from edge.ipc.protocol import OP_GET_SECRET_VALUE_V1, OP_INVOKE, OP_PUBLISH
 
-_client_lock = threading.Lock()
-_shared_client: IpcClient | None = None
 # Fixed for the worker's life: read once, not per call (the secrets path is hot).
 _SECRETS_MANAGER_ARN = os.environ.get("SECRETS_MANAGER_FUNCTION_ARN")
 _ROUTER_ARN = os.environ.get("ROUTER_FUNCTION_ARN")
@@ -48,24 +48,6 @@ class GetWorkResultOutput:
         self.payload = payload
         self.invocation_id = invocation_id
         self.func_err = func_err
-
-
-def _client() -> IpcClient:
-    """One connection per worker process, shared by every SDK client in it."""
-    global _shared_client  # noqa: PLW0603 - a process-wide connection is the point
-    if _shared_client is not None:  # the common case: no lock once connected
-        return _shared_client
-    with _client_lock:
-        if _shared_client is None:
-            socket_path = os.environ.get("EDGE_IPC_SOCKET")
-            token = os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
-            if not socket_path or not token:
-                raise IPCException("not running under an edge core (EDGE_IPC_SOCKET is not set)")
-            inherited = os.environ.get("EDGE_IPC_FD")
-            _shared_client = IpcClient(
-                socket_path, token, inherited_fd=int(inherited) if inherited else None
-            )
-        return _shared_client
 
 
 class IPCClient:
@@ -151,8 +133,9 @@ class IPCClient:
 
 
 def _call(op: str, args: dict[str, Any]) -> dict[str, Any]:
+    # The worker's one client and connection, shared with `edge.child.function`'s callers.
     try:
-        return _client().call(op, args)
+        return function.call(op, args)
     except IpcConnectionError as exc:
         raise IPCException(str(exc)) from None
 

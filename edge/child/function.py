@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Function code's typed client for the core: read a secret by id, label or version; list grants.
+
+    from edge.child.function import get_secret_value, list_secrets
+
+    db = get_secret_value("app/db")                            # AWSCURRENT
+    old = get_secret_value("app/db", VersionStage="AWSPREVIOUS")
+    pinned = get_secret_value("app/db", VersionId=old["VersionId"])
+    fresh = get_secret_value("app/db", Refresh=True)           # asks Secrets Manager first
+    names = [s["Name"] for s in list_secrets()]
+
+Worker-side and small: it imports the standard library, `edge.errors` and the IPC's client and
+framing, nothing of the core, so a worker loads it as cheaply as the `greengrasssdk` path. Every
+request of a worker process, this client's and the `greengrasssdk` compat layer's, goes through
+`call` over one shared connection: the one place answers come in.
+
+Errors: `IpcCallError` with V1's `status` and a `message` naming the secret and the function
+(403 not granted, 404 unknown secret or label or version not on this core, 400 bad arguments),
+never a value; `IpcConnectionError` when the core can't be reached or the process doesn't run
+under a core.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from datetime import UTC, datetime
+from typing import Any, NotRequired, TypedDict
+
+from edge.errors import IpcCallError, IpcConnectionError
+from edge.ipc.client import IpcClient
+from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_LIST_SECRETS
+
+__all__ = [
+    "GrantedSecret",
+    "GrantedVersion",
+    "IpcCallError",
+    "IpcConnectionError",
+    "SecretValue",
+    "call",
+    "get_secret_value",
+    "list_secrets",
+    "shared_client",
+]
+
+
+class SecretValue(TypedDict):
+    """A secret version, as boto3's `get_secret_value` gives it."""
+
+    ARN: str
+    Name: str
+    VersionId: str
+    VersionStages: list[str]
+    CreatedDate: datetime
+    SecretString: NotRequired[str]
+    SecretBinary: NotRequired[bytes]
+
+
+class GrantedVersion(TypedDict):
+    """A version of a granted secret on this core, and the labels the core answers it by."""
+
+    VersionId: str
+    VersionStages: list[str]
+
+
+class GrantedSecret(TypedDict):
+    """A secret the calling function may read."""
+
+    ARN: str
+    Name: str
+    Versions: list[GrantedVersion]
+
+
+_lock = threading.Lock()
+_shared: IpcClient | None = None
+
+
+def shared_client() -> IpcClient:
+    """The worker process's one connection to the core, made from its environment.
+
+    Raises:
+        IpcConnectionError: The process doesn't run under an edge core (no `EDGE_IPC_SOCKET`
+            or token in its environment).
+    """
+    global _shared  # noqa: PLW0603 - a process-wide connection is the point
+    if _shared is not None:  # the common case: no lock once made
+        return _shared
+    with _lock:
+        if _shared is None:
+            socket_path = os.environ.get("EDGE_IPC_SOCKET")
+            token = os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+            if not socket_path or not token:
+                raise IpcConnectionError(
+                    socket_path or "EDGE_IPC_SOCKET", "not running under an edge core"
+                )
+            inherited = os.environ.get("EDGE_IPC_FD")
+            _shared = IpcClient(
+                socket_path, token, inherited_fd=int(inherited) if inherited else None
+            )
+        return _shared
+
+
+def call(op: str, args: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Send one request over the shared connection and return its answer (see `IpcClient.call`).
+
+    Every request of the worker passes here, so a worker-side answer cache belongs here.
+    """
+    return shared_client().call(op, args, timeout)
+
+
+def get_secret_value(
+    SecretId: str,  # noqa: N803 - boto3's and greengrasssdk's argument names
+    *,
+    VersionId: str | None = None,  # noqa: N803
+    VersionStage: str | None = None,  # noqa: N803
+    Refresh: bool = False,  # noqa: N803
+    timeout: float | None = None,
+) -> SecretValue:
+    """Read a version of a secret the function was granted.
+
+    Args:
+        SecretId: The secret's name or ARN.
+        VersionId: A version the core holds (one a deployed label points to).
+        VersionStage: A deployed staging label; AWSCURRENT when neither is given.
+        Refresh: Have the core ask Secrets Manager for the secret first (rate-limited by the
+            core; its answer comes from the store as it is if that fails).
+        timeout: Seconds to wait for the answer; None waits as long as it takes.
+
+    Raises:
+        IpcCallError: The core refused (see the module's docstring for the statuses).
+        IpcConnectionError: The core can't be reached.
+    """
+    args: dict[str, Any] = {"SecretId": SecretId}
+    if VersionId is not None:
+        args["VersionId"] = VersionId
+    if VersionStage is not None:
+        args["VersionStage"] = VersionStage
+    if Refresh:
+        args["Refresh"] = True
+    result = call(OP_GET_SECRET_VALUE, args, timeout)
+    value = SecretValue(
+        ARN=result["ARN"],
+        Name=result["Name"],
+        VersionId=result["VersionId"],
+        VersionStages=list(result["VersionStages"]),
+        CreatedDate=datetime.fromtimestamp(result["CreatedDate"] / 1000, UTC),
+    )
+    if "SecretString" in result:
+        value["SecretString"] = result["SecretString"]
+    else:
+        value["SecretBinary"] = base64.b64decode(result["SecretBinary"])
+    return value
+
+
+def list_secrets(timeout: float | None = None) -> list[GrantedSecret]:
+    """The secrets the calling function may read, with their versions on this core; no values.
+
+    Raises:
+        IpcConnectionError: The core can't be reached.
+    """
+    secrets: list[GrantedSecret] = call(OP_LIST_SECRETS, {}, timeout)["Secrets"]
+    return secrets
