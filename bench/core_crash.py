@@ -221,12 +221,8 @@ class World:
     """Mosquitto, moto (behind the proxy), the secrets, the operator and the core process."""
 
     def __init__(self, args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> None:
-        import boto3  # noqa: PLC0415 - test-only dependencies, imported once we know we run
-
         from edge.fixtures.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
         from edge.fixtures.services import (  # noqa: PLC0415
-            AWS_TEST_ENV,
-            TEST_REGION,
             run_mosquitto,
             run_moto,
         )
@@ -235,14 +231,7 @@ class World:
         broker = stack.enter_context(run_mosquitto(root / "mosquitto"))
         moto = stack.enter_context(run_moto(root / "moto.log"))
         endpoint = stack.enter_context(latency_proxy(moto.url, args.delay_ms, root / "proxy.log"))
-        self.sm = boto3.client(
-            "secretsmanager",
-            endpoint_url=moto.url,
-            region_name=TEST_REGION,
-            aws_access_key_id=AWS_TEST_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
-        )
+        self.sm = moto.client()
         self.names = [f"crash/secret-{i}" for i in range(args.secrets)]
         self.labels = ["AWSCURRENT", *(f"LABEL{i}" for i in range(1, args.labels + 1))]
         self.arns = [

@@ -52,6 +52,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 import ipc as bench_ipc  # noqa: E402 - bench/ipc.py, after the path is set
 
+from edge.fixtures.procfs import open_fds, vm_rss_kib  # noqa: E402
 from edge.ipc.protocol import MAX_FRAME_SIZE, Hello, encode  # noqa: E402
 
 FLOOD_FILE = BENCH_DIR / "functions" / "ipc_flood.py"
@@ -71,19 +72,6 @@ def parse_args() -> argparse.Namespace:
         "--threads", type=int, default=8, help="flooding threads (partial, refused)"
     )
     return parser.parse_args()
-
-
-def rss_kb(pid: int) -> int:
-    """VmRSS of a process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def descriptors(pid: int) -> int:
-    """Open descriptors of a process."""
-    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
 
 
 def ipc_warnings(log_path: Path) -> int:
@@ -112,8 +100,8 @@ class Peaks:
         """Sample every 10 ms until stopped (or the core is gone)."""
         while not self.stop.is_set():
             try:
-                self.rss_kb = max(self.rss_kb, rss_kb(self.pid))
-                self.fds = max(self.fds, descriptors(self.pid))
+                self.rss_kb = max(self.rss_kb, vm_rss_kib(self.pid))
+                self.fds = max(self.fds, open_fds(self.pid))
             except (OSError, RuntimeError):
                 return
             self.stop.wait(0.01)
@@ -303,8 +291,8 @@ def run_flood(world: bench_ipc.SdkCore, kind: str, args: argparse.Namespace) -> 
     pid, socket_path = world.pid, str(world.config.parent / "state" / "ipc" / "core.sock")
     baseline = p50_us(world, args.seconds)
     before_rss, before_fds, before_warnings = (
-        rss_kb(pid),
-        descriptors(pid),
+        vm_rss_kib(pid),
+        open_fds(pid),
         ipc_warnings(world.log_path),
     )
     note = ""
@@ -330,7 +318,7 @@ def run_flood(world: bench_ipc.SdkCore, kind: str, args: argparse.Namespace) -> 
     return FloodRun(
         rss_before_kb=before_rss,
         rss_peak_kb=peaks.rss_kb,
-        rss_after_kb=rss_kb(pid),
+        rss_after_kb=vm_rss_kib(pid),
         fds_before=before_fds,
         fds_peak=peaks.fds,
         warnings=ipc_warnings(world.log_path) - before_warnings,

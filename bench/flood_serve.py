@@ -42,21 +42,11 @@ from typing import Any, Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# tests/integration/test_cloud_serve.py takes these from here with the flood helpers.
+from edge.fixtures.procfs import open_fds, vm_rss_kib
+
 #: A request head cut short: the request line and part of one header, no blank line.
 HALF_HEAD = b"POST /greengrass/groups HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty"
-
-
-def vm_rss_kib(pid: int) -> int:
-    """A process's resident set size in KiB (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def open_fds(pid: int) -> int:
-    """How many descriptors a process has open."""
-    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
 
 
 def half_heads(port: int, count: int) -> list[socket.socket]:

@@ -34,6 +34,7 @@ from typing import Self
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource
+from edge.fixtures.procfs import vm_rss_kib
 from edge.fixtures.services import AWS_TEST_ENV, TEST_REGION, run_mosquitto, run_moto
 
 THING = "intake-core"
@@ -50,14 +51,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mb", type=int, default=100, help="size of each, in MB (default 100)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     return parser.parse_args()
-
-
-def rss_mb(pid: int) -> float:
-    """The process's resident set (VmRSS), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def write_bytes(pid: int) -> int:
@@ -90,7 +83,7 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             with contextlib.suppress(OSError, RuntimeError):
-                self.peak = max(self.peak, rss_mb(self._pid))
+                self.peak = max(self.peak, vm_rss_kib(self._pid) / 1024)
 
 
 def drops(core: CoreProcess) -> int:
@@ -136,7 +129,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
             with payload.open("wb") as out:
                 out.truncate(args.mb * 1024 * 1024)  # sparse: zeros cost no disk here
             time.sleep(SETTLE_SECONDS)
-            before, written = rss_mb(pid), write_bytes(pid)
+            before, written = vm_rss_kib(pid) / 1024, write_bytes(pid)
             topic = operator.deployments_topic
             started = time.monotonic()
             with Sampler(pid) as sampler:
@@ -152,7 +145,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
                     time.sleep(0.05)
                 elapsed = time.monotonic() - started
                 time.sleep(SETTLE_SECONDS)
-            after = rss_mb(pid)
+            after = vm_rss_kib(pid) / 1024
             disk = write_bytes(pid) - written
             inbox = len(list((root / "state" / "inbox").iterdir()))
             import boto3  # noqa: PLC0415 - only for the closing deployment

@@ -765,12 +765,10 @@ def play_role(role: str, rest: list[str]) -> None:
 
 
 def core_loop_name() -> str:
-    """The loop `edge run` uses: uvloop whenever it is importable (edge.cli), else asyncio's."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional dependency
-    except ImportError:
-        return "asyncio (default)"
-    return f"uvloop {uvloop.__version__}"
+    """The loop `edge run` uses with `[core] event_loop = "auto"`, as the core logs it."""
+    from edge.eventloop import choose_event_loop  # noqa: PLC0415
+
+    return choose_event_loop("auto").name
 
 
 def conduct(args: argparse.Namespace, modes: list[Mode], workdir: Path) -> dict[str, str]:

@@ -271,8 +271,6 @@ class Conductor:
     """Services, the core, the operator, the rotations and the callers."""
 
     def __init__(self, args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> None:
-        import boto3  # noqa: PLC0415 - test-only dependencies
-
         from edge.fixtures.core import CoreProcess, Operator, edge_cli  # noqa: PLC0415
         from edge.fixtures.services import (  # noqa: PLC0415
             AWS_TEST_ENV,
@@ -285,14 +283,7 @@ class Conductor:
         self.root = root
         broker = stack.enter_context(run_mosquitto(root / "mosquitto"))
         moto = stack.enter_context(run_moto(root / "moto.log"))
-        self.sm = boto3.client(
-            "secretsmanager",
-            endpoint_url=moto.url,
-            region_name=TEST_REGION,
-            aws_access_key_id=AWS_TEST_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
-        )
+        self.sm = moto.client()
         self.aws_env = AWS_TEST_ENV
         value = f"v0-{secrets.token_hex(16)}"
         created = self.sm.create_secret(Name=SECRET_NAME, SecretString=value)

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge.fixtures.procfs import vm_rss_kib
 from edge.ipc.protocol import Invoke
 from edge.log import configure_logging, get_logger
 from edge.workers.process import Launch, WorkerProcess, resident_kb
@@ -30,14 +31,6 @@ from edge.workers.sandbox import Sandbox
 from edge.workers.spec import CodeRef, FunctionSpec
 
 HANDLER = "def handler(event, context):\n    return {'ok': True}\n"
-
-
-def vm_rss_kb(pid: int) -> int:
-    """VmRSS of the process, in KB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def one(launch: Launch, spec: FunctionSpec, code: Path) -> tuple[float, int, int]:
@@ -60,7 +53,7 @@ async def one(launch: Launch, spec: FunctionSpec, code: Path) -> tuple[float, in
     took = time.perf_counter() - started
     assert outcome.payload == b'{"ok": true}', outcome  # noqa: S101 - a bench's sanity check
     assert worker.pid is not None  # noqa: S101
-    owned, total = resident_kb(worker.pid) or 0, vm_rss_kb(worker.pid)
+    owned, total = resident_kb(worker.pid) or 0, vm_rss_kib(worker.pid)
     await worker.stop()
     return took, owned, total
 

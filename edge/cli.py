@@ -5,26 +5,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.audit import audit_path, matches, parse_since, read_entries, summarize
-from edge.cli_invoke import invoke_function
-from edge.cloud.cli import main as cloud_main
 from edge.config import Config, load_config
-from edge.core import STATE_DIR_MODE, Core, open_store
 from edge.errors import EdgeError, UsageError
-from edge.hardening import forbid_memory_access
-from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging
-from edge.migrate_core import migrate_core
+from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
 from edge.secrets.contents import StoreContents
 from edge.secrets.keyref import TokenKeyRef
-from edge.secrets.keys import CoreKey, generate_key
+
+# Each command imports what it needs when it runs (PLC0415 below): `edge invoke` and `edge
+# secrets` are called by scripts, and the core's modules (the AWS SDK above all) would cost
+# them most of their wall time and memory.
 
 EXIT_USER_ERROR = 2
 
@@ -185,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one
     if argv[:1] in (["cloud"], ["demo"]):
         configure_logging(level=level or "info", fmt=fmt or "auto")
     if argv[:1] == ["cloud"]:
+        from edge.cloud.cli import main as cloud_main  # noqa: PLC0415 - see the imports
+
         return cloud_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
@@ -215,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one
 
 
 def _migrate_core(args: argparse.Namespace) -> int:
+    from edge.migrate_core import migrate_core  # noqa: PLC0415 - see the imports
+
     if (args.role_alias is None) != (args.iot_credentials_endpoint is None):
         raise UsageError("--role-alias and --iot-credentials-endpoint go together")
     conversion = migrate_core(
@@ -241,6 +243,9 @@ def _migrate_core(args: argparse.Namespace) -> int:
 
 
 def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
+    from edge.core import STATE_DIR_MODE  # noqa: PLC0415 - see the imports
+    from edge.secrets.keys import CoreKey, generate_key  # noqa: PLC0415 - see the imports
+
     state_dir = config.core.state_dir
     if state_dir.exists():
         if state_dir.stat().st_mode & 0o077:
@@ -271,31 +276,35 @@ def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
 
 
 def _run(config: Config) -> int:
+    from edge.core import Core  # noqa: PLC0415 - see the imports
+    from edge.eventloop import choose_event_loop  # noqa: PLC0415 - see the imports
+    from edge.hardening import forbid_memory_access  # noqa: PLC0415 - see the imports
+
     # Before any secret is loaded: no core dumps, and its memory is closed to its own user.
     forbid_memory_access()
 
+    event_loop = choose_event_loop(config.core.event_loop)
+
     async def main() -> None:
+        get_logger("core").info("core.event_loop", loop=event_loop.name)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with Core(config) as core:
+            # What start-up made (modules, config, the store's index) lives as long as the
+            # core: out of the collector's sight, a full collection costs microseconds, not
+            # the tens of milliseconds it would stall the IPC for.
+            gc.freeze()
             await core.serve_forever(stop)
 
-    _event_loop_runner()(main())
+    event_loop.run(main())
     return 0
 
 
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
-    """Return uvloop's runner where installed (a third less IPC CPU), else asyncio's."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional dependency
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
-
-
 def _invoke(config: Config, function_arn: str, payload: str, invocation_type: str) -> int:
+    from edge.cli_invoke import invoke_function  # noqa: PLC0415 - see the imports
+
     if payload:
         try:
             json.loads(payload)
@@ -315,6 +324,8 @@ def _invoke(config: Config, function_arn: str, payload: str, invocation_type: st
 
 
 def _secrets_list(config: Config, *, as_json: bool) -> int:
+    from edge.core import open_store  # noqa: PLC0415 - see the imports
+
     contents = open_store(config).load() or StoreContents()
     listing = secrets_listing(contents)
     if as_json:
@@ -346,6 +357,8 @@ def _secrets_list(config: Config, *, as_json: bool) -> int:
 def _secrets_audit(
     config: Config, *, since: str | None, function: str | None, as_json: bool
 ) -> int:
+    from edge.audit import audit_path, matches, parse_since, read_entries, summarize  # noqa: PLC0415 - see the imports
+
     since_time = parse_since(since) if since else None
     entries = [
         e

@@ -9,7 +9,7 @@ from typing import Any
 from edge.errors import CoreNotRunningError, InvokeRefusedError, IpcCallError, IpcConnectionError
 from edge.ipc.client import IpcClient
 from edge.ipc.protocol import OP_INVOKE
-from edge.workers.workload import ADMIN_TOKEN_FILE
+from edge.statedir import ADMIN_TOKEN_FILE, ipc_dir, ipc_socket_path
 
 #: Longest a CLI invocation waits; a function's own Timeout ends it sooner.
 INVOKE_TIMEOUT_SECONDS = 900.0
@@ -19,16 +19,15 @@ def invoke_function(
     state_dir: Path, function_arn: str, payload: bytes, *, invocation_type: str = "RequestResponse"
 ) -> dict[str, Any]:
     """Invoke a function on the running core; return `{"Payload", "FunctionError"}`."""
-    ipc_dir = state_dir / "ipc"
     try:
-        token = (ipc_dir / ADMIN_TOKEN_FILE).read_text().strip()
+        token = (ipc_dir(state_dir) / ADMIN_TOKEN_FILE).read_text().strip()
     except FileNotFoundError:
         raise CoreNotRunningError(state_dir, "its operator token is missing") from None
     except PermissionError:
         raise CoreNotRunningError(
             state_dir, "its operator token is not readable by this user"
         ) from None
-    client = IpcClient(str(ipc_dir / "core.sock"), token)
+    client = IpcClient(str(ipc_socket_path(state_dir)), token)
     try:
         return client.call(
             OP_INVOKE,

@@ -22,6 +22,7 @@ from edge.configfile import (
     read_toml,
     read_toml_file,
 )
+from edge.eventloop import EVENT_LOOPS, uvloop_installed
 from edge.secrets.keyref import TokenKeyRef, is_pkcs11_uri, parse_token_key_uri
 from edge.settings import (
     DEFAULT_MQTT_PORT,
@@ -146,8 +147,19 @@ def _core(s: Section) -> CoreSettings:
     state_dir = s.path_value("state_dir", s.path.parent / "state")
     private_key = _private_key(s, state_dir)
     code_dir = s.path_value("code_dir", s.path.parent / "functions")
+    event_loop = s.choice("event_loop", "auto", EVENT_LOOPS)
+    if event_loop == "uvloop" and not uvloop_installed():
+        raise s.error(
+            "event_loop",
+            "uvloop is not installed (`pip install 'edge[fast]'` builds it where it has no "
+            'wheel); use "auto" or "asyncio"',
+        )
     return CoreSettings(
-        thing_name=thing_name, state_dir=state_dir, private_key=private_key, code_dir=code_dir
+        thing_name=thing_name,
+        state_dir=state_dir,
+        private_key=private_key,
+        code_dir=code_dir,
+        event_loop=event_loop,
     )
 
 

@@ -8,8 +8,9 @@ them into metric families when Prometheus scrapes. Only deployment outcomes and 
 are counted here, from the wrappers `edge.core.Core` puts around the status publisher and the
 secret source. Metrics carry ids (function ARNs, operation names), never a value.
 
-prometheus_client renders the exposition format; aiohttp (already there through aiobotocore)
-serves it on the core's own event loop, so no thread is added.
+prometheus_client renders the exposition format; aiohttp serves it on the core's own event loop,
+so no thread is added. Both are imported only when `[metrics] listen` is set (a `CoreCollector`
+is built): together they hold about 13 MB that a core without metrics has no use for.
 """
 
 from __future__ import annotations
@@ -20,21 +21,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Self
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from structlog.typing import FilteringBoundLogger
 
 from edge.ipc.server import LATENCY_BOUNDS_SECONDS
 from edge.log import get_logger
 
 if TYPE_CHECKING:
+    from aiohttp import web
+    from prometheus_client.core import Metric
+
     from edge.errors import SecretFetchError
     from edge.ipc.server import IpcServer
     from edge.model.group import SecretResource
@@ -157,6 +152,12 @@ class CoreCollector:
         yield from self._workers()
 
     def _deployments(self) -> Iterable[Metric]:
+        from prometheus_client.core import (  # noqa: PLC0415 - [metrics] listen only
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         counts = self._counts
         deployments = CounterMetricFamily(
             "edge_deployment_reports",
@@ -201,6 +202,8 @@ class CoreCollector:
         )
 
     def _refreshes(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415 - [metrics] listen only
+
         refresh = self._refresh
         if refresh is None:
             return
@@ -218,6 +221,11 @@ class CoreCollector:
             yield CounterMetricFamily(f"edge_secret_refresh_{name}", doc, value=value)
 
     def _ipc_metrics(self) -> Iterable[Metric]:
+        from prometheus_client.core import (  # noqa: PLC0415 - [metrics] listen only
+            CounterMetricFamily,
+            HistogramMetricFamily,
+        )
+
         ipc = self._ipc
         requests = CounterMetricFamily(
             "edge_ipc_requests",
@@ -253,6 +261,8 @@ class CoreCollector:
         )
 
     def _workers(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415 - [metrics] listen only
+
         runners = self._manager.runners
         running = sum(
             1 for r in runners.values() if r.worker is not None and not r.worker.exited.is_set()
@@ -278,6 +288,8 @@ class MetricsServer:
         *,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - [metrics] listen only
+
         self._host, self._port = listen
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(collector)
@@ -286,6 +298,8 @@ class MetricsServer:
 
     async def __aenter__(self) -> Self:
         """Start listening."""
+        from aiohttp import web  # noqa: PLC0415 - [metrics] listen only
+
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
@@ -307,5 +321,9 @@ class MetricsServer:
             await runner.cleanup()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
+        from aiohttp import web  # noqa: PLC0415 - [metrics] listen only
+        from prometheus_client import generate_latest  # noqa: PLC0415 - [metrics] listen only
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST  # noqa: PLC0415 - [metrics] listen only
+
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -35,6 +35,8 @@ class CoreSettings:
     #: Unpacked function code. Outside the 0700 state directory, so workers that run as
     #: another user (RunAs) can read their code; code is not secret.
     code_dir: Path = Path("functions")
+    #: `auto` (uvloop when installed), `uvloop` or `asyncio` (edge/eventloop.py).
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)

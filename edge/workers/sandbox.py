@@ -26,6 +26,7 @@ from edge.child.mountns import AS_ROOT, AS_USER
 from edge.config import Config, token_keys
 from edge.errors import SandboxUnavailableError
 from edge.secrets.keyref import TokenKeyRef
+from edge.statedir import ipc_socket_path
 
 SandboxMode = Literal["auto", "required", "off"]
 #: Where the `edge` package (the worker runtime included) is imported from: on every worker's
@@ -178,7 +179,7 @@ class Sandbox:
             hidden=hidden_paths(config),
             protected=(config.core.code_dir, config.workers.python.parent),
             writable=config.workers.writable_paths,
-            reachable=(config.core.state_dir / "ipc" / "core.sock",),
+            reachable=(ipc_socket_path(config.core.state_dir),),
         )
 
     def missing(self) -> list[tuple[str, str]]:

@@ -33,6 +33,7 @@ from edge.log import get_logger
 from edge.model import Deployment, parse_group
 from edge.secrets.contents import StoreContents
 from edge.secrets.live import LiveSecrets
+from edge.statedir import ADMIN_TOKEN_FILE, ipc_dir, ipc_socket_path
 from edge.workers.code import LocalCodePolicy, S3Reader, prepare_code
 from edge.workers.connectors import connector_code_dirs, connector_specs
 from edge.workers.manager import WorkerManager
@@ -44,8 +45,6 @@ from edge.workers.spec import FunctionSpec, function_specs
 
 #: Identity of `edge invoke` callers: may invoke functions, holds no secret grants.
 OPERATOR_IDENTITY = "edge:operator"
-#: File (0600, in the 0700 IPC directory) holding the operator token of the running core.
-ADMIN_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name, not a token
 CloudPublisher = Callable[[str, bytes], None]
 SubscriptionSetter = Callable[[list[str]], Awaitable[None]]
 
@@ -97,7 +96,7 @@ class Workload:
         self._secrets = secrets
         self.manager = WorkerManager(
             launch=Launch(
-                socket_path=state_dir / "ipc" / "core.sock",
+                socket_path=ipc_socket_path(state_dir),
                 python=python,
                 adopt=self._adopt,
                 sandbox=sandbox,
@@ -115,9 +114,9 @@ class Workload:
             audit=audit,
             logger=self._log,
         )
-        self.admin_token_path = state_dir / "ipc" / ADMIN_TOKEN_FILE
+        self.admin_token_path = ipc_dir(state_dir) / ADMIN_TOKEN_FILE
         self.ipc = IpcServer(
-            socket_path=state_dir / "ipc" / "core.sock", handler=self.services, logger=self._log
+            socket_path=ipc_socket_path(state_dir), handler=self.services, logger=self._log
         )
 
     async def __aenter__(self) -> Self:

@@ -23,6 +23,7 @@ import structlog.testing
 
 from edge.errors import IpcCallError
 from edge.fixtures.core import CoreProcess, edge_cli, secret_resource
+from edge.fixtures.procfs import open_fds, vm_rss_kib
 from edge.fixtures.reference import write_v1_package
 from edge.fixtures.services import AWS_TEST_ENV
 from edge.ipc.client import IpcClient
@@ -64,19 +65,6 @@ CORE_NOFILE = 1024
 
 #: A V1 handler that floods the socket with its own worker's token (see its docstring).
 FLOOD_FUNCTION = REPO / "bench" / "functions" / "ipc_flood.py"
-
-
-def rss_kb(pid: int) -> int:
-    """The process's resident memory (VmRSS), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def open_descriptors(pid: int) -> int:
-    """How many descriptors the process has open."""
-    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
 
 
 def core_pid(env: Env) -> int:
@@ -163,14 +151,14 @@ def test_a_flood_of_partial_frames_before_login_leaves_the_core_memory_as_it_was
     socket_path = env.state_dir / "ipc" / "core.sock"
     partial_frames(socket_path, 20)  # warm up whatever a first refusal allocates once
     wait_until(lambda: env.core.count("ipc.protocol.error") > 0, timeout=10, what="a refusal")
-    before = rss_kb(pid)
-    with Sampler(lambda: rss_kb(pid)) as during:
+    before = vm_rss_kib(pid)
+    with Sampler(lambda: vm_rss_kib(pid)) as during:
         flood_partial_frames(socket_path, threads=8, each=40)
     assert during.peak - before <= RSS_MARGIN_KB, (before, during.peak)
     wait_until(
-        lambda: rss_kb(pid) - before <= RSS_MARGIN_KB,
+        lambda: vm_rss_kib(pid) - before <= RSS_MARGIN_KB,
         timeout=10,
-        what=f"RSS back within 20 MB of {before} KiB (now {rss_kb(pid)} KiB)",
+        what=f"RSS back within 20 MB of {before} KiB (now {vm_rss_kib(pid)} KiB)",
     )
     # 340 refused connections, a handful of lines: one per event name per interval.
     assert env.core.count("ipc.protocol.error") <= 3
@@ -209,14 +197,14 @@ def test_connections_that_fail_after_login_give_their_memory_back(env: Env) -> N
     token = (env.state_dir / "ipc" / "operator.token").read_text()
     partial_frames(socket_path, 10, token)  # warm up
     wait_until(lambda: env.core.count("ipc.protocol.error") > 0, timeout=10, what="a failure")
-    before = rss_kb(pid)
-    with Sampler(lambda: rss_kb(pid)) as during:
+    before = vm_rss_kib(pid)
+    with Sampler(lambda: vm_rss_kib(pid)) as during:
         flood_partial_frames(socket_path, threads=4, each=80, token=token)
     assert during.peak - before <= RSS_MARGIN_KB, (before, during.peak)
     wait_until(
-        lambda: rss_kb(pid) - before <= RSS_MARGIN_KB,
+        lambda: vm_rss_kib(pid) - before <= RSS_MARGIN_KB,
         timeout=10,
-        what=f"RSS back within 20 MB of {before} KiB (now {rss_kb(pid)} KiB)",
+        what=f"RSS back within 20 MB of {before} KiB (now {vm_rss_kib(pid)} KiB)",
     )
 
 
@@ -256,7 +244,7 @@ def test_a_function_opening_2000_connections_is_capped_and_a_deployment_still_su
     code = {"Uri": zipped.as_uri(), "Sha256": hashlib.sha256(package).hexdigest()}
     flooder = function("flooder", "ipc_flood.flood", code, memory_kb=65536, timeout=120)
     env.operator.wait_status(env.operator.deploy(functions=[flooder]), "Success")
-    before = open_descriptors(pid)
+    before = open_fds(pid)
 
     answer: dict[str, Any] = {}
     payload = json.dumps({"connections": 2000, "hold_seconds": 60})
@@ -266,7 +254,7 @@ def test_a_function_opening_2000_connections_is_capped_and_a_deployment_still_su
         answer["result"] = edge_cli("invoke", *args, "--payload", payload, timeout=120)
 
     invoking = threading.Thread(target=run_invoke)
-    with Sampler(lambda: open_descriptors(pid)) as descriptors:
+    with Sampler(lambda: open_fds(pid)) as descriptors:
         invoking.start()
         printed = env.core.wait_for_event("worker.output", stream="stdout", timeout=90)
         # The flood goes on (a new connection every few ms) while a deployment is made.
@@ -421,7 +409,7 @@ def low_descriptor_limit() -> Iterator[int]:
     import resource  # noqa: PLC0415
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = open_descriptors(os.getpid()) + 200
+    limit = open_fds(os.getpid()) + 200
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
     try:
         yield limit
@@ -452,7 +440,7 @@ async def test_connections_are_refused_before_descriptors_run_short(
         assert server.connections["refused_descriptors"] >= 1
         # This process is both ends (the server's connections and the clients holding them);
         # give or take the listing's own descriptor and a client's end, the reserve is free.
-        assert open_descriptors(os.getpid()) <= low_descriptor_limit - DESCRIPTOR_RESERVE + 3
+        assert open_fds(os.getpid()) <= low_descriptor_limit - DESCRIPTOR_RESERVE + 3
         with contextlib.ExitStack() as files:
             for _ in range(DESCRIPTOR_RESERVE - 8):
                 files.enter_context(Path(os.devnull).open("rb"))

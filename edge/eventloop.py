@@ -1,0 +1,44 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The event loop `edge run` runs on: uvloop where it is installed, else asyncio's own.
+
+uvloop is a dependency on Linux x86_64 and aarch64, where it ships wheels (pyproject.toml);
+elsewhere `pip install 'edge[fast]'` builds it from source. On it the IPC server spends about a
+third of the CPU per request that asyncio's loop needs (bench/ipc.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import importlib.util
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final
+
+#: `[core] event_loop`: auto (uvloop when importable), or one of the two by name.
+EVENT_LOOPS: Final = ("auto", "uvloop", "asyncio")
+
+
+@dataclass(frozen=True, slots=True)
+class EventLoop:
+    """A loop's name as logged at start (`uvloop 0.21.0`, `asyncio`) and its runner."""
+
+    name: str
+    run: Callable[[Coroutine[Any, Any, None]], None]
+
+
+def choose_event_loop(choice: str) -> EventLoop:
+    """The loop for `[core] event_loop = choice` (edge.config checked that "uvloop" is there)."""
+    if choice != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415 - absent where it ships no wheel
+        except ImportError:
+            pass
+        else:
+            return EventLoop(name=f"uvloop {importlib.metadata.version('uvloop')}", run=uvloop.run)
+    return EventLoop(name="asyncio", run=asyncio.run)
+
+
+def uvloop_installed() -> bool:
+    """Whether uvloop can be imported, without importing it."""
+    return importlib.util.find_spec("uvloop") is not None
