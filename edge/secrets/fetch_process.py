@@ -128,27 +128,27 @@ async def run_child(
     )
     if proc.stdin is None or proc.stdout is None or proc.stderr is None:
         raise RuntimeError("the fetch process was started without its pipes")
+    stdin, frames = proc.stdin, wire.FrameReader(proc.stdout)
     relay = asyncio.create_task(_relay(proc.stderr, log), name="fetch-stderr")
     try:
         async with asyncio.timeout_at(deadline):
-            proc.stdin.write(wire.pack(request))
-            await proc.stdin.drain()
-            frames = wire.FrameReader(proc.stdout)
+            stdin.write(wire.pack(request))
+            await stdin.drain()
             while True:
-                try:
-                    frame = await frames.next()
-                except (EOFError, TypeError, ValueError):
-                    return None
+                frame = await frames.next()
                 if "call" in frame:
                     if on_call is not None:
                         on_call(str(frame["call"]), int(frame["n"]))
                 elif "pace" in frame:
                     if pace is not None:
                         await pace()
-                    proc.stdin.write(wire.pack({"go": True}))
-                    await proc.stdin.drain()
+                    stdin.write(wire.pack({"go": True}))
+                    await stdin.drain()
                 else:
                     return frame
+    except (EOFError, TypeError, ValueError, BrokenPipeError, ConnectionResetError):
+        # The child died, or wrote something that isn't our frames: no answer.
+        return None
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
