@@ -12,6 +12,7 @@ child did import botocore.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,12 @@ import boto3
 import pytest
 
 from edge.config import FetchSettings
-from edge.errors import SecretNotFoundError, SecretServiceError, StagingLabelNotFoundError
+from edge.errors import (
+    FetchDeadlineError,
+    SecretNotFoundError,
+    SecretServiceError,
+    StagingLabelNotFoundError,
+)
 from edge.fixtures.core import secret_resource
 from edge.fixtures.services import TEST_REGION, Mosquitto, MotoServer
 from edge.model import SecretResource
@@ -156,3 +162,38 @@ async def test_a_child_that_dies_without_an_answer_is_a_service_error(
     assert failed.value.arn == arn
     assert "ended without an answer" in str(failed.value)
     assert failed.value.error_code is None
+
+
+async def test_a_child_that_hangs_is_killed_at_the_deadline(
+    moto: MotoServer, sm: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """A child that never answers fails the fetch at the deadline, and is gone afterwards."""
+    arn = sm.create_secret(Name="child/hang", SecretString="hang-pw")["ARN"]
+    monkeypatch.setattr(fetch_process, "FETCHER_MODULE", "tests.support.hanging_fetcher")
+    relayed: list[str] = []
+    source = ProcessSecretSource(
+        AwsTarget(region=TEST_REGION, endpoint_url=moto.url),
+        settings=FetchSettings(deadline_seconds=1),
+        logger=RecordingLogger(relayed),
+    )
+    started = time.monotonic()
+    with pytest.raises(FetchDeadlineError) as failed:
+        await source.fetch([resource(arn, "Label1")])
+    elapsed = time.monotonic() - started
+    assert (failed.value.deadline_seconds, failed.value.done, failed.value.total) == (1, 0, 2)
+    assert 1 <= elapsed < 1 + fetch_process.ANSWER_GRACE_SECONDS + 1
+    pids = [int(line.split("=", 1)[1]) for line in relayed if "hanging-fetcher-pid=" in line]
+    assert len(pids) == 1
+    assert not Path(f"/proc/{pids[0]}").exists()
+
+
+class RecordingLogger:
+    """Keeps the `line` of every event logged (the child's stderr, relayed)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def _log(self, event: str, **fields: Any) -> None:
+        self.lines.append(str(fields.get("line", event)))
+
+    debug = info = warning = error = _log
