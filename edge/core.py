@@ -8,8 +8,8 @@
 touches the network or starts a task yet. `async with` loads the store into `LiveSecrets`
 *before* any network is touched, so a core with no network at all still comes up with every
 secret it had (offline start), and a damaged store stops the core with one clear error instead
-of being overwritten by the next deployment; it then opens the AWS clients and the IPC socket,
-and starts the workers the store names. `serve_forever` runs the MQTT link, the deployment
+of being overwritten by the next deployment; it then opens the IPC socket and starts the
+workers the store names. `serve_forever` runs the MQTT link, the deployment
 agent, the audit log writer and the secret refresher in one TaskGroup until `stop` is set (or
 the task is cancelled); leaving the block stops the workers and closes what was opened.
 
@@ -47,8 +47,7 @@ from edge.ipc.limits import raise_open_files_limit
 from edge.log import get_logger
 from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
 from edge.mqtt.link import MqttLink
-from edge.secrets.fetch import AwsSecretSource
-from edge.secrets.iot_credentials import aws_session
+from edge.secrets.fetch_process import AwsTarget, ProcessS3Reader, ProcessSecretSource
 from edge.secrets.keys import CoreKey
 from edge.secrets.live import LiveSecrets
 from edge.secrets.refresh import Refresher, refreshed_topic
@@ -57,7 +56,6 @@ from edge.signing import DeploymentTrust
 from edge.statedir import history_path
 from edge.status import running_report
 from edge.workers.code import LocalCodePolicy
-from edge.workers.s3 import S3CodeReader
 from edge.workers.sandbox import Sandbox
 from edge.workers.workload import Workload
 
@@ -125,15 +123,12 @@ class Core:
         self._refreshed_topic = refreshed_topic(mqtt.topic_prefix, thing)
         self.store = open_store(config)
         self.secrets = LiveSecrets(self.store)
-        # One session, so with `[aws] credentials = "iot"` one certificate exchange (and its
-        # refreshes) serves Secrets Manager and S3.
-        session = aws_session(aws.iot)
-        self.source = AwsSecretSource(
-            region=aws.region, endpoint_url=aws.endpoint_url, settings=config.fetch, session=session
-        )
-        self._read_s3 = S3CodeReader(
-            region=aws.region, endpoint_url=aws.endpoint_url, session=session
-        )
+        # One target, so with `[aws] credentials = "iot"` one certificate exchange (and its
+        # refreshes) serves Secrets Manager and S3. Both run in short-lived child processes:
+        # the core never imports botocore.
+        target = AwsTarget.of(aws.region, aws.endpoint_url, aws.iot)
+        self.source = ProcessSecretSource(target, settings=config.fetch)
+        self._read_s3 = ProcessS3Reader(target)
         self.counts = DeploymentCounts()
         self.audit = AuditLog(audit_path(core.state_dir), config.audit)
         self.link = MqttLink(
@@ -185,7 +180,7 @@ class Core:
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Self:
-        """Load the store, open the AWS clients and the IPC, and start the stored workers."""
+        """Load the store, open the IPC, and start the stored workers."""
         _raise_descriptor_limit(self._log)
         async with contextlib.AsyncExitStack() as stack:
             contents = (await self.secrets.load()).contents
@@ -195,8 +190,6 @@ class Core:
                 secrets=len(contents.secrets),
                 deployment_id=contents.deployment.deployment_id if contents.deployment else None,
             )
-            await stack.enter_async_context(self.source)
-            await stack.enter_async_context(self._read_s3)
             await stack.enter_async_context(self.workload)
             self.agent.apply_stored_logging()
             await self._start_metrics(stack)
@@ -205,7 +198,7 @@ class Core:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """Stop the workers and close the IPC, the metrics server and the AWS clients."""
+        """Stop the workers and close the IPC and the metrics server."""
         self._log.info("core.stopped")
         await self._stack.aclose()
 

@@ -118,7 +118,8 @@ class AwsSecretSource:
             settings: Concurrency, deadline, retries and batching.
             logger: Where to log fetch events; `structlog.get_logger()` if not given.
             session: The aiobotocore session, which decides where credentials come from
-                (`edge.secrets.iot_credentials.aws_session`); botocore's chain if not given.
+                (the fetch process sets the credentials it was given); botocore's chain if
+                not given.
         """
         self.region = region
         self.endpoint_url = endpoint_url
@@ -168,6 +169,11 @@ class AwsSecretSource:
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             await stack.aclose()
+
+    @property
+    def batch_available(self) -> bool:
+        """Whether fetches still use BatchGetSecretValue (false once it was refused)."""
+        return self._batch_available
 
     def _count(self, event_name: str, **_kwargs: object) -> None:
         """Count one request about to be sent (a botocore `before-send` handler)."""

@@ -5,24 +5,25 @@ A Greengrass V1 core never held long-lived AWS keys: it exchanged its X.509 cert
 temporary credentials. The AWS IoT credentials provider does the same for any thing: a GET of
 `https://{endpoint}/role-aliases/{alias}/credentials` over mutual TLS, with the thing's name in
 `x-amzn-iot-thingname`, answers credentials of the IAM role the alias names, valid for up to
-the role's session length. `iot_session` gives aiobotocore a session whose only credential
-source is that exchange, wrapped in botocore's refreshable credentials, so they are renewed
-before they expire (botocore refreshes 15 minutes ahead, and must 10 minutes ahead). They live
-in the core's memory only: never written, never logged.
+the role's session length. `IotCredentialProvider.credentials` keeps the last set in the core's
+memory and exchanges again when it is within `REFRESH_AHEAD` of expiring (botocore's own
+advisory window), so one exchange serves every fetch of that window. The fetch process
+(`edge.secrets.fetcher`) gets them over its stdin pipe, never in its environment or argv,
+which other processes may read in /proc. They are never written, never logged.
+
+This module imports no botocore: it runs in the long-lived core.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
 import ssl
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
+from typing import Final
 
 import aiohttp
-from aiobotocore.credentials import AioCredentialResolver, AioRefreshableCredentials
-from aiobotocore.session import AioSession, get_session
-from botocore.credentials import CredentialProvider
 
 from edge.config import IotCredentialSettings
 from edge.errors import ConfigError, IotCredentialsError
@@ -33,21 +34,36 @@ from edge.secrets.keyref import TokenKeyRef
 EXCHANGE_TIMEOUT_SECONDS = 15.0
 #: Bytes of the provider's answer read at most (a real one is under 2 KB).
 MAX_ANSWER_BYTES = 64 * 1024
+#: Exchange again when the credentials held expire within this (botocore's advisory refresh).
+REFRESH_AHEAD: Final = timedelta(minutes=15)
 
 
-class IotCredentialProvider(CredentialProvider):  # type: ignore[misc] # botocore is untyped
-    """A botocore credential provider that exchanges the thing's certificate for credentials."""
-
-    METHOD = "iot-credentials-provider"
-    CANONICAL_NAME = "IotCredentialsProvider"
+class IotCredentialProvider:
+    """Exchanges the thing's certificate for credentials and keeps the last set in memory."""
 
     def __init__(self, settings: IotCredentialSettings) -> None:
-        super().__init__()
         self._settings = settings
         endpoint = settings.endpoint.rstrip("/")
         self._url = f"{endpoint}/role-aliases/{settings.role_alias}/credentials"
         #: Exchanges made so far (each one a TLS handshake with the thing's certificate).
         self.exchanges = 0
+        self._held: dict[str, str] | None = None
+        self._lock = asyncio.Lock()
+
+    async def credentials(self) -> dict[str, str]:
+        """Credentials valid for at least `REFRESH_AHEAD`, exchanging for new ones if needed.
+
+        Returns:
+            `access_key`, `secret_key`, `token` and `expiry_time` (ISO 8601).
+
+        Raises:
+            IotCredentialsError: The exchange failed; the message says how to fix it.
+        """
+        async with self._lock:
+            held = self._held
+            if held is None or _expires_within(held["expiry_time"], REFRESH_AHEAD):
+                held = self._held = await self.exchange()
+            return held
 
     def _tls(self) -> ssl.SSLContext:
         s = self._settings
@@ -124,33 +140,13 @@ class IotCredentialProvider(CredentialProvider):  # type: ignore[misc] # botocor
                 "the credentials provider's answer is not the documented JSON"
             ) from None
 
-    async def load(self) -> AioRefreshableCredentials:
-        """Botocore's entry point: credentials that make their first exchange when first used.
 
-        aiobotocore loads credentials when a client is created, which the core does at start.
-        An already expired placeholder defers the exchange to the first request, so a core
-        that starts offline still serves its store, and a refused certificate fails the
-        deployment that needed AWS, with the reason, instead of the start.
-        """
-        return AioRefreshableCredentials(
-            access_key="",
-            secret_key="",
-            token="",
-            expiry_time=datetime.fromtimestamp(0, UTC),
-            refresh_using=self.exchange,
-            method=self.METHOD,
-        )
-
-
-def aws_session(iot: IotCredentialSettings | None) -> AioSession:
-    """An aiobotocore session: botocore's usual credential chain, or only the IoT exchange."""
-    session = get_session()
-    if iot is not None:
-        # aiobotocore logs every failed refresh with a traceback before re-raising it; the
-        # core reports the same IotCredentialsError, with its fix, where it matters (the
-        # deployment or refresh that needed AWS), so the traceback would only repeat it.
-        logging.getLogger("aiobotocore.credentials").setLevel(logging.ERROR)
-        session.register_component(
-            "credential_provider", AioCredentialResolver([IotCredentialProvider(iot)])
-        )
-    return session
+def _expires_within(expiry_time: str, window: timedelta) -> bool:
+    """Whether an ISO 8601 expiry falls within `window` from now (unparsable: expired)."""
+    try:
+        expiry = datetime.fromisoformat(expiry_time)
+    except ValueError:
+        return True
+    if expiry.tzinfo is None:
+        expiry = expiry.replace(tzinfo=UTC)
+    return expiry - datetime.now(UTC) < window

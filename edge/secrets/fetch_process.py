@@ -1,0 +1,324 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The core's `SecretSource` and S3 reader: each fetch runs in a short-lived child process.
+
+An AWS SDK is most of a Python core's memory, and a core needs it once a deployment or
+refresh. `ProcessSecretSource` starts `python -m edge.secrets.fetcher` for each fetch or
+describe and talks to it over its stdin and stdout pipes in msgpack frames
+(`edge.secrets.fetch_wire`), so the long-lived core never imports botocore.
+
+What stays as it was in-process:
+
+- One deadline for the whole fetch, process start included: the child's own deadline is what
+  remains of the core's, so it reports how far it got; should it not answer within
+  `ANSWER_GRACE_SECONDS` after that, the core kills it and raises `FetchDeadlineError`.
+- botocore's retries, BatchGetSecretValue and incremental fetch run in the child, unchanged
+  (`AwsSecretSource`); whether BatchGetSecretValue or DescribeSecret was refused carries over
+  from one child to the next, as it did within one source.
+- Errors come back as the same classes with the same attributes, from a closed allow-list. A
+  child that dies without an answer is a `SecretServiceError` naming its exit status.
+- `calls` counts every request the child sends, as it sends it; the refresher's rate limit
+  (`pace`) is awaited here, in the core, at each of the child's requests.
+- Credentials from the IoT credentials provider are exchanged and kept here and cross the
+  stdin pipe; the values fetched cross the stdout pipe. Neither is ever on disk, in the
+  child's environment or in its argv. The child's stderr is relayed to the core's log, through
+  its redactor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+
+from edge.errors import FetchDeadlineError, SecretServiceError
+from edge.secrets import fetch_wire as wire
+from edge.settings import FetchSettings
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+    from structlog.typing import FilteringBoundLogger
+
+    from edge.model import SecretResource
+    from edge.secrets.contents import LocalSecret, SecretVersion
+    from edge.secrets.iot_credentials import IotCredentialProvider
+    from edge.secrets.source import Described
+    from edge.settings import IotCredentialSettings
+
+#: The child's module.
+FETCHER_MODULE: Final = "edge.secrets.fetcher"
+#: An S3 read has no `[fetch]` deadline of its own; this bounds a stuck one.
+S3_DEADLINE_SECONDS: Final = 300.0
+#: How long after the deadline the core waits for the child's own `FetchDeadlineError` (which
+#: says how far it got) before it kills the child.
+ANSWER_GRACE_SECONDS: Final = 0.5
+#: How long the stderr relay may lag behind the child's exit.
+_RELAY_DRAIN_SECONDS: Final = 2.0
+#: Fields of the child's JSON log lines that the core's own logger sets again.
+_OWN_FIELDS: Final = frozenset({"event", "level", "timestamp"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AwsTarget:
+    """Where the child sends its requests, and with which credentials.
+
+    Attributes:
+        region: AWS region.
+        endpoint_url: Another endpoint, such as a local emulator.
+        iot: The IoT credentials provider, if `[aws] credentials = "iot"`; botocore's usual
+            chain (in the child) otherwise.
+    """
+
+    region: str
+    endpoint_url: str | None = None
+    iot: IotCredentialProvider | None = None
+
+    @classmethod
+    def of(
+        cls, region: str, endpoint_url: str | None, iot: IotCredentialSettings | None
+    ) -> AwsTarget:
+        """The target for `[aws]`'s settings."""
+        provider = None
+        if iot is not None:
+            from edge.secrets.iot_credentials import IotCredentialProvider  # noqa: PLC0415
+
+            provider = IotCredentialProvider(iot)
+        return cls(region=region, endpoint_url=endpoint_url, iot=provider)
+
+    async def request(self, op: str) -> dict[str, Any]:
+        """The part of a request every op carries (credentials exchanged here if needed)."""
+        return {
+            "op": op,
+            "region": self.region,
+            "endpoint_url": self.endpoint_url,
+            "credentials": None if self.iot is None else await self.iot.credentials(),
+        }
+
+
+async def run_child(
+    request: Mapping[str, Any],
+    *,
+    deadline: float,
+    log: FilteringBoundLogger,
+    on_call: Callable[[str, int], None] | None = None,
+    pace: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, Any] | None:
+    """Run one child for one request and return its last frame (None if it died without one).
+
+    The child is killed when this returns, raises or is cancelled, whatever state it is in.
+
+    Raises:
+        TimeoutError: `deadline` (a `loop.time()`) passed.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        FETCHER_MODULE,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        limit=wire.MAX_FRAME_BYTES,
+    )
+    if proc.stdin is None or proc.stdout is None or proc.stderr is None:
+        raise RuntimeError("the fetch process was started without its pipes")
+    stdin, frames = proc.stdin, wire.FrameReader(proc.stdout)
+    relay = asyncio.create_task(_relay(proc.stderr, log), name="fetch-stderr")
+    try:
+        async with asyncio.timeout_at(deadline):
+            stdin.write(wire.pack(request))
+            await stdin.drain()
+            while True:
+                frame = await frames.next()
+                if "call" in frame:
+                    if on_call is not None:
+                        on_call(str(frame["call"]), int(frame["n"]))
+                elif "pace" in frame:
+                    if pace is not None:
+                        await pace()
+                    stdin.write(wire.pack({"go": True}))
+                    await stdin.drain()
+                else:
+                    return frame
+    except (EOFError, TypeError, ValueError, BrokenPipeError, ConnectionResetError):
+        # The child died, or wrote something that isn't our frames: no answer.
+        return None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(relay, _RELAY_DRAIN_SECONDS)
+        if proc.returncode not in {0, -9}:
+            log.warning("fetch.process.exited", status=proc.returncode)
+
+
+async def _relay(stderr: asyncio.StreamReader, log: FilteringBoundLogger) -> None:
+    """Log the child's stderr lines; JSON events keep their name, level and fields."""
+    async for raw in stderr:
+        line = raw.decode("utf-8", "replace").rstrip()
+        if not line:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            log.warning("fetch.process.output", line=line)
+            continue
+        level = str(event.get("level", "info"))
+        emit = getattr(log, level, None) if level in {"debug", "info", "warning", "error"} else None
+        fields = {k: v for k, v in event.items() if k not in _OWN_FIELDS}
+        (emit or log.info)(event["event"], **fields)
+
+
+class ProcessSecretSource:
+    """A `SecretSource` that asks Secrets Manager from a short-lived child process.
+
+    It holds nothing open between fetches; concurrent fetches run in separate children.
+
+    Attributes:
+        calls: HTTP requests the children sent, by API operation name, retries included.
+        describe_available: False once DescribeSecret was refused.
+    """
+
+    def __init__(
+        self,
+        target: AwsTarget,
+        *,
+        settings: FetchSettings | None = None,
+        logger: FilteringBoundLogger | None = None,
+    ) -> None:
+        """Configure the source; nothing starts before the first fetch."""
+        self.target = target
+        self.settings = settings or FetchSettings()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.describe_available = True
+        self._batch_available = self.settings.use_batch
+        self._log: FilteringBoundLogger = logger or structlog.get_logger("edge.secrets.fetch")
+
+    async def fetch(
+        self,
+        resources: Sequence[SecretResource],
+        *,
+        held: Mapping[str, Mapping[str, SecretVersion]] | None = None,
+        described: Mapping[str, Described] | None = None,
+        pace: Callable[[], Awaitable[None]] | None = None,
+    ) -> dict[str, LocalSecret]:
+        """Fetch every pair the resources need, all or nothing; see `AwsSecretSource.fetch`.
+
+        Raises:
+            SecretFetchError: As `AwsSecretSource.fetch`, plus a `SecretServiceError` when the
+                child dies without an answer and a `FetchDeadlineError` when it doesn't answer
+                within the deadline (it is then killed).
+        """
+        if not resources:
+            return {}
+        total = sum(len(r.labels) for r in resources)
+        request = {
+            "resources": wire.resources_to_plain(resources),
+            "held": wire.held_to_plain(held),
+            "described": wire.described_to_plain(described),
+        }
+        answer = await self._ask("fetch", request, resources[0].arn, total, pace)
+        return wire.secrets_from_plain(answer)
+
+    async def describe(
+        self, arns: Sequence[str], *, pace: Callable[[], Awaitable[None]] | None = None
+    ) -> tuple[dict[str, Described], dict[str, Any]]:
+        """Say where each secret's labels point; see `AwsSecretSource.describe`."""
+        if not arns:
+            return {}, {}
+        answer = await self._ask("describe", {"arns": list(arns)}, arns[0], len(arns), pace)
+        errors = {str(arn): wire.error_from_plain(e) for arn, e in answer["errors"].items()}
+        return wire.described_from_plain(answer["described"]), errors
+
+    async def _ask(
+        self,
+        op: str,
+        args: dict[str, Any],
+        first_arn: str,
+        total: int,
+        pace: Callable[[], Awaitable[None]] | None,
+    ) -> Any:  # noqa: ANN401 - the answer's shape is the op's
+        seconds = self.settings.deadline_seconds
+        deadline = asyncio.get_running_loop().time() + seconds + ANSWER_GRACE_SECONDS
+        # CLOCK_MONOTONIC is one clock for every process on the machine.
+        ends_at = time.monotonic() + seconds
+        request = await self.target.request(op)
+        settings = dataclasses.replace(self.settings, use_batch=self._batch_available)
+        request.update(
+            args,
+            settings=wire.settings_to_plain(settings),
+            describe_available=self.describe_available,
+            ends_at=ends_at,
+            paced=pace is not None,
+        )
+        try:
+            frame = await run_child(
+                request, deadline=deadline, log=self._log, on_call=self._count, pace=pace
+            )
+        except TimeoutError:
+            self._log.warning("fetch.failed", error="FetchDeadlineError", pairs=total)
+            raise FetchDeadlineError(seconds, 0, total) from None
+        if frame is None:
+            raise SecretServiceError(first_arn, "the fetch process ended without an answer")
+        self._batch_available = bool(frame.get("batch_available", self._batch_available))
+        self.describe_available = bool(frame.get("describe_available", self.describe_available))
+        if "error" in frame:
+            error = wire.error_from_plain(frame["error"])
+            if isinstance(error, FetchDeadlineError):
+                # The child's deadline was what remained of this one.
+                raise FetchDeadlineError(seconds, error.done, error.total)
+            raise error
+        return frame["result"]
+
+    def _count(self, operation: str, n: int) -> None:
+        self.calls[operation] += n
+
+
+class S3ReadError(Exception):
+    """An S3 read failed in the child; `response` has botocore's shape, for the error code."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.response = {"Error": {"Code": code}}
+
+
+class ProcessS3Reader:
+    """Reads function packages from S3 in a short-lived child; call it with (bucket, key)."""
+
+    def __init__(self, target: AwsTarget, *, logger: FilteringBoundLogger | None = None) -> None:
+        self._target = target
+        self._log: FilteringBoundLogger = logger or structlog.get_logger("edge.workers.s3")
+
+    async def __call__(self, bucket: str, key: str) -> bytes:
+        """Return the object's bytes (at most a Lambda package's size).
+
+        Raises:
+            CodeFetchError: The object is larger than a Lambda package may be.
+            S3ReadError: S3 refused or failed the read (its error code), or the child gave
+                no answer.
+            IotCredentialsError: No credentials could be had for the read.
+        """
+        request = await self._target.request("s3")
+        request.update(bucket=bucket, key=key, log_level="warning")
+        deadline = asyncio.get_running_loop().time() + S3_DEADLINE_SECONDS
+        try:
+            frame = await run_child(request, deadline=deadline, log=self._log)
+        except TimeoutError:
+            raise S3ReadError(f"no answer within {S3_DEADLINE_SECONDS:g} s") from None
+        if frame is None:
+            raise S3ReadError("the fetch process ended without an answer")
+        if "error" in frame:
+            raise wire.error_from_plain(frame["error"])
+        data = frame.get("result")
+        if "failed" in frame or not isinstance(data, bytes):
+            raise S3ReadError(str(frame.get("failed", "no bytes in the answer")))
+        return data

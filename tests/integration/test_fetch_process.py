@@ -1,0 +1,199 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The core fetches in a short-lived child process and never imports botocore itself.
+
+The import check reads CPython's own record: with PYTHONPROFILEIMPORTTIME set, a process
+writes one `import time:` line to its stderr for every module it imports, whenever it does.
+The core's stderr is its log file, so a line there that *starts* with `import time:` is an
+import by the core itself; the fetch child's lines reach the same log only inside the core's
+JSON events (its stderr is a pipe the core relays), which is how the test also sees that the
+child did import botocore.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from edge.config import FetchSettings
+from edge.errors import (
+    FetchDeadlineError,
+    SecretNotFoundError,
+    SecretServiceError,
+    StagingLabelNotFoundError,
+)
+from edge.fixtures.core import secret_resource
+from edge.fixtures.services import TEST_REGION, Mosquitto, MotoServer
+from edge.model import SecretResource
+from edge.secrets import fetch_process
+from edge.secrets.fetch_process import AwsTarget, ProcessSecretSource
+from tests.support.env import running_env
+from tests.support.functions import build_package, function, invoke
+
+pytestmark = pytest.mark.network
+
+SDK_PACKAGES = ("botocore", "aiobotocore", "boto3")
+
+
+def imported_by(log_text: str) -> tuple[set[str], set[str]]:
+    """(modules the core imported, modules its relayed children imported), from importtime."""
+    own: set[str] = set()
+    relayed: set[str] = set()
+    for line in log_text.splitlines():
+        if line.startswith("import time:"):
+            own.add(line.rsplit("|", 1)[-1].strip())
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        text = event.get("line") if isinstance(event, dict) else None
+        if isinstance(text, str) and text.startswith("import time:"):
+            relayed.add(text.rsplit("|", 1)[-1].strip())
+    return own, relayed
+
+
+def top_level(modules: set[str]) -> set[str]:
+    return {m.split(".", 1)[0] for m in modules}
+
+
+def test_the_core_never_imports_botocore_through_deployments_with_secrets_and_functions(
+    tmp_path: Path,
+    broker: Mosquitto,
+    moto: MotoServer,
+    sm: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Secrets, file:// and s3:// functions deploy and serve, and the core never loads an SDK.
+
+    The child that fetched did load botocore: the check can see it where it happens.
+    """
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    with running_env(tmp_path, broker, moto, sm) as env:
+        arn_db, _, value_db = env.create_secret("imports/db")
+        env.add_labelled_version(arn_db, "Label1")
+        arn_key, _, _ = env.create_secret("imports/key")
+        path, digest = build_package(tmp_path / "app.zip")
+        s3 = boto3.client("s3", region_name=TEST_REGION, endpoint_url=moto.url)
+        s3.create_bucket(Bucket="functions")
+        s3.put_object(Bucket="functions", Key="app.zip", Body=path.read_bytes())
+        functions = [
+            function(
+                "reader",
+                "app.function_handler",
+                {"Uri": path.as_uri(), "Sha256": digest},
+                policies=["db", "key"],
+            ),
+            function(
+                "ctx",
+                "app.context_fields",
+                {"Uri": "s3://functions/app.zip", "Sha256": digest},
+            ),
+        ]
+        resources = [secret_resource("db", arn_db, ["Label1"]), secret_resource("key", arn_key)]
+        for kind in ("NewDeployment", "Redeployment"):
+            deployment = env.operator.deploy(resources, functions=functions, deployment_type=kind)
+            assert env.operator.final_status(deployment)["DeploymentStatus"] == "Success"
+        assert invoke(env, "reader", {"SecretId": "imports/db"})["SecretString"] == value_db
+        assert invoke(env, "ctx", {})["function_name"] == "ctx"
+        own, relayed = imported_by(env.core.log_text())
+
+    assert "edge.core" in own, "the core's stderr holds no import record: the check is blind"
+    assert top_level(own).isdisjoint(SDK_PACKAGES), sorted(top_level(own) & set(SDK_PACKAGES))
+    assert {"botocore", "aiobotocore"} <= top_level(relayed)
+
+
+def resource(arn: str, *labels: str) -> SecretResource:
+    name = arn.rsplit(":", 1)[-1]
+    return SecretResource(resource_id=f"res-{name}", name=name, arn=arn, additional_labels=labels)
+
+
+def source_on(url: str) -> ProcessSecretSource:
+    return ProcessSecretSource(
+        AwsTarget(region=TEST_REGION, endpoint_url=url), settings=FetchSettings()
+    )
+
+
+async def test_the_childs_answers_errors_and_counts_reach_the_core(moto: MotoServer, sm: Any):
+    """Values, incremental fetch, per-operation counts and the exact error classes cross."""
+    arn = sm.create_secret(Name="child/db", SecretString="child-pw-current")["ARN"]
+    sm.put_secret_value(SecretId=arn, SecretString="child-pw-next", VersionStages=["Label1"])
+    source = source_on(moto.url)
+
+    got = await source.fetch([resource(arn, "Label1")])
+    secret = got[f"res-{arn.rsplit(':', 1)[-1]}"]
+    assert secret.version_for("AWSCURRENT").secret_string == "child-pw-current"
+    assert secret.version_for("Label1").secret_string == "child-pw-next"
+    assert source.calls["BatchGetSecretValue"] == 1
+    assert source.calls["GetSecretValue"] == 1
+
+    held = {arn: dict(secret.versions)}
+    before = source.calls.copy()
+    again = await source.fetch([resource(arn, "Label1")], held=held)
+    assert again == got
+    assert source.calls - before == {"DescribeSecret": 1}
+
+    with pytest.raises(StagingLabelNotFoundError) as label_error:
+        await source.fetch([resource(arn, "NoSuchLabel")])
+    assert (label_error.value.arn, label_error.value.label) == (arn, "NoSuchLabel")
+
+    gone = arn.replace("child/db", "child/gone")
+    with pytest.raises(SecretNotFoundError) as missing:
+        await source.fetch([resource(gone)])
+    assert missing.value.arn == gone
+
+    described, errors = await source.describe([arn, gone])
+    assert set(described[arn].stages) == set(secret.versions)
+    assert isinstance(errors[gone], SecretNotFoundError)
+
+
+async def test_a_child_that_dies_without_an_answer_is_a_service_error(
+    moto: MotoServer, sm: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """A fetch process that can't run fails the fetch with SecretServiceError, naming a secret."""
+    arn = sm.create_secret(Name="child/crash", SecretString="crash-pw")["ARN"]
+    monkeypatch.setattr(fetch_process, "FETCHER_MODULE", "edge.secrets.no_such_fetcher")
+    with pytest.raises(SecretServiceError) as failed:
+        await source_on(moto.url).fetch([resource(arn)])
+    assert failed.value.arn == arn
+    assert "ended without an answer" in str(failed.value)
+    assert failed.value.error_code is None
+
+
+async def test_a_child_that_hangs_is_killed_at_the_deadline(
+    moto: MotoServer, sm: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """A child that never answers fails the fetch at the deadline, and is gone afterwards."""
+    arn = sm.create_secret(Name="child/hang", SecretString="hang-pw")["ARN"]
+    monkeypatch.setattr(fetch_process, "FETCHER_MODULE", "tests.support.hanging_fetcher")
+    relayed: list[str] = []
+    source = ProcessSecretSource(
+        AwsTarget(region=TEST_REGION, endpoint_url=moto.url),
+        settings=FetchSettings(deadline_seconds=1),
+        logger=RecordingLogger(relayed),
+    )
+    started = time.monotonic()
+    with pytest.raises(FetchDeadlineError) as failed:
+        await source.fetch([resource(arn, "Label1")])
+    elapsed = time.monotonic() - started
+    assert (failed.value.deadline_seconds, failed.value.done, failed.value.total) == (1, 0, 2)
+    assert 1 <= elapsed < 1 + fetch_process.ANSWER_GRACE_SECONDS + 1
+    pids = [int(line.split("=", 1)[1]) for line in relayed if "hanging-fetcher-pid=" in line]
+    assert len(pids) == 1
+    assert not Path(f"/proc/{pids[0]}").exists()
+
+
+class RecordingLogger:
+    """Keeps the `line` of every event logged (the child's stderr, relayed)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def _log(self, event: str, **fields: Any) -> None:
+        self.lines.append(str(fields.get("line", event)))
+
+    debug = info = warning = error = _log
