@@ -256,8 +256,8 @@ def _migrate_core(args: argparse.Namespace) -> int:
 
 
 def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
-    from edge.core import STATE_DIR_MODE  # noqa: PLC0415 - see the imports
     from edge.secrets.keys import CoreKey, generate_key  # noqa: PLC0415 - see the imports
+    from edge.statedir import STATE_DIR_MODE  # noqa: PLC0415 - see the imports
 
     state_dir = config.core.state_dir
     if state_dir.exists():
@@ -337,7 +337,7 @@ def _invoke(config: Config, function_arn: str, payload: str, invocation_type: st
 
 
 def _secrets_list(config: Config, *, as_json: bool) -> int:
-    from edge.core import open_store  # noqa: PLC0415 - see the imports
+    from edge.secrets.storefile import open_store  # noqa: PLC0415 - see the imports
 
     contents = open_store(config).load() or StoreContents()
     listing = secrets_listing(contents)

@@ -31,9 +31,7 @@ import asyncio
 import contextlib
 import functools
 import os
-import stat
 import time
-from pathlib import Path
 from typing import Any, Self
 
 from structlog.typing import FilteringBoundLogger
@@ -42,16 +40,14 @@ from edge.audit import AuditLog, audit_path
 from edge.config import Config
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
-from edge.errors import InsecurePermissionsError, StateDirMissingError
 from edge.ipc.limits import raise_open_files_limit
 from edge.log import get_logger
 from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
 from edge.mqtt.link import MqttLink
 from edge.secrets.fetch_process import AwsTarget, ProcessS3Reader, ProcessSecretSource
-from edge.secrets.keys import CoreKey
 from edge.secrets.live import LiveSecrets
 from edge.secrets.refresh import Refresher, refreshed_topic
-from edge.secrets.store import STORE_FILE_NAME, SecretStore
+from edge.secrets.storefile import open_store
 from edge.signing import DeploymentTrust
 from edge.statedir import history_path
 from edge.status import running_report
@@ -59,28 +55,9 @@ from edge.workers.code import LocalCodePolicy
 from edge.workers.sandbox import Sandbox
 from edge.workers.workload import Workload
 
-STATE_DIR_MODE = 0o700
 #: On a requested stop, how long to wait for queued status documents to reach the broker.
 #: Long enough for a healthy broker, short enough for a systemd stop timeout.
 STOP_FLUSH_SECONDS = 3.0
-
-
-def check_state_dir(path: Path, config_path: Path) -> None:
-    """Refuse a missing state directory, or one that others can enter."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise StateDirMissingError(path, config_path) from None
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise InsecurePermissionsError(str(path), mode, STATE_DIR_MODE)
-
-
-def open_store(config: Config) -> SecretStore:
-    """Check the state directory and key, and return the store (not yet loaded)."""
-    check_state_dir(config.core.state_dir, config.path)
-    key = CoreKey.load(config.core.private_key)
-    return SecretStore(path=config.core.state_dir / STORE_FILE_NAME, key=key)
 
 
 def _worker_sandbox(config: Config, log: FilteringBoundLogger) -> Sandbox:
