@@ -52,7 +52,7 @@ from edge.signing import DeploymentTrust
 from edge.statedir import history_path
 from edge.status import running_report
 from edge.workers.code import LocalCodePolicy
-from edge.workers.sandbox import Sandbox
+from edge.workers.sandbox import NamespaceProbe, Sandbox
 from edge.workers.workload import Workload
 
 #: On a requested stop, how long to wait for queued status documents to reach the broker.
@@ -60,9 +60,11 @@ from edge.workers.workload import Workload
 STOP_FLUSH_SECONDS = 3.0
 
 
-def _worker_sandbox(config: Config, log: FilteringBoundLogger) -> Sandbox:
+def _worker_sandbox(
+    config: Config, log: FilteringBoundLogger, probe: NamespaceProbe | None
+) -> Sandbox:
     """The workers' confinement; where the kernel lacks a wall, say so once, loudly."""
-    sandbox = Sandbox.from_config(config)
+    sandbox = Sandbox.from_config(config, probe)
     user = config.workers.default_user
     for level, event, fields in sandbox.notices(
         root=os.geteuid() == 0, default_user=None if user is None else user.name
@@ -84,8 +86,17 @@ class Core:
     Not re-entrant: one `async with` per instance.
     """
 
-    def __init__(self, config: Config, *, logger: FilteringBoundLogger | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        logger: FilteringBoundLogger | None = None,
+        namespace_probe: NamespaceProbe | None = None,
+    ) -> None:
         """Check the state directory and key, and build every part (nothing runs yet).
+
+        `namespace_probe`: the sandbox's kernel probe, if the caller started it already; the
+        sandbox waits for its answer here, before any worker can start.
 
         Raises:
             StateDirMissingError: `edge init` has not been run.
@@ -120,7 +131,7 @@ class Core:
             audit=self.audit,
             code_root=core.code_dir,
             python=config.workers.python,
-            sandbox=_worker_sandbox(config, self._log),
+            sandbox=_worker_sandbox(config, self._log, namespace_probe),
             default_user=config.workers.default_user,
             publish_cloud=functools.partial(self.link.publish, qos=0),
             set_cloud_subscriptions=self.link.set_extra_subscriptions,
