@@ -17,6 +17,9 @@ the same run, each side with a core of its own started from its own checkout:
 * worker memory: the V1 runtime running a handler that imports nothing, and one whose module
   imports greengrasssdk and makes a client.
 
+The memory is measured one side after the other; the times last, interleaved (baseline, this,
+baseline, ...), each side's core started on the store its memory runs left, refresh off.
+
 The core logs at the default level (info). Timings and memory are read from /proc and the
 clock, never from the core's own reports. Run:
 
@@ -30,6 +33,7 @@ checkout (its directory first on PYTHONPATH).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import statistics
@@ -116,6 +120,8 @@ class Side:
     source: Path
     memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    #: Its core, stopped, with the functions deployed: for the timed runs.
+    core: CoreProcess | None = None
 
 
 @dataclass
@@ -270,23 +276,9 @@ def measure_side(side: Side, world: World, args: argparse.Namespace) -> None:
             for name in codes:
                 pid = json.loads(run_cli(side, *invoke, function_arn(name))[1])["pid"]
                 side.memory[f"worker: {name}"] = memory(pid)
-            listing = ("secrets", "list", "--json", "--config", str(config))
-            side.times["edge secrets list --json"] = statistics.median(
-                run_cli(side, *listing)[0] for _ in range(args.repeat)
-            )
-            side.times["edge invoke (running)"] = statistics.median(
-                run_cli(side, *invoke, function_arn("plain"))[0] for _ in range(args.repeat)
-            )
             for _ in range(args.deployments - 1):
                 deploy(operator, world, functions)
             side.memory[f"{args.deployments} deployments"] = settled_memory(core)
-        starts = []
-        for _ in range(args.restarts):
-            started = core.count("core.started")
-            starts.append(first_answer(core, side, root / "state"))
-            core.wait_for_event("core.started", timeout=60, after=started)
-            core.stop()
-        side.times["start to first answer"] = statistics.median(starts)
         write_core_config(
             config,
             world,
@@ -306,6 +298,44 @@ def measure_side(side: Side, world: World, args: argparse.Namespace) -> None:
             side.memory[f"{args.refreshes} refreshes"] = settled_memory(core)
     finally:
         operator.close()
+    # The timed runs: refresh off again, so that no fetch child competes with them.
+    write_core_config(config, world, thing)
+    side.core = core
+
+
+def measure_times(sides: list[Side], args: argparse.Namespace) -> None:
+    """Start times and CLI wall times, interleaved (baseline, this, baseline, ...)."""
+    cores = {side.name: side.core for side in sides if side.core is not None}
+    starts: dict[str, list[float]] = {name: [] for name in cores}
+    for _ in range(args.restarts):
+        for side in sides:
+            core = cores[side.name]
+            started = core.count("core.started")
+            starts[side.name].append(first_answer(core, side, core.config.parent / "state"))
+            core.wait_for_event("core.started", timeout=60, after=started)
+            core.stop()
+    cli: dict[str, dict[str, list[float]]] = {name: {} for name in cores}
+    with contextlib.ExitStack() as stack:
+        for side in sides:
+            stack.enter_context(running(cores[side.name]))
+        for side in sides:
+            # Untimed: the worker has answered once, as a function already running has.
+            config = str(cores[side.name].config)
+            run_cli(side, "invoke", "--config", config, "--function-arn", function_arn("plain"))
+        for _ in range(args.repeat):
+            for side in sides:
+                config = str(cores[side.name].config)
+                invoke = ("invoke", "--config", config, "--payload", "{}", "--function-arn")
+                calls = {
+                    "edge secrets list --json": ("secrets", "list", "--json", "--config", config),
+                    "edge invoke (running)": (*invoke, function_arn("plain")),
+                }
+                for key, call in calls.items():
+                    cli[side.name].setdefault(key, []).append(run_cli(side, *call)[0])
+    for side in sides:
+        for key, runs in cli[side.name].items():
+            side.times[key] = statistics.median(runs)
+        side.times["start to first answer"] = statistics.median(starts[side.name])
 
 
 def report(sides: list[Side], args: argparse.Namespace) -> None:
@@ -354,6 +384,8 @@ def main() -> None:
         for side in sides:
             print(f"measuring {side.name} ({side.source}) ...", file=sys.stderr)
             measure_side(side, world, args)
+        print("timing, interleaved ...", file=sys.stderr)
+        measure_times(sides, args)
     report(sides, args)
     if args.keep:
         print(f"\nwork directory: {workdir}", file=sys.stderr)

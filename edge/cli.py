@@ -256,8 +256,8 @@ def _migrate_core(args: argparse.Namespace) -> int:
 
 
 def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
-    from edge.core import STATE_DIR_MODE  # noqa: PLC0415 - see the imports
     from edge.secrets.keys import CoreKey, generate_key  # noqa: PLC0415 - see the imports
+    from edge.statedir import STATE_DIR_MODE  # noqa: PLC0415 - see the imports
 
     state_dir = config.core.state_dir
     if state_dir.exists():
@@ -289,6 +289,11 @@ def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
 
 
 def _run(config: Config) -> int:
+    from edge.workers.sandbox import NamespaceProbe  # noqa: PLC0415 - see the imports
+
+    # The sandbox's kernel probe is a child process: it starts while the core's modules
+    # import, and `Core` waits for its answer before any worker can start.
+    probe = None if config.workers.sandbox == "off" else NamespaceProbe.for_config(config)
     from edge.core import Core  # noqa: PLC0415 - see the imports
     from edge.eventloop import choose_event_loop  # noqa: PLC0415 - see the imports
     from edge.hardening import forbid_memory_access  # noqa: PLC0415 - see the imports
@@ -304,7 +309,7 @@ def _run(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with Core(config) as core:
+        async with Core(config, namespace_probe=probe) as core:
             # What start-up made (modules, config, the store's index) lives as long as the
             # core: out of the collector's sight, a full collection costs microseconds, not
             # the tens of milliseconds it would stall the IPC for.
@@ -337,7 +342,7 @@ def _invoke(config: Config, function_arn: str, payload: str, invocation_type: st
 
 
 def _secrets_list(config: Config, *, as_json: bool) -> int:
-    from edge.core import open_store  # noqa: PLC0415 - see the imports
+    from edge.secrets.storefile import open_store  # noqa: PLC0415 - see the imports
 
     contents = open_store(config).load() or StoreContents()
     listing = secrets_listing(contents)

@@ -31,9 +31,7 @@ import asyncio
 import contextlib
 import functools
 import os
-import stat
 import time
-from pathlib import Path
 from typing import Any, Self
 
 from structlog.typing import FilteringBoundLogger
@@ -42,50 +40,31 @@ from edge.audit import AuditLog, audit_path
 from edge.config import Config
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
-from edge.errors import InsecurePermissionsError, StateDirMissingError
 from edge.ipc.limits import raise_open_files_limit
 from edge.log import get_logger
 from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
 from edge.mqtt.link import MqttLink
 from edge.secrets.fetch_process import AwsTarget, ProcessS3Reader, ProcessSecretSource
-from edge.secrets.keys import CoreKey
 from edge.secrets.live import LiveSecrets
 from edge.secrets.refresh import Refresher, refreshed_topic
-from edge.secrets.store import STORE_FILE_NAME, SecretStore
+from edge.secrets.storefile import open_store
 from edge.signing import DeploymentTrust
 from edge.statedir import history_path
 from edge.status import running_report
 from edge.workers.code import LocalCodePolicy
-from edge.workers.sandbox import Sandbox
+from edge.workers.sandbox import NamespaceProbe, Sandbox
 from edge.workers.workload import Workload
 
-STATE_DIR_MODE = 0o700
 #: On a requested stop, how long to wait for queued status documents to reach the broker.
 #: Long enough for a healthy broker, short enough for a systemd stop timeout.
 STOP_FLUSH_SECONDS = 3.0
 
 
-def check_state_dir(path: Path, config_path: Path) -> None:
-    """Refuse a missing state directory, or one that others can enter."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise StateDirMissingError(path, config_path) from None
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise InsecurePermissionsError(str(path), mode, STATE_DIR_MODE)
-
-
-def open_store(config: Config) -> SecretStore:
-    """Check the state directory and key, and return the store (not yet loaded)."""
-    check_state_dir(config.core.state_dir, config.path)
-    key = CoreKey.load(config.core.private_key)
-    return SecretStore(path=config.core.state_dir / STORE_FILE_NAME, key=key)
-
-
-def _worker_sandbox(config: Config, log: FilteringBoundLogger) -> Sandbox:
+def _worker_sandbox(
+    config: Config, log: FilteringBoundLogger, probe: NamespaceProbe | None
+) -> Sandbox:
     """The workers' confinement; where the kernel lacks a wall, say so once, loudly."""
-    sandbox = Sandbox.from_config(config)
+    sandbox = Sandbox.from_config(config, probe)
     user = config.workers.default_user
     for level, event, fields in sandbox.notices(
         root=os.geteuid() == 0, default_user=None if user is None else user.name
@@ -107,8 +86,17 @@ class Core:
     Not re-entrant: one `async with` per instance.
     """
 
-    def __init__(self, config: Config, *, logger: FilteringBoundLogger | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        logger: FilteringBoundLogger | None = None,
+        namespace_probe: NamespaceProbe | None = None,
+    ) -> None:
         """Check the state directory and key, and build every part (nothing runs yet).
+
+        `namespace_probe`: the sandbox's kernel probe, if the caller started it already; the
+        sandbox waits for its answer here, before any worker can start.
 
         Raises:
             StateDirMissingError: `edge init` has not been run.
@@ -143,7 +131,7 @@ class Core:
             audit=self.audit,
             code_root=core.code_dir,
             python=config.workers.python,
-            sandbox=_worker_sandbox(config, self._log),
+            sandbox=_worker_sandbox(config, self._log, namespace_probe),
             default_user=config.workers.default_user,
             publish_cloud=functools.partial(self.link.publish, qos=0),
             set_cloud_subscriptions=self.link.set_extra_subscriptions,

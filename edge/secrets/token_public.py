@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -91,6 +90,8 @@ def _public_key_from_token(
         point = _ec_point(bytes(obj[attr.EC_POINT]))
         if point is not None:
             return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    from cryptography import x509  # noqa: PLC0415 - slow to import, certificates only
+
     for obj in session.get_objects({**match, attr.CLASS: pkcs11.ObjectClass.CERTIFICATE}):
         cert_key = x509.load_der_x509_certificate(bytes(obj[attr.VALUE])).public_key()
         if isinstance(cert_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
@@ -128,6 +129,8 @@ def _load_public_key_file(
     loaded: object
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
+            from cryptography import x509  # noqa: PLC0415 - slow to import, certificates only
+
             loaded = x509.load_pem_x509_certificate(data).public_key()
         else:
             loaded = serialization.load_pem_public_key(data)

@@ -32,10 +32,16 @@ SandboxMode = Literal["auto", "required", "off"]
 #: Where the `edge` package (the worker runtime included) is imported from: on every worker's
 #: path, read-only to all of them.
 EDGE_ROOT = Path(__file__).resolve().parents[2]
+#: How long the namespace probe's child may take before the wall counts as missing.
+PROBE_TIMEOUT_SECONDS = 30
 
 
 def _real(path: Path) -> str:
     return os.path.realpath(path)
+
+
+def _resolved(paths: tuple[Path, ...]) -> tuple[str, ...]:
+    return tuple(sorted({_real(p) for p in paths}))
 
 
 def aws_credential_paths() -> tuple[Path, ...]:
@@ -74,27 +80,63 @@ _SECCOMP_FIX = "run a kernel with seccomp filters (CONFIG_SECCOMP_FILTER)"
 _SECCOMP_MISSING = "the seccomp filter module is missing"
 
 
-def probe_namespace(hidden: tuple[str, ...]) -> tuple[str, str]:
-    """Try a worker's namespace step in a throwaway child: (how it enters, '') or ('', why not).
+class NamespaceProbe:
+    """A worker's namespace step tried in a throwaway child, started now and read later.
 
     A child, since the step can't be undone in the core itself; the core's own interpreter,
-    since only the kernel and the core's uid matter.
+    since only the kernel and the core's uid matter. `edge run` starts it before it imports
+    the core's modules, so the child's start-up overlaps theirs; `Sandbox.create` reads it.
     """
-    kind = AS_ROOT if os.geteuid() == 0 else AS_USER
-    try:
-        done = subprocess.run(
-            [sys.executable, "-S", "-P", "-m", "edge.child.mountns", "probe", kind, *hidden],
-            capture_output=True,
-            text=True,
-            env={"PYTHONPATH": str(EDGE_ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return "", f"the probe could not run: {exc}"
-    if done.returncode == 0:
-        return kind, ""
-    return "", done.stdout.strip() or done.stderr.strip()[-300:] or f"status {done.returncode}"
+
+    def __init__(self, hidden: tuple[str, ...]) -> None:
+        """Start the child for the (resolved) `hidden` paths; don't wait for it."""
+        self.hidden = hidden
+        self.kind = AS_ROOT if os.geteuid() == 0 else AS_USER
+        self._child: subprocess.Popen[str] | None = None
+        self._failed = ""
+        try:
+            self._child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-S",
+                    "-P",
+                    "-m",
+                    "edge.child.mountns",
+                    "probe",
+                    self.kind,
+                    *hidden,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={"PYTHONPATH": str(EDGE_ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            )
+        except OSError as exc:
+            self._failed = f"the probe could not run: {exc}"
+
+    @classmethod
+    def for_config(cls, config: Config) -> NamespaceProbe:
+        """The probe `Sandbox.from_config(config)` would run."""
+        return cls(_resolved(hidden_paths(config)))
+
+    def result(self) -> tuple[str, str]:
+        """Wait for the child: (how a worker enters, '') or ('', why it can't)."""
+        if self._child is None:
+            return "", self._failed
+        try:
+            stdout, stderr = self._child.communicate(timeout=PROBE_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired as exc:
+            self._child.kill()
+            self._child.communicate()
+            return "", f"the probe could not run: {exc}"
+        if self._child.returncode == 0:
+            return self.kind, ""
+        return "", stdout.strip() or stderr.strip()[-300:] or f"status {self._child.returncode}"
+
+
+def probe_namespace(hidden: tuple[str, ...]) -> tuple[str, str]:
+    """Try a worker's namespace step in a throwaway child: (how it enters, '') or ('', why not)."""
+    return NamespaceProbe(hidden).result()
 
 
 def _namespace_fix() -> str:
@@ -140,12 +182,16 @@ class Sandbox:
         protected: tuple[Path, ...],
         writable: tuple[Path, ...],
         reachable: tuple[Path, ...] = (),
+        probe: NamespaceProbe | None = None,
     ) -> Sandbox:
-        """Resolve the paths and probe the kernel; `required` without every wall is an error."""
+        """Resolve the paths and probe the kernel; `required` without every wall is an error.
+
+        `probe`, one already started, serves if it tried exactly these hidden paths.
+        """
         interpreters = {Path(sys.prefix), Path(sys.base_prefix), EDGE_ROOT}
         sandbox = cls(
             mode=mode,
-            hidden=tuple(sorted({_real(p) for p in hidden})),
+            hidden=_resolved(hidden),
             protected=tuple(sorted({_real(p) for p in (*protected, *interpreters)})),
             writable=tuple(sorted({_real(p) for p in writable})),
             reachable=tuple(sorted({_real(p) for p in reachable})),
@@ -153,7 +199,10 @@ class Sandbox:
         )
         if mode == "off":
             return sandbox
-        namespace, problem = probe_namespace(sandbox.hidden)
+        if probe is not None and probe.hidden == sandbox.hidden:
+            namespace, problem = probe.result()
+        else:
+            namespace, problem = probe_namespace(sandbox.hidden)
         sandbox = replace(
             sandbox,
             abi=landlock_abi(),
@@ -172,9 +221,10 @@ class Sandbox:
         return sandbox
 
     @classmethod
-    def from_config(cls, config: Config) -> Sandbox:
+    def from_config(cls, config: Config, probe: NamespaceProbe | None = None) -> Sandbox:
         """The core's sandbox: its own secrets hidden, code and interpreters read-only."""
         return cls.create(
+            probe=probe,
             mode=config.workers.sandbox,
             hidden=hidden_paths(config),
             protected=(config.core.code_dir, config.workers.python.parent),

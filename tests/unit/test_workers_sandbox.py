@@ -28,7 +28,7 @@ from edge.child.privileges import ConfinementError
 from edge.config import WorkerUser, load_config
 from edge.errors import ConfigError, SandboxUnavailableError, WorkerUserError
 from edge.workers.process import check_worker_users, worker_user
-from edge.workers.sandbox import Sandbox, hidden_paths, probe_namespace
+from edge.workers.sandbox import NamespaceProbe, Sandbox, hidden_paths, probe_namespace
 from edge.workers.spec import CodeRef, FunctionSpec, RunAs
 from tests.support.users import checkout_reachable, python_for
 
@@ -527,3 +527,21 @@ async def test_a_user_who_cannot_run_the_interpreter_or_read_the_code_is_named(
     assert "set [workers] python" in message
     # The core's own workers (no RunAs, no default_user) aren't checked: root runs anything.
     await check_worker_users([(spec("a"), code)], python=private / "python", default_user=None)
+
+
+def test_a_probe_started_early_answers_for_its_own_paths_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edge run` starts the kernel probe before the core builds its sandbox: same answer.
+
+    A probe of other paths is not taken for this sandbox's: the sandbox probes its own.
+    """
+    config = load_config(workers_config(tmp_path, 'sandbox = "auto"'))
+    in_place = Sandbox.from_config(config)
+    assert Sandbox.from_config(config, NamespaceProbe.for_config(config)) == in_place
+    other = NamespaceProbe((str(tmp_path / "elsewhere"),))
+    monkeypatch.setattr(
+        "edge.workers.sandbox.probe_namespace", lambda _hidden: ("", "probed in place")
+    )
+    assert Sandbox.from_config(config, other).namespace_problem == "probed in place"
+    other.result()
