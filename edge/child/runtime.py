@@ -130,16 +130,20 @@ def serve(
 
 
 def confine_and_open_code() -> None:
-    """Apply the core's confinement plan, then put the function's code first on sys.path.
+    """Apply the core's confinement plan, then the deferred variables and the code's path.
 
-    In this order, so that nothing from the code directory is imported while the worker is
-    still unconfined.
+    In this order, so that nothing from the code directory is imported, and no PYTHON* variable
+    of the deployment's is set, while the worker is still unconfined.
     """
     plan = os.environ.pop("EDGE_SANDBOX", None)
     if plan:
         from edge.child.confine import confine  # noqa: PLC0415 - only when asked
 
         confine(json.loads(plan))
+    # The deployment's PYTHON* variables that the interpreter would have acted on at start.
+    deferred = os.environ.pop("EDGE_DEFERRED_ENV", None)
+    if deferred:
+        os.environ.update(json.loads(deferred))
     code_dir = os.environ.get("EDGE_CODE_DIR")
     if code_dir:
         sys.path.insert(0, code_dir)

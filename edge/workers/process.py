@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import pwd
 import signal
@@ -66,8 +67,17 @@ _RESERVED_ENV = frozenset(
         "EDGE_MEMORY_KB",
         "EDGE_CODE_DIR",
         "EDGE_SANDBOX",
+        "EDGE_DEFERRED_ENV",
         "PYTHONPATH",
     }
+)
+#: The PYTHON* variables a deployment may hand the worker's interpreter as it starts: none of
+#: them loads code or moves the standard library. Any other (PYTHONHOME, PYTHONSTARTUP,
+#: PYTHONWARNINGS, whose categories name modules to import, ...) would act before the worker
+#: is confined and has left root, so the runtime sets those only once it is confined: the
+#: function and its children see them, the worker's own interpreter never acts on them.
+_INTERPRETER_SAFE_ENV: Final = frozenset(
+    {"PYTHONIOENCODING", "PYTHONUTF8", "PYTHONHASHSEED", "PYTHONFAULTHANDLER", "PYTHONUNBUFFERED"}
 )
 
 
@@ -127,7 +137,15 @@ def worker_environment(
     sandbox_plan: str | None = None,
 ) -> dict[str, str]:
     """The V1 environment of a worker, plus what the runtime needs to start."""
-    env = {k: v for k, v in spec.variables.items() if k not in _RESERVED_ENV}
+    variables = {k: v for k, v in spec.variables.items() if k not in _RESERVED_ENV}
+    deferred = {
+        k: v
+        for k, v in variables.items()
+        if k.startswith("PYTHON") and k not in _INTERPRETER_SAFE_ENV
+    }
+    env = {k: v for k, v in variables.items() if k not in deferred}
+    if deferred:
+        env["EDGE_DEFERRED_ENV"] = json.dumps(deferred)
     env.update(
         {
             **_base_environment(),

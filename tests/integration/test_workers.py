@@ -113,6 +113,28 @@ def test_context_and_v1_environment(env: Env, package: dict[str, Any]) -> None:
     assert fields["aws_request_id"]
 
 
+def test_python_variables_reach_the_function_but_not_the_interpreters_start(
+    env: Env, package: dict[str, Any]
+) -> None:
+    """PYTHON* variables that act at interpreter start are set only once the worker is confined.
+
+    PYTHONHOME pointing nowhere would stop the interpreter from starting at all, and a
+    PYTHONWARNINGS category names a module to import: both would act before the worker is
+    confined and leaves root. The function still sees both in its environment.
+    """
+    variables = {
+        "PYTHONHOME": "/nonexistent/edge-python-home",
+        "PYTHONWARNINGS": "error::edge_no_such_module.Warning",
+        "GREETING": "hi",
+    }
+    fn = function("ctx", "app.context_fields", package, variables=variables)
+    env.operator.wait_status(env.operator.deploy(functions=[fn]), "Success")
+    fields = invoke(env, "ctx", {})
+    assert fields["PYTHONHOME"] == "/nonexistent/edge-python-home"
+    assert fields["PYTHONWARNINGS"] == "error::edge_no_such_module.Warning"
+    assert fields["GREETING"] == "hi"
+
+
 def test_timeout_crash_error_and_memory_limit(env: Env, package: dict[str, Any]) -> None:
     """Timeouts and crashes are Unhandled with a reason, a raise is Handled, memory is bounded."""
     functions = [

@@ -49,6 +49,8 @@ def context_fields(event, context):
         "SECRETS_MANAGER_FUNCTION_ARN": os.environ.get("SECRETS_MANAGER_FUNCTION_ARN"),
         "GGC_MAX_INTERFACE_VERSION": os.environ.get("GGC_MAX_INTERFACE_VERSION"),
         "GREETING": os.environ.get("GREETING"),
+        "PYTHONHOME": os.environ.get("PYTHONHOME"),
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS"),
         "has_token": bool(os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")),
         "event": event,
     }
