@@ -24,6 +24,7 @@ demo: install
 ## PostgreSQL: the server on 127.0.0.1:5432, else one .ci/install-postgresql starts.
 test: install lint typecheck
 	bash .ci/install-mosquitto
+	bash .ci/install-tools
 	bash .ci/install-softhsm
 	bash .ci/install-pkcs11-provider
 	@# A short base directory: xdist nests each worker's files one level deeper, and the demo's

@@ -59,9 +59,9 @@ def test_the_quick_start_steps_deploy_a_secret_as_written(
     tmp_path: Path, broker: Mosquitto, moto: MotoServer
 ) -> None:
     """Run the steps verbatim: the deployment ends in Success, retained on the status topic."""
-    missing = [tool for tool in ("aws", "jq", "mosquitto_sub") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"the quick start needs {', '.join(missing)}, not installed here")
+    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    missing = [tool for tool in ("aws", "jq", "mosquitto_sub") if not shutil.which(tool, path=path)]
+    assert not missing, f"the quick start needs {', '.join(missing)}: bash .ci/install-tools"
     _, steps = quick_start_blocks()
     ports = {
         BROKER_ADDRESS: f"127.0.0.1:{broker.port}",
@@ -74,7 +74,7 @@ def test_the_quick_start_steps_deploy_a_secret_as_written(
     script = _substitute(steps, ports).replace(".venv/bin/", f"{BIN}/")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PATH": path,
         "HOME": str(work),  # no ~/.aws of this machine
         "AWS_DEFAULT_REGION": AWS_TEST_ENV.get("AWS_DEFAULT_REGION", "us-east-1"),
     }
