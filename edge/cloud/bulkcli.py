@@ -24,7 +24,6 @@ from edge.cloud.bulk.state import BulkState
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database, open_database
 from edge.cloud.ids import Arns
-from edge.cloud.publisher import Publisher
 from edge.log import get_logger
 from edge.signing import load_signing_key
 
@@ -145,27 +144,16 @@ async def _run_and_watch(config: CloudConfig, db: Database, bulk_id: str) -> Bul
     """Run the bulk deployment here, following the cores' reports, and show its progress."""
     # Imported here: the drain and the follower are the service's, and only `--wait` needs them.
     from edge.cloud.serve.dbthread import DatabaseThread  # noqa: PLC0415
-    from edge.cloud.serve.drain import Drain  # noqa: PLC0415
-    from edge.cloud.serve.follow import follow_statuses, following  # noqa: PLC0415
+    from edge.cloud.serve.drain import outbox_drain, replica_publisher  # noqa: PLC0415
+    from edge.cloud.serve.follow import follow_statuses  # noqa: PLC0415
 
     log = get_logger("cloud.bulk")
     signing_key = load_signing_key(config.cloud.signing_key)
     async with (
         DatabaseThread(lambda: open_database(config)) as thread,
-        Publisher(
-            config.mqtt,
-            config.pacing,
-            logger=log,
-            following=following(config.mqtt, config.pacing.shared_group),
-        ) as publisher,
+        replica_publisher(config, log) as publisher,
     ):
-        drain = Drain(
-            thread,
-            publisher,
-            lease_seconds=config.cloud.outbox_lease_seconds,
-            poll_seconds=config.cloud.outbox_poll_seconds,
-            log=log,
-        )
+        drain = outbox_drain(config, thread, publisher, log)
         store = SqlBulkStore(thread.call)
         runner = BulkRunner(
             store=store,

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections.abc import Callable
 from typing import Final
 
 from structlog.typing import FilteringBoundLogger
 
 from edge.cloud import outbox
+from edge.cloud.config import CloudConfig
 from edge.cloud.publisher import Publisher
 from edge.cloud.serve.dbthread import DatabaseThread
+from edge.cloud.serve.follow import following
 from edge.errors import BrokerError, CloudDatabaseError
 
 #: Rows one claim takes at most: enough to keep the publisher's window full between claims.
@@ -123,3 +126,32 @@ class Drain:
             self.sent += len(ids)
             for deployment_id in ids:
                 self._log.info("cloud.deployment.published", deployment_id=deployment_id)
+
+
+def replica_publisher(
+    config: CloudConfig,
+    log: FilteringBoundLogger,
+    *,
+    observer: Callable[[str], None] | None = None,
+) -> Publisher:
+    """A process's one MQTT connection: it publishes what the drain claims and follows statuses."""
+    return Publisher(
+        config.mqtt,
+        config.pacing,
+        logger=log,
+        following=following(config.mqtt, config.pacing.shared_group),
+        observer=observer,
+    )
+
+
+def outbox_drain(
+    config: CloudConfig, db: DatabaseThread, publisher: Publisher, log: FilteringBoundLogger
+) -> Drain:
+    """The process's outbox drain, with the lease and the poll `[cloud]` sets."""
+    return Drain(
+        db,
+        publisher,
+        lease_seconds=config.cloud.outbox_lease_seconds,
+        poll_seconds=config.cloud.outbox_poll_seconds,
+        log=log,
+    )

@@ -17,7 +17,6 @@ from edge.cloud.bulk.sqlstore import SqlBulkStore
 from edge.cloud.config import CloudConfig, ServeSettings
 from edge.cloud.db import open_database
 from edge.cloud.ids import Arns
-from edge.cloud.publisher import Publisher
 from edge.cloud.serve.app import Service, build_app
 from edge.cloud.serve.auth import Verifier, load_secret_keys
 from edge.cloud.serve.connections import (
@@ -28,8 +27,8 @@ from edge.cloud.serve.connections import (
 )
 from edge.cloud.serve.context import Context
 from edge.cloud.serve.dbthread import DatabaseThread
-from edge.cloud.serve.drain import Drain
-from edge.cloud.serve.follow import Health, follow_statuses, following
+from edge.cloud.serve.drain import outbox_drain, replica_publisher
+from edge.cloud.serve.follow import Health, follow_statuses
 from edge.cloud.serve.metrics import ServeCollector, ServeCounts, metrics_server
 from edge.cloud.serve.routes import Router
 from edge.errors import ConfigError
@@ -88,23 +87,11 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
     counts = ServeCounts()
     async with (
         DatabaseThread(lambda: open_database(config)) as db,
-        Publisher(
-            config.mqtt,
-            config.pacing,
-            logger=log,
-            following=following(config.mqtt, config.pacing.shared_group),
-            observer=counts.publisher_event,
-        ) as publisher,
+        replica_publisher(config, log, observer=counts.publisher_event) as publisher,
     ):
         health = Health(publisher.connected)
         loop_db = open_database(config)
-        drain = Drain(
-            db,
-            publisher,
-            lease_seconds=config.cloud.outbox_lease_seconds,
-            poll_seconds=config.cloud.outbox_poll_seconds,
-            log=log,
-        )
+        drain = outbox_drain(config, db, publisher, log)
         bulk = replica.supervisor(
             config,
             SqlBulkStore(db.call),
