@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(
             "status",
             help="the core's connection, last deployment and refusal, store and workers "
-            "(exit 0 running and connected, 1 running but not connected, 3 not running)",
+            "(exit 0 running and connected, 1 running but not connected, 3 not running, "
+            "2 this user may not ask the core)",
         )
     )
     status.add_argument("--json", action="store_true", help="print JSON")

@@ -6,10 +6,17 @@ Also the operator's way in for other commands that ask the running core (`edge s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from edge.errors import CoreNotRunningError, InvokeRefusedError, IpcCallError, IpcConnectionError
+from edge.errors import (
+    CoreNotRunningError,
+    CoreUnreachableError,
+    InvokeRefusedError,
+    IpcCallError,
+    IpcConnectionError,
+)
 from edge.ipc.client import IpcClient
 from edge.ipc.protocol import OP_INVOKE
 from edge.statedir import ADMIN_TOKEN_FILE, ipc_dir, ipc_socket_path
@@ -40,7 +47,8 @@ def operator_call(
     """Call the running core as its operator (the token it writes at start).
 
     Raises:
-        CoreNotRunningError: No core serves this state directory (or its token is unreadable).
+        CoreNotRunningError: No core serves this state directory.
+        CoreUnreachableError: This user may not read the operator token the core wrote.
         IpcCallError: The core refused the call.
     """
     try:
@@ -48,9 +56,7 @@ def operator_call(
     except FileNotFoundError:
         raise CoreNotRunningError(state_dir, "its operator token is missing") from None
     except PermissionError:
-        raise CoreNotRunningError(
-            state_dir, "its operator token is not readable by this user"
-        ) from None
+        raise CoreUnreachableError(state_dir, os.getuid()) from None
     client = IpcClient(str(ipc_socket_path(state_dir)), token)
     try:
         return client.call(op, args, timeout=timeout)

@@ -358,6 +358,21 @@ class CoreNotRunningError(EdgeError):
         )
 
 
+class CoreUnreachableError(EdgeError):
+    """This user may not read the core's operator token, so may not ask the core anything.
+
+    Distinct from `CoreNotRunningError`: the core may well be running; this user can't tell.
+    """
+
+    def __init__(self, state_dir: Path, uid: int) -> None:
+        self.state_dir = state_dir
+        super().__init__(
+            f"this user (uid {uid}) may not read the operator token of the core of state "
+            f"directory {state_dir}, so it can't ask the core (nor tell whether it runs); run "
+            f"the command as the core's user or as root"
+        )
+
+
 class InvokeRefusedError(EdgeError):
     """The core refused the invocation (unknown function, bad arguments)."""
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from edge.fixtures.services import Mosquitto, MotoServer
 from tests.support.env import Env
 from tests.support.faults import fetch_table, running_core
 from tests.support.functions import code_of, function, function_arn, invoke
-from tests.support.users import checkout_reachable, python_for
+from tests.support.users import checkout_reachable, python_or_skip, shared_directory
 
 pytestmark = pytest.mark.network
 
@@ -63,23 +61,19 @@ def core_with(
 @contextlib.contextmanager
 def nobody_core(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Iterator[Env]:
     """A running root core whose workers run as nobody, code in a directory nobody can read."""
-    python = python_for(NOBODY)
-    if python is None:
-        pytest.skip("no Python of this version that nobody can run: apt-get install python3.11")
-    code_dir = Path(tempfile.mkdtemp(prefix="edge-code-", dir="/var/tmp"))
-    code_dir.chmod(0o755)
-    try:
-        with core_with(
+    python = python_or_skip(NOBODY)
+    with (
+        shared_directory("edge-code-") as code_dir,
+        core_with(
             tmp_path,
             broker,
             moto,
             sm,
             workers=f'python = "{python}"\ndefault_user = "nobody"',
             code_dir=str(code_dir),
-        ) as env:
-            yield env
-    finally:
-        shutil.rmtree(code_dir)
+        ) as env,
+    ):
+        yield env
 
 
 @pytest.fixture
@@ -166,12 +160,8 @@ def test_a_run_as_worker_that_cannot_start_names_the_user_and_what_to_change(
     fails. Opened again, the function answers.
     """
     closed, sandbox = case
-    usable = python_for(NOBODY)
-    if usable is None:
-        pytest.skip("no Python of this version that nobody can run: apt-get install python3.11")
-    scratch = Path(tempfile.mkdtemp(prefix="edge-runas-", dir="/var/tmp"))
-    try:
-        scratch.chmod(0o755)
+    usable = python_or_skip(NOBODY)
+    with shared_directory("edge-runas-") as scratch:
         home = scratch / "home"  # a home such as pyenv's, under /root
         home.mkdir(mode=0o755)
         python = home / "python"
@@ -217,8 +207,6 @@ def test_a_run_as_worker_that_cannot_start_names_the_user_and_what_to_change(
             assert (logged["user"], logged["python"]) == (user, str(python))
             gate.chmod(0o755)
             assert invoke(env, "ctx", {})["function_name"] == "ctx"
-    finally:
-        shutil.rmtree(scratch)
 
 
 @needs_root

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
+import sysconfig
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from edge.fixtures.core import edge_cli, next_created_at, secret_resource
 from edge.signing import seal
 from tests.support.env import Env
 from tests.support.functions import code_of, function, function_arn
+from tests.support.users import REPO, checkout_reachable, python_or_skip, shared_directory
 
 pytestmark = pytest.mark.network
 
@@ -121,3 +125,40 @@ def test_a_core_without_its_broker_runs_but_is_not_healthy(env: Env) -> None:
     env.core.wait_for_event("mqtt.connected", after=1, timeout=30)
     assert status_json(env)[0] == 0
     env.operator.connect()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as another user")
+def test_a_user_who_may_not_read_the_token_is_told_so_not_that_the_core_is_stopped(
+    env: Env,
+) -> None:
+    """As nobody, beside a running root core: exit 2 and what to do, never "not running"."""
+    nobody = pwd.getpwnam("nobody")
+    python = python_or_skip(nobody)
+    # What an operator account has: a config it can read (no PIN in it), the core's state
+    # directory 0700 and root's.
+    with shared_directory("edge-status-") as shared, checkout_reachable():
+        state_dir = env.config.parent / "state"
+        text = env.config.read_text().replace('state_dir = "state"', f'state_dir = "{state_dir}"')
+        config = shared / "core.toml"
+        config.write_text(text)
+        config.chmod(0o644)
+        site_packages = sysconfig.get_paths()["purelib"]
+        result = subprocess.run(
+            [python, "-m", "edge", "status", "--config", str(config)],
+            user=nobody.pw_uid,
+            group=nobody.pw_gid,
+            extra_groups=[],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{site_packages}"},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    env.cli_output.append(result.stdout + result.stderr)
+    assert result.returncode == 2, result.stderr
+    assert f"this user (uid {nobody.pw_uid}) may not read the operator token" in result.stderr
+    assert "as the core's user or as root" in result.stderr
+    assert "not running" not in result.stdout + result.stderr
+    # The core it couldn't ask runs on, and still answers its own user.
+    assert status_json(env)[0] == 0

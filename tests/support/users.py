@@ -11,8 +11,11 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 #: The repository: workers of another user import `edge` (and the venv's packages) from here.
 REPO = Path(__file__).resolve().parents[2]
@@ -65,3 +68,27 @@ def checkout_reachable() -> Iterator[None]:
         finally:
             for directory, mode in reversed(changed):
                 os.chmod(directory, mode)
+
+
+def python_or_skip(user: pwd.struct_passwd) -> str:
+    """`python_for(user)`, or skip the test saying how to get one."""
+    python = python_for(user)
+    if python is None:
+        pytest.skip(
+            f"no Python of this version that {user.pw_name} can run: apt-get install python3.11"
+        )
+    return python
+
+
+@contextlib.contextmanager
+def shared_directory(prefix: str) -> Iterator[Path]:
+    """A new 0755 directory under /var/tmp, removed afterwards.
+
+    For files another user must reach: pytest's tmp_path lies under a 0700 directory.
+    """
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    try:
+        directory.chmod(0o755)
+        yield directory
+    finally:
+        shutil.rmtree(directory)
