@@ -3,7 +3,8 @@
 `greengrasssdk` routes everything through `Lambda.Client._invoke_internal`, which calls
 `post_work(function_arn, payload, client_context, invocation_type)` and then
 `get_work_result(function_arn, invocation_id)`. V1 sent both to the daemon over HTTP; here
-`post_work` makes one IPC call through `edge.child.function.call` (the worker's one client),
+`post_work` makes one IPC call through `edge.child.function.answer` (the worker's one client,
+and its cache of answers: a repeated `get_secret_value` makes no round trip),
 chosen by the target ARN (the secrets manager and router system functions become native
 operations), and keeps the answer until `get_work_result` collects it.
 """
@@ -135,7 +136,7 @@ class IPCClient:
 def _call(op: str, args: dict[str, Any]) -> dict[str, Any]:
     # The worker's one client and connection, shared with `edge.child.function`'s callers.
     try:
-        return function.call(op, args)
+        return function.answer(op, args)
     except IpcConnectionError as exc:
         raise IPCException(str(exc)) from None
 
