@@ -160,7 +160,10 @@ class Workload:
         Returns once every cache acknowledged or its worker is dead, so the deployment or
         refresh that committed reports its outcome only when no stale answer can be served.
         """
-        late = await self.services.invalidations.invalidate(ACK_TIMEOUT_SECONDS)
+        invalidations = self.services.invalidations
+        watches = invalidations.watches
+        late = await invalidations.invalidate(ACK_TIMEOUT_SECONDS)
+        self._log.info("caches.invalidated", seq=invalidations.seq, watches=watches, late=len(late))
         if late:
             await self.manager.restart_workers(
                 {identity.function_arn: identity.pid for identity in late},
