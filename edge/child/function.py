@@ -112,8 +112,13 @@ def _watch_client() -> IpcClient:
 
 
 # A worker that runs as another user only has the connection the core handed it (EDGE_IPC_FD):
-# it can't open the watch's, so it doesn't cache.
-_cache = AnswerCache(None if os.environ.get("EDGE_IPC_FD") else _watch_client)
+# it can't open the watch's, so it doesn't cache. A function whose every read must reach the
+# core (and its audit) sets EDGE_ANSWER_CACHE=off in its environment variables.
+_cache = AnswerCache(
+    None
+    if os.environ.get("EDGE_IPC_FD") or os.environ.get("EDGE_ANSWER_CACHE") == "off"
+    else _watch_client
+)
 
 
 def answer(op: str, args: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:

@@ -25,4 +25,3 @@ def read(event, context):
         except Exception as exc:  # the SDK's own SecretsManagerError
             return {"error": type(exc).__name__, "message": str(exc), "pid": os.getpid()}
     return {"values": sorted(seen), "pid": os.getpid(), "cached": answers_cached()}
-
