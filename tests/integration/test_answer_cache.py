@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from edge.audit import audit_path, read_entries
-from edge.fixtures.core import secret_resource
+from edge.fixtures.core import edge_cli, secret_resource
 from tests.support.env import Env
 from tests.support.functions import code_of, function, invoke
 from tests.support.leaks import LEAKS
@@ -94,6 +94,13 @@ def test_repeated_reads_stay_in_the_worker_until_a_change_reaches_it(
         (first_id, 199, "allowed")
     ]
     assert all(e["function_arn"].endswith(":reader:1") for e in reported)
+    table = edge_cli("secrets", "audit", "--config", str(env.config), "--function", "reader")
+    assert table.returncode == 0, table.stderr
+    assert [row.split()[-2:] for row in table.stdout.splitlines() if first_id in row] == [
+        ["allowed", "2"],  # the core's: the read before the watch, and the first after
+        ["allowed*", "199"],
+    ]
+    assert "cache of answers" in table.stdout
 
     # A deployment that revokes the grant: the next read fails.
     dep = env.operator.deploy(resources, functions=_functions(tmp_path, pinned=False, reads=False))
