@@ -129,7 +129,9 @@ class AnswerCache:
         if ticket < 0:
             return
         with self._lock:
-            if ticket != self._generation:
+            # Off since the ticket was taken (the watch broke) also fails: off bumps it too, but
+            # a ticket read across that change may hold the new generation.
+            if ticket != self._generation or not self._on:
                 return
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()

@@ -164,12 +164,15 @@ class Workload:
         watches = invalidations.watches
         late = await invalidations.invalidate(ACK_TIMEOUT_SECONDS)
         self._log.info("caches.invalidated", seq=invalidations.seq, watches=watches, late=len(late))
-        if late:
-            await self.manager.restart_workers(
-                {identity.function_arn: identity.pid for identity in late},
-                f"its cache of answers did not acknowledge a change within "
-                f"{ACK_TIMEOUT_SECONDS:g} s",
-            )
+        if not late:
+            return
+        reason = f"its cache of answers acknowledged no change within {ACK_TIMEOUT_SECONDS:g} s"
+        pids = {identity.function_arn: identity.pid for identity in late}
+        try:
+            await self.manager.restart_workers(pids, reason)
+        except Exception:  # noqa: BLE001 - logged; the commit is made
+            # The commit is made and must be reported; a worker left running is logged here.
+            self._log.exception("caches.restart_failed", functions=sorted(pids))
 
     def _revoke(self, token: str) -> None:
         self.ipc.revoke(token)
