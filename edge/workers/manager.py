@@ -301,10 +301,12 @@ class WorkerManager:
         for function_arn, pid in pids.items():
             runner = self._runners.get(function_arn)
             worker = None if runner is None else runner.worker
-            if worker is None or worker.exited.is_set() or (pid is not None and worker.pid != pid):
+            if runner is None or worker is None or worker.exited.is_set():
                 continue
+            if pid is not None and worker.pid != pid:
+                continue  # that worker is gone already; this one started after the change
             self._log.warning("worker.killed", function_arn=function_arn, reason=reason)
-            doomed.append(runner.restart_now(worker, reason))  # type: ignore[union-attr]
+            doomed.append(runner.restart_now(worker, reason))
         await asyncio.gather(*doomed)
 
     async def close(self) -> None:
