@@ -142,6 +142,8 @@ def test_a_worker_that_does_not_acknowledge_is_restarted_before_the_change_is_re
     killed = env.core.count("worker.killed")
     env.operator.wait_status(env.operator.deploy(resources, functions=functions), "Success")
     assert env.core.count("worker.killed") == killed + 1
+    events = env.core.events()
+    assert _last(events, "worker.killed") < _last(events, "deploy.complete")
     with pytest.raises(ProcessLookupError):
         os.kill(after["pid"], 0)
     assert invoke(env, "reader", read)["values"] == [second]
