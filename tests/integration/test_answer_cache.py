@@ -69,7 +69,9 @@ def test_repeated_reads_stay_in_the_worker_until_a_change_reaches_it(
     assert invoke(env, "reader", read)["values"] == [first]
     assert invoke(env, "reader", {**read, "times": 0, "wait_cached": True})["cached"] is True
 
-    before = value(scrape(env), V1_READS)
+    before = scrape(env)
+    assert value(before, "edge_ipc_cache_watches") == 1
+    before = value(before, V1_READS)
     answer = invoke(env, "reader", {**read, "times": 200})
     assert answer["values"] == [first]
     # One read reached the core (the first since the cache was on); 199 never left the worker.
@@ -83,6 +85,9 @@ def test_repeated_reads_stay_in_the_worker_until_a_change_reaches_it(
     assert invalidated < _last(events, "refresh.rotated")
     assert (events[invalidated]["watches"], events[invalidated]["late"]) == (1, 0)
     assert invoke(env, "reader", {**read, "times": 5})["values"] == [second]
+    samples = scrape(env)
+    assert value(samples, "edge_ipc_cache_invalidations_total") >= 1
+    assert value(samples, "edge_ipc_cache_unacknowledged_total") == 0
 
     # The 199 reads the cache served were reported with the acknowledgement, and audited.
     deadline = time.monotonic() + 10
