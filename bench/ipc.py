@@ -29,9 +29,14 @@ it unsigned with one pinned function per client (bench/functions/sdk_loop.py zip
 `--seconds` from a common start time and answers its latencies, its own CPU time and the core's
 CPU ticks (/proc) over the window. The "client" of that mode is the worker process.
 
-Targets: the native client at least 5x the baseline's throughput at 1 and 4 clients,
-p99 <= 100 us with one client, <= 15 us of core CPU per request; through greengrasssdk at least
-3x the baseline's throughput.
+Through greengrasssdk, repeated reads are answered by the worker's cache of answers
+(`edge.child.cache`) and first reads are round trips to the core: the `sdk-first` mode is a
+second function with its cache off (`EDGE_ANSWER_CACHE=off`), so every read is a first read.
+
+Targets: repeated reads through greengrasssdk at least 10x the baseline's throughput, unpinned,
+p99 <= 100 us; first reads (p50) within 10% of the bare round trip; the native client at least
+5x the baseline's throughput at 1 and 4 clients, p99 <= 100 us with one client, <= 15 us of
+core CPU per request.
 
 Run: `.venv/bin/python bench/ipc.py [--seconds 3] [--clients 1,4] [--repeat 3] [--pin] [--sdk]`.
 """
@@ -61,13 +66,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.ipc.client import IpcClient
 from edge.ipc.protocol import OP_GET_SECRET_VALUE
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 THROUGHPUT_RATIO_TARGET = 5.0
-SDK_THROUGHPUT_RATIO_TARGET = 3.0
+SDK_THROUGHPUT_RATIO_TARGET = 10.0
+#: A first read (a round trip through the SDK) may take this much longer than a bare one.
+FIRST_READ_OVER_BARE = 1.10
 P99_TARGET_US = 100.0
 SERVER_CPU_TARGET_US = 15.0
 SECRET_NAME = "bench/db-password"
@@ -83,9 +89,10 @@ ANSWER: dict[str, Any] = {
 SECRETS = {SECRET_NAME: ANSWER, ANSWER["ARN"]: ANSWER}
 WARMUP_CALLS = 500
 TITLES = {
-    "ipc": "native IpcClient",
+    "ipc": "native first reads: edge.child.function, cache missed, one round trip",
     "http": "**baseline**: aiohttp + http.client",
-    "sdk": "greengrasssdk in a function, real core",
+    "sdk": "**greengrasssdk, repeated reads** (worker cache)",
+    "sdk-first": "greengrasssdk, first reads (cache off: every read to the core)",
     "bare": "reference: bare msgpack over a Unix socket",
 }
 #: The issue's reference machine: a bare round trip cost ~8 µs of server CPU where the core's
@@ -97,6 +104,11 @@ SDK_FUNCTION_FILE = BENCH_DIR / "functions" / "sdk_loop.py"
 SDK_HANDLER = "sdk_loop.function_handler"
 SDK_ACCOUNT = "123456789012"
 SDK_RESOURCE_ID = "bench-secret"
+#: The secrets manager system function's ARN, as the core gives workers.
+SECRETS_MANAGER_ARN = "arn:aws:lambda:::function:GGSecretManager:1"
+#: Calls per timed batch in the breakdown, and batches (the median batch is kept).
+BREAKDOWN_CALLS = 2000
+BREAKDOWN_BATCHES = 51
 #: Time between starting the `edge invoke`s and the common start of their loops: each CLI
 #: process needs ~0.7 s of CPU to start, and the handler warms up first.
 SDK_START_SLACK_SECONDS = 2.0
@@ -118,6 +130,12 @@ def parse_args() -> argparse.Namespace:
         help="pin both servers to one CPU and a lone client to that same CPU (runs with "
         "several clients stay unpinned): takes a hypervisor's cross-CPU wake-up cost out of "
         "the one-client figures",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time each layer of a cached greengrasssdk read (in one worker-like process "
+        "served by the bench's IPC server), unpinned",
     )
     parser.add_argument(
         "--sdk",
@@ -288,17 +306,96 @@ def client_loop(call: Any, seconds: float) -> None:
     print(json.dumps({"latencies_ns": latencies, "cpu_seconds": cpu}), flush=True)
 
 
+def worker_environment(socket_path: str, token: str, *, cache: bool) -> None:
+    """Make this process look like a worker to `edge.child.function` (import it after)."""
+    os.environ["EDGE_IPC_SOCKET"] = socket_path
+    os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = token
+    os.environ["SECRETS_MANAGER_FUNCTION_ARN"] = SECRETS_MANAGER_ARN
+    # greengrasssdk answers from a mock unless it runs as a function.
+    os.environ["MY_FUNCTION_ARN"] = f"arn:aws:lambda:us-east-1:{SDK_ACCOUNT}:function:bench:1"
+    os.environ["EDGE_ANSWER_CACHE"] = "on" if cache else "off"
+
+
 def run_ipc_client(socket_path: str, token: str, seconds: float) -> None:
-    """A worker-like process calling get_secret_value in a loop."""
-    client = IpcClient(socket_path, token)
+    """A worker-like process reading through `edge.child.function` with its cache off.
+
+    Every read then takes the path of a first read: the cache is consulted and missed, then one
+    round trip on the worker's shared `IpcClient`.
+    """
+    worker_environment(socket_path, token, cache=False)
+    from edge.child.function import answer  # noqa: PLC0415
+
     args = {"SecretId": SECRET_NAME, "VersionStage": "AWSCURRENT"}
 
     def call() -> None:
-        if client.call(OP_GET_SECRET_VALUE, args)["Name"] != SECRET_NAME:
+        if answer(OP_GET_SECRET_VALUE, args)["Name"] != SECRET_NAME:
             raise RuntimeError("wrong answer")
 
     client_loop(call, seconds)
-    client.close()
+
+
+def run_breakdown(socket_path: str, token: str) -> None:
+    """Time each layer of a cached greengrasssdk read in this process; print µs per call.
+
+    The process is a worker to the bench's IPC server (the core's own handler, watches
+    included): its cache turns on as in a real worker. Each layer is timed alone, so the
+    differences say where a cached read's microseconds go.
+    """
+    worker_environment(socket_path, token, cache=True)
+    sys.path.insert(0, str(REPO / "edge" / "child" / "compat"))
+    import greengrasssdk  # noqa: PLC0415
+    from greengrass_ipc_python_sdk.ipc_client import IPCClient  # noqa: PLC0415
+
+    from edge.child import function  # noqa: PLC0415
+    from edge.child.cache import cache_key  # noqa: PLC0415
+    from edge.ipc.protocol import OP_GET_SECRET_VALUE_V1  # noqa: PLC0415
+
+    sdk = greengrasssdk.client("secretsmanager")
+    sdk.get_secret_value(SecretId=SECRET_NAME)  # the first read: starts the watch
+    deadline = time.monotonic() + 10
+    while not function.answers_cached() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not function.answers_cached():
+        raise RuntimeError("the cache did not turn on")
+    sdk.get_secret_value(SecretId=SECRET_NAME)  # a miss, now stored
+    payload = json.dumps({"SecretId": SECRET_NAME}).encode()
+    args = {"Payload": payload}
+    compat = IPCClient()
+    cache = function._cache  # noqa: SLF001 - timing the layer itself
+    key = cache_key(OP_GET_SECRET_VALUE_V1, args)
+    answer_json = function.answer(OP_GET_SECRET_VALUE_V1, args)["Payload"]
+
+    def through_compat() -> None:
+        compat.get_work_result(SECRETS_MANAGER_ARN, compat.post_work(SECRETS_MANAGER_ARN, payload))
+
+    layers = {
+        "greengrasssdk get_secret_value (cache hit), whole call": lambda: sdk.get_secret_value(
+            SecretId=SECRET_NAME
+        ),
+        "compat IPCClient post_work + get_work_result (cache hit)": through_compat,
+        "edge.child.function.answer (cache hit)": lambda: function.answer(
+            OP_GET_SECRET_VALUE_V1, args
+        ),
+        "cache_key + AnswerCache.lookup": lambda: cache.lookup(
+            cache_key(OP_GET_SECRET_VALUE_V1, args)
+        ),
+        "AnswerCache.lookup alone (dict get + read count)": lambda: cache.lookup(key),
+        "json.loads of the answer (the SDK's own parse)": lambda: json.loads(answer_json),
+        "miss bookkeeping: ticket + store (lock)": lambda: cache.store(
+            cache.ticket(), key, {"Payload": answer_json}
+        ),
+    }
+    clock = time.perf_counter_ns
+    # Layers interleaved batch by batch, so a change in the machine's load hits them alike.
+    batches: dict[str, list[float]] = {name: [] for name in layers}
+    for _ in range(BREAKDOWN_BATCHES):
+        for name, call in layers.items():
+            start = clock()
+            for _ in range(BREAKDOWN_CALLS):
+                call()
+            batches[name].append((clock() - start) / BREAKDOWN_CALLS / 1000)
+    results = {name: sorted(times)[len(times) // 2] for name, times in batches.items()}
+    print(json.dumps(results), flush=True)
 
 
 def run_bare_client(socket_path: str, seconds: float) -> None:
@@ -360,7 +457,7 @@ class Run:
 class Mode:
     """A server and a client count, with its runs."""
 
-    kind: str  # "ipc", "http", "sdk" or "bare"
+    kind: str  # "ipc", "http", "sdk", "sdk-first" or "bare"
     clients: int
     runs: list[Run] = field(default_factory=list)
 
@@ -461,7 +558,11 @@ def build_sdk_package(path: Path) -> tuple[Path, str]:
 
 
 def sdk_function(index: int, code: dict[str, str], timeout_seconds: int) -> dict[str, Any]:
-    """A pinned V1 function object running the benchmark handler, granted the secret."""
+    """A pinned V1 function object running the benchmark handler, granted the secret.
+
+    Function 0 runs with its cache of answers off (`EDGE_ANSWER_CACHE=off`): every read is a
+    round trip to the core, as a first read of each version is.
+    """
     return {
         "Id": f"sdk-loop-{index}",
         "FunctionArn": function_arn(index),
@@ -473,7 +574,7 @@ def sdk_function(index: int, code: dict[str, str], timeout_seconds: int) -> dict
             "Handler": SDK_HANDLER,
             "Code": code,
             "Environment": {
-                "Variables": {},
+                "Variables": {"EDGE_ANSWER_CACHE": "off"} if index == 0 else {},
                 "ResourceAccessPolicies": [{"ResourceId": SDK_RESOURCE_ID, "Permission": "ro"}],
             },
         },
@@ -609,7 +710,7 @@ def sdk_core(workdir: Path, functions: int, seconds: float, cpu: int | None) -> 
             timeout = int(seconds + SDK_START_SLACK_SECONDS) + 120
             deployment = operator.deploy(
                 [secret_resource(SDK_RESOURCE_ID, arn)],
-                functions=[sdk_function(i, code, timeout) for i in range(1, functions + 1)],
+                functions=[sdk_function(i, code, timeout) for i in range(functions + 1)],
             )
             status = operator.final_status(deployment, timeout=60)
             if status["DeploymentStatus"] != "Success":
@@ -619,7 +720,7 @@ def sdk_core(workdir: Path, functions: int, seconds: float, cpu: int | None) -> 
                 config=config, pid=core.proc.pid, functions=functions, log_path=core.log_path
             )
             # A first call of each: the workers are up, granted, and answer as expected.
-            for index in range(1, functions + 1):
+            for index in range(functions + 1):
                 answer = world.call(
                     index, {"SecretId": SECRET_NAME, "seconds": 0, "warmup": 10}, timeout=60
                 )
@@ -632,8 +733,13 @@ def sdk_core(workdir: Path, functions: int, seconds: float, cpu: int | None) -> 
                 core.stop()
 
 
-def measure_sdk(world: SdkCore, clients: int, seconds: float, *, pin: bool) -> Run:
-    """Invoke `clients` functions at once, each timing its own SDK calls from a common start."""
+def measure_sdk(
+    world: SdkCore, clients: int, seconds: float, *, pin: bool, first: bool = False
+) -> Run:
+    """Invoke `clients` functions at once, each timing its own SDK calls from a common start.
+
+    With `first`, the one function whose cache is off (function 0; one client only).
+    """
     if pin and clients == 1:
         cpus = sorted(os.sched_getaffinity(world.pid))
     else:
@@ -647,8 +753,11 @@ def measure_sdk(world: SdkCore, clients: int, seconds: float, *, pin: bool) -> R
         "cpus": cpus,
         "core_pid": world.pid,
     }
-    procs = [world.invoke(index, event) for index in range(1, clients + 1)]
+    indexes = [0] if first else range(1, clients + 1)
+    procs = [world.invoke(index, event) for index in indexes]
     results = [finish_invoke(proc, slack + seconds + 120, world.log_path) for proc in procs]
+    if any(r["cached"] is not (not first) for r in results):
+        raise RuntimeError(f"a function's cache of answers is not {'off' if first else 'on'}")
     for result in results:
         if result["late_ms"] > 0:
             print(
@@ -715,10 +824,17 @@ def report(args: argparse.Namespace, modes: list[Mode], loops: dict[str, str]) -
         )
         if mode.kind == "sdk":
             verdicts.append(
-                f"through greengrasssdk >= {SDK_THROUGHPUT_RATIO_TARGET:g}x baseline at "
-                f"{mode.clients} client(s): {ratio:.2f}x -> "
+                f"repeated reads through greengrasssdk >= {SDK_THROUGHPUT_RATIO_TARGET:g}x "
+                f"baseline at {mode.clients} client(s): {ratio:.2f}x -> "
                 f"{'met' if ratio >= SDK_THROUGHPUT_RATIO_TARGET else 'NOT met'}"
             )
+            if mode.clients == 1:
+                verdicts.append(
+                    f"repeated reads p99 <= {P99_TARGET_US:g} µs with 1 client: "
+                    f"{run.p99_us:.1f} -> {'met' if run.p99_us <= P99_TARGET_US else 'NOT met'}"
+                )
+        if mode.kind in {"sdk-first", "ipc"} and mode.clients in bare:
+            verdicts.append(first_read_verdict(mode, bare[mode.clients]))
         if mode.kind != "ipc":
             continue
         verdicts.append(
@@ -746,6 +862,35 @@ def report(args: argparse.Namespace, modes: list[Mode], loops: dict[str, str]) -
     print()
     for line in verdicts:
         print(f"- {line}")
+    if "breakdown" in loops:
+        report_breakdown(json.loads(loops["breakdown"]))
+
+
+def first_read_verdict(mode: Mode, bare: Run) -> str:
+    """First reads against the bare round trip (p50).
+
+    The target is for the native path; the greengrasssdk path also carries the SDK's own code
+    and V1's JSON, cache or none.
+    """
+    over = mode.median.p50_us / bare.p50_us
+    what = (
+        "first reads through greengrasssdk (SDK code and V1 JSON included)"
+        if mode.kind == "sdk-first"
+        else "first reads through edge.child.function"
+    )
+    return (
+        f"{what} within {FIRST_READ_OVER_BARE - 1:.0%} of the bare round trip (p50) at "
+        f"{mode.clients} client(s): {over:.2f}x -> "
+        f"{'met' if over <= FIRST_READ_OVER_BARE else 'NOT met'}"
+    )
+
+
+def report_breakdown(layers: dict[str, float]) -> None:
+    """Print where a cached read's microseconds go, layer by layer."""
+    print("\n| layer of a cached read through greengrasssdk | µs per call (median batch) |")
+    print("|---|---:|")
+    for name, micros in layers.items():
+        print(f"| {name} | {micros:.2f} |")
 
 
 def play_role(role: str, rest: list[str]) -> None:
@@ -762,6 +907,8 @@ def play_role(role: str, rest: list[str]) -> None:
         run_bare_server(rest[0], rest[1] == "1")
     elif role == "_bare-client":
         run_bare_client(rest[0], float(rest[1]))
+    elif role == "_breakdown":
+        run_breakdown(rest[0], rest[1])
 
 
 def core_loop_name() -> str:
@@ -769,6 +916,20 @@ def core_loop_name() -> str:
     from edge.eventloop import choose_event_loop  # noqa: PLC0415
 
     return choose_event_loop("auto").name
+
+
+def breakdown(socket_path: str, token: str) -> str:
+    """Run the breakdown's worker-like process against the IPC server; its JSON line."""
+    done = subprocess.run(
+        [sys.executable, __file__, "_breakdown", socket_path, token],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the breakdown failed:\n{done.stderr}")
+    return done.stdout
 
 
 def conduct(args: argparse.Namespace, modes: list[Mode], workdir: Path) -> dict[str, str]:
@@ -796,9 +957,15 @@ def conduct(args: argparse.Namespace, modes: list[Mode], workdir: Path) -> dict[
                 os.sched_setaffinity(proc.pid, {first_cpu})
         for repeat in range(args.repeat):
             for mode in modes:
-                if mode.kind == "sdk":
+                if mode.kind.startswith("sdk"):
                     assert world is not None  # noqa: S101 - started above for sdk modes
-                    run = measure_sdk(world, mode.clients, args.seconds, pin=args.pin)
+                    run = measure_sdk(
+                        world,
+                        mode.clients,
+                        args.seconds,
+                        pin=args.pin,
+                        first=mode.kind == "sdk-first",
+                    )
                 else:
                     if mode.kind == "ipc":
                         pid, client = ipc.pid, ["_ipc-client", socket_path, token]
@@ -820,6 +987,8 @@ def conduct(args: argparse.Namespace, modes: list[Mode], workdir: Path) -> dict[
         loops = {"ipc": ipc_info["loop"], "http": web_info["loop"]}
         if world is not None:
             loops["sdk"] = core_loop_name()
+        if args.breakdown:
+            loops["breakdown"] = breakdown(socket_path, token)
         return loops
 
 
@@ -830,8 +999,9 @@ def main() -> None:
         return
     args = parse_args()
     counts = [int(n) for n in args.clients.split(",")]
-    kinds = ("ipc", "http", "sdk", "bare") if args.sdk else ("ipc", "http", "bare")
-    modes = [Mode(kind, n) for n in counts for kind in kinds]
+    kinds = ("sdk", "http", "sdk-first", "bare", "ipc") if args.sdk else ("http", "bare", "ipc")
+    # First reads (every read a round trip) are compared with the bare round trip at 1 client.
+    modes = [Mode(kind, n) for n in counts for kind in kinds if kind != "sdk-first" or n == 1]
     workdir = Path(tempfile.mkdtemp(prefix="edge-ipc-bench-"))
     try:
         loops = conduct(args, modes, workdir)

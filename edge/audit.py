@@ -15,6 +15,12 @@ worker thread so the loop never waits on the disk. Past `max_bytes` the file is 
 `audit.jsonl.1` … `audit.jsonl.{backups}` (the oldest is dropped), like logrotate. Appends are
 fsynced: an entry that was flushed survives a power cut; a crash loses at most the last
 interval's counts.
+
+Reads a worker served from its own cache of answers (`edge.child.cache`) never reach the core:
+the worker counts them and reports them in batches, and they are recorded here with
+`"self_reported": true`. Only what the function was granted at the time is recorded, but the
+counts are the worker's word: a hostile function already holds the value and can skip the
+report. A worker's first read of each version always reaches the core and is recorded as before.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ class AuditLog:
         self._pending: dict[_Key, list[Any]] = {}
         # Allowed reads, keyed as `record_read` gets them; turned into entries at flush.
         self._reads: dict[tuple[str, tuple[str, str, str], str], list[Any]] = {}
+        # Reads workers served from their caches and reported (`record_reported`).
+        self._reported: dict[tuple[str, tuple[str, str, str], str], list[Any]] = {}
 
     @property
     def path(self) -> Path:
@@ -97,6 +105,28 @@ class AuditLog:
                 self._reads[key] = [1, now, now]
         else:
             seen[0] += 1
+            seen[2] = now
+
+    def record_reported(
+        self, function_arn: str, ids: tuple[str, str, str], label: str, count: int
+    ) -> None:
+        """Count `count` allowed reads a worker served from its own cache and reported.
+
+        Args:
+            function_arn: The reader.
+            ids: (secret name, resource id, version id) of what was read.
+            label: The staging label asked for ("" when asked by version id).
+            count: How many reads the worker reported.
+        """
+        if not self._enabled:
+            return
+        now = time.time()
+        key = (function_arn, ids, label)
+        seen = self._reported.get(key)
+        if seen is None:
+            self._reported[key] = [count, now, now]
+        else:
+            seen[0] += count
             seen[2] = now
 
     def record(
@@ -149,11 +179,15 @@ class AuditLog:
         """Append what was counted since the last flush."""
         pending, self._pending = self._pending, {}
         reads, self._reads = self._reads, {}
+        reported, self._reported = self._reported, {}
         for (function_arn, (name, resource_id, version_id), label), seen in reads.items():
             pending[function_arn, name, resource_id, label, version_id, ALLOWED] = seen
-        if not pending:
+        if not pending and not reported:
             return
-        lines = b"".join(_entry_line(key, seen) for key, seen in pending.items())
+        lines = b"".join(_entry_line(key, seen) for key, seen in pending.items()) + b"".join(
+            _entry_line((arn, name, rid, label, vid, ALLOWED), seen, self_reported=True)
+            for (arn, (name, rid, vid), label), seen in reported.items()
+        )
         try:
             await asyncio.to_thread(self._append, lines)
         except OSError as exc:
@@ -200,7 +234,7 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
-def _entry_line(key: _Key, seen: list[Any]) -> bytes:
+def _entry_line(key: _Key, seen: list[Any], *, self_reported: bool = False) -> bytes:
     function_arn, secret_id, resource_id, label, version_id, outcome = key
     count, first, last = seen
     entry = {
@@ -214,6 +248,8 @@ def _entry_line(key: _Key, seen: list[Any]) -> bytes:
         "outcome": outcome,
         "count": count,
     }
+    if self_reported:
+        entry["self_reported"] = True
     return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
 
 
@@ -269,7 +305,15 @@ def matches(entry: dict[str, Any], *, since: datetime | None, function: str | No
 
 
 #: The fields that make two entries the same read, told apart only by when and how often.
-SUMMARY_KEY: Final = ("function_arn", "secret_id", "resource_id", "label", "version_id", "outcome")
+SUMMARY_KEY: Final = (
+    "function_arn",
+    "secret_id",
+    "resource_id",
+    "label",
+    "version_id",
+    "outcome",
+    "self_reported",
+)
 
 
 def summarize(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -400,7 +400,7 @@ def _secrets_audit(
             str(e.get("secret_id", "")),
             str(e.get("label", "")),
             str(e.get("version_id", "")),
-            str(e.get("outcome", "")),
+            str(e.get("outcome", "")) + ("*" if e.get("self_reported") else ""),
             str(e.get("count", "")),
         )
         for e in summarize(entries)
@@ -408,6 +408,8 @@ def _secrets_audit(
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if any(e.get("self_reported") for e in entries):
+        print("* reads a worker served from its cache of answers, as the worker reported them")
     return 0
 
 

@@ -253,6 +253,7 @@ class CoreCollector:
     def _ipc_metrics(self) -> Iterable[Metric]:
         from prometheus_client.core import (  # noqa: PLC0415 - [metrics] listen only
             CounterMetricFamily,
+            GaugeMetricFamily,
             HistogramMetricFamily,
         )
 
@@ -284,6 +285,22 @@ class CoreCollector:
         for event, n in sorted(ipc.connections.items()):
             connections.add_metric([event], n)
         yield connections
+        invalidations = self._services.invalidations
+        yield GaugeMetricFamily(
+            "edge_ipc_cache_watches",
+            "Workers whose cache of answers is on (they hold a watch)",
+            value=invalidations.watches,
+        )
+        yield CounterMetricFamily(
+            "edge_ipc_cache_invalidations",
+            "Changes pushed to the workers' caches (every commit of the live secrets)",
+            value=invalidations.pushed,
+        )
+        yield CounterMetricFamily(
+            "edge_ipc_cache_unacknowledged",
+            "Workers killed because their cache did not acknowledge a change within 1 s",
+            value=invalidations.unacknowledged,
+        )
         yield CounterMetricFamily(
             "edge_secret_reads_stale",
             "Secret reads served from a store older than [metrics] stale_after_seconds",

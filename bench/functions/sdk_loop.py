@@ -102,4 +102,14 @@ def function_handler(event, context):  # noqa: ARG001 - V1's handler signature
         "hist": hist,
         "pid": os.getpid(),
         "ppid": os.getppid(),
+        "cached": _cached(),
     }
+
+
+def _cached():
+    """Whether the core's client cached answers in this worker (None: not an edge core)."""
+    try:
+        from edge.child.function import answers_cached  # noqa: PLC0415
+    except ImportError:
+        return None
+    return answers_cached()

@@ -12,7 +12,8 @@
 Worker-side and small: it imports the standard library, `edge.errors` and the IPC's client and
 framing, nothing of the core, so a worker loads it as cheaply as the `greengrasssdk` path. Every
 request of a worker process, this client's and the `greengrasssdk` compat layer's, goes through
-`call` over one shared connection: the one place answers come in.
+`answer` over one shared connection: the one place answers come in, and where repeated secret
+reads are answered from the process's cache (`edge.child.cache`: exact, kept true by the core).
 
 Errors: `IpcCallError` with V1's `status` and a `message` naming the secret and the function
 (403 not granted, 404 unknown secret or label or version not on this core, 400 bad arguments),
@@ -28,6 +29,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any, NotRequired, TypedDict
 
+from edge.child.cache import AnswerCache, cache_key
 from edge.errors import IpcCallError, IpcConnectionError
 from edge.ipc.client import IpcClient
 from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_LIST_SECRETS
@@ -38,6 +40,8 @@ __all__ = [
     "IpcCallError",
     "IpcConnectionError",
     "SecretValue",
+    "answer",
+    "answers_cached",
     "call",
     "get_secret_value",
     "list_secrets",
@@ -101,12 +105,53 @@ def shared_client() -> IpcClient:
         return _shared
 
 
+def _watch_client() -> IpcClient:
+    """A second connection, for the cache's watch (see `edge.child.cache`)."""
+    # Only ever made after a call through the shared client succeeded: both are set.
+    return IpcClient(os.environ["EDGE_IPC_SOCKET"], os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"])
+
+
+# A worker that runs as another user only has the connection the core handed it (EDGE_IPC_FD):
+# it can't open the watch's, so it doesn't cache. A function whose every read must reach the
+# core (and its audit) sets EDGE_ANSWER_CACHE=off in its environment variables.
+_cache = AnswerCache(
+    None
+    if os.environ.get("EDGE_IPC_FD") or os.environ.get("EDGE_ANSWER_CACHE") == "off"
+    else _watch_client
+)
+
+
+def answer(op: str, args: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """`call`, but a cached answer is returned as it is: read it, never change it.
+
+    For this package's own callers (the typed client, the compat layer), which only read.
+    """
+    key = cache_key(op, args)
+    if key is None:
+        return shared_client().call(op, args, timeout)
+    cache = _cache
+    hit = cache.lookup(key)
+    if hit is not None:
+        return hit
+    ticket = cache.ticket()
+    result = shared_client().call(op, args, timeout)
+    cache.store(ticket, key, result)
+    cache.watch()
+    return result
+
+
 def call(op: str, args: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Send one request over the shared connection and return its answer (see `IpcClient.call`).
 
-    Every request of the worker passes here, so a worker-side answer cache belongs here.
+    A secret read the core answered before is answered from the process's cache while the core
+    keeps it true (see `edge.child.cache`); the map returned is the caller's own.
     """
-    return shared_client().call(op, args, timeout)
+    return dict(answer(op, args, timeout))
+
+
+def answers_cached() -> bool:
+    """Whether this process caches the core's answers now (its watch is registered)."""
+    return _cache.active
 
 
 def get_secret_value(
@@ -138,7 +183,7 @@ def get_secret_value(
         args["VersionStage"] = VersionStage
     if Refresh:
         args["Refresh"] = True
-    result = call(OP_GET_SECRET_VALUE, args, timeout)
+    result = answer(OP_GET_SECRET_VALUE, args, timeout)
     value = SecretValue(
         ARN=result["ARN"],
         Name=result["Name"],
@@ -159,5 +204,5 @@ def list_secrets(timeout: float | None = None) -> list[GrantedSecret]:
     Raises:
         IpcConnectionError: The core can't be reached.
     """
-    secrets: list[GrantedSecret] = call(OP_LIST_SECRETS, {}, timeout)["Secrets"]
+    secrets: list[GrantedSecret] = answer(OP_LIST_SECRETS, {}, timeout)["Secrets"]
     return secrets

@@ -38,6 +38,12 @@ OP_INVOKE: Final = "lambda.invoke"
 OP_PUBLISH: Final = "iotdata.publish"
 #: The running core's state for `edge status` (operator only; never a value).
 OP_CORE_STATUS: Final = "core.status"
+#: A worker's push channel for its cache of answers (`edge.child.cache`), as a long poll:
+#: `{"Watch": 0}` registers a watch and is answered at once with `{"Watch": id, "Seq": n}`;
+#: `{"Watch": id, "Seen": n, "Reads": …}` acknowledges invalidation `n` (the worker's cache holds
+#: nothing older), reports the reads its cache served, and is answered when the core's answers
+#: change (`{"Seq": n + 1}`: drop every cached answer) or after a heartbeat (the same `Seq`).
+OP_WATCH: Final = "core.watch_answers"
 #: The operations the core serves; anything else is answered with status 400.
 KNOWN_OPS: Final = frozenset(
     {
@@ -47,6 +53,7 @@ KNOWN_OPS: Final = frozenset(
         OP_INVOKE,
         OP_PUBLISH,
         OP_CORE_STATUS,
+        OP_WATCH,
     }
 )
 

@@ -12,9 +12,11 @@ values. Two writers hand it new contents, each based on the generation it read:
   refused with `StaleBaseError` (a deployment got in first, and its store is the newer one).
 
 A commit writes the store (atomically), then swaps the contents, the index and the redactor's
-values, then tells the listeners (the IPC's answer cache, the stale-read clock). If the write
-fails, nothing is swapped. No writer ever cancels another: the lock orders them and the
-generation tells a writer that its base is gone.
+values, then tells the listeners (the IPC's answer cache, the stale-read clock), then awaits the
+commit's barriers (the workers' caches acknowledging the change): the commit returns, and the
+deployment or refresh reports it, only after them. If the write fails, nothing is swapped. No
+writer ever cancels another: the lock orders them and the generation tells a writer that its
+base is gone.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class LiveSecrets:
         #: Values of contents being built by the rotation under way: masked before they are live.
         self._pending: list[str | bytes] = []
         self._listeners: list[Callable[[], None]] = []
+        self._barriers: list[Callable[[], Awaitable[None]]] = []
 
     async def load(self) -> Snapshot:
         """Read the store at start (empty if there is none) and mask its values in every log."""
@@ -103,6 +106,14 @@ class LiveSecrets:
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` after every index swap: answers given before may no longer hold."""
         self._listeners.append(callback)
+
+    def after_commit(self, barrier: Callable[[], Awaitable[None]]) -> None:
+        """Await `barrier()` at the end of every commit, before the commit returns.
+
+        For what must be true before a change is reported: no worker still serves an answer
+        from before it. It must not raise (the commit is made; there is nothing to undo).
+        """
+        self._barriers.append(barrier)
 
     def grant(self, readers: Iterable[Reader]) -> None:
         """Set who may read which secret in the stored deployment, at start.
@@ -163,6 +174,8 @@ class LiveSecrets:
         self._index = SecretIndex.build(contents, self._readers)
         for callback in self._listeners:
             callback()
+        for barrier in self._barriers:
+            await barrier()
         return self._current
 
     def _mask_pending(self, values: Iterable[str | bytes]) -> None:

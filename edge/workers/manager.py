@@ -80,6 +80,8 @@ class FunctionRunner:
         self._delay = backoff_delays(RESTART_INITIAL_SECONDS, RESTART_MAX_SECONDS)
         self._crashes = 0
         self.restarts = 0
+        # The worker `restart_now` killed: its pinned successor starts without backoff.
+        self._replaced: WorkerProcess | None = None
 
     @property
     def worker(self) -> WorkerProcess | None:
@@ -126,8 +128,11 @@ class FunctionRunner:
         if self._closing or self._worker is not worker:
             return
         lived = time.monotonic() - self._started_at
-        self._crashes = 0 if lived > HEALTHY_AFTER_SECONDS else self._crashes + 1
-        wait = self._delay(self._crashes)
+        if self._replaced is worker:
+            wait = 0.0  # the core killed it, it didn't crash
+        else:
+            self._crashes = 0 if lived > HEALTHY_AFTER_SECONDS else self._crashes + 1
+            wait = self._delay(self._crashes)
         self._log.warning(
             "worker.restarting", reason=worker.kill_reason or "exited", retry_in=round(wait, 2)
         )
@@ -138,6 +143,23 @@ class FunctionRunner:
             if self._worker is worker:
                 self.restarts += 1
                 await self._ensure_worker()
+
+    async def restart_now(self, worker: WorkerProcess, reason: str) -> None:
+        """Kill `worker` at once and wait until it is gone; a pinned one is started again.
+
+        Returns once the process is dead: nothing it held (its cache of answers) is served
+        any more. An invocation it was running fails with `reason`.
+        """
+        self._replaced = worker
+        worker.kill(reason)
+        await worker.exited.wait()
+        if not self.spec.pinned:
+            return
+        # Its supervisor starts the successor: make sure there is one (the task may be gone).
+        if self._restart_task is None or self._restart_task.done():
+            self._restart_task = asyncio.create_task(
+                self._supervise(worker), name=f"supervise-{self.spec.function_id}"
+            )
 
     async def invoke(self, payload: bytes, *, client_context: str = "") -> Outcome:
         """Run one invocation, enforcing the function's Timeout.
@@ -268,6 +290,24 @@ class WorkerManager:
             task.add_done_callback(self._background.discard)
             return Outcome(b"")
         return await runner.invoke(payload, client_context=client_context)
+
+    async def restart_workers(self, pids: Mapping[str, int | None], reason: str) -> None:
+        """Kill the named workers at once and wait until they are gone; pinned ones start again.
+
+        `pids` maps function ARNs to the worker's pid (None: whichever runs). Workers already
+        replaced are left alone.
+        """
+        doomed = []
+        for function_arn, pid in pids.items():
+            runner = self._runners.get(function_arn)
+            worker = None if runner is None else runner.worker
+            if runner is None or worker is None or worker.exited.is_set():
+                continue
+            if pid is not None and worker.pid != pid:
+                continue  # that worker is gone already; this one started after the change
+            self._log.warning("worker.killed", function_arn=function_arn, reason=reason)
+            doomed.append(runner.restart_now(worker, reason))
+        await asyncio.gather(*doomed)
 
     async def close(self) -> None:
         """Stop every worker (on core shutdown)."""

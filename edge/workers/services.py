@@ -19,6 +19,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from edge.audit import DENIED, INVALID, NOT_FOUND, AuditLog
+from edge.ipc.invalidations import Invalidations
 from edge.ipc.protocol import (
     OP_CORE_STATUS,
     OP_GET_SECRET_VALUE,
@@ -26,6 +27,7 @@ from edge.ipc.protocol import (
     OP_INVOKE,
     OP_LIST_SECRETS,
     OP_PUBLISH,
+    OP_WATCH,
     Request,
     Response,
 )
@@ -46,6 +48,8 @@ RefreshHint = Callable[[str], Awaitable[bool]]
 _AUDIT_OUTCOMES = {403: DENIED, 404: NOT_FOUND}
 #: How many distinct V1 JSON requests the index remembers the parse of.
 MAX_CACHED_V1_REQUESTS = 1024
+#: Most reads one reported entry may claim: a report is the worker's word, so it is bounded.
+MAX_REPORTED_COUNT = 1 << 32
 
 
 class ServiceError(Exception):
@@ -176,6 +180,10 @@ class CoreServices:
         #: Reads served while the store was older than the staleness limit (for metrics).
         self.stale_reads = 0
         self._stale_at = math.inf
+        #: The workers' caches of answers: their watches, and the invalidations pushed to them.
+        self.invalidations: Invalidations[SecretIndex] = Invalidations(
+            current=lambda: self.index, on_reads=self._reported_reads
+        )
 
     @property
     def index(self) -> SecretIndex:
@@ -214,6 +222,50 @@ class CoreServices:
                 return self._refresh_then_read(identity, request, args, self.refresh_hint, v1=True)
             return self._read(identity, request, args, v1=True, repeatable=True)
         return self._answer(identity, request)
+
+    async def _watch(self, identity: WorkerIdentity, args: dict[str, Any]) -> dict[str, Any]:
+        """Serve one poll of a worker cache's watch (`edge.ipc.invalidations`)."""
+        try:
+            return await self.invalidations.watch(identity, args)
+        except ValueError as exc:
+            raise ServiceError(400, str(exc)) from None
+        except LookupError as exc:
+            raise ServiceError(404, str(exc)) from None
+
+    def _reported_reads(
+        self, identity: WorkerIdentity, index: SecretIndex, counts: list[Any]
+    ) -> None:
+        """Audit reads a worker's cache served, as self-reported; only what it may read.
+
+        Each entry is `[op, args, count]` as the worker sent it: resolved against the index
+        the worker's cache was filled from, like the read itself was. Entries that don't
+        resolve to a granted version are dropped.
+        """
+        if self._audit is None:
+            return
+        function_arn = identity.function_arn
+        for entry in counts:
+            if not isinstance(entry, list) or len(entry) != 3:  # noqa: PLR2004 - op, args, count
+                continue
+            op, args, count = entry
+            if (
+                type(count) is not int
+                or not 0 < count <= MAX_REPORTED_COUNT
+                or not isinstance(args, dict)
+            ):
+                continue
+            try:
+                if op == OP_GET_SECRET_VALUE_V1:
+                    args = v1_request_args(index, args)
+                elif op != OP_GET_SECRET_VALUE:
+                    continue
+                if args.get("Refresh"):
+                    continue
+                answer = find_answer(index, function_arn, args)
+            except ServiceError:
+                continue
+            label = args.get("VersionStage") or ("" if args.get("VersionId") else CURRENT)
+            self._audit.record_reported(function_arn, answer.audit_ids, label, count)
 
     async def _refresh_then_read(
         self,
@@ -311,7 +363,10 @@ class CoreServices:
 
     async def _answer(self, identity: WorkerIdentity, request: Request) -> Response:
         try:
-            result = await self._dispatch(identity.function_arn, request)
+            if request.op == OP_WATCH:
+                result = await self._watch(identity, request.args)
+            else:
+                result = await self._dispatch(identity.function_arn, request)
         except ServiceError as exc:
             return self._failure(identity, request, exc)
         return Response.success(request.request_id, result)

@@ -28,6 +28,7 @@ from edge.audit import AuditLog
 from edge.config import WorkerUser
 from edge.errors import DeploymentInvalidError
 from edge.fsutil import atomic_replace
+from edge.ipc.invalidations import ACK_TIMEOUT_SECONDS
 from edge.ipc.server import IpcServer, WorkerIdentity
 from edge.log import get_logger
 from edge.model import Deployment, parse_group
@@ -116,6 +117,8 @@ class Workload:
         self.ipc = IpcServer(
             socket_path=ipc_socket_path(state_dir), handler=self.services, logger=self._log
         )
+        # Every commit waits until no worker's cache holds an answer from before it.
+        secrets.after_commit(self._invalidate_caches)
 
     async def __aenter__(self) -> Self:
         """Start serving the IPC socket; give local operators (`edge invoke`) a token."""
@@ -150,6 +153,26 @@ class Workload:
 
     async def _adopt(self, sock: socket.socket, token: str) -> None:
         await self.ipc.adopt(sock, token)
+
+    async def _invalidate_caches(self) -> None:
+        """Push the change to every worker's cache; restart the workers that don't acknowledge.
+
+        Returns once every cache acknowledged or its worker is dead, so the deployment or
+        refresh that committed reports its outcome only when no stale answer can be served.
+        """
+        invalidations = self.services.invalidations
+        watches = invalidations.watches
+        late = await invalidations.invalidate(ACK_TIMEOUT_SECONDS)
+        self._log.info("caches.invalidated", seq=invalidations.seq, watches=watches, late=len(late))
+        if not late:
+            return
+        reason = f"its cache of answers acknowledged no change within {ACK_TIMEOUT_SECONDS:g} s"
+        pids = {identity.function_arn: identity.pid for identity in late}
+        try:
+            await self.manager.restart_workers(pids, reason)
+        except Exception:  # noqa: BLE001 - logged; the commit is made
+            # The commit is made and must be reported; a worker left running is logged here.
+            self._log.exception("caches.restart_failed", functions=sorted(pids))
 
     def _revoke(self, token: str) -> None:
         self.ipc.revoke(token)

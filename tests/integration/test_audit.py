@@ -46,7 +46,14 @@ def test_every_secret_read_is_audited_without_values(env: Env, tmp_path: Path) -
     package = {"Uri": path.as_uri(), "Sha256": digest}
     arn_db, version_db, value_db = env.create_secret("audit/db")
     arn_other, _, value_other = env.create_secret("audit/other")
-    reader = function("reader", "app.function_handler", package, policies=["db"])
+    # Every read reaches the core: the worker's cache (self-reported reads) is tested with it.
+    reader = function(
+        "reader",
+        "app.function_handler",
+        package,
+        policies=["db"],
+        variables={"EDGE_ANSWER_CACHE": "off"},
+    )
     dep = env.operator.deploy(
         [secret_resource("db", arn_db), secret_resource("other", arn_other)], functions=[reader]
     )

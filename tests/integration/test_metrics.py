@@ -2,70 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from edge.fixtures.core import CoreProcess, Operator, edge_cli, secret_resource, write_config
-from edge.fixtures.services import Mosquitto, MotoServer, free_port
+from edge.fixtures.core import edge_cli, secret_resource, write_config
 from tests.support.env import Env
 from tests.support.functions import build_package, function, invoke
+from tests.support.metrics import scrape, value
 
 pytestmark = pytest.mark.network
-
-
-@pytest.fixture
-def metered(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Iterator[Env]:
-    """A core with `[metrics] listen` on a free loopback port (`env.root / "metrics.url"`)."""
-    port = free_port()
-    thing = f"core-{uuid.uuid4().hex[:8]}"
-    config = write_config(
-        tmp_path / "core.toml",
-        thing_name=thing,
-        mqtt_url=broker.url,
-        endpoint_url=moto.url,
-        extra=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
-    )
-    assert edge_cli("init", "--config", str(config)).returncode == 0
-    core = CoreProcess(config=config, log_path=tmp_path / "core.log")
-    operator = Operator(port=broker.port, prefix="edge", thing=thing)
-    env = Env(
-        root=tmp_path, broker=broker, moto=moto, sm=sm, config=config, core=core, operator=operator
-    )
-    (tmp_path / "metrics.url").write_text(f"http://127.0.0.1:{port}/metrics")
-    core.start()
-    core.wait_for_event("metrics.listening")
-    core.wait_for_event("mqtt.connected")
-    operator.connect()
-    yield env
-    operator.close()
-    core.stop()
-
-
-def scrape(env: Env) -> dict[str, float]:
-    """Read /metrics; return every sample as {'name{labels}': value}."""
-    url = (env.root / "metrics.url").read_text()
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback, ours
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    env.core.log_path.parent.joinpath("metrics.txt").write_text(text)  # scanned for leaks
-    return samples
-
-
-def value(samples: dict[str, float], pattern: str) -> float:
-    """Sum of the samples whose 'name{labels}' matches `pattern`."""
-    return sum(v for k, v in samples.items() if re.fullmatch(pattern, k))
 
 
 def test_metrics_follow_deployments_reads_and_workers(metered: Env, tmp_path: Path) -> None:
@@ -78,7 +25,15 @@ def test_metrics_follow_deployments_reads_and_workers(metered: Env, tmp_path: Pa
     path, digest = build_package(tmp_path / "app.zip")
     package = {"Uri": path.as_uri(), "Sha256": digest}
     arn, _, secret_value = env.create_secret("metrics/db")
-    reader = function("reader", "app.function_handler", package, policies=["db"], pinned=True)
+    # Every read reaches the core (the worker's cache keeps repeats from it; tested with it).
+    reader = function(
+        "reader",
+        "app.function_handler",
+        package,
+        policies=["db"],
+        pinned=True,
+        variables={"EDGE_ANSWER_CACHE": "off"},
+    )
     dep = env.operator.deploy([secret_resource("db", arn)], functions=[reader])
     env.operator.wait_status(dep, "Success")
     for _ in range(5):

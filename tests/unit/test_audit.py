@@ -180,3 +180,19 @@ def test_summary_gives_each_read_once_with_its_first_and_last_time(tmp_path: Pat
         "2026-11-28T11:00:00.900+00:00",
     )
     assert summary[1]["time"] == summary[1]["last"] == "2026-11-28T10:00:30.000+00:00"
+
+
+def test_reads_a_worker_reported_are_their_own_lines(tmp_path: Path) -> None:
+    """Self-reported reads are summed per kind and marked; the core's own stay apart."""
+    audit = log_at(tmp_path)
+    ids = ("db", "r", "v")
+    audit.record_read(FN, ids, "AWSCURRENT")
+    audit.record_reported(FN, ids, "AWSCURRENT", 40)
+    audit.record_reported(FN, ids, "AWSCURRENT", 2)
+    asyncio.run(audit.flush())
+    entries = list(read_entries(audit.path))
+    assert [(e["count"], e.get("self_reported")) for e in entries] == [(1, None), (42, True)]
+    assert [(e["count"], e.get("self_reported")) for e in summarize(entries)] == [
+        (1, None),
+        (42, True),
+    ]

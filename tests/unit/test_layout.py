@@ -28,6 +28,7 @@ CORE_IPC = (
     "edge.ipc.answers",
     "edge.ipc.auth",
     "edge.ipc.limits",
+    "edge.ipc.invalidations",
 )
 
 

@@ -147,3 +147,28 @@ async def test_a_failed_store_write_changes_nothing(world: World) -> None:
     assert world.served() == "first-value-01"
     assert not world.masked("lost-value-08")
     assert world.changes == 1
+
+
+async def test_a_commit_returns_only_after_its_barriers(world: World) -> None:
+    """A barrier runs after the swap (it sees the new index) and the commit waits for it."""
+    seen: list[str | None] = []
+    release = asyncio.Event()
+
+    async def barrier() -> None:
+        seen.append(world.served())
+        await release.wait()
+
+    world.secrets.after_commit(barrier)
+    commit = asyncio.ensure_future(
+        world.secrets.commit(
+            world.secrets.current,
+            holding("first-value-01"),
+            readers=[Grant(READER, frozenset({"db"}))],
+        )
+    )
+    while not seen:
+        await asyncio.sleep(0)
+    assert seen == ["first-value-01"]
+    assert not commit.done()
+    release.set()
+    assert (await commit).generation == 1

@@ -3,7 +3,8 @@
 `greengrasssdk` routes everything through `Lambda.Client._invoke_internal`, which calls
 `post_work(function_arn, payload, client_context, invocation_type)` and then
 `get_work_result(function_arn, invocation_id)`. V1 sent both to the daemon over HTTP; here
-`post_work` makes one IPC call through `edge.child.function.call` (the worker's one client),
+`post_work` makes one IPC call through `edge.child.function.answer` (the worker's one client,
+and its cache of answers: a repeated `get_secret_value` makes no round trip),
 chosen by the target ARN (the secrets manager and router system functions become native
 operations), and keeps the answer until `get_work_result` collects it.
 """
@@ -14,7 +15,6 @@ import base64
 import itertools
 import json
 import os
-import threading
 from typing import Any
 
 from edge.child import function
@@ -44,6 +44,8 @@ class WorkItem:
 class GetWorkResultOutput:
     """What `get_work_result` returns: the function's answer and its error kind ('' if none)."""
 
+    __slots__ = ("func_err", "invocation_id", "payload")
+
     def __init__(self, payload: bytes, invocation_id: str = "", func_err: str = "") -> None:
         self.payload = payload
         self.invocation_id = invocation_id
@@ -57,8 +59,9 @@ class IPCClient:
         # endpoint and port addressed V1's HTTP daemon; the core's socket comes from the env.
         self.endpoint = endpoint
         self.port = port
+        # Filled by post_work, emptied by get_work_result, possibly from several threads: a
+        # dict's item assignment and pop are each atomic, and ids are never reused.
         self._results: dict[str, GetWorkResultOutput] = {}
-        self._lock = threading.Lock()
 
     def post_work(
         self,
@@ -68,25 +71,28 @@ class IPCClient:
         invocation_type: str = "RequestResponse",
     ) -> str:
         """Send work to a function (or a system function); return an invocation id."""
-        context = client_context.decode() if isinstance(client_context, bytes) else client_context
-        data = payload.encode() if isinstance(payload, str) else bytes(payload or b"")
+        # The SDK's secret reads (bytes, no context) come first: most are answered from the
+        # worker's cache, where this method is most of what a read costs besides the SDK.
+        data = payload if type(payload) is bytes else _as_bytes(payload)
         if function_arn == _SECRETS_MANAGER_ARN:
             output = self._secrets_manager(data)
-        elif function_arn == _ROUTER_ARN:
-            output = self._publish(data, context)
         else:
-            output = self._invoke(function_arn, data, context, invocation_type)
+            context = (
+                client_context.decode() if isinstance(client_context, bytes) else client_context
+            )
+            if function_arn == _ROUTER_ARN:
+                output = self._publish(data, context)
+            else:
+                output = self._invoke(function_arn, data, context, invocation_type)
         invocation_id = str(next(_invocation_ids))
         if invocation_type != "Event":
             output.invocation_id = invocation_id
-            with self._lock:
-                self._results[invocation_id] = output
+            self._results[invocation_id] = output
         return invocation_id
 
     def get_work_result(self, function_arn: str, invocation_id: str) -> GetWorkResultOutput:  # noqa: ARG002 - V1 signature
         """Collect the answer to an earlier `post_work`."""
-        with self._lock:
-            output = self._results.pop(invocation_id, None)
+        output = self._results.pop(invocation_id, None)
         if output is None:
             raise IPCException(f"no result for invocation {invocation_id}")
         return output
@@ -135,9 +141,13 @@ class IPCClient:
 def _call(op: str, args: dict[str, Any]) -> dict[str, Any]:
     # The worker's one client and connection, shared with `edge.child.function`'s callers.
     try:
-        return function.call(op, args)
+        return function.answer(op, args)
     except IpcConnectionError as exc:
         raise IPCException(str(exc)) from None
+
+
+def _as_bytes(payload: bytes | bytearray | str | None) -> bytes:
+    return payload.encode() if isinstance(payload, str) else bytes(payload or b"")
 
 
 def _error_payload(status: int, message: str) -> GetWorkResultOutput:
