@@ -5,6 +5,7 @@ Each function gets `FunctionConfiguration.Handler` and `.Code {Uri, Sha256}` fro
 package (`publish-function`), or else from AWS Lambda (fetched by the caller with
 `edge.cloud.lambdacode`), unless its configuration already names its Code. The document is run
 through the core's own parser (`edge.model.parse_deployment`) before it is handed back.
+`DocumentBuilder` builds many documents, doing once what the groups of a fleet share.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ It holds the bulk deployment's lease (`BulkStore.acquire`, renewed as it goes) a
 1. **Initializing**: reads the input file into records, a batch at a time, resuming after the
    lines already stored when it takes over from a replica that died mid-file;
 2. **Running**: asks the rollout policy how many groups may start, reserves that many records
-   (each gets its DeploymentId *before* anything is published), deploys them a few at a time,
-   and stores what became of them; between batches it looks at the cores' reported outcomes
+   (each gets its DeploymentId *before* anything is published), deploys them as one batch, and
+   stores what became of them; between batches it looks at the cores' reported outcomes
    for the abort rule, and at the state for a stop request;
 3. ends `Completed` once every record is processed, `Stopped` on a stop request or the abort
    rule (with the reason in ErrorMessage), `Failed` if the input file can't be read.
