@@ -128,9 +128,9 @@ def _read(db: Database, records: Sequence[Reserved]) -> _Plan:
                 if record.group_id not in groups:
                     latest_version_id(conn, record.group_id)  # raises NotFoundError
                 refs = versions.get((record.group_id, record.group_version_id))
-                if refs is None:
-                    group_version_row(conn, record.group_id, record.group_version_id)  # raises
-                    continue
+                if refs is None:  # the version is not this group's: NotFoundError, as one says it
+                    row = group_version_row(conn, record.group_id, record.group_version_id)
+                    refs = json.loads(row["body"])
                 resolved = resolve_refs(record.group_version_id, refs, conn, known)
             except _RECORD_ERRORS as exc:
                 plan.failed.append((record, exc))
