@@ -59,7 +59,7 @@ runner = BulkRunner(
     owner="victim",
     deploy=replica.deployer(config, db, load_signing_key(config.cloud.signing_key), lambda: None),
     read=read_groups(sys.argv[3]),
-    lease_seconds=2.0,
+    lease_seconds=5.0,
 )
 asyncio.run(runner.run())
 """
