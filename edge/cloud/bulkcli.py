@@ -159,7 +159,7 @@ async def _run_and_watch(config: CloudConfig, db: Database, bulk_id: str) -> Bul
             store=store,
             bulk_id=bulk_id,
             owner=replica.owner_name(),
-            deploy=replica.deployer(config, db, signing_key, drain.wake),
+            deploy=replica.deployer(config, db, signing_key, drain.wake, run=thread.call),
             read=input_reader(config.aws),
             log=log,
         )

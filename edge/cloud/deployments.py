@@ -24,7 +24,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -158,61 +158,6 @@ async def create_deployment(
         publisher=publisher,
         drain=drain,
     )
-
-
-async def queue_deployment(
-    config: CloudConfig,
-    db: Database,
-    signing_key: Ed25519PrivateKey,
-    request: Request,
-    *,
-    deployment_id: str,
-    drain: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Create the deployment `deployment_id` and queue it in the outbox, once per id.
-
-    For runners that choose their deployments' ids up front (bulk deployments): a runner that
-    dies and is taken over calls this again with the same id, and gets the deployment already
-    recorded rather than a second one. An outbox drain publishes it (`edge.cloud.outbox`).
-
-    Args:
-        config: The control plane's config.
-        db: Its database.
-        signing_key: The key to sign with.
-        request: What to deploy.
-        deployment_id: The id to give it.
-        drain: Called once the deployment is in the outbox, to wake this replica's drain.
-
-    Returns:
-        `{DeploymentArn, DeploymentId}`.
-
-    Raises:
-        CloudUsageError, NotFoundError, DefinitionInvalidError: Nothing was recorded.
-    """
-    if (known := _recorded(db, deployment_id)) is not None:
-        return known
-    out, envelope = await _prepare(config, db, signing_key, request, deployment_id=deployment_id)
-    topic = config.mqtt.deployments_topic(out.built.thing_name)
-    with db.write() as conn:
-        if _recorded(db, deployment_id, conn=conn) is not None:
-            return _created(config, out)
-        _insert(conn, config, out, envelope, status=BUILDING)
-        outbox.enqueue(conn, deployment_id, topic)
-    if drain is not None:
-        drain()
-    return _created(config, out)
-
-
-def _recorded(
-    db: Database, deployment_id: str, *, conn: Connection | None = None
-) -> dict[str, Any] | None:
-    """`{DeploymentArn, DeploymentId}` of a recorded deployment, or None."""
-    with contextlib.ExitStack() as stack:
-        conn = conn or stack.enter_context(db.read())
-        row = conn.execute(
-            "SELECT arn FROM deployments WHERE id = :id", {"id": deployment_id}
-        ).fetchone()
-    return None if row is None else {"DeploymentArn": row["arn"], "DeploymentId": deployment_id}
 
 
 async def _prepare(
@@ -375,32 +320,75 @@ def _insert(
     error_message: str | None = None,
 ) -> None:
     """Record a deployment (inside a write transaction) with its first event."""
-    arns = Arns(config.aws.region, config.cloud.account_id)
+    row = new_row(
+        config,
+        deployment_id=out.deployment_id,
+        group_id=out.group_id,
+        built=out.built,
+        deployment_type=out.deployment_type,
+        created_at=out.created_at,
+        envelope=envelope,
+        status=status,
+        redeploy_of=out.redeploy_of,
+        error_message=error_message,
+    )
+    insert_new(conn, [row])
+    out.recorded = True
+
+
+def new_row(
+    config: CloudConfig,
+    *,
+    deployment_id: str,
+    group_id: str,
+    built: Built,
+    deployment_type: str,
+    created_at: str,
+    envelope: bytes,
+    status: str,
+    redeploy_of: str | None = None,
+    error_message: str | None = None,
+) -> dict[str, Any]:
+    """A new deployment's row, for `insert_new`."""
     now = timestamp()
-    conn.execute(
+    return {
+        "id": deployment_id,
+        "group_id": group_id,
+        "group_version_id": built.group_version_id,
+        "arn": Arns(config.aws.region, config.cloud.account_id).deployment(group_id, deployment_id),
+        "deployment_type": deployment_type,
+        "redeployment_of": redeploy_of,
+        "thing_name": built.thing_name,
+        "created_at": created_at,
+        "status": status,
+        "error_message": error_message,
+        "updated_at": now,
+        "envelope": envelope,
+        "note": built.note,
+        "recorded_at": now,
+    }
+
+
+def insert_new(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Record new deployments (inside a write transaction), each with its first event.
+
+    One statement per table for the lot: a bulk deployment records a batch at once.
+    """
+    conn.executemany(
         "INSERT INTO deployments (id, group_id, group_version_id, arn, deployment_type,"
         " redeployment_of, thing_name, created_at, status, error_message, updated_at, envelope,"
         " note) VALUES (:id, :group_id, :group_version_id, :arn, :deployment_type,"
         " :redeployment_of, :thing_name, :created_at, :status, :error_message, :updated_at,"
         " :envelope, :note)",
-        {
-            "id": out.deployment_id,
-            "group_id": out.group_id,
-            "group_version_id": out.built.group_version_id,
-            "arn": arns.deployment(out.group_id, out.deployment_id),
-            "deployment_type": out.deployment_type,
-            "redeployment_of": out.redeploy_of,
-            "thing_name": out.built.thing_name,
-            "created_at": out.created_at,
-            "status": status,
-            "error_message": error_message,
-            "updated_at": now,
-            "envelope": envelope,
-            "note": out.built.note,
-        },
+        rows,
     )
-    add_event(conn, out.deployment_id, status, now, error_message)
-    out.recorded = True
+    # A new deployment's history starts at 1 (what `add_event` appends to).
+    conn.executemany(
+        "INSERT INTO deployment_events"
+        " (deployment_id, seq, status, error_message, updated_at, recorded_at)"
+        " VALUES (:id, 1, :status, :error_message, :updated_at, :recorded_at)",
+        rows,
+    )
 
 
 def _details(code: str, message: str) -> str:

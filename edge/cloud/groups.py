@@ -12,13 +12,16 @@ is stored can be deployed.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from edge.cloud.db import Connection, Database, Row
 from edge.cloud.definitions import (
     KINDS,
+    Kind,
     check_cores,
     check_subscriptions,
     definition_info,
@@ -90,6 +93,18 @@ def resolve_group(conn: Connection, refs: dict[str, str]) -> ResolvedGroup:
         CloudUsageError: An ARN is not a definition version ARN of the right kind.
         NotFoundError: An ARN names no stored version.
     """
+    return assemble_group(refs, functools.partial(resolve_version, conn))
+
+
+def assemble_group(
+    refs: dict[str, str], lookup: Callable[[Kind, str], dict[str, Any]]
+) -> ResolvedGroup:
+    """Assemble the group a group version names, each version's body from `lookup(kind, arn)`.
+
+    Raises:
+        CloudUsageError: An ARN is not a definition version ARN of the right kind.
+        NotFoundError: `lookup` found no stored version.
+    """
     group: dict[str, list[Any]] = {name: [] for name in GROUP_LISTS}
     thing_name: str | None = None
     for key, arn in refs.items():
@@ -99,7 +114,7 @@ def resolve_group(conn: Connection, refs: dict[str, str]) -> ResolvedGroup:
             raise CloudUsageError(
                 option_name(key), f"{quoted(arn)} is not a {kind.label} version ARN"
             )
-        items = resolve_version(conn, kind, arn).get(kind.list_key, [])
+        items = lookup(kind, arn).get(kind.list_key, [])
         if kind.segment == "cores":
             thing_name = check_cores(items)
         else:

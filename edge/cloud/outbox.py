@@ -25,6 +25,7 @@ Who publishes a row:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -57,15 +58,29 @@ def enqueue(conn: Connection, deployment_id: str, topic: str, *, claimed_until: 
         claimed_until: Unix time before which no replica takes it over: a command that
             publishes the row itself claims it for as long as that takes.
     """
-    conn.execute(
+    enqueue_many(conn, [(deployment_id, topic)], claimed_until=claimed_until)
+
+
+def enqueue_many(
+    conn: Connection, rows: Sequence[tuple[str, str]], *, claimed_until: int = 0
+) -> None:
+    """Queue recorded deployments, `(deployment id, topic)` each, in one statement.
+
+    As `enqueue`, for a batch recorded in one transaction (a bulk deployment's).
+    """
+    created_at = timestamp()
+    conn.executemany(
         "INSERT INTO outbox (deployment_id, topic, created_at, claimed_until, attempts)"
         " VALUES (:deployment_id, :topic, :created_at, :claimed_until, 0)",
-        {
-            "deployment_id": deployment_id,
-            "topic": topic,
-            "created_at": timestamp(),
-            "claimed_until": claimed_until,
-        },
+        [
+            {
+                "deployment_id": deployment_id,
+                "topic": topic,
+                "created_at": created_at,
+                "claimed_until": claimed_until,
+            }
+            for deployment_id, topic in rows
+        ],
     )
 
 

@@ -19,6 +19,7 @@ from edge.cloud.serve.errors import from_edge_error
 from edge.config import AwsSettings
 from edge.errors import BulkInputError, CloudUsageError, NotFoundError
 from edge.fixtures.services import TEST_REGION, MotoServer
+from tests.unit.test_cloud_bulk_runner import each
 
 ARNS = Arns(TEST_REGION, "123456789012")
 ROLE = "arn:aws:iam::123456789012:role/bulk"
@@ -44,7 +45,7 @@ async def run_to_end(store: MemoryBulkStore, bulk_id: str) -> BulkState | None:
         store.report(record.deployment_id, "Success")
 
     return await BulkRunner(
-        store=store, bulk_id=bulk_id, owner="a", deploy=deploy, read=read_local
+        store=store, bulk_id=bulk_id, owner="a", deploy=each(deploy), read=read_local
     ).run()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -61,6 +62,20 @@ def test_a_pause_allows_no_more_than_one_seconds_worth() -> None:
     policy = RolloutPolicy(RolloutSettings(max_per_second=10))
     policy.next_release(0.0, Counts(), 1)
     assert policy.next_release(60.0, Counts(started=1), 1000).count == 10
+
+
+def test_a_fast_rollout_releases_a_tenth_of_a_second_at_a_time() -> None:
+    """At 1,000 per second: the first at once, then batches of 100, never more than the rate."""
+    policy = RolloutPolicy(RolloutSettings(max_per_second=1000))
+    assert policy.next_release(0.0, Counts(), 5000).count == 1
+    early = policy.next_release(0.01, Counts(started=1), 5000)
+    assert early.count == 0
+    assert early.wait == pytest.approx(0.09)
+    assert policy.next_release(0.1, Counts(started=1), 5000).count == 100
+    starts = run(RolloutPolicy(RolloutSettings(max_per_second=1000)), 5000, 60)
+    assert len(starts) == 5000
+    assert 4.8 <= starts[-1] <= 5.1
+    assert max(collections.Counter(starts).values()) <= 101
 
 
 @given(

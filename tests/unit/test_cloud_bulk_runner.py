@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -20,8 +20,8 @@ from edge.cloud.bulk import api
 from edge.cloud.bulk.input import entries
 from edge.cloud.bulk.memory import MemoryBulkStore
 from edge.cloud.bulk.records import BulkDeployment
-from edge.cloud.bulk.rollout import AbortRule, RolloutSettings
-from edge.cloud.bulk.runner import BulkRunner
+from edge.cloud.bulk.rollout import AbortRule, Counts, RolloutSettings, current_rate
+from edge.cloud.bulk.runner import BulkRunner, Deploy, Deployed
 from edge.cloud.bulk.state import BulkEvent, BulkState
 from edge.cloud.bulk.store import LeaseLostError, Reserved
 from edge.cloud.ids import Arns
@@ -65,6 +65,23 @@ class Fleet:
         return ids
 
 
+def each(deploy_one: Callable[[Reserved], Awaitable[None]]) -> Deploy:
+    """A batch deployer deploying one record at a time, each record's error its own."""
+
+    async def deploy(batch: Sequence[Reserved]) -> Deployed:
+        created, failed = [], []
+        for record in batch:
+            try:
+                await deploy_one(record)
+            except Exception as exc:  # noqa: BLE001 - the runner sorts them
+                failed.append((record, exc))
+            else:
+                created.append(record.line)
+        return Deployed(created, failed)
+
+    return deploy
+
+
 def input_file(groups: list[str], extra: bytes = b"") -> bytes:
     lines = [
         json.dumps({"GroupId": g, "GroupVersionId": "v1", "DeploymentType": "NewDeployment"})
@@ -102,7 +119,7 @@ def runner(store: MemoryBulkStore, bulk: BulkDeployment, fleet: Fleet, data: byt
         store=store,
         bulk_id=bulk.id,
         owner=kw.pop("owner", "replica-a"),
-        deploy=kw.pop("deploy", fleet.deploy),
+        deploy=each(kw.pop("deploy", fleet.deploy)),
         read=reader(data),
         clock=fleet.time.clock,
         sleep=fleet.time.sleep,
@@ -230,7 +247,7 @@ async def test_an_unreadable_input_file_fails_the_bulk_deployment(
         store=store,
         bulk_id=bulk.id,
         owner="a",
-        deploy=Fleet(store, time).deploy,
+        deploy=each(Fleet(store, time).deploy),
         read=broken,
         clock=time.clock,
         sleep=time.sleep,
@@ -317,3 +334,41 @@ async def test_a_ramp_up_starts_slowly(store: MemoryBulkStore, time: FakeTime) -
 def test_abort_settings_come_from_tags() -> None:
     tags = {"edge:abort-failure-percent": "50", "edge:abort-min-finished": "4"}
     assert api.rollout_from_tags(tags).abort == AbortRule(50, 4)
+
+
+async def test_a_batch_never_exceeds_what_the_rollout_allows(
+    store: MemoryBulkStore, time: FakeTime
+) -> None:
+    """Each batch handed to the deployer fits the rollout's allowance when it is handed over.
+
+    Ramping from 2/s, doubling every 4 started, up to 8/s: no batch holds more starts than the
+    token bucket holds at the current rate (one second's worth, at least one).
+    """
+    bulk = await new_bulk(
+        store, ramp_up_from="2", ramp_up_factor="2", ramp_up_every="4", max_per_second="8"
+    )
+    fleet = Fleet(store, time)
+    plain = each(fleet.deploy)
+    batches: list[tuple[float, int, int]] = []
+
+    async def deploy(batch: Sequence[Reserved]) -> Deployed:
+        started = (await store.tally(bulk.id)).counts.started - len(batch)
+        batches.append((time.now, started, len(batch)))
+        return await plain(batch)
+
+    final = await BulkRunner(
+        store=store,
+        bulk_id=bulk.id,
+        owner="a",
+        deploy=deploy,
+        read=reader(input_file([f"g{i}" for i in range(60)])),
+        clock=time.clock,
+        sleep=time.sleep,
+    ).run()
+    assert final is BulkState.COMPLETED
+    assert sum(size for _, _, size in batches) == 60
+    assert batches[0] == (0.0, 0, 1)
+    for _, started, size in batches:
+        rate = current_rate(bulk.rollout, Counts(started=started))
+        assert rate is not None
+        assert 1 <= size <= max(1.0, rate), (started, size, rate)

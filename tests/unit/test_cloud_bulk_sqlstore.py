@@ -19,7 +19,7 @@ from edge.cloud.bulk.store import LeaseLostError, Outcomes, Reserved
 from edge.cloud.db import Database
 from edge.cloud.ids import Arns
 from edge.errors import NotFoundError
-from tests.unit.test_cloud_bulk_runner import input_file, reader
+from tests.unit.test_cloud_bulk_runner import each, input_file, reader
 
 pytestmark = pytest.mark.network
 
@@ -65,7 +65,7 @@ async def test_a_runner_completes_on_the_database_with_each_line_stored_once(db:
         store=store,
         bulk_id=bulk.id,
         owner="a",
-        deploy=deploy,
+        deploy=each(deploy),
         read=reader(input_file(groups, extra=b"{not json\n")),
         batch=7,
     )

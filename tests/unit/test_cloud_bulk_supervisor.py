@@ -16,6 +16,7 @@ from edge.cloud.bulk.store import Reserved
 from edge.cloud.bulk.supervisor import BulkSupervisor
 from edge.cloud.ids import Arns
 from edge.config import AwsSettings
+from tests.unit.test_cloud_bulk_runner import each
 
 AWS = AwsSettings(region="us-east-1")
 ARNS = Arns("us-east-1", "123456789012")
@@ -48,7 +49,9 @@ def supervisor(
     store: MemoryBulkStore, owner: str, deploy: Callable[[Reserved], Awaitable[None]]
 ) -> BulkSupervisor:
     def make(bulk_id: str) -> BulkRunner:
-        return BulkRunner(store=store, bulk_id=bulk_id, owner=owner, deploy=deploy, read=read_local)
+        return BulkRunner(
+            store=store, bulk_id=bulk_id, owner=owner, deploy=each(deploy), read=read_local
+        )
 
     return BulkSupervisor(store=store, runner=make, interval=0.05)
 

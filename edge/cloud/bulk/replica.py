@@ -15,9 +15,10 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.cloud import deployments
+from edge.cloud.bulk.create import BatchDeployer
 from edge.cloud.bulk.runner import BulkRunner, Deploy, input_reader
-from edge.cloud.bulk.store import BulkStore, Reserved
+from edge.cloud.bulk.sqlstore import Run, inline
+from edge.cloud.bulk.store import BulkStore
 from edge.cloud.bulk.supervisor import BulkSupervisor
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
@@ -37,25 +38,17 @@ def deployer(
     db: Database,
     signing_key: Ed25519PrivateKey,
     drain: Callable[[], None],
+    *,
+    run: Run | None = None,
 ) -> Deploy:
-    """Create a reserved record's deployment under its reserved id, queued in the outbox.
+    """Create reserved records' deployments, a batch at once, queued in the outbox.
 
-    The deployment and its outbox row commit together, and an id that exists already is
-    answered with the deployment recorded for it: a runner taken over after a SIGKILL neither
-    loses a deployment nor makes a second one. `drain` wakes the process's outbox drain.
+    The deployments and their outbox rows commit together, and an id that exists already is
+    taken as done: a runner taken over after a SIGKILL neither loses a deployment nor makes a
+    second one. `drain` wakes the process's outbox drain. The database work goes through `run`
+    (the process's database thread; without one, `db` on the calling thread).
     """
-
-    async def deploy(record: Reserved) -> None:
-        request = deployments.Request(
-            group_id=record.group_id,
-            deployment_type=record.deployment_type,
-            group_version_id=record.group_version_id,
-        )
-        await deployments.queue_deployment(
-            config, db, signing_key, request, deployment_id=record.deployment_id, drain=drain
-        )
-
-    return deploy
+    return BatchDeployer(config, db, signing_key, drain, run or inline(db))
 
 
 def supervisor(config: CloudConfig, store: BulkStore, deploy: Deploy, owner: str) -> BulkSupervisor:

@@ -8,7 +8,9 @@ nothing sleeps here, so every rule is tested with made-up times.
 **Rate.** `max_per_second` caps starts with a token bucket that refills at the current rate and
 holds at most one second's worth (never less than one start), so a rollout that paused (a
 broker outage, a slow batch) resumes at its rate rather than in a burst. The bucket starts
-with one start in it, so the first group starts at once.
+with one start in it, so the first group starts at once. After that, starts are released in
+steps of a tenth of a second's worth (`STEP_SECONDS`; one at rates under 20 a second), so a
+fast rollout hands its deployer batches, not single records.
 
 **Ramp-up**, after AWS IoT Jobs' `exponentialRate` (`baseRatePerMinute`, `incrementFactor`,
 `rateIncreaseCriteria`) counted per second rather than per minute: the rollout starts at
@@ -42,6 +44,8 @@ MAX_RAMP_FACTOR: Final = 5.0
 DEFAULT_RAMP_SECONDS: Final = 10
 #: The largest rate computed: beyond any rollout, and far from a float's overflow.
 _MAX_RATE: Final = 1e12
+#: Starts are released in steps of this many seconds' worth at the current rate (at least one).
+STEP_SECONDS: Final = 0.1
 #: Float slack in the token bucket, and the shortest wait it answers (a millisecond: no
 #: caller's clock or sleep is finer, and a shorter one could spin without time passing).
 _EPSILON: Final = 1e-9
@@ -165,13 +169,19 @@ class RolloutPolicy:
         if rate is None:
             return Release(wanted, None)
         capacity = max(1.0, rate)
+        first = self._last is None
         if self._last is not None:
             self._tokens = min(capacity, self._tokens + (now - self._last) * rate)
         self._last = now
+        # Starts go out in steps of a tenth of a second's worth (at least one): a batch of
+        # deployments costs a few transactions whatever its size, so a fast rollout must not
+        # be cut into batches of one. The first start goes at once all the same.
+        step = 1 if first else max(1, min(wanted, int(rate * STEP_SECONDS)))
         # Refilled in float steps, the bucket can stop a hair short of a whole start.
-        granted = min(wanted, int(self._tokens + _EPSILON))
+        whole = int(self._tokens + _EPSILON)
+        granted = min(wanted, whole) if whole >= step else 0
         self._tokens = max(0.0, self._tokens - granted)
-        return Release(granted, max(_MIN_WAIT, (1.0 - self._tokens) / rate))
+        return Release(granted, max(_MIN_WAIT, (step - self._tokens) / rate))
 
     def should_abort(self, counts: Counts) -> str | None:
         """Why the rollout must stop now (for ErrorMessage), or None."""

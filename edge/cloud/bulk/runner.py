@@ -6,8 +6,8 @@ It holds the bulk deployment's lease (`BulkStore.acquire`, renewed as it goes) a
 1. **Initializing**: reads the input file into records, a batch at a time, resuming after the
    lines already stored when it takes over from a replica that died mid-file;
 2. **Running**: asks the rollout policy how many groups may start, reserves that many records
-   (each gets its DeploymentId *before* anything is published), deploys them a few at a time,
-   and stores what became of them; between batches it looks at the cores' reported outcomes
+   (each gets its DeploymentId *before* anything is published), deploys them as one batch, and
+   stores what became of them; between batches it looks at the cores' reported outcomes
    for the abort rule, and at the state for a stop request;
 3. ends `Completed` once every record is processed, `Stopped` on a stop request or the abort
    rule (with the reason in ErrorMessage), `Failed` if the input file can't be read.
@@ -15,12 +15,14 @@ It holds the bulk deployment's lease (`BulkStore.acquire`, renewed as it goes) a
 A runner that finds its lease taken (`LeaseLostError`, or a renewal refused) returns at
 once without writing anything more: the replica that took the lease carries on.
 
-Deploying is a callable, `deploy(reserved)`, which must create the deployment under
-`reserved.deployment_id` and treat an id that already exists as done. Its errors are sorted by
-`retryable`: a retryable one (the database or broker briefly away) is tried again with backoff,
-up to `max_attempts` times as AWS does ("retries a group deployment up to five times"), and
-counted in RetryAttempts; any other (no such group or version, a definition that doesn't
-validate) makes the record invalid, with the error as its reason.
+Deploying is a callable, `deploy(reserved)`, given a whole batch of reserved records at once:
+it must create each deployment under its record's `deployment_id`, treat an id that already
+exists as done, and answer which lines now have their deployment and which records failed, with
+the error. An error raised for the whole batch counts as every record's. Errors are sorted by
+`retryable`: records that met a retryable one (the database or broker briefly away) are tried
+again with backoff, up to `max_attempts` times as AWS does ("retries a group deployment up to
+five times"), and counted in RetryAttempts; any other error (no such group or version, a
+definition that doesn't validate) makes the record invalid, with the error as its reason.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -50,14 +52,23 @@ LEASE_SECONDS: Final = 30.0
 LOAD_BATCH: Final = 1000
 #: Records reserved per store call at most: one transaction each way per batch.
 START_BATCH: Final = 200
-#: Deployments created at once within a batch.
-CONCURRENCY: Final = 16
 #: Attempts per record before a retryable error makes it invalid (AWS's "up to five times").
 MAX_ATTEMPTS: Final = 5
 #: Seconds between looks at the state and the outcomes while nothing may start.
 POLL_SECONDS: Final = 0.5
 
-Deploy = Callable[[Reserved], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    """What a deployer made of a batch of reserved records."""
+
+    #: Lines whose deployment now exists (created now, or found created already).
+    created: Sequence[int] = ()
+    #: Records whose deployment was not created, with why.
+    failed: Sequence[tuple[Reserved, Exception]] = ()
+
+
+Deploy = Callable[[Sequence[Reserved]], Awaitable[Deployed]]
 ReadInput = Callable[[BulkDeployment, int], AsyncIterator[Entry]]
 
 
@@ -91,7 +102,6 @@ class BulkRunner:
     lease_seconds: float = LEASE_SECONDS
     poll_seconds: float = POLL_SECONDS
     batch: int = START_BATCH
-    concurrency: int = CONCURRENCY
     max_attempts: int = MAX_ATTEMPTS
     retry_base_seconds: float = 1.0
     is_retryable: Callable[[Exception], bool] = retryable
@@ -180,67 +190,49 @@ class BulkRunner:
                 await self.sleep(min(max(wait, 0.0), self.poll_seconds))
 
     async def _deploy_batch(self, reserved: list[Reserved]) -> Outcomes:
-        """Deploy reserved records, `concurrency` at a time; what became of each."""
+        """Deploy reserved records as one batch, retrying those that may pass; what became of each.
+
+        Retries can outlast a lease, so each attempt renews it when due; a lease found lost (or
+        a store that can't renew it) stops the batch. What it created stays STARTED: the new
+        holder creates it again under the same ids, which the deployer takes as done.
+        """
         created: list[int] = []
         invalid: list[tuple[int, str]] = []
-        retries = [0]
-        lost = asyncio.Event()
-        gate = asyncio.Semaphore(self.concurrency)
-
-        async def one(record: Reserved) -> None:
-            async with gate:
-                if lost.is_set():
-                    return
-                reason = await self._deploy_one(record, retries, lost)
-            if lost.is_set():
-                return
-            if reason is None:
-                created.append(record.line)
-            else:
-                invalid.append((record.line, reason))
-
-        async with asyncio.TaskGroup() as group:
-            for record in reserved:
-                group.create_task(one(record), name=f"bulk-deploy-{record.line}")
-        if lost.is_set():
-            # What this batch created stays STARTED: the new holder creates it again under
-            # the same ids, which the deployment code takes as done.
-            raise LeaseLostError(self.bulk_id, self.owner)
-        return Outcomes(created=sorted(created), invalid=sorted(invalid), retries=retries[0])
-
-    async def _deploy_one(
-        self, record: Reserved, retries: list[int], lost: asyncio.Event
-    ) -> str | None:
-        """Deploy one record, retrying what may pass; None, or why it is invalid.
-
-        Retries can outlast a lease, so each attempt renews it when due; a lease found lost
-        (or a store that can't renew it) sets `lost`, and the batch stops.
-        """
-        for attempt in range(1, self.max_attempts + 1):
+        retries = 0
+        todo: Sequence[Reserved] = reserved
+        attempt = 0
+        while todo:
+            attempt += 1
             try:
                 await self._heartbeat()
-            except (LeaseLostError, CloudDatabaseError):
-                lost.set()
-                return None
+            except CloudDatabaseError:
+                raise LeaseLostError(self.bulk_id, self.owner) from None
             try:
-                await self.deploy(record)
+                result = await self.deploy(todo)
             except Exception as exc:  # noqa: BLE001 - sorted below; the runner must go on
-                if not self.is_retryable(exc):
-                    return str(exc)
-                if attempt == self.max_attempts:
-                    return f"gave up after {attempt} attempts: {exc}"
-                retries[0] += 1
+                result = Deployed(failed=[(record, exc) for record in todo])
+            created.extend(result.created)
+            again: list[tuple[Reserved, Exception]] = []
+            for record, error in result.failed:
+                if not self.is_retryable(error):
+                    invalid.append((record.line, str(error)))
+                elif attempt >= self.max_attempts:
+                    invalid.append((record.line, f"gave up after {attempt} attempts: {error}"))
+                else:
+                    again.append((record, error))
+            retries += len(again)
+            todo = [record for record, _ in again]
+            if again:
+                # One line per attempt, not per record: a database blip fails a whole batch.
                 self.log.warning(
                     "cloud.bulk.deploy_retry",
                     bulk_deployment_id=self.bulk_id,
-                    line=record.line,
+                    lines=[record.line for record in todo],
                     attempt=attempt,
-                    error=str(exc),
+                    error=str(again[0][1]),
                 )
                 await self.sleep(self.retry_base_seconds * 2 ** (attempt - 1))
-            else:
-                return None
-        return None  # pragma: no cover - the loop returns on its last attempt
+        return Outcomes(created=sorted(created), invalid=sorted(invalid), retries=retries)
 
     async def _stop_requested(self) -> bool:
         await self._heartbeat()

@@ -95,7 +95,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
         bulk = replica.supervisor(
             config,
             SqlBulkStore(db.call),
-            replica.deployer(config, loop_db, signing_key, drain.wake),
+            replica.deployer(config, loop_db, signing_key, drain.wake, run=db.call),
             replica.owner_name(),
         )
         try:
