@@ -23,11 +23,12 @@ baseline, ...), each side's core started on the store its memory runs left, refr
 The core logs at the default level (info). Timings and memory are read from /proc and the
 clock, never from the core's own reports. Run:
 
-    .venv/bin/python bench/footprint.py [--baseline-from CHECKOUT] [--secrets 100 ...]
+    .venv/bin/python bench/footprint.py [--baseline-from CHECKOUT] [--python PY] [--secrets 100 ...]
 
 A baseline checkout of the commit before a change: `git worktree add --detach /tmp/base REV`.
-Both sides use this interpreter and its site-packages; only `edge` itself comes from each
-checkout (its directory first on PYTHONPATH).
+Both sides run on one interpreter and its site-packages, this one or `--python`'s (a
+device-like install: a venv with `pip install .` only, no test or demo extras); only `edge`
+itself comes from each checkout (its directory first on the path).
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ def parse_args() -> argparse.Namespace:
         metavar="CHECKOUT",
         help="measure another checkout of edge the same way (a baseline), in the same run",
     )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PY",
+        help="the interpreter the cores, their workers and the CLI run on (default: this one)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args()
 
@@ -118,6 +125,8 @@ class Side:
 
     name: str
     source: Path
+    #: The interpreter its cores, workers and CLI calls run on.
+    python: str
     memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
     #: Its core, stopped, with the functions deployed: for the timed runs.
@@ -152,7 +161,7 @@ def run_cli(side: Side, *args: str) -> tuple[float, str]:
     """Run `python -m edge ARGS` from the side's checkout; return (wall seconds, stdout)."""
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "edge", *args],
+        [side.python, "-m", "edge", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -226,7 +235,7 @@ def deploy(operator: Operator, world: World, functions: list[dict[str, Any]]) ->
 def first_answer(core: CoreProcess, side: Side, state_dir: Path) -> float:
     """Start the core; return the seconds from exec to its first answered IPC request."""
     probe = subprocess.Popen(
-        [sys.executable, "-c", PROBE, str(state_dir)],
+        [side.python, "-c", PROBE, str(state_dir)],
         stdout=subprocess.PIPE,
         text=True,
         env=source_env(side.source),
@@ -252,7 +261,9 @@ def measure_side(side: Side, world: World, args: argparse.Namespace) -> None:
     thing = f"footprint-{side.name}"
     write_core_config(config, world, thing, f'\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
     run_cli(side, "init", "--config", str(config))
-    core = CoreProcess(config=config, log_path=root / "core.log", source_root=side.source)
+    core = CoreProcess(
+        config=config, log_path=root / "core.log", source_root=side.source, python=side.python
+    )
     with running(core):
         side.memory["idle, metrics on"] = settled_memory(core)
     write_core_config(config, world, thing)
@@ -343,6 +354,7 @@ def report(sides: list[Side], args: argparse.Namespace) -> None:
     names = [s.name for s in sides]
     ratio = len(sides) > 1
     head = "| measure | " + " | ".join(names) + (" | ratio |" if ratio else " |")
+    print(f"\ninterpreter: {args.python}")
     print(f"\n{args.secrets} secrets, 2 pinned functions; memory in MB (VmRSS / PSS):\n")
     print(head)
     print("|" + " --- |" * (len(sides) + 1 + ratio))
@@ -365,11 +377,11 @@ def report(sides: list[Side], args: argparse.Namespace) -> None:
 def main() -> None:
     """Start the services, measure each side in turn, print the table."""
     args = parse_args()
-    sides = [Side("this", REPO)]
+    sides = [Side("this", REPO, args.python)]
     if args.baseline_from is not None:
         if not (args.baseline_from / "edge" / "__main__.py").exists():
             raise SystemExit(f"{args.baseline_from} is not a checkout of edge")
-        sides.insert(0, Side("baseline", args.baseline_from.resolve()))
+        sides.insert(0, Side("baseline", args.baseline_from.resolve(), args.python))
     workdir = Path(tempfile.mkdtemp(prefix="edge-footprint-"))
     with (
         run_mosquitto(workdir / "mosquitto") as broker,
