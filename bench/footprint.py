@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -406,29 +406,38 @@ def measure_times(sides: list[Side], args: argparse.Namespace) -> None:
         side.times["start to first answer"] = statistics.median(starts[side.name])
 
 
-def report(sides: list[Side], args: argparse.Namespace) -> None:
-    """Print the figures as markdown, each side a column, the ratios to the baseline last."""
-    names = [s.name for s in sides]
-    ratio = len(sides) > 1
-    head = "| measure | " + " | ".join(names) + (" | ratio |" if ratio else " |")
+def report_memory(sides: list[Side], args: argparse.Namespace) -> None:
+    """Print the memory as markdown, each side a column, the ratio to the baseline last.
+
+    Printed as soon as it is measured: a failure in the timed runs doesn't lose it.
+    """
     print(f"\ninterpreter: {args.python}; MQTT {'over TLS' if args.tls else 'plain'}")
     print(f"\n{args.secrets} secrets, 2 pinned functions; memory in MB (VmRSS / PSS):\n")
-    print(head)
+    rows = {
+        key: [f"{s.memory[key][0] / 1024:.1f} / {s.memory[key][1] / 1024:.1f}" for s in sides]
+        for key in sides[0].memory
+    }
+    _table(sides, rows, lambda key, side: side.memory[key][0])
+
+
+def report_times(sides: list[Side], args: argparse.Namespace) -> None:
+    """Print the times as markdown, each side a column, the ratio to the baseline last."""
+    print(f"\nTimes in ms (medians of {args.repeat}; restarts: of {args.restarts}):\n")
+    rows = {key: [f"{s.times[key] * 1000:.0f}" for s in sides] for key in sides[0].times}
+    _table(sides, rows, lambda key, side: side.times[key])
+
+
+def _table(
+    sides: list[Side], rows: dict[str, list[str]], value: Callable[[str, Side], float]
+) -> None:
+    ratio = len(sides) > 1
+    print("| measure | " + " | ".join(s.name for s in sides) + (" | ratio |" if ratio else " |"))
     print("|" + " --- |" * (len(sides) + 1 + ratio))
-    for key in sides[0].memory:
-        cells = [f"{s.memory[key][0] / 1024:.1f} / {s.memory[key][1] / 1024:.1f}" for s in sides]
+    for key, cells in rows.items():
         row = f"| {key} | " + " | ".join(cells) + " |"
         if ratio:
-            row += f" {sides[-1].memory[key][0] / sides[0].memory[key][0]:.2f} |"
-        print(row)
-    print(f"\nTimes in ms (medians of {args.repeat}; restarts: of {args.restarts}):\n")
-    print(head)
-    print("|" + " --- |" * (len(sides) + 1 + ratio))
-    for key in sides[0].times:
-        row = f"| {key} | " + " | ".join(f"{s.times[key] * 1000:.0f}" for s in sides) + " |"
-        if ratio:
-            row += f" {sides[-1].times[key] / sides[0].times[key]:.2f} |"
-        print(row)
+            row += f" {value(key, sides[-1]) / value(key, sides[0]):.2f} |"
+        print(row, flush=True)
 
 
 def main() -> None:
@@ -440,6 +449,7 @@ def main() -> None:
             raise SystemExit(f"{args.baseline_from} is not a checkout of edge")
         sides.insert(0, Side("baseline", args.baseline_from.resolve(), args.python))
     workdir = Path(tempfile.mkdtemp(prefix="edge-footprint-"))
+    broker_context: contextlib.AbstractContextManager[Mosquitto]
     if args.tls:
         make_pki(workdir / "mosquitto")
         broker_context = running_broker(
@@ -465,9 +475,10 @@ def main() -> None:
         for side in sides:
             print(f"measuring {side.name} ({side.source}) ...", file=sys.stderr)
             measure_side(side, world, args)
+        report_memory(sides, args)
         print("timing, interleaved ...", file=sys.stderr)
         measure_times(sides, args)
-    report(sides, args)
+    report_times(sides, args)
     if args.keep:
         print(f"\nwork directory: {workdir}", file=sys.stderr)
     else:
