@@ -17,17 +17,22 @@ the same run, each side with a core of its own started from its own checkout:
 * worker memory: the V1 runtime running a handler that imports nothing, and one whose module
   imports greengrasssdk and makes a client.
 
+With `--tls` the cores connect to the broker as a device connects to AWS IoT: `mqtts://` with
+a client certificate and a CA file (a P-256 PKI made with the `openssl` command); the benchmark's
+own publisher stays on a plain listener of the same broker.
+
 The memory is measured one side after the other; the times last, interleaved (baseline, this,
 baseline, ...), each side's core started on the store its memory runs left, refresh off.
 
 The core logs at the default level (info). Timings and memory are read from /proc and the
 clock, never from the core's own reports. Run:
 
-    .venv/bin/python bench/footprint.py [--baseline-from CHECKOUT] [--secrets 100 ...]
+    .venv/bin/python bench/footprint.py [--baseline-from CHECKOUT] [--python PY] [--tls] ...
 
 A baseline checkout of the commit before a change: `git worktree add --detach /tmp/base REV`.
-Both sides use this interpreter and its site-packages; only `edge` itself comes from each
-checkout (its directory first on PYTHONPATH).
+Both sides run on one interpreter and its site-packages, this one or `--python`'s (a
+device-like install: a venv with `pip install .` only, no test or demo extras); only `edge`
+itself comes from each checkout (its directory first on the path).
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +61,12 @@ from edge.fixtures.procfs import smaps_rollup_kib, vm_rss_kib  # noqa: E402
 from edge.fixtures.reference import write_v1_package  # noqa: E402
 from edge.fixtures.services import (  # noqa: E402
     TEST_REGION,
+    Mosquitto,
     MotoServer,
     free_port,
     run_mosquitto,
     run_moto,
+    running_broker,
 )
 
 ACCOUNT = "123456789012"
@@ -108,6 +116,17 @@ def parse_args() -> argparse.Namespace:
         metavar="CHECKOUT",
         help="measure another checkout of edge the same way (a baseline), in the same run",
     )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PY",
+        help="the interpreter the cores, their workers and the CLI run on (default: this one)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="cores connect over TLS with a client certificate, as a device to AWS IoT",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args()
 
@@ -118,10 +137,56 @@ class Side:
 
     name: str
     source: Path
+    #: The interpreter its cores, workers and CLI calls run on.
+    python: str
     memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
     #: Its core, stopped, with the functions deployed: for the timed runs.
     core: CoreProcess | None = None
+
+
+class TlsMosquitto(Mosquitto):
+    """A broker with a TLS listener beside the plain one: certificates required."""
+
+    @cached_property
+    def tls_port(self) -> int:
+        """The port of the TLS listener."""
+        return free_port()
+
+    def config(self) -> str:
+        """A plain listener for the publisher, a TLS one for the cores; PKI in `workdir`."""
+        pki = self.workdir
+        return (
+            # Started as root, Mosquitto would drop to a user who can't reach the work
+            # directory (0700) to read its certificate.
+            "user root\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"listener {self.tls_port} 127.0.0.1\n"
+            f"cafile {pki}/ca.pem\ncertfile {pki}/server.pem\nkeyfile {pki}/server.key\n"
+            "require_certificate true\n"
+        )
+
+
+def make_pki(directory: Path) -> None:
+    """A CA, the broker's certificate (127.0.0.1) and a client's, all P-256, with openssl."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=footprint CA")  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, extra in (("server", ("-extfile", "san.ext")), ("client", ())):
+        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *extra)  # fmt: skip
+    # Mosquitto drops to its own user when started as root; the client key stays 0600.
+    for name in ("ca.pem", "server.pem", "server.key"):
+        (directory / name).chmod(0o644)
+    (directory / "client.key").chmod(0o600)
 
 
 @dataclass
@@ -129,7 +194,8 @@ class World:
     """The broker, Secrets Manager and the secrets every side deploys."""
 
     root: Path
-    broker_url: str
+    #: The `[mqtt]` section the cores get.
+    mqtt: str
     broker_port: int
     moto: MotoServer
     sm: Any
@@ -152,7 +218,7 @@ def run_cli(side: Side, *args: str) -> tuple[float, str]:
     """Run `python -m edge ARGS` from the side's checkout; return (wall seconds, stdout)."""
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "edge", *args],
+        [side.python, "-m", "edge", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -170,7 +236,7 @@ def write_core_config(path: Path, world: World, thing: str, extra: str = "") -> 
     """A core config as a device has it (default log level, metrics and refresh off)."""
     path.write_text(
         f'[core]\nthing_name = "{thing}"\nstate_dir = "state"\n\n'
-        f'[mqtt]\nurl = "{world.broker_url}"\nreconnect_max_seconds = 1.0\n\n'
+        f"[mqtt]\n{world.mqtt}reconnect_max_seconds = 1.0\n\n"
         f'[aws]\nregion = "{TEST_REGION}"\nendpoint_url = "{world.moto.url}"\n\n'
         '[log]\nformat = "json"\n\n'
         "[deployments]\nallow_unsigned = true\n\n"
@@ -226,7 +292,7 @@ def deploy(operator: Operator, world: World, functions: list[dict[str, Any]]) ->
 def first_answer(core: CoreProcess, side: Side, state_dir: Path) -> float:
     """Start the core; return the seconds from exec to its first answered IPC request."""
     probe = subprocess.Popen(
-        [sys.executable, "-c", PROBE, str(state_dir)],
+        [side.python, "-c", PROBE, str(state_dir)],
         stdout=subprocess.PIPE,
         text=True,
         env=source_env(side.source),
@@ -252,7 +318,9 @@ def measure_side(side: Side, world: World, args: argparse.Namespace) -> None:
     thing = f"footprint-{side.name}"
     write_core_config(config, world, thing, f'\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
     run_cli(side, "init", "--config", str(config))
-    core = CoreProcess(config=config, log_path=root / "core.log", source_root=side.source)
+    core = CoreProcess(
+        config=config, log_path=root / "core.log", source_root=side.source, python=side.python
+    )
     with running(core):
         side.memory["idle, metrics on"] = settled_memory(core)
     write_core_config(config, world, thing)
@@ -338,55 +406,79 @@ def measure_times(sides: list[Side], args: argparse.Namespace) -> None:
         side.times["start to first answer"] = statistics.median(starts[side.name])
 
 
-def report(sides: list[Side], args: argparse.Namespace) -> None:
-    """Print the figures as markdown, each side a column, the ratios to the baseline last."""
-    names = [s.name for s in sides]
-    ratio = len(sides) > 1
-    head = "| measure | " + " | ".join(names) + (" | ratio |" if ratio else " |")
+def report_memory(sides: list[Side], args: argparse.Namespace) -> None:
+    """Print the memory as markdown, each side a column, the ratio to the baseline last.
+
+    Printed as soon as it is measured: a failure in the timed runs doesn't lose it.
+    """
+    print(f"\ninterpreter: {args.python}; MQTT {'over TLS' if args.tls else 'plain'}")
     print(f"\n{args.secrets} secrets, 2 pinned functions; memory in MB (VmRSS / PSS):\n")
-    print(head)
+    rows = {
+        key: [f"{s.memory[key][0] / 1024:.1f} / {s.memory[key][1] / 1024:.1f}" for s in sides]
+        for key in sides[0].memory
+    }
+    _table(sides, rows, lambda key, side: side.memory[key][0])
+
+
+def report_times(sides: list[Side], args: argparse.Namespace) -> None:
+    """Print the times as markdown, each side a column, the ratio to the baseline last."""
+    print(f"\nTimes in ms (medians of {args.repeat}; restarts: of {args.restarts}):\n")
+    rows = {key: [f"{s.times[key] * 1000:.0f}" for s in sides] for key in sides[0].times}
+    _table(sides, rows, lambda key, side: side.times[key])
+
+
+def _table(
+    sides: list[Side], rows: dict[str, list[str]], value: Callable[[str, Side], float]
+) -> None:
+    ratio = len(sides) > 1
+    print("| measure | " + " | ".join(s.name for s in sides) + (" | ratio |" if ratio else " |"))
     print("|" + " --- |" * (len(sides) + 1 + ratio))
-    for key in sides[0].memory:
-        cells = [f"{s.memory[key][0] / 1024:.1f} / {s.memory[key][1] / 1024:.1f}" for s in sides]
+    for key, cells in rows.items():
         row = f"| {key} | " + " | ".join(cells) + " |"
         if ratio:
-            row += f" {sides[-1].memory[key][0] / sides[0].memory[key][0]:.2f} |"
-        print(row)
-    print(f"\nTimes in ms (medians of {args.repeat}; restarts: of {args.restarts}):\n")
-    print(head)
-    print("|" + " --- |" * (len(sides) + 1 + ratio))
-    for key in sides[0].times:
-        row = f"| {key} | " + " | ".join(f"{s.times[key] * 1000:.0f}" for s in sides) + " |"
-        if ratio:
-            row += f" {sides[-1].times[key] / sides[0].times[key]:.2f} |"
-        print(row)
+            row += f" {value(key, sides[-1]) / value(key, sides[0]):.2f} |"
+        print(row, flush=True)
 
 
 def main() -> None:
     """Start the services, measure each side in turn, print the table."""
     args = parse_args()
-    sides = [Side("this", REPO)]
+    sides = [Side("this", REPO, args.python)]
     if args.baseline_from is not None:
         if not (args.baseline_from / "edge" / "__main__.py").exists():
             raise SystemExit(f"{args.baseline_from} is not a checkout of edge")
-        sides.insert(0, Side("baseline", args.baseline_from.resolve()))
+        sides.insert(0, Side("baseline", args.baseline_from.resolve(), args.python))
     workdir = Path(tempfile.mkdtemp(prefix="edge-footprint-"))
-    with (
-        run_mosquitto(workdir / "mosquitto") as broker,
-        run_moto(workdir / "moto.log") as moto,
-    ):
+    broker_context: contextlib.AbstractContextManager[Mosquitto]
+    if args.tls:
+        make_pki(workdir / "mosquitto")
+        broker_context = running_broker(
+            TlsMosquitto(port=free_port(), workdir=workdir / "mosquitto")
+        )
+    else:
+        broker_context = run_mosquitto(workdir / "mosquitto")
+    with broker_context as broker, run_moto(workdir / "moto.log") as moto:
+        if isinstance(broker, TlsMosquitto):
+            pki = broker.workdir
+            mqtt = (
+                f'url = "mqtts://127.0.0.1:{broker.tls_port}"\nca_file = "{pki}/ca.pem"\n'
+                f'cert_file = "{pki}/client.pem"\nkey_file = "{pki}/client.key"\n'
+            )
+        else:
+            mqtt = f'url = "{broker.url}"\n'
         sm = moto.client()
         arns = [
             sm.create_secret(Name=f"footprint-{i}", SecretString=f"value-{i}")["ARN"]
             for i in range(args.secrets)
         ]
-        world = World(workdir, broker.url, broker.port, moto, sm, arns)
+        world = World(workdir, mqtt, broker.port, moto, sm, arns)
         for side in sides:
             print(f"measuring {side.name} ({side.source}) ...", file=sys.stderr)
             measure_side(side, world, args)
+        report_memory(sides, args)
         print("timing, interleaved ...", file=sys.stderr)
         measure_times(sides, args)
-    report(sides, args)
+    report_times(sides, args)
     if args.keep:
         print(f"\nwork directory: {workdir}", file=sys.stderr)
     else:

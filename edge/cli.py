@@ -298,6 +298,7 @@ def _run(config: Config) -> int:
     from edge.core import Core  # noqa: PLC0415 - see the imports
     from edge.eventloop import choose_event_loop  # noqa: PLC0415 - see the imports
     from edge.hardening import forbid_memory_access  # noqa: PLC0415 - see the imports
+    from edge.heap import release_free_heap  # noqa: PLC0415 - see the imports
 
     # Before any secret is loaded: no core dumps, and its memory is closed to its own user.
     forbid_memory_access()
@@ -315,6 +316,8 @@ def _run(config: Config) -> int:
             # core: out of the collector's sight, a full collection costs microseconds, not
             # the tens of milliseconds it would stall the IPC for.
             gc.freeze()
+            # The import-time garbage is free now, but inside the heap: give it back.
+            release_free_heap()
             await core.serve_forever(stop)
 
     event_loop.run(main())

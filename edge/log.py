@@ -20,8 +20,39 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, TextIO, cast
 
-import structlog
-from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+#: What `structlog.dev` (which `import structlog` always loads) imports whenever it is installed,
+#: for tracebacks and colours the core doesn't use: `rich` alone is 4.8 MB of RSS and ~20 ms of
+#: start in every process that logs (a `[demo]` install brings it, through amqtt and typer).
+#: Tracebacks here are plain (see `configure_logging`) and colours are ANSI codes either way.
+_STRUCTLOG_EXTRAS: Final = ("rich", "colorama", "better_exceptions")
+
+
+def _import_structlog() -> None:
+    """Import structlog with its optional extras hidden, so it never loads them.
+
+    A `None` in `sys.modules` makes `import rich` raise ImportError, which `structlog.dev`
+    catches to fall back on plain output. Only for the duration of this import: the names are
+    released afterwards, so anything else in the process may still import them. Must be the
+    process's first import of structlog to have an effect; `edge.cli` imports this module
+    before any module that imports structlog.
+    """
+    if "structlog" in sys.modules:
+        return
+    hidden = [name for name in _STRUCTLOG_EXTRAS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import structlog  # noqa: F401, PLC0415 - imported here, with its extras hidden
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
+
+
+_import_structlog()
+
+import structlog  # noqa: E402 - after `_import_structlog`, which imports it first
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger  # noqa: E402
 
 MASK = "****"
 #: Values shorter than this are not masked: masking every "a" in every line would make logs

@@ -13,7 +13,6 @@ nothing from the core side; `traceback` is imported only when a handler fails.
 
 from __future__ import annotations
 
-import base64
 import importlib
 import json
 import os
@@ -35,6 +34,8 @@ class ClientContext:
     def __init__(self, raw: str) -> None:
         decoded: dict[str, Any] = {}
         if raw:
+            import base64  # noqa: PLC0415 - only when a caller passed one: most never do
+
             try:
                 value = json.loads(base64.b64decode(raw))
                 decoded = value if isinstance(value, dict) else {}

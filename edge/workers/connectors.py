@@ -18,7 +18,6 @@ from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from edge.model import Group
-from edge.model.connectors import check_connectors
 from edge.workers.spec import CodeRef, FunctionSpec
 
 #: The worker's environment variable holding the Parameters as JSON (`connectors.kit` reads
@@ -28,6 +27,12 @@ PARAMETERS_VARIABLE: Final = "EDGE_CONNECTOR_PARAMETERS"
 
 def connector_specs(group: Group) -> tuple[FunctionSpec, ...]:
     """Specs of every connector of a group, or DeploymentInvalidError naming the bad one."""
+    if not group.connectors:
+        return ()
+    # The catalogue (its manifests, their schema) only for a group with connectors: a core
+    # whose groups have none doesn't hold it.
+    from edge.model.connectors import check_connectors  # noqa: PLC0415
+
     return tuple(
         FunctionSpec(
             function_id=checked.connector.connector_id,
