@@ -79,6 +79,7 @@ class Handler:
                     "Name": args["SecretId"],
                     "SecretString": SECRET,
                     "Caller": identity.function_arn,
+                    "CallerPid": identity.pid,
                 },
             )
         if request.op == OP_INVOKE:
@@ -330,6 +331,32 @@ async def test_a_handed_over_connection_takes_only_its_own_workers_token(socket_
         "this worker's token is only valid on the connection handed to it",
         "another worker's token on a handed-over connection",
     ]
+
+
+async def test_a_handed_connection_is_served_as_its_worker_and_never_made_again(socket_path):
+    """The manager names the worker's pid; once the connection closes, the client gives up.
+
+    The kernel's peer credentials of a socketpair name the core, so the pid the connection is
+    served as (whom a late cache watch restarts) is the one the manager gave. A client on a
+    handed socket can't reach the socket's path: when its connection is gone it says so and
+    doesn't try.
+    """
+    async with serving(socket_path) as server:
+        server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, adopted_only=True))
+        mine, theirs = socket.socketpair()
+        await server.adopt(mine, OTHER_TOKEN, pid=4242)
+        with IpcClient(
+            str(socket_path), OTHER_TOKEN, inherited_fd=theirs.detach(), handed=True
+        ) as client:
+            answer = await call(client, OP_GET_SECRET_VALUE, {"SecretId": "a"})
+            assert (answer["Caller"], answer["CallerPid"]) == (ARN, 4242)
+            assert not client.reconnects
+            accepted = server.connections["accepted"]
+            server.revoke(OTHER_TOKEN)  # closes its connection
+            server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, adopted_only=True))
+            with pytest.raises(IpcConnectionError, match="can't be made again"):
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "a"})
+            assert server.connections["accepted"] == accepted  # nothing connected by path
 
 
 async def run_python(socket_path: Path, code: str, token: str) -> str:
