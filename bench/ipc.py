@@ -33,12 +33,18 @@ Through greengrasssdk, repeated reads are answered by the worker's cache of answ
 (`edge.child.cache`) and first reads are round trips to the core: the `sdk-first` mode is a
 second function with its cache off (`EDGE_ANSWER_CACHE=off`), so every read is a first read.
 
+`--breakdown` times, in a worker-like process against the (ipc) server, each layer of a cached
+read through greengrasssdk, and a first read (a round trip) through each layer: the native
+request, the SDK's JSON request and the core's JSON answer, the compat layer, the whole SDK call.
+`--server-timer` keeps a 100 ms timer pending in the (ipc) server, as a real core always has.
+
 Targets: repeated reads through greengrasssdk at least 10x the baseline's throughput, unpinned,
 p99 <= 100 us; first reads (p50) within 10% of the bare round trip; the native client at least
 5x the baseline's throughput at 1 and 4 clients, p99 <= 100 us with one client, <= 15 us of
 core CPU per request.
 
-Run: `.venv/bin/python bench/ipc.py [--seconds 3] [--clients 1,4] [--repeat 3] [--pin] [--sdk]`.
+Run: `.venv/bin/python bench/ipc.py [--seconds 3] [--clients 1,4] [--repeat 3] [--pin] [--sdk]
+[--breakdown] [--server-timer]`.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,9 +112,14 @@ SDK_ACCOUNT = "123456789012"
 SDK_RESOURCE_ID = "bench-secret"
 #: The secrets manager system function's ARN, as the core gives workers.
 SECRETS_MANAGER_ARN = "arn:aws:lambda:::function:GGSecretManager:1"
+#: `--server-timer`: the period of a real core's shortest timer, its workers' memory polls
+#: (`edge.workers.process.RSS_POLL_SECONDS`).
+CORE_TIMER_SECONDS = 0.1
 #: Calls per timed batch in the breakdown, and batches (the median batch is kept).
 BREAKDOWN_CALLS = 2000
 BREAKDOWN_BATCHES = 51
+#: Calls per batch in the first-read breakdown: each one is a round trip.
+FIRST_READ_BREAKDOWN_CALLS = 200
 #: Time between starting the `edge invoke`s and the common start of their loops: each CLI
 #: process needs ~0.7 s of CPU to start, and the handler warms up first.
 SDK_START_SLACK_SECONDS = 2.0
@@ -135,7 +146,14 @@ def parse_args() -> argparse.Namespace:
         "--breakdown",
         action="store_true",
         help="also time each layer of a cached greengrasssdk read (in one worker-like process "
-        "served by the bench's IPC server), unpinned",
+        "served by the bench's IPC server, unpinned), and of a first read (each call a round "
+        "trip; on the server's CPU with --pin)",
+    )
+    parser.add_argument(
+        "--server-timer",
+        action="store_true",
+        help="keep a 100 ms timer pending in the bench's IPC server, as a real core always has "
+        "one (its workers' memory polls): every wait of its loop then arms a kernel timer",
     )
     parser.add_argument(
         "--sdk",
@@ -192,8 +210,12 @@ def core_services() -> Any:
     return CoreServices(manager=None, publish=None, secrets=FixedIndex(index))  # type: ignore[arg-type]
 
 
-def run_ipc_server(socket_path: str, token: str, no_uvloop: bool) -> None:  # noqa: FBT001
-    """Serve until stdin closes; print one ready line with the loop's name."""
+def run_ipc_server(socket_path: str, token: str, no_uvloop: bool, timer: bool) -> None:  # noqa: FBT001
+    """Serve until stdin closes; print one ready line with the loop's name.
+
+    With `timer`, a 100 ms timer is always pending, as in a real core (its workers' memory
+    polls, MQTT's keepalive): the loop's every wait then arms a kernel timer.
+    """
     from edge.ipc.server import IpcServer, WorkerIdentity  # noqa: PLC0415
     from edge.log import configure_logging  # noqa: PLC0415
 
@@ -206,7 +228,14 @@ def run_ipc_server(socket_path: str, token: str, no_uvloop: bool) -> None:  # no
         async with IpcServer(socket_path=Path(socket_path), handler=handler) as server:
             server.register(token, WorkerIdentity(function_arn="bench", uid=os.getuid()))
             print(json.dumps({"loop": loop_name}), flush=True)
+            ticking = asyncio.create_task(tick()) if timer else None
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+            if ticking is not None:
+                ticking.cancel()
+
+    async def tick() -> None:
+        while True:  # noqa: ASYNC110 - the pending timer is the point
+            await asyncio.sleep(CORE_TIMER_SECONDS)
 
     asyncio.run(serve())
 
@@ -385,17 +414,60 @@ def run_breakdown(socket_path: str, token: str) -> None:
             cache.ticket(), key, {"Payload": answer_json}
         ),
     }
+    print(json.dumps(time_layers(layers, BREAKDOWN_CALLS)), flush=True)
+
+
+def time_layers(layers: dict[str, Callable[[], object]], calls: int) -> dict[str, float]:
+    """µs per call of each layer: the median of BREAKDOWN_BATCHES batches of `calls` calls."""
     clock = time.perf_counter_ns
     # Layers interleaved batch by batch, so a change in the machine's load hits them alike.
     batches: dict[str, list[float]] = {name: [] for name in layers}
     for _ in range(BREAKDOWN_BATCHES):
         for name, call in layers.items():
             start = clock()
-            for _ in range(BREAKDOWN_CALLS):
+            for _ in range(calls):
                 call()
-            batches[name].append((clock() - start) / BREAKDOWN_CALLS / 1000)
-    results = {name: sorted(times)[len(times) // 2] for name, times in batches.items()}
-    print(json.dumps(results), flush=True)
+            batches[name].append((clock() - start) / calls / 1000)
+    return {name: sorted(times)[len(times) // 2] for name, times in batches.items()}
+
+
+def run_first_read_breakdown(socket_path: str, token: str) -> None:
+    """Time a first read (every call a round trip) through each layer; print µs per call.
+
+    The same worker-like process as `run_breakdown`, its cache off, against the bench's IPC
+    server with the core's own handler: each layer adds its own code to the same round trip,
+    from the native request to the whole `greengrasssdk` call.
+    """
+    worker_environment(socket_path, token, cache=False)
+    sys.path.insert(0, str(REPO / "edge" / "child" / "compat"))
+    import greengrasssdk  # noqa: PLC0415
+    from greengrass_ipc_python_sdk.ipc_client import IPCClient  # noqa: PLC0415
+
+    from edge.child import function  # noqa: PLC0415
+    from edge.ipc.protocol import OP_GET_SECRET_VALUE_V1  # noqa: PLC0415
+
+    sdk = greengrasssdk.client("secretsmanager")
+    native = {"SecretId": SECRET_NAME}
+    payload = json.dumps({"SecretId": SECRET_NAME}).encode()
+    v1 = {"Payload": payload}
+    compat = IPCClient()
+
+    def through_compat() -> None:
+        compat.get_work_result(SECRETS_MANAGER_ARN, compat.post_work(SECRETS_MANAGER_ARN, payload))
+
+    layers: dict[str, Callable[[], object]] = {
+        "edge.child.function.answer, native request and answer": lambda: function.answer(
+            OP_GET_SECRET_VALUE, native
+        ),
+        "edge.child.function.answer, the SDK's JSON request and the core's JSON answer": (
+            lambda: function.answer(OP_GET_SECRET_VALUE_V1, v1)
+        ),
+        "compat IPCClient post_work + get_work_result": through_compat,
+        "greengrasssdk get_secret_value, whole call": lambda: sdk.get_secret_value(
+            SecretId=SECRET_NAME
+        ),
+    }
+    print(json.dumps(time_layers(layers, FIRST_READ_BREAKDOWN_CALLS)), flush=True)
 
 
 def run_bare_client(socket_path: str, seconds: float) -> None:
@@ -863,7 +935,14 @@ def report(args: argparse.Namespace, modes: list[Mode], loops: dict[str, str]) -
     for line in verdicts:
         print(f"- {line}")
     if "breakdown" in loops:
-        report_breakdown(json.loads(loops["breakdown"]))
+        report_breakdown(
+            "layer of a cached read through greengrasssdk", json.loads(loops["breakdown"])
+        )
+        report_breakdown(
+            "a first read (a round trip to the bench's IPC server), through each layer"
+            + (", pinned" if args.pin else ""),
+            json.loads(loops["first-read-breakdown"]),
+        )
 
 
 def first_read_verdict(mode: Mode, bare: Run) -> str:
@@ -885,9 +964,9 @@ def first_read_verdict(mode: Mode, bare: Run) -> str:
     )
 
 
-def report_breakdown(layers: dict[str, float]) -> None:
-    """Print where a cached read's microseconds go, layer by layer."""
-    print("\n| layer of a cached read through greengrasssdk | µs per call (median batch) |")
+def report_breakdown(title: str, layers: dict[str, float]) -> None:
+    """Print where a read's microseconds go, layer by layer."""
+    print(f"\n| {title} | µs per call (median batch) |")
     print("|---|---:|")
     for name, micros in layers.items():
         print(f"| {name} | {micros:.2f} |")
@@ -896,7 +975,7 @@ def report_breakdown(layers: dict[str, float]) -> None:
 def play_role(role: str, rest: list[str]) -> None:
     """Run as one of the benchmark's processes (internal subcommands)."""
     if role == "_ipc-server":
-        run_ipc_server(rest[0], rest[1], rest[2] == "1")
+        run_ipc_server(rest[0], rest[1], rest[2] == "1", rest[3] == "1")
     elif role == "_http-server":
         run_http_server(rest[0], rest[1] == "1")
     elif role == "_ipc-client":
@@ -909,6 +988,8 @@ def play_role(role: str, rest: list[str]) -> None:
         run_bare_client(rest[0], float(rest[1]))
     elif role == "_breakdown":
         run_breakdown(rest[0], rest[1])
+    elif role == "_first-read-breakdown":
+        run_first_read_breakdown(rest[0], rest[1])
 
 
 def core_loop_name() -> str:
@@ -918,14 +999,18 @@ def core_loop_name() -> str:
     return choose_event_loop("auto").name
 
 
-def breakdown(socket_path: str, token: str) -> str:
-    """Run the breakdown's worker-like process against the IPC server; its JSON line."""
+def breakdown(role: str, socket_path: str, token: str, cpus: set[int] | None = None) -> str:
+    """Run a breakdown's worker-like process against the IPC server; its JSON line.
+
+    `cpus`: where the process runs (with `--pin`, the server's CPU, as a lone client's).
+    """
     done = subprocess.run(
-        [sys.executable, __file__, "_breakdown", socket_path, token],
+        [sys.executable, __file__, role, socket_path, token],
         capture_output=True,
         text=True,
         check=False,
         cwd=REPO,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     if done.returncode != 0:
         raise RuntimeError(f"the breakdown failed:\n{done.stderr}")
@@ -948,7 +1033,8 @@ def conduct(args: argparse.Namespace, modes: list[Mode], workdir: Path) -> dict[
             if sdk_clients
             else None
         )
-        ipc, ipc_info = stack.enter_context(server("_ipc-server", socket_path, token, no_uv))
+        timer = "1" if args.server_timer else "0"
+        ipc, ipc_info = stack.enter_context(server("_ipc-server", socket_path, token, no_uv, timer))
         web, web_info = stack.enter_context(server("_http-server", token, no_uv))
         bare_path = str(workdir / "bare.sock")
         bare, _bare_info = stack.enter_context(server("_bare-server", bare_path, no_uv))
@@ -988,7 +1074,10 @@ def conduct(args: argparse.Namespace, modes: list[Mode], workdir: Path) -> dict[
         if world is not None:
             loops["sdk"] = core_loop_name()
         if args.breakdown:
-            loops["breakdown"] = breakdown(socket_path, token)
+            loops["breakdown"] = breakdown("_breakdown", socket_path, token)
+            loops["first-read-breakdown"] = breakdown(
+                "_first-read-breakdown", socket_path, token, {first_cpu} if args.pin else None
+            )
         return loops
 
 

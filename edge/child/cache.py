@@ -14,16 +14,17 @@ read is answered here, from a dict, with no round trip, for exactly as long as t
   answer arriving (a generation number, taken before the request): an answer fetched before a
   change is never cached after it.
 * When the watch is lost (the core went away, the connection broke) caching is off and the
-  cache empty until the thread has a watch again.
+  cache empty until the thread has a watch again. A worker of another user can't reach the
+  core's socket: the core hands it a connected socket for the watch, used once; when that
+  connection breaks, caching is off for good in that process.
 
 Reads served from the cache are counted here and reported to the core with the next poll (after
 an invalidation, and at least every heartbeat), which audits them as self-reported: a function
 that holds a value can always skip the report, so the audit says so. A read racing another
 thread's count of the same answer may go uncounted.
 
-A forked child starts with an empty cache, caching off, and watches anew on its first read.
-A worker that runs as another user gets its connection from the core and can't open a second
-one: it doesn't cache.
+A forked child starts with an empty cache, caching off, and watches anew on its first read;
+a forked child of a worker of another user, which has no connection of its own, never caches.
 """
 
 from __future__ import annotations
@@ -85,15 +86,30 @@ def _reported(key: Hashable) -> tuple[str, dict[str, Any]]:
     return key[0], {n: v for n, v in zip(names, key[1:], strict=True) if v is not None}
 
 
+def _pause_before_watching_again(
+    exc: IpcCallError | IpcConnectionError, client: IpcClient, failures: int
+) -> float | None:
+    """Seconds to wait before watching again after a failed poll; None: stop watching for good."""
+    status = getattr(exc, "status", None)
+    if status in _FINAL_STATUSES:
+        return None
+    if isinstance(exc, IpcConnectionError) and not client.reconnects:
+        return None  # a socket the core handed over: nothing to watch over any more
+    if status == _UNKNOWN_WATCH:
+        return 0.0  # a dropped watch is watched again at once
+    return min(RETRY_MAX_SECONDS, RETRY_INITIAL_SECONDS * 2.0 ** min(failures, 10))
+
+
 class AnswerCache:
     """The answers, their read counts, and the watch that keeps them true.
 
     Args:
-        client: Makes the watch's own connection (the core's socket and this worker's token);
-            None when the worker can't open one (it then never caches).
+        client: Makes the watch's own connection (the core's socket and this worker's token),
+            or returns None when this process has none (it then never caches); None when
+            the function turned caching off.
     """
 
-    def __init__(self, client: Callable[[], IpcClient] | None) -> None:
+    def __init__(self, client: Callable[[], IpcClient | None] | None) -> None:
         self._client = client
         self._entries: dict[Hashable, dict[str, Any]] = {}
         self._hits: dict[Hashable, int] = {}
@@ -170,6 +186,8 @@ class AnswerCache:
     def _run(self) -> None:
         assert self._client is not None  # noqa: S101 - checked by watch()
         client = self._client()
+        if client is None:
+            return
         watch_id = old_id = seen = 0
         report: tuple[int, list[tuple[Hashable, int]]] = (0, [])
         failures = 0
@@ -189,15 +207,13 @@ class AnswerCache:
             except (IpcCallError, IpcConnectionError) as exc:
                 # Off at once: the core no longer tells this process when its answers change.
                 report = self.reset(0, on=False)
-                status = getattr(exc, "status", None)
-                if status in _FINAL_STATUSES:
+                pause = _pause_before_watching_again(exc, client, failures + 1)
+                if pause is None:
                     return
                 watch_id, old_id = 0, watch_id or old_id
-                if status != _UNKNOWN_WATCH:  # a dropped watch is watched again at once
+                if pause:
                     failures += 1
-                    time.sleep(
-                        min(RETRY_MAX_SECONDS, RETRY_INITIAL_SECONDS * 2 ** min(failures, 10))
-                    )
+                    time.sleep(pause)
                 continue
             failures = 0
             seq = result["Seq"]

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
+import struct
 import threading
 from datetime import UTC, datetime
 from typing import Any, NotRequired, TypedDict
@@ -76,6 +78,38 @@ class GrantedSecret(TypedDict):
     Versions: list[GrantedVersion]
 
 
+#: Set for a worker of another user, which can't reach the core's socket: the connected sockets
+#: the core handed it instead, for its requests and for its cache's watch.
+HANDED_FD = "EDGE_IPC_FD"
+HANDED_WATCH_FD = "EDGE_IPC_WATCH_FD"
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _claim(variable: str) -> int | None:
+    """The socket the core handed this worker in `variable`, if this process may use it.
+
+    It belongs to the process the core started: the kernel names the socketpair's maker (the
+    core) as the peer, and only that process has the core as its parent. A process the worker
+    forked or executed that sees the variable gets None. Once claimed it is closed on exec, so
+    programs the function runs don't hold the core's connection.
+    """
+    try:
+        fd = int(os.environ[variable])
+        probe = socket.socket(fileno=fd)
+    except (KeyError, ValueError, OSError):
+        return None
+    try:
+        raw = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except OSError:
+        return None
+    finally:
+        probe.detach()
+    if _PEERCRED.unpack(raw)[0] != os.getppid():
+        return None
+    os.set_inheritable(fd, False)  # noqa: FBT003 - positional-only
+    return fd
+
+
 _lock = threading.Lock()
 _shared: IpcClient | None = None
 
@@ -98,27 +132,33 @@ def shared_client() -> IpcClient:
                 raise IpcConnectionError(
                     socket_path or "EDGE_IPC_SOCKET", "not running under an edge core"
                 )
-            inherited = os.environ.get("EDGE_IPC_FD")
+            handed = HANDED_FD in os.environ
             _shared = IpcClient(
-                socket_path, token, inherited_fd=int(inherited) if inherited else None
+                socket_path,
+                token,
+                inherited_fd=_claim(HANDED_FD) if handed else None,
+                handed=handed,
             )
         return _shared
 
 
-def _watch_client() -> IpcClient:
-    """A second connection, for the cache's watch (see `edge.child.cache`)."""
+def _watch_client() -> IpcClient | None:
+    """A second connection, for the cache's watch (see `edge.child.cache`); None if none."""
     # Only ever made after a call through the shared client succeeded: both are set.
-    return IpcClient(os.environ["EDGE_IPC_SOCKET"], os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"])
+    socket_path = os.environ["EDGE_IPC_SOCKET"]
+    token = os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    if HANDED_FD not in os.environ:
+        return IpcClient(socket_path, token)
+    fd = _claim(HANDED_WATCH_FD)
+    return None if fd is None else IpcClient(socket_path, token, inherited_fd=fd, handed=True)
 
 
-# A worker that runs as another user only has the connection the core handed it (EDGE_IPC_FD):
-# it can't open the watch's, so it doesn't cache. A function whose every read must reach the
-# core (and its audit) sets EDGE_ANSWER_CACHE=off in its environment variables.
-_cache = AnswerCache(
-    None
-    if os.environ.get("EDGE_IPC_FD") or os.environ.get("EDGE_ANSWER_CACHE") == "off"
-    else _watch_client
-)
+# Closed on exec from the moment the SDK or this client is imported, not only once used.
+for _variable in (HANDED_FD, HANDED_WATCH_FD):
+    _claim(_variable)
+# A function whose every read must reach the core (and its audit) sets EDGE_ANSWER_CACHE=off in
+# its environment variables.
+_cache = AnswerCache(None if os.environ.get("EDGE_ANSWER_CACHE") == "off" else _watch_client)
 
 
 def answer(op: str, args: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:

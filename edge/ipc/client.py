@@ -17,7 +17,9 @@ reconnects once and resends the request if the request certainly did not reach t
 send failed, as it does at once on a Unix socket whose server is gone) or if the operation is
 idempotent (reading a secret or the list of them). A `lambda.invoke` or `iotdata.publish`
 whose connection broke after it was sent is not resent, since it may already have run: the
-caller gets `IpcConnectionError`.
+caller gets `IpcConnectionError`. A client made on a socket the core handed over (a worker of
+another user, which can't reach the socket's path) never connects by path: once that socket is
+gone, or in a forked child, which doesn't share it, every call raises `IpcConnectionError`.
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class IpcClient:
             message or a repr.
         connect_timeout: Seconds for connecting and the handshake, when a call's own timeout
             is shorter or absent this bounds them.
+        inherited_fd: A socket already connected to the core, used instead of connecting.
+        handed: The core hands this process its connection (`inherited_fd`, if this process
+            may use it): never connect by path, which this process can't reach.
     """
 
     def __init__(
@@ -139,11 +144,13 @@ class IpcClient:
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         inherited_fd: int | None = None,
+        handed: bool = False,
     ) -> None:
         self._socket_path = os.fspath(socket_path)
         # A socket already connected to the core (RunAs workers get one at spawn); used for the
         # first connection only: once it breaks there is no path to reconnect through.
         self._inherited_fd = inherited_fd
+        self._handed = handed
         self._token = token
         self._connect_timeout = connect_timeout
         self._closed = False
@@ -162,6 +169,11 @@ class IpcClient:
     def __repr__(self) -> str:
         """Name the socket, never the token."""
         return f"IpcClient(socket_path={self._socket_path!r})"
+
+    @property
+    def reconnects(self) -> bool:
+        """Whether a broken connection is made again (False: the core handed it over)."""
+        return not self._handed
 
     @property
     def function_arn(self) -> str | None:
@@ -253,6 +265,12 @@ class IpcClient:
             if budget <= 0:
                 raise IpcTimeoutError(timeout or 0.0)
         fd, self._inherited_fd = self._inherited_fd, None
+        if fd is None and self._handed:
+            raise IpcConnectionError(
+                self._socket_path,
+                "the connection the core handed this worker is closed, or belongs to the "
+                "process the core started (not to one it forked), and can't be made again",
+            )
         if fd is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         else:
@@ -504,10 +522,13 @@ def _readable(sock: socket.socket, seconds: float) -> bool:
 
 def _after_fork_in_child() -> None:
     # The parent's locks may have been held by threads that don't exist in the child, and its
-    # connection belongs to the parent: the child starts clean and reconnects when it calls.
+    # connection belongs to the parent: the child starts clean and reconnects when it calls. So
+    # does a socket the core handed the parent and it hasn't used yet: two processes writing
+    # one stream would garble each other's frames.
     for client in list(_CLIENTS):
         client._init_locks()  # noqa: SLF001 - module-private cooperation
         client._link = None  # noqa: SLF001
+        client._inherited_fd = None  # noqa: SLF001
 
 
 if hasattr(os, "register_at_fork"):

@@ -65,6 +65,7 @@ class Peer(asyncio.Protocol):
         max_concurrent: Its requests handled at once before it is read no further.
         adopted_for: For a connection handed to one worker (`IpcServer.adopt`): its token's
             digest.
+        adopted_pid: For such a connection, the worker's pid, as the manager knows it.
     """
 
     def __init__(
@@ -77,10 +78,12 @@ class Peer(asyncio.Protocol):
         hello_timeout: float,
         max_concurrent: int,
         adopted_for: bytes | None = None,
+        adopted_pid: int | None = None,
     ) -> None:
         self._host = host
         self._dispatcher = dispatcher
         self.adopted_for = adopted_for
+        self.adopted_pid = adopted_pid
         self.conn_id = conn_id
         self.conn = Connection(Role.SERVER)
         self.log = log

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import itertools
 import os
@@ -293,20 +294,23 @@ class IpcServer:
         )
         return self
 
-    async def adopt(self, sock: socket.socket, token: str) -> None:
+    async def adopt(self, sock: socket.socket, token: str, *, pid: int | None = None) -> None:
         """Serve a connected socket whose other end was handed to the worker owning `token`.
 
         Workers that run as another user (RunAs) can't enter the 0700 socket directory, so the
-        manager gives them one end of a socketpair instead. The worker still has to say Hello
-        with its token, and only that token is accepted on this connection; it may say it
-        whenever its code first calls the core (no Hello deadline: the worker has no way to
-        connect again). `SO_PEERCRED` of
-        a socketpair names the core itself, so register such a worker's identity without uid
-        or pid and with `adopted_only`.
+        manager gives them socketpair ends instead (one for requests, one for the cache's
+        watch). The worker still has to say Hello with its token, and only that token is
+        accepted on this connection; it may say it whenever its code first calls the core (no
+        Hello deadline: the worker has no way to connect again). `SO_PEERCRED` of a socketpair
+        names the core itself, so register such a worker's identity without uid or pid and with
+        `adopted_only`; the manager names the worker's `pid` here instead, and the connection
+        is served as that identity with that pid (the worker a late watch restarts).
         """
         loop = asyncio.get_running_loop()
         digest = token_digest(token)
-        await loop.connect_accepted_socket(lambda: self._new_peer(adopted_for=digest), sock=sock)
+        await loop.connect_accepted_socket(
+            lambda: self._new_peer(adopted_for=digest, adopted_pid=pid), sock=sock
+        )
 
     async def __aexit__(
         self,
@@ -403,7 +407,7 @@ class IpcServer:
 
     # --- connections (PeerHost) ---------------------------------------------------------------
 
-    def _new_peer(self, adopted_for: bytes | None = None) -> Peer:
+    def _new_peer(self, adopted_for: bytes | None = None, adopted_pid: int | None = None) -> Peer:
         return Peer(
             self,
             self._dispatcher,
@@ -412,6 +416,7 @@ class IpcServer:
             hello_timeout=self._hello_timeout,
             max_concurrent=self._max_concurrent,
             adopted_for=adopted_for,
+            adopted_pid=adopted_pid,
         )
 
     def admit(self, peer: Peer, fd: int) -> bool:
@@ -506,6 +511,9 @@ class IpcServer:
             peer.close(TOO_MANY_REASON)
             return False
         self._welcomed[digest] += 1
+        if peer.adopted_pid is not None:
+            # The kernel can't say which process holds a handed socket: the manager did.
+            identity = dataclasses.replace(identity, pid=peer.adopted_pid)
         peer.welcome(identity, digest)
         self.connections["authenticated"] += 1
         peer.log.debug("ipc.connection.authenticated")

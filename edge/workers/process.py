@@ -41,8 +41,8 @@ from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
 from edge.workers.sandbox import EDGE_ROOT, Sandbox
 from edge.workers.spec import FunctionSpec, RunAs
 
-#: Serves the core's end of a worker's socketpair, bound to the worker's token.
-Adopter = Callable[[socket.socket, str], Awaitable[None]]
+#: Serves the core's end of a worker's socketpair, bound to the worker's token and pid.
+Adopter = Callable[[socket.socket, str, int], Awaitable[None]]
 SECRETS_MANAGER_FUNCTION_ARN = "arn:aws:lambda:::function:GGSecretManager:1"
 ROUTER_FUNCTION_ARN = "arn:aws:lambda:::function:GGRouter:1"
 SHADOW_FUNCTION_ARN = "arn:aws:lambda:::function:GGShadowService:1"
@@ -63,6 +63,7 @@ _RESERVED_ENV = frozenset(
         "EDGE_IPC_SOCKET",
         "EDGE_CONTROL_FD",
         "EDGE_IPC_FD",
+        "EDGE_IPC_WATCH_FD",
         "EDGE_HANDLER",
         "EDGE_MEMORY_KB",
         "EDGE_CODE_DIR",
@@ -375,8 +376,8 @@ class WorkerProcess:
         # Where a root worker mounts its own view, it becomes its user only after: a child
         # started as that user couldn't mount without a user namespace.
         switched_in_worker = run_as is not None and sandbox is not None and sandbox.switches_user
-        sdk_parent: socket.socket | None = None
-        sdk_child: socket.socket | None = None
+        # The core's ends of the sockets handed to a worker of another user, and the worker's.
+        handed: list[tuple[socket.socket, socket.socket]] = []
         try:
             env = worker_environment(
                 self.spec,
@@ -393,23 +394,33 @@ class WorkerProcess:
             )
             fds = [child.fileno()]
             if run_as is not None:
-                # Another uid can't enter the core's 0700 socket directory: hand it a
-                # connected socket instead (the core serves the other end).
-                sdk_parent, sdk_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                env["EDGE_IPC_FD"] = str(sdk_child.fileno())
-                fds.append(sdk_child.fileno())
+                # Another uid can't enter the core's 0700 socket directory: hand it connected
+                # sockets instead (the core serves the other ends), one for its requests and
+                # one for its cache's watch, unless the function turned its cache off.
+                names = ["EDGE_IPC_FD"]
+                if env.get("EDGE_ANSWER_CACHE") != "off":
+                    names.append("EDGE_IPC_WATCH_FD")
+                for name in names:
+                    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                    handed.append(pair)
+                    env[name] = str(pair[1].fileno())
+                    fds.append(pair[1].fileno())
             self.proc = await self._spawn(
                 env, tuple(fds), run_as=run_as, switched=switched_in_worker
             )
+        except BaseException:
+            for ours, _theirs in handed:
+                ours.close()
+            raise
         finally:
             child.close()
-            if sdk_child is not None:
-                sdk_child.close()
-        if sdk_parent is not None:
+            for _ours, theirs in handed:
+                theirs.close()
+        for ours, _theirs in handed:
             if self._launch.adopt is None:
-                sdk_parent.close()
+                ours.close()
             else:
-                await self._launch.adopt(sdk_parent, self.token)
+                await self._launch.adopt(ours, self.token, self.proc.pid)
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         assert self.proc.stdout is not None  # noqa: S101 - PIPE was asked for
         assert self.proc.stderr is not None  # noqa: S101

@@ -151,8 +151,8 @@ class Workload:
             )
         self.ipc.register(token, identity)
 
-    async def _adopt(self, sock: socket.socket, token: str) -> None:
-        await self.ipc.adopt(sock, token)
+    async def _adopt(self, sock: socket.socket, token: str, pid: int) -> None:
+        await self.ipc.adopt(sock, token, pid=pid)
 
     async def _invalidate_caches(self) -> None:
         """Push the change to every worker's cache; restart the workers that don't acknowledge.

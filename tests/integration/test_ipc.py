@@ -25,6 +25,7 @@ import pytest
 import structlog.testing
 
 from edge.audit import AuditLog, read_entries
+from edge.child.cache import AnswerCache
 from edge.errors import (
     IpcCallError,
     IpcConnectionError,
@@ -32,12 +33,14 @@ from edge.errors import (
     IpcTimeoutError,
 )
 from edge.ipc.client import IpcClient
+from edge.ipc.invalidations import Invalidations
 from edge.ipc.protocol import (
     MAX_FRAME_SIZE,
     OP_GET_SECRET_VALUE,
     OP_GET_SECRET_VALUE_V1,
     OP_INVOKE,
     OP_PUBLISH,
+    OP_WATCH,
     Hello,
     Request,
     Response,
@@ -65,6 +68,10 @@ class Handler:
         #: Set once an invoke with "Hold" runs; it answers only once `release` is set.
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
+        #: The workers' cache watches (`OP_WATCH`); its snapshots mean nothing here.
+        self.watches: Invalidations[None] = Invalidations(
+            current=lambda: None, on_reads=lambda *_: None
+        )
 
     def __call__(self, identity: WorkerIdentity, request: Request) -> Any:
         args = request.args
@@ -79,11 +86,18 @@ class Handler:
                     "Name": args["SecretId"],
                     "SecretString": SECRET,
                     "Caller": identity.function_arn,
+                    **({"CallerPid": identity.pid} if args.get("WithPid") else {}),
                 },
             )
         if request.op == OP_INVOKE:
             return self._invoke(request)
+        if request.op == OP_WATCH:
+            return self._watch(identity, request)
         raise RuntimeError(f"publish exploded with {SECRET}")
+
+    async def _watch(self, identity: WorkerIdentity, request: Request) -> Response:
+        result = await self.watches.watch(identity, request.args)
+        return Response.success(request.request_id, result)
 
     async def _invoke(self, request: Request) -> Response:
         try:
@@ -330,6 +344,66 @@ async def test_a_handed_over_connection_takes_only_its_own_workers_token(socket_
         "this worker's token is only valid on the connection handed to it",
         "another worker's token on a handed-over connection",
     ]
+
+
+async def test_a_handed_connection_is_served_as_its_worker_and_never_made_again(socket_path):
+    """The manager names the worker's pid; once the connection closes, the client gives up.
+
+    The kernel's peer credentials of a socketpair name the core, so the pid the connection is
+    served as (whom a late cache watch restarts) is the one the manager gave. A client on a
+    handed socket can't reach the socket's path: when its connection is gone it says so and
+    doesn't try.
+    """
+    async with serving(socket_path) as server:
+        server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, adopted_only=True))
+        mine, theirs = socket.socketpair()
+        await server.adopt(mine, OTHER_TOKEN, pid=4242)
+        with IpcClient(
+            str(socket_path), OTHER_TOKEN, inherited_fd=theirs.detach(), handed=True
+        ) as client:
+            answer = await call(client, OP_GET_SECRET_VALUE, {"SecretId": "a", "WithPid": True})
+            assert (answer["Caller"], answer["CallerPid"]) == (ARN, 4242)
+            assert not client.reconnects
+            accepted = server.connections["accepted"]
+            server.revoke(OTHER_TOKEN)  # closes its connection
+            server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, adopted_only=True))
+            with pytest.raises(IpcConnectionError, match="can't be made again"):
+                await call(client, OP_GET_SECRET_VALUE, {"SecretId": "a"})
+            assert server.connections["accepted"] == accepted  # nothing connected by path
+
+
+async def test_a_cache_watching_over_a_handed_connection_stops_for_good_when_it_closes(
+    socket_path,
+):
+    """The watch of a worker of another user can't be made again: its cache goes off for good.
+
+    It caches while the handed connection holds a watch; once the core closes it, the cache is
+    off and empty, its thread ends, nothing connects by path, and asking it to watch again
+    starts nothing.
+    """
+    handler = Handler()
+    async with serving(socket_path, handler) as server:
+        server.register(OTHER_TOKEN, WorkerIdentity(function_arn=ARN, adopted_only=True))
+        mine, theirs = socket.socketpair()
+        await server.adopt(mine, OTHER_TOKEN, pid=os.getpid())
+        fd = theirs.detach()
+        cache = AnswerCache(
+            lambda: IpcClient(str(socket_path), OTHER_TOKEN, inherited_fd=fd, handed=True)
+        )
+        cache.watch()
+        async with asyncio.timeout(10):
+            while not cache.active:
+                await asyncio.sleep(0.01)
+        assert handler.watches.watches == 1
+        (thread,) = [t for t in threading.enumerate() if t.name == "edge-answer-cache"]
+        accepted = server.connections["accepted"]
+        server.revoke(OTHER_TOKEN)  # closes the handed connection
+        await asyncio.to_thread(thread.join, 10)
+        assert not thread.is_alive()
+        assert not cache.active
+        assert server.connections["accepted"] == accepted
+        cache.watch()
+        assert not [t for t in threading.enumerate() if t.name == "edge-answer-cache"]
 
 
 async def run_python(socket_path: Path, code: str, token: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,12 @@ from typing import Any
 import pytest
 
 from edge.fixtures.core import secret_resource
-from edge.fixtures.services import Mosquitto, MotoServer
+from edge.fixtures.services import Mosquitto, MotoServer, free_port
 from tests.support.env import Env
 from tests.support.faults import fetch_table, running_core
 from tests.support.functions import code_of, function, function_arn, invoke
+from tests.support.leaks import LEAKS
+from tests.support.metrics import scrape, value
 from tests.support.users import checkout_reachable, python_or_skip, shared_directory
 
 pytestmark = pytest.mark.network
@@ -35,16 +38,31 @@ NOBODY = pwd.getpwnam("nobody")
 
 @contextlib.contextmanager
 def core_with(
-    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, *, workers: str, code_dir: str
+    tmp_path: Path,
+    broker: Mosquitto,
+    moto: MotoServer,
+    sm: Any,
+    *,
+    workers: str,
+    code_dir: str,
+    metrics: bool = False,
 ) -> Iterator[Env]:
-    """A running core whose config has this [workers] table and [core] code_dir."""
+    """A running core whose config has this [workers] table and [core] code_dir.
+
+    With `metrics`, it also serves /metrics (`tests.support.metrics.scrape` reads it).
+    """
 
     def set_code_dir(state_dir: Path) -> None:
         config = state_dir.parent / "core.toml"
         text = config.read_text()
         where = 'state_dir = "state"'
         text = text.replace(where, f'{where}\ncode_dir = "{code_dir}"', 1)
-        config.write_text(text.replace("[workers]\n", f"[workers]\n{workers}\n", 1))
+        text = text.replace("[workers]\n", f"[workers]\n{workers}\n", 1)
+        if metrics:
+            port = free_port()
+            text += f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+            (tmp_path / "metrics.url").write_text(f"http://127.0.0.1:{port}/metrics")
+        config.write_text(text)
 
     with running_core(
         tmp_path,
@@ -59,7 +77,9 @@ def core_with(
 
 
 @contextlib.contextmanager
-def nobody_core(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) -> Iterator[Env]:
+def nobody_core(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any, *, metrics: bool = False
+) -> Iterator[Env]:
     """A running root core whose workers run as nobody, code in a directory nobody can read."""
     python = python_or_skip(NOBODY)
     with (
@@ -71,8 +91,11 @@ def nobody_core(tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any) ->
             sm,
             workers=f'python = "{python}"\ndefault_user = "nobody"',
             code_dir=str(code_dir),
+            metrics=metrics,
         ) as env,
     ):
+        if metrics:
+            env.core.wait_for_event("metrics.listening")
         yield env
 
 
@@ -232,3 +255,133 @@ def test_a_pinned_worker_of_another_user_reaches_the_core_after_idling(
         assert invoke(env, "idle", {"seconds": 6}) == {"slept": 6}
         assert invoke(env, "who", {"SecretId": "late-reader"})["secret"] == value
         assert env.core.count("ipc.hello.timeout") == 0
+
+
+# --- the cache of answers of a worker of another user ------------------------------------------
+
+V1_READS = r'edge_ipc_requests_total\{op="secretsmanager.get_secret_value_v1",result="ok"\}'
+
+
+def _cached_functions(tmp_path: Path) -> list[dict[str, Any]]:
+    package = code_of(tmp_path / "cached.zip", ("cached.py", "typed.py"))
+    return [
+        function("reader", "cached.read", package, policies=["db"], pinned=True),
+        function("forks", "cached.fork_and_exec", package, policies=["db"], pinned=True),
+        function("typed", "typed.calls", package, policies=["db"]),
+    ]
+
+
+def _rotate(env: Env, arn: str) -> str:
+    """Put a new AWSCURRENT version in Secrets Manager; its value."""
+    new = f"rotated-{len(env.values)}-value"
+    env.values.append(new)
+    LEAKS.add_secret(new, arn)
+    env.sm.put_secret_value(SecretId=arn, SecretString=new)
+    return new
+
+
+def _rotate_and_refresh(env: Env, arn: str) -> str:
+    """Rotate, and have the `typed` function refresh it (the core does once in 30 s at most)."""
+    new = _rotate(env, arn)
+    (result,) = invoke(env, "typed", {"calls": [{"SecretId": "cached/db", "Refresh": True}]})
+    assert result["ok"], result
+    assert result["value"]["SecretString"] == new
+    return new
+
+
+def _last(events: list[dict[str, Any]], name: str) -> int:
+    return max(i for i, e in enumerate(events) if e.get("event") == name)
+
+
+@needs_root
+@pytest.mark.usefixtures("reachable_checkout")
+def test_a_worker_of_another_user_answers_repeated_reads_from_its_cache(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
+) -> None:
+    """A `default_user` worker caches over the watch socket the core hands it.
+
+    Its repeats never reach the core; a refresh reaches its cache before it is reported. A
+    process it forks has no connection of its own and doesn't cache, a program it runs holds
+    none of the sockets the core handed it, and neither disturbs the worker's own watch.
+    """
+    with nobody_core(tmp_path, broker, moto, sm, metrics=True) as env:
+        arn, _, first = env.create_secret("cached/db")
+        resources = [secret_resource("db", arn)]
+        dep = env.operator.deploy(resources, functions=_cached_functions(tmp_path))
+        env.operator.wait_status(dep, "Success")
+        read = {"SecretId": "cached/db"}
+        assert invoke(env, "reader", read)["values"] == [first]  # the first read starts the watch
+        warm = invoke(env, "reader", {**read, "times": 0, "wait_cached": True})
+        assert (warm["uid"], warm["cached"]) == (NOBODY.pw_uid, True)
+        assert value(scrape(env), "edge_ipc_cache_watches") == 1
+
+        before = value(scrape(env), V1_READS)
+        answer = invoke(env, "reader", {**read, "times": 200})
+        assert answer["values"] == [first]
+        # One read reached the core (the first since the cache was on); 199 never left.
+        assert value(scrape(env), V1_READS) - before == 1
+
+        second = _rotate_and_refresh(env, arn)
+        events = env.core.events()
+        invalidated = _last(events, "caches.invalidated")
+        assert invalidated < _last(events, "refresh.rotated")
+        assert (events[invalidated]["watches"], events[invalidated]["late"]) == (1, 0)
+        assert invoke(env, "reader", {**read, "times": 5})["values"] == [second]
+
+        # Forking before the worker's first call, then once it caches: the child never gets
+        # the worker's sockets, and a program run then or later holds none of them.
+        for went in (invoke(env, "forks", read), invoke(env, "forks", {**read, "wait_cached": 1})):
+            assert went["handed"] == {"EDGE_IPC_FD": True, "EDGE_IPC_WATCH_FD": True}
+            assert "can't be made again" in went["forked"]["message"], went["forked"]
+            assert went["forked"]["cached"] is False
+            assert went["executed"] == {"EDGE_IPC_FD": False, "EDGE_IPC_WATCH_FD": False}
+            assert went["again"] == second
+        assert (went["cached_before"], went["cached"]) == (True, True)
+
+        # A deployment reaches both caches before its Success.
+        third = _rotate(env, arn)
+        dep = env.operator.deploy(resources, functions=_cached_functions(tmp_path))
+        env.operator.wait_status(dep, "Success")
+        events = env.core.events()
+        invalidated = _last(events, "caches.invalidated")
+        assert invalidated < _last(events, "deploy.complete")
+        assert (events[invalidated]["watches"], events[invalidated]["late"]) == (2, 0)
+        assert invoke(env, "reader", read)["values"] == [third]
+        assert invoke(env, "forks", read)["again"] == third
+        assert value(scrape(env), "edge_ipc_cache_unacknowledged_total") == 0
+
+
+@needs_root
+@pytest.mark.usefixtures("reachable_checkout")
+def test_a_frozen_worker_of_another_user_is_killed_before_the_change_is_reported(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
+) -> None:
+    """Its watch goes over a handed socket, so the core knows its pid only from the manager.
+
+    That pid is the one killed when its cache doesn't acknowledge, before the refresh is
+    reported; the pinned function starts again and reads the new value.
+    """
+    with nobody_core(tmp_path, broker, moto, sm) as env:
+        arn, _, first = env.create_secret("cached/db")
+        resources = [secret_resource("db", arn)]
+        dep = env.operator.deploy(resources, functions=_cached_functions(tmp_path))
+        env.operator.wait_status(dep, "Success")
+        read = {"SecretId": "cached/db"}
+        assert invoke(env, "reader", read)["values"] == [first]
+        warm = invoke(env, "reader", {**read, "wait_cached": True, "times": 2})
+        assert (warm["values"], warm["cached"], warm["uid"]) == ([first], True, NOBODY.pw_uid)
+        frozen = warm["pid"]
+
+        os.kill(frozen, signal.SIGSTOP)
+        second = _rotate_and_refresh(env, arn)
+        events = env.core.events()
+        invalidated = _last(events, "caches.invalidated")
+        assert (events[invalidated]["watches"], events[invalidated]["late"]) == (1, 1)
+        killed = _last(events, "worker.killed")
+        assert killed < _last(events, "refresh.rotated")
+        assert events[killed]["function_arn"] == function_arn("reader")
+        with pytest.raises(ProcessLookupError):  # dead and reaped before the refresh was reported
+            os.kill(frozen, 0)
+        after = invoke(env, "reader", read)
+        assert after["values"] == [second]
+        assert after["pid"] != frozen
