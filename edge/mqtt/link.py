@@ -158,6 +158,12 @@ def explain_connect_error(error: str) -> str | None:
     return None
 
 
+def _stop_requested() -> bool:
+    """Whether the running task has been asked to stop (cancelled) and hasn't finished yet."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _on_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -334,6 +340,12 @@ class MqttLink:
                 error = "; ".join(str(e) for e in group.exceptions)
             finally:
                 self.connected.clear()
+            if _stop_requested():
+                # Asked to stop while the client closed, and closing failed too: its MqttError
+                # took the CancelledError's place (an async with's exit, or a TaskGroup that
+                # raises its children's errors rather than the cancellation). Stop as asked;
+                # reconnecting would leave whoever cancelled waiting forever.
+                raise asyncio.CancelledError
             if established:
                 # After a session, a new client rather than the old one re-entered (aiomqtt's
                 # idiom): paho keeps the unacknowledged QoS 1 publishes of a lost connection

@@ -1,4 +1,4 @@
-"""The MQTT link: TLS set-up, key permissions, what a refusal means, and its packet limit."""
+"""The MQTT link: TLS set-up, key permissions, what a refusal means, its packet limit, stopping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import contextlib
 import subprocess
 import tracemalloc
 from pathlib import Path
+from unittest import mock
 
+import aiomqtt
 import pytest
 from structlog.testing import capture_logs
 
@@ -134,3 +136,44 @@ async def test_an_oversized_packet_is_read_past_acknowledged_and_not_held(
     logs = await session([tmp_path / "after"])
     assert received[-1] == ("big/t", b"after")
     assert not [e for e in logs if e["event"] == "mqtt.packet_too_large"]
+
+
+async def test_a_link_asked_to_stop_stops_even_when_closing_its_connection_fails(
+    broker: Mosquitto,
+) -> None:
+    """Cancelled while its close fails: the link ends, rather than reconnecting forever.
+
+    The failure stands in for a broker whose DISCONNECT never completes in time (aiomqtt's
+    "Operation timed out"), which a real broker can't be made to do on demand. Its MqttError
+    replaces the CancelledError on the way out; the link must still stop, or `edge run`
+    would ignore SIGTERM.
+    """
+
+    async def ignore(_topic: str, _payload: bytes) -> None:
+        return None
+
+    settings = MqttSettings(
+        url=broker.url, host="127.0.0.1", port=broker.port, tls=False, reconnect_max_seconds=0.1
+    )
+    link = MqttLink(settings=settings, client_id="stop-test", subscriptions=[], on_message=ignore)
+
+    async def failing_close(_client: object, *_exc: object) -> None:
+        raise aiomqtt.MqttError("Operation timed out")
+
+    # `async with` looks its exit up on entry: the fault is in place before the link connects.
+    with mock.patch.object(aiomqtt.Client, "__aexit__", failing_close):
+        task = asyncio.create_task(link.run())
+        try:
+            await asyncio.wait_for(link.connected.wait(), 15)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=10)
+        finally:
+            # Should it reconnect instead: with no broker, a cancel lands between attempts.
+            if not task.done():
+                broker.stop()
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1)
+    assert task in done, "the link reconnected instead of stopping"
+    assert task.cancelled()
+    assert not link.connected.is_set()
