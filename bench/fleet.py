@@ -150,6 +150,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--postgresql", action="store_true", help="the control plane on PostgreSQL, not SQLite"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="profile `edge cloud serve` (bench/profile_serve.py) into DIR; print the CPU split",
+    )
+    parser.add_argument(
+        "--cprofile",
+        action="store_true",
+        help="with --profile: also a per-thread cProfile of `serve` (slow; its top functions)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--serve-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -329,6 +340,10 @@ class ControlPlane:
     proc: subprocess.Popen[bytes] | None = None
     #: Another checkout whose `edge cloud serve` runs instead of this one's (a baseline).
     serve_from: Path | None = None
+    #: Where `serve` writes its CPU split (bench/profile_serve.py), if measured.
+    profile: Path | None = None
+    #: With `profile`: a cProfile of every thread too.
+    cprofile: bool = False
 
     def cli(self, *args: str) -> str:
         """Run an `edge cloud` command; return its stdout, or fail with its stderr."""
@@ -344,9 +359,19 @@ class ControlPlane:
         from edge.fixtures.services import AWS_TEST_ENV  # noqa: PLC0415
 
         with (self.root / "serve.log").open("ab") as log:
+            launcher = (
+                (sys.executable, "-m", "edge")
+                if self.profile is None
+                else (
+                    *(sys.executable, str(BENCH_DIR / "profile_serve.py"), str(self.profile)),
+                    *(["--cprofile"] if self.cprofile else []),
+                    "--",
+                )
+            )
             self.proc = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "edge", "--log-format", "json", "cloud"),
+                    *launcher,
+                    *("--log-format", "json", "cloud"),
                     *("--config", str(self.config), "serve"),
                 ],
                 stdout=log,
@@ -367,6 +392,11 @@ class ControlPlane:
                 break
             time.sleep(0.2)
         raise RuntimeError(f"edge cloud serve did not start; see {self.root / 'serve.log'}")
+
+    def profile_signal(self, sig: int) -> None:
+        """Start (SIGUSR1) or write out (SIGUSR2) the profile of `serve`, if it is profiled."""
+        if self.profile is not None and self.proc is not None:
+            self.proc.send_signal(sig)
 
     def _source_env(self) -> dict[str, str]:
         if self.serve_from is None:
@@ -717,7 +747,13 @@ class Fleet:
         )
         secret = (root / "operator.secret").read_text().strip()
         self.cloud = ControlPlane(
-            root, config, f"http://127.0.0.1:{port}", secret, serve_from=args.serve_from
+            root,
+            config,
+            f"http://127.0.0.1:{port}",
+            secret,
+            serve_from=args.serve_from,
+            profile=args.profile,
+            cprofile=args.cprofile,
         )
         stack.callback(self.cloud.stop)
         self.simulated: SimulatedFleet | None = None
@@ -1269,6 +1305,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
         mem_idle = fleet.memory()
         fleet.counter.connect()
         rounds: list[dict[str, Any]] = []
+        fleet.cloud.profile_signal(signal.SIGUSR1)
         for number in range(1, args.rounds + 1):
             sys_before = fleet.counter.sys_snapshot()
             fleet.counter.reset()
@@ -1277,6 +1314,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
             result = (fleet.deploy_bulk if args.bulk else fleet.deploy)(group_ids)
             rounds.append(result)
             print(f"round {number}: {round_line(result, total)}", flush=True)
+        fleet.cloud.profile_signal(signal.SIGUSR2)
         extra = {
             "setup": setup,
             "startup": fleet.startup_seconds,
@@ -1302,10 +1340,36 @@ def run(args: argparse.Namespace, root: Path) -> int:
                 f"the first ({medians['final_after_answered']:.2f} s after the last answer); "
                 f"control plane {cpu * 1000 / total:.2f} ms CPU per deployment"
             )
+        if args.profile is not None:
+            cpu = sum(r["cpu"]["control plane"] for r in rounds)
+            print_profile(args.profile, cpu, total * len(rounds))
         if fleet.simulated is not None:
             print(f"simulate-cores: {json.dumps(fleet.simulated.stop())}")
         ok = sum(1 for _, s, _ in fleet.counter.finals.values() if s == "Success") == total
         return 0 if ok else 1
+
+
+def print_profile(directory: Path, cpu: float, deployments: int) -> None:
+    """`serve`'s CPU over every round, split by part (bench/profile_serve.py)."""
+    from bench.profile_serve import split, top  # noqa: PLC0415
+
+    deadline = time.monotonic() + 10
+    while not (directory / "split.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    parts = split(directory)
+    measured = sum(sum(threads.values()) for threads in parts.values())
+    print(
+        f"\nCPU of `serve` by part ({directory}): {measured:.2f} s in callbacks and database"
+        f" calls, of {cpu:.2f} s from /proc; per deployment ({deployments}):"
+    )
+    for part, threads in sorted(parts.items(), key=lambda item: -sum(item[1].values())):
+        seconds = sum(threads.values())
+        where = ", ".join(f"{t} {s * 1000 / deployments:.2f}" for t, s in sorted(threads.items()))
+        print(
+            f"  {part}: {seconds * 1000 / deployments:.2f} ms ({seconds / max(cpu, 1e-9):.0%};"
+            f" {where})"
+        )
+    print(top(directory, 30))
 
 
 def round_line(result: dict[str, Any], total: int) -> str:
