@@ -18,17 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from structlog.typing import FilteringBoundLogger
 
-from edge.cloud.db import Database, Row
+from edge.cloud.db import Database
 from edge.cloud.publish import Received
 from edge.cloud.publisher import Following
 from edge.cloud.serve.dbthread import DatabaseThread
-from edge.cloud.status import FAILURE, IN_PROGRESS, SUCCESS, StatusReport, parse_status, record
+from edge.cloud.status import (
+    FAILURE,
+    IN_PROGRESS,
+    SUCCESS,
+    StatusReport,
+    parse_status,
+    record_many,
+)
 from edge.config import MqttSettings
 from edge.errors import CloudDatabaseError
 
@@ -110,12 +117,14 @@ async def follow_statuses(
             _log_transition(log, row, row["thing_name"])
 
 
-def _record(db: Database, *, reports: list[tuple[str, StatusReport]]) -> list[Row]:
+def _record(
+    db: Database, *, reports: list[tuple[str, StatusReport]]
+) -> list[dict[str, Any]]:
     with db.write() as conn:
-        return [row for thing, report in reports if (row := record(conn, thing, report))]
+        return record_many(conn, reports)
 
 
-def _log_transition(log: FilteringBoundLogger, row: Row, thing: str) -> None:
+def _log_transition(log: FilteringBoundLogger, row: Mapping[str, Any], thing: str) -> None:
     fields = {
         "deployment_id": row["id"],
         "group_id": row["group_id"],
