@@ -14,19 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from edge.cloud.db import Database
+from edge.cloud.db import Database, is_url
 from edge.cloud.status import IN_PROGRESS, StatusReport, parse_status, record_many
 
 pytestmark = pytest.mark.network
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """Where a new control-plane database goes: an empty PostgreSQL schema or a new file."""
-    if request.param == "sqlite":
-        return tmp_path / "cloud.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
+#: Both engines: replicas record on PostgreSQL, `edge cloud` commands on SQLite too.
+BOTH = pytest.mark.parametrize("cloud_database", ["postgresql", "sqlite"], indirect=True)
+
+
+@pytest.fixture
+def target(cloud_database: str, tmp_path: Path) -> Path | str:
+    """The test's database: its PostgreSQL schema, or a SQLite file in its directory."""
+    return cloud_database if is_url(cloud_database) else tmp_path / cloud_database
 
 
 def _deployments(db: Database, things: dict[str, str]) -> None:
@@ -77,6 +78,7 @@ def _statuses(db: Database) -> dict[str, tuple[str, str | None, str | None]]:
         return {r["id"]: (r["status"], r["error_message"], r["error_details"]) for r in rows}
 
 
+@BOTH
 def test_a_batch_with_duplicates_records_each_transition_once(target: Path | str) -> None:
     """InProgress, Success, a repeat of each, strays: one event per step, in order."""
     with Database.open(target) as db:
@@ -126,6 +128,7 @@ def test_a_batch_with_duplicates_records_each_transition_once(target: Path | str
         }
 
 
+@BOTH
 def test_a_later_batch_continues_the_history(target: Path | str) -> None:
     """A deployment whose InProgress came in one batch gets seq 2 for its Success in the next."""
     with Database.open(target) as db:
@@ -138,6 +141,7 @@ def test_a_later_batch_continues_the_history(target: Path | str) -> None:
         assert _history(db) == {"d1": [(1, "InProgress"), (2, "Success")]}
 
 
+@BOTH
 def test_replicas_recording_the_same_reports_at_once_record_each_once(target: Path | str) -> None:
     """Two processes' connections record overlapping batches together: one event per step."""
     count = 200

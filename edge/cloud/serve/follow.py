@@ -117,9 +117,7 @@ async def follow_statuses(
             _log_transition(log, row, row["thing_name"])
 
 
-def _record(
-    db: Database, *, reports: list[tuple[str, StatusReport]]
-) -> list[dict[str, Any]]:
+def _record(db: Database, *, reports: list[tuple[str, StatusReport]]) -> list[dict[str, Any]]:
     with db.write() as conn:
         return record_many(conn, reports)
 
