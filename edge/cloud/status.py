@@ -123,6 +123,8 @@ def _error_details(value: object) -> list[dict[str, str]] | None:
 
 def _printable(text: str) -> str:
     """Replace control characters: the text is printed on operators' terminals."""
+    if text.isprintable():
+        return text
     return "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
 
 
