@@ -53,8 +53,19 @@ RECORDED_COLUMNS: Final = (
     "error_details",
     "updated_at",
 )
-_SELECT_RECORDED: Final = f"SELECT {', '.join(RECORDED_COLUMNS)} FROM deployments WHERE id IN :ids"  # noqa: S608 - constants
+_SELECT_RECORDED: Final = (
+    f"SELECT {', '.join(RECORDED_COLUMNS)}, (SELECT max(seq) FROM deployment_events AS e"  # noqa: S608 - constants
+    " WHERE e.deployment_id = deployments.id) AS last_seq FROM deployments WHERE id IN :ids"
+)
 _UPDATED: Final = ("id", "status", "error_message", "error_details", "updated_at")
+_EVENT_COLUMNS: Final = (
+    "deployment_id",
+    "seq",
+    "status",
+    "error_message",
+    "updated_at",
+    "recorded_at",
+)
 _INSERT_EVENT: Final = (
     "INSERT INTO deployment_events"
     " (deployment_id, seq, status, error_message, updated_at, recorded_at)"
@@ -170,13 +181,12 @@ def record_many(
     ids = sorted({report.deployment_id for _, report in reports})
     if not ids:
         return []
-    current = {
-        row["id"]: dict(row)
-        for row in conn.execute(
-            _SELECT_RECORDED,
-            {"ids": ids},
-        )
-    }
+    current: dict[str, dict[str, Any]] = {}
+    seqs: dict[str, int] = {}
+    for found in conn.execute(_SELECT_RECORDED, {"ids": ids}):
+        fields = dict(found)
+        seqs[fields["id"]] = int(fields.pop("last_seq") or 0)
+        current[fields["id"]] = fields
     transitions: list[dict[str, Any]] = []
     for thing_name, report in reports:
         row = current.get(report.deployment_id)
@@ -197,36 +207,58 @@ def record_many(
         transitions.append(row)
     if not transitions:
         return []
-    changed = sorted({row["id"] for row in transitions})
-    conn.executemany(
-        "UPDATE deployments SET status = :status, error_message = :error_message,"
-        " error_details = :error_details, updated_at = :updated_at WHERE id = :id",
-        [{key: current[i][key] for key in _UPDATED} for i in changed],
-    )
-    seqs = {
-        row["deployment_id"]: int(row["seq"])
-        for row in conn.execute(
-            "SELECT deployment_id, max(seq) AS seq FROM deployment_events"
-            " WHERE deployment_id IN :ids GROUP BY deployment_id",
-            {"ids": changed},
-        )
-    }
+    _update(conn, [current[i] for i in sorted({row["id"] for row in transitions})])
     recorded_at = timestamp()
     events = []
     for row in transitions:
-        seqs[row["id"]] = seq = seqs.get(row["id"], 0) + 1
+        seqs[row["id"]] += 1
         events.append(
             {
                 "deployment_id": row["id"],
-                "seq": seq,
+                "seq": seqs[row["id"]],
                 "status": row["status"],
                 "error_message": row["error_message"],
                 "updated_at": row["updated_at"],
                 "recorded_at": recorded_at,
             }
         )
-    conn.executemany(_INSERT_EVENT, events)
+    values, binds = _values(events, _EVENT_COLUMNS)
+    conn.execute(
+        f"INSERT INTO deployment_events ({', '.join(_EVENT_COLUMNS)}) VALUES {values}",  # noqa: S608 - placeholders only
+        binds,
+    )
     return transitions
+
+
+def _update(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Set the recorded columns of deployments (`_UPDATED`, keyed by id), in one statement."""
+    if conn.dialect != "postgresql":
+        # In-process, so a statement per row costs no round trip; UPDATE … FROM would need
+        # SQLite 3.33.
+        conn.executemany(
+            "UPDATE deployments SET status = :status, error_message = :error_message,"
+            " error_details = :error_details, updated_at = :updated_at WHERE id = :id",
+            [{key: row[key] for key in _UPDATED} for row in rows],
+        )
+        return
+    values, binds = _values(rows, _UPDATED)
+    conn.execute(
+        "UPDATE deployments AS d SET status = v.status, error_message = v.error_message,"  # noqa: S608 - placeholders only
+        f" error_details = v.error_details, updated_at = v.updated_at FROM (VALUES {values})"
+        f" AS v ({', '.join(_UPDATED)}) WHERE d.id = v.id",
+        binds,
+    )
+
+
+def _values(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """`(:c_0_0, :c_1_0, …), (…)` for a multi-row VALUES, and its binds."""
+    binds = {
+        f"c_{c}_{r}": row[column] for r, row in enumerate(rows) for c, column in enumerate(columns)
+    }
+    values = ", ".join(
+        "(" + ", ".join(f":c_{c}_{r}" for c in range(len(columns))) + ")" for r in range(len(rows))
+    )
+    return values, binds
 
 
 def add_event(
