@@ -1146,10 +1146,36 @@ class Fleet:
             "mosquitto": cpu_seconds(self.broker.proc.pid),
             "control plane": sum(cpu_seconds(r.proc.pid) for r in self.replicas if r.proc),
             "simulated cores": self.simulated_cpu(),
+            "postgresql": self.postgresql_cpu(),
             "benchmark (boto3, counter)": cpu_seconds(os.getpid()),
         }
         parts["machine"] = machine_cpu_seconds()
         return parts
+
+    def postgresql_cpu(self) -> float:
+        """CPU seconds of the PostgreSQL backends serving the run's database, now connected.
+
+        The replicas keep their pooled connections, so the backends live through a round;
+        one that ends between two readings takes its CPU with it (counted short).
+        """
+        if not self.args.postgresql:
+            return 0.0
+        import psycopg  # noqa: PLC0415
+
+        url = self.database.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url) as conn:
+            pids = [
+                int(row[0])
+                for row in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid()"
+                )
+            ]
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += cpu_seconds(pid)
+        return total
 
     def simulated_cpu(self) -> float:
         """CPU seconds of `simulate-cores` and its processes."""
@@ -1307,12 +1333,19 @@ def cpu_rows(fleet: Fleet, result: dict[str, Any]) -> Rows:
     ]
     parts = (
         "simulated cores",
+        "postgresql",
         "moto",
         "latency proxy",
         "mosquitto",
         "benchmark (boto3, counter)",
     )
     rows += [(f"CPU: {k}", f"{cpu[k]:.1f} s") for k in parts]
+    rows.append(
+        (
+            "CPU: PostgreSQL backends of the run's database, per deployment",
+            f"{cpu['postgresql'] * 1000 / n:.2f} ms",
+        )
+    )
     return rows
 
 
@@ -1485,7 +1518,8 @@ def round_line(result: dict[str, Any], total: int) -> str:
     lag = result["ingest_lag"] or [0.0]
     return (
         f"answered {result['published']:.2f} s, all-Success {result['all_final']:.2f} s, "
-        f"control plane {cpu * 1000 / total:.2f} ms CPU per deployment, "
+        f"control plane {cpu * 1000 / total:.2f} ms CPU per deployment"
+        f" (PostgreSQL {result['cpu']['postgresql'] * 1000 / total:.2f} ms), "
         f"publish {result['publish_rate']:.0f}/s, ingest lag p50 {percentile(lag, 0.5):.2f} s"
         f" p90 {percentile(lag, 0.9):.2f} s"
     )
