@@ -58,14 +58,6 @@ _SELECT_RECORDED: Final = (
     " WHERE e.deployment_id = deployments.id) AS last_seq FROM deployments WHERE id IN :ids"
 )
 _UPDATED: Final = ("id", "status", "error_message", "error_details", "updated_at")
-_EVENT_COLUMNS: Final = (
-    "deployment_id",
-    "seq",
-    "status",
-    "error_message",
-    "updated_at",
-    "recorded_at",
-)
 _INSERT_EVENT: Final = (
     "INSERT INTO deployment_events"
     " (deployment_id, seq, status, error_message, updated_at, recorded_at)"
@@ -207,7 +199,16 @@ def record_many(
         transitions.append(row)
     if not transitions:
         return []
-    _update(conn, [current[i] for i in sorted({row["id"] for row in transitions})])
+    # executemany: psycopg pipelines the rows in one round trip, and the statement stays one
+    # (a multi-row VALUES would be a new statement, parsed and compiled, per batch size).
+    conn.executemany(
+        "UPDATE deployments SET status = :status, error_message = :error_message,"
+        " error_details = :error_details, updated_at = :updated_at WHERE id = :id",
+        [
+            {key: current[i][key] for key in _UPDATED}
+            for i in sorted({r["id"] for r in transitions})
+        ],
+    )
     recorded_at = timestamp()
     events = []
     for row in transitions:
@@ -222,43 +223,8 @@ def record_many(
                 "recorded_at": recorded_at,
             }
         )
-    values, binds = _values(events, _EVENT_COLUMNS)
-    conn.execute(
-        f"INSERT INTO deployment_events ({', '.join(_EVENT_COLUMNS)}) VALUES {values}",  # noqa: S608 - placeholders only
-        binds,
-    )
+    conn.executemany(_INSERT_EVENT, events)
     return transitions
-
-
-def _update(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Set the recorded columns of deployments (`_UPDATED`, keyed by id), in one statement."""
-    if conn.dialect != "postgresql":
-        # In-process, so a statement per row costs no round trip; UPDATE … FROM would need
-        # SQLite 3.33.
-        conn.executemany(
-            "UPDATE deployments SET status = :status, error_message = :error_message,"
-            " error_details = :error_details, updated_at = :updated_at WHERE id = :id",
-            [{key: row[key] for key in _UPDATED} for row in rows],
-        )
-        return
-    values, binds = _values(rows, _UPDATED)
-    conn.execute(
-        "UPDATE deployments AS d SET status = v.status, error_message = v.error_message,"  # noqa: S608 - placeholders only
-        f" error_details = v.error_details, updated_at = v.updated_at FROM (VALUES {values})"
-        f" AS v ({', '.join(_UPDATED)}) WHERE d.id = v.id",
-        binds,
-    )
-
-
-def _values(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
-    """`(:c_0_0, :c_1_0, …), (…)` for a multi-row VALUES, and its binds."""
-    binds = {
-        f"c_{c}_{r}": row[column] for r, row in enumerate(rows) for c, column in enumerate(columns)
-    }
-    values = ", ".join(
-        "(" + ", ".join(f":c_{c}_{r}" for c in range(len(columns))) + ")" for r in range(len(rows))
-    )
-    return values, binds
 
 
 def add_event(
