@@ -4,8 +4,10 @@
     .venv/bin/python bench/fleet.py [--cores 200] [--batch 10] [--secrets 2] [--labels 1]
                                     [--delay-ms 30] [--concurrency 16] [--reserve-mb 4096]
                                     [--simulated 0] [--sim-processes 2] [--rounds 1]
-                                    [--publish-rate R] [--serve-from CHECKOUT]
-                                    [--bulk] [--postgresql] [--timeout 600] [--keep]
+                                    [--cores-per-connection 1000] [--publish-rate R]
+                                    [--serve-from CHECKOUT] [--bulk] [--postgresql]
+                                    [--replicas 1] [--profile DIR [--cprofile]]
+                                    [--timeout 600] [--keep]
 
 Every core is a real `python -m edge run` with its own thing name, state directory and core key
 (made by `edge init`'s own code), trusting the control plane's signing key. They all talk to one
@@ -31,12 +33,18 @@ processes, one MQTT connection each) beside the real ones, with a group each, de
 way; `--cores 0` runs simulated cores only. `--rounds K` deploys every group K times and prints
 the medians. `--serve-from CHECKOUT` runs `edge cloud serve` from another checkout of edge (a
 baseline's code) with everything else from this one; `--publish-rate` sets its
-`[mqtt] publish_rate`.
+`[mqtt] publish_rate`. `--replicas N` runs N `serve` on the one (PostgreSQL) database,
+following statuses through a shared subscription; a bulk deployment runs on the first, and
+CreateDeployment calls go round-robin. `--profile DIR` splits `serve`'s CPU in the rounds by part
+of the control plane (creation, drain + publish, status ingest; bench/profile_serve.py).
 
 Measured, once all cores are connected and idle:
 
 * time to all-Success: from the first CreateDeployment sent to the last core's Success seen on
   the broker, and per core (its CreateDeployment sent to its Success): p50, p90, max;
+* the outbox publish rate (deployments through the broker, first to last) and the status-ingest
+  lag (each final status's UpdatedAt to its recording in the database);
+* CPU of every part: the control plane, the PostgreSQL backends of its database, the cores;
 * broker messages: a counter client subscribed to `#` at QoS 0 counts every PUBLISH by topic
   kind (deployments, statuses, other), and `$SYS/broker/publish/messages/*` gives Mosquitto's
   own totals (these include deliveries to the counter and to the control plane's follower);
