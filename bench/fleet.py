@@ -4,8 +4,10 @@
     .venv/bin/python bench/fleet.py [--cores 200] [--batch 10] [--secrets 2] [--labels 1]
                                     [--delay-ms 30] [--concurrency 16] [--reserve-mb 4096]
                                     [--simulated 0] [--sim-processes 2] [--rounds 1]
-                                    [--publish-rate R] [--serve-from CHECKOUT]
-                                    [--bulk] [--postgresql] [--timeout 600] [--keep]
+                                    [--cores-per-connection 1000] [--publish-rate R]
+                                    [--serve-from CHECKOUT] [--bulk] [--postgresql]
+                                    [--replicas 1] [--profile DIR [--cprofile]]
+                                    [--timeout 600] [--keep]
 
 Every core is a real `python -m edge run` with its own thing name, state directory and core key
 (made by `edge init`'s own code), trusting the control plane's signing key. They all talk to one
@@ -31,12 +33,18 @@ processes, one MQTT connection each) beside the real ones, with a group each, de
 way; `--cores 0` runs simulated cores only. `--rounds K` deploys every group K times and prints
 the medians. `--serve-from CHECKOUT` runs `edge cloud serve` from another checkout of edge (a
 baseline's code) with everything else from this one; `--publish-rate` sets its
-`[mqtt] publish_rate`.
+`[mqtt] publish_rate`. `--replicas N` runs N `serve` on the one (PostgreSQL) database,
+following statuses through a shared subscription; a bulk deployment runs on the first, and
+CreateDeployment calls go round-robin. `--profile DIR` splits `serve`'s CPU in the rounds by part
+of the control plane (creation, drain + publish, status ingest; bench/profile_serve.py).
 
 Measured, once all cores are connected and idle:
 
 * time to all-Success: from the first CreateDeployment sent to the last core's Success seen on
   the broker, and per core (its CreateDeployment sent to its Success): p50, p90, max;
+* the outbox publish rate (deployments through the broker, first to last) and the status-ingest
+  lag (each final status's UpdatedAt to its recording in the database);
+* CPU of every part: the control plane, the PostgreSQL backends of its database, the cores;
 * broker messages: a counter client subscribed to `#` at QoS 0 counts every PUBLISH by topic
   kind (deployments, statuses, other), and `$SYS/broker/publish/messages/*` gives Mosquitto's
   own totals (these include deliveries to the counter and to the control plane's follower);
@@ -150,6 +158,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--postgresql", action="store_true", help="the control plane on PostgreSQL, not SQLite"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="`edge cloud serve` replicas on the one database (2+: --postgresql, statuses"
+        " through a shared subscription); a bulk deployment runs on the first (default 1)",
+    )
+    parser.add_argument(
+        "--cores-per-connection",
+        type=int,
+        default=1000,
+        help="simulated cores per MQTT connection (default 1000)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="profile `edge cloud serve` (bench/profile_serve.py) into DIR; print the CPU split",
+    )
+    parser.add_argument(
+        "--cprofile",
+        action="store_true",
+        help="with --profile: also a per-thread cProfile of `serve` (slow; its top functions)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--serve-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -157,6 +189,10 @@ def parse_args() -> argparse.Namespace:
         parser.error("--cores and --simulated must add up to at least 1")
     if args.batch < 1 or args.concurrency < 1 or args.sim_processes < 1 or args.rounds < 1:
         parser.error("--batch, --concurrency, --sim-processes and --rounds must be at least 1")
+    if args.replicas < 1 or args.cores_per_connection < 1:
+        parser.error("--replicas and --cores-per-connection must be at least 1")
+    if args.replicas > 1 and not args.postgresql:
+        parser.error("--replicas 2 or more needs --postgresql: replicas share one database")
     return args
 
 
@@ -238,6 +274,10 @@ def start_broker(workdir: Path, stack: contextlib.ExitStack) -> Any:
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\n"
         f"persistence true\npersistence_location {workdir}/\n"
+        # A control plane follows every core's statuses on one connection (a replica's), so a
+        # rollout's reports arrive there in bursts; past Mosquitto's default queue of 1,000
+        # messages per client they would be dropped (docs/cloud.md, Running at fleet scale).
+        "max_queued_messages 100000\n"
         f"log_dest file {workdir}/mosquitto.log\n"
     )
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -329,6 +369,10 @@ class ControlPlane:
     proc: subprocess.Popen[bytes] | None = None
     #: Another checkout whose `edge cloud serve` runs instead of this one's (a baseline).
     serve_from: Path | None = None
+    #: Where `serve` writes its CPU split (bench/profile_serve.py), if measured.
+    profile: Path | None = None
+    #: With `profile`: a cProfile of every thread too.
+    cprofile: bool = False
 
     def cli(self, *args: str) -> str:
         """Run an `edge cloud` command; return its stdout, or fail with its stderr."""
@@ -344,9 +388,19 @@ class ControlPlane:
         from edge.fixtures.services import AWS_TEST_ENV  # noqa: PLC0415
 
         with (self.root / "serve.log").open("ab") as log:
+            launcher = (
+                (sys.executable, "-m", "edge")
+                if self.profile is None
+                else (
+                    *(sys.executable, str(BENCH_DIR / "profile_serve.py"), str(self.profile)),
+                    *(["--cprofile"] if self.cprofile else []),
+                    "--",
+                )
+            )
             self.proc = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "edge", "--log-format", "json", "cloud"),
+                    *launcher,
+                    *("--log-format", "json", "cloud"),
                     *("--config", str(self.config), "serve"),
                 ],
                 stdout=log,
@@ -367,6 +421,11 @@ class ControlPlane:
                 break
             time.sleep(0.2)
         raise RuntimeError(f"edge cloud serve did not start; see {self.root / 'serve.log'}")
+
+    def profile_signal(self, sig: int) -> None:
+        """Start (SIGUSR1) or write out (SIGUSR2) the profile of `serve`, if it is profiled."""
+        if self.profile is not None and self.proc is not None:
+            self.proc.send_signal(sig)
 
     def _source_env(self) -> dict[str, str]:
         if self.serve_from is None:
@@ -406,12 +465,15 @@ def write_cloud_config(
     port: int,
     publish_rate: float | None = None,
     database: str = "cloud/edge-cloud.db",
+    shared_group: str | None = None,
+    name: str = "cloud.toml",
 ) -> Path:
     """The control plane's config: its database, key, S3 bucket, API port and operator key."""
     secret_file = root / "operator.secret"
-    secret_file.write_text(secrets.token_urlsafe(30) + "\n")
-    secret_file.chmod(0o600)
-    path = root / "cloud.toml"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_urlsafe(30) + "\n")
+        secret_file.chmod(0o600)
+    path = root / name
     path.write_text(
         f'[cloud]\ndatabase = "{database}"\nsigning_key = "cloud/signing.pem"\n'
         f'artifact_bucket = "edge-artifacts"\naccount_id = "{ACCOUNT}"\n'
@@ -419,6 +481,7 @@ def write_cloud_config(
         f'keys = [{{access_key_id = "{KEY_ID}", secret_access_key_file = "operator.secret"}}]\n\n'
         f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "{PREFIX}"\nreconnect_max_seconds = 1.0\n'
         + ("" if publish_rate is None else f"publish_rate = {publish_rate}\n")
+        + ("" if shared_group is None else f'shared_subscription_group = "{shared_group}"\n')
         + "\n"
         f'[aws]\nregion = "{REGION}"\nendpoint_url = "{moto_url}"\n'
     )
@@ -575,6 +638,8 @@ class Counter:
     #: thing -> how many Success/Failure documents it published.
     final_count: collections.Counter[str] = field(default_factory=collections.Counter)
     sys: dict[str, int] = field(default_factory=dict)
+    #: When each deployment message reached the counter (monotonic): the outbox's pace.
+    deployments_at: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     client: Any = None
 
@@ -611,6 +676,15 @@ class Counter:
             self.other_topics.clear()
             self.finals.clear()
             self.final_count.clear()
+            self.deployments_at.clear()
+
+    def publish_rate(self) -> float:
+        """Deployments the broker delivered per second, first to last."""
+        with self.lock:
+            stamps = list(self.deployments_at)
+        if len(stamps) < 2:
+            return 0.0
+        return (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-6)
 
     def sys_snapshot(self) -> dict[str, int]:
         """Mosquitto's `$SYS` counters, at least one `sys_interval` fresh."""
@@ -635,6 +709,8 @@ class Counter:
         with self.lock:
             self.kinds[kind] += 1
             self.sizes[kind] += len(msg.payload)
+            if kind == "deployments":
+                self.deployments_at.append(now)
             if kind == "other":
                 shape = [*parts[:2], "{thing}", *parts[3:]] if things else parts
                 self.other_topics["/".join(shape)] += 1
@@ -701,25 +777,43 @@ class Fleet:
             aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
             aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
         )
-        port = free_port()
         self.database = "cloud/edge-cloud.db"
         if args.postgresql:
             from tests.support.postgres import server_url, session_database  # noqa: PLC0415
 
             self.database = stack.enter_context(session_database(server_url()))
-        config = write_cloud_config(
-            root,
-            mqtt_url=self.broker.url,
-            moto_url=self.moto.url,
-            port=port,
-            publish_rate=args.publish_rate,
-            database=self.database,
-        )
-        secret = (root / "operator.secret").read_text().strip()
-        self.cloud = ControlPlane(
-            root, config, f"http://127.0.0.1:{port}", secret, serve_from=args.serve_from
-        )
-        stack.callback(self.cloud.stop)
+        #: Every `serve` replica; the first runs the bulk deployment and the set-up calls.
+        self.replicas: list[ControlPlane] = []
+        for number in range(args.replicas):
+            port = free_port()
+            config = write_cloud_config(
+                root,
+                mqtt_url=self.broker.url,
+                moto_url=self.moto.url,
+                port=port,
+                publish_rate=args.publish_rate,
+                database=self.database,
+                shared_group="fleet" if args.replicas > 1 else None,
+                name="cloud.toml" if number == 0 else f"cloud-{number}.toml",
+            )
+            home = root if number == 0 else root / f"replica-{number}"
+            home.mkdir(exist_ok=True)
+            profile = args.profile
+            if profile is not None and args.replicas > 1:
+                profile = profile / f"replica-{number}"
+            self.replicas.append(
+                ControlPlane(
+                    home,
+                    config,
+                    f"http://127.0.0.1:{port}",
+                    (root / "operator.secret").read_text().strip(),
+                    serve_from=args.serve_from,
+                    profile=profile,
+                    cprofile=args.cprofile,
+                )
+            )
+            stack.callback(self.replicas[-1].stop)
+        self.cloud = self.replicas[0]
         self.simulated: SimulatedFleet | None = None
         self.sim_things = [f"{SIM_PREFIX}{i}" for i in range(args.simulated)]
         self.cores: list[Core] = []
@@ -740,7 +834,8 @@ class Fleet:
             *("publish-function", "--function-arn", READER_ARN),
             *("--zip-file", f"fileb://{package}", "--handler", "read_secrets.function_handler"),
         )
-        self.cloud.start()
+        for replica in self.replicas:
+            replica.start()
         labels = [f"Label{i}" for i in range(1, self.args.labels + 1)]
         resources = []
         for i in range(self.args.secrets):
@@ -837,6 +932,7 @@ class Fleet:
             (
                 *("--count", str(len(self.sim_things)), "--prefix", SIM_PREFIX),
                 *("--processes", str(self.args.sim_processes)),
+                *("--cores-per-connection", str(self.args.cores_per_connection)),
             ),
         )
         began = time.monotonic()
@@ -880,13 +976,15 @@ class Fleet:
 
     def deploy(self, group_ids: list[str]) -> dict[str, Any]:
         """CreateDeployment for every group at once; wait for every core's final status."""
-        gg = self.cloud.client(self.args.concurrency)
+        clients = [r.client(self.args.concurrency) for r in self.replicas]
         sent: list[float] = [0.0] * len(group_ids)
         answered: list[float] = [0.0] * len(group_ids)
         deployment_ids: list[str] = [""] * len(group_ids)
 
         def one(index: int) -> None:
             sent[index] = time.monotonic()
+            # Spread over the replicas as a load balancer does.
+            gg = clients[index % len(clients)]
             created = gg.create_deployment(GroupId=group_ids[index], DeploymentType="NewDeployment")
             answered[index] = time.monotonic()
             deployment_ids[index] = str(created["DeploymentId"])
@@ -918,6 +1016,8 @@ class Fleet:
             "group_ids": group_ids,
             "cpu": {k: cpu_after[k] - cpu_before[k] for k in cpu_before},
             "window": window,
+            "publish_rate": self.counter.publish_rate(),
+            "ingest_lag": self.ingest_lags(deployment_ids),
         }
 
     def deploy_bulk(self, group_ids: list[str]) -> dict[str, Any]:
@@ -959,7 +1059,8 @@ class Fleet:
                     ended = time.monotonic()
             if ended is not None and len(self.counter.finals) >= len(group_ids):
                 break
-            time.sleep(0.1)
+            # Twice a second: `start-bulk-deployment --wait` asks once a second.
+            time.sleep(0.5)
         last_final = max((t for t, _, _ in self.counter.finals.values()), default=time.monotonic())
         recorded = self.wait_recorded(len(group_ids), deadline)
         cpu_after, window = self.cpu(), time.monotonic() - t0
@@ -970,12 +1071,15 @@ class Fleet:
                 if "DeploymentId" in item:
                     group = item["GroupArn"].rsplit("/", 1)[-1]
                     deployment_ids[group] = item["DeploymentId"]
+        ids = [deployment_ids.get(g, "") for g in group_ids]
         return {
             "t0": t0,
             "published": (ended or time.monotonic()) - t0,
             "sent": [t0] * len(group_ids),
             "answered": [answered] * len(group_ids),
-            "deployment_ids": [deployment_ids.get(g, "") for g in group_ids],
+            "deployment_ids": ids,
+            "publish_rate": self.counter.publish_rate(),
+            "ingest_lag": self.ingest_lags(ids),
             "all_final": last_final - t0,
             "final_after_answered": last_final - (ended or answered),
             "recorded_lag": recorded - last_final,
@@ -1004,6 +1108,31 @@ class Fleet:
                 time.sleep(0.05)
         return time.monotonic()
 
+    def ingest_lags(self, deployment_ids: list[str]) -> list[float]:
+        """Seconds from each final status's UpdatedAt (the core's clock) to its recording."""
+        from datetime import datetime  # noqa: PLC0415
+
+        from edge.cloud.db import Database  # noqa: PLC0415
+
+        where = self.database if self.args.postgresql else self.root / self.database
+        ids = [d for d in deployment_ids if d]
+        lags: list[float] = []
+        with Database.open(where) as db, db.read() as conn:
+            for start in range(0, len(ids), 1000):
+                rows = conn.execute(
+                    "SELECT updated_at, recorded_at FROM deployment_events"
+                    " WHERE status IN ('Success', 'Failure') AND deployment_id IN :ids",
+                    {"ids": ids[start : start + 1000]},
+                ).fetchall()
+                lags += [
+                    (
+                        datetime.fromisoformat(r["recorded_at"])
+                        - datetime.fromisoformat(r["updated_at"])
+                    ).total_seconds()
+                    for r in rows
+                ]
+        return sorted(lags)
+
     def api_statuses(self, result: dict[str, Any]) -> collections.Counter[str]:
         """GetDeploymentStatus of every deployment through the API, by status."""
         gg = self.cloud.client(self.args.concurrency)
@@ -1023,12 +1152,38 @@ class Fleet:
             "moto": cpu_seconds(self.moto.proc.pid),
             "latency proxy": cpu_seconds(self.proxy.proc.pid),
             "mosquitto": cpu_seconds(self.broker.proc.pid),
-            "control plane": cpu_seconds(self.cloud.proc.pid) if self.cloud.proc else 0.0,
+            "control plane": sum(cpu_seconds(r.proc.pid) for r in self.replicas if r.proc),
             "simulated cores": self.simulated_cpu(),
+            "postgresql": self.postgresql_cpu(),
             "benchmark (boto3, counter)": cpu_seconds(os.getpid()),
         }
         parts["machine"] = machine_cpu_seconds()
         return parts
+
+    def postgresql_cpu(self) -> float:
+        """CPU seconds of the PostgreSQL backends serving the run's database, now connected.
+
+        The replicas keep their pooled connections, so the backends live through a round;
+        one that ends between two readings takes its CPU with it (counted short).
+        """
+        if not self.args.postgresql:
+            return 0.0
+        import psycopg  # noqa: PLC0415
+
+        url = self.database.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url) as conn:
+            pids = [
+                int(row[0])
+                for row in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid()"
+                )
+            ]
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += cpu_seconds(pid)
+        return total
 
     def simulated_cpu(self) -> float:
         """CPU seconds of `simulate-cores` and its processes."""
@@ -1100,6 +1255,14 @@ def timing_rows(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> 
         (
             "last Success after the last CreateDeployment answer",
             f"{result['final_after_answered']:.2f} s",
+        ),
+        (
+            "outbox publish rate (deployments through the broker, first to last)",
+            f"{result['publish_rate']:.0f} /s",
+        ),
+        (
+            "status-ingest lag (core's UpdatedAt -> recorded), p50 / p90 / max",
+            spread(result["ingest_lag"], "s") if result["ingest_lag"] else "none recorded",
         ),
     ]
     if per_core:
@@ -1178,12 +1341,19 @@ def cpu_rows(fleet: Fleet, result: dict[str, Any]) -> Rows:
     ]
     parts = (
         "simulated cores",
+        "postgresql",
         "moto",
         "latency proxy",
         "mosquitto",
         "benchmark (boto3, counter)",
     )
     rows += [(f"CPU: {k}", f"{cpu[k]:.1f} s") for k in parts]
+    rows.append(
+        (
+            "CPU: PostgreSQL backends of the run's database, per deployment",
+            f"{cpu['postgresql'] * 1000 / n:.2f} ms",
+        )
+    )
     return rows
 
 
@@ -1269,6 +1439,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
         mem_idle = fleet.memory()
         fleet.counter.connect()
         rounds: list[dict[str, Any]] = []
+        for replica in fleet.replicas:
+            replica.profile_signal(signal.SIGUSR1)
         for number in range(1, args.rounds + 1):
             sys_before = fleet.counter.sys_snapshot()
             fleet.counter.reset()
@@ -1277,6 +1449,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
             result = (fleet.deploy_bulk if args.bulk else fleet.deploy)(group_ids)
             rounds.append(result)
             print(f"round {number}: {round_line(result, total)}", flush=True)
+        for replica in fleet.replicas:
+            replica.profile_signal(signal.SIGUSR2)
         extra = {
             "setup": setup,
             "startup": fleet.startup_seconds,
@@ -1296,24 +1470,66 @@ def run(args: argparse.Namespace, root: Path) -> int:
                 for key in ("published", "all_final", "final_after_answered")
             }
             cpu = statistics.median(r["cpu"]["control plane"] for r in rounds)
+            rate = statistics.median(r["publish_rate"] for r in rounds)
+            lag50 = statistics.median(percentile(r["ingest_lag"] or [0.0], 0.5) for r in rounds)
+            lag90 = statistics.median(percentile(r["ingest_lag"] or [0.0], 0.9) for r in rounds)
             print(
                 f"\nmedians of {len(rounds)} rounds: all CreateDeployment answered "
                 f"{medians['published']:.2f} s; all-Success {medians['all_final']:.2f} s after "
                 f"the first ({medians['final_after_answered']:.2f} s after the last answer); "
-                f"control plane {cpu * 1000 / total:.2f} ms CPU per deployment"
+                f"control plane {cpu * 1000 / total:.2f} ms CPU per deployment; outbox publish"
+                f" rate {rate:.0f}/s; status-ingest lag p50 {lag50:.2f} s, p90 {lag90:.2f} s"
             )
+        if args.profile is not None:
+            cpu = sum(r["cpu"]["control plane"] for r in rounds)
+            dirs = [r.profile for r in fleet.replicas if r.profile is not None]
+            print_profile(dirs, cpu, total * len(rounds))
         if fleet.simulated is not None:
             print(f"simulate-cores: {json.dumps(fleet.simulated.stop())}")
         ok = sum(1 for _, s, _ in fleet.counter.finals.values() if s == "Success") == total
         return 0 if ok else 1
 
 
+def print_profile(directories: list[Path], cpu: float, deployments: int) -> None:
+    """The replicas' CPU over every round, split by part (bench/profile_serve.py)."""
+    from bench.profile_serve import split, top  # noqa: PLC0415
+
+    parts: dict[str, dict[str, float]] = {}
+    for directory in directories:
+        deadline = time.monotonic() + 10
+        while not (directory / "split.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for part, threads in split(directory).items():
+            for thread, seconds in threads.items():
+                parts.setdefault(part, {}).setdefault(thread, 0.0)
+                parts[part][thread] += seconds
+    measured = sum(sum(threads.values()) for threads in parts.values())
+    print(
+        f"\nCPU of `serve` by part ({', '.join(map(str, directories))}): {measured:.2f} s in"
+        f" callbacks and database calls, of {cpu:.2f} s from /proc; per deployment"
+        f" ({deployments}):"
+    )
+    for part, threads in sorted(parts.items(), key=lambda item: -sum(item[1].values())):
+        seconds = sum(threads.values())
+        where = ", ".join(f"{t} {s * 1000 / deployments:.2f}" for t, s in sorted(threads.items()))
+        print(
+            f"  {part}: {seconds * 1000 / deployments:.2f} ms ({seconds / max(cpu, 1e-9):.0%};"
+            f" {where})"
+        )
+    for directory in directories:
+        print(top(directory, 30))
+
+
 def round_line(result: dict[str, Any], total: int) -> str:
     """One round's key figures, as text."""
     cpu = result["cpu"]["control plane"]
+    lag = result["ingest_lag"] or [0.0]
     return (
         f"answered {result['published']:.2f} s, all-Success {result['all_final']:.2f} s, "
         f"control plane {cpu * 1000 / total:.2f} ms CPU per deployment"
+        f" (PostgreSQL {result['cpu']['postgresql'] * 1000 / total:.2f} ms), "
+        f"publish {result['publish_rate']:.0f}/s, ingest lag p50 {percentile(lag, 0.5):.2f} s"
+        f" p90 {percentile(lag, 0.9):.2f} s"
     )
 
 

@@ -10,13 +10,16 @@ already reported is published again, nothing new. An envelope that doesn't verif
 status at all, and a document that doesn't parse gets a `Failure` when it names its id.
 
 Cores are spread over `--processes` processes. Within a process, all cores share one MQTT
-connection unless `--connection-per-core` is given: the connection subscribes to each core's
-own deployments topic (several topics per SUBSCRIBE) and hands each message to the core whose
-thing name is in its topic. One connection per process keeps a 10,000-core simulation within
-the broker's and the machine's limits; a connection per core measures the broker's cost of a
-real fleet's connections too. The connections keep their sessions (clean_session false, a
-stable client id made of the first thing name and the process number), so deployments sent
-while the simulation is down arrive when it comes back, as they do to real cores.
+connection unless `--cores-per-connection K` (or `--connection-per-core`, K = 1) is given: the
+connection subscribes to each core's own deployments topic (several topics per SUBSCRIBE) and
+hands each message to the core whose thing name is in its topic. One connection per process
+keeps a 10,000-core simulation within the broker's and the machine's limits; a few thousand
+cores per connection keep a burst of deployments within what a broker queues for one client
+(Mosquitto drops past `max_queued_messages`, 1,000 by default); a connection per core measures
+the broker's cost of a real fleet's connections too. The connections keep their sessions
+(clean_session false, a stable client id made of the first thing name and the process number),
+so deployments sent while the simulation is down arrive when it comes back, as they do to real
+cores.
 
 This module is the whole command, beside the parser in `edge.cloud.cli`: `add_arguments` and
 `run`.
@@ -168,7 +171,8 @@ class Simulation:
     mqtt: MqttSettings
     trusted_keys: tuple[Path, ...]
     failure_rate: float
-    connection_per_core: bool = False
+    #: Cores sharing one MQTT connection; None: all of a process's cores on one.
+    cores_per_connection: int | None = None
     seed: int | None = None
 
 
@@ -231,7 +235,8 @@ async def run_share(
         for name in things
     }
     tally = Tally()
-    groups = [[name] for name in things] if sim.connection_per_core else [list(things)]
+    per = sim.cores_per_connection or len(things)
+    groups = [list(things[start : start + per]) for start in range(0, len(things), per)]
     subscribed = [asyncio.Event() for _ in groups]
     running: list[asyncio.Task[None]] = []
 
@@ -519,6 +524,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="one MQTT connection per core (default: one per process, for all its cores)",
     )
     p.add_argument(
+        "--cores-per-connection",
+        type=int,
+        help="cores sharing one MQTT connection (default: all of a process's cores)",
+    )
+    p.add_argument(
         "--trusted-key",
         type=Path,
         action="append",
@@ -544,6 +554,8 @@ def run(config: CloudConfig, args: argparse.Namespace) -> int:
         raise CloudUsageError("--failure-rate", "must be between 0 and 1")
     if args.processes < 1:
         raise CloudUsageError("--processes", "must be at least 1")
+    if args.cores_per_connection is not None and args.cores_per_connection < 1:
+        raise CloudUsageError("--cores-per-connection", "must be at least 1")
     names = thing_names(count=args.count, prefix=args.prefix, names_file=args.things_file)
     keys = tuple(args.trusted_key) or (config.cloud.public_key,)
     for path in keys:
@@ -552,12 +564,13 @@ def run(config: CloudConfig, args: argparse.Namespace) -> int:
         mqtt=config.mqtt,
         trusted_keys=keys,
         failure_rate=args.failure_rate,
-        connection_per_core=args.connection_per_core,
+        cores_per_connection=1 if args.connection_per_core else args.cores_per_connection,
         seed=args.seed,
     )
     processes = min(args.processes, len(names))
     shares = [names[i::processes] for i in range(processes)]
-    connections = len(names) if args.connection_per_core else processes
+    per = sim.cores_per_connection
+    connections = sum(-(-len(share) // (per or len(share))) for share in shares)
     progress = _Progress(processes, len(names), connections, args.progress_seconds)
 
     async def main() -> None:

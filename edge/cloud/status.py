@@ -15,7 +15,7 @@ never moved backwards (a late `InProgress` can't undo a `Success`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -40,6 +40,29 @@ MAX_ERROR_LENGTH: Final = 4096
 #: The broker sends a retained message right after the subscription, so this is only reached
 #: when the topic has none.
 PEEK_SECONDS: Final = 2.0
+
+#: The columns of a deployment a recorded transition reads and returns (not its envelope:
+#: kilobytes that recording a status needn't read).
+RECORDED_COLUMNS: Final = (
+    "id",
+    "group_id",
+    "thing_name",
+    "deployment_type",
+    "status",
+    "error_message",
+    "error_details",
+    "updated_at",
+)
+_SELECT_RECORDED: Final = (
+    f"SELECT {', '.join(RECORDED_COLUMNS)}, (SELECT max(seq) FROM deployment_events AS e"  # noqa: S608 - constants
+    " WHERE e.deployment_id = deployments.id) AS last_seq FROM deployments WHERE id IN :ids"
+)
+_UPDATED: Final = ("id", "status", "error_message", "error_details", "updated_at")
+_INSERT_EVENT: Final = (
+    "INSERT INTO deployment_events"
+    " (deployment_id, seq, status, error_message, updated_at, recorded_at)"
+    " VALUES (:deployment_id, :seq, :status, :error_message, :updated_at, :recorded_at)"
+)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -103,11 +126,13 @@ def _error_details(value: object) -> list[dict[str, str]] | None:
 
 def _printable(text: str) -> str:
     """Replace control characters: the text is printed on operators' terminals."""
+    if text.isprintable():
+        return text
     return "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
 
 
 def record(conn: Connection, thing_name: str, report: StatusReport) -> Row | None:
-    """Record a report (inside a write transaction) if it moves its deployment forward.
+    """Record one report (inside a write transaction) if it moves its deployment forward.
 
     Args:
         conn: The connection, in a write transaction.
@@ -118,29 +143,88 @@ def record(conn: Connection, thing_name: str, report: StatusReport) -> Row | Non
         The deployment's updated row, or None if nothing was recorded (unknown deployment,
         another thing's deployment, or not a step forward).
     """
-    row = conn.execute(
-        "SELECT * FROM deployments WHERE id = :id AND thing_name = :thing_name",
-        {"id": report.deployment_id, "thing_name": thing_name},
-    ).fetchone()
-    if row is None or _RANK[report.status] <= _RANK.get(row["status"], 0):
+    if not record_many(conn, [(thing_name, report)]):
         return None
-    details = None if report.error_details is None else json.dumps(report.error_details)
-    conn.execute(
-        "UPDATE deployments SET status = :status, error_message = :error_message, error_details ="
-        " :error_details,"
-        " updated_at = :updated_at WHERE id = :id",
-        {
-            "status": report.status,
-            "error_message": report.error_message,
-            "error_details": details,
-            "updated_at": report.updated_at,
-            "id": report.deployment_id,
-        },
-    )
-    add_event(conn, report.deployment_id, report.status, report.updated_at, report.error_message)
     return conn.execute(
         "SELECT * FROM deployments WHERE id = :id", {"id": report.deployment_id}
     ).fetchone()
+
+
+def record_many(
+    conn: Connection, reports: Sequence[tuple[str, StatusReport]]
+) -> list[dict[str, Any]]:
+    """Record reports (inside one write transaction), each that moves its deployment forward.
+
+    The reports are taken in their order, as if recorded one by one: a batch holding a
+    deployment's `InProgress` and its `Success` records both, a report repeated (by the
+    broker, or seen by two subscriptions) is recorded once, and a report that doesn't move
+    its deployment forward, or names another thing's deployment, is ignored. The cost is a
+    fixed handful of statements per batch, not per report.
+
+    Args:
+        conn: The connection, in a write transaction (holding the control plane's write lock,
+            so that no other writer moves these deployments meanwhile).
+        reports: (thing name whose status topic it came on, report), in arrival order.
+
+    Returns:
+        A row (`RECORDED_COLUMNS`) per transition recorded, in order: the deployment as that
+        transition left it.
+    """
+    ids = sorted({report.deployment_id for _, report in reports})
+    if not ids:
+        return []
+    current: dict[str, dict[str, Any]] = {}
+    seqs: dict[str, int] = {}
+    for found in conn.execute(_SELECT_RECORDED, {"ids": ids}):
+        fields = dict(found)
+        seqs[fields["id"]] = int(fields.pop("last_seq") or 0)
+        current[fields["id"]] = fields
+    transitions: list[dict[str, Any]] = []
+    for thing_name, report in reports:
+        row = current.get(report.deployment_id)
+        if row is None or row["thing_name"] != thing_name:
+            continue
+        if _RANK[report.status] <= _RANK.get(row["status"], 0):
+            continue
+        row = {
+            **row,
+            "status": report.status,
+            "error_message": report.error_message,
+            "error_details": None
+            if report.error_details is None
+            else json.dumps(report.error_details),
+            "updated_at": report.updated_at,
+        }
+        current[report.deployment_id] = row
+        transitions.append(row)
+    if not transitions:
+        return []
+    # executemany: psycopg pipelines the rows in one round trip, and the statement stays one
+    # (a multi-row VALUES would be a new statement, parsed and compiled, per batch size).
+    conn.executemany(
+        "UPDATE deployments SET status = :status, error_message = :error_message,"
+        " error_details = :error_details, updated_at = :updated_at WHERE id = :id",
+        [
+            {key: current[i][key] for key in _UPDATED}
+            for i in sorted({r["id"] for r in transitions})
+        ],
+    )
+    recorded_at = timestamp()
+    events = []
+    for row in transitions:
+        seqs[row["id"]] += 1
+        events.append(
+            {
+                "deployment_id": row["id"],
+                "seq": seqs[row["id"]],
+                "status": row["status"],
+                "error_message": row["error_message"],
+                "updated_at": row["updated_at"],
+                "recorded_at": recorded_at,
+            }
+        )
+    conn.executemany(_INSERT_EVENT, events)
+    return transitions
 
 
 def add_event(
@@ -153,9 +237,7 @@ def add_event(
         {"deployment_id": deployment_id},
     ).scalar()
     conn.execute(
-        "INSERT INTO deployment_events"
-        " (deployment_id, seq, status, error_message, updated_at, recorded_at)"
-        " VALUES (:deployment_id, :seq, :status, :error_message, :updated_at, :recorded_at)",
+        _INSERT_EVENT,
         {
             "deployment_id": deployment_id,
             "seq": seq,
@@ -167,7 +249,7 @@ def add_event(
     )
 
 
-def status_output(row: Row) -> dict[str, Any]:
+def status_output(row: Row | Mapping[str, Any]) -> dict[str, Any]:
     """get-deployment-status's answer, with AWS's key names."""
     out: dict[str, Any] = {
         "DeploymentStatus": row["status"],

@@ -40,6 +40,9 @@ REPLICA_SETTINGS = "outbox_lease_seconds = 2\noutbox_poll_seconds = 0.2\n"
 #: Replica a's pace: one publish, then one every ten seconds, so that a SIGKILL right after
 #: its answers leaves the rest of its deployments in the outbox, claimed, for b to take over.
 SLOW = "publish_rate = 0.1\npublish_burst = 1\n"
+#: A pace for a drain killed mid-batch: three at once, then two a second, so a SIGKILL after
+#: the fourth acknowledgement leaves rows claimed and queued, some perhaps sent and not removed.
+STEADY = "publish_rate = 2\npublish_burst = 3\n"
 
 
 @dataclass
@@ -84,15 +87,23 @@ class Replicas:
 
 @pytest.fixture
 def replicas(
-    tmp_path: Path, broker: Mosquitto, moto: MotoServer, postgres_url: str
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    broker: Mosquitto,
+    moto: MotoServer,
+    postgres_url: str,
 ) -> Iterator[Replicas]:
-    """Two replicas' configs on one database and signing key, initialised, not started."""
+    """Two replicas' configs on one database and signing key, initialised, not started.
+
+    Replica a publishes at the pace the test asks for (indirect parameter; `SLOW` unless).
+    """
+    slow = getattr(request, "param", SLOW)
     base = write_serve_config(tmp_path, broker=broker, moto=moto, port=0, database=postgres_url)
     template = base.read_text()
     template = template.replace("[cloud]\n", "[cloud]\n" + REPLICA_SETTINGS, 1)
     template = template.replace("[mqtt]\n", '[mqtt]\nshared_subscription_group = "edge"\n', 1)
     configs = []
-    for name, pace in (("a", SLOW), ("b", "")):
+    for name, pace in (("a", slow), ("b", "")):
         port = free_port()
         path = tmp_path / f"cloud-{name}.toml"
         text = template.replace("127.0.0.1:0", f"127.0.0.1:{port}")
@@ -283,3 +294,52 @@ def test_without_a_server_the_command_publishes_its_own_outbox_row_on_sqlite(
         assert fleet.stop()["Deployments"] == 1
     finally:
         fleet.kill()
+
+
+@pytest.mark.parametrize("replicas", [STEADY], indirect=True)
+def test_a_drain_killed_mid_batch_loses_nothing_and_deploys_each_group_once(
+    replicas: Replicas,
+) -> None:
+    """Rows a replica's drain claimed, partly acknowledged and removed, go out through b."""
+    plane, a, b = replicas.plane, replicas.a, replicas.b
+    count = 10
+    fleet = plane.simulate("--count", str(count), "--processes", "1")
+    a.start()
+    b.start()
+    try:
+        groups = [plane.group_for(f"sim-{i}") for i in range(count)]
+        client_a = a.client(replicas.secret)
+        deployments = {
+            g: client_a.create_deployment(GroupId=g, DeploymentType="NewDeployment")["DeploymentId"]
+            for g in groups
+        }
+        _wait_until(lambda: a.published() >= 4, timeout=30, what="a's drain mid-batch")
+        assert a.service is not None
+        a.service.stop(signal.SIGKILL)
+        # Claimed by a and not all sent: b takes them once a's leases end.
+        assert a.published() < count
+        client_b = b.client(replicas.secret)
+        _wait_until(
+            lambda: _statuses(client_b, deployments) == ["Success"] * count,
+            timeout=60,
+            what="every deployment Success through replica b",
+        )
+        assert b.published() >= count - a.published()
+        _wait_until(
+            lambda: _query(b.config, "SELECT count(*) FROM outbox") == [(0,)],
+            timeout=10,
+            what="an empty outbox",
+        )
+        for group, deployment_id in deployments.items():
+            listed = client_b.list_deployments(GroupId=group)["Deployments"]
+            assert [d["DeploymentId"] for d in listed] == [deployment_id]
+        events = _events(b.config, list(deployments.values()))
+        assert all(_once_to_success(e) for e in events.values()), events
+        summary = fleet.stop()
+    finally:
+        fleet.kill()
+    # Each deployment applied once; one sent by a and again by b is a duplicate, nothing more.
+    assert summary["Deployments"] - summary["Duplicates"] == count, summary
+    assert summary["Success"] == count, summary
+    assert b.service is not None
+    assert b.service.stop() == 0

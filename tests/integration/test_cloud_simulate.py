@@ -116,6 +116,29 @@ def test_every_simulated_core_reaches_success_across_processes(
     }
 
 
+def test_cores_per_connection_spreads_a_process_over_connections(
+    tmp_path: Path, moto: MotoServer
+) -> None:
+    """Five cores, two a connection: three connections in one process, each serving its own."""
+    with run_logging_mosquitto(tmp_path / "mosquitto") as broker:
+        config = write_cloud_config(tmp_path / "cloud.toml", broker=broker, moto=moto)
+        assert edge_cli("cloud", "--config", str(config), "init").returncode == 0
+        plane = ControlPlane(config, broker)
+        fleet = plane.simulate("--count", "5", "--processes", "1", "--cores-per-connection", "2")
+        try:
+            assert any("5 cores ready on 3 connection(s) in 1 process(es)" in x for x in fleet.log)
+            # A core of the first, the second and the last connection.
+            for thing in ("sim-0", "sim-3", "sim-4"):
+                assert plane.deploy(plane.group_for(thing))["DeploymentStatus"] == "Success"
+            summary = fleet.stop()
+        finally:
+            fleet.kill()
+        log = broker.log_text()
+    assert (summary["Deployments"], summary["Success"]) == (3, 3), summary
+    clients = set(re.findall(r"New client connected from \S+ as (sim-\S+) ", log))
+    assert clients == {"sim-sim-0-0", "sim-sim-2-0", "sim-sim-4-0"}, clients
+
+
 def test_failure_rate_one_fails_every_deployment(control_plane: ControlPlane) -> None:
     fleet = control_plane.simulate(
         "--count", "2", "--processes", "1", "--connection-per-core", "--failure-rate", "1"

@@ -46,6 +46,8 @@ class Drain:
         self._wake = asyncio.Event()
         #: Claimed rows whose PUBACK is awaited, so a poll doesn't claim them again.
         self._in_flight: set[str] = set()
+        #: The publisher's acknowledgements awaited, withdrawn when the drain stops.
+        self._awaited: set[asyncio.Future[None]] = set()
         #: Acknowledged by the broker, not yet removed from the outbox.
         self._acked: list[str] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -58,15 +60,12 @@ class Drain:
 
     async def run(self) -> None:
         """Drain until cancelled."""
-        acks: set[asyncio.Task[None]] = set()
         try:
             while True:
                 self._wake.clear()
                 claimed = await self._claim()
                 for pending in claimed:
-                    task = asyncio.create_task(self._send(pending), name="cloud.outbox.send")
-                    acks.add(task)
-                    task.add_done_callback(acks.discard)
+                    self._submit(pending)
                 if len(claimed) < CLAIM_BATCH:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._poll):
@@ -75,10 +74,12 @@ class Drain:
                     # A full batch: more may wait; let the window drain a little first.
                     await asyncio.sleep(0)
         finally:
-            tasks = [*acks, *([self._flusher] if self._flusher is not None else [])]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Withdraws what the publisher has not sent yet; the rows stay for a next claim.
+            for acked in list(self._awaited):
+                acked.cancel()
+            if self._flusher is not None:
+                self._flusher.cancel()
+                await asyncio.gather(self._flusher, return_exceptions=True)
 
     async def _claim(self) -> list[outbox.Pending]:
         room = self._publisher.room
@@ -95,21 +96,34 @@ class Drain:
         self._in_flight.update(p.deployment_id for p in fresh)
         return fresh
 
-    async def _send(self, pending: outbox.Pending) -> None:
+    def _submit(self, pending: outbox.Pending) -> None:
+        """Hand a claimed row to the publisher; its PUBACK queues the row's removal."""
         try:
-            # Unbounded wait: the publisher resends across reconnects, and the lease hands the
+            # No deadline: the publisher resends across reconnects, and the lease hands the
             # row to another replica if this one takes too long.
-            await self._publisher.submit(pending.topic, pending.envelope)
+            acked = self._publisher.submit(pending.topic, pending.envelope)
         except BrokerError as exc:
-            # The row stays; it is claimed again when its lease ends.
-            self._log.warning(
-                "cloud.outbox.not_sent", deployment_id=pending.deployment_id, error=str(exc)
-            )
-            self._in_flight.discard(pending.deployment_id)
+            self._not_sent(pending.deployment_id, exc)
             return
-        self._acked.append(pending.deployment_id)
+        self._awaited.add(acked)
+        acked.add_done_callback(functools.partial(self._acknowledged, pending.deployment_id))
+
+    def _acknowledged(self, deployment_id: str, acked: asyncio.Future[None]) -> None:
+        self._awaited.discard(acked)
+        if acked.cancelled():
+            self._in_flight.discard(deployment_id)
+            return
+        if (exc := acked.exception()) is not None:
+            self._not_sent(deployment_id, exc)
+            return
+        self._acked.append(deployment_id)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="cloud.outbox.flush")
+
+    def _not_sent(self, deployment_id: str, exc: BaseException) -> None:
+        # The row stays; it is claimed again when its lease ends.
+        self._log.warning("cloud.outbox.not_sent", deployment_id=deployment_id, error=str(exc))
+        self._in_flight.discard(deployment_id)
 
     async def _flush(self) -> None:
         """Remove acknowledged rows, those acknowledged together in one transaction."""
