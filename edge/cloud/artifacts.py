@@ -25,8 +25,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from edge.cloud import s3 as s3client
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
+from edge.cloud.errors import ArtifactError, CloudUsageError
 from edge.cloud.ids import is_function_arn, timestamp
-from edge.errors import ArtifactError, CloudUsageError
 
 #: Largest package accepted: Lambda's own limit for a zip uploaded directly.
 MAX_ZIP_BYTES: Final = 50 * 1024 * 1024

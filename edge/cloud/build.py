@@ -18,13 +18,14 @@ from typing import Any, Final
 
 from edge.cloud.db import Connection, Row
 from edge.cloud.definitions import KINDS, Kind, resolve_version
+from edge.cloud.errors import DefinitionInvalidError, NotFoundError
 from edge.cloud.groups import (
     ResolvedGroup,
     assemble_group,
     group_version_row,
     validate_group,
 )
-from edge.errors import DefinitionInvalidError, DeploymentInvalidError, NotFoundError
+from edge.errors import DeploymentInvalidError
 from edge.model import DeploymentType, parse_deployment
 from edge.model.deployment import MAX_DOCUMENT_BYTES
 from edge.model.fields import entry_label

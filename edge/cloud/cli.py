@@ -37,6 +37,7 @@ from edge.cloud.config import CloudConfig, load_cloud_config
 from edge.cloud.db import Claim, Database, Row, open_database
 from edge.cloud.definitions import Kind
 from edge.cloud.deployments import Request
+from edge.cloud.errors import BrokerError, CloudUsageError
 from edge.cloud.groups import GROUP_VERSION_KEYS
 from edge.cloud.ids import Arns
 from edge.cloud.jsontext import strict_json
@@ -44,7 +45,7 @@ from edge.cloud.keys import init_signing_key
 from edge.cloud.lambdacode import missing_functions
 from edge.cloud.status import FAILURE, SUCCESS
 from edge.cloud.tags import list_tags, tag_resource, untag_resource
-from edge.errors import BrokerError, CloudUsageError, EdgeError
+from edge.errors import EdgeError
 from edge.signing import load_signing_key
 
 EXIT_USER_ERROR: Final = 2

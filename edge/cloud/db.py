@@ -55,14 +55,10 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.elements import TextClause
 
 from edge.cloud.config import CloudConfig
+from edge.cloud.errors import ClientTokenInUseError, CloudDatabaseError, SignatureReplayError
 from edge.cloud.ids import timestamp
 from edge.cloud.migrations import MIGRATIONS, Migration
-from edge.errors import (
-    ClientTokenInUseError,
-    CloudDatabaseError,
-    ConfigError,
-    SignatureReplayError,
-)
+from edge.errors import ConfigError
 from edge.fsutil import read_private_file
 
 __all__ = [

@@ -16,8 +16,8 @@ from typing import Final
 
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Connection, Database, is_url, read_password
+from edge.cloud.errors import CloudUsageError
 from edge.cloud.migrations import TABLES
-from edge.errors import CloudUsageError
 
 #: Rows sent per round trip: large enough to amortise the latency, small enough to bound memory.
 BATCH_ROWS: Final = 500

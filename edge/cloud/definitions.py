@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from edge.cloud.db import Connection, Database, Row
+from edge.cloud.errors import DefinitionInvalidError, NotFoundError
 from edge.cloud.ids import Arns, new_id, thing_name_of, timestamp
 from edge.cloud.names import check_name
 from edge.cloud.tags import check_tags, drop_tags, put_tags, tags_of
-from edge.errors import DefinitionInvalidError, DeploymentInvalidError, NotFoundError
+from edge.errors import DeploymentInvalidError
 from edge.model import parse_group
 from edge.model.fields import ID_PATTERN, entry_label, quoted
 from edge.model.group import RESOURCE_ID_SUFFIX

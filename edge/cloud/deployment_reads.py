@@ -12,11 +12,11 @@ from typing import Any
 
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Connection, Database, Row
+from edge.cloud.errors import BrokerError, NotFoundError
 from edge.cloud.groups import latest_version_id
 from edge.cloud.ids import milliseconds
 from edge.cloud.publish import CloudMqtt
 from edge.cloud.status import FINAL, PEEK_SECONDS, peek_retained, status_output
-from edge.errors import BrokerError, NotFoundError
 
 
 def deployment_row(conn: Connection, group_id: str, deployment_id: str) -> Row:

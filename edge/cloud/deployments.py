@@ -35,6 +35,7 @@ from edge.cloud.build import Built, build_document, functions_without_code
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Connection, Database, Row
 from edge.cloud.deployment_reads import deployment_row
+from edge.cloud.errors import BrokerError, CloudUsageError
 from edge.cloud.groups import (
     group_version_row,
     last_deployment,
@@ -52,10 +53,6 @@ from edge.cloud.status import (
     Progress,
     add_event,
     follow,
-)
-from edge.errors import (
-    BrokerError,
-    CloudUsageError,
 )
 from edge.model import DeploymentType, parse_deployment
 from edge.signing import seal

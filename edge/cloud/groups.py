@@ -29,16 +29,12 @@ from edge.cloud.definitions import (
     version_info,
     with_tags,
 )
+from edge.cloud.errors import CloudUsageError, DefinitionInvalidError, NotFoundError
 from edge.cloud.ids import Arns, new_id, parse_version_arn, timestamp
 from edge.cloud.names import check_name
 from edge.cloud.status import FAILURE
 from edge.cloud.tags import check_tags, drop_tags, put_tags
-from edge.errors import (
-    CloudUsageError,
-    DefinitionInvalidError,
-    DeploymentInvalidError,
-    NotFoundError,
-)
+from edge.errors import DeploymentInvalidError
 from edge.model import parse_group
 from edge.model.connectors import check_connectors
 from edge.model.fields import quoted

@@ -17,7 +17,7 @@ import json
 from typing import Any, Final
 
 from edge.cloud.db import Database
-from edge.errors import ClientTokenInUseError, ClientTokenMismatchError
+from edge.cloud.errors import ClientTokenInUseError, ClientTokenMismatchError
 
 TOKEN_MEMBER: Final = "AmznClientToken"  # noqa: S105 - a member name, not a secret
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edge.errors import CloudUsageError
+from edge.cloud.errors import CloudUsageError
 
 
 def strict_json(option: str, text: str) -> Any:  # noqa: ANN401 - any JSON value

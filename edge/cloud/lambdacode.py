@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from edge.cloud.artifacts import check_package, store_package
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
-from edge.errors import CloudUsageError, LambdaCodeError
+from edge.cloud.errors import CloudUsageError, LambdaCodeError
 
 #: Largest package read from Code.Location, and most bytes it may unpack to: Lambda's limit
 #: on a function's unzipped code (250 MB), which a zip of it can't meaningfully exceed either.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Final
 
-from edge.errors import NameInvalidError
+from edge.cloud.errors import NameInvalidError
 
 #: Longest name, in characters: AWS's limit for a resource's Name in the same API.
 MAX_NAME_LENGTH: Final = 128

@@ -28,8 +28,8 @@ from typing import Final
 
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import CLIENT_TOKEN_LIFETIME, Connection, Database, open_database
+from edge.cloud.errors import CloudUsageError
 from edge.cloud.ids import precise_timestamp, timestamp
-from edge.errors import CloudUsageError
 
 #: Rows a batch removes at most (of the kind it removes): small enough that a batch holds the
 #: write lock for milliseconds on a busy PostgreSQL server.

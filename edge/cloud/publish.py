@@ -18,8 +18,8 @@ from typing import Final, Self
 
 import aiomqtt
 
+from edge.cloud.errors import BrokerError
 from edge.config import MqttSettings
-from edge.errors import BrokerError
 from edge.mqtt.link import tls_context
 
 #: Seconds to connect, subscribe or have a publish acknowledged before giving up.

@@ -39,9 +39,9 @@ import aiomqtt
 from structlog.typing import FilteringBoundLogger
 
 from edge.cloud.config import Pacing
+from edge.cloud.errors import BrokerError
 from edge.cloud.publish import Received
 from edge.config import MqttSettings
-from edge.errors import BrokerError
 from edge.log import get_logger
 from edge.mqtt.link import backoff_delays, tls_context
 

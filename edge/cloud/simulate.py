@@ -48,10 +48,11 @@ from typing import Any, Final
 import aiomqtt
 
 from edge.cloud.config import CloudConfig
+from edge.cloud.errors import CloudUsageError
 from edge.config import MqttSettings
 from edge.deploy.agent import status_document
 from edge.deploy.state import DeploymentState
-from edge.errors import CloudUsageError, DeploymentInvalidError, SignatureError
+from edge.errors import DeploymentInvalidError, SignatureError
 from edge.model import parse_deployment
 from edge.mqtt.link import backoff_delays, tls_context
 from edge.signing import DeploymentTrust, load_public_key

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 from edge.cloud.db import Connection, Database
-from edge.errors import NotFoundError, TagsInvalidError
+from edge.cloud.errors import NotFoundError, TagsInvalidError
 
 MAX_TAGS: Final = 50
 MAX_KEY_LENGTH: Final = 128

@@ -14,9 +14,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.cloud.config import Pacing
+from edge.cloud.errors import BrokerError
 from edge.cloud.publisher import Publisher
 from edge.config import MqttSettings
-from edge.errors import BrokerError
 from edge.fixtures.services import Mosquitto
 from tests.support.tls import LoggingMosquitto, run_logging_mosquitto
 

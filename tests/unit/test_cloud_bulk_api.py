@@ -24,15 +24,15 @@ from edge.cloud.bulk.state import (
     IllegalBulkTransitionError,
     next_state,
 )
-from edge.cloud.ids import Arns
-from edge.cloud.serve.errors import from_edge_error
-from edge.errors import (
+from edge.cloud.errors import (
     BulkInputError,
     CloudUsageError,
-    EdgeError,
     RolloutSettingsError,
     TagsInvalidError,
 )
+from edge.cloud.ids import Arns
+from edge.cloud.serve.errors import from_edge_error
+from edge.errors import EdgeError
 
 ARNS = Arns("us-east-1", "123456789012")
 ROLE = "arn:aws:iam::123456789012:role/bulk-deployer"

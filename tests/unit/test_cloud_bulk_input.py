@@ -22,8 +22,8 @@ from edge.cloud.bulk.input import (
     parse_location,
     read_chunks,
 )
+from edge.cloud.errors import BulkInputError
 from edge.config import AwsSettings
-from edge.errors import BulkInputError
 from edge.fixtures.services import TEST_REGION, MotoServer
 
 G1 = "11111111-1111-4111-8111-111111111111"

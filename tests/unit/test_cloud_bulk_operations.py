@@ -14,10 +14,10 @@ from edge.cloud.bulk.memory import MemoryBulkStore
 from edge.cloud.bulk.runner import BulkRunner, input_reader
 from edge.cloud.bulk.state import BulkEvent, BulkState
 from edge.cloud.bulk.store import Reserved
+from edge.cloud.errors import BulkInputError, CloudUsageError, NotFoundError
 from edge.cloud.ids import Arns
 from edge.cloud.serve.errors import from_edge_error
 from edge.config import AwsSettings
-from edge.errors import BulkInputError, CloudUsageError, NotFoundError
 from edge.fixtures.services import TEST_REGION, MotoServer
 from tests.unit.test_cloud_bulk_runner import each
 

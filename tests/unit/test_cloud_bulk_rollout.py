@@ -19,7 +19,7 @@ from edge.cloud.bulk.rollout import (
     current_rate,
     parse_settings,
 )
-from edge.errors import RolloutSettingsError
+from edge.cloud.errors import RolloutSettingsError
 
 SPELLED = {name: f"--{name}" for name in NAMES}
 

@@ -24,8 +24,8 @@ from edge.cloud.bulk.rollout import AbortRule, Counts, RolloutSettings, current_
 from edge.cloud.bulk.runner import BulkRunner, Deploy, Deployed
 from edge.cloud.bulk.state import BulkEvent, BulkState
 from edge.cloud.bulk.store import LeaseLostError, Reserved
+from edge.cloud.errors import BrokerError, BulkInputError, NotFoundError
 from edge.cloud.ids import Arns
-from edge.errors import BrokerError, BulkInputError, NotFoundError
 
 ARNS = Arns("us-east-1", "123456789012")
 

@@ -17,8 +17,8 @@ from edge.cloud.bulk.sqlstore import SqlBulkStore, inline
 from edge.cloud.bulk.state import BulkEvent, BulkState
 from edge.cloud.bulk.store import LeaseLostError, Outcomes, Reserved
 from edge.cloud.db import Database
+from edge.cloud.errors import NotFoundError
 from edge.cloud.ids import Arns
-from edge.errors import NotFoundError
 from tests.unit.test_cloud_bulk_runner import each, input_file, reader
 
 pytestmark = pytest.mark.network

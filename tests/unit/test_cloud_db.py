@@ -23,8 +23,8 @@ from edge.cloud.definitions import (
     list_definitions,
     list_versions,
 )
+from edge.cloud.errors import CloudDatabaseError, SignatureReplayError
 from edge.cloud.ids import Arns
-from edge.errors import CloudDatabaseError, SignatureReplayError
 
 pytestmark = pytest.mark.network
 

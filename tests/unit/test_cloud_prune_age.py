@@ -9,7 +9,7 @@ import pytest
 
 from edge.cloud import prune
 from edge.cloud.bulk.state import FINAL
-from edge.errors import CloudUsageError
+from edge.cloud.errors import CloudUsageError
 
 
 @pytest.mark.parametrize(

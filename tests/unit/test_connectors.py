@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from connectors.schema import ConnectorManifest, Parameter, ParameterError
+from edge.cloud.errors import DefinitionInvalidError
 from edge.cloud.groups import ResolvedGroup, validate_group
-from edge.errors import DefinitionInvalidError, DeploymentInvalidError
+from edge.errors import DeploymentInvalidError
 from edge.model import parse_group
 from edge.model.connectors import builtin_connectors, parse_connector_arn
 from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents

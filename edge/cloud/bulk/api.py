@@ -29,9 +29,9 @@ from edge.cloud.bulk.input import Location, parse_location
 from edge.cloud.bulk.records import BulkDeployment, BulkDeploymentResult, ErrorDetail, RecordState
 from edge.cloud.bulk.rollout import NAMES, RolloutSettings, parse_settings
 from edge.cloud.bulk.state import BulkEvent, BulkState, next_state
+from edge.cloud.errors import CloudUsageError, RolloutSettingsError
 from edge.cloud.ids import Arns, milliseconds, new_id, precise_timestamp
 from edge.cloud.tags import check_tags
-from edge.errors import CloudUsageError, RolloutSettingsError
 
 #: The prefix of the tags that carry rollout settings.
 EDGE_TAG_PREFIX: Final = "edge:"

@@ -42,17 +42,17 @@ from edge.cloud.bulk.store import Reserved
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Connection, Database
 from edge.cloud.deployments import check_deployment_type, insert_new, new_row
-from edge.cloud.groups import ResolvedGroup, group_version_row, latest_version_id
-from edge.cloud.ids import precise_timestamp
-from edge.cloud.lambdacode import fetch_functions
-from edge.cloud.status import BUILDING
-from edge.errors import (
+from edge.cloud.errors import (
     ArtifactError,
     CloudUsageError,
     DefinitionInvalidError,
     LambdaCodeError,
     NotFoundError,
 )
+from edge.cloud.groups import ResolvedGroup, group_version_row, latest_version_id
+from edge.cloud.ids import precise_timestamp
+from edge.cloud.lambdacode import fetch_functions
+from edge.cloud.status import BUILDING
 from edge.signing import seal
 
 #: Errors that make one record undeployable, and leave the rest of its batch alone.

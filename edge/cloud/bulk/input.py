@@ -26,8 +26,8 @@ from typing import Final
 from botocore.exceptions import BotoCoreError, ClientError
 
 from edge.cloud import s3
+from edge.cloud.errors import BulkInputError
 from edge.config import AwsSettings
-from edge.errors import BulkInputError
 
 #: AWS's limit: "This file must be less than 100 MB".
 MAX_INPUT_BYTES: Final = 100 * 1024 * 1024

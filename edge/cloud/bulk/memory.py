@@ -23,8 +23,8 @@ from edge.cloud.bulk.records import (
 )
 from edge.cloud.bulk.state import BulkEvent, BulkState, next_state
 from edge.cloud.bulk.store import BulkStore, LeaseLostError, Outcomes, Reserved, Tally
+from edge.cloud.errors import NotFoundError
 from edge.cloud.ids import new_id, precise_timestamp
-from edge.errors import NotFoundError
 
 _SUCCESS, _FAILURE = "Success", "Failure"
 

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from edge.errors import RolloutSettingsError
+from edge.cloud.errors import RolloutSettingsError
 
 #: What the ramp-up counts toward its next step, as IoT Jobs' two rate-increase criteria.
 RampCriterion = Literal["started", "succeeded"]

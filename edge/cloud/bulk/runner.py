@@ -42,8 +42,8 @@ from edge.cloud.bulk.records import BulkDeployment
 from edge.cloud.bulk.rollout import RolloutPolicy
 from edge.cloud.bulk.state import BulkEvent, BulkState
 from edge.cloud.bulk.store import BulkStore, LeaseLostError, Outcomes, Reserved
+from edge.cloud.errors import BrokerError, BulkInputError, CloudDatabaseError
 from edge.config import AwsSettings
-from edge.errors import BrokerError, BulkInputError, CloudDatabaseError
 
 #: Seconds a lease lasts without a heartbeat. Long enough for a slow batch of deployments and
 #: a database failover; short enough that a dead replica's bulk deployment resumes soon.

@@ -40,9 +40,9 @@ from edge.cloud.bulk.records import (
 from edge.cloud.bulk.state import FINAL, BulkEvent, BulkState, next_state
 from edge.cloud.bulk.store import BulkStore, LeaseLostError, Outcomes, Reserved, Tally
 from edge.cloud.db import Connection, Database, Row
+from edge.cloud.errors import NotFoundError
 from edge.cloud.ids import new_id, precise_timestamp
 from edge.cloud.status import BUILDING, FAILURE, SUCCESS
-from edge.errors import NotFoundError
 
 _T = TypeVar("_T")
 

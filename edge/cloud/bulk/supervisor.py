@@ -21,7 +21,7 @@ from structlog.typing import FilteringBoundLogger
 
 from edge.cloud.bulk.runner import BulkRunner
 from edge.cloud.bulk.store import BulkStore
-from edge.errors import CloudDatabaseError
+from edge.cloud.errors import CloudDatabaseError
 
 #: Seconds between looks for orphans: a dead replica's bulk deployment resumes within its
 #: lease plus this.

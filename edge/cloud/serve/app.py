@@ -28,6 +28,7 @@ from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
 from edge.cloud.db import Claim
+from edge.cloud.errors import CloudDatabaseError
 from edge.cloud.serve.auth import SignedRequest, Verifier
 from edge.cloud.serve.connections import Connections
 from edge.cloud.serve.context import Context
@@ -35,7 +36,7 @@ from edge.cloud.serve.errors import INTERNAL, ApiError, bad_request, from_edge_e
 from edge.cloud.serve.follow import Health
 from edge.cloud.serve.operations import dispatch
 from edge.cloud.serve.routes import Router, decode_input
-from edge.errors import CloudDatabaseError, EdgeError
+from edge.errors import EdgeError
 
 #: Largest request body accepted. A deployment document (everything a group version holds) is
 #: at most 1 MiB, so no definition version a core could receive is bigger; the margin is JSON

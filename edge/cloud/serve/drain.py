@@ -17,10 +17,10 @@ from structlog.typing import FilteringBoundLogger
 
 from edge.cloud import outbox
 from edge.cloud.config import CloudConfig
+from edge.cloud.errors import BrokerError, CloudDatabaseError
 from edge.cloud.publisher import Publisher
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.follow import following
-from edge.errors import BrokerError, CloudDatabaseError
 
 #: Rows one claim takes at most: enough to keep the publisher's window full between claims.
 CLAIM_BATCH: Final = 200

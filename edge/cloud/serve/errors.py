@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from edge.errors import (
+from edge.cloud.errors import (
     BrokerError,
     CloudDatabaseError,
     CloudUsageError,
-    EdgeError,
     NotFoundError,
     SignatureReplayError,
 )
+from edge.errors import EdgeError
 
 BAD_REQUEST: Final = "BadRequestException"
 ID_NOT_FOUND: Final = "IdNotFoundException"

@@ -25,6 +25,7 @@ from typing import Any, Final
 from structlog.typing import FilteringBoundLogger
 
 from edge.cloud.db import Database
+from edge.cloud.errors import CloudDatabaseError
 from edge.cloud.publish import Received
 from edge.cloud.publisher import Following
 from edge.cloud.serve.dbthread import DatabaseThread
@@ -37,7 +38,6 @@ from edge.cloud.status import (
     record_many,
 )
 from edge.config import MqttSettings
-from edge.errors import CloudDatabaseError
 
 #: Reports recorded in one transaction at most.
 INGEST_BATCH: Final = 500

@@ -29,8 +29,9 @@ from structlog.typing import FilteringBoundLogger
 from edge.cloud import outbox
 from edge.cloud.bulk.state import BulkState
 from edge.cloud.db import Database
+from edge.cloud.errors import CloudDatabaseError
 from edge.cloud.publisher import ACKNOWLEDGED, SENT
-from edge.errors import CloudDatabaseError, ConfigError
+from edge.errors import ConfigError
 from edge.metrics import Histogram
 
 if TYPE_CHECKING:

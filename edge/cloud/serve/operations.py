@@ -24,10 +24,10 @@ from edge.cloud import definitions, deployment_reads, deployments, groups, idemp
 from edge.cloud.db import Claim
 from edge.cloud.definitions import KINDS, Kind
 from edge.cloud.deployments import Request
+from edge.cloud.errors import CloudDatabaseError
 from edge.cloud.serve import bulk, lifecycle, stored
 from edge.cloud.serve.context import Context, Handler, Result
 from edge.cloud.serve.errors import bad_request
-from edge.errors import CloudDatabaseError
 
 #: The list each List operation answers with, for pagination.
 _LISTS: Final = ("Definitions", "Versions", "Groups", "Deployments")

@@ -21,9 +21,9 @@ from urllib.parse import parse_qsl, unquote
 from botocore.session import get_session
 from botocore.validate import ParamValidator
 
+from edge.cloud.errors import CloudUsageError
 from edge.cloud.jsontext import strict_json
 from edge.cloud.serve.errors import ApiError, bad_request
-from edge.errors import CloudUsageError
 
 SERVICE: Final = "greengrass"
 #: A `{Label}` of a requestUri matches one path segment; `{Label+}` matches the rest. Labels may

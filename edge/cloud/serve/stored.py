@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge.cloud.db import Connection, Database
+from edge.cloud.errors import NotFoundError
 from edge.cloud.ids import new_id, thing_name_of, timestamp
 from edge.cloud.serve.context import Context, Handler, Result
 from edge.cloud.serve.errors import bad_request
 from edge.cloud.serve.routes import service_model
-from edge.errors import NotFoundError
 
 _ROLE_ARN: Final = re.compile(
     r"arn:aws(?:-[a-z]+)*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}", re.ASCII

@@ -31,7 +31,7 @@ from botocore.exceptions import (
 
 from edge.cloud.config import CloudConfig
 from edge.cloud.definitions import KINDS
-from edge.errors import V1ImportError
+from edge.cloud.errors import V1ImportError
 
 #: Requests in flight at once: enough to hide latency, few enough not to be throttled hard.
 CONCURRENCY: Final = 8

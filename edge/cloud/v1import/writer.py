@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.cloud.db import Connection, Database
+from edge.cloud.errors import CloudUsageError, DefinitionInvalidError, NotFoundError
 from edge.cloud.groups import resolve_group, validate_group
 from edge.cloud.v1import.plan import GroupPlan, Stored, plan_group
 from edge.cloud.v1import.reader import V1Account, V1Group, definition_named
-from edge.errors import CloudUsageError, DefinitionInvalidError, NotFoundError
 
 
 class _DryRun(Exception):  # noqa: N818 - a control-flow signal, not an error
