@@ -153,9 +153,29 @@ def confine_and_open_code() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (code_dir, inherited)))
 
 
+#: The descriptors the core hands a worker: its control channel, and for a worker of another
+#: user the connected IPC sockets (see edge.child.function).
+_HANDED_FD_VARIABLES = ("EDGE_CONTROL_FD", "EDGE_IPC_FD", "EDGE_IPC_WATCH_FD")
+
+
+def _close_on_exec_inherited() -> None:
+    """Keep the core's connections out of every program the function executes.
+
+    Before the function's code runs: `os.system`, or `subprocess` with `close_fds=False`,
+    passes every inheritable descriptor on, and a program holding the control channel or an
+    IPC socket could speak to the core as this function.
+    """
+    for variable in _HANDED_FD_VARIABLES:
+        try:
+            os.set_inheritable(int(os.environ[variable]), False)  # noqa: FBT003 - positional
+        except (KeyError, ValueError, OSError):
+            continue  # not handed to this worker
+
+
 def main() -> int:
     """Entry point inside the worker process."""
     sock = socket.socket(fileno=int(os.environ["EDGE_CONTROL_FD"]))
+    _close_on_exec_inherited()
     memory_kb = int(os.environ.get("EDGE_MEMORY_KB", "16384"))
     try:
         confine_and_open_code()

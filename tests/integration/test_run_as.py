@@ -385,3 +385,22 @@ def test_a_frozen_worker_of_another_user_is_killed_before_the_change_is_reported
         after = invoke(env, "reader", read)
         assert after["values"] == [second]
         assert after["pid"] != frozen
+
+
+@needs_root
+@pytest.mark.usefixtures("reachable_checkout")
+def test_a_program_a_function_runs_holds_none_of_the_cores_connections(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, sm: Any
+) -> None:
+    """A function that never imports the SDK runs a program: it holds no socket of the core's.
+
+    The control channel and the IPC sockets are closed on exec before the function's code runs,
+    so a program run with every inheritable descriptor (`os.system`'s) can't speak to the core.
+    """
+    with nobody_core(tmp_path, broker, moto, sm) as env:
+        code = code_of(tmp_path / "bare.zip", ("bare.py",))
+        fn = function("bare", "bare.held_descriptors", code)
+        env.operator.wait_status(env.operator.deploy(functions=[fn]), "Success")
+        answer = invoke(env, "bare", {})
+        assert answer["handed"] == ["EDGE_CONTROL_FD", "EDGE_IPC_FD", "EDGE_IPC_WATCH_FD"]
+        assert answer["executed"] == dict.fromkeys(answer["handed"], False)
