@@ -203,8 +203,8 @@ class Core:
             topic=self._deployments_topic,
         )
         async with asyncio.TaskGroup() as tg:
+            link = tg.create_task(self.link.run(), name="mqtt-link")
             tasks = [
-                tg.create_task(self.link.run(), name="mqtt-link"),
                 tg.create_task(self.agent.run(), name="deployment-agent"),
                 tg.create_task(self.audit.run(), name="audit-log"),
                 tg.create_task(self.refresher.run(), name="secret-refresh"),
@@ -212,6 +212,7 @@ class Core:
             if stop is not None:
                 await stop.wait()
                 await self.link.flush(within=STOP_FLUSH_SECONDS)
+                self.link.stop(link)
                 for task in tasks:
                     task.cancel()
 

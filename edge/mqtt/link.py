@@ -158,12 +158,6 @@ def explain_connect_error(error: str) -> str | None:
     return None
 
 
-def _stop_requested() -> bool:
-    """Whether the running task has been asked to stop (cancelled) and hasn't finished yet."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 def _on_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -221,6 +215,7 @@ class MqttLink:
         self._outbox_ready = asyncio.Event()
         self._drained = asyncio.Event()
         self.connected = asyncio.Event()
+        self._stop_requested = False
         # Not registered with logging.getLogger: one private logger per link, whose handler
         # catches what paho-mqtt says about a failed connection (see _ClientErrors).
         self._client_errors = _ClientErrors(self._log, tls=settings.tls)
@@ -322,6 +317,11 @@ class MqttLink:
         """Messages waiting in the outbox."""
         return len(self._outbox)
 
+    def stop(self, task: asyncio.Task[None]) -> None:
+        """Stop `task`, the one running `run()`: it ends even if closing the connection fails."""
+        self._stop_requested = True
+        task.cancel()
+
     async def run(self) -> None:
         """Connect, subscribe, receive and publish until cancelled; reconnect on any failure."""
         delay = backoff_delays(_INITIAL_BACKOFF_SECONDS, self._settings.reconnect_max_seconds)
@@ -340,11 +340,13 @@ class MqttLink:
                 error = "; ".join(str(e) for e in group.exceptions)
             finally:
                 self.connected.clear()
-            if _stop_requested():
+            if self._stop_requested:
                 # Asked to stop while the client closed, and closing failed too: its MqttError
                 # took the CancelledError's place (an async with's exit, or a TaskGroup that
                 # raises its children's errors rather than the cancellation). Stop as asked;
-                # reconnecting would leave whoever cancelled waiting forever.
+                # reconnecting would leave whoever cancelled waiting forever. A flag, not
+                # Task.cancelling(): Python 3.11's TaskGroup leaves that count raised after a
+                # child fails, as every lost connection does here.
                 raise asyncio.CancelledError
             if established:
                 # After a session, a new client rather than the old one re-entered (aiomqtt's

@@ -141,7 +141,7 @@ async def test_an_oversized_packet_is_read_past_acknowledged_and_not_held(
 async def test_a_link_asked_to_stop_stops_even_when_closing_its_connection_fails(
     broker: Mosquitto,
 ) -> None:
-    """Cancelled while its close fails: the link ends, rather than reconnecting forever.
+    """Stopped while its close fails: the link ends, rather than reconnecting forever.
 
     The failure stands in for a broker whose DISCONNECT never completes in time (aiomqtt's
     "Operation timed out"), which a real broker can't be made to do on demand. Its MqttError
@@ -165,7 +165,7 @@ async def test_a_link_asked_to_stop_stops_even_when_closing_its_connection_fails
         task = asyncio.create_task(link.run())
         try:
             await asyncio.wait_for(link.connected.wait(), 15)
-            task.cancel()
+            link.stop(task)
             done, _ = await asyncio.wait({task}, timeout=10)
         finally:
             # Should it reconnect instead: with no broker, a cancel lands between attempts.
