@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from edge.cloud.db import Connection, Database, Row
 from edge.cloud.errors import DefinitionInvalidError, NotFoundError
-from edge.cloud.ids import Arns, new_id, thing_name_of, timestamp
+from edge.cloud.ids import Arns, creation_timestamp, new_id, thing_name_of, timestamp
 from edge.cloud.names import check_name
 from edge.cloud.tags import check_tags, drop_tags, put_tags, tags_of
 from edge.errors import DeploymentInvalidError
@@ -350,7 +350,7 @@ def create_definition(
     check_name("--name", name)
     checked_tags = None if tags is None else check_tags(tags, "--tags")
     body = None if initial is None else validate_version(kind, initial)
-    definition_id, now = new_id(), timestamp()
+    definition_id, now = new_id(), creation_timestamp()
     with db.write() as conn:
         conn.execute(
             "INSERT INTO definitions (id, kind, name, arn, created_at, updated_at)"

@@ -30,7 +30,7 @@ from edge.cloud.definitions import (
     with_tags,
 )
 from edge.cloud.errors import CloudUsageError, DefinitionInvalidError, NotFoundError
-from edge.cloud.ids import Arns, new_id, parse_version_arn, timestamp
+from edge.cloud.ids import Arns, creation_timestamp, new_id, parse_version_arn, timestamp
 from edge.cloud.names import check_name
 from edge.cloud.status import FAILURE
 from edge.cloud.tags import check_tags, drop_tags, put_tags
@@ -226,7 +226,7 @@ def create_group(
     check_name("--name", name)
     checked_tags = None if tags is None else check_tags(tags, "--tags")
     refs = None if initial is None else check_refs(initial)
-    group_id, now = new_id(), timestamp()
+    group_id, now = new_id(), creation_timestamp()
     with db.write() as conn:
         conn.execute(
             "INSERT INTO groups (id, name, arn, created_at, updated_at) VALUES (:id, :name, :arn,"

@@ -9,9 +9,10 @@ region and account. Versions are addressed by ARN when a group version names the
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 #: The seven kinds of definition, by the path segment their ARNs use.
@@ -54,6 +55,25 @@ def timestamp(moment: datetime | None = None) -> str:
     """Return an AWS-style ISO-8601 UTC timestamp with milliseconds ("...T12:00:00.123Z")."""
     value = moment or datetime.now(UTC)
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_creations = threading.Lock()
+_last_creation = datetime.min.replace(tzinfo=UTC)
+
+
+def creation_timestamp() -> str:
+    """`timestamp()` of now, but at least a millisecond after every one this process made.
+
+    Definitions and groups are listed in creation order, by this time: two created in the same
+    millisecond would otherwise come back in either order. Only a burst moves it ahead of the
+    clock, by as many milliseconds as the burst has creations.
+    """
+    global _last_creation  # noqa: PLW0603 - one sequence for the process, under the lock
+    with _creations:
+        now = datetime.now(UTC)
+        whole = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        _last_creation = max(whole, _last_creation + timedelta(milliseconds=1))
+        return timestamp(_last_creation)
 
 
 def precise_timestamp(moment: datetime | None = None) -> str:

@@ -24,6 +24,7 @@ from edge.cloud.definitions import (
     list_versions,
 )
 from edge.cloud.errors import CloudDatabaseError, SignatureReplayError
+from edge.cloud.groups import create_group, list_groups
 from edge.cloud.ids import Arns
 
 pytestmark = pytest.mark.network
@@ -205,6 +206,19 @@ def test_a_claimed_signature_is_applied_once_even_across_connections(target: Pat
             two.with_claim(Claim("cd" * 32, expires)), ARNS, RESOURCES, name="b", initial=None
         )
         assert names(one) == ["a", "b"]
+
+
+def test_definitions_and_groups_list_in_creation_order_even_within_a_millisecond(
+    target: Path | str,
+) -> None:
+    """Created faster than the clock's millisecond ticks, they still list in the order made."""
+    made = [f"n{i:02d}" for i in range(30)]
+    with Database.open(target) as db:
+        for name in made:
+            create_definition(db, ARNS, RESOURCES, name=name, initial=None)
+            create_group(db, ARNS, name=name, initial=None)
+        assert names(db) == made
+        assert [g["Name"] for g in list_groups(db)["Groups"]] == made
 
 
 def test_a_claim_whose_change_failed_or_was_released_may_be_used_again(
