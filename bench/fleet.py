@@ -1237,6 +1237,8 @@ class Fleet:
             cpu_after["control plane"] = (
                 cpu_before["control plane"] + killed["survivor_cpu"] + killed["victim_cpu"]
             )
+            # So did its PostgreSQL backends' (they end with its connections): not measured.
+            cpu_after["postgresql"] = float("nan")
         deployment_ids = {}
         pages = gg.get_paginator("list_bulk_deployment_detailed_reports")
         for page in pages.paginate(BulkDeploymentId=bulk_id):
