@@ -1598,7 +1598,8 @@ def cpu_rows(fleet: Fleet, result: dict[str, Any]) -> Rows:
     """Who used the CPUs from the first CreateDeployment to the last final status."""
     n, cpu, window = len(fleet.things), result["cpu"], result["window"]
     real = max(1, len(fleet.cores))
-    ours = sum(v for k, v in cpu.items() if k != "machine")
+    # NaN: not measured (PostgreSQL's backends after a replica SIGKILL).
+    ours = sum(v for k, v in cpu.items() if k != "machine" and v == v)  # noqa: PLR0124
     capacity = window * (os.cpu_count() or 1)
     rows: Rows = [
         (
