@@ -6,7 +6,8 @@
                                     [--simulated 0] [--sim-processes 2] [--rounds 1]
                                     [--cores-per-connection 1000] [--publish-rate R]
                                     [--serve-from CHECKOUT] [--bulk] [--postgresql]
-                                    [--replicas 1] [--profile DIR [--cprofile]]
+                                    [--replicas 1] [--kill-replica-after SECONDS]
+                                    [--profile DIR [--cprofile]]
                                     [--timeout 600] [--keep]
 
 Every core is a real `python -m edge run` with its own thing name, state directory and core key
@@ -35,8 +36,12 @@ the medians. `--serve-from CHECKOUT` runs `edge cloud serve` from another checko
 baseline's code) with everything else from this one; `--publish-rate` sets its
 `[mqtt] publish_rate`. `--replicas N` runs N `serve` on the one (PostgreSQL) database,
 following statuses through a shared subscription; a bulk deployment runs on the first, and
-CreateDeployment calls go round-robin. `--profile DIR` splits `serve`'s CPU in the rounds by part
-of the control plane (creation, drain + publish, status ingest; bench/profile_serve.py).
+CreateDeployment calls go round-robin. `--kill-replica-after SECONDS` (with `--bulk --replicas 2`)
+SIGKILLs the replica running the bulk deployment that long after StartBulkDeployment; the other
+one takes the bulk deployment over once its lease runs out, and the run reports the takeover and
+counts from the database what a kill may break (groups deployed twice, deployments without a
+final status, deployments delivered twice). `--profile DIR` splits `serve`'s CPU in the rounds
+by part of the control plane (creation, drain + publish, status ingest; bench/profile_serve.py).
 
 Measured, once all cores are connected and idle:
 
@@ -80,6 +85,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -182,6 +189,13 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="with --profile: also a per-thread cProfile of `serve` (slow; its top functions)",
     )
+    parser.add_argument(
+        "--kill-replica-after",
+        type=float,
+        metavar="SECONDS",
+        help="with --bulk --replicas 2: SIGKILL the replica running the bulk deployment this"
+        " long after StartBulkDeployment; the other must finish it",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--serve-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,6 +207,10 @@ def parse_args() -> argparse.Namespace:
         parser.error("--replicas and --cores-per-connection must be at least 1")
     if args.replicas > 1 and not args.postgresql:
         parser.error("--replicas 2 or more needs --postgresql: replicas share one database")
+    if args.kill_replica_after is not None and (
+        args.kill_replica_after < 0 or not args.bulk or args.replicas != 2 or args.rounds != 1
+    ):
+        parser.error("--kill-replica-after needs --bulk --replicas 2 --rounds 1 and SECONDS >= 0")
     return args
 
 
@@ -640,6 +658,8 @@ class Counter:
     sys: dict[str, int] = field(default_factory=dict)
     #: When each deployment message reached the counter (monotonic): the outbox's pace.
     deployments_at: list[float] = field(default_factory=list)
+    #: thing -> the DeploymentId of every deployment message sent to it, in order.
+    delivered: dict[str, list[str]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     client: Any = None
 
@@ -677,6 +697,7 @@ class Counter:
             self.finals.clear()
             self.final_count.clear()
             self.deployments_at.clear()
+            self.delivered.clear()
 
     def publish_rate(self) -> float:
         """Deployments the broker delivered per second, first to last."""
@@ -711,6 +732,7 @@ class Counter:
             self.sizes[kind] += len(msg.payload)
             if kind == "deployments":
                 self.deployments_at.append(now)
+                self.delivered.setdefault(parts[2], []).append(deployment_id(msg.payload))
             if kind == "other":
                 shape = [*parts[:2], "{thing}", *parts[3:]] if things else parts
                 self.other_topics["/".join(shape)] += 1
@@ -724,6 +746,149 @@ class Counter:
                     self.finals.setdefault(
                         parts[2], (now, status, str(doc.get("ErrorMessage", "")))
                     )
+
+
+def deployment_id(envelope: bytes) -> str:
+    """The DeploymentId inside a signed deployment envelope (unverified), or "?"."""
+    import base64  # noqa: PLC0415
+
+    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+        return str(json.loads(base64.b64decode(json.loads(envelope)["Document"]))["DeploymentId"])
+    return "?"
+
+
+# --- a replica SIGKILLed mid-bulk -------------------------------------------------------------
+
+
+def psycopg_url(database: str) -> str:
+    """The run's database URL as psycopg takes it."""
+    return database.replace("postgresql+psycopg://", "postgresql://")
+
+
+class ReplicaKill:
+    """SIGKILL the replica holding a bulk deployment's lease; watch the other take it over.
+
+    A thread of its own, so the kill lands on time whatever the main loop is waiting for. It
+    reads the lease and the counts straight from the control plane's PostgreSQL database.
+    """
+
+    def __init__(self, fleet: Fleet, bulk_id: str, t0: float) -> None:
+        self.fleet = fleet
+        self.bulk_id = bulk_id
+        self.t0 = t0
+        self.killed = threading.Event()
+        #: What was seen: times are seconds after StartBulkDeployment was sent.
+        self.facts: dict[str, Any] = {}
+        self.survivor: ControlPlane = fleet.replicas[-1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replica-kill", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float) -> None:
+        """Stop watching (after the takeover or at the deadline) and wait for the thread."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _bulk(self, conn: Any) -> tuple[str | None, float | None, str, int, int]:
+        """Lease owner, its seconds left, state, deployments created and outbox rows unsent."""
+        row = conn.execute(
+            "SELECT lease_owner, lease_expires - extract(epoch FROM clock_timestamp()), state,"
+            " (SELECT count(*) FROM bulk_records WHERE bulk_id = %(id)s"
+            "  AND deployment_id IS NOT NULL),"
+            " (SELECT count(*) FROM outbox)"
+            " FROM bulk_deployments WHERE id = %(id)s",
+            {"id": self.bulk_id},
+        ).fetchone()
+        left = None if row[1] is None else float(row[1])
+        return row[0], left, str(row[2]), int(row[3]), int(row[4])
+
+    def _run(self) -> None:
+        import psycopg  # noqa: PLC0415
+
+        fleet = self.fleet
+        with psycopg.connect(psycopg_url(fleet.database), autocommit=True) as conn:
+            self._stop.wait(max(0.0, self.t0 + fleet.args.kill_replica_after - time.monotonic()))
+            owner, left, state, created, unsent = self._bulk(conn)
+            # The lease owner is host:pid:random; the replica with that pid runs the bulk.
+            pid = int(owner.split(":")[1]) if owner else -1
+            victim = next(
+                (r for r in fleet.replicas if r.proc is not None and r.proc.pid == pid),
+                fleet.replicas[0],
+            )
+            assert victim.proc is not None  # noqa: S101 - every replica runs by now
+            self.survivor = next(r for r in fleet.replicas if r is not victim)
+            victim_cpu = cpu_seconds(victim.proc.pid)
+            victim.proc.kill()
+            killed_at = time.monotonic()
+            victim.proc.wait(10)
+            with fleet.counter.lock:
+                delivered = sum(len(ids) for ids in fleet.counter.delivered.values())
+                finals = len(fleet.counter.finals)
+            self.facts.update(
+                killed_at=killed_at - self.t0,
+                victim=fleet.replicas.index(victim),
+                held_lease=owner is not None and pid == victim.proc.pid,
+                lease_left=left,
+                state_at_kill=state,
+                created_at_kill=created,
+                unsent_at_kill=unsent,
+                delivered_at_kill=delivered,
+                finals_at_kill=finals,
+                victim_cpu=victim_cpu,
+            )
+            self.killed.set()
+            while not self._stop.wait(0.05):
+                now_owner, _, state, created, _ = self._bulk(conn)
+                if now_owner is not None and now_owner != owner:
+                    self.facts.update(
+                        resumed_at=time.monotonic() - self.t0,
+                        created_at_resume=created,
+                        state_at_resume=state,
+                    )
+                    return
+                if state in {"Completed", "Stopped", "Failed"}:
+                    self.facts["ended_without_takeover"] = state
+                    return
+
+    def outcome(self, cpu_before: list[float]) -> dict[str, Any]:
+        """Stop watching; the facts, the census and each replica's CPU since `cpu_before`."""
+        self.close(10)
+        fleet, facts = self.fleet, dict(self.facts)
+        survivor = fleet.replicas.index(self.survivor)
+        pid = self.survivor.proc.pid if self.survivor.proc else 0
+        facts["survivor_cpu"] = cpu_seconds(pid) - cpu_before[survivor]
+        facts["victim_cpu"] = facts.get("victim_cpu", 0.0) - cpu_before[facts.get("victim", 0)]
+        facts["census"] = self.census()
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(psycopg_url(fleet.database), autocommit=True) as conn:
+            facts["unfinished_things"] = [
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT thing_name FROM deployments WHERE status NOT IN ('Success', 'Failure')"
+                )
+            ]
+        return facts
+
+    def census(self) -> dict[str, int]:
+        """What the kill may have broken, from the database: each count must be 0."""
+        import psycopg  # noqa: PLC0415
+
+        queries = {
+            "groups with more than one deployment": "SELECT count(*) FROM (SELECT group_id"
+            " FROM deployments GROUP BY group_id HAVING count(*) > 1) AS twice",
+            "groups of the input without a deployment": "SELECT count(*) FROM bulk_records r"
+            " WHERE r.bulk_id = %(id)s AND NOT EXISTS"
+            " (SELECT 1 FROM deployments d WHERE d.group_id = r.group_id)",
+            "deployments without a final status": "SELECT count(*) FROM deployments"
+            " WHERE status NOT IN ('Success', 'Failure')",
+            "outbox rows never sent": "SELECT count(*) FROM outbox",
+        }
+        with psycopg.connect(psycopg_url(self.fleet.database), autocommit=True) as conn:
+            return {
+                name: int(conn.execute(sql, {"id": self.bulk_id}).fetchone()[0])  # type: ignore[index]
+                for name, sql in queries.items()
+            }
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -1043,6 +1208,7 @@ class Fleet:
         s3.put_object(Bucket="fleet-bulk", Key=key, Body="\n".join(lines) + "\n")
         gg = self.cloud.client(1)
         cpu_before = self.cpu()
+        replica_cpu = [cpu_seconds(r.proc.pid) if r.proc else 0.0 for r in self.replicas]
         t0 = time.monotonic()
         started = gg.start_bulk_deployment(
             ExecutionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/fleet-bulk",
@@ -1050,12 +1216,13 @@ class Fleet:
         )
         answered = time.monotonic()
         bulk_id = started["BulkDeploymentId"]
+        kill = None if self.args.kill_replica_after is None else ReplicaKill(self, bulk_id, t0)
         deadline = t0 + self.args.timeout
         ended = None
         while time.monotonic() < deadline:
             if ended is None:
-                state = gg.get_bulk_deployment_status(BulkDeploymentId=bulk_id)
-                if state["BulkDeploymentStatus"] in {"Completed", "Stopped", "Failed"}:
+                gg, state = self.bulk_state(gg, bulk_id, kill)
+                if state in {"Completed", "Stopped", "Failed"}:
                     ended = time.monotonic()
             if ended is not None and len(self.counter.finals) >= len(group_ids):
                 break
@@ -1064,6 +1231,14 @@ class Fleet:
         last_final = max((t for t, _, _ in self.counter.finals.values()), default=time.monotonic())
         recorded = self.wait_recorded(len(group_ids), deadline)
         cpu_after, window = self.cpu(), time.monotonic() - t0
+        killed = {} if kill is None else kill.outcome(replica_cpu)
+        if killed:
+            # The killed replica's CPU left /proc with it: the total is the two parts.
+            cpu_after["control plane"] = (
+                cpu_before["control plane"] + killed["survivor_cpu"] + killed["victim_cpu"]
+            )
+            # So did its PostgreSQL backends' (they end with its connections): not measured.
+            cpu_after["postgresql"] = float("nan")
         deployment_ids = {}
         pages = gg.get_paginator("list_bulk_deployment_detailed_reports")
         for page in pages.paginate(BulkDeploymentId=bulk_id):
@@ -1086,7 +1261,24 @@ class Fleet:
             "group_ids": group_ids,
             "cpu": {k: cpu_after[k] - cpu_before[k] for k in cpu_before},
             "window": window,
+            "kill": killed,
         }
+
+    def bulk_state(self, gg: Any, bulk_id: str, kill: ReplicaKill | None) -> tuple[Any, str]:
+        """The bulk deployment's state, and the client to ask next (the survivor after a kill)."""
+        if kill is not None and kill.killed.is_set() and self.cloud is not kill.survivor:
+            # From now on every call goes to the survivor, as a load balancer's would.
+            self.cloud = kill.survivor
+            gg = self.cloud.client(1)
+        try:
+            return gg, str(
+                gg.get_bulk_deployment_status(BulkDeploymentId=bulk_id)["BulkDeploymentStatus"]
+            )
+        except BotoCoreError:
+            # The replica asked was SIGKILLed under the call: the survivor is asked next time.
+            if kill is None:
+                raise
+            return gg, "unknown"
 
     def wait_recorded(self, count: int, deadline: float) -> float:
         """Wait until the control plane's database holds `count` more final statuses."""
@@ -1285,6 +1477,86 @@ def timing_rows(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> 
     return rows
 
 
+def kill_rows(fleet: Fleet, result: dict[str, Any]) -> Rows:
+    """The replica SIGKILLed mid-bulk: when, how far it had got, the takeover, the damage.
+
+    Called with the counter's lock held, as every row function is.
+    """
+    kill, n = result["kill"], len(fleet.things)
+    if "killed_at" not in kill:
+        return [("replica SIGKILL", "**not done** (the run ended first)")]
+    left = kill["lease_left"]
+    rows: Rows = [
+        (
+            (
+                f"SIGKILL of replica {kill['victim']} (the one holding the bulk's lease:"
+                f" {'yes' if kill['held_lease'] else 'NO'}), after StartBulkDeployment"
+            ),
+            f"{kill['killed_at']:.2f} s; bulk {kill['state_at_kill']}, lease"
+            + (" not taken" if left is None else f" {left:.1f} s from expiry"),
+        ),
+        (
+            "then: deployments created / delivered by the broker / final statuses seen",
+            (
+                f"{kill['created_at_kill']} / {kill['delivered_at_kill']}"
+                f" / {kill['finals_at_kill']}"
+                f" of {n}; {kill['unsent_at_kill']} outbox rows unsent"
+            ),
+        ),
+    ]
+    if "resumed_at" in kill:
+        rows.append(
+            (
+                "**survivor took the lease over** (after StartBulkDeployment; after the kill)",
+                (
+                    f"**{kill['resumed_at']:.2f} s;"
+                    f" {kill['resumed_at'] - kill['killed_at']:.2f} s**;"
+                    f" {kill['created_at_resume']} deployments created by then"
+                ),
+            )
+        )
+    else:
+        ended = kill.get("ended_without_takeover", "not seen before the deadline")
+        rows.append(("survivor took the lease over", f"no: bulk {ended}"))
+    rows += [(f"**{name}** (database)", f"**{count}**") for name, count in kill["census"].items()]
+    # The caller holds the counter's lock.
+    delivered = fleet.counter.delivered
+    final_count = fleet.counter.final_count
+    missing = n - len(fleet.counter.finals)
+    lost = [t for t in kill["unfinished_things"] if t in fleet.counter.finals]
+    rows.append(
+        (
+            "of those, the core's final status is on the broker (lost by the control plane)",
+            f"{len(lost)}: {', '.join(sorted(lost)[:6])}{' ...' if len(lost) > 6 else ''}",
+        )
+    )
+    again = [t for t, ids in delivered.items() if len(ids) > len(set(ids))]
+    other = [t for t, ids in delivered.items() if len(set(ids)) > 1]
+    answered = sum(1 for t in again if final_count.get(t, 0) > 1)
+    duplicates = sum(
+        c.log.read_bytes().count(b'"deploy.duplicate"') for c in fleet.cores if c.log.exists()
+    )
+    rows += [
+        ("**cores that never got a final status** (broker)", f"**{missing}**"),
+        ("**cores sent two different deployments** (broker)", f"**{len(other)}**"),
+        (
+            "cores sent the same deployment again (redelivered; broker)",
+            (
+                f"{len(again)}, of which {answered} published their final status again"
+                f" (real cores' `deploy.duplicate` log lines: {duplicates})"
+            ),
+        ),
+        (
+            "**CPU: surviving replica, per deployment**",
+            (
+                f"**{kill['survivor_cpu'] * 1000 / n:.2f} ms** ({kill['survivor_cpu']:.1f} s); the"
+                f" killed one {kill['victim_cpu']:.1f} s until the kill"
+            ),
+        ),
+    ]
+    return rows
+
+
 def message_rows(fleet: Fleet, extra: dict[str, Any]) -> Rows:
     """Broker message rows: the counter's, then Mosquitto's $SYS deltas."""
     n, counter = len(fleet.things), fleet.counter
@@ -1326,7 +1598,8 @@ def cpu_rows(fleet: Fleet, result: dict[str, Any]) -> Rows:
     """Who used the CPUs from the first CreateDeployment to the last final status."""
     n, cpu, window = len(fleet.things), result["cpu"], result["window"]
     real = max(1, len(fleet.cores))
-    ours = sum(v for k, v in cpu.items() if k != "machine")
+    # NaN: not measured (PostgreSQL's backends after a replica SIGKILL).
+    ours = sum(v for k, v in cpu.items() if k != "machine" and v == v)  # noqa: PLR0124
     capacity = window * (os.cpu_count() or 1)
     rows: Rows = [
         (
@@ -1398,6 +1671,7 @@ def report(fleet: Fleet, result: dict[str, Any], extra: dict[str, Any]) -> None:
     with fleet.counter.lock:
         rows = [
             *timing_rows(fleet, result, extra),
+            *(kill_rows(fleet, result) if result.get("kill") else []),
             *message_rows(fleet, extra),
             *call_rows(fleet, extra),
             *cpu_rows(fleet, result),
