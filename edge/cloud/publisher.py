@@ -292,6 +292,28 @@ class Publisher:
             await link.close(watcher)
             self._queue.extendleft(reversed(link.unacknowledged()))
 
+    async def reread_retained(self, topics: list[str]) -> bool:
+        """Have the broker send these topics' retained messages again, into `received`.
+
+        A plain subscription to each, held for a quiet spell, then dropped. False if not
+        connected or the broker refused: the caller tries again later.
+        """
+        quiet = self._following.quiet_seconds if self._following is not None else 1.0
+        if not topics or not self.connected.is_set():
+            return False
+        client = self._client
+        filters = [(topic, 1) for topic in topics]
+        try:
+            await client.subscribe(filters, timeout=OPERATION_TIMEOUT_SECONDS)
+            # The broker sends retained messages right after its SUBACK; a live report that
+            # arrives meanwhile comes twice (here and shared), which recording makes harmless.
+            await asyncio.sleep(quiet)
+            await client.unsubscribe(topics, timeout=OPERATION_TIMEOUT_SECONDS)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            self._log.warning("cloud.publisher.reread_failed", error=str(exc) or type(exc).__name__)
+            return False
+        return True
+
     def _observe_ack(self, acked: asyncio.Future[None]) -> None:
         if self._observer is not None and not acked.cancelled() and acked.exception() is None:
             self._observer(ACKNOWLEDGED)

@@ -6,6 +6,8 @@ processes with one signing key, `edge cloud simulate-cores`, and a real core.
 
 from __future__ import annotations
 
+import json
+import queue
 import secrets
 import signal
 import time
@@ -16,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.cloud.config import load_cloud_config
 from edge.cloud.db import open_database
+from edge.cloud.ids import precise_timestamp
 from edge.fixtures.core import CoreProcess, edge_cli, write_config
 from edge.fixtures.services import TEST_REGION, Mosquitto, MotoServer, free_port
 from tests.integration.test_cloud import write_cloud_config
@@ -342,4 +347,67 @@ def test_a_drain_killed_mid_batch_loses_nothing_and_deploys_each_group_once(
     assert summary["Deployments"] - summary["Duplicates"] == count, summary
     assert summary["Success"] == count, summary
     assert b.service is not None
+    assert b.service.stop() == 0
+
+
+@pytest.mark.parametrize("replicas", [""], indirect=True)
+def test_reports_another_member_took_and_never_recorded_are_read_again(
+    replicas: Replicas, broker: Mosquitto
+) -> None:
+    """A replica that acknowledged reports and died before recording them loses none.
+
+    A member of the same shared subscription group that records nothing stands in for it: the
+    broker hands it every other report. Replica b, which runs on, has the broker send those
+    things' retained reports again, and every deployment ends `Success` through it.
+    """
+    plane, b = replicas.plane, replicas.b
+    b.start()
+    assert b.service is not None
+    b.service.wait_for_event("cloud.publisher.shared")
+    taken: queue.Queue[str] = queue.Queue()
+    member = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    member.on_message = lambda _c, _u, message: taken.put(message.topic)
+    subscribed: queue.Queue[bool] = queue.Queue()
+    member.on_subscribe = lambda *_: subscribed.put(item=True)
+    member.connect("127.0.0.1", broker.port)
+    member.loop_start()
+    member.subscribe(f"$share/edge/{_filter(b)}", qos=1)
+    subscribed.get(timeout=10)
+    things = [f"gone-{i}" for i in range(6)]
+    client_b = b.client(replicas.secret)
+    deployments = {
+        (group := plane.group_for(thing)): client_b.create_deployment(
+            GroupId=group, DeploymentType="NewDeployment"
+        )["DeploymentId"]
+        for thing in things
+    }
+    settings = load_cloud_config(b.config).mqtt
+    core = paho.Client(CallbackAPIVersion.VERSION2)
+    core.connect("127.0.0.1", broker.port)
+    core.loop_start()
+    try:
+        # What each core does: its final report, retained on its status topic.
+        for thing, deployment_id in zip(things, deployments.values(), strict=True):
+            report = {
+                "DeploymentId": deployment_id,
+                "DeploymentStatus": "Success",
+                "UpdatedAt": precise_timestamp(),
+            }
+            core.publish(
+                settings.status_topic(thing), json.dumps(report), qos=1, retain=True
+            ).wait_for_publish(timeout=10)
+        # The broker alternates between the group's two members: half went to the other one.
+        lost = [taken.get(timeout=10) for _ in range(len(things) // 2)]
+    finally:
+        core.loop_stop()
+        core.disconnect()
+        member.loop_stop()
+        member.disconnect()
+    assert len(set(lost)) == len(things) // 2
+    _wait_until(
+        lambda: _statuses(client_b, deployments) == ["Success"] * len(things),
+        timeout=60,
+        what="every deployment Success through replica b",
+    )
+    assert b.service.count("cloud.status.reread") >= 1
     assert b.service.stop() == 0

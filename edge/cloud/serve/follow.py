@@ -117,7 +117,8 @@ async def follow_statuses(
         try:
             rows = await db.call(functools.partial(_record, reports=reports))
         except CloudDatabaseError as exc:
-            # The reports stay retained on the broker; the next connection reads them again.
+            # The reports stay retained on the broker: the next connection reads them again,
+            # and so does `edge.cloud.serve.reconcile` while the deployments are unfinished.
             log.warning("cloud.status.not_recorded", reports=len(reports), error=str(exc))
             continue
         for row in rows:

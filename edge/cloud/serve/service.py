@@ -30,6 +30,7 @@ from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.serve.drain import outbox_drain, replica_publisher
 from edge.cloud.serve.follow import Health, follow_statuses
 from edge.cloud.serve.metrics import ServeCollector, ServeCounts, metrics_server
+from edge.cloud.serve.reconcile import reconcile_statuses
 from edge.cloud.serve.routes import Router
 from edge.errors import ConfigError
 from edge.fsutil import read_private_file
@@ -158,9 +159,18 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                         name="edge-cloud-status-follower",
                     )
                     drainer = tasks.create_task(drain.run(), name="edge-cloud-outbox-drain")
+                    background = [follower, drainer]
+                    if config.pacing.shared_group is not None:
+                        # Only a shared subscription hands a report to one replica alone.
+                        background.append(
+                            tasks.create_task(
+                                reconcile_statuses(config.mqtt, publisher, db, log=log),
+                                name="edge-cloud-status-reconcile",
+                            )
+                        )
                     await stop.wait()
-                    follower.cancel()
-                    drainer.cancel()
+                    for task in background:
+                        task.cancel()
             finally:
                 if listener is not None:
                     listener.close()

@@ -1,0 +1,79 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Read again the retained status of deployments that should have finished by now.
+
+With a shared subscription each report reaches one replica, which acknowledges it to the broker
+on arrival and records it a moment later, with the reports that arrived together. A replica
+killed in between takes those reports with it: the broker won't send them to another member of
+the group, and the cores don't report again. Their last report stays retained on each core's
+status topic, though, so every `RECONCILE_SECONDS` each replica finds the deployments created
+between `RECONCILE_WINDOW_SECONDS` and `RECONCILE_AFTER_SECONDS` ago that are not final yet,
+and has the broker send those things' retained reports again (`Publisher.reread_retained`);
+they are recorded like any other, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from structlog.typing import FilteringBoundLogger
+
+from edge.cloud.db import Database
+from edge.cloud.errors import CloudDatabaseError
+from edge.cloud.ids import precise_timestamp
+from edge.cloud.publisher import Publisher
+from edge.cloud.serve.dbthread import DatabaseThread
+from edge.cloud.status import FINAL
+from edge.config import MqttSettings
+
+RECONCILE_SECONDS: Final = 15.0
+#: A deployment younger than this is left to the live stream of reports.
+RECONCILE_AFTER_SECONDS: Final = 10.0
+#: One older than this waits for its core to come back (a live report), not for a re-read.
+RECONCILE_WINDOW_SECONDS: Final = 600.0
+#: Things whose reports are read again per pass at most.
+RECONCILE_BATCH: Final = 500
+
+
+def unfinished_things(db: Database, *, now: datetime | None = None) -> list[str]:
+    """Things with a deployment in the window that has no final status yet."""
+    moment = now or datetime.now(UTC)
+    newest = precise_timestamp(moment - timedelta(seconds=RECONCILE_AFTER_SECONDS))
+    oldest = precise_timestamp(moment - timedelta(seconds=RECONCILE_WINDOW_SECONDS))
+    final = sorted(FINAL)
+    with db.read() as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT thing_name FROM deployments WHERE created_at > :oldest"
+            " AND created_at < :newest AND status NOT IN (:final_a, :final_b) LIMIT :limit",
+            {
+                "oldest": oldest,
+                "newest": newest,
+                "final_a": final[0],
+                "final_b": final[1],
+                "limit": RECONCILE_BATCH,
+            },
+        ).fetchall()
+    return [row["thing_name"] for row in rows]
+
+
+async def reconcile_statuses(
+    settings: MqttSettings,
+    publisher: Publisher,
+    db: DatabaseThread,
+    *,
+    log: FilteringBoundLogger,
+    every: float = RECONCILE_SECONDS,
+) -> None:
+    """Every `every` seconds, have the unfinished deployments' retained reports sent again."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            things = await db.call(unfinished_things)
+        except CloudDatabaseError as exc:
+            log.warning("cloud.status.reconcile_failed", error=str(exc))
+            continue
+        if things and await publisher.reread_retained(
+            [settings.status_topic(thing) for thing in things]
+        ):
+            log.info("cloud.status.reread", things=len(things))
