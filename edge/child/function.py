@@ -90,8 +90,8 @@ def _claim(variable: str) -> int | None:
 
     It belongs to the process the core started: the kernel names the socketpair's maker (the
     core) as the peer, and only that process has the core as its parent. A process the worker
-    forked or executed that sees the variable gets None. Once claimed it is closed on exec, so
-    programs the function runs don't hold the core's connection.
+    forked or executed that sees the variable gets None. (The runtime has already made it
+    close-on-exec, before the function's code ran: programs the function runs don't hold it.)
     """
     try:
         fd = int(os.environ[variable])
@@ -104,10 +104,7 @@ def _claim(variable: str) -> int | None:
         return None
     finally:
         probe.detach()
-    if _PEERCRED.unpack(raw)[0] != os.getppid():
-        return None
-    os.set_inheritable(fd, False)  # noqa: FBT003 - positional-only
-    return fd
+    return fd if _PEERCRED.unpack(raw)[0] == os.getppid() else None
 
 
 _lock = threading.Lock()

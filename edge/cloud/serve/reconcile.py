@@ -41,18 +41,11 @@ def unfinished_things(db: Database, *, now: datetime | None = None) -> list[str]
     moment = now or datetime.now(UTC)
     newest = precise_timestamp(moment - timedelta(seconds=RECONCILE_AFTER_SECONDS))
     oldest = precise_timestamp(moment - timedelta(seconds=RECONCILE_WINDOW_SECONDS))
-    final = sorted(FINAL)
     with db.read() as conn:
         rows = conn.execute(
             "SELECT DISTINCT thing_name FROM deployments WHERE created_at > :oldest"
-            " AND created_at < :newest AND status NOT IN (:final_a, :final_b) LIMIT :limit",
-            {
-                "oldest": oldest,
-                "newest": newest,
-                "final_a": final[0],
-                "final_b": final[1],
-                "limit": RECONCILE_BATCH,
-            },
+            " AND created_at < :newest AND status NOT IN :final LIMIT :limit",
+            {"oldest": oldest, "newest": newest, "final": sorted(FINAL), "limit": RECONCILE_BATCH},
         ).fetchall()
     return [row["thing_name"] for row in rows]
 
