@@ -127,7 +127,9 @@ def test_a_core_without_its_broker_runs_but_is_not_healthy(env: Env) -> None:
     env.operator.connect()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as another user")
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="only root can run `edge status` as another user (nobody) here"
+)
 def test_a_user_who_may_not_read_the_token_is_told_so_not_that_the_core_is_stopped(
     env: Env,
 ) -> None:
