@@ -263,4 +263,14 @@ MIGRATIONS: Final = (
         CREATE INDEX outbox_by_claim ON outbox (claimed_until, created_at);
         """,
     ),
+    Migration(
+        9,
+        "deployments by creation time",
+        # Every replica looks, every 15 s, for the deployments of the last few minutes that have
+        # no final status (`edge.cloud.serve.reconcile`): a range of `created_at` that must not
+        # be a scan of every deployment ever made.
+        """
+        CREATE INDEX deployments_by_creation ON deployments (created_at);
+        """,
+    ),
 )

@@ -36,17 +36,28 @@ RECONCILE_WINDOW_SECONDS: Final = 600.0
 RECONCILE_BATCH: Final = 500
 
 
+#: The window's unfinished deployments' things; a range of the `deployments_by_creation` index.
+UNFINISHED_THINGS_SQL: Final = (
+    "SELECT DISTINCT thing_name FROM deployments WHERE created_at > :oldest"
+    " AND created_at < :newest AND status NOT IN :final LIMIT :limit"
+)
+
+
+def unfinished_things_binds(now: datetime | None = None) -> dict[str, object]:
+    """The values `UNFINISHED_THINGS_SQL` is run with at `now`."""
+    moment = now or datetime.now(UTC)
+    return {
+        "oldest": precise_timestamp(moment - timedelta(seconds=RECONCILE_WINDOW_SECONDS)),
+        "newest": precise_timestamp(moment - timedelta(seconds=RECONCILE_AFTER_SECONDS)),
+        "final": sorted(FINAL),
+        "limit": RECONCILE_BATCH,
+    }
+
+
 def unfinished_things(db: Database, *, now: datetime | None = None) -> list[str]:
     """Things with a deployment in the window that has no final status yet."""
-    moment = now or datetime.now(UTC)
-    newest = precise_timestamp(moment - timedelta(seconds=RECONCILE_AFTER_SECONDS))
-    oldest = precise_timestamp(moment - timedelta(seconds=RECONCILE_WINDOW_SECONDS))
     with db.read() as conn:
-        rows = conn.execute(
-            "SELECT DISTINCT thing_name FROM deployments WHERE created_at > :oldest"
-            " AND created_at < :newest AND status NOT IN :final LIMIT :limit",
-            {"oldest": oldest, "newest": newest, "final": sorted(FINAL), "limit": RECONCILE_BATCH},
-        ).fetchall()
+        rows = conn.execute(UNFINISHED_THINGS_SQL, unfinished_things_binds(now)).fetchall()
     return [row["thing_name"] for row in rows]
 
 
