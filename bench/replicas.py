@@ -41,7 +41,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet import KEY_ID, ControlPlane, cpu_seconds
+from bench.fleetbench.constants import KEY_ID
+from bench.fleetbench.controlplane import ControlPlane
+from bench.fleetbench.procfs import cpu_seconds
 from edge.cloud.config import load_cloud_config
 from edge.cloud.db import open_database
 from edge.fixtures.core import edge_cli
@@ -78,7 +80,7 @@ def write_config(root: Path, database: str, broker_url: str, port: int) -> Path:
 
 
 class Replica:
-    """One `edge cloud serve` process (bench/fleet.py's), its log in a directory of its own."""
+    """One `edge cloud serve` (bench/fleetbench/controlplane.py), its log in a directory apart."""
 
     def __init__(self, config: Path, port: int, secret: str, pool: int) -> None:
         root = config.parent / f"serve-{port}"
