@@ -46,17 +46,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# bench/ipc.py's sdk mode, after the path is set.
+from bench.ipcbench.constants import REPO, SDK_ACCOUNT, SECRET_NAME
+from bench.ipcbench.sdk import (
+    SDK_RESOURCE_ID,
+    SDK_START_SLACK_PER_CLIENT,
+    SDK_START_SLACK_SECONDS,
+    SdkCore,
+    build_sdk_package,
+    finish_invoke,
+    measure_sdk,
+    sdk_core,
+    sdk_function,
+)
+from edge.fixtures.procfs import open_fds, vm_rss_kib
+from edge.ipc.protocol import MAX_FRAME_SIZE, Hello, encode
+
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
-sys.path.insert(0, str(BENCH_DIR.parent))
-
-import ipc as bench_ipc  # noqa: E402 - bench/ipc.py, after the path is set
-
-from edge.fixtures.procfs import open_fds, vm_rss_kib  # noqa: E402
-from edge.ipc.protocol import MAX_FRAME_SIZE, Hello, encode  # noqa: E402
-
 FLOOD_FILE = BENCH_DIR / "functions" / "ipc_flood.py"
-FLOOD_ARN = f"arn:aws:lambda:us-east-1:{bench_ipc.SDK_ACCOUNT}:function:ipc-flood:1"
+FLOOD_ARN = f"arn:aws:lambda:us-east-1:{SDK_ACCOUNT}:function:ipc-flood:1"
 FLOOD_CONNECTIONS = 2000
 #: How long after a flood stops its "after" RSS is read.
 SETTLE_SECONDS = 3.0
@@ -178,7 +188,7 @@ def threads_flooding(
 
 
 @contextmanager
-def function_flooding(world: bench_ipc.SdkCore, hold_seconds: float) -> Iterator[dict[str, Any]]:
+def function_flooding(world: SdkCore, hold_seconds: float) -> Iterator[dict[str, Any]]:
     """Invoke `ipc-flood`; enter once it opened its 2,000 connections; wait for it on exit."""
     printed_before = flood_lines(world.log_path)
     event = {"connections": FLOOD_CONNECTIONS, "hold_seconds": hold_seconds}
@@ -188,7 +198,7 @@ def function_flooding(world: bench_ipc.SdkCore, hold_seconds: float) -> Iterator
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=bench_ipc.REPO,
+        cwd=REPO,
     )
     deadline = time.monotonic() + 120
     while len(flood_lines(world.log_path)) == len(printed_before):
@@ -200,7 +210,7 @@ def function_flooding(world: bench_ipc.SdkCore, hold_seconds: float) -> Iterator
     try:
         yield answers
     finally:
-        bench_ipc.finish_invoke(proc, hold_seconds + 120, world.log_path)
+        finish_invoke(proc, hold_seconds + 120, world.log_path)
 
 
 def flood_lines(log_path: Path) -> list[str]:
@@ -230,7 +240,7 @@ class FloodRun:
     note: str = ""
 
 
-def redeploy_with_flooder(world: bench_ipc.SdkCore, workdir: Path, seconds: float) -> None:
+def redeploy_with_flooder(world: SdkCore, workdir: Path, seconds: float) -> None:
     """Deploy the secret, `sdk-loop-1` and the on-demand `ipc-flood` to the world's core."""
     import boto3  # noqa: PLC0415 - test extra, as in bench/ipc.py --sdk
 
@@ -247,10 +257,10 @@ def redeploy_with_flooder(world: bench_ipc.SdkCore, workdir: Path, seconds: floa
         aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
         aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
     )
-    arn = sm.describe_secret(SecretId=bench_ipc.SECRET_NAME)["ARN"]
-    sdk_zip, sdk_digest = bench_ipc.build_sdk_package(workdir / "sdk_loop_2.zip")
-    timeout = int(seconds + bench_ipc.SDK_START_SLACK_SECONDS) + 120
-    sdk = bench_ipc.sdk_function(1, {"Uri": sdk_zip.as_uri(), "Sha256": sdk_digest}, timeout)
+    arn = sm.describe_secret(SecretId=SECRET_NAME)["ARN"]
+    sdk_zip, sdk_digest = build_sdk_package(workdir / "sdk_loop_2.zip")
+    timeout = int(seconds + SDK_START_SLACK_SECONDS) + 120
+    sdk = sdk_function(1, {"Uri": sdk_zip.as_uri(), "Sha256": sdk_digest}, timeout)
     flood_zip = workdir / "ipc_flood.zip"
     import hashlib  # noqa: PLC0415
 
@@ -272,7 +282,7 @@ def redeploy_with_flooder(world: bench_ipc.SdkCore, workdir: Path, seconds: floa
     operator.connect()
     try:
         deployment = operator.deploy(
-            [secret_resource(bench_ipc.SDK_RESOURCE_ID, arn)], functions=[sdk, flooder]
+            [secret_resource(SDK_RESOURCE_ID, arn)], functions=[sdk, flooder]
         )
         status = operator.final_status(deployment, timeout=60)
         if status["DeploymentStatus"] != "Success":
@@ -281,12 +291,12 @@ def redeploy_with_flooder(world: bench_ipc.SdkCore, workdir: Path, seconds: floa
         operator.close()
 
 
-def p50_us(world: bench_ipc.SdkCore, seconds: float) -> float:
+def p50_us(world: SdkCore, seconds: float) -> float:
     """Median get_secret_value through greengrasssdk in `sdk-loop-1`, over `seconds`."""
-    return bench_ipc.measure_sdk(world, 1, seconds, pin=False).p50_us
+    return measure_sdk(world, 1, seconds, pin=False).p50_us
 
 
-def run_flood(world: bench_ipc.SdkCore, kind: str, args: argparse.Namespace) -> FloodRun:
+def run_flood(world: SdkCore, kind: str, args: argparse.Namespace) -> FloodRun:
     """Measure the baseline, then the same with flood `kind` going on."""
     pid, socket_path = world.pid, str(world.config.parent / "state" / "ipc" / "core.sock")
     baseline = p50_us(world, args.seconds)
@@ -299,7 +309,7 @@ def run_flood(world: bench_ipc.SdkCore, kind: str, args: argparse.Namespace) -> 
     rate = 0.0
     with sampling(pid) as peaks:
         if kind == "function":
-            hold = bench_ipc.SDK_START_SLACK_SECONDS + bench_ipc.SDK_START_SLACK_PER_CLIENT
+            hold = SDK_START_SLACK_SECONDS + SDK_START_SLACK_PER_CLIENT
             with function_flooding(world, hold + args.seconds + 5) as answers:
                 during = p50_us(world, args.seconds)
             note = ", ".join(f"{n} {key}" for key, n in sorted(answers.items()))
@@ -373,7 +383,7 @@ def main() -> None:
     runs: dict[str, list[FloodRun]] = {kind: [] for kind in FLOODS}
     with tempfile.TemporaryDirectory(prefix="edge-flood-") as tmp:
         workdir = Path(tmp)
-        with bench_ipc.sdk_core(workdir, 1, args.seconds, None) as world:
+        with sdk_core(workdir, 1, args.seconds, None) as world:
             redeploy_with_flooder(world, workdir, args.seconds)
             for index in range(args.repeat):
                 for kind in FLOODS:
