@@ -240,7 +240,7 @@ class FloodRun:
     note: str = ""
 
 
-def redeploy_with_flooder(world: SdkCore, workdir: Path, seconds: float) -> None:
+def redeploy_with_flooder(world: SdkCore, seconds: float) -> None:
     """Deploy the secret, `sdk-loop-1` and the on-demand `ipc-flood` to the world's core."""
     import boto3  # noqa: PLC0415 - test extra, as in bench/ipc.py --sdk
 
@@ -258,10 +258,12 @@ def redeploy_with_flooder(world: SdkCore, workdir: Path, seconds: float) -> None
         aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
     )
     arn = sm.describe_secret(SecretId=SECRET_NAME)["ARN"]
-    sdk_zip, sdk_digest = build_sdk_package(workdir / "sdk_loop_2.zip")
+    # The core takes `file://` code only from its `local_code_dirs`: beside its config.
+    code_dir = world.config.parent
+    sdk_zip, sdk_digest = build_sdk_package(code_dir / "sdk_loop_2.zip")
     timeout = int(seconds + SDK_START_SLACK_SECONDS) + 120
     sdk = sdk_function(1, {"Uri": sdk_zip.as_uri(), "Sha256": sdk_digest}, timeout)
-    flood_zip = workdir / "ipc_flood.zip"
+    flood_zip = code_dir / "ipc_flood.zip"
     import hashlib  # noqa: PLC0415
 
     digest = hashlib.sha256(write_v1_package(flood_zip, {FLOOD_FILE.name: FLOOD_FILE.read_bytes()}))
@@ -384,7 +386,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edge-flood-") as tmp:
         workdir = Path(tmp)
         with sdk_core(workdir, 1, args.seconds, None) as world:
-            redeploy_with_flooder(world, workdir, args.seconds)
+            redeploy_with_flooder(world, args.seconds)
             for index in range(args.repeat):
                 for kind in FLOODS:
                     run = run_flood(world, kind, args)
