@@ -23,10 +23,10 @@ not parts of it: their errors stay with them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+# Only for annotations: every worker imports this module, and pathlib would cost it memory, as
+# would `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    # Only for annotations: every worker imports this module, and pathlib would cost it memory.
     from pathlib import Path
 
 

@@ -32,12 +32,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable
-from typing import Any, Final
 
 from edge.errors import IpcCallError, IpcConnectionError
 from edge.ipc.client import IpcClient
 from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_GET_SECRET_VALUE_V1, OP_WATCH
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
+    from typing import Any, Final
 
 __all__ = ["MAX_ENTRIES", "AnswerCache", "cache_key"]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any
 
 from edge.child import landlock, mountns
 from edge.child.privileges import (
@@ -26,6 +25,11 @@ from edge.child.privileges import (
     no_new_privs,
     switch_user,
 )
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def confine(plan: dict[str, Any]) -> int:

@@ -6,7 +6,12 @@ them into the reason an invocation or a log line gives. This module imports noth
 core may read it without loading anything that runs in the child.
 """
 
-from typing import Final
+from __future__ import annotations
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 #: The handler can't be loaded; the manager reports it on the invocation.
 HANDLER_LOAD_FAILED: Final = 3

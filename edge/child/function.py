@@ -24,17 +24,24 @@ under a core.
 from __future__ import annotations
 
 import base64
+import importlib
 import os
 import socket
 import struct
 import threading
 from datetime import UTC, datetime
-from typing import Any, NotRequired, TypedDict
 
 from edge.child.cache import AnswerCache, cache_key
 from edge.errors import IpcCallError, IpcConnectionError
 from edge.ipc.client import IpcClient
 from edge.ipc.protocol import OP_GET_SECRET_VALUE, OP_LIST_SECRETS
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from edge.child.shapes import GrantedSecret, GrantedVersion, SecretValue
 
 __all__ = [
     "GrantedSecret",
@@ -49,33 +56,6 @@ __all__ = [
     "list_secrets",
     "shared_client",
 ]
-
-
-class SecretValue(TypedDict):
-    """A secret version, as boto3's `get_secret_value` gives it."""
-
-    ARN: str
-    Name: str
-    VersionId: str
-    VersionStages: list[str]
-    CreatedDate: datetime
-    SecretString: NotRequired[str]
-    SecretBinary: NotRequired[bytes]
-
-
-class GrantedVersion(TypedDict):
-    """A version of a granted secret on this core, and the labels the core answers it by."""
-
-    VersionId: str
-    VersionStages: list[str]
-
-
-class GrantedSecret(TypedDict):
-    """A secret the calling function may read."""
-
-    ARN: str
-    Name: str
-    Versions: list[GrantedVersion]
 
 
 #: Set for a worker of another user, which can't reach the core's socket: the connected sockets
@@ -221,13 +201,13 @@ def get_secret_value(
     if Refresh:
         args["Refresh"] = True
     result = answer(OP_GET_SECRET_VALUE, args, timeout)
-    value = SecretValue(
-        ARN=result["ARN"],
-        Name=result["Name"],
-        VersionId=result["VersionId"],
-        VersionStages=list(result["VersionStages"]),
-        CreatedDate=datetime.fromtimestamp(result["CreatedDate"] / 1000, UTC),
-    )
+    value: SecretValue = {
+        "ARN": result["ARN"],
+        "Name": result["Name"],
+        "VersionId": result["VersionId"],
+        "VersionStages": list(result["VersionStages"]),
+        "CreatedDate": datetime.fromtimestamp(result["CreatedDate"] / 1000, UTC),
+    }
     if "SecretString" in result:
         value["SecretString"] = result["SecretString"]
     else:
@@ -243,3 +223,14 @@ def list_secrets(timeout: float | None = None) -> list[GrantedSecret]:
     """
     secrets: list[GrantedSecret] = answer(OP_LIST_SECRETS, {}, timeout)["Secrets"]
     return secrets
+
+
+#: The answers' `TypedDict`s: `typing` loads only for a function that asks for one of them.
+_SHAPES = frozenset({"GrantedSecret", "GrantedVersion", "SecretValue"})
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - a TypedDict class
+    """Load the answers' types on first use only (PEP 562; see `edge.child.shapes`)."""
+    if name in _SHAPES:
+        return getattr(importlib.import_module("edge.child.shapes"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,10 +21,14 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Iterable
-from typing import Any
 
 from edge.child.privileges import ConfinementError, load_libc, no_new_privs
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 # Access rights, from <linux/landlock.h>. The numbers are part of the kernel's ABI.
 _EXECUTE = 1 << 0

@@ -24,9 +24,13 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import Any
 
 from edge.child.privileges import ConfinementError, drop_capabilities, load_libc
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000

@@ -8,8 +8,12 @@ when a step asks for it (~300 KB of V1's 16 MB MemorySize).
 from __future__ import annotations
 
 import os
-from types import ModuleType
-from typing import Any
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
 
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAPBSET_DROP = 24

@@ -8,22 +8,30 @@ publish) through the Greengrass SDK, over the core's IPC socket, not through thi
 
 Lean on purpose: V1's smallest MemorySize (16 MB of resident memory) must fit the interpreter,
 this loop, the SDK and the user's handler. So: no asyncio, no logging setup, no structlog, and
-nothing from the core side; `traceback` is imported only when a handler fails.
+nothing from the core side; `traceback` is imported only when a handler fails. The control
+channel is a `_socket.socket`, the C type that `socket.socket` wraps: this loop only reads and
+writes bytes on a descriptor it was handed, and the `socket` module would add about 0.5 MB
+(`selectors`, and enums of every address family and socket option) to every worker whose code
+doesn't load it anyway.
 """
 
 from __future__ import annotations
 
+import _socket
 import importlib
 import json
 import os
-import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
 from edge.child import exits
 from edge.ipc.protocol import NEED_DATA, Connection, Invoke, InvokeResult, Role
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 _READ_SIZE = 65536
 
@@ -111,7 +119,7 @@ def run_handler(
 
 
 def serve(
-    sock: socket.socket, handler: Callable[[Any, LambdaContext], Any], memory_kb: int
+    sock: _socket.socket, handler: Callable[[Any, LambdaContext], Any], memory_kb: int
 ) -> None:
     """Answer invocations from the manager until it closes the channel."""
     conn = Connection(Role.WORKER)
@@ -174,7 +182,7 @@ def _close_on_exec_inherited() -> None:
 
 def main() -> int:
     """Entry point inside the worker process."""
-    sock = socket.socket(fileno=int(os.environ["EDGE_CONTROL_FD"]))
+    sock = _socket.socket(fileno=int(os.environ["EDGE_CONTROL_FD"]))
     _close_on_exec_inherited()
     memory_kb = int(os.environ.get("EDGE_MEMORY_KB", "16384"))
     try:

@@ -31,8 +31,6 @@ import socket
 import threading
 import time
 import weakref
-from types import TracebackType
-from typing import Any, Final, Self
 
 from edge.errors import (
     FrameTooLargeError,
@@ -56,6 +54,12 @@ from edge.ipc.protocol import (
     Role,
     Welcome,
 )
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Any, Final, Self
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",

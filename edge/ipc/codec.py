@@ -16,12 +16,16 @@ missing fields, wrong field types, msgpack extension types and anything longer t
 from __future__ import annotations
 
 import struct
-from typing import Final
 
 import msgpack
 
 from edge.errors import FrameTooLargeError, LocalProtocolError, RemoteProtocolError
 from edge.ipc.events import EVENT_TYPES, Event
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 #: Largest frame payload accepted or sent, in bytes. The biggest thing a frame must carry is an
 #: invocation payload or its result: Greengrass V1 capped messages between local functions at

@@ -25,7 +25,6 @@ Either side may send `Goodbye` at any time; after it, the conversation is over.
 from __future__ import annotations
 
 import enum
-from typing import Final, NamedTuple, NoReturn
 
 import msgpack
 
@@ -49,6 +48,11 @@ from edge.ipc.events import (
     Welcome,
 )
 from edge.ipc.fastpath import FastPaths, Shortcuts, response_frame
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, NoReturn
 
 # Bound once: CPython 3.11 looks a method called on an imported name up again on every call.
 _unpack_header = HEADER.unpack_from
@@ -147,19 +151,45 @@ _CLOSES: Final = {
 }
 
 
-class _RoleRules(NamedTuple):
-    """One role's slice of TRANSITIONS, shaped for one dict lookup (by type) per event."""
+class _RoleRules:
+    """One role's slice of TRANSITIONS, shaped for one dict lookup (by type) per event.
 
-    send: dict[State, dict[type[Event], State]]
-    receive: dict[State, dict[type[Event], State]]
-    opens_on_send: type[Event] | None
-    closes_on_send: type[Event] | None
-    opens_on_receive: type[Event] | None
-    closes_on_receive: type[Event] | None
-    #: The field that names an exchange: `request_id` or `invocation_id`.
-    id_field: str
-    #: Per state, which shortcuts of `edge.ipc.fastpath` the table allows.
-    shortcuts: dict[State, Shortcuts]
+    A plain slotted class, not a `NamedTuple`, which would load `typing` into every worker.
+    """
+
+    __slots__ = (
+        "closes_on_receive",
+        "closes_on_send",
+        "id_field",
+        "opens_on_receive",
+        "opens_on_send",
+        "receive",
+        "send",
+        "shortcuts",
+    )
+
+    def __init__(
+        self,
+        *,
+        send: dict[State, dict[type[Event], State]],
+        receive: dict[State, dict[type[Event], State]],
+        opens_on_send: type[Event] | None,
+        closes_on_send: type[Event] | None,
+        opens_on_receive: type[Event] | None,
+        closes_on_receive: type[Event] | None,
+        id_field: str,
+        shortcuts: dict[State, Shortcuts],
+    ) -> None:
+        self.send = send
+        self.receive = receive
+        self.opens_on_send = opens_on_send
+        self.closes_on_send = closes_on_send
+        self.opens_on_receive = opens_on_receive
+        self.closes_on_receive = closes_on_receive
+        #: The field that names an exchange: `request_id` or `invocation_id`.
+        self.id_field = id_field
+        #: Per state, which shortcuts of `edge.ipc.fastpath` the table allows.
+        self.shortcuts = shortcuts
 
 
 def _rules_for(role: Role) -> _RoleRules:

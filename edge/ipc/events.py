@@ -9,10 +9,13 @@ it is built (`LocalProtocolError`). A frame's map is exactly an event's `FIELDS`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar, Final, TypeAlias
-
 from edge.errors import LocalProtocolError
+
+# A worker loads no `typing` (see edge/child/__init__.py): annotations only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, ClassVar, Final, TypeAlias
 
 # --- vocabulary -------------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ table therefore changes where the shortcuts apply, with nothing to keep in step 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgpack
 
@@ -27,7 +26,11 @@ from edge.errors import FrameTooLargeError, LocalProtocolError, RemoteProtocolEr
 from edge.ipc.codec import HEADER, HEADER_SIZE, decode
 from edge.ipc.events import MAX_OP_LENGTH, MAX_REQUEST_ID, Request, Response
 
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Final
+
     from edge.ipc.events import Event
 
 # A successful Response's frame around its pre-encoded result: the same map, in the same key
@@ -52,17 +55,23 @@ _UINT16 = struct.Struct(">H")
 _UINT64 = struct.Struct(">Q")
 
 
-class Shortcuts(NamedTuple):
-    """Which shortcuts a connection's current state allows, as its state table says."""
+class Shortcuts:
+    """Which shortcuts a connection's current state allows, as its state table says.
 
-    #: Receiving a Request and sending its answer both keep the state, the Request's id opens
-    #: an exchange and the answer's closes it: doing both at once leaves the connection as it
-    #: was, so neither needs to be done.
-    answer_request: bool
-    #: Sending a Request keeps the state and opens its id.
-    send_request: bool
-    #: Receiving a Response keeps the state and closes its id.
-    receive_response: bool
+    A plain slotted class, not a `NamedTuple`, which would load `typing` into every worker.
+    """
+
+    __slots__ = ("answer_request", "receive_response", "send_request")
+
+    def __init__(self, *, answer_request: bool, send_request: bool, receive_response: bool) -> None:
+        #: Receiving a Request and sending its answer both keep the state, the Request's id
+        #: opens an exchange and the answer's closes it: doing both at once leaves the
+        #: connection as it was, so neither needs to be done.
+        self.answer_request = answer_request
+        #: Sending a Request keeps the state and opens its id.
+        self.send_request = send_request
+        #: Receiving a Response keeps the state and closes its id.
+        self.receive_response = receive_response
 
 
 def _canonical_uint_end(data: bytes | bytearray, at: int, limit: int) -> int:

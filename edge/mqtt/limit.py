@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
+from edge.mqtt.imports import paho
 from edge.signing import MAX_ENVELOPE_BYTES
 
 if TYPE_CHECKING:

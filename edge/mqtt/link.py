@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 from structlog.typing import FilteringBoundLogger
 
 from edge.config import MqttSettings
 from edge.errors import ConfigError, InsecurePermissionsError
 from edge.log import get_logger
+from edge.mqtt.imports import aiomqtt
 from edge.mqtt.limit import MAX_PACKET_BYTES, limit_packet_size
-from edge.mqtt.token_key import load_token_client_key
 from edge.secrets.keyref import TokenKeyRef
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
@@ -116,6 +115,10 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise _tls_file_error("ca_file", settings.ca_file, exc) from None
     if settings.cert_file and isinstance(settings.key_file, TokenKeyRef):
+        # Only for a key in a token: its module brings ctypes.util (shutil, tempfile, bz2,
+        # lzma) and the PKCS#11 key code, which a core with a key file never needs.
+        from edge.mqtt.token_key import load_token_client_key  # noqa: PLC0415
+
         load_token_client_key(
             context, settings.cert_file, settings.key_file, setting="[mqtt] key_file"
         )

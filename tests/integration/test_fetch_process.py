@@ -12,7 +12,6 @@ child did import botocore.
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from edge.secrets import fetch_process
 from edge.secrets.fetch_process import AwsTarget, ProcessSecretSource
 from tests.support.env import running_env
 from tests.support.functions import build_package, function, invoke
+from tests.support.imports import imported_by, top_level
 
 pytestmark = pytest.mark.network
 
@@ -42,28 +42,6 @@ SDK_PACKAGES = ("botocore", "aiobotocore", "boto3")
 #: hides (edge.log). Submodules: the import record lists the hidden top-level names too, as
 #: attempts that found nothing.
 STRUCTLOG_EXTRAS = {"rich.console", "rich.traceback", "rich.pretty", "colorama.ansitowin32"}
-
-
-def imported_by(log_text: str) -> tuple[set[str], set[str]]:
-    """(modules the core imported, modules its relayed children imported), from importtime."""
-    own: set[str] = set()
-    relayed: set[str] = set()
-    for line in log_text.splitlines():
-        if line.startswith("import time:"):
-            own.add(line.rsplit("|", 1)[-1].strip())
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        text = event.get("line") if isinstance(event, dict) else None
-        if isinstance(text, str) and text.startswith("import time:"):
-            relayed.add(text.rsplit("|", 1)[-1].strip())
-    return own, relayed
-
-
-def top_level(modules: set[str]) -> set[str]:
-    return {m.split(".", 1)[0] for m in modules}
 
 
 def test_the_core_never_imports_botocore_or_rich_through_deployments_with_functions(

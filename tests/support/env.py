@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import secrets
+import ssl
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -81,12 +82,14 @@ def running_env(
     *,
     thing_name: str | None = None,
     endpoint_url: str | None = None,
+    operator_tls: ssl.SSLContext | None = None,
     **config: Any,
 ) -> Iterator[Env]:
     """A core process (initialised, running, subscribed) and an operator on the test's broker.
 
     The core fetches from `endpoint_url` (default: moto); `config` goes to `write_config`
-    (local_code_dirs, aws, say).
+    (local_code_dirs, aws, mqtt, say). The operator connects with `operator_tls` if given (to
+    a broker that speaks only TLS).
     """
     thing = thing_name or f"core-{uuid.uuid4().hex[:8]}"
     config_path = write_config(
@@ -99,7 +102,7 @@ def running_env(
     init = edge_cli("init", "--config", str(config_path))
     assert init.returncode == 0, init.stderr
     core = CoreProcess(config=config_path, log_path=tmp_path / "core.log")
-    operator = Operator(port=broker.port, prefix="edge", thing=thing)
+    operator = Operator(port=broker.port, prefix="edge", thing=thing, tls=operator_tls)
     e = Env(
         root=tmp_path,
         broker=broker,

@@ -15,11 +15,15 @@ import base64
 import itertools
 import json
 import os
-from typing import Any
 
 from edge.child import function
 from edge.ipc.client import IpcCallError, IpcConnectionError
 from edge.ipc.protocol import OP_GET_SECRET_VALUE_V1, OP_INVOKE, OP_PUBLISH
+
+# Annotations only: a worker loads no `typing` (see edge/child/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Fixed for the worker's life: read once, not per call (the secrets path is hot).
 _SECRETS_MANAGER_ARN = os.environ.get("SECRETS_MANAGER_FUNCTION_ARN")
