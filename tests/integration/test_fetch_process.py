@@ -34,6 +34,7 @@ from edge.secrets import fetch_process
 from edge.secrets.fetch_process import AwsTarget, ProcessSecretSource
 from tests.support.env import running_env
 from tests.support.functions import build_package, function, invoke
+from tests.support.recording import RecordingLogger
 
 pytestmark = pytest.mark.network
 
@@ -179,11 +180,11 @@ async def test_a_child_that_hangs_is_killed_at_the_deadline(
     """A child that never answers fails the fetch at the deadline, and is gone afterwards."""
     arn = sm.create_secret(Name="child/hang", SecretString="hang-pw")["ARN"]
     monkeypatch.setattr(fetch_process, "FETCHER_MODULE", "tests.support.hanging_fetcher")
-    relayed: list[str] = []
+    relayed = RecordingLogger([])
     source = ProcessSecretSource(
         AwsTarget(region=TEST_REGION, endpoint_url=moto.url),
         settings=FetchSettings(deadline_seconds=1),
-        logger=RecordingLogger(relayed),
+        logger=relayed,
     )
     started = time.monotonic()
     with pytest.raises(FetchDeadlineError) as failed:
@@ -191,18 +192,6 @@ async def test_a_child_that_hangs_is_killed_at_the_deadline(
     elapsed = time.monotonic() - started
     assert (failed.value.deadline_seconds, failed.value.done, failed.value.total) == (1, 0, 2)
     assert 1 <= elapsed < 1 + fetch_process.ANSWER_GRACE_SECONDS + 1
-    pids = [int(line.split("=", 1)[1]) for line in relayed if "hanging-fetcher-pid=" in line]
+    pids = relayed.pids("hanging-fetcher-pid")
     assert len(pids) == 1
     assert not Path(f"/proc/{pids[0]}").exists()
-
-
-class RecordingLogger:
-    """Keeps the `line` of every event logged (the child's stderr, relayed)."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
-
-    def _log(self, event: str, **fields: Any) -> None:
-        self.lines.append(str(fields.get("line", event)))
-
-    debug = info = warning = error = _log
