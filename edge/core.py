@@ -41,6 +41,7 @@ from edge.audit import AuditLog, audit_path
 from edge.config import Config
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
+from edge.deploy.trust import DeploymentTrust
 from edge.ipc.limits import raise_open_files_limit
 from edge.log import get_logger
 from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
@@ -50,7 +51,6 @@ from edge.secrets.live import LiveSecrets
 from edge.secrets.refresh import Refresher, refreshed_topic
 from edge.secrets.seal_process import ChildStore, Unsealing
 from edge.secrets.storefile import STORE_FILE_NAME
-from edge.signing import DeploymentTrust
 from edge.statedir import check_state_dir, history_path
 from edge.status import running_report
 from edge.workers.code import LocalCodePolicy

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge.signing import MAX_ENVELOPE_BYTES
+from edge.envelope import MAX_ENVELOPE_BYTES
 
 if TYPE_CHECKING:
     from paho.mqtt.client import _InPacket

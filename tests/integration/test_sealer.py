@@ -10,6 +10,8 @@ mid-answer, garbage, hanging) come from `tests.support.faulty_sealer`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.errors import EdgeError, SignatureCheckError, StoreError, StoreWriteError
+from edge.deploy.trust import DeploymentTrust
+from edge.errors import (
+    BadSignatureError,
+    EdgeError,
+    EnvelopeMalformedError,
+    SignatureCheckError,
+    StoreError,
+    StoreWriteError,
+    UnsignedDeploymentError,
+    UntrustedKeyError,
+    WrongThingError,
+)
 from edge.secrets import seal_process
 from edge.secrets.contents import StoreContents
 from edge.secrets.keys import CoreKey, generate_key
@@ -26,6 +39,7 @@ from edge.secrets.seal_process import ChildStore, Unsealing, Verifier
 from edge.secrets.sealing import seal_plaintext
 from edge.secrets.store import SecretStore
 from edge.secrets.storefile import STORE_FILE_NAME
+from edge.signing import key_id, seal
 from tests.support.recording import RecordingLogger
 from tests.unit.test_store import other_contents, sample_contents
 
@@ -239,3 +253,67 @@ async def test_a_verify_child_that_dies_refuses(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(SignatureCheckError, match="exit status -9"):
         await Verifier(logger=log)(_raw(key), key.sign(b"m"), b"m")
     assert all_gone(log)
+
+
+class CountingVerifier:
+    """The real verifier (the crypto child), counting the children it starts."""
+
+    def __init__(self, log: RecordingLogger | None = None) -> None:
+        self.calls = 0
+        self._verify = Verifier() if log is None else Verifier(logger=log)
+
+    async def __call__(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
+        self.calls += 1
+        return await self._verify(public_key, signature, message)
+
+
+THING = "core-1"
+DOCUMENT = b'{"DeploymentId": "d-1"}'
+
+
+async def test_a_forged_signature_under_a_trusted_key_id_is_refused_by_the_child() -> None:
+    """The key id is trusted, so the child checks the signature, and refuses it."""
+    key, forger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    verify = CountingVerifier()
+    trust = DeploymentTrust.of(THING, [_raw(key)], verify=verify)
+    assert (await trust.open(seal(DOCUMENT, signing_key=key, thing_name=THING))).document == (
+        DOCUMENT
+    )
+    forged = json.loads(seal(DOCUMENT, signing_key=forger, thing_name=THING))
+    forged["KeyId"] = key_id(key.public_key())
+    with pytest.raises(BadSignatureError):
+        await trust.open(json.dumps(forged).encode())
+    assert verify.calls == 2
+
+
+async def test_an_unknown_key_id_or_a_broken_envelope_starts_no_child() -> None:
+    """Every check that needs no crypto is made in the core, before any child."""
+    key, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    verify = CountingVerifier()
+    trust = DeploymentTrust.of(THING, [_raw(key)], verify=verify)
+    unknown = seal(DOCUMENT, signing_key=stranger, thing_name=THING)
+    with pytest.raises(UntrustedKeyError):
+        await trust.open(unknown)
+    short = json.loads(seal(DOCUMENT, signing_key=key, thing_name=THING))
+    short["Signature"] = base64.b64encode(bytes(63)).decode()
+    for payload, error in [
+        (json.dumps(short).encode(), EnvelopeMalformedError),
+        (seal(DOCUMENT, signing_key=key, thing_name="core-2"), WrongThingError),
+        (DOCUMENT, UnsignedDeploymentError),
+    ]:
+        with pytest.raises(error):
+            await trust.open(payload)
+    assert verify.calls == 0
+
+
+async def test_one_verify_child_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent checks wait for each other: each child ends before the next one starts."""
+    monkeypatch.setattr(seal_process, "SEALER_MODULE", FAULTY)
+    monkeypatch.setenv("EDGE_TEST_SEALER_FAULT", "slow")
+    key = Ed25519PrivateKey.generate()
+    log = RecordingLogger([])
+    verify = Verifier(logger=log)
+    results = await asyncio.gather(*(verify(_raw(key), key.sign(b"m"), b"m") for _ in range(3)))
+    assert results == [True, True, True]
+    marks = [line.split("=")[0] for line in log.lines if line.startswith("faulty-sealer-")]
+    assert marks == ["faulty-sealer-pid", "faulty-sealer-done"] * 3

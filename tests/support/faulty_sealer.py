@@ -4,7 +4,8 @@
 - `half`: does the real work, writes half of its answer, then is SIGKILLed (by itself);
 - `garbage`: answers bytes that are not msgpack;
 - `exit`: exits with status 3 without an answer;
-- `hang`: never answers.
+- `hang`: never answers;
+- `slow`: answers for real after 0.2 s, saying `faulty-sealer-done=<pid>` on stderr first.
 
 It writes its pid to stderr first, so that a test can see it is gone afterwards.
 """
@@ -32,5 +33,10 @@ elif fault == "garbage":
     time.sleep(120)
 elif fault == "exit":
     sys.exit(3)
+elif fault == "slow":
+    time.sleep(0.2)
+    print(f"faulty-sealer-done={os.getpid()}", file=sys.stderr, flush=True)
+    out.write(pack(serve(request)))
+    out.flush()
 else:
     time.sleep(120)
