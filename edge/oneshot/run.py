@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from edge.oneshot.wire import MAX_FRAME_BYTES, FrameReader, pack
@@ -41,6 +43,11 @@ _CLEAN_EXITS: Final = frozenset({0, -9})
 #: How long a child that closed its stdout without an answer is given to exit by itself, so
 #: that its exit status can be told; past it, it is killed like any other.
 _EXIT_WAIT_SECONDS: Final = 1.0
+
+#: The directory that holds the core's own `edge` package. It goes first on the child's path, and
+#: the child runs with `-P`: it runs the very code the core runs, and never a module that
+#: happens to be in the core's working directory (`python -m` would put that first).
+_EDGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
 
 #: Sends a frame to the child (a reply to an interim frame).
 Reply = Callable[[Mapping[str, Any]], Awaitable[None]]
@@ -75,10 +82,11 @@ class OneShot:
         self._output_event = f"{name}.process.output"
         try:
             self._proc: subprocess.Popen[bytes] = subprocess.Popen(
-                [sys.executable, "-m", module],
+                [sys.executable, "-P", "-m", module],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                env=_child_env(),
             )
         except OSError as exc:
             raise NoAnswerError(f"could not start ({exc.strerror or exc})") from exc
@@ -200,6 +208,12 @@ class OneShot:
         except subprocess.TimeoutExpired:
             return "closed its answer pipe without an answer"
         return f"ended without an answer (exit status {status})"
+
+
+def _child_env() -> dict[str, str]:
+    """The core's environment (AWS settings, proxies...), with `_EDGE_ROOT` first on the path."""
+    paths = [_EDGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 async def _connect(

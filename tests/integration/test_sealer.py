@@ -13,6 +13,8 @@ import asyncio
 import base64
 import json
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -317,3 +319,40 @@ async def test_one_verify_child_at_a_time(monkeypatch: pytest.MonkeyPatch) -> No
     assert results == [True, True, True]
     marks = [line.split("=")[0] for line in log.lines if line.startswith("faulty-sealer-")]
     assert marks == ["faulty-sealer-pid", "faulty-sealer-done"] * 3
+
+
+def test_the_crypto_child_is_not_dumpable() -> None:
+    """Like the core: no core dump of the key or the plaintext, no ptrace by the same user."""
+    probe = (
+        "from edge.hardening import is_dumpable\n"
+        "from edge.secrets import sealer\n"
+        "before = is_dumpable()\n"
+        "try:\n"
+        "    sealer.main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "import sys; print(before, is_dumpable(), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stderr.split() == ["True", "False"], done.stderr
+
+
+async def test_a_module_in_the_cores_working_directory_never_runs_in_the_child(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m` would import a planted `msgpack.py` first; the child runs with `-P`."""
+    planted = tmp_path / "cwd"
+    planted.mkdir()
+    (planted / "msgpack.py").write_text("raise SystemExit('planted module ran')\n")
+    monkeypatch.chdir(planted)
+    store = world.child()
+    assert await store.aload() is None
+    await store.asave(sample_contents())
+    assert world.in_process() == sample_contents()
