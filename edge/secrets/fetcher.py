@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 from aiobotocore.session import AioSession, get_session
 
 from edge.errors import CodeFetchError, EdgeError, SecretFetchError, SecretServiceError
+from edge.hardening import forbid_memory_access
 from edge.log import REDACTOR, configure_logging
 from edge.oneshot.wire import MAX_FRAME_BYTES, FrameReader, answer_pipe, pack
 from edge.secrets import fetch_wire as wire
@@ -156,6 +157,8 @@ async def _main(out: IO[bytes]) -> None:
 
 def main() -> None:
     """Serve one request from the core; anything unexpected ends with a traceback on stderr."""
+    # As the core: no core dump of the credentials or the values, no tracing by the same user.
+    forbid_memory_access()
     out = answer_pipe()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(out))
