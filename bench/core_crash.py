@@ -63,7 +63,7 @@ from edge.cli_invoke import invoke_function
 from edge.config import load_config
 from edge.errors import EdgeError
 from edge.secrets.contents import StoreContents
-from edge.secrets.storefile import open_store
+from edge.secrets.store import open_store
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

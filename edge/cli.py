@@ -12,13 +12,17 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.config import Config, load_config
 from edge.errors import EdgeError, UsageError
 from edge.log import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
 from edge.secrets.contents import StoreContents
 from edge.secrets.keyref import TokenKeyRef
+
+if TYPE_CHECKING:
+    from edge.secrets.seal_process import Unsealing
+    from edge.workers.sandbox import NamespaceProbe
 
 # Each command imports what it needs when it runs (PLC0415 below): `edge invoke` and `edge
 # secrets` are called by scripts, and the core's modules (the AWS SDK above all) would cost
@@ -290,11 +294,24 @@ def _init(config: Config, *, key_type: str, rsa_bits: int) -> int:
 
 
 def _run(config: Config) -> int:
+    from edge.secrets.seal_process import Unsealing  # noqa: PLC0415 - see the imports
+    from edge.secrets.storefile import STORE_FILE_NAME  # noqa: PLC0415 - see the imports
+    from edge.statedir import check_state_dir  # noqa: PLC0415 - see the imports
     from edge.workers.sandbox import NamespaceProbe  # noqa: PLC0415 - see the imports
 
-    # The sandbox's kernel probe is a child process: it starts while the core's modules
-    # import, and `Core` waits for its answer before any worker can start.
-    probe = None if config.workers.sandbox == "off" else NamespaceProbe.for_config(config)
+    # Two children start while the core's modules import, and `Core` waits for their answers:
+    # the store's unseal (the crypto runs in a child, so that the core never imports it), and
+    # the sandbox's kernel probe, before any worker can start.
+    check_state_dir(config.core.state_dir, config.path)
+    unsealing = Unsealing(config.core.private_key, config.core.state_dir / STORE_FILE_NAME)
+    try:
+        probe = None if config.workers.sandbox == "off" else NamespaceProbe.for_config(config)
+        return _serve(config, probe, unsealing)
+    finally:
+        unsealing.cancel()  # unless the core took its answer
+
+
+def _serve(config: Config, probe: NamespaceProbe | None, unsealing: Unsealing) -> int:
     from edge.core import Core  # noqa: PLC0415 - see the imports
     from edge.eventloop import choose_event_loop  # noqa: PLC0415 - see the imports
     from edge.hardening import forbid_memory_access  # noqa: PLC0415 - see the imports
@@ -311,7 +328,7 @@ def _run(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with Core(config, namespace_probe=probe) as core:
+        async with Core(config, namespace_probe=probe, unsealing=unsealing) as core:
             # What start-up made (modules, config, the store's index) lives as long as the
             # core: out of the collector's sight, a full collection costs microseconds, not
             # the tens of milliseconds it would stall the IPC for.
@@ -346,7 +363,7 @@ def _invoke(config: Config, function_arn: str, payload: str, invocation_type: st
 
 
 def _secrets_list(config: Config, *, as_json: bool) -> int:
-    from edge.secrets.storefile import open_store  # noqa: PLC0415 - see the imports
+    from edge.secrets.store import open_store  # noqa: PLC0415 - see the imports
 
     contents = open_store(config).load() or StoreContents()
     listing = secrets_listing(contents)

@@ -30,7 +30,7 @@ def status_command(config: Config, *, as_json: bool) -> int:
         # Only without a running core: reading the store needs the core's key and modules.
         from edge.deploy.journal import History  # noqa: PLC0415
         from edge.secrets.contents import StoreContents  # noqa: PLC0415
-        from edge.secrets.storefile import open_store  # noqa: PLC0415
+        from edge.secrets.store import open_store  # noqa: PLC0415
 
         store = open_store(config)
         report = stored_report(

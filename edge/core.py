@@ -4,14 +4,15 @@
     async with Core(config) as core:
         await core.serve_forever(stop)
 
-`Core(config)` checks the state directory and loads the key, then builds the parts; nothing
-touches the network or starts a task yet. `async with` loads the store into `LiveSecrets`
-*before* any network is touched, so a core with no network at all still comes up with every
-secret it had (offline start), and a damaged store stops the core with one clear error instead
-of being overwritten by the next deployment; it then opens the IPC socket and starts the
-workers the store names. `serve_forever` runs the MQTT link, the deployment
-agent, the audit log writer and the secret refresher in one TaskGroup until `stop` is set (or
-the task is cancelled); leaving the block stops the workers and closes what was opened.
+`Core(config)` checks the state directory, then builds the parts; nothing touches the network
+or starts a task yet. `async with` opens the store (and so checks the key, in the crypto child
+of `edge.secrets.seal_process`) into `LiveSecrets` *before* any network is touched, so a core
+with no network at all still comes up with every secret it had (offline start), and a damaged
+store stops the core with one clear error instead of being overwritten by the next deployment;
+it then opens the IPC socket and starts the workers the store names. `serve_forever` runs the
+MQTT link, the deployment agent, the audit log writer and the secret refresher in one TaskGroup
+until `stop` is set (or the task is cancelled); leaving the block stops the workers and closes
+what was opened.
 
 Who owns what:
 
@@ -40,6 +41,7 @@ from edge.audit import AuditLog, audit_path
 from edge.config import Config
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
+from edge.deploy.trust import DeploymentTrust
 from edge.ipc.limits import raise_open_files_limit
 from edge.log import get_logger
 from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
@@ -47,9 +49,9 @@ from edge.mqtt.link import MqttLink
 from edge.secrets.fetch_process import AwsTarget, ProcessS3Reader, ProcessSecretSource
 from edge.secrets.live import LiveSecrets
 from edge.secrets.refresh import Refresher, refreshed_topic
-from edge.secrets.storefile import open_store
-from edge.signing import DeploymentTrust
-from edge.statedir import history_path
+from edge.secrets.seal_process import ChildStore, Unsealing
+from edge.secrets.storefile import STORE_FILE_NAME
+from edge.statedir import check_state_dir, history_path
 from edge.status import running_report
 from edge.workers.code import LocalCodePolicy
 from edge.workers.sandbox import NamespaceProbe, Sandbox
@@ -92,15 +94,18 @@ class Core:
         *,
         logger: FilteringBoundLogger | None = None,
         namespace_probe: NamespaceProbe | None = None,
+        unsealing: Unsealing | None = None,
     ) -> None:
-        """Check the state directory and key, and build every part (nothing runs yet).
+        """Check the state directory, and build every part (nothing runs yet).
 
         `namespace_probe`: the sandbox's kernel probe, if the caller started it already; the
-        sandbox waits for its answer here, before any worker can start.
+        sandbox waits for its answer here, before any worker can start. `unsealing`: the
+        store's unseal, if the caller started it already (`async with` awaits it; the key is
+        checked there).
 
         Raises:
             StateDirMissingError: `edge init` has not been run.
-            EdgeError: The state directory or key is unusable, or a setting is.
+            EdgeError: The state directory is unusable, or a setting is.
         """
         self.config = config
         core, mqtt, aws = config.core, config.mqtt, config.aws
@@ -109,7 +114,12 @@ class Core:
         self._deployments_topic = mqtt.deployments_topic(thing)
         self._status_topic = mqtt.status_topic(thing)
         self._refreshed_topic = refreshed_topic(mqtt.topic_prefix, thing)
-        self.store = open_store(config)
+        check_state_dir(core.state_dir, config.path)
+        # Opened, sealed (and signatures checked) in short-lived children: the core never
+        # imports `cryptography`.
+        self.store = ChildStore(
+            path=core.state_dir / STORE_FILE_NAME, key=core.private_key, unsealing=unsealing
+        )
         self.secrets = LiveSecrets(self.store)
         # One target, so with `[aws] credentials = "iot"` one certificate exchange (and its
         # refreshes) serves Secrets Manager and S3. Both run in short-lived child processes:

@@ -433,6 +433,17 @@ class BadSignatureError(SignatureError):
         )
 
 
+class SignatureCheckError(SignatureError):
+    """The signature could not be checked at all (the crypto process failed): refused too."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(
+            f"its signature could not be checked ({why}); nothing in it was applied, deploy it "
+            f"again"
+        )
+
+
 class WrongThingError(SignatureError):
     """The envelope was signed for another core."""
 

@@ -6,13 +6,14 @@ dumps (which would write decrypted secrets to disk), and `/proc/<pid>/mem`, `env
 `maps` and ptrace become root-only, so a worker running as the core's user can't read the
 core's memory. (It can still read what that user may read on disk, the key and the store:
 separate functions from the core with `RunAs`; see docs/security.md.) Workers are
-new programs (execve), so they get the default back and are unaffected.
+new programs (execve), so they get the default back and are unaffected; the core's crypto
+child (`edge.secrets.sealer`), which holds the key and the store's plaintext for a moment, makes
+itself non-dumpable first thing.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 from typing import Final
 
@@ -23,7 +24,9 @@ _PR_GET_DUMPABLE: Final = 3
 def _prctl() -> ctypes._NamedFuncPointer | None:
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # The interpreter's own symbols, libc's among them: no `find_library`, which runs
+    # `ldconfig -p` (milliseconds that the core's crypto child would pay on each start).
+    libc = ctypes.CDLL(None, use_errno=True)
     return libc.prctl
 
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from edge.secrets.contents import LocalSecret, SecretVersion
     from edge.secrets.refresh import RefreshCounts
     from edge.secrets.source import Described, SecretSource
-    from edge.secrets.store import SecretStore
+    from edge.secrets.storefile import StoreFile
     from edge.workers.manager import WorkerManager
     from edge.workers.services import CoreServices
 
@@ -162,7 +162,7 @@ class CoreCollector:
         ipc: IpcServer,
         manager: WorkerManager,
         services: CoreServices,
-        store: SecretStore,
+        store: StoreFile,
         refresh: RefreshCounts | None = None,
     ) -> None:
         self._refresh = refresh

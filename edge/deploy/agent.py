@@ -21,6 +21,8 @@ from structlog.typing import FilteringBoundLogger
 
 from edge.deploy.journal import History, Inbox, InboxEntry
 from edge.deploy.state import DeploymentEvent, DeploymentState, next_state
+from edge.deploy.trust import DeploymentTrust
+from edge.envelope import MAX_ENVELOPE_BYTES, check_fresh
 from edge.errors import (
     DeploymentInvalidError,
     EdgeError,
@@ -35,7 +37,6 @@ from edge.secrets.contents import DeploymentRecord, StoreContents
 from edge.secrets.index import Reader
 from edge.secrets.live import LiveSecrets, Rotation
 from edge.secrets.source import SecretSource, held_versions
-from edge.signing import MAX_ENVELOPE_BYTES, DeploymentTrust, check_fresh
 
 Publisher = Callable[[bytes], None]
 
@@ -203,7 +204,7 @@ class DeploymentAgent:
         self._republish = republish_status or publish_status
         self._hooks = hooks
         self._log = logger or get_logger("deploy")
-        # Whose signatures to accept (edge.signing). None: payloads are plain documents, for
+        # Whose signatures to accept (edge.deploy.trust). None: payloads are plain documents, for
         # embedding and tests; `Core` always passes the [deployments] settings.
         self._trust = trust
         if trust is not None and trust.allow_unsigned:
@@ -316,7 +317,7 @@ class DeploymentAgent:
     async def _handle(self, payload: bytes) -> None:
         if self._trust is not None:
             try:
-                opened = self._trust.open(payload)
+                opened = await self._trust.open(payload)
             except SignatureError as exc:
                 # No status: nothing in an unverified document is believed, not its DeploymentId
                 # either; a Failure recorded under an id someone chose would pre-empt (through

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from paho.mqtt.enums import MQTTErrorCode
 
+from edge.envelope import MAX_ENVELOPE_BYTES
 from edge.mqtt.imports import paho
-from edge.signing import MAX_ENVELOPE_BYTES
 
 if TYPE_CHECKING:
     from paho.mqtt.client import _InPacket

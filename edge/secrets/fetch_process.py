@@ -4,7 +4,8 @@
 An AWS SDK is most of a Python core's memory, and a core needs it once a deployment or
 refresh. `ProcessSecretSource` starts `python -m edge.secrets.fetcher` for each fetch or
 describe and talks to it over its stdin and stdout pipes in msgpack frames
-(`edge.secrets.fetch_wire`), so the long-lived core never imports botocore.
+(`edge.secrets.fetch_wire`, run by `edge.oneshot.run`), so the long-lived core never imports
+botocore.
 
 What stays as it was in-process:
 
@@ -28,16 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
-import json
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from edge.errors import FetchDeadlineError, SecretServiceError
+from edge.oneshot.run import NoAnswerError, OneShot
 from edge.secrets import fetch_wire as wire
 from edge.settings import FetchSettings
 
@@ -47,6 +46,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from edge.model import SecretResource
+    from edge.oneshot.run import Reply
     from edge.secrets.contents import LocalSecret, SecretVersion
     from edge.secrets.iot_credentials import IotCredentialProvider
     from edge.secrets.source import Described
@@ -59,10 +59,6 @@ S3_DEADLINE_SECONDS: Final = 300.0
 #: How long after the deadline the core waits for the child's own `FetchDeadlineError` (which
 #: says how far it got) before it kills the child.
 ANSWER_GRACE_SECONDS: Final = 0.5
-#: How long the stderr relay may lag behind the child's exit.
-_RELAY_DRAIN_SECONDS: Final = 2.0
-#: Fields of the child's JSON log lines that the core's own logger sets again.
-_OWN_FIELDS: Final = frozenset({"event", "level", "timestamp"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,73 +105,30 @@ async def run_child(
     log: FilteringBoundLogger,
     on_call: Callable[[str, int], None] | None = None,
     pace: Callable[[], Awaitable[None]] | None = None,
-) -> dict[str, Any] | None:
-    """Run one child for one request and return its last frame (None if it died without one).
+) -> dict[str, Any]:
+    """Run one fetch child for one request and return its answer.
 
     The child is killed when this returns, raises or is cancelled, whatever state it is in.
 
     Raises:
         TimeoutError: `deadline` (a `loop.time()`) passed.
+        NoAnswerError: The child could not start, or ended without an answer.
     """
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        FETCHER_MODULE,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        limit=wire.MAX_FRAME_BYTES,
-    )
-    if proc.stdin is None or proc.stdout is None or proc.stderr is None:
-        raise RuntimeError("the fetch process was started without its pipes")
-    stdin, frames = proc.stdin, wire.FrameReader(proc.stdout)
-    relay = asyncio.create_task(_relay(proc.stderr, log), name="fetch-stderr")
-    try:
-        async with asyncio.timeout_at(deadline):
-            stdin.write(wire.pack(request))
-            await stdin.drain()
-            while True:
-                frame = await frames.next()
-                if "call" in frame:
-                    if on_call is not None:
-                        on_call(str(frame["call"]), int(frame["n"]))
-                elif "pace" in frame:
-                    if pace is not None:
-                        await pace()
-                    stdin.write(wire.pack({"go": True}))
-                    await stdin.drain()
-                else:
-                    return frame
-    except (EOFError, TypeError, ValueError, BrokenPipeError, ConnectionResetError):
-        # The child died, or wrote something that isn't our frames: no answer.
-        return None
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(relay, _RELAY_DRAIN_SECONDS)
-        if proc.returncode not in {0, -9}:
-            log.warning("fetch.process.exited", status=proc.returncode)
 
+    async def interim(frame: dict[str, Any], reply: Reply) -> bool:
+        if "call" in frame:
+            if on_call is not None:
+                on_call(str(frame["call"]), int(frame["n"]))
+            return True
+        if "pace" in frame:
+            if pace is not None:
+                await pace()
+            await reply({"go": True})
+            return True
+        return False
 
-async def _relay(stderr: asyncio.StreamReader, log: FilteringBoundLogger) -> None:
-    """Log the child's stderr lines; JSON events keep their name, level and fields."""
-    async for raw in stderr:
-        line = raw.decode("utf-8", "replace").rstrip()
-        if not line:
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            event = None
-        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-            log.warning("fetch.process.output", line=line)
-            continue
-        level = str(event.get("level", "info"))
-        emit = getattr(log, level, None) if level in {"debug", "info", "warning", "error"} else None
-        fields = {k: v for k, v in event.items() if k not in _OWN_FIELDS}
-        (emit or log.info)(event["event"], **fields)
+    child = OneShot(FETCHER_MODULE, name="fetch")
+    return await child.exchange(request, deadline=deadline, log=log, interim=interim)
 
 
 class ProcessSecretSource:
@@ -267,8 +220,8 @@ class ProcessSecretSource:
         except TimeoutError:
             self._log.warning("fetch.failed", error="FetchDeadlineError", pairs=total)
             raise FetchDeadlineError(seconds, 0, total) from None
-        if frame is None:
-            raise SecretServiceError(first_arn, "the fetch process ended without an answer")
+        except NoAnswerError as exc:
+            raise SecretServiceError(first_arn, f"the fetch process {exc.why}") from None
         self._batch_available = bool(frame.get("batch_available", self._batch_available))
         self.describe_available = bool(frame.get("describe_available", self.describe_available))
         if "error" in frame:
@@ -314,8 +267,8 @@ class ProcessS3Reader:
             frame = await run_child(request, deadline=deadline, log=self._log)
         except TimeoutError:
             raise S3ReadError(f"no answer within {S3_DEADLINE_SECONDS:g} s") from None
-        if frame is None:
-            raise S3ReadError("the fetch process ended without an answer")
+        except NoAnswerError as exc:
+            raise S3ReadError(f"the fetch process {exc.why}") from None
         if "error" in frame:
             raise wire.error_from_plain(frame["error"])
         data = frame.get("result")

@@ -2,20 +2,16 @@
 """What crosses the pipe between the core and its fetch process, as msgpack-able builtins.
 
 The core never imports botocore: each fetch runs in a short-lived child
-(`edge.secrets.fetcher`), and this module is the one both sides agree on. A frame is one
-msgpack map; the stream of frames needs no length prefix (msgpack's `Unpacker` splits it).
-
-Errors cross by class name and constructor arguments, from a closed allow-list: a child can
-only make the core raise one of the fetch errors it would have raised itself, with the same
-attributes (`SecretServiceError.error_code` included), never an arbitrary class.
+(`edge.secrets.fetcher`), and this module is the one both sides agree on, over the frames of
+`edge.oneshot.wire`. Errors cross from a closed allow-list (`ERRORS`): a child can only make
+the core raise one of the fetch errors it would have raised itself, with the same attributes
+(`SecretServiceError.error_code` included), never an arbitrary class.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import TYPE_CHECKING, Any, Final
-
-import msgpack
 
 from edge.errors import (
     CodeFetchError,
@@ -27,103 +23,32 @@ from edge.errors import (
     StagingLabelNotFoundError,
 )
 from edge.model import SecretResource
+from edge.oneshot.wire import ErrorTable, by_fields
 from edge.secrets.contents import LocalSecret, SecretVersion
 from edge.secrets.source import Described
 
 if TYPE_CHECKING:
-    import asyncio
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from edge.settings import FetchSettings
 
-#: Largest frame either side reads: a Lambda package (250 MB) with room for its envelope.
-MAX_FRAME_BYTES: Final = 300 * 1024 * 1024
-
-#: Bytes read from a pipe at a time.
-_CHUNK: Final = 1 << 16
-
-
-class FrameReader:
-    """Reads msgpack frames from one pipe, each a map."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self._stream = stream
-        self._unpacker = msgpack.Unpacker(max_buffer_size=MAX_FRAME_BYTES)
-
-    async def next(self) -> dict[str, Any]:
-        """The next frame.
-
-        Raises:
-            EOFError: The pipe closed before a whole frame arrived.
-            TypeError: The frame is not a map.
-            ValueError: The bytes are not msgpack.
-        """
-        while True:
-            for frame in self._unpacker:
-                if not isinstance(frame, dict):
-                    raise TypeError("a frame on the fetch pipe is not a map")
-                return frame
-            chunk = await self._stream.read(_CHUNK)
-            if not chunk:
-                raise EOFError
-            self._unpacker.feed(chunk)
-
-
-def pack(frame: Mapping[str, Any]) -> bytes:
-    """One frame's bytes."""
-    data: bytes = msgpack.packb(frame)
-    return data
-
-
-# Each error: how to read its constructor arguments, and how to build it from them.
-_ERRORS: Final[dict[str, tuple[type[Exception], Callable[[Any], dict[str, Any]]]]] = {
-    "SecretNotFoundError": (SecretNotFoundError, lambda e: {"arn": e.arn}),
-    "StagingLabelNotFoundError": (
-        StagingLabelNotFoundError,
-        lambda e: {"arn": e.arn, "label": e.label},
-    ),
-    "SecretAccessDeniedError": (
-        SecretAccessDeniedError,
-        lambda e: {"arn": e.arn, "detail": e.detail},
-    ),
-    "SecretServiceError": (
-        SecretServiceError,
-        lambda e: {"arn": e.arn, "detail": e.detail, "error_code": e.error_code},
-    ),
-    "FetchDeadlineError": (
-        FetchDeadlineError,
-        lambda e: {"deadline_seconds": e.deadline_seconds, "done": e.done, "total": e.total},
-    ),
-    "IotCredentialsError": (IotCredentialsError, lambda e: {"problem": e.problem}),
-    "CodeFetchError": (
-        CodeFetchError,
-        lambda e: {"function_arn": e.function_arn, "problem": e.problem},
-    ),
-}
-
-
-def error_to_plain(error: Exception) -> dict[str, Any] | None:
-    """The error as {"type", "args"}, or None if its exact class is not on the allow-list."""
-    entry = _ERRORS.get(type(error).__name__)
-    if entry is None or type(error) is not entry[0]:
-        return None
-    return {"type": type(error).__name__, "args": entry[1](error)}
-
-
-def error_from_plain(plain: Mapping[str, Any]) -> Exception:
-    """Rebuild an allow-listed error.
-
-    Raises:
-        ValueError: The class is not on the allow-list, or its arguments don't fit it.
-    """
-    entry = _ERRORS.get(str(plain.get("type")))
-    args = plain.get("args")
-    if entry is None or not isinstance(args, dict):
-        raise ValueError("the fetch process answered an error that is not a fetch error")
-    try:
-        return entry[0](**{str(k): v for k, v in args.items()})
-    except TypeError as exc:
-        raise ValueError("the fetch process answered an error with the wrong arguments") from exc
+#: The errors a fetch child may answer: those the core would raise fetching in-process.
+ERRORS: Final = ErrorTable(
+    "the fetch process",
+    {
+        SecretNotFoundError: by_fields(SecretNotFoundError, "arn"),
+        StagingLabelNotFoundError: by_fields(StagingLabelNotFoundError, "arn", "label"),
+        SecretAccessDeniedError: by_fields(SecretAccessDeniedError, "arn", "detail"),
+        SecretServiceError: by_fields(SecretServiceError, "arn", "detail", "error_code"),
+        FetchDeadlineError: by_fields(FetchDeadlineError, "deadline_seconds", "done", "total"),
+        IotCredentialsError: by_fields(IotCredentialsError, "problem"),
+        CodeFetchError: by_fields(CodeFetchError, "function_arn", "problem"),
+    },
+)
+#: The error as {"type", "args"}, or None if its exact class is not on `ERRORS`.
+error_to_plain = ERRORS.to_plain
+#: Rebuild an error on `ERRORS`; ValueError for any other.
+error_from_plain = ERRORS.from_plain
 
 
 def settings_to_plain(settings: FetchSettings) -> dict[str, Any]:

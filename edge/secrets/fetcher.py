@@ -24,7 +24,9 @@ from typing import IO, TYPE_CHECKING, Any
 from aiobotocore.session import AioSession, get_session
 
 from edge.errors import CodeFetchError, EdgeError, SecretFetchError, SecretServiceError
+from edge.hardening import forbid_memory_access
 from edge.log import REDACTOR, configure_logging
+from edge.oneshot.wire import MAX_FRAME_BYTES, FrameReader, answer_pipe, pack
 from edge.secrets import fetch_wire as wire
 from edge.secrets.fetch import AwsSecretSource
 from edge.settings import FetchSettings
@@ -49,13 +51,13 @@ class _ReportingCounter(collections.Counter[str]):
 class _Pipe:
     """The frames to and from the core."""
 
-    def __init__(self, reader: wire.FrameReader, out: IO[bytes]) -> None:
+    def __init__(self, reader: FrameReader, out: IO[bytes]) -> None:
         self._reader = reader
         self._out = out
         self._pace_lock = asyncio.Lock()
 
     def emit(self, frame: Mapping[str, Any]) -> None:
-        self._out.write(wire.pack(frame))
+        self._out.write(pack(frame))
         self._out.flush()
 
     async def pace(self) -> None:
@@ -138,11 +140,11 @@ async def _serve(request: Mapping[str, Any], pipe: _Pipe) -> dict[str, Any]:
 
 async def _main(out: IO[bytes]) -> None:
     loop = asyncio.get_running_loop()
-    stream = asyncio.StreamReader(limit=wire.MAX_FRAME_BYTES)
+    stream = asyncio.StreamReader(limit=MAX_FRAME_BYTES)
     await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(0, "rb", buffering=0)
     )
-    reader = wire.FrameReader(stream)
+    reader = FrameReader(stream)
     request = await reader.next()
     configure_logging(level=str(request.get("log_level", "info")), fmt="json")
     pipe = _Pipe(reader, out)
@@ -155,9 +157,9 @@ async def _main(out: IO[bytes]) -> None:
 
 def main() -> None:
     """Serve one request from the core; anything unexpected ends with a traceback on stderr."""
-    # Frames go to a private copy of stdout; whatever a library prints lands on stderr.
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+    # As the core: no core dump of the credentials or the values, no tracing by the same user.
+    forbid_memory_access()
+    out = answer_pipe()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(out))
     out.close()

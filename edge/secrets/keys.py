@@ -69,73 +69,48 @@ _KEK_LEN = 32
 _HOW_TO_GENERATE = "run `edge init --config <your config file>` to generate a core key"
 
 
-class CoreKey:
-    """The core's private key, as used to wrap and unwrap the store's data keys.
+class CorePublicKey:
+    """The public half of the core key: enough to wrap a data key, never to unwrap one.
 
-    Only EC P-256 and RSA keys of 2048 to 16384 bits are accepted. The key material never
-    appears in `repr` or in any error message; a token-held key never leaves its token.
+    Sealing the store needs nothing more, so the core's crypto process seals with the public key
+    it was given when the store was opened, and never reads the private key (or logs into a
+    token) to seal.
     """
 
-    __slots__ = ("_fingerprint", "_private_key", "_public_key")
+    __slots__ = ("_fingerprint", "_public_key")
 
-    def __init__(
-        self, *, private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | TokenKey
-    ) -> None:
-        """Wrap a private key object; most code calls `load` or `generate_key` instead.
-
-        Args:
-            private_key: An EC P-256 or RSA (2048-16384 bit) private key, or a key in a
-                PKCS#11 token opened (and checked) by `edge.secrets.pkcs11.open_token_key`.
-
-        Raises:
-            ValueError: The key is of an unsupported curve or size.
-        """
-        public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-        if isinstance(private_key, TokenKey):
-            public = private_key.public_key  # checked when the token key was opened
-        else:
-            problem = _unsupported(private_key)
-            if problem is not None:
-                raise ValueError(problem)
-            public = private_key.public_key()
-        self._private_key = private_key
-        self._public_key = public
-        spki = self._public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    def __init__(self, *, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> None:
+        """Wrap a public key object (its kind and size checked by the caller)."""
+        self._public_key = public_key
         # 64 bits of SHA-256 are plenty to tell keys apart in a header and in a message; the
         # fingerprint identifies, it does not authenticate (AES-GCM and the wrap do that).
-        self._fingerprint = hashlib.sha256(spki).hexdigest()[:16]
+        self._fingerprint = hashlib.sha256(self.public_der).hexdigest()[:16]
 
     @classmethod
-    def load(cls, path: Path | TokenKeyRef) -> CoreKey:
-        """Load the core key from an unencrypted PEM file (PKCS#8 or traditional) or a token.
-
-        Args:
-            path: The key file, which must be a regular file with no group or other
-                permissions; or a key in a PKCS#11 token (`[core] private_key = "pkcs11:..."`),
-                which is found, checked and test-unwrapped inside the token.
-
-        Returns:
-            The loaded key.
+    def from_der(cls, der: bytes) -> CorePublicKey:
+        """Load a public key from its DER SubjectPublicKeyInfo (`public_der`).
 
         Raises:
-            CoreKeyError: The file is missing, unreadable, not a PEM private key, encrypted,
-                or of an unsupported type or size; or the token, object, PIN or mechanism is
-                missing or wrong. The message says which and how to fix it.
-            InsecurePermissionsError: Group or other users have any access to the file (or
-                to a token key's PIN file).
+            CoreKeyError: The bytes are not a public key of a supported kind and size.
         """
-        if isinstance(path, TokenKeyRef):
-            return cls(private_key=open_token_key(path))
-        where = str(path)
         try:
-            data = read_private_file(path, max_size=MAX_KEY_FILE_SIZE)
-        except FileNotFoundError:
-            raise CoreKeyError(where, f"no such file; {_HOW_TO_GENERATE}") from None
-        except OSError as exc:
-            raise CoreKeyError(where, f"can't be read ({exc.strerror})") from exc
-        return cls(private_key=_parse_pem(where, data))
+            public = serialization.load_der_public_key(der)
+        except (ValueError, UnsupportedAlgorithm):
+            raise CoreKeyError("(public key)", "is not a DER public key") from None
+        if isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            problem = _unsupported(public)
+            if problem is None:
+                return cls(public_key=public)
+        else:
+            problem = f"is an unsupported kind of key ({type(public).__name__})"
+        raise CoreKeyError("(public key)", problem)
+
+    @property
+    def public_der(self) -> bytes:
+        """The public key as DER SubjectPublicKeyInfo."""
+        return self._public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     @property
     def kind(self) -> KeyKind:
@@ -174,6 +149,73 @@ class CoreKey:
         # A random nonce is safe: each KEK is fresh (new ephemeral key) and encrypts once.
         nonce = os.urandom(_NONCE_LEN)
         return point + nonce + AESGCM(kek).encrypt(nonce, data_key, aad)
+
+    def __repr__(self) -> str:
+        """Name the key by kind and fingerprint only."""
+        return f"{type(self).__name__}(kind={self.kind!r}, fingerprint={self.fingerprint!r})"
+
+
+class CoreKey(CorePublicKey):
+    """The core's private key, as used to wrap and unwrap the store's data keys.
+
+    Only EC P-256 and RSA keys of 2048 to 16384 bits are accepted. The key material never
+    appears in `repr` or in any error message; a token-held key never leaves its token.
+    """
+
+    __slots__ = ("_private_key",)
+
+    def __init__(
+        self, *, private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | TokenKey
+    ) -> None:
+        """Wrap a private key object; most code calls `load` or `generate_key` instead.
+
+        Args:
+            private_key: An EC P-256 or RSA (2048-16384 bit) private key, or a key in a
+                PKCS#11 token opened (and checked) by `edge.secrets.pkcs11.open_token_key`.
+
+        Raises:
+            ValueError: The key is of an unsupported curve or size.
+        """
+        public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+        if isinstance(private_key, TokenKey):
+            public = private_key.public_key  # checked when the token key was opened
+        else:
+            problem = _unsupported(private_key)
+            if problem is not None:
+                raise ValueError(problem)
+            public = private_key.public_key()
+        super().__init__(public_key=public)
+        self._private_key = private_key
+
+    @classmethod
+    def load(cls, path: Path | TokenKeyRef) -> CoreKey:
+        """Load the core key from an unencrypted PEM file (PKCS#8 or traditional) or a token.
+
+        Args:
+            path: The key file, which must be a regular file with no group or other
+                permissions; or a key in a PKCS#11 token (`[core] private_key = "pkcs11:..."`),
+                which is found, checked and test-unwrapped inside the token.
+
+        Returns:
+            The loaded key.
+
+        Raises:
+            CoreKeyError: The file is missing, unreadable, not a PEM private key, encrypted,
+                or of an unsupported type or size; or the token, object, PIN or mechanism is
+                missing or wrong. The message says which and how to fix it.
+            InsecurePermissionsError: Group or other users have any access to the file (or
+                to a token key's PIN file).
+        """
+        if isinstance(path, TokenKeyRef):
+            return cls(private_key=open_token_key(path))
+        where = str(path)
+        try:
+            data = read_private_file(path, max_size=MAX_KEY_FILE_SIZE)
+        except FileNotFoundError:
+            raise CoreKeyError(where, f"no such file; {_HOW_TO_GENERATE}") from None
+        except OSError as exc:
+            raise CoreKeyError(where, f"can't be read ({exc.strerror})") from exc
+        return cls(private_key=_parse_pem(where, data))
 
     def unwrap(self, wrapped: bytes, *, aad: bytes) -> bytes:
         """Recover a data key wrapped by `wrap` with this key and the same `aad`.
@@ -218,10 +260,9 @@ class CoreKey:
 
     def __repr__(self) -> str:
         """Name the key by kind and fingerprint only (and, for a token key, its URI sans PIN)."""
-        where = (
-            f", uri={self._private_key.uri!r}" if isinstance(self._private_key, TokenKey) else ""
-        )
-        return f"CoreKey(kind={self.kind!r}, fingerprint={self.fingerprint!r}{where})"
+        if not isinstance(self._private_key, TokenKey):
+            return super().__repr__()
+        return f"{super().__repr__()[:-1]}, uri={self._private_key.uri!r})"
 
 
 def generate_key(path: Path, *, kind: KeyKind = "ec", rsa_bits: int = MIN_RSA_BITS) -> CoreKey:
@@ -314,15 +355,20 @@ def _parse_pem(where: str, data: bytes) -> ec.EllipticCurvePrivateKey | rsa.RSAP
     )
 
 
-def _unsupported(private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str | None:
-    """Say what is wrong with a key of a supported family, or None if it is fine."""
-    if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        if isinstance(private_key.curve, ec.SECP256R1):
+def _unsupported(
+    key: ec.EllipticCurvePrivateKey
+    | rsa.RSAPrivateKey
+    | ec.EllipticCurvePublicKey
+    | rsa.RSAPublicKey,
+) -> str | None:
+    """Say what is wrong with a key (either half) of a supported family, or None if it is fine."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        if isinstance(key.curve, ec.SECP256R1):
             return None
-        return f"is an EC key on curve {private_key.curve.name}, not P-256 (secp256r1)"
-    if MIN_RSA_BITS <= private_key.key_size <= MAX_RSA_BITS:
+        return f"is an EC key on curve {key.curve.name}, not P-256 (secp256r1)"
+    if MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
         return None
-    return f"is a {private_key.key_size}-bit RSA key"
+    return f"is a {key.key_size}-bit RSA key"
 
 
 def _oaep(label: bytes) -> padding.OAEP:

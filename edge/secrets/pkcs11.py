@@ -24,7 +24,9 @@ start (and at `edge init`) with a message naming the token, the object and what 
 rather than when the store is next read.
 
 python-pkcs11 (the `pkcs11` extra) is imported only here, and only when a token key is opened,
-so a core without the extra starts normally with a file key. The untyped corners of that library
+so a core without the extra starts normally with a file key. `cryptography` is imported only
+when a core key is opened (in the core's crypto child): the core finds its MQTT client key in a
+token (`find_token_key`) without it. The untyped corners of that library
 stay inside this module; the rest of `edge` sees `TokenKeyRef` and `TokenKey`.
 
 The PIN is held in memory only while the key is open and never appears in a message, a log line
@@ -39,16 +41,14 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-
 from edge.errors import CoreKeyError
 from edge.fsutil import read_private_file
 from edge.secrets.keyref import MAX_RSA_BITS, MIN_RSA_BITS, TokenKeyRef
-from edge.secrets.token_public import token_public_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 #: Largest PIN file read: a PIN is a few bytes; a large file is a mistaken path.
 MAX_PIN_FILE_SIZE = 4 * 1024
@@ -173,6 +173,8 @@ def open_token_key(ref: TokenKeyRef) -> TokenKey:
             there is no public key, or the public key doesn't belong to the private key.
         InsecurePermissionsError: The pin-source file is readable by group or others.
     """
+    from edge.secrets.token_public import token_public_key  # noqa: PLC0415 - see the docstring
+
     with _logged_in(ref, doing="opening the key") as (pkcs11, lib, token, session, pin):
         label = str(token.label)
         mechanisms = set(token.slot.get_mechanisms())
@@ -472,6 +474,9 @@ def _self_test(key: TokenKey, token_label: str) -> None:
     This is the only reliable mechanism check: tokens list CKM_RSA_PKCS_OAEP whatever hashes
     and labels they accept, and a configured public key may belong to another private key.
     """
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415 - docstring
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa  # noqa: PLC0415
+
     probe = os.urandom(32)
     where = key._ref.object_name()  # noqa: SLF001 - same module
     public = key.public_key

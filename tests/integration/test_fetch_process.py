@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The core fetches in a short-lived child process and never imports botocore itself.
+"""The core fetches in a short-lived child process and never imports botocore (or its crypto).
 
 The import check reads CPython's own record: with PYTHONPROFILEIMPORTTIME set, a process
 writes one `import time:` line to its stderr for every module it imports, whenever it does.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from edge.secrets.fetch_process import AwsTarget, ProcessSecretSource
 from tests.support.env import running_env
 from tests.support.functions import build_package, function, invoke
 from tests.support.imports import imported_by, top_level
+from tests.support.leaks import LEAKS
+from tests.support.recording import RecordingLogger
 
 pytestmark = pytest.mark.network
 
@@ -44,22 +47,25 @@ SDK_PACKAGES = ("botocore", "aiobotocore", "boto3")
 STRUCTLOG_EXTRAS = {"rich.console", "rich.traceback", "rich.pretty", "colorama.ansitowin32"}
 
 
-def test_the_core_never_imports_botocore_or_rich_through_deployments_with_functions(
+def test_the_core_never_imports_an_sdk_cryptography_or_rich_through_its_whole_life(
     tmp_path: Path,
     broker: Mosquitto,
     moto: MotoServer,
     sm: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Secrets, file:// and s3:// functions deploy and serve, and the core never loads an SDK.
+    """Start, deployments with file:// and s3:// functions, a refresh, a restart: no SDK loaded.
 
-    The child that fetched did load botocore: the check can see it where it happens. Nor does
-    the core load `rich` (structlog's traceback and colour extra), installed here by the
-    test extra (amqtt -> typer -> rich).
+    Nor `cryptography`: the store is opened (at each start), sealed (at each rotation) and each
+    deployment's signature checked in the crypto child. The children that fetched and sealed
+    did load botocore and cryptography: the check can see them where they happen. Nor does the
+    core load `rich` (structlog's traceback and colour extra), installed here by the test extra
+    (amqtt -> typer -> rich).
     """
     assert importlib.util.find_spec("rich") is not None, "rich is not installed: check is blind"
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
-    with running_env(tmp_path, broker, moto, sm) as env:
+    refresh = "[refresh]\ninterval_seconds = 1\n"
+    with running_env(tmp_path, broker, moto, sm, extra=refresh) as env:
         arn_db, _, value_db = env.create_secret("imports/db")
         env.add_labelled_version(arn_db, "Label1")
         arn_key, _, _ = env.create_secret("imports/key")
@@ -86,11 +92,24 @@ def test_the_core_never_imports_botocore_or_rich_through_deployments_with_functi
             assert env.operator.final_status(deployment)["DeploymentStatus"] == "Success"
         assert invoke(env, "reader", {"SecretId": "imports/db"})["SecretString"] == value_db
         assert invoke(env, "ctx", {})["function_name"] == "ctx"
+
+        rotated = f"rotated-{uuid.uuid4().hex}"
+        env.values.append(rotated)
+        LEAKS.add_secret(rotated, "imports/db (rotated)")
+        sm.put_secret_value(SecretId=arn_db, SecretString=rotated)
+        env.core.wait_for_event("refresh.rotated")
+        assert invoke(env, "reader", {"SecretId": "imports/db"})["SecretString"] == rotated
+
+        env.core.stop()
+        env.core.start()
+        assert env.core.wait_for_event("core.store_loaded", after=1)["secrets"] == 2
+        assert invoke(env, "reader", {"SecretId": "imports/db"})["SecretString"] == rotated
         own, relayed = imported_by(env.core.log_text())
 
     assert "edge.core" in own, "the core's stderr holds no import record: the check is blind"
     assert top_level(own).isdisjoint(SDK_PACKAGES), sorted(top_level(own) & set(SDK_PACKAGES))
-    assert {"botocore", "aiobotocore"} <= top_level(relayed)
+    assert "cryptography" not in top_level(own), sorted(m for m in own if "cryptography" in m)
+    assert {"botocore", "aiobotocore", "cryptography"} <= top_level(relayed)
     assert own.isdisjoint(STRUCTLOG_EXTRAS), sorted(own & STRUCTLOG_EXTRAS)
 
 
@@ -157,11 +176,11 @@ async def test_a_child_that_hangs_is_killed_at_the_deadline(
     """A child that never answers fails the fetch at the deadline, and is gone afterwards."""
     arn = sm.create_secret(Name="child/hang", SecretString="hang-pw")["ARN"]
     monkeypatch.setattr(fetch_process, "FETCHER_MODULE", "tests.support.hanging_fetcher")
-    relayed: list[str] = []
+    relayed = RecordingLogger([])
     source = ProcessSecretSource(
         AwsTarget(region=TEST_REGION, endpoint_url=moto.url),
         settings=FetchSettings(deadline_seconds=1),
-        logger=RecordingLogger(relayed),
+        logger=relayed,
     )
     started = time.monotonic()
     with pytest.raises(FetchDeadlineError) as failed:
@@ -169,18 +188,6 @@ async def test_a_child_that_hangs_is_killed_at_the_deadline(
     elapsed = time.monotonic() - started
     assert (failed.value.deadline_seconds, failed.value.done, failed.value.total) == (1, 0, 2)
     assert 1 <= elapsed < 1 + fetch_process.ANSWER_GRACE_SECONDS + 1
-    pids = [int(line.split("=", 1)[1]) for line in relayed if "hanging-fetcher-pid=" in line]
+    pids = relayed.pids("hanging-fetcher-pid")
     assert len(pids) == 1
     assert not Path(f"/proc/{pids[0]}").exists()
-
-
-class RecordingLogger:
-    """Keeps the `line` of every event logged (the child's stderr, relayed)."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
-
-    def _log(self, event: str, **fields: Any) -> None:
-        self.lines.append(str(fields.get("line", event)))
-
-    debug = info = warning = error = _log

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from edge.envelope import MAX_ENVELOPE_BYTES
 from edge.fixtures.core import (
     edge_cli,
     iter_files,
@@ -23,7 +24,6 @@ from edge.fixtures.core import (
 )
 from edge.fixtures.services import Mosquitto, MotoServer, free_port
 from edge.mqtt.limit import MAX_PACKET_BYTES
-from edge.signing import MAX_ENVELOPE_BYTES
 from tests.support.env import Env, running_env
 from tests.support.functions import build_package, function, read_secret
 

@@ -13,12 +13,14 @@ from structlog.testing import capture_logs
 
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
+from edge.deploy.trust import DeploymentTrust
+from edge.secrets import seal_process
 from edge.secrets.contents import DeploymentRecord, StoreContents
 from edge.secrets.keys import generate_key
 from edge.secrets.live import LiveSecrets
 from edge.secrets.source import StaticSecretSource
 from edge.secrets.store import SecretStore
-from edge.signing import DeploymentTrust, seal
+from edge.signing import raw_public_key, seal
 
 THING = "core-1"
 KEY = Ed25519PrivateKey.generate()
@@ -53,7 +55,9 @@ class Core:
             inbox=Inbox(root / "inbox"),
             history=self.history,
             publish_status=lambda payload: self.published.append(json.loads(payload)),
-            trust=DeploymentTrust.of(THING, [KEY.public_key()], allow_unsigned=allow_unsigned),
+            trust=DeploymentTrust.of(
+                THING, [raw_public_key(KEY.public_key())], allow_unsigned=allow_unsigned
+            ),
         )
 
     async def deliver(self, payload: bytes) -> None:
@@ -99,6 +103,27 @@ async def test_forged_and_unsigned_documents_get_no_status(core: Core) -> None:
     events = [e for e in logs if e["event"] == "deploy.signature_rejected"]
     assert len(events) == 2
     assert "not signed" in events[1]["error"]
+
+
+async def test_a_signature_that_cannot_be_checked_is_refused_not_accepted(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crypto child that dies is never a yes: the document is refused like a forged one."""
+    monkeypatch.setattr(seal_process, "SEALER_MODULE", "tests.support.faulty_sealer")
+    monkeypatch.setenv("EDGE_TEST_SEALER_FAULT", "exit")
+    with capture_logs() as logs:
+        await core.deliver(
+            seal(document("genuine", "2026-11-28T12:00:01Z"), signing_key=KEY, thing_name=THING)
+        )
+    assert core.published == []
+    assert core.history.get("genuine") is None
+    assert core.agent.secrets.contents.deployment is not None
+    assert core.agent.secrets.contents.deployment.deployment_id == "applied"
+    (event,) = [e for e in logs if e["event"] == "deploy.signature_rejected"]
+    assert "could not be checked" in event["error"]
+    assert "exit status 3" in event["error"]
+    assert core.agent.last_refused is not None
+    assert core.agent.last_refused["Reason"] == "signature"
 
 
 async def test_a_stale_document_never_seen_gets_a_failure_saying_why(core: Core) -> None:

@@ -85,11 +85,26 @@ def test_edge_secrets_list_loads_the_store_and_the_key_and_nothing_of_the_core(
         "edge.secrets.keyref",
         "edge.secrets.keys",
         "edge.secrets.pkcs11",
+        "edge.secrets.sealing",
         "edge.secrets.store",
         "edge.secrets.storefile",
-        "edge.secrets.token_public",
         "edge.settings",
         "edge.statedir",
     ]
     heavy = ("botocore", "aiobotocore", "aiohttp", "aiomqtt", "cryptography.x509", "pkcs11")
     assert sorted(m for m in modules if m.startswith(heavy)) == []
+
+
+def test_the_crypto_child_loads_no_asyncio_and_no_logging() -> None:
+    """The child a restarting core waits for is lean: msgpack, cryptography, the store code."""
+    loaded = loaded_modules("edge.secrets.sealer")
+    assert "cryptography" in loaded
+    heavy = ("asyncio", "structlog", "edge.log", "edge.core", "edge.config", "botocore")
+    assert sorted(m for m in loaded if m.startswith(heavy)) == []
+
+
+def test_the_core_s_modules_import_no_cryptography() -> None:
+    """`edge run`'s modules, the crypto's core side included, leave `cryptography` out."""
+    loaded = loaded_modules("edge.cli", "edge.core", "edge.secrets.seal_process")
+    assert "edge.core" in loaded
+    assert sorted(m for m in loaded if m.startswith("cryptography")) == []

@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.config import load_config
+from edge.deploy.trust import DeploymentTrust
+from edge.envelope import MAX_ENVELOPE_BYTES, check_fresh, signed_message
 from edge.errors import (
     BadSignatureError,
     ConfigError,
@@ -26,9 +28,6 @@ from edge.errors import (
     WrongThingError,
 )
 from edge.signing import (
-    MAX_ENVELOPE_BYTES,
-    DeploymentTrust,
-    check_fresh,
     key_id,
     load_public_key,
     load_signing_key,
@@ -36,7 +35,6 @@ from edge.signing import (
     private_key_pem,
     public_key_pem,
     seal,
-    signed_message,
 )
 
 THING = "core-1"
@@ -224,11 +222,11 @@ def test_signing_key_files_load_and_bad_ones_say_why(tmp_path: Path) -> None:
         load_signing_key(write_key(tmp_path / "junk.pem", b"junk"))
 
 
-def test_public_keys_load_into_a_trust(tmp_path: Path) -> None:
+async def test_public_keys_load_into_a_trust(tmp_path: Path) -> None:
     """Trusted keys are read from PEM files; a wrong or missing file is an error naming it."""
     pub = write_key(tmp_path / "k.pub", public_key_pem(KEY.public_key()), 0o644)
     trust = DeploymentTrust.load(THING, [pub])
-    assert trust.open(ENVELOPE).document == DOCUMENT
+    assert (await trust.open(ENVELOPE)).document == DOCUMENT
     with pytest.raises(SigningKeyError, match="no such file"):
         load_public_key(tmp_path / "nope.pub")
     with pytest.raises(SigningKeyError, match="not a PEM public key"):
