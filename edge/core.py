@@ -42,6 +42,7 @@ from edge.config import Config
 from edge.deploy.agent import DeploymentAgent
 from edge.deploy.journal import History, Inbox
 from edge.deploy.trust import DeploymentTrust
+from edge.eventloop import cancel_until_done
 from edge.ipc.limits import raise_open_files_limit
 from edge.log import get_logger
 from edge.metrics import CoreCollector, DeploymentCounts, MetricsServer, TimedSource
@@ -223,8 +224,7 @@ class Core:
                 await stop.wait()
                 await self.link.flush(within=STOP_FLUSH_SECONDS)
                 self.link.stop(link)
-                for task in tasks:
-                    task.cancel()
+                await cancel_until_done([link, *tasks])
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self._deployments_topic:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The event loop `edge run` runs on: uvloop where it is installed, else asyncio's own.
+"""The event loop `edge run` runs on (uvloop where installed, else asyncio's), and a stop on it.
 
 uvloop is a dependency on Linux x86_64 and aarch64, where it ships wheels (pyproject.toml);
 elsewhere `pip install 'edge[fast]'` builds it from source. On it the IPC server spends about a
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 #: `[core] event_loop`: auto (uvloop when importable), or one of the two by name.
 EVENT_LOOPS: Final = ("auto", "uvloop", "asyncio")
+#: How long a stopping task has to end before it is cancelled again: far more than closing an
+#: MQTT connection or a worker's socket takes, short enough that a stop is still prompt.
+RECANCEL_SECONDS: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +48,20 @@ def choose_event_loop(choice: str) -> EventLoop:
 def uvloop_installed() -> bool:
     """Whether uvloop can be imported, without importing it."""
     return importlib.util.find_spec("uvloop") is not None
+
+
+async def cancel_until_done(
+    tasks: Iterable[asyncio.Task[Any]], *, every: float = RECANCEL_SECONDS
+) -> None:
+    """Cancel `tasks`, and cancel again every `every` seconds those that haven't ended.
+
+    One cancel can be lost: Python 3.11's `asyncio.wait_for` (aiomqtt waits for every
+    acknowledgement with it) returns its result, rather than raising, when the cancellation
+    lands in the same turn of the loop as the awaited future completes. The task then goes on
+    to its next wait as if never asked to stop, and `edge run` would ignore its SIGTERM.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
