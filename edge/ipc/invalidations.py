@@ -10,8 +10,8 @@ watches that didn't are returned, for the core to restart their workers. So once
 no worker serves an answer from before the commit out of its cache.
 
 Reads the caches served are reported with the polls, tagged with the invalidation they were
-served under; the snapshot of the core's answers at each invalidation is kept (the last few) so
-the reads are resolved against what the worker was actually answered from.
+served under; the snapshot of the core's answers at each invalidation is kept (the current and
+the previous one) so the reads are resolved against what the worker was actually answered from.
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ ACK_TIMEOUT_SECONDS: Final = 1.0
 #: reads its cache served at least this often.
 HEARTBEAT_SECONDS: Final = 10.0
 #: Snapshots kept for resolving reported reads: a report names the invalidation its reads were
-#: served under, which is the current or the previous one unless the worker fell far behind.
-MAX_SNAPSHOTS: Final = 8
+#: served under, which is the current or the previous one. A worker can't fall further behind:
+#: `invalidate` drops a watch that hasn't acknowledged within its deadline, and the core restarts
+#: its worker, cache and uncounted reads with it. Each snapshot is a whole index of answers
+#: (hundreds of KB for a hundred secrets), so no more are kept than that.
+MAX_SNAPSHOTS: Final = 2
 
 _S = TypeVar("_S")
 ReadsReport = Callable[[WorkerIdentity, _S, list[Any]], None]

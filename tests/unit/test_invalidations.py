@@ -81,3 +81,23 @@ async def test_bad_polls_are_refused() -> None:
     with pytest.raises(LookupError):
         await hub.watch(OTHER, {"Watch": watch, "Seen": 1})
     assert hub.watches == 1
+
+
+async def test_only_the_current_and_previous_snapshots_are_kept() -> None:
+    """Each snapshot is a whole index of answers: older ones are let go, and can't resolve reads.
+
+    A report can only name the current or the previous invalidation (a watch further behind
+    was dropped and its worker restarted), so a snapshot older than that is memory for nothing.
+    """
+    world = World()
+    hub = world.hub
+    for n in (2, 3, 4):
+        world.snapshot = f"index-{n}"
+        await hub.invalidate(0.01)  # no watch to wait for
+    watch = (await hub.watch(READER, {"Watch": 0}))["Watch"]
+    counts = [["secretsmanager.get_secret_value", {"SecretId": "db"}, 1]]
+    for seq in (2, 3, 4):
+        await hub.watch(
+            READER, {"Watch": watch, "Seen": 3, "Reads": {"Seq": seq, "Counts": counts}}
+        )
+    assert [snap for _who, snap, _counts in world.reports] == ["index-3", "index-4"]
