@@ -6,9 +6,9 @@ own memory by running the code that needs them in a child for each request. `One
 the child at once, so that a caller can start it before the core's own imports are done (the
 store's unseal at start), and `exchange` talks to it later, from the event loop:
 
-- the request goes in as one frame on the child's stdin; frames come back on its stdout
-  (`edge.oneshot.wire`); `interim` handles those that are not the answer (the fetch's counts
-  and rate-limit waits) and may reply to them;
+- the request goes in as one frame on the child's stdin (a pipe); frames come back on its stdout
+  (a socket, see `OneShot.__init__`; `edge.oneshot.wire`); `interim` handles those that are
+  not the answer (the fetch's counts and rate-limit waits) and may reply to them;
 - the whole exchange has one deadline, a `loop.time()`: past it, `TimeoutError`;
 - the child is killed and reaped when `exchange` returns, raises or is cancelled, whatever
   state it is in; its stderr is relayed into the core's log line by line (through the log's
@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -68,7 +69,7 @@ class OneShot:
     """One child process running one request; see the module's docstring."""
 
     def __init__(self, module: str, *, name: str) -> None:
-        """Start `python -m module` now, with its three pipes; don't wait for it.
+        """Start `python -m module` now, its stdin a pipe, its outputs sockets; don't wait for it.
 
         Args:
             module: The child's module.
@@ -81,15 +82,29 @@ class OneShot:
         self._exited_event = f"{name}.process.exited"
         self._output_event = f"{name}.process.output"
         try:
+            # Its stdout and stderr are sockets, not pipes: an event loop's transport must be
+            # the only one to close what it reads. uvloop's pipe transport has libuv close the
+            # descriptor and then closes the file object it was given too, a second close that
+            # can land on a descriptor another thread has just opened under the same number; a
+            # socket object it detaches instead. asyncio's own loop closes either once.
+            ours, theirs = zip(socket.socketpair(), socket.socketpair(), strict=True)
+        except OSError as exc:
+            raise NoAnswerError(f"could not start ({exc.strerror or exc})") from exc
+        self._outputs: tuple[socket.socket, ...] | None = ours
+        try:
             self._proc: subprocess.Popen[bytes] = subprocess.Popen(
                 [sys.executable, "-P", "-m", module],
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdout=theirs[0].fileno(),
+                stderr=theirs[1].fileno(),
                 env=_child_env(),
             )
         except OSError as exc:
+            self._close_outputs()
             raise NoAnswerError(f"could not start ({exc.strerror or exc})") from exc
+        finally:
+            for end in theirs:
+                end.close()
         self._spent = False
 
     @property
@@ -114,9 +129,8 @@ class OneShot:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
             self._proc.wait()
-            for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+            self._stdin.close()
+            self._close_outputs()
 
     async def exchange(
         self,
@@ -152,10 +166,7 @@ class OneShot:
         proc = self._proc
         # The same limit for stderr: it bounds the longest line relayed.
         out, err = (asyncio.StreamReader(limit=MAX_FRAME_BYTES) for _ in range(2))
-        transports = [
-            await _connect(loop, pipe, stream)
-            for pipe, stream in ((proc.stdout, out), (proc.stderr, err))
-        ]
+        transports = await self._attach(loop, out, err)
         relay = asyncio.create_task(
             _relay(err, log, self._output_event), name=f"{self.name}-stderr"
         )
@@ -191,6 +202,31 @@ class OneShot:
             if proc.returncode not in _CLEAN_EXITS:
                 log.warning(self._exited_event, status=proc.returncode)
 
+    async def _attach(
+        self, loop: asyncio.AbstractEventLoop, *streams: asyncio.StreamReader
+    ) -> list[asyncio.BaseTransport]:
+        """Feed `streams` from the child's outputs; each socket then belongs to its transport."""
+        outputs, self._outputs = self._outputs or (), None
+        transports: list[asyncio.BaseTransport] = []
+        try:
+            for end, stream in zip(outputs, streams, strict=True):
+                transports.append(await _connect(loop, end, stream))
+        except BaseException:
+            for end in outputs[len(transports) :]:
+                end.close()
+            for transport in transports:
+                transport.close()
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await asyncio.to_thread(self._proc.wait)
+            raise
+        return transports
+
+    def _close_outputs(self) -> None:
+        for end in self._outputs or ():
+            end.close()
+        self._outputs = None
+
     @property
     def _stdin(self) -> IO[bytes]:
         if self._proc.stdin is None:  # pragma: no cover - started with a pipe
@@ -217,10 +253,10 @@ def _child_env() -> dict[str, str]:
 
 
 async def _connect(
-    loop: asyncio.AbstractEventLoop, pipe: IO[bytes] | None, stream: asyncio.StreamReader
+    loop: asyncio.AbstractEventLoop, end: socket.socket, stream: asyncio.StreamReader
 ) -> asyncio.BaseTransport:
-    """Feed `stream` from `pipe` on the event loop."""
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), pipe)
+    """Feed `stream` from our end of a child's output on the event loop."""
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), end)
     return transport
 
 

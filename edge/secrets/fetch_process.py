@@ -3,7 +3,7 @@
 
 An AWS SDK is most of a Python core's memory, and a core needs it once a deployment or
 refresh. `ProcessSecretSource` starts `python -m edge.secrets.fetcher` for each fetch or
-describe and talks to it over its stdin and stdout pipes in msgpack frames
+describe and talks to it over its stdin pipe and stdout socket in msgpack frames
 (`edge.secrets.fetch_wire`, run by `edge.oneshot.run`), so the long-lived core never imports
 botocore.
 
@@ -20,7 +20,7 @@ What stays as it was in-process:
 - `calls` counts every request the child sends, as it sends it; the refresher's rate limit
   (`pace`) is awaited here, in the core, at each of the child's requests.
 - Credentials from the IoT credentials provider are exchanged and kept here and cross the
-  stdin pipe; the values fetched cross the stdout pipe. Neither is ever on disk, in the
+  stdin pipe; the values fetched cross the stdout socket. Neither is ever on disk, in the
   child's environment or in its argv. The child's stderr is relayed to the core's log, through
   its redactor.
 """
