@@ -48,11 +48,9 @@ class DeploymentTrust:
         allow_unsigned: bool = False,
         verify: Verify | None = None,
     ) -> DeploymentTrust:
-        """Build from raw public keys."""
+        """Build from raw public keys; signatures checked in the crypto child unless `verify`."""
         by_id = {raw_key_id(k): k for k in keys}
-        if verify is None:
-            return cls(thing_name, by_id, allow_unsigned)
-        return cls(thing_name, by_id, allow_unsigned, verify)
+        return cls(thing_name, by_id, allow_unsigned, verify or Verifier())
 
     @classmethod
     def load(

@@ -30,7 +30,7 @@ from edge.errors import ConfigError, SandboxUnavailableError, WorkerUserError
 from edge.workers.process import check_worker_users, worker_user
 from edge.workers.sandbox import NamespaceProbe, Sandbox, hidden_paths, probe_namespace
 from edge.workers.spec import CodeRef, FunctionSpec, RunAs
-from tests.support.users import checkout_reachable, python_for
+from tests.support.users import checkout_reachable, python_or_skip
 
 needs_landlock = pytest.mark.skipif(
     landlock.landlock_abi() == 0, reason="this kernel has no Landlock to test"
@@ -455,9 +455,7 @@ def test_a_non_root_core_covers_through_a_user_namespace_and_keeps_no_capability
     drop) is taken by a child of nobody, in a directory of its own under /var/tmp.
     """
     nobody = pwd.getpwnam("nobody")
-    python = python_for(nobody)
-    if python is None:
-        pytest.skip("no Python of this version that nobody can run")
+    python = python_or_skip(nobody)
     probe = subprocess.run(
         [python, "-S", "-m", "edge.child.mountns", "probe", mountns.AS_USER],
         env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
@@ -470,7 +468,11 @@ def test_a_non_root_core_covers_through_a_user_namespace_and_keeps_no_capability
         check=False,
     )
     if probe.returncode != 0:
-        pytest.skip(f"this kernel gives nobody no user namespace: {probe.stdout}")
+        pytest.skip(
+            "this kernel lets no unprivileged user make a user namespace (sysctls "
+            "user.max_user_namespaces, kernel.apparmor_restrict_unprivileged_userns): "
+            f"{probe.stdout}"
+        )
     root = Path(tempfile.mkdtemp(prefix="edge-userns-", dir="/var/tmp"))
     try:
         os.chown(root, nobody.pw_uid, nobody.pw_gid)
