@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge.heap import release_free_heap
+from edge.heap import settle_heap
 from edge.log import REDACTOR, SecretRedactor
 from edge.secrets.contents import StoreContents
 from edge.secrets.index import Reader, SecretIndex
@@ -141,9 +141,9 @@ class LiveSecrets:
                 if self._pending:
                     self._pending = []
                     self._mask()
-                # What the rotation built and dropped (documents, answers, the old contents)
-                # leaves free pages inside the heap that the C library keeps otherwise.
-                release_free_heap()
+                # What the rotation built and dropped (documents, answers, the old contents,
+                # the workers it replaced) is freed now, and its pages go back to the kernel.
+                settle_heap()
 
     async def commit(
         self, base: Snapshot, contents: StoreContents, *, readers: Iterable[Reader] | None = None

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +135,28 @@ async def test_a_rotation_that_never_commits_leaves_everything_and_unmasks(world
     assert world.secrets.current.generation == 1
     with pytest.raises(RuntimeError, match="commits once"):
         await rotation.commit(holding("late-value-07"))
+
+
+class _ReplacedWorker:
+    """Stands for what a deployment drops in a cycle: a worker and the task that refers to it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_what_a_rotation_dropped_in_cycles_is_freed_when_it_ends(world: World) -> None:
+    """Cycles a deployment leaves (replaced workers) don't wait for the collector's schedule.
+
+    Left to it, they pile up over several deployments and the core's memory grows with them.
+    """
+    gc.disable()  # only the rotation may collect here
+    try:
+        async with world.secrets.rotation():
+            dropped = weakref.ref(_ReplacedWorker())
+            assert dropped() is not None  # alive, in its cycle, until something collects it
+        assert dropped() is None
+    finally:
+        gc.enable()
 
 
 async def test_a_failed_store_write_changes_nothing(world: World) -> None:
