@@ -112,13 +112,16 @@ def running_env(
         core=core,
         operator=operator,
     )
-    core.start()
-    core.wait_for_event("mqtt.connected")
-    operator.connect()
-    yield e
-    operator.close()
-    if core.proc is not None:
-        core.stop()
+    try:
+        core.start()
+        core.wait_for_event("mqtt.connected")
+        operator.connect()
+        yield e
+    finally:
+        # Also when the test failed: a core left running would outlive the session.
+        operator.close()
+        if core.proc is not None:
+            core.stop()
     # The rule every feature keeps: no secret value in any log or CLI output, ever.
     output = e.all_output()
     for value in e.values:
