@@ -2,9 +2,10 @@
 
 The account lives in moto's Greengrass V1 backend (`edge.fixtures.moto_greengrass`: moto's
 server with AWS's form of Greengrass ARNs, and connector and logger definitions), built with
-boto3 as a V1 user's would be. The
-import runs as the real CLI; what it stored is read back with the official AWS CLI from
-`edge cloud serve`, and a real `edge run` core deploys an imported group.
+boto3 as a V1 user's would be. The import runs as the real CLI; what it stored is read back
+with the official AWS CLI from `edge cloud serve`, and a real `edge run` core deploys an
+imported group. Retrying is seen through the reader itself, in front of a proxy that answers
+with throttling (`bench.latency_proxy`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,9 @@ from typing import Any
 import boto3
 import pytest
 
+from bench.latency_proxy import LatencyProxy
+from edge.cloud.config import load_cloud_config
+from edge.cloud.v1import.reader import FIRST_CONTACT_ATTEMPTS, read_account
 from edge.fixtures.core import CoreProcess, edge_cli, write_config
 from edge.fixtures.services import (
     AWS_TEST_ENV,
@@ -590,8 +595,11 @@ def test_dry_run_group_ids_conflicts_and_errors_leave_the_database_as_it_was(
             == 0
         )
 
+    # A mistyped endpoint is said within seconds, not after the backoff meant for throttling.
     nowhere = dataclasses.replace(v1, port=free_port())
+    started = time.monotonic()
     line = import_fails(tmp_path / "elsewhere", broker, nowhere)
+    assert time.monotonic() - started < 15
     assert line.startswith(
         f"edge: error: import-greengrass: can't reach the Greengrass API at {nowhere.url}"
     )
@@ -615,3 +623,17 @@ def test_dry_run_group_ids_conflicts_and_errors_leave_the_database_as_it_was(
         "edge: error: import-greengrass: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or another source of botocore's credential chain"
     )
+
+
+async def test_throttling_before_the_first_answer_is_waited_out(
+    tmp_path: Path, broker: Mosquitto, v1: MotoServer
+) -> None:
+    """Only a connection that can't be made fails fast: throttling at first is retried further."""
+    group = v1.client("greengrass").create_group(Name="Lone")["Id"]
+    async with LatencyProxy(upstream=v1.url, delay=0.0) as proxy:
+        proxy.inject(status=429, code="ThrottlingException", count=FIRST_CONTACT_ATTEMPTS)
+        throttling = dataclasses.replace(v1, port=proxy.port)
+        config = write_cloud_config(tmp_path, broker=broker, v1=throttling, port=free_port())
+        account = await read_account(load_cloud_config(config), [], lambda *_: None)
+    assert proxy.injected.total() == FIRST_CONTACT_ATTEMPTS
+    assert [g.info["Id"] for g in account.groups] == [group]
