@@ -354,8 +354,23 @@ def group_block(stdout: str, group_id: str) -> str:
     return "\n".join(lines[start:end])
 
 
-def aws_cli(url: Path | str, secret: str, *args: str) -> dict[str, Any]:
-    """The official AWS CLI (the awscli package's entry point), signing with the test's key."""
+#: Runs every argument list of a JSON list on stdin through one driver of the official AWS CLI
+#: (`awscli.clidriver`, what `aws` and `python -m awscli` run), each command's stdout captured
+#: alone; prints each exit status and stdout. One process start (about a second) serves them
+#: all, where a process per command would cost that much each.
+_AWS_CLI_BATCH = """
+import contextlib, io, json, sys
+from awscli.clidriver import create_clidriver
+driver, results = create_clidriver(), []
+for args in json.load(sys.stdin):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        results.append({"rc": driver.main(args), "stdout": out.getvalue()})
+json.dump(results, sys.stdout)
+"""
+
+
+def aws_cli(url: str, secret: str, commands: list[list[str]]) -> list[dict[str, Any]]:
+    """Each `aws greengrass` command's JSON answer, signed with the test's key."""
     env = {**os.environ, **AWS_TEST_ENV}
     env.pop("AWS_SESSION_TOKEN")
     env |= {
@@ -365,16 +380,18 @@ def aws_cli(url: Path | str, secret: str, *args: str) -> dict[str, Any]:
         "AWS_MAX_ATTEMPTS": "1",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "awscli", "greengrass", *args, "--endpoint-url", str(url)],
+        [sys.executable, "-c", _AWS_CLI_BATCH],
+        input=json.dumps([["greengrass", *args, "--endpoint-url", url] for args in commands]),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         env=env,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
+    ran = json.loads(result.stdout)
+    assert [r["rc"] for r in ran] == [0] * len(commands), result.stderr
+    return [json.loads(r["stdout"]) for r in ran]
 
 
 def moto_answer(gg: Any, method: str, **params: str) -> dict[str, Any]:
@@ -385,23 +402,25 @@ def moto_answer(gg: Any, method: str, **params: str) -> dict[str, Any]:
 
 def compare_through_aws_cli(account: Account, url: str, secret: str) -> int:
     """Every group, group version and definition (version) read both ways; return how many."""
-    gg, compared, seen = account.gg, 0, set()
+    gg, seen = account.gg, set()
+    expected: list[tuple[list[str], dict[str, Any]]] = []
+
+    def read(command: list[str], method: str, **params: str) -> dict[str, Any]:
+        """What moto answers `method`; the AWS CLI's `command` must answer the same."""
+        answer = moto_answer(gg, method, **params)
+        expected.append((command, answer))
+        return answer
+
     for group_id in account.groups.values():
-        assert aws_cli(url, secret, "get-group", "--group-id", group_id) == moto_answer(
-            gg, "get_group", GroupId=group_id
-        )
+        read(["get-group", "--group-id", group_id], "get_group", GroupId=group_id)
         for listed in gg.list_group_versions(GroupId=group_id)["Versions"]:
-            theirs = moto_answer(
-                gg, "get_group_version", GroupId=group_id, GroupVersionId=listed["Version"]
+            version = listed["Version"]
+            theirs = read(
+                ["get-group-version", "--group-id", group_id, "--group-version-id", version],
+                "get_group_version",
+                GroupId=group_id,
+                GroupVersionId=version,
             )
-            mine = aws_cli(
-                url,
-                secret,
-                *("get-group-version", "--group-id", group_id),
-                *("--group-version-id", listed["Version"]),
-            )
-            assert mine == theirs
-            compared += 1
             for key, arn in theirs["Definition"].items():
                 if arn in seen:
                     continue
@@ -409,23 +428,24 @@ def compare_through_aws_cli(account: Account, url: str, secret: str) -> int:
                 noun = key.removesuffix("DefinitionVersionArn")
                 lower, parts = noun.lower(), arn.split("/")
                 ids = {f"{noun}DefinitionId": parts[-3]}
-                assert aws_cli(
-                    url, secret, f"get-{lower}-definition", f"--{lower}-definition-id", parts[-3]
-                ) == moto_answer(gg, f"get_{lower}_definition", **ids)
-                assert aws_cli(
-                    url,
-                    secret,
-                    f"get-{lower}-definition-version",
-                    *(f"--{lower}-definition-id", parts[-3]),
-                    *(f"--{lower}-definition-version-id", parts[-1]),
-                ) == moto_answer(
-                    gg,
+                read(
+                    [f"get-{lower}-definition", f"--{lower}-definition-id", parts[-3]],
+                    f"get_{lower}_definition",
+                    **ids,
+                )
+                read(
+                    [
+                        *(f"get-{lower}-definition-version", f"--{lower}-definition-id"),
+                        *(parts[-3], f"--{lower}-definition-version-id", parts[-1]),
+                    ],
                     f"get_{lower}_definition_version",
                     **ids,
                     **{f"{noun}DefinitionVersionId": parts[-1]},
                 )
-                compared += 2
-    return compared
+    answers = aws_cli(url, secret, [command for command, _ in expected])
+    for (command, theirs), mine in zip(expected, answers, strict=True):
+        assert mine == theirs, command
+    return len(expected)
 
 
 def deploy_and_invoke(
@@ -511,7 +531,11 @@ def test_import_reads_back_field_by_field_deploys_and_reports_what_edge_cant_run
     secret = (tmp_path / "operator.secret").read_text().strip()
     service = start_service(tmp_path, config, port)
     try:
-        assert compare_through_aws_cli(account, f"http://127.0.0.1:{port}", secret) == 7 + 2 * 17
+        # 3 groups, 7 group versions, and the 17 definition versions they name, each with its
+        # definition.
+        assert (
+            compare_through_aws_cli(account, f"http://127.0.0.1:{port}", secret) == 3 + 7 + 2 * 17
+        )
         # Credentials the service doesn't know (the tests' "testing" key).
         assert import_fails(tmp_path / "denied", broker, dataclasses.replace(v1, port=port)) == (
             f"edge: error: import-greengrass: http://127.0.0.1:{port} refused ListGroups "
