@@ -2,9 +2,10 @@
 
 The account lives in moto's Greengrass V1 backend (`edge.fixtures.moto_greengrass`: moto's
 server with AWS's form of Greengrass ARNs, and connector and logger definitions), built with
-boto3 as a V1 user's would be. The
-import runs as the real CLI; what it stored is read back with the official AWS CLI from
-`edge cloud serve`, and a real `edge run` core deploys an imported group.
+boto3 as a V1 user's would be. The import runs as the real CLI; what it stored is read back
+with the official AWS CLI from `edge cloud serve`, and a real `edge run` core deploys an
+imported group. Retrying is seen through the reader itself, in front of a proxy that answers
+with throttling (`bench.latency_proxy`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,9 @@ from typing import Any
 import boto3
 import pytest
 
+from bench.latency_proxy import LatencyProxy
+from edge.cloud.config import load_cloud_config
+from edge.cloud.v1import.reader import FIRST_CONTACT_ATTEMPTS, read_account
 from edge.fixtures.core import CoreProcess, edge_cli, write_config
 from edge.fixtures.services import (
     AWS_TEST_ENV,
@@ -349,8 +354,23 @@ def group_block(stdout: str, group_id: str) -> str:
     return "\n".join(lines[start:end])
 
 
-def aws_cli(url: Path | str, secret: str, *args: str) -> dict[str, Any]:
-    """The official AWS CLI (the awscli package's entry point), signing with the test's key."""
+#: Runs every argument list of a JSON list on stdin through one driver of the official AWS CLI
+#: (`awscli.clidriver`, what `aws` and `python -m awscli` run), each command's stdout captured
+#: alone; prints each exit status and stdout. One process start (about a second) serves them
+#: all, where a process per command would cost that much each.
+_AWS_CLI_BATCH = """
+import contextlib, io, json, sys
+from awscli.clidriver import create_clidriver
+driver, results = create_clidriver(), []
+for args in json.load(sys.stdin):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        results.append({"rc": driver.main(args), "stdout": out.getvalue()})
+json.dump(results, sys.stdout)
+"""
+
+
+def aws_cli(url: str, secret: str, commands: list[list[str]]) -> list[dict[str, Any]]:
+    """Each `aws greengrass` command's JSON answer, signed with the test's key."""
     env = {**os.environ, **AWS_TEST_ENV}
     env.pop("AWS_SESSION_TOKEN")
     env |= {
@@ -360,16 +380,18 @@ def aws_cli(url: Path | str, secret: str, *args: str) -> dict[str, Any]:
         "AWS_MAX_ATTEMPTS": "1",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "awscli", "greengrass", *args, "--endpoint-url", str(url)],
+        [sys.executable, "-c", _AWS_CLI_BATCH],
+        input=json.dumps([["greengrass", *args, "--endpoint-url", url] for args in commands]),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         env=env,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
+    ran = json.loads(result.stdout)
+    assert [r["rc"] for r in ran] == [0] * len(commands), result.stderr
+    return [json.loads(r["stdout"]) for r in ran]
 
 
 def moto_answer(gg: Any, method: str, **params: str) -> dict[str, Any]:
@@ -380,23 +402,25 @@ def moto_answer(gg: Any, method: str, **params: str) -> dict[str, Any]:
 
 def compare_through_aws_cli(account: Account, url: str, secret: str) -> int:
     """Every group, group version and definition (version) read both ways; return how many."""
-    gg, compared, seen = account.gg, 0, set()
+    gg, seen = account.gg, set()
+    expected: list[tuple[list[str], dict[str, Any]]] = []
+
+    def read(command: list[str], method: str, **params: str) -> dict[str, Any]:
+        """What moto answers `method`; the AWS CLI's `command` must answer the same."""
+        answer = moto_answer(gg, method, **params)
+        expected.append((command, answer))
+        return answer
+
     for group_id in account.groups.values():
-        assert aws_cli(url, secret, "get-group", "--group-id", group_id) == moto_answer(
-            gg, "get_group", GroupId=group_id
-        )
+        read(["get-group", "--group-id", group_id], "get_group", GroupId=group_id)
         for listed in gg.list_group_versions(GroupId=group_id)["Versions"]:
-            theirs = moto_answer(
-                gg, "get_group_version", GroupId=group_id, GroupVersionId=listed["Version"]
+            version = listed["Version"]
+            theirs = read(
+                ["get-group-version", "--group-id", group_id, "--group-version-id", version],
+                "get_group_version",
+                GroupId=group_id,
+                GroupVersionId=version,
             )
-            mine = aws_cli(
-                url,
-                secret,
-                *("get-group-version", "--group-id", group_id),
-                *("--group-version-id", listed["Version"]),
-            )
-            assert mine == theirs
-            compared += 1
             for key, arn in theirs["Definition"].items():
                 if arn in seen:
                     continue
@@ -404,23 +428,24 @@ def compare_through_aws_cli(account: Account, url: str, secret: str) -> int:
                 noun = key.removesuffix("DefinitionVersionArn")
                 lower, parts = noun.lower(), arn.split("/")
                 ids = {f"{noun}DefinitionId": parts[-3]}
-                assert aws_cli(
-                    url, secret, f"get-{lower}-definition", f"--{lower}-definition-id", parts[-3]
-                ) == moto_answer(gg, f"get_{lower}_definition", **ids)
-                assert aws_cli(
-                    url,
-                    secret,
-                    f"get-{lower}-definition-version",
-                    *(f"--{lower}-definition-id", parts[-3]),
-                    *(f"--{lower}-definition-version-id", parts[-1]),
-                ) == moto_answer(
-                    gg,
+                read(
+                    [f"get-{lower}-definition", f"--{lower}-definition-id", parts[-3]],
+                    f"get_{lower}_definition",
+                    **ids,
+                )
+                read(
+                    [
+                        *(f"get-{lower}-definition-version", f"--{lower}-definition-id"),
+                        *(parts[-3], f"--{lower}-definition-version-id", parts[-1]),
+                    ],
                     f"get_{lower}_definition_version",
                     **ids,
                     **{f"{noun}DefinitionVersionId": parts[-1]},
                 )
-                compared += 2
-    return compared
+    answers = aws_cli(url, secret, [command for command, _ in expected])
+    for (command, theirs), mine in zip(expected, answers, strict=True):
+        assert mine == theirs, command
+    return len(expected)
 
 
 def deploy_and_invoke(
@@ -506,7 +531,11 @@ def test_import_reads_back_field_by_field_deploys_and_reports_what_edge_cant_run
     secret = (tmp_path / "operator.secret").read_text().strip()
     service = start_service(tmp_path, config, port)
     try:
-        assert compare_through_aws_cli(account, f"http://127.0.0.1:{port}", secret) == 7 + 2 * 17
+        # 3 groups, 7 group versions, and the 17 definition versions they name, each with its
+        # definition.
+        assert (
+            compare_through_aws_cli(account, f"http://127.0.0.1:{port}", secret) == 3 + 7 + 2 * 17
+        )
         # Credentials the service doesn't know (the tests' "testing" key).
         assert import_fails(tmp_path / "denied", broker, dataclasses.replace(v1, port=port)) == (
             f"edge: error: import-greengrass: http://127.0.0.1:{port} refused ListGroups "
@@ -590,8 +619,11 @@ def test_dry_run_group_ids_conflicts_and_errors_leave_the_database_as_it_was(
             == 0
         )
 
+    # A mistyped endpoint is said within seconds, not after the backoff meant for throttling.
     nowhere = dataclasses.replace(v1, port=free_port())
+    started = time.monotonic()
     line = import_fails(tmp_path / "elsewhere", broker, nowhere)
+    assert time.monotonic() - started < 15
     assert line.startswith(
         f"edge: error: import-greengrass: can't reach the Greengrass API at {nowhere.url}"
     )
@@ -615,3 +647,17 @@ def test_dry_run_group_ids_conflicts_and_errors_leave_the_database_as_it_was(
         "edge: error: import-greengrass: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or another source of botocore's credential chain"
     )
+
+
+async def test_throttling_before_the_first_answer_is_waited_out(
+    tmp_path: Path, broker: Mosquitto, v1: MotoServer
+) -> None:
+    """Only a connection that can't be made fails fast: throttling at first is retried further."""
+    group = v1.client("greengrass").create_group(Name="Lone")["Id"]
+    async with LatencyProxy(upstream=v1.url, delay=0.0) as proxy:
+        proxy.inject(status=429, code="ThrottlingException", count=FIRST_CONTACT_ATTEMPTS)
+        throttling = dataclasses.replace(v1, port=proxy.port)
+        config = write_cloud_config(tmp_path, broker=broker, v1=throttling, port=free_port())
+        account = await read_account(load_cloud_config(config), [], lambda *_: None)
+    assert proxy.injected.total() == FIRST_CONTACT_ATTEMPTS
+    assert [g.info["Id"] for g in account.groups] == [group]

@@ -4,7 +4,9 @@
 Every List* call and every Get*DefinitionVersion that the API pages is followed through its
 NextToken, so nothing is missed on a large account. Calls run a few at a time (AWS throttles
 each account's requests, and botocore's standard retry mode backs off when it does), and each
-one is counted for the summary.
+one is counted for the summary. Until the API has answered once, a connection that can't be
+made is tried only `FIRST_CONTACT_ATTEMPTS` times (`FirstContact`): a mistyped endpoint is
+said within seconds, not after the backoff meant for a throttled account.
 
 Only definitions that some group version names are read, each with all its versions: the
 import copies groups, and a definition no group names is nobody's to run. Definitions of a kind
@@ -23,6 +25,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
     NoRegionError,
@@ -38,6 +41,11 @@ CONCURRENCY: Final = 8
 #: Attempts per request in botocore's standard retry mode (backoff with jitter on throttling
 #: and on 5xx answers).
 MAX_ATTEMPTS: Final = 8
+#: Attempts per request at making a connection while the API has not answered yet: one retry,
+#: after at most a second, for a blip; past that the endpoint is taken to be wrong or down.
+FIRST_CONTACT_ATTEMPTS: Final = 2
+#: A connection that couldn't be made: the endpoint is wrong, down, or not reachable from here.
+_UNREACHABLE: Final = (EndpointConnectionError, ConnectTimeoutError)
 _NOT_FOUND: Final = frozenset({"IdNotFoundException", "VersionNotFoundException", "404"})
 _DENIED: Final = frozenset(
     {
@@ -135,6 +143,35 @@ class V1Account:
 
 
 Progress = Callable[[str, int, int], None]
+
+
+class FirstContact:
+    """A `needs-retry` handler: no retrying a connection failure before the API's first answer.
+
+    Registered ahead of botocore's standard retry handler, it answers False (botocore's "don't
+    retry", which the first non-None answer decides) for a connection that couldn't be made,
+    after `FIRST_CONTACT_ATTEMPTS`, as long as no request has had an HTTP answer. Any answer,
+    a throttling or 5xx one included, shows the endpoint is right; from then on every failure
+    gets `MAX_ATTEMPTS` with backoff, as a network blip during a long import deserves.
+    """
+
+    def __init__(self) -> None:
+        self.answered = False
+
+    def __call__(
+        self,
+        response: object,
+        attempts: int,
+        caught_exception: BaseException | None,
+        **_: Any,  # noqa: ANN401 - the event's other arguments
+    ) -> bool | None:
+        """False to stop retrying; None leaves the decision to botocore's standard mode."""
+        if response is not None:
+            self.answered = True
+        unreachable = isinstance(caught_exception, _UNREACHABLE)
+        if self.answered or not unreachable or attempts < FIRST_CONTACT_ATTEMPTS:
+            return None
+        return False
 
 
 class V1Reader:
@@ -298,6 +335,7 @@ async def read_account(config: CloudConfig, group_ids: list[str], progress: Prog
         async with get_session().create_client(
             "greengrass", region_name=region, endpoint_url=endpoint, config=client_config
         ) as client:
+            client.meta.events.register_first("needs-retry.greengrass", FirstContact())
             return await V1Reader(client, progress).read(group_ids)
     except Exception as exc:  # noqa: BLE001 - explained below, or raised as it is
         raise _explain(_first_leaf(exc), where, config) from None
@@ -321,7 +359,7 @@ def _explain(exc: BaseException, where: str, config: CloudConfig) -> BaseExcepti
         )
     if isinstance(exc, NoRegionError):
         return V1ImportError(f"set [aws] region in {config.path}")
-    if isinstance(exc, EndpointConnectionError):
+    if isinstance(exc, _UNREACHABLE):
         return V1ImportError(
             f"can't reach the Greengrass API at {where}: {exc}; check [aws] endpoint_url and "
             f"region in {config.path}, and the network"
