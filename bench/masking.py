@@ -7,7 +7,7 @@ The redactor is fed `--secrets` values, a third each: passwords (32 characters),
 keys (EC P-256 and, one in five, RSA 2048) and JSON documents (a database credential, every
 second one with a PEM key as a field). Two redactors hold them:
 
-  (new)       `SecretRedactor()`: every form `edge.log.masked_forms` gives (the value, its
+  (new)       `SecretRedactor()`: every form `edge.redaction.masked_forms` gives (the value, its
               lines, its JSON strings; escaped, repr'd and base64'd);
   (baseline)  `SecretRedactor(forms=todays_forms)`: whole values only (text as is, binary
               as base64 and UTF-8), as a redactor that matches whole values masks them.
@@ -37,7 +37,7 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from edge.log import SecretRedactor, masked_forms
+from edge.redaction import SecretRedactor, masked_forms
 
 LINE_LENGTH = 100
 LINES_PER_KIND = 2000

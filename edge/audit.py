@@ -40,7 +40,8 @@ from structlog.typing import FilteringBoundLogger
 
 from edge.config import AuditSettings
 from edge.errors import UsageError
-from edge.log import REDACTOR, get_logger
+from edge.log import get_logger
+from edge.redaction import REDACTOR
 
 AUDIT_DIR_NAME: Final = "audit"
 AUDIT_FILE_NAME: Final = "audit.jsonl"

@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Iterable
 from typing import Final, TextIO
 
-from edge.log import SecretRedactor
+from edge.redaction import SecretRedactor
 
 #: Commands longer than this are shown over several lines, cut before an option.
 COMMAND_WIDTH: Final = 92

@@ -30,9 +30,10 @@ from edge.errors import (
     SignatureError,
     StaleDeploymentError,
 )
-from edge.log import REDACTOR, get_logger, set_group_file, set_group_level
+from edge.log import get_logger, set_group_file, set_group_level
 from edge.model import MAX_DOCUMENT_BYTES, Deployment, DeploymentType, parse_deployment
 from edge.model.loggers import LoggingPlan, plan_logging
+from edge.redaction import REDACTOR
 from edge.secrets.contents import DeploymentRecord, StoreContents
 from edge.secrets.index import Reader
 from edge.secrets.live import LiveSecrets, Rotation

@@ -25,8 +25,9 @@ from aiobotocore.session import AioSession, get_session
 
 from edge.errors import CodeFetchError, EdgeError, SecretFetchError, SecretServiceError
 from edge.hardening import forbid_memory_access
-from edge.log import REDACTOR, configure_logging
+from edge.log import configure_logging
 from edge.oneshot.wire import MAX_FRAME_BYTES, FrameReader, answer_pipe, pack
+from edge.redaction import REDACTOR
 from edge.secrets import fetch_wire as wire
 from edge.secrets.fetch import AwsSecretSource
 from edge.settings import FetchSettings

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge.heap import settle_heap
-from edge.log import REDACTOR, SecretRedactor
+from edge.redaction import REDACTOR, SecretRedactor
 from edge.secrets.contents import StoreContents
 from edge.secrets.index import Reader, SecretIndex
 

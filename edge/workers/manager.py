@@ -20,8 +20,9 @@ from pathlib import Path
 from structlog.typing import FilteringBoundLogger
 
 from edge.ipc.protocol import Invoke
-from edge.log import get_logger, mask_payload
+from edge.log import get_logger
 from edge.mqtt.link import backoff_delays
+from edge.redaction import mask_payload
 from edge.workers.process import (
     Launch,
     Outcome,

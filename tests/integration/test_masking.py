@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from edge.fixtures.core import secret_resource
-from edge.log import MASK, MIN_JSON_STRING_LENGTH, is_framing
+from edge.redaction import MASK, MIN_JSON_STRING_LENGTH, is_framing
 from tests.support.env import Env
 from tests.support.functions import code_of, function, function_arn, invoke
 from tests.support.tls import pem_of

@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from edge.log import is_framing
+from edge.redaction import is_framing
 
 #: Shorter values are not searched: "x" or "v1" would match any log by chance.
 MIN_PATTERN_BYTES = 8

@@ -23,7 +23,7 @@ from edge.audit import (
 )
 from edge.config import AuditSettings
 from edge.errors import UsageError
-from edge.log import REDACTOR
+from edge.redaction import REDACTOR
 
 FN = "arn:aws:lambda:us-east-1:123456789012:function:reader:1"
 

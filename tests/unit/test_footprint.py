@@ -80,6 +80,7 @@ def test_edge_secrets_list_loads_the_store_and_the_key_and_nothing_of_the_core(
         "edge.eventloop",
         "edge.fsutil",
         "edge.log",
+        "edge.redaction",
         "edge.secrets",
         "edge.secrets.contents",
         "edge.secrets.keyref",

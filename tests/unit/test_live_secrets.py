@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import StoreWriteError
-from edge.log import SecretRedactor
+from edge.redaction import SecretRedactor
 from edge.secrets.contents import LocalSecret, SecretVersion, StoreContents
 from edge.secrets.keys import generate_key
 from edge.secrets.live import LiveSecrets, StaleBaseError

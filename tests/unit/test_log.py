@@ -16,16 +16,14 @@ from hypothesis import strategies as st
 
 from edge import cli
 from edge.cloud import cli as cloud_cli
-from edge.log import (
+from edge.log import configure_logging, get_logger, set_group_file
+from edge.redaction import (
     MASK,
     MIN_JSON_STRING_LENGTH,
     MIN_LINE_LENGTH,
     REDACTOR,
     SecretRedactor,
-    configure_logging,
-    get_logger,
     mask_payload,
-    set_group_file,
 )
 from tests.support.tls import pem_of
 
