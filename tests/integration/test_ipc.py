@@ -731,6 +731,7 @@ def test_worker_side_import_stays_lean():
         "edge.deploy",
         "edge.core",
         "edge.log",
+        "edge.redaction",
         "aiobotocore",
         "aiomqtt",
     }

@@ -39,6 +39,7 @@ NEVER = frozenset(
         "structlog",
         "edge.config",
         "edge.log",
+        "edge.redaction",
         "edge.ipc.server",
         "edge.secrets",
         "edge.workers",
