@@ -161,6 +161,7 @@ async def _run_and_watch(config: CloudConfig, db: Database, bulk_id: str) -> Bul
             owner=replica.owner_name(),
             deploy=replica.deployer(config, db, signing_key, drain.wake, run=thread.call),
             read=input_reader(config.aws),
+            lease_seconds=config.cloud.bulk_lease_seconds,
             log=log,
         )
         writer = progress.ProgressWriter(sys.stderr)

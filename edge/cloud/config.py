@@ -85,6 +85,14 @@ class CloudSettings:
     outbox_lease_seconds: float = 30.0
     #: How often a replica looks for outbox rows other replicas left, in seconds.
     outbox_poll_seconds: float = 1.0
+    #: How long whoever runs a bulk deployment may go without renewing its lease before another
+    #: replica takes the bulk deployment over, in seconds.
+    bulk_lease_seconds: float = 30.0
+    #: With a shared subscription: how often a replica has the retained reports of unfinished
+    #: deployments sent again, in seconds.
+    status_reread_seconds: float = 15.0
+    #: How old an unfinished deployment must be before its report is read again, in seconds.
+    status_reread_after_seconds: float = 10.0
 
     @property
     def public_key(self) -> Path:
@@ -189,6 +197,11 @@ def _cloud(s: Section) -> CloudSettings:
         database_password_file=_password_file(s, database),
         outbox_lease_seconds=s.number("outbox_lease_seconds", 30.0, low=1.0, high=3600.0),
         outbox_poll_seconds=s.number("outbox_poll_seconds", 1.0, low=0.05, high=600.0),
+        bulk_lease_seconds=s.number("bulk_lease_seconds", 30.0, low=1.0, high=3600.0),
+        status_reread_seconds=s.number("status_reread_seconds", 15.0, low=0.1, high=3600.0),
+        status_reread_after_seconds=s.number(
+            "status_reread_after_seconds", 10.0, low=0.0, high=300.0
+        ),
     )
 
 

@@ -19,7 +19,7 @@ import pytest
 from edge.fixtures.services import TEST_REGION, MotoServer
 from edge.fixtures.simulate import SimulatedFleet
 from tests.integration import test_cloud_serve as base
-from tests.integration.test_cloud_serve import ACCOUNT, Served
+from tests.integration.test_cloud_serve import ACCOUNT, Served, ServeProcess
 
 pytestmark = pytest.mark.network
 
@@ -47,28 +47,31 @@ def simulate(served: Served, fleets: list[SimulatedFleet], count: int, *extra: s
     fleet.start()
 
 
+def core_version(thing: str) -> dict[str, Any]:
+    """A core definition version whose one core is `thing`."""
+    return {
+        "Cores": [
+            {
+                "Id": thing,
+                "ThingArn": f"arn:aws:iot:{TEST_REGION}:{ACCOUNT}:thing/{thing}",
+                "CertificateArn": f"arn:aws:iot:{TEST_REGION}:{ACCOUNT}:cert/{thing}",
+            }
+        ]
+    }
+
+
+def make_group(client: Any, thing: str) -> tuple[str, str]:
+    """A group whose one version names `thing` as its core, through the API: (id, version id)."""
+    core = client.create_core_definition(Name=thing, InitialVersion=core_version(thing))
+    group = client.create_group(
+        Name=thing, InitialVersion={"CoreDefinitionVersionArn": core["LatestVersionArn"]}
+    )
+    return group["Id"], group["LatestVersion"]
+
+
 def make_groups(client: Any, count: int) -> list[tuple[str, str]]:
     """A group per simulated core sim-0, sim-1, …: (group id, version id)."""
-    made = []
-    for i in range(count):
-        thing = f"sim-{i}"
-        core = client.create_core_definition(
-            Name=thing,
-            InitialVersion={
-                "Cores": [
-                    {
-                        "Id": thing,
-                        "ThingArn": f"arn:aws:iot:{TEST_REGION}:{ACCOUNT}:thing/{thing}",
-                        "CertificateArn": f"arn:aws:iot:{TEST_REGION}:{ACCOUNT}:cert/{thing}",
-                    }
-                ]
-            },
-        )
-        group = client.create_group(
-            Name=thing, InitialVersion={"CoreDefinitionVersionArn": core["LatestVersionArn"]}
-        )
-        made.append((group["Id"], group["LatestVersion"]))
-    return made
+    return [make_group(client, f"sim-{i}") for i in range(count)]
 
 
 def input_lines(groups: list[tuple[str, str]]) -> list[str]:
@@ -83,6 +86,16 @@ def upload(moto: MotoServer, lines: list[str], key: str = "groups.jsonl") -> str
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key=key, Body="\n".join(lines) + "\n")
     return f"s3://{BUCKET}/{key}"
+
+
+def launch(service: ServeProcess) -> Callable[[], object]:
+    """Start a service's process (again, on its config and port); what waits until it listens.
+
+    Its log follows any earlier run's. Whatever starts before the wait boots beside it.
+    """
+    runs = service.count("cloud.serve.listening")
+    service.start()
+    return lambda: service.wait_for_event("cloud.serve.listening", after=runs)
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
@@ -254,7 +267,13 @@ def test_a_bulk_deployment_survives_the_death_of_its_replica(
 
     The other takes its lease over once it lapses, and no group is deployed twice.
     """
+    # A lease of seconds rather than the default 30: the replica taking over waits that long.
+    assert served.service.stop() == 0
+    text = served.config.read_text()
+    served.config.write_text(text.replace("[cloud]\n", "[cloud]\nbulk_lease_seconds = 3\n", 1))
+    listening = launch(served.service)
     simulate(served, fleets, 8)
+    listening()
     client = served.client()
     groups = make_groups(client, 8)
     started = client.start_bulk_deployment(
@@ -265,11 +284,10 @@ def test_a_bulk_deployment_survives_the_death_of_its_replica(
     bulk_id = started["BulkDeploymentId"]
     wait_for(lambda: sum(deployments_by_group(client, groups).values()) >= 2, "2 deployments")
     assert served.service.stop(signal.SIGKILL) == -signal.SIGKILL
-    # Another replica on the same database and port (its log follows the first's).
-    served.service.start()
-    served.service.wait_for_event("cloud.serve.listening", after=1)
-    # The lease (30 s) lapses, the next look for orphans (5 s) adopts it.
-    wait_for(state_is(client, bulk_id, "Completed"), "Completed", timeout=90)
+    # Another replica on the same database and port.
+    launch(served.service)()
+    # The lease (3 s) lapses, the next look for orphans (every 1 s) adopts it.
+    wait_for(state_is(client, bulk_id, "Completed"), "Completed", timeout=60)
     assert deployments_by_group(client, groups) == {g: 1 for g, _ in groups}
     wait_for(
         lambda: [d["DeploymentStatus"] for d in report(client, bulk_id)] == ["Success"] * 8,

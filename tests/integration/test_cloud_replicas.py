@@ -22,17 +22,20 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.cloud import definitions
+from edge.cloud import groups as cloud_groups
 from edge.cloud.config import load_cloud_config
 from edge.cloud.db import open_database
-from edge.cloud.ids import precise_timestamp
+from edge.cloud.ids import Arns, precise_timestamp
+from edge.cloud.keys import init_signing_key
 from edge.fixtures.core import CoreProcess, edge_cli, write_config
 from edge.fixtures.services import TEST_REGION, Mosquitto, MotoServer, free_port
 from tests.integration.test_cloud import write_cloud_config
+from tests.integration.test_cloud_bulk import core_version, launch, make_group
 from tests.integration.test_cloud_serve import (
     KEY_ID,
     NO_RETRIES,
     ServeProcess,
-    start_service,
     write_serve_config,
 )
 from tests.integration.test_cloud_simulate import ControlPlane
@@ -42,6 +45,9 @@ pytestmark = pytest.mark.network
 SIMULATED = 5
 #: Short, so a replica killed holding claims delays its rows by this much only.
 REPLICA_SETTINGS = "outbox_lease_seconds = 2\noutbox_poll_seconds = 0.2\n"
+#: Frequent re-reads of unfinished deployments' retained reports, once they are 3 s old: by
+#: then their cores have reported, and what a re-read brings is their retained reports.
+REREAD = "status_reread_seconds = 0.5\nstatus_reread_after_seconds = 3\n"
 #: Replica a's pace: one publish, then one every ten seconds, so that a SIGKILL right after
 #: its answers leaves the rest of its deployments in the outbox, claimed, for b to take over.
 SLOW = "publish_rate = 0.1\npublish_burst = 1\n"
@@ -56,16 +62,23 @@ class Replica:
     root: Path
     port: int
     service: ServeProcess | None = None
+    #: Waits until the process `launch` started listens.
+    until_listening: Callable[[], object] | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.listening()
+
+    def launch(self) -> None:
+        """Start its process; `listening` waits for it (replicas started together boot at once)."""
         self.root.mkdir(exist_ok=True)
         if self.service is None:
-            self.service = start_service(self.root, self.config, self.port)
-            return
-        # Started again: its log already holds the first run's events.
-        before = self.service.count("cloud.serve.listening")
-        self.service.start()
-        self.service.wait_for_event("cloud.serve.listening", after=before)
+            self.service = ServeProcess(config=self.config, log_path=self.root / "serve.log")
+        self.until_listening = launch(self.service)
+
+    def listening(self) -> None:
+        assert self.until_listening is not None
+        self.until_listening()
 
     def client(self, secret: str) -> Any:
         return boto3.client(
@@ -117,7 +130,7 @@ def replicas(
     secret = secrets.token_urlsafe(30)
     (tmp_path / "operator.secret").write_text(secret + "\n")
     (tmp_path / "operator.secret").chmod(0o600)
-    assert edge_cli("cloud", "--config", str(configs[0].config), "init").returncode == 0
+    _init(configs[0].config)
     plane = ControlPlane(configs[0].config, broker)
     env = Replicas(plane, configs[0], configs[1], secret)
     yield env
@@ -126,6 +139,13 @@ def replicas(
     for replica in (env.a, env.b):
         if replica.service is not None and replica.service.proc is not None:
             replica.service.stop(signal.SIGKILL)
+
+
+def _init(config: Path) -> None:
+    """What `edge cloud init` does, without a command's start: the signing key, the schema."""
+    loaded = load_cloud_config(config)
+    init_signing_key(loaded.cloud.signing_key, loaded.cloud.public_key)
+    open_database(loaded).close()
 
 
 def _wait_until(check: Callable[[], bool], *, timeout: float, what: str) -> None:
@@ -176,6 +196,21 @@ def _events(config: Path, deployment_ids: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def _group_in_database(config: Path, thing: str) -> str:
+    """A group whose one version names `thing` as its core, made while no replica runs; its id.
+
+    Made by the control plane's own code, which `create-group` runs, without a command's start.
+    """
+    loaded = load_cloud_config(config)
+    arns = Arns(loaded.aws.region, loaded.cloud.account_id)
+    with open_database(loaded) as db:
+        core = definitions.create_definition(
+            db, arns, definitions.KINDS["core"], name=thing, initial=core_version(thing)
+        )
+        version = {"CoreDefinitionVersionArn": core["LatestVersionArn"]}
+        return str(cloud_groups.create_group(db, arns, name=thing, initial=version)["Id"])
+
+
 def test_a_replica_killed_after_answering_loses_nothing_and_statuses_land_once(
     replicas: Replicas, broker: Mosquitto, moto: MotoServer
 ) -> None:
@@ -191,14 +226,16 @@ def test_a_replica_killed_after_answering_loses_nothing_and_statuses_land_once(
     assert edge_cli("init", "--config", str(core_config)).returncode == 0
     core = CoreProcess(config=core_config, log_path=a.root.parent / "core.log")
     core.start()
+    a.launch()
+    b.launch()
     fleet = plane.simulate("--count", str(SIMULATED), "--processes", "1")
-    a.start()
-    b.start()
+    a.listening()
+    b.listening()
     try:
         core.wait_for_event("mqtt.connected")
-        groups = [plane.group_for(f"sim-{i}") for i in range(SIMULATED)]
-        groups.append(plane.group_for(thing))
         client_a = a.client(replicas.secret)
+        things = [*(f"sim-{i}" for i in range(SIMULATED)), thing]
+        groups = [make_group(client_a, name)[0] for name in things]
         deployments = {
             g: client_a.create_deployment(GroupId=g, DeploymentType="NewDeployment")["DeploymentId"]
             for g in groups
@@ -216,8 +253,11 @@ def test_a_replica_killed_after_answering_loses_nothing_and_statuses_land_once(
         for group, deployment_id in deployments.items():
             listed = client_b.list_deployments(GroupId=group)["Deployments"]
             assert [d["DeploymentId"] for d in listed] == [deployment_id]
-        # Each report recorded once, though both replicas follow the statuses.
+        # Each report recorded once, though both replicas follow the statuses, and a replica
+        # starting again reads every retained report before it shares the subscription.
+        caught_up = a.service.count("cloud.publisher.shared")
         a.start()
+        a.service.wait_for_event("cloud.publisher.shared", after=caught_up)
         client_a = a.client(replicas.secret)
         assert _statuses(client_a, deployments) == ["Success"] * len(groups)
         events = _events(a.config, list(deployments.values()))
@@ -239,7 +279,7 @@ def test_a_replica_catches_up_on_reports_made_while_none_ran_then_shares(
 ) -> None:
     plane, a, b = replicas.plane, replicas.a, replicas.b
     fleet = plane.simulate("--count", "2", "--processes", "1")
-    group, second = plane.group_for("sim-0"), plane.group_for("sim-1")
+    group, second = (_group_in_database(a.config, thing) for thing in ("sim-0", "sim-1"))
     # No replica runs: the command publishes its deployment itself and marks it sent.
     created = plane.json(
         "create-deployment", "--group-id", group, "--deployment-type", "NewDeployment"
@@ -288,11 +328,11 @@ def test_without_a_server_the_command_publishes_its_own_outbox_row_on_sqlite(
     tmp_path: Path, broker: Mosquitto, moto: MotoServer
 ) -> None:
     config = write_cloud_config(tmp_path / "cloud.toml", broker=broker, moto=moto)
-    assert edge_cli("cloud", "--config", str(config), "init").returncode == 0
+    _init(config)
     plane = ControlPlane(config, broker)
     fleet = plane.simulate("--count", "1", "--processes", "1")
     try:
-        deployed = plane.deploy(plane.group_for("sim-0"))
+        deployed = plane.deploy(_group_in_database(config, "sim-0"))
         assert deployed["DeploymentStatus"] == "Success"
         # Published and acknowledged by the command itself: nothing left for a replica.
         assert _query(config, "SELECT count(*) FROM outbox") == [(0,)]
@@ -308,12 +348,14 @@ def test_a_drain_killed_mid_batch_loses_nothing_and_deploys_each_group_once(
     """Rows a replica's drain claimed, partly acknowledged and removed, go out through b."""
     plane, a, b = replicas.plane, replicas.a, replicas.b
     count = 10
+    a.launch()
+    b.launch()
     fleet = plane.simulate("--count", str(count), "--processes", "1")
-    a.start()
-    b.start()
+    a.listening()
+    b.listening()
     try:
-        groups = [plane.group_for(f"sim-{i}") for i in range(count)]
         client_a = a.client(replicas.secret)
+        groups = [make_group(client_a, f"sim-{i}")[0] for i in range(count)]
         deployments = {
             g: client_a.create_deployment(GroupId=g, DeploymentType="NewDeployment")["DeploymentId"]
             for g in groups
@@ -360,7 +402,10 @@ def test_reports_another_member_took_and_never_recorded_are_read_again(
     broker hands it every other report. Replica b, which runs on, has the broker send those
     things' retained reports again, and every deployment ends `Success` through it.
     """
-    plane, b = replicas.plane, replicas.b
+    b = replicas.b
+    # Re-reads every half second rather than 15 s, of deployments 3 s old rather than 10 s.
+    text = b.config.read_text().replace("[cloud]\n", "[cloud]\n" + REREAD, 1)
+    b.config.write_text(text)
     b.start()
     assert b.service is not None
     b.service.wait_for_event("cloud.publisher.shared")
@@ -376,7 +421,7 @@ def test_reports_another_member_took_and_never_recorded_are_read_again(
     things = [f"gone-{i}" for i in range(6)]
     client_b = b.client(replicas.secret)
     deployments = {
-        (group := plane.group_for(thing)): client_b.create_deployment(
+        (group := make_group(client_b, thing)[0]): client_b.create_deployment(
             GroupId=group, DeploymentType="NewDeployment"
         )["DeploymentId"]
         for thing in things

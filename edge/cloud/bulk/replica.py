@@ -19,7 +19,7 @@ from edge.cloud.bulk.create import BatchDeployer
 from edge.cloud.bulk.runner import BulkRunner, Deploy, input_reader
 from edge.cloud.bulk.sqlstore import Run, inline
 from edge.cloud.bulk.store import BulkStore
-from edge.cloud.bulk.supervisor import BulkSupervisor
+from edge.cloud.bulk.supervisor import ADOPT_EVERY_SECONDS, BulkSupervisor
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
 
@@ -52,11 +52,17 @@ def deployer(
 
 
 def supervisor(config: CloudConfig, store: BulkStore, deploy: Deploy, owner: str) -> BulkSupervisor:
-    """A supervisor running, as `owner`, every bulk deployment no live replica runs."""
+    """A supervisor running, as `owner`, every bulk deployment no live replica runs.
+
+    It looks for orphans every `ADOPT_EVERY_SECONDS`, or every third of a lease shorter than
+    three times that, so that a dead replica's bulk deployment waits about its lease, no more.
+    """
     read = input_reader(config.aws)
+    lease = config.cloud.bulk_lease_seconds
     return BulkSupervisor(
         store=store,
         runner=lambda bulk_id: BulkRunner(
-            store=store, bulk_id=bulk_id, owner=owner, deploy=deploy, read=read
+            store=store, bulk_id=bulk_id, owner=owner, deploy=deploy, read=read, lease_seconds=lease
         ),
+        interval=min(ADOPT_EVERY_SECONDS, lease / 3),
     )

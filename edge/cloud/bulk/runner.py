@@ -45,8 +45,9 @@ from edge.cloud.bulk.store import BulkStore, LeaseLostError, Outcomes, Reserved
 from edge.cloud.errors import BrokerError, BulkInputError, CloudDatabaseError
 from edge.config import AwsSettings
 
-#: Seconds a lease lasts without a heartbeat. Long enough for a slow batch of deployments and
-#: a database failover; short enough that a dead replica's bulk deployment resumes soon.
+#: Seconds a lease lasts without a heartbeat (`[cloud] bulk_lease_seconds` when not set). Long
+#: enough for a slow batch of deployments and a database failover; short enough that a dead
+#: replica's bulk deployment resumes soon.
 LEASE_SECONDS: Final = 30.0
 #: Records read from the input file per store call.
 LOAD_BATCH: Final = 1000

@@ -164,7 +164,7 @@ async def serve(config: CloudConfig, *, stop: asyncio.Event) -> None:
                         # Only a shared subscription hands a report to one replica alone.
                         background.append(
                             tasks.create_task(
-                                reconcile_statuses(config.mqtt, publisher, db, log=log),
+                                reconcile_statuses(config, publisher, db, log=log),
                                 name="edge-cloud-status-reconcile",
                             )
                         )
