@@ -20,13 +20,14 @@ import re
 import zipfile
 from typing import Any, Final
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from edge.cloud import s3 as s3client
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
 from edge.cloud.errors import ArtifactError, CloudUsageError
 from edge.cloud.ids import is_function_arn, timestamp
+
+# botocore is imported where S3 is called (PLC0415 below), as in `edge.cloud.s3`: commands
+# that only check a package or read the database don't pay for it.
 
 #: Largest package accepted: Lambda's own limit for a zip uploaded directly.
 MAX_ZIP_BYTES: Final = 50 * 1024 * 1024
@@ -147,6 +148,8 @@ async def store_package(
 
 async def _upload(config: CloudConfig, bucket: str, key: str, package: bytes) -> None:
     """Create the bucket if missing and put the object unless it is already there."""
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - see the imports
+
     try:
         async with s3client.client(config.aws) as s3:
             await _ensure_bucket(s3, bucket, config.aws.region)
@@ -163,6 +166,8 @@ async def _upload(config: CloudConfig, bucket: str, key: str, package: bytes) ->
 
 
 async def _ensure_bucket(s3: Any, bucket: str, region: str) -> None:  # noqa: ANN401 - botocore client
+    from botocore.exceptions import ClientError  # noqa: PLC0415 - see the imports
+
     try:
         await s3.head_bucket(Bucket=bucket)
     except ClientError as exc:

@@ -14,18 +14,20 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from edge.cloud.bulk import api, operations, progress, replica
 from edge.cloud.bulk.rollout import NAMES
-from edge.cloud.bulk.runner import BulkRunner, input_reader
-from edge.cloud.bulk.sqlstore import SqlBulkStore, inline
-from edge.cloud.bulk.state import BulkState
-from edge.cloud.config import CloudConfig
-from edge.cloud.db import Database, open_database
-from edge.cloud.ids import Arns
-from edge.log import get_logger
-from edge.signing import load_signing_key
+
+if TYPE_CHECKING:
+    from edge.cloud.bulk.sqlstore import SqlBulkStore
+    from edge.cloud.bulk.state import BulkState
+    from edge.cloud.config import CloudConfig
+    from edge.cloud.db import Database
+    from edge.cloud.ids import Arns
+
+# The commands import the bulk machinery when they run (PLC0415 below): every `edge cloud`
+# command builds its parser with `add_arguments`, and the runner, the deployer and what they
+# import (the MQTT client, the signing code, the database) would cost each its import time.
 
 #: The commands of this module.
 COMMANDS: Final = frozenset(
@@ -96,6 +98,11 @@ def run(
     show: Callable[[dict[str, Any] | None], None],
 ) -> int:
     """Run one of the commands; its exit status. `tags` is `--tags`, read."""
+    from edge.cloud.bulk import api, operations  # noqa: PLC0415 - see the imports
+    from edge.cloud.bulk.sqlstore import SqlBulkStore, inline  # noqa: PLC0415 - see the imports
+    from edge.cloud.bulk.state import BulkState  # noqa: PLC0415 - see the imports
+    from edge.cloud.ids import Arns  # noqa: PLC0415 - see the imports
+
     store = SqlBulkStore(inline(db))
     arns = Arns(config.aws.region, config.cloud.account_id)
     command: str = args.command
@@ -121,6 +128,8 @@ def run(
 async def _query(
     store: SqlBulkStore, arns: Arns, command: str, args: argparse.Namespace
 ) -> dict[str, Any] | None:
+    from edge.cloud.bulk import operations  # noqa: PLC0415 - see the imports
+
     params = {
         key: value
         for key, value in (
@@ -142,10 +151,16 @@ async def _query(
 
 async def _run_and_watch(config: CloudConfig, db: Database, bulk_id: str) -> BulkState:
     """Run the bulk deployment here, following the cores' reports, and show its progress."""
-    # Imported here: the drain and the follower are the service's, and only `--wait` needs them.
-    from edge.cloud.serve.dbthread import DatabaseThread  # noqa: PLC0415
+    # The drain and the follower are the service's, and only `--wait` needs them.
+    from edge.cloud.bulk import progress, replica  # noqa: PLC0415 - see the imports
+    from edge.cloud.bulk.runner import BulkRunner, input_reader  # noqa: PLC0415 - see the imports
+    from edge.cloud.bulk.sqlstore import SqlBulkStore  # noqa: PLC0415 - see the imports
+    from edge.cloud.db import open_database  # noqa: PLC0415 - see the imports
+    from edge.cloud.serve.dbthread import DatabaseThread  # noqa: PLC0415 - see the imports
     from edge.cloud.serve.drain import outbox_drain, replica_publisher  # noqa: PLC0415
-    from edge.cloud.serve.follow import follow_statuses  # noqa: PLC0415
+    from edge.cloud.serve.follow import follow_statuses  # noqa: PLC0415 - see the imports
+    from edge.log import get_logger  # noqa: PLC0415 - see the imports
+    from edge.signing import load_signing_key  # noqa: PLC0415 - see the imports
 
     log = get_logger("cloud.bulk")
     signing_key = load_signing_key(config.cloud.signing_key)

@@ -17,36 +17,30 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from edge.cloud import (
-    bulkcli,
-    definitions,
-    deployment_reads,
-    deployments,
-    groups,
-    idempotency,
-    prune,
-    simulate,
-)
-from edge.cloud.artifacts import publish_function
+from edge.cloud import bulkcli, definitions, groups, prune
 from edge.cloud.cliparser import ArgumentError, build_parser
 from edge.cloud.config import CloudConfig, load_cloud_config
-from edge.cloud.db import Claim, Database, Row, open_database
-from edge.cloud.definitions import Kind
-from edge.cloud.deployments import Request
 from edge.cloud.errors import BrokerError, CloudUsageError
 from edge.cloud.groups import GROUP_VERSION_KEYS
 from edge.cloud.ids import Arns
 from edge.cloud.jsontext import strict_json
-from edge.cloud.keys import init_signing_key
-from edge.cloud.lambdacode import missing_functions
 from edge.cloud.status import FAILURE, SUCCESS
 from edge.cloud.tags import list_tags, tag_resource, untag_resource
 from edge.errors import EdgeError
-from edge.signing import load_signing_key
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge.cloud.db import Database, Row
+    from edge.cloud.definitions import Kind
+
+# Each command imports what only it needs when it runs (PLC0415 below): scripts and tests call
+# `edge cloud` many times, and a command that reads the database must not pay for the AWS SDK
+# (aiobotocore, botocore, aiohttp: about half a second), the MQTT client or the signing code,
+# nor `--help` or a mistyped argument for SQLAlchemy. The modules imported above import the
+# database only for their annotations.
 
 EXIT_USER_ERROR: Final = 2
 EXIT_DEPLOYMENT_FAILED: Final = 1
@@ -101,16 +95,21 @@ def _print(result: dict[str, Any] | None) -> None:
 
 
 def _serve(config: CloudConfig, _args: argparse.Namespace) -> int:
-    # Imported here: aiohttp and botocore's model are only needed by the service.
-    from edge.cloud.serve import run  # noqa: PLC0415
+    from edge.cloud.serve import run  # noqa: PLC0415 - see the imports
 
     return run(config)
 
 
 def _migrate(config: CloudConfig, args: argparse.Namespace) -> int:
-    from edge.cloud.dbcopy import migrate  # noqa: PLC0415 - this command's alone
+    from edge.cloud.dbcopy import migrate  # noqa: PLC0415 - see the imports
 
     return migrate(config, args.source, args.target, args.to_password_file, progress=_err)
+
+
+def _simulate(config: CloudConfig, args: argparse.Namespace) -> int:
+    from edge.cloud import simulate  # noqa: PLC0415 - see the imports
+
+    return simulate.run(config, args)
 
 
 def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
@@ -118,6 +117,8 @@ def _dispatch(config: CloudConfig, args: argparse.Namespace) -> int:
     standalone = _STANDALONE.get(command)
     if standalone is not None:
         return standalone(config, args)
+    from edge.cloud.db import open_database  # noqa: PLC0415 - see the imports
+
     with open_database(config) as db:
         token = getattr(args, "amzn_client_token", None)
         if token is not None:
@@ -131,6 +132,9 @@ def _once(config: CloudConfig, db: Database, args: argparse.Namespace, token: st
     Commands keep their own tokens (`edge cloud COMMAND`), apart from the API's: the same
     token means the same request among commands, as among API calls.
     """
+    from edge.cloud import idempotency  # noqa: PLC0415 - see the imports
+    from edge.cloud.db import Claim  # noqa: PLC0415 - see the imports
+
     skipped = {"config", "command", "kind", "amzn_client_token", "wait", "timeout"}
     params = {k: v for k, v in vars(args).items() if k not in skipped}
     key = idempotency.key_of(f"edge cloud {args.command}", token, params)
@@ -158,6 +162,8 @@ def _run(config: CloudConfig, db: Database, args: argparse.Namespace) -> int:
     command: str = args.command
     arns = Arns(config.aws.region, config.cloud.account_id)
     if command == "publish-function":
+        from edge.cloud.artifacts import publish_function  # noqa: PLC0415 - see the imports
+
         package = read_binary_arg("--zip-file", args.zip_file)
         _print(
             asyncio.run(
@@ -192,6 +198,8 @@ _DEPLOYMENT_COMMANDS: Final = frozenset(
 
 def _warn_code(config: CloudConfig, db: Database, args: argparse.Namespace) -> None:
     """Warn at once about functions whose code is neither published nor in AWS Lambda."""
+    from edge.cloud.lambdacode import missing_functions  # noqa: PLC0415 - see the imports
+
     if getattr(args, "items", None) is not None:
         version = {"Functions": read_json_arg("--functions", args.items)}
     else:
@@ -202,10 +210,10 @@ def _warn_code(config: CloudConfig, db: Database, args: argparse.Namespace) -> N
 
 def _import_greengrass(config: CloudConfig, args: argparse.Namespace) -> int:
     """Read the V1 account, then store each group; exit 1 if a group had a conflict."""
-    # Imported here: only this command needs the importer.
-    from edge.cloud.v1import.reader import read_account  # noqa: PLC0415
-    from edge.cloud.v1import.report import report_lines  # noqa: PLC0415
-    from edge.cloud.v1import.writer import import_account  # noqa: PLC0415
+    from edge.cloud.db import open_database  # noqa: PLC0415 - see the imports
+    from edge.cloud.v1import.reader import read_account  # noqa: PLC0415 - see the imports
+    from edge.cloud.v1import.report import report_lines  # noqa: PLC0415 - see the imports
+    from edge.cloud.v1import.writer import import_account  # noqa: PLC0415 - see the imports
 
     progress = _Progress()
     account = asyncio.run(read_account(config, list(args.group_ids), progress))
@@ -230,6 +238,9 @@ class _Progress:
 
 
 def _init(config: CloudConfig) -> int:
+    from edge.cloud.db import open_database  # noqa: PLC0415 - see the imports
+    from edge.cloud.keys import init_signing_key  # noqa: PLC0415 - see the imports
+
     files = init_signing_key(config.cloud.signing_key, config.cloud.public_key)
     open_database(config).close()
     state = "created" if files.created else "kept the existing"
@@ -326,6 +337,8 @@ def _group_command(  # noqa: PLR0911 - one per command
 
 
 def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namespace) -> int:
+    from edge.cloud import deployment_reads  # noqa: PLC0415 - see the imports
+
     if args.command == "list-deployments":
         _print(deployment_reads.list_deployments(db, args.group_id))
         return 0
@@ -345,6 +358,9 @@ def _deployment_command(config: CloudConfig, db: Database, args: argparse.Namesp
         return 0
     if args.timeout <= 0:
         raise CloudUsageError("--timeout", "must be a positive number of seconds")
+    from edge.cloud import deployments  # noqa: PLC0415 - see the imports
+    from edge.signing import load_signing_key  # noqa: PLC0415 - see the imports
+
     if args.command == "create-deployment":
         deployments.check_deployment_type(args.deployment_type)
     signing_key = load_signing_key(config.cloud.signing_key)
@@ -382,11 +398,13 @@ def _send(
     follow: dict[str, Any],
 ) -> Coroutine[Any, Any, Row | None]:
     """The coroutine that sends create-deployment's or reset-deployments' deployment."""
+    from edge.cloud import deployments  # noqa: PLC0415 - see the imports
+
     if args.command == "reset-deployments":
         return deployments.reset_deployments(
             config, db, signing_key, args.group_id, force=args.force, **follow
         )
-    request = Request(
+    request = deployments.Request(
         group_id=args.group_id,
         deployment_type=args.deployment_type,
         group_version_id=args.group_version_id,
@@ -474,6 +492,6 @@ _STANDALONE: Final[dict[str, Callable[[CloudConfig, argparse.Namespace], int]]] 
     "serve": _serve,
     "import-greengrass": _import_greengrass,
     "migrate": _migrate,
-    "simulate-cores": simulate.run,
+    "simulate-cores": _simulate,
     "prune": prune.run,
 }

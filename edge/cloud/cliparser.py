@@ -2,20 +2,23 @@
 """The `edge cloud` argument parser: one subcommand per AWS CLI command, with its flags.
 
 `edge.cloud.cli` runs what it parses; commands with a module of their own (bulk deployments,
-simulated cores) add their arguments through the `add` helper handed to them.
+prune) add their arguments through the `add` helper handed to them. `simulate-cores`' options
+are here: its module imports the MQTT client and the core's code, which parsing must not. The
+modules this one imports load neither SQLAlchemy nor the AWS SDK, so `--help` and a mistyped
+argument answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-from edge.cloud import bulkcli, prune, simulate
+from edge.cloud import bulkcli, prune
 from edge.cloud.definitions import KINDS, Kind
-from edge.cloud.deployments import DEPLOYMENT_TYPES
-from edge.cloud.groups import GROUP_VERSION_KEYS, option_name
+from edge.cloud.groups import DEPLOYMENT_TYPES, GROUP_VERSION_KEYS, option_name
 
 #: Default of `create-deployment --wait --timeout`: a deployment of many secrets over a slow
 #: link takes tens of seconds; five minutes means something is wrong.
@@ -66,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_group_commands(add)
     _add_deployment_commands(add)
     bulkcli.add_arguments(add, _TAGS_HELP)
-    simulate.add_arguments(
+    _add_simulate_arguments(
         add(
             "simulate-cores",
             "run simulated cores that answer their deployments, to load-test a control plane; "
@@ -191,6 +194,51 @@ def _add_deployment_commands(add: Any) -> None:  # noqa: ANN401 - the add() help
     p.add_argument("--deployment-id", required=True)
     p = add("list-deployments", "list a group's deployments, newest first")
     p.add_argument("--group-id", required=True)
+
+
+def _add_simulate_arguments(p: argparse.ArgumentParser) -> None:
+    """`simulate-cores`'s options (`edge.cloud.simulate` runs the command)."""
+    p.add_argument("--count", type=int, help="how many cores (with --things-file: at most)")
+    p.add_argument(
+        "--prefix", default="sim-", help="thing names are PREFIX0, PREFIX1, … (default sim-)"
+    )
+    p.add_argument("--things-file", type=Path, help="thing names, one a line, instead")
+    p.add_argument(
+        "--failure-rate",
+        type=float,
+        default=0.0,
+        help="share of deployments answered Failure, 0 to 1 (default 0)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes to spread the cores over (default: one per CPU)",
+    )
+    p.add_argument(
+        "--connection-per-core",
+        action="store_true",
+        help="one MQTT connection per core (default: one per process, for all its cores)",
+    )
+    p.add_argument(
+        "--cores-per-connection",
+        type=int,
+        help="cores sharing one MQTT connection (default: all of a process's cores)",
+    )
+    p.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="public key to verify envelopes with (repeatable; default <signing_key>.pub)",
+    )
+    p.add_argument("--seed", type=int, help="seed of the failure draw, for repeatable runs")
+    p.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=5.0,
+        help="seconds between progress lines on stderr (default 5)",
+    )
 
 
 def _add_token(p: argparse.ArgumentParser) -> None:

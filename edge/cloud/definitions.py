@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from edge.cloud.db import Connection, Database, Row
 from edge.cloud.errors import DefinitionInvalidError, NotFoundError
 from edge.cloud.ids import Arns, creation_timestamp, new_id, thing_name_of, timestamp
 from edge.cloud.names import check_name
@@ -27,6 +26,11 @@ from edge.model import parse_group
 from edge.model.fields import ID_PATTERN, entry_label, quoted
 from edge.model.group import RESOURCE_ID_SUFFIX
 from edge.model.loggers import check_devices, check_loggers
+
+if TYPE_CHECKING:
+    # Annotations only: `edge cloud`'s parser reads this module, and importing the database
+    # code (SQLAlchemy, a few tenths of a second) would slow `--help` and a mistyped argument.
+    from edge.cloud.db import Connection, Database, Row
 
 #: Subscription endpoints that are not ARNs: the cloud (the MQTT broker) and the local shadow
 #: service. Everything else is an ARN: a function, a connector, or a device's thing.

@@ -15,8 +15,10 @@ from edge.cloud.db import Connection, Database, Row
 from edge.cloud.errors import BrokerError, NotFoundError
 from edge.cloud.groups import latest_version_id
 from edge.cloud.ids import milliseconds
-from edge.cloud.publish import CloudMqtt
 from edge.cloud.status import FINAL, PEEK_SECONDS, peek_retained, status_output
+
+# The MQTT client (aiomqtt, structlog) is imported when a deployment still open is asked about
+# (PLC0415 below): listing deployments, and the status of a finished one, read the database only.
 
 
 def deployment_row(conn: Connection, group_id: str, deployment_id: str) -> Row:
@@ -54,6 +56,8 @@ async def get_deployment_status(
     with db.read() as conn:
         row = deployment_row(conn, group_id, deployment_id)
     if row["status"] not in FINAL:
+        from edge.cloud.publish import CloudMqtt  # noqa: PLC0415 - see the imports
+
         thing = row["thing_name"]
         try:
             async with CloudMqtt(config.mqtt) as client:

@@ -26,7 +26,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -37,6 +37,7 @@ from edge.cloud.db import Connection, Database, Row
 from edge.cloud.deployment_reads import deployment_row
 from edge.cloud.errors import BrokerError, CloudUsageError
 from edge.cloud.groups import (
+    DEPLOYMENT_TYPES,
     group_version_row,
     last_deployment,
     latest_version_id,
@@ -56,9 +57,6 @@ from edge.cloud.status import (
 )
 from edge.model import DeploymentType, parse_deployment
 from edge.signing import seal
-
-#: The types create-deployment takes, as AWS's model lists them; resets are reset-deployments.
-DEPLOYMENT_TYPES: Final = (DeploymentType.NEW.value, DeploymentType.REDEPLOY.value)
 
 
 @dataclass(frozen=True, slots=True)

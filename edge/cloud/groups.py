@@ -16,9 +16,8 @@ import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from edge.cloud.db import Connection, Database, Row
 from edge.cloud.definitions import (
     KINDS,
     Kind,
@@ -35,9 +34,14 @@ from edge.cloud.names import check_name
 from edge.cloud.status import FAILURE
 from edge.cloud.tags import check_tags, drop_tags, put_tags
 from edge.errors import DeploymentInvalidError
-from edge.model import parse_group
+from edge.model import DeploymentType, parse_group
 from edge.model.connectors import check_connectors
 from edge.model.fields import quoted
+
+if TYPE_CHECKING:
+    # Annotations only: `edge cloud`'s parser reads this module, and importing the database
+    # code (SQLAlchemy, a few tenths of a second) would slow `--help` and a mistyped argument.
+    from edge.cloud.db import Connection, Database, Row
 
 #: The group version keys, in the order the AWS CLI documents them, with their kinds.
 GROUP_VERSION_KEYS: Final = {kind.group_key: kind for kind in KINDS.values()}
@@ -46,6 +50,8 @@ GROUP_LISTS: Final = ("Resources", "Functions", "Connectors", "Subscriptions")
 _HINT: Final = "`edge cloud list-groups` lists them"
 #: The deployment type that takes a group off its core; only then may the group be deleted.
 RESET_DEPLOYMENT: Final = "ResetDeployment"
+#: The types create-deployment takes, as AWS's model lists them; resets are reset-deployments.
+DEPLOYMENT_TYPES: Final = (DeploymentType.NEW.value, DeploymentType.REDEPLOY.value)
 
 
 @dataclass(frozen=True, slots=True)

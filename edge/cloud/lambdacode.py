@@ -20,15 +20,14 @@ import zipfile
 from collections.abc import Iterable
 from typing import Any, Final
 
-import aiohttp
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
-
 from edge.cloud.artifacts import check_package, store_package
 from edge.cloud.config import CloudConfig
 from edge.cloud.db import Database
 from edge.cloud.errors import CloudUsageError, LambdaCodeError
+
+# aiobotocore, botocore and aiohttp are imported where Lambda is called (PLC0415 below): every
+# deployment command loads this module, and most never ask Lambda (each function has
+# published code, or there are no functions); the three take about half a second to import.
 
 #: Largest package read from Code.Location, and most bytes it may unpack to: Lambda's limit
 #: on a function's unzipped code (250 MB), which a zip of it can't meaningfully exceed either.
@@ -51,6 +50,9 @@ def supply_hint(function_arn: str, region: str) -> str:
 
 
 def _client(config: CloudConfig) -> Any:  # noqa: ANN401 - an aiobotocore client context
+    from aiobotocore.config import AioConfig  # noqa: PLC0415 - see the imports
+    from aiobotocore.session import get_session  # noqa: PLC0415 - see the imports
+
     # Bounded: an unreachable Lambda endpoint must not hold a command for botocore's 60 s
     # default connect timeout times its retries.
     client_config = AioConfig(
@@ -70,6 +72,8 @@ async def _get_function(client: Any, config: CloudConfig, function_arn: str) -> 
     Raises:
         LambdaCodeError: Lambda has no such function, refused, or can't be reached.
     """
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - see the imports
+
     try:
         answer: dict[str, Any] = await client.get_function(FunctionName=function_arn)
     except ClientError as exc:
@@ -134,6 +138,8 @@ async def missing_functions(config: CloudConfig, db: Database, version: object) 
 
 async def _download(function_arn: str, location: str) -> bytes:
     """Read a package from Code.Location, refusing it as soon as it passes the bound."""
+    import aiohttp  # noqa: PLC0415 - see the imports
+
     if not location.startswith(("https://", "http://")):
         raise LambdaCodeError(function_arn, "GetFunction's Code.Location is not an HTTP(S) URL")
     timeout = aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_SECONDS)

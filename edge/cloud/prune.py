@@ -24,12 +24,17 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from edge.cloud.config import CloudConfig
-from edge.cloud.db import CLIENT_TOKEN_LIFETIME, Connection, Database, open_database
 from edge.cloud.errors import CloudUsageError
 from edge.cloud.ids import precise_timestamp, timestamp
+
+if TYPE_CHECKING:
+    from edge.cloud.db import Connection, Database
+
+# The database code (SQLAlchemy) is imported when the command runs (PLC0415 below): `edge
+# cloud`'s parser adds this command's options, and `--help` must not pay for it.
 
 #: Rows a batch removes at most (of the kind it removes): small enough that a batch holds the
 #: write lock for milliseconds on a busy PostgreSQL server.
@@ -114,6 +119,8 @@ def run(config: CloudConfig, args: argparse.Namespace) -> int:
     age = parse_age(args.older_than)
     if args.batch_size < 1:
         raise CloudUsageError("--batch-size", f"must be at least 1, not {args.batch_size}")
+    from edge.cloud.db import open_database  # noqa: PLC0415 - see the imports
+
     with open_database(config) as db:
         now = datetime.now(UTC)
         if args.dry_run:
@@ -247,6 +254,8 @@ class _Pruner:
 
 
 def _binds(cutoff: datetime, now: datetime) -> dict[str, object]:
+    from edge.cloud.db import CLIENT_TOKEN_LIFETIME  # noqa: PLC0415 - see the imports
+
     return {
         # Deployments carry microseconds, bulk deployments milliseconds: the longer form
         # compares right against both.

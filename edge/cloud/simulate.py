@@ -21,8 +21,9 @@ the broker's cost of a real fleet's connections too. The connections keep their 
 so deployments sent while the simulation is down arrive when it comes back, as they do to real
 cores.
 
-This module is the whole command, beside the parser in `edge.cloud.cli`: `add_arguments` and
-`run`.
+This module is the whole command but its options, which `edge.cloud.cliparser` defines (so
+that parsing any `edge cloud` command doesn't import the MQTT client and the core's modules):
+`run` takes what it parsed.
 """
 
 from __future__ import annotations
@@ -506,51 +507,6 @@ def _drain(pipes: Iterable[multiprocessing.connection.Connection], progress: _Pr
                 progress.update(number, kind, counts)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """`simulate-cores`'s options."""
-    p.add_argument("--count", type=int, help="how many cores (with --things-file: at most)")
-    p.add_argument(
-        "--prefix", default="sim-", help="thing names are PREFIX0, PREFIX1, … (default sim-)"
-    )
-    p.add_argument("--things-file", type=Path, help="thing names, one a line, instead")
-    p.add_argument(
-        "--failure-rate",
-        type=float,
-        default=0.0,
-        help="share of deployments answered Failure, 0 to 1 (default 0)",
-    )
-    p.add_argument(
-        "--processes",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="processes to spread the cores over (default: one per CPU)",
-    )
-    p.add_argument(
-        "--connection-per-core",
-        action="store_true",
-        help="one MQTT connection per core (default: one per process, for all its cores)",
-    )
-    p.add_argument(
-        "--cores-per-connection",
-        type=int,
-        help="cores sharing one MQTT connection (default: all of a process's cores)",
-    )
-    p.add_argument(
-        "--trusted-key",
-        type=Path,
-        action="append",
-        default=[],
-        help="public key to verify envelopes with (repeatable; default <signing_key>.pub)",
-    )
-    p.add_argument("--seed", type=int, help="seed of the failure draw, for repeatable runs")
-    p.add_argument(
-        "--progress-seconds",
-        type=float,
-        default=5.0,
-        help="seconds between progress lines on stderr (default 5)",
-    )
-
-
 def run(config: CloudConfig, args: argparse.Namespace) -> int:
     """Run the simulation until SIGINT/SIGTERM; print the counts as JSON on stdout."""
     if args.count is None and args.things_file is None:
@@ -594,4 +550,4 @@ def run(config: CloudConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Outcome", "SimulatedCore", "Simulation", "Tally", "add_arguments", "run"]
+__all__ = ["Outcome", "SimulatedCore", "Simulation", "Tally", "run"]

@@ -17,11 +17,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from edge.cloud.db import Connection, Database, Row
 from edge.cloud.ids import timestamp
-from edge.cloud.publish import CloudMqtt
+
+if TYPE_CHECKING:
+    # Annotations only: `edge cloud`'s parser reads the states here (through the groups), and
+    # neither the database code (SQLAlchemy) nor the MQTT client (aiomqtt, structlog) is for
+    # commands that don't use them.
+    from edge.cloud.db import Connection, Database, Row
+    from edge.cloud.publish import CloudMqtt
 
 BUILDING: Final = "Building"
 IN_PROGRESS: Final = "InProgress"

@@ -9,10 +9,14 @@ tags everywhere: at most 50 per resource, keys of 1 to 128 characters and values
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from edge.cloud.db import Connection, Database
 from edge.cloud.errors import NotFoundError, TagsInvalidError
+
+if TYPE_CHECKING:
+    # Annotations only: `edge cloud`'s parser reads this module, and importing the database
+    # code (SQLAlchemy, a few tenths of a second) would slow `--help` and a mistyped argument.
+    from edge.cloud.db import Connection, Database
 
 MAX_TAGS: Final = 50
 MAX_KEY_LENGTH: Final = 128

@@ -109,3 +109,64 @@ def test_the_core_s_modules_import_no_cryptography() -> None:
     loaded = loaded_modules("edge.cli", "edge.core", "edge.secrets.seal_process")
     assert "edge.core" in loaded
     assert sorted(m for m in loaded if m.startswith("cryptography")) == []
+
+
+def run_edge_cloud(config: Path, *argv: str) -> tuple[int, str, str, set[str]]:
+    """Run `edge cloud --config CONFIG ARGV` in a fresh interpreter, as `python -m edge` does.
+
+    Returns its exit status, stdout, stderr and the modules it left loaded.
+    """
+    probe = (
+        "import sys; from edge.cli import main\n"
+        "try:\n"
+        f"    code = main(['cloud', '--config', {str(config)!r}, *{list(argv)!r}])\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print('\\n'.join(['--modules--', str(code), *sys.modules]), file=sys.stderr)"
+    )
+    out = run_python(probe)
+    err, _, listing = out.stderr.partition("--modules--\n")
+    code, *modules = listing.split()
+    return int(code), out.stdout, err, set(modules)
+
+
+def test_edge_cloud_database_commands_load_no_aws_sdk_and_no_mqtt(tmp_path: Path) -> None:
+    """`edge cloud` commands that only use the database start without the AWS SDK or MQTT.
+
+    Scripts run them in loops, and botocore, aiobotocore and aiohttp alone take about half a
+    second to import. Each command runs for real on a SQLite control plane; the broker and S3
+    named in the configuration are never asked.
+    """
+    config = tmp_path / "cloud.toml"
+    config.write_text(
+        '[cloud]\ndatabase = "cloud.db"\nsigning_key = "keys/signing.pem"\n'
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n[aws]\nregion = "us-east-1"\n'
+    )
+    heavy = ("botocore", "aiobotocore", "aiohttp", "aiomqtt", "edge.cloud.serve")
+    code, out, err, modules = run_edge_cloud(config, "init")
+    assert code == 0, err
+    assert Path(out.strip()) == tmp_path / "keys" / "signing.pem.pub"
+    assert sorted(m for m in modules if m.startswith(heavy)) == []
+    code, out, err, modules = run_edge_cloud(config, "create-group", "--name", "g")
+    assert code == 0, err
+    group_id = json.loads(out)["Id"]
+    assert "sqlalchemy" in modules
+    assert sorted(m for m in modules if m.startswith(heavy)) == []
+    code, out, err, modules = run_edge_cloud(config, "list-groups")
+    assert code == 0, err
+    assert [g["Id"] for g in json.loads(out)["Groups"]] == [group_id]
+    assert sorted(m for m in modules if m.startswith((*heavy, "cryptography"))) == []
+
+
+def test_edge_cloud_help_and_a_wrong_argument_load_no_database_code(tmp_path: Path) -> None:
+    """`edge cloud --help` and a mistyped command answer without SQLAlchemy or the AWS SDK."""
+    config = tmp_path / "cloud.toml"
+    heavy = ("sqlalchemy", "botocore", "aiobotocore", "aiohttp", "aiomqtt", "cryptography")
+    code, out, _, modules = run_edge_cloud(config, "--help")
+    assert code == 0
+    assert "create-group" in out
+    assert sorted(m for m in modules if m.startswith(heavy)) == []
+    code, _, err, modules = run_edge_cloud(config, "create-group")
+    assert code == 2
+    assert err.startswith("edge: error: the following arguments are required: --name")
+    assert sorted(m for m in modules if m.startswith(heavy)) == []

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from edge.cloud import s3
 from edge.cloud.errors import BulkInputError
 from edge.config import AwsSettings
+
+# botocore's exceptions are imported where S3 is read (PLC0415 below): the API and the CLI
+# parse locations and records with this module, and botocore would cost every `edge cloud`
+# command its import time.
 
 #: AWS's limit: "This file must be less than 100 MB".
 MAX_INPUT_BYTES: Final = 100 * 1024 * 1024
@@ -315,6 +317,8 @@ async def _s3_chunks(
 @contextlib.contextmanager
 def _s3_errors(location: Location) -> Iterator[None]:
     """Turn S3's and botocore's errors into one BulkInputError naming the file."""
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - see the imports
+
     uri = location.uri
     try:
         yield
