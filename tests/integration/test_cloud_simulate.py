@@ -17,17 +17,23 @@ import boto3
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.cloud.config import load_cloud_config
+from edge.cloud.db import open_database
+from edge.cloud.deployment_reads import recorded_status
+from edge.cloud.ids import Arns
 from edge.fixtures.core import Operator, edge_cli
+from edge.fixtures.fleetdb import core_group
 from edge.fixtures.services import TEST_REGION, Mosquitto, MotoServer, free_port
 from edge.fixtures.simulate import SimulatedFleet
 from edge.signing import seal
-from tests.integration.test_cloud import ACCOUNT, write_cloud_config
+from tests.integration.test_cloud import write_cloud_config
 from tests.integration.test_cloud_serve import (
     KEY_ID,
     NO_RETRIES,
     start_service,
     write_serve_config,
 )
+from tests.support.controlplane import open_configured
 from tests.support.tls import LoggingMosquitto, run_logging_mosquitto
 
 pytestmark = pytest.mark.network
@@ -55,34 +61,25 @@ class ControlPlane:
         return fleet
 
     def group_for(self, thing: str) -> str:
-        """A group whose one version names `thing` as its core; return the group id."""
-        core = {
-            "Cores": [
-                {
-                    "Id": thing,
-                    "ThingArn": f"arn:aws:iot:{TEST_REGION}:{ACCOUNT}:thing/{thing}",
-                    "CertificateArn": f"arn:aws:iot:{TEST_REGION}:{ACCOUNT}:cert/{thing}",
-                }
-            ]
-        }
-        created = self.json(
-            "create-core-definition", "--name", thing, "--initial-version", json.dumps(core)
-        )
-        version = json.dumps({"CoreDefinitionVersionArn": created["LatestVersionArn"]})
-        group = self.json("create-group", "--name", thing, "--initial-version", version)
+        """A group whose one version names `thing` as its core; return the group id.
+
+        Written through the control plane's own code: the commands that make groups are
+        test_cloud's to prove, and a process each would double these tests' time.
+        """
+        config = load_cloud_config(self.config)
+        with open_database(config) as db:
+            group = core_group(db, Arns(config.aws.region, config.cloud.account_id), thing)
         return str(group["Id"])
 
     def deploy(self, group_id: str, *, expect: int = 0) -> dict[str, Any]:
-        """create-deployment --wait; return get-deployment-status's answer."""
+        """create-deployment --wait; return the status it recorded, as get-deployment-status."""
         created = self.json(
             *("create-deployment", "--group-id", group_id, "--deployment-type", "NewDeployment"),
             *("--wait", "--timeout", "60"),
             expect=expect,
         )
-        status = self.json(
-            "get-deployment-status",
-            *("--group-id", group_id, "--deployment-id", created["DeploymentId"]),
-        )
+        with open_configured(self.config) as db:
+            status = recorded_status(db, group_id, created["DeploymentId"])
         return {"DeploymentId": created["DeploymentId"], **status}
 
 
