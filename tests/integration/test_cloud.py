@@ -31,7 +31,10 @@ from tests.support.functions import build_package
 
 pytestmark = pytest.mark.network
 #: `edge cloud` without a server is the embedded path: SQLite, the default (see
-#: `cloud_database`); the reference story runs on PostgreSQL too.
+#: `cloud_database`). The reference story's statements are the same on PostgreSQL, where
+#: test_cloud_loggers runs `create-deployment --wait` against a core, the served API's tests
+#: deploy, reset and list, and tests/unit/test_cloud_status_record records failures; concurrent
+#: commands, where the engine's locking decides, run on both.
 CLOUD_ENGINE = "sqlite"
 
 ACCOUNT = "123456789012"
@@ -135,10 +138,19 @@ class Cloud:
         )
         return str(created["LatestVersionArn"])
 
-    def group(self, **arns: str) -> tuple[str, str]:
-        """Create a group with one version; return (group id, version id)."""
-        group_id = self.json("create-group", "--name", "g")["Id"]
-        return group_id, self.group_version(group_id, **arns)
+    def group(self, *, as_reference: bool = False, **arns: str) -> tuple[str, str]:
+        """Create a group with one version; return (group id, version id).
+
+        `arns` are definition version ARNs by kind (core=..., resource=...), as for
+        `group_version`. One create-group with an initial version; `as_reference`: create-group,
+        then create-group-version, as the reference commands do.
+        """
+        if as_reference:
+            group_id = self.json("create-group", "--name", "g")["Id"]
+            return group_id, self.group_version(group_id, **arns)
+        initial = {f"{key.capitalize()}DefinitionVersionArn": arn for key, arn in arns.items()}
+        created = self.json("create-group", "--name", "g", "--initial-version", json.dumps(initial))
+        return str(created["Id"]), str(created["LatestVersion"])
 
     def group_version(self, group_id: str, **arns: str) -> str:
         args = ["create-group-version", "--group-id", group_id]
@@ -204,7 +216,6 @@ def cloud(
         assert value not in dump, "a secret value reached the control plane's database"
 
 
-@pytest.mark.parametrize("cloud_database", ["sqlite", "postgresql"], indirect=True)
 def test_reference_commands_deploy_rotate_fail_and_remove(cloud: Cloud) -> None:
     """The reference commands deploy to a real core; rotation, deletion and removal follow."""
     arn, _ = cloud.create_secret("greengrass-SomeSecret")
@@ -223,7 +234,9 @@ def test_reference_commands_deploy_rotate_fail_and_remove(cloud: Cloud) -> None:
         f"arn:aws:greengrass:{TEST_REGION}:{ACCOUNT}:/greengrass/definition/resources/"
     )
     core_arn = cloud.core_definition()
-    group_id, version_id = cloud.group(core=core_arn, resource=resources["LatestVersionArn"])
+    group_id, version_id = cloud.group(
+        core=core_arn, resource=resources["LatestVersionArn"], as_reference=True
+    )
 
     first, result = cloud.deploy(group_id)
     assert result.returncode == 0, result.stderr
