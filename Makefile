@@ -23,6 +23,9 @@ demo: install
 ## Mosquitto and SoftHSM2 token: each installer does nothing when its package is there.
 ## PostgreSQL: the server on 127.0.0.1:5432, else one .ci/install-postgresql starts.
 test: install lint typecheck
+	@# Bytecode for the hundreds of `python -m edge` processes the tests start: an editable
+	@# install has none, and where PYTHONDONTWRITEBYTECODE is set each would compile edge anew.
+	$(BIN)/python -m compileall -q edge connectors
 	bash .ci/install-mosquitto
 	bash .ci/install-tools
 	bash .ci/install-softhsm
