@@ -365,8 +365,9 @@ class Demo:
             f"# broker {self.broker_url}, Secrets Manager and S3 {self.moto_url}",
         ):
             p.say(f"  {line}")
-        p.say("\nPress Ctrl-C to stop everything and remove the workspace.")
         try:
+            # Said inside the `try`: a Ctrl-C that follows at once is the way to end, too.
+            p.say("\nPress Ctrl-C to stop everything and remove the workspace.")
             while True:
                 for service in self.processes.services:
                     service.check()
