@@ -68,6 +68,16 @@ class ServeSettings:
         return self.tls_cert_file is not None
 
 
+#: `[cloud] bulk_lease_seconds` by default: long enough for a slow batch of deployments and a
+#: database failover, short enough that a dead replica's bulk deployment resumes soon.
+BULK_LEASE_SECONDS: Final = 30.0
+#: `[cloud] status_reread_seconds` by default.
+STATUS_REREAD_SECONDS: Final = 15.0
+#: `[cloud] status_reread_after_seconds` by default: a younger deployment is left to the live
+#: stream of reports.
+STATUS_REREAD_AFTER_SECONDS: Final = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class CloudSettings:
     """`[cloud]`: where the control plane keeps its state and how it names and signs things."""
@@ -87,12 +97,12 @@ class CloudSettings:
     outbox_poll_seconds: float = 1.0
     #: How long whoever runs a bulk deployment may go without renewing its lease before another
     #: replica takes the bulk deployment over, in seconds.
-    bulk_lease_seconds: float = 30.0
+    bulk_lease_seconds: float = BULK_LEASE_SECONDS
     #: With a shared subscription: how often a replica has the retained reports of unfinished
     #: deployments sent again, in seconds.
-    status_reread_seconds: float = 15.0
+    status_reread_seconds: float = STATUS_REREAD_SECONDS
     #: How old an unfinished deployment must be before its report is read again, in seconds.
-    status_reread_after_seconds: float = 10.0
+    status_reread_after_seconds: float = STATUS_REREAD_AFTER_SECONDS
 
     @property
     def public_key(self) -> Path:
@@ -197,10 +207,12 @@ def _cloud(s: Section) -> CloudSettings:
         database_password_file=_password_file(s, database),
         outbox_lease_seconds=s.number("outbox_lease_seconds", 30.0, low=1.0, high=3600.0),
         outbox_poll_seconds=s.number("outbox_poll_seconds", 1.0, low=0.05, high=600.0),
-        bulk_lease_seconds=s.number("bulk_lease_seconds", 30.0, low=1.0, high=3600.0),
-        status_reread_seconds=s.number("status_reread_seconds", 15.0, low=0.1, high=3600.0),
+        bulk_lease_seconds=s.number("bulk_lease_seconds", BULK_LEASE_SECONDS, low=1.0, high=3600.0),
+        status_reread_seconds=s.number(
+            "status_reread_seconds", STATUS_REREAD_SECONDS, low=0.1, high=3600.0
+        ),
         status_reread_after_seconds=s.number(
-            "status_reread_after_seconds", 10.0, low=0.0, high=300.0
+            "status_reread_after_seconds", STATUS_REREAD_AFTER_SECONDS, low=0.0, high=300.0
         ),
     )
 

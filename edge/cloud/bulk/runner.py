@@ -42,13 +42,10 @@ from edge.cloud.bulk.records import BulkDeployment
 from edge.cloud.bulk.rollout import RolloutPolicy
 from edge.cloud.bulk.state import BulkEvent, BulkState
 from edge.cloud.bulk.store import BulkStore, LeaseLostError, Outcomes, Reserved
+from edge.cloud.config import BULK_LEASE_SECONDS
 from edge.cloud.errors import BrokerError, BulkInputError, CloudDatabaseError
 from edge.config import AwsSettings
 
-#: Seconds a lease lasts without a heartbeat (`[cloud] bulk_lease_seconds` when not set). Long
-#: enough for a slow batch of deployments and a database failover; short enough that a dead
-#: replica's bulk deployment resumes soon.
-LEASE_SECONDS: Final = 30.0
 #: Records read from the input file per store call.
 LOAD_BATCH: Final = 1000
 #: Records reserved per store call at most: one transaction each way per batch.
@@ -100,7 +97,7 @@ class BulkRunner:
     read: ReadInput
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    lease_seconds: float = LEASE_SECONDS
+    lease_seconds: float = BULK_LEASE_SECONDS
     poll_seconds: float = POLL_SECONDS
     batch: int = START_BATCH
     max_attempts: int = MAX_ATTEMPTS

@@ -20,7 +20,7 @@ from typing import Final
 
 from structlog.typing import FilteringBoundLogger
 
-from edge.cloud.config import CloudConfig
+from edge.cloud.config import STATUS_REREAD_AFTER_SECONDS, CloudConfig
 from edge.cloud.db import Database
 from edge.cloud.errors import CloudDatabaseError
 from edge.cloud.ids import precise_timestamp
@@ -28,9 +28,6 @@ from edge.cloud.publisher import Publisher
 from edge.cloud.serve.dbthread import DatabaseThread
 from edge.cloud.status import FINAL
 
-#: `[cloud] status_reread_after_seconds` when not set: a deployment younger than this is left
-#: to the live stream of reports.
-RECONCILE_AFTER_SECONDS: Final = 10.0
 #: One older than this waits for its core to come back (a live report), not for a re-read.
 RECONCILE_WINDOW_SECONDS: Final = 600.0
 #: Things whose reports are read again per pass at most.
@@ -45,7 +42,7 @@ UNFINISHED_THINGS_SQL: Final = (
 
 
 def unfinished_things_binds(
-    now: datetime | None = None, *, after: float = RECONCILE_AFTER_SECONDS
+    now: datetime | None = None, *, after: float = STATUS_REREAD_AFTER_SECONDS
 ) -> dict[str, object]:
     """The values `UNFINISHED_THINGS_SQL` is run with at `now`, for deployments `after` old."""
     moment = now or datetime.now(UTC)
@@ -58,7 +55,7 @@ def unfinished_things_binds(
 
 
 def unfinished_things(
-    db: Database, *, now: datetime | None = None, after: float = RECONCILE_AFTER_SECONDS
+    db: Database, *, now: datetime | None = None, after: float = STATUS_REREAD_AFTER_SECONDS
 ) -> list[str]:
     """Things with a deployment in the window, `after` old or more, with no final status yet."""
     with db.read() as conn:
